@@ -1,0 +1,235 @@
+//! Certificate material: PEM keys and chains, what a certificate says
+//! (validity, names, issuer, serial), whether a key matches it, and whether
+//! it covers a host name. Bad input is an error, never a panic.
+
+use chrono::{DateTime, TimeZone, Utc};
+use openssl::pkey::{PKey, Private};
+use serde::Serialize;
+use std::fmt;
+
+/// Why some PEM could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PemError(pub String);
+
+impl fmt::Display for PemError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for PemError {}
+
+/// What one certificate says, as plain data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CertInfo {
+    pub not_before: DateTime<Utc>,
+    pub not_after: DateTime<Utc>,
+    /// DNS subjectAltNames, lowercase; the subject CN when there are none.
+    pub names: Vec<String>,
+    pub issuer: String,
+    pub subject: String,
+    /// Serial number, lowercase hex without leading zeros.
+    pub serial: String,
+    #[serde(skip)]
+    pub der: Vec<u8>,
+}
+
+impl CertInfo {
+    /// Does this certificate cover `host` (exact name, or a one-label wildcard)?
+    pub fn covers(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.names.iter().any(|n| name_covers(n, &host))
+    }
+    pub fn expired_at(&self, now: DateTime<Utc>) -> bool {
+        self.not_after <= now
+    }
+    /// Lifetime of the certificate.
+    pub fn lifetime(&self) -> chrono::Duration {
+        self.not_after - self.not_before
+    }
+}
+
+/// `*.example.com` covers `a.example.com` only: one label, not the apex.
+pub fn name_covers(pattern: &str, host: &str) -> bool {
+    if let Some(suffix) = pattern.strip_prefix("*.") {
+        match host.split_once('.') {
+            Some((first, rest)) => !first.is_empty() && rest == suffix,
+            None => false,
+        }
+    } else {
+        pattern == host
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let s: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let t = s.trim_start_matches('0');
+    if t.is_empty() { "0".into() } else { t.into() }
+}
+
+/// Parse one DER certificate.
+pub fn parse_cert_der(der: &[u8]) -> Result<CertInfo, PemError> {
+    use x509_parser::prelude::*;
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| PemError(format!("not a valid X.509 certificate ({e})")))?;
+    if !rest.is_empty() {
+        return Err(PemError("trailing data after the certificate".into()));
+    }
+    let ts = |t: ASN1Time| Utc.timestamp_opt(t.timestamp(), 0).single().ok_or_else(|| PemError("certificate date out of range".into()));
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for gn in &san.value.general_names {
+            if let GeneralName::DNSName(n) = gn {
+                names.push(n.to_ascii_lowercase());
+            }
+        }
+    }
+    if names.is_empty() {
+        for cn in cert.subject().iter_common_name() {
+            if let Ok(s) = cn.as_str() {
+                names.push(s.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(CertInfo {
+        not_before: ts(cert.validity().not_before)?,
+        not_after: ts(cert.validity().not_after)?,
+        names,
+        issuer: cert.issuer().to_string(),
+        subject: cert.subject().to_string(),
+        serial: hex(cert.raw_serial()),
+        der: der.to_vec(),
+    })
+}
+
+/// Parse a PEM chain: one or more `CERTIFICATE` blocks, leaf first.
+pub fn parse_chain(pem: &str) -> Result<Vec<CertInfo>, PemError> {
+    if pem.trim().is_empty() {
+        return Err(PemError("empty (no certificate)".into()));
+    }
+    let mut out = Vec::new();
+    for item in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
+        let p = item.map_err(|e| PemError(format!("not valid PEM ({e})")))?;
+        if p.label != "CERTIFICATE" {
+            return Err(PemError(format!("holds a {} block where a CERTIFICATE was expected", p.label)));
+        }
+        out.push(parse_cert_der(&p.contents)?);
+    }
+    if out.is_empty() {
+        return Err(PemError("no PEM CERTIFICATE block found".into()));
+    }
+    Ok(out)
+}
+
+/// Parse a PEM private key (PKCS#8, SEC1 EC or PKCS#1 RSA).
+pub fn parse_key(pem: &str) -> Result<PKey<Private>, PemError> {
+    if pem.trim().is_empty() {
+        return Err(PemError("empty (no private key)".into()));
+    }
+    if !pem.contains("PRIVATE KEY-----") {
+        return Err(PemError("no PEM PRIVATE KEY block found".into()));
+    }
+    PKey::private_key_from_pem(pem.as_bytes()).map_err(|_| PemError("not a readable private key (truncated or corrupt PEM)".into()))
+}
+
+/// Does the private key belong to this certificate?
+pub fn key_matches(key: &PKey<Private>, cert: &CertInfo) -> bool {
+    match openssl::x509::X509::from_der(&cert.der).and_then(|c| c.public_key()) {
+        Ok(pubkey) => pubkey.public_eq(key),
+        Err(_) => false,
+    }
+}
+
+/// A key with its certificate chain, parsed.
+#[derive(Debug, Clone)]
+pub struct KeyCert {
+    pub key_pem: String,
+    pub chain_pem: String,
+    pub leaf: CertInfo,
+    pub key_matches: bool,
+}
+
+impl KeyCert {
+    /// Parse a key and a full chain. Unreadable PEM is an error; a key that
+    /// does not match is reported in `key_matches`, for the caller to judge.
+    pub fn parse(key_pem: &str, chain_pem: &str) -> Result<KeyCert, PemError> {
+        let key = parse_key(key_pem).map_err(|e| PemError(format!("key: {e}")))?;
+        let chain = parse_chain(chain_pem).map_err(|e| PemError(format!("certificate: {e}")))?;
+        let leaf = chain.into_iter().next().ok_or_else(|| PemError("certificate: empty chain".into()))?;
+        let key_matches = key_matches(&key, &leaf);
+        Ok(KeyCert { key_pem: key_pem.to_string(), chain_pem: chain_pem.to_string(), leaf, key_matches })
+    }
+
+    /// Why this pair cannot serve `host` at `now`, or None when it is usable
+    /// (SPEC §3: parses, key matches, covers H, not expired).
+    pub fn unusable_for(&self, host: &str, now: DateTime<Utc>) -> Option<String> {
+        if !self.key_matches {
+            Some("its key does not match its certificate".into())
+        } else if !self.leaf.covers(host) {
+            Some(format!("its certificate is for {} , not {host}", self.leaf.names.join(", ")).replace(" ,", ","))
+        } else if self.leaf.expired_at(now) {
+            Some(format!("its certificate expired at {}", self.leaf.not_after.format("%Y-%m-%d %H:%M:%SZ")))
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    //! Self-signed test material with chosen names and validity.
+    use chrono::{DateTime, Utc};
+
+    /// (key PEM, certificate PEM) for `names`, valid from `nb` to `na`.
+    pub fn make(names: &[&str], nb: DateTime<Utc>, na: DateTime<Utc>) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        params.not_before = time::OffsetDateTime::from_unix_timestamp(nb.timestamp()).unwrap();
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(na.timestamp()).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (key.serialize_pem(), cert.pem())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(name_covers("*.example.com", "a.example.com"));
+        assert!(!name_covers("*.example.com", "example.com"));
+        assert!(!name_covers("*.example.com", "a.b.example.com"));
+        assert!(name_covers("a.example.com", "a.example.com"));
+    }
+
+    #[test]
+    fn key_match_names_and_dates() {
+        let now = Utc::now();
+        let (k1, c1) = testutil::make(&["a.example.com", "*.w.example.com"], now - chrono::Duration::days(1), now + chrono::Duration::days(9));
+        let (k2, _) = testutil::make(&["b.example.com"], now, now + chrono::Duration::days(1));
+        let kc = KeyCert::parse(&k1, &c1).unwrap();
+        assert!(kc.key_matches);
+        assert!(kc.leaf.covers("A.example.com"));
+        assert!(kc.leaf.covers("x.w.example.com"));
+        assert!(kc.unusable_for("a.example.com", now).is_none());
+        assert!(kc.unusable_for("b.example.com", now).unwrap().contains("not b.example.com"));
+        assert!(kc.unusable_for("a.example.com", now + chrono::Duration::days(10)).unwrap().contains("expired"));
+        assert_eq!((kc.leaf.not_after - kc.leaf.not_before).num_days(), 10);
+        let bad = KeyCert::parse(&k2, &c1).unwrap();
+        assert!(!bad.key_matches);
+        assert!(bad.unusable_for("a.example.com", now).unwrap().contains("does not match"));
+        // A certificate given as a key, and a key given as a certificate.
+        assert!(parse_key(&c1).is_err());
+        assert!(parse_chain(&k1).unwrap_err().0.contains("PRIVATE KEY"));
+        // Truncated in the middle.
+        assert!(parse_chain(&c1[..c1.len() / 2]).is_err());
+        assert!(parse_key(&k1[..k1.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        for bad in ["", "   ", "garbage", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "-----BEGIN CERTIFICATE-----\nMIIB"] {
+            assert!(parse_chain(bad).is_err(), "{bad:?}");
+            assert!(parse_key(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! The lifecycle decision core: SPEC §3 as one pure function.
+//!
+//! [`decide`] takes plain data — the event, what the Site JSON asks for, what
+//! is deployed now, which LKC is live or stashed for the host, and `now` — and
+//! returns a [`Plan`]: the ordered actions, what will be served, what will be
+//! served if provisioning fails, and why. It does no I/O; the engine gathers
+//! the facts and carries out the plan.
+//!
+//! The table it implements (rows: what the Site JSON says; columns: what is
+//! deployed now):
+//!
+//! | Site JSON says | not deployed / http | deployed with OKC | deployed with LKC |
+//! |---|---|---|---|
+//! | no `tls` | http | remove OKC; http | stash LKC; http |
+//! | LE, no usable LKC | usable stash → unstash; else provision, fallback http (pending) | same, fallback: keep usable old OKC | keep (renew now if expired) |
+//! | LE with usable LKC | newest of {JSON, usable stash} | same | newest of {JSON, live} |
+//! | OKC | write OKC | replace OKC | stash LKC; write OKC |
+//!
+//! Cells the notes leave open, decided here:
+//! - A live lineage for H that no deployed site uses (certbot made it) is a
+//!   candidate like a stash entry: usable and newest, it is kept and served.
+//! - Ties in notAfter keep what is already on the device (live, then stash),
+//!   so a redeploy of an exported Site JSON changes nothing.
+//! - A stash entry that is unusable for another reason than expiry (key does
+//!   not match) is left alone for `doctor`, never unstashed.
+//! - An OKC that does not cover the host or has expired is deployed with a
+//!   warning (the administrator chose it); only a mismatched key is refused.
+//! - On a hostname change, the old host's LKC is stashed first and the site is
+//!   then judged as deployed http (or with its OKC) for the new host.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// What happens to the site.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Event {
+    /// Deploy, redeploy, redeploy during an update, restore from backup.
+    Deploy,
+    Undeploy,
+}
+
+/// A key + certificate pair as the core sees it: plain facts, computed by
+/// the caller against the site's (new) hostname.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Candidate {
+    pub not_after: DateTime<Utc>,
+    pub key_matches: bool,
+    pub covers_host: bool,
+}
+
+impl Candidate {
+    /// Why it is not usable at `now` (SPEC §3), or None.
+    pub fn problem(&self, host: &str, now: DateTime<Utc>) -> Option<String> {
+        if !self.key_matches {
+            Some("its key does not match its certificate".into())
+        } else if !self.covers_host {
+            Some(format!("its certificate does not cover {host}"))
+        } else if self.not_after <= now {
+            Some(format!("it expired at {}", self.not_after.format("%Y-%m-%d %H:%M:%SZ")))
+        } else {
+            None
+        }
+    }
+    pub fn usable(&self, host: &str, now: DateTime<Utc>) -> bool {
+        self.problem(host, now).is_none()
+    }
+}
+
+/// What is deployed now for this site id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Current {
+    NotDeployed,
+    /// Deployed on plain http (including a pending site without OKC).
+    Http { host: String },
+    /// Deployed with an OKC (or pending while still serving an old OKC).
+    Okc { host: String, okc: Candidate },
+    /// Deployed with the LKC of `live/<host>`.
+    Lkc { host: String },
+}
+
+/// What the Site JSON's `tls` asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Wish {
+    Http,
+    LetsEncrypt { carried: Option<Candidate> },
+    Okc { okc: Candidate },
+}
+
+/// All the facts the decision needs.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub event: Event,
+    pub hostname: String,
+    pub wish: Wish,
+    pub current: Current,
+    /// The lineage in `live/<hostname>`, if any.
+    pub live: Option<Candidate>,
+    /// The stash entry `norenewal/<hostname>`, if any.
+    pub stash: Option<Candidate>,
+    pub now: DateTime<Utc>,
+}
+
+/// One step of a plan, carried out in order by the engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Move `live/<host>` and its renewal conf to `norenewal/`.
+    StashLive { host: String },
+    /// Delete the stash entry of `host` (expired, or superseded).
+    DeleteStash { host: String },
+    /// Move the stash entry back under renewal (as the next version of a
+    /// live lineage if one exists).
+    Unstash { host: String },
+    /// Import the LKC carried in the Site JSON: a new lineage, or the next
+    /// version of the live one.
+    ImportCarried { host: String },
+    /// Obtain a certificate from the CA now (a new lineage, or the next
+    /// version of the live one). May fail: then the plan's `on_failure` applies
+    /// and the remaining actions are skipped.
+    Provision { host: String },
+    /// Remove the site's OKC files from `ssl_dir`.
+    RemoveOkc,
+    /// Write the Site JSON's OKC into `ssl_dir`.
+    WriteOkc,
+}
+
+/// What the site's virtual host serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Serve {
+    /// Nothing: the site is removed.
+    Nothing,
+    Http,
+    Okc,
+    Lkc { host: String },
+}
+
+/// Which certificate candidate was chosen, for the reason text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Live,
+    Stash,
+    Json,
+}
+
+/// The decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub serve: Serve,
+    /// What is served if a `Provision` action fails; the site is then pending.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<Serve>,
+    pub reason: String,
+    pub warnings: Vec<String>,
+}
+
+/// Why a deploy is refused outright (exit 2, nothing changed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal(pub String);
+
+fn fmt_date(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%SZ").to_string()
+}
+
+/// Decide what to do. Pure: same facts, same plan.
+pub fn decide(f: &Facts) -> Result<Plan, Refusal> {
+    let h = f.hostname.as_str();
+    let mut actions = Vec::new();
+    let mut warnings = Vec::new();
+    let mut reasons: Vec<String> = Vec::new();
+
+    // A hostname change: the old host's LKC is stashed first; for the new
+    // host the site counts as deployed http.
+    let current = match &f.current {
+        Current::Lkc { host } if host != h && f.event == Event::Deploy => {
+            actions.push(Action::StashLive { host: host.clone() });
+            reasons.push(format!("the hostname changed from {host}: its certificate is stashed"));
+            Current::Http { host: host.clone() }
+        }
+        c => c.clone(),
+    };
+
+    if f.event == Event::Undeploy {
+        let reason = match &current {
+            Current::Lkc { host } => {
+                actions.push(Action::StashLive { host: host.clone() });
+                format!("undeploy: the Let's Encrypt certificate of {host} is stashed for a later redeploy")
+            }
+            Current::Okc { .. } => {
+                actions.push(Action::RemoveOkc);
+                "undeploy: the site's own certificate files are removed".into()
+            }
+            Current::Http { .. } => "undeploy: an http site has no certificate to keep".into(),
+            Current::NotDeployed => "undeploy: the site is not deployed".into(),
+        };
+        return Ok(Plan { actions, serve: Serve::Nothing, on_failure: None, reason, warnings });
+    }
+
+    let deployed_lkc_here = matches!(&current, Current::Lkc { host } if host == h);
+    let deployed_okc = matches!(current, Current::Okc { .. });
+
+    match &f.wish {
+        Wish::Http => {
+            if deployed_okc {
+                actions.push(Action::RemoveOkc);
+                reasons.push("no tls: the old own certificate files are removed; http".into());
+            } else if deployed_lkc_here {
+                actions.push(Action::StashLive { host: h.into() });
+                reasons.push("no tls: the Let's Encrypt certificate is stashed (kept for a later redeploy); http".into());
+            } else {
+                reasons.push("no tls: deploy on http".into());
+            }
+            Ok(plan(actions, Serve::Http, None, reasons, warnings))
+        }
+        Wish::Okc { okc } => {
+            if !okc.key_matches {
+                return Err(Refusal("tls.key does not match the certificate in tls.crt".into()));
+            }
+            if !okc.covers_host {
+                warnings.push(format!("the own certificate in tls.crt does not cover {h}; browsers will warn"));
+            } else if okc.not_after <= f.now {
+                warnings.push(format!("the own certificate in tls.crt expired at {}; browsers will warn", fmt_date(okc.not_after)));
+            }
+            if deployed_lkc_here {
+                actions.push(Action::StashLive { host: h.into() });
+                reasons.push("own certificate: the Let's Encrypt certificate is stashed and the own one written".into());
+            } else if deployed_okc {
+                reasons.push("own certificate: replaces the old own certificate".into());
+            } else {
+                reasons.push("own certificate: written to the ssl directory; https".into());
+            }
+            actions.push(Action::WriteOkc);
+            Ok(plan(actions, Serve::Okc, None, reasons, warnings))
+        }
+        Wish::LetsEncrypt { carried } => {
+            let now = f.now;
+            // Judge each candidate.
+            let mut cands: Vec<(Source, Candidate)> = Vec::new();
+            if let Some(live) = f.live {
+                match live.problem(h, now) {
+                    None => cands.push((Source::Live, live)),
+                    Some(p) => reasons.push(format!("the live certificate of {h} is not usable: {p}")),
+                }
+            }
+            let mut stash_present_usable = false;
+            if let Some(st) = f.stash {
+                if st.not_after <= now {
+                    actions.push(Action::DeleteStash { host: h.into() });
+                    reasons.push(format!("the stashed certificate of {h} expired at {}: deleted", fmt_date(st.not_after)));
+                } else if let Some(p) = st.problem(h, now) {
+                    warnings.push(format!("the stashed certificate of {h} is not usable and is left alone: {p}"));
+                } else {
+                    stash_present_usable = true;
+                    cands.push((Source::Stash, st));
+                }
+            }
+            if let Some(c) = carried {
+                match c.problem(h, now) {
+                    None => cands.push((Source::Json, *c)),
+                    Some(p) => warnings.push(format!("the Let's Encrypt certificate in the Site JSON is ignored: {p}")),
+                }
+            }
+            // Newest wins; ties keep what the device has (order above).
+            let chosen = cands.iter().fold(None::<(Source, Candidate)>, |best, &(s, c)| match best {
+                Some((_, b)) if b.not_after >= c.not_after => best,
+                _ => Some((s, c)),
+            });
+            let others: Vec<String> = cands
+                .iter()
+                .filter(|(s, _)| Some(*s) != chosen.map(|c| c.0))
+                .map(|(s, c)| format!("{} until {}", source_name(*s), fmt_date(c.not_after)))
+                .collect();
+            let vs = if others.is_empty() { String::new() } else { format!(" (over the {})", others.join(", ")) };
+            match chosen {
+                Some((Source::Live, c)) => {
+                    reasons.push(format!("keep the live certificate, valid until {}{vs}", fmt_date(c.not_after)));
+                }
+                Some((Source::Stash, c)) => {
+                    actions.push(Action::Unstash { host: h.into() });
+                    reasons.push(format!("unstash the stashed certificate, valid until {}{vs}; no new issuance", fmt_date(c.not_after)));
+                }
+                Some((Source::Json, c)) => {
+                    if stash_present_usable {
+                        actions.push(Action::DeleteStash { host: h.into() });
+                    }
+                    actions.push(Action::ImportCarried { host: h.into() });
+                    let how = if f.live.is_some() { "as the next version of the live lineage" } else { "as a new lineage under renewal" };
+                    reasons.push(format!("use the certificate carried in the Site JSON, valid until {}{vs}, {how}", fmt_date(c.not_after)));
+                }
+                None => {
+                    actions.push(Action::Provision { host: h.into() });
+                    if deployed_okc {
+                        actions.push(Action::RemoveOkc);
+                    }
+                    let fallback = match &current {
+                        Current::Okc { okc, .. } if okc.usable(h, now) => {
+                            reasons.push("no usable Let's Encrypt certificate: provision one now; if that fails, keep serving the old own certificate".into());
+                            Serve::Okc
+                        }
+                        _ => {
+                            let what = if deployed_lkc_here { "renew the expired live certificate now" } else { "provision one now" };
+                            reasons.push(format!("no usable Let's Encrypt certificate: {what}; if that fails, serve http and retry at the next renew"));
+                            Serve::Http
+                        }
+                    };
+                    return Ok(plan(actions, Serve::Lkc { host: h.into() }, Some(fallback), reasons, warnings));
+                }
+            }
+            if deployed_okc {
+                actions.push(Action::RemoveOkc);
+            }
+            Ok(plan(actions, Serve::Lkc { host: h.into() }, None, reasons, warnings))
+        }
+    }
+}
+
+fn source_name(s: Source) -> &'static str {
+    match s {
+        Source::Live => "live certificate",
+        Source::Stash => "stashed certificate",
+        Source::Json => "Site JSON's certificate",
+    }
+}
+
+fn plan(actions: Vec<Action>, serve: Serve, on_failure: Option<Serve>, reasons: Vec<String>, warnings: Vec<String>) -> Plan {
+    Plan { actions, serve, on_failure, reason: reasons.join("; "), warnings }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,367 @@
+//! The UBOS Site JSON (SPEC §0): a serde model and the validation rules
+//! `ubos-admin` enforces. Every refusal names the field and says why.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// One site as the administrator describes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    pub siteid: String,
+    pub hostname: String,
+    pub admin: Admin,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appconfigs: Option<Vec<Value>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub userid: String,
+    pub username: String,
+    pub email: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// The `tls` section: `letsencrypt: true` with an optional carried LKC, or an OKC.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub letsencrypt: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cacrt: Option<String>,
+}
+
+/// What the `tls` section asks for, once validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TlsWish {
+    /// No `tls`: plain http.
+    None,
+    /// `letsencrypt: true`, with the LKC (key, full chain) a backup or migration carries.
+    LetsEncrypt { carried: Option<(String, String)> },
+    /// An OKC: key, certificate (maybe with chain), optional CA certificate.
+    Other { key: String, crt: String, cacrt: Option<String> },
+}
+
+impl Site {
+    /// What this site's `tls` section asks for. Only meaningful after [`parse_site`].
+    pub fn tls_wish(&self) -> TlsWish {
+        match &self.tls {
+            None => TlsWish::None,
+            Some(t) if t.letsencrypt == Some(true) => TlsWish::LetsEncrypt {
+                carried: match (&t.key, &t.crt) {
+                    (Some(k), Some(c)) => Some((k.clone(), c.clone())),
+                    _ => None,
+                },
+            },
+            Some(t) => TlsWish::Other {
+                key: t.key.clone().unwrap_or_default(),
+                crt: t.crt.clone().unwrap_or_default(),
+                cacrt: t.cacrt.clone(),
+            },
+        }
+    }
+
+    pub fn is_letsencrypt(&self) -> bool {
+        matches!(self.tls_wish(), TlsWish::LetsEncrypt { .. })
+    }
+
+    /// The Site JSON as stored at rest: no key, no certificate (SPEC §5.4).
+    pub fn without_tls_material(&self) -> Site {
+        let mut s = self.clone();
+        if let Some(t) = &mut s.tls {
+            if t.letsencrypt == Some(true) {
+                *t = Tls { letsencrypt: Some(true), ..Default::default() };
+            } else {
+                // An OKC's material lives in ssl_dir; at rest only the fact remains.
+                *t = Tls { letsencrypt: Some(false), ..Default::default() };
+            }
+        }
+        s
+    }
+}
+
+/// Parse and validate one Site JSON document. `origin` names where it came
+/// from (a file name) for the error message.
+pub fn parse_site(text: &str, origin: &str) -> Result<Site> {
+    let v: Value = serde_json::from_str(text).map_err(|e| Error::invalid(format!("{origin}: not valid JSON: {e}")))?;
+    site_from_value(&v).map_err(|e| e.context(origin))
+}
+
+/// Validate a Site JSON already parsed as a JSON value.
+pub fn site_from_value(v: &Value) -> Result<Site> {
+    let obj = v.as_object().ok_or_else(|| Error::invalid("Site JSON: must be a JSON object"))?;
+    let siteid_hint = obj.get("siteid").and_then(Value::as_str).unwrap_or("?");
+    validate(obj).map_err(|e| e.context(format!("site {siteid_hint}")))?;
+    let mut site: Site = serde_json::from_value(v.clone()).map_err(|e| Error::invalid(format!("site {siteid_hint}: {e}")))?;
+    site.hostname = site.hostname.to_ascii_lowercase();
+    Ok(site)
+}
+
+fn bad(field: &str, why: impl std::fmt::Display) -> Error {
+    Error::invalid(format!("{field}: {why}"))
+}
+
+fn req_str<'a>(obj: &'a Map<String, Value>, key: &str, field: &str) -> Result<&'a str> {
+    match obj.get(key) {
+        None => Err(bad(field, "missing (required)")),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(bad(field, "must be a string")),
+    }
+}
+
+fn check_keys(obj: &Map<String, Value>, allowed: &[&str], prefix: &str) -> Result<()> {
+    for k in obj.keys() {
+        if !allowed.contains(&k.as_str()) {
+            return Err(bad(&format!("{prefix}{k}"), format!("unknown key (allowed: {})", allowed.join(", "))));
+        }
+    }
+    Ok(())
+}
+
+/// `s` followed by 40 lowercase hex digits (and `a` for appconfig ids).
+pub fn is_id(s: &str, prefix: char) -> bool {
+    s.len() == 41 && s.starts_with(prefix) && s[1..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A DNS host name: labels of letters, digits and hyphens, 1..=63 long,
+/// without a leading or trailing hyphen, 253 characters at most.
+pub fn is_dns_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// Why Let's Encrypt cannot issue for this (valid DNS) name, if it cannot.
+pub fn not_public_reason(h: &str) -> Option<&'static str> {
+    let lower = h.to_ascii_lowercase();
+    if lower.split('.').all(|l| l.bytes().all(|b| b.is_ascii_digit())) {
+        return Some("an IP address, and Let's Encrypt issues only for public DNS names");
+    }
+    if lower == "local" || lower.ends_with(".local") {
+        return Some("a .local (mDNS) name, and Let's Encrypt issues only for public DNS names");
+    }
+    if !lower.contains('.') {
+        return Some("a single-label name, and Let's Encrypt issues only for public DNS names");
+    }
+    if lower == "localhost" || lower.ends_with(".localhost") {
+        return Some("a localhost name, and Let's Encrypt issues only for public DNS names");
+    }
+    None
+}
+
+pub fn looks_like_email(e: &str) -> bool {
+    match e.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty() && !domain.is_empty() && !e.chars().any(|c| c.is_whitespace() || c.is_control()) && !domain.contains('@')
+        }
+        None => false,
+    }
+}
+
+fn pem_field(t: &Map<String, Value>, key: &str) -> Result<Option<String>> {
+    let field = format!("tls.{key}");
+    match t.get(key) {
+        None => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Err(bad(&field, "is empty")),
+        Some(Value::String(s)) => {
+            if !s.contains("-----BEGIN ") {
+                return Err(bad(&field, "not PEM (no -----BEGIN line)"));
+            }
+            Ok(Some(s.clone()))
+        }
+        Some(_) => Err(bad(&field, "must be a PEM string")),
+    }
+}
+
+fn validate(obj: &Map<String, Value>) -> Result<()> {
+    check_keys(obj, &["siteid", "hostname", "admin", "tls", "appconfigs"], "")?;
+    let siteid = req_str(obj, "siteid", "siteid")?;
+    if !is_id(siteid, 's') {
+        return Err(bad("siteid", format!("{siteid:?} is not \"s\" followed by 40 lowercase hex digits")));
+    }
+    let hostname = req_str(obj, "hostname", "hostname")?;
+    if hostname != "*" && !is_dns_name(hostname) {
+        return Err(bad("hostname", format!("{hostname:?}: not a DNS name")));
+    }
+
+    match obj.get("admin") {
+        None => return Err(bad("admin", "missing (required)")),
+        Some(Value::Object(a)) => {
+            check_keys(a, &["userid", "username", "email", "credential"], "admin.")?;
+            let userid = req_str(a, "userid", "admin.userid")?;
+            if userid.is_empty() || !userid.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+                return Err(bad("admin.userid", format!("{userid:?}: only lowercase letters and digits")));
+            }
+            let username = req_str(a, "username", "admin.username")?;
+            if username.trim().is_empty() {
+                return Err(bad("admin.username", "is empty"));
+            }
+            let email = req_str(a, "email", "admin.email")?;
+            if !looks_like_email(email) {
+                return Err(bad("admin.email", format!("{email:?}: not an e-mail address")));
+            }
+            if let Some(c) = a.get("credential") {
+                if !c.is_string() {
+                    return Err(bad("admin.credential", "must be a string"));
+                }
+            }
+        }
+        Some(_) => return Err(bad("admin", "must be an object")),
+    }
+
+    if let Some(tls) = obj.get("tls") {
+        let t = tls.as_object().ok_or_else(|| bad("tls", "must be an object"))?;
+        check_keys(t, &["letsencrypt", "key", "crt", "cacrt"], "tls.")?;
+        if hostname == "*" {
+            return Err(bad("tls", "a site with hostname \"*\" (any host) cannot use TLS"));
+        }
+        let le = match t.get("letsencrypt") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(bad("tls.letsencrypt", "must be true or false")),
+        };
+        let key = pem_field(t, "key")?;
+        let crt = pem_field(t, "crt")?;
+        let cacrt = pem_field(t, "cacrt")?;
+        if le {
+            if let Some(why) = not_public_reason(hostname) {
+                return Err(bad("hostname", format!("{hostname:?} with tls.letsencrypt: {why}")));
+            }
+            if cacrt.is_some() {
+                return Err(bad("tls.cacrt", "not allowed with letsencrypt (the chain belongs in tls.crt)"));
+            }
+            if key.is_some() != crt.is_some() {
+                return Err(bad(if key.is_some() { "tls.crt" } else { "tls.key" }, "missing: a carried Let's Encrypt certificate needs both key and crt"));
+            }
+        } else {
+            if key.is_none() {
+                return Err(bad("tls.key", "missing: tls needs either \"letsencrypt\": true or a key and crt"));
+            }
+            if crt.is_none() {
+                return Err(bad("tls.crt", "missing: an own certificate needs both key and crt"));
+            }
+            let (key, crt) = (key.unwrap_or_default(), crt.unwrap_or_default());
+            let k = crate::certs::parse_key(&key).map_err(|e| bad("tls.key", e))?;
+            let chain = crate::certs::parse_chain(&crt).map_err(|e| bad("tls.crt", e))?;
+            if let Some(c) = &cacrt {
+                crate::certs::parse_chain(c).map_err(|e| bad("tls.cacrt", e))?;
+            }
+            if !crate::certs::key_matches(&k, &chain[0]) {
+                return Err(bad("tls.key", "does not match the certificate in tls.crt"));
+            }
+        }
+    }
+
+    if let Some(acs) = obj.get("appconfigs") {
+        let arr = acs.as_array().ok_or_else(|| bad("appconfigs", "must be an array"))?;
+        let mut seen = std::collections::HashSet::new();
+        for (i, ac) in arr.iter().enumerate() {
+            let f = |k: &str| format!("appconfigs[{i}].{k}");
+            let a = ac.as_object().ok_or_else(|| bad(&format!("appconfigs[{i}]"), "must be an object"))?;
+            check_keys(a, &["appconfigid", "appid", "context", "isdefault", "customizationpoints"], &format!("appconfigs[{i}]."))?;
+            let id = req_str(a, "appconfigid", &f("appconfigid"))?;
+            if !is_id(id, 'a') {
+                return Err(bad(&f("appconfigid"), format!("{id:?} is not \"a\" followed by 40 lowercase hex digits")));
+            }
+            if !seen.insert(id.to_string()) {
+                return Err(bad(&f("appconfigid"), format!("{id} appears twice")));
+            }
+            let appid = req_str(a, "appid", &f("appid"))?;
+            if appid.is_empty() || !appid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
+                return Err(bad(&f("appid"), format!("{appid:?}: not a package name")));
+            }
+            if let Some(c) = a.get("context") {
+                let c = c.as_str().ok_or_else(|| bad(&f("context"), "must be a string"))?;
+                let ok = c.is_empty()
+                    || (c.starts_with('/') && !c.ends_with('/') && c[1..].split('/').all(|seg| !seg.is_empty() && seg != ".." && seg != "." && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))));
+                if !ok {
+                    return Err(bad(&f("context"), format!("{c:?}: must be empty or a path like /blog")));
+                }
+            }
+            if let Some(d) = a.get("isdefault") {
+                if !d.is_boolean() {
+                    return Err(bad(&f("isdefault"), "must be true or false"));
+                }
+            }
+            if let Some(cp) = a.get("customizationpoints") {
+                if !(cp.is_object() || cp.is_null()) {
+                    return Err(bad(&f("customizationpoints"), "must be an object"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "s3f2c9a0b1d4e5f60718293a4b5c6d7e8f9012345";
+
+    fn site(extra: &str) -> String {
+        format!(r#"{{"siteid":"{ID}","hostname":"blog.example.com","admin":{{"userid":"admin","username":"A","email":"a@example.com"}}{extra}}}"#)
+    }
+
+    #[test]
+    fn minimal_http_site() {
+        let s = parse_site(&site(""), "t").unwrap();
+        assert_eq!(s.tls_wish(), TlsWish::None);
+    }
+
+    #[test]
+    fn letsencrypt_site() {
+        let s = parse_site(&site(r#","tls":{"letsencrypt":true}"#), "t").unwrap();
+        assert_eq!(s.tls_wish(), TlsWish::LetsEncrypt { carried: None });
+    }
+
+    #[test]
+    fn typo_key_is_named() {
+        let e = parse_site(&site(r#","tsl":{"letsencrypt":true}"#), "t").unwrap_err();
+        assert!(e.to_string().contains("tsl: unknown key"), "{e}");
+        assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn dns_names() {
+        assert!(is_dns_name("a.b-c.example"));
+        assert!(!is_dns_name("a/b.example.com"));
+        assert!(!is_dns_name("-a.example.com"));
+        assert!(!is_dns_name("a..b"));
+        assert!(!is_dns_name(&"a".repeat(64)));
+        assert!(!is_dns_name(&format!("{}.com", ["abc"; 70].join("."))));
+    }
+
+    #[test]
+    fn public_names() {
+        assert!(not_public_reason("10.0.0.1").is_some());
+        assert!(not_public_reason("box.local").is_some());
+        assert!(not_public_reason("blog.example.com").is_none());
+    }
+
+    #[test]
+    fn at_rest_has_no_material() {
+        let mut s = parse_site(&site(r#","tls":{"letsencrypt":true}"#), "t").unwrap();
+        s.tls.as_mut().unwrap().key = Some("K".into());
+        s.tls.as_mut().unwrap().crt = Some("C".into());
+        let r = s.without_tls_material();
+        assert_eq!(r.tls.unwrap(), Tls { letsencrypt: Some(true), ..Default::default() });
+    }
+}
