@@ -7,4 +7,6 @@ pub mod decide;
 pub mod error;
 pub mod fault;
 pub mod fsutil;
+pub mod renewal_conf;
 pub mod site;
+pub mod store;

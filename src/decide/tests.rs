@@ -1,4 +1,5 @@
 //! One test per cell of the SPEC §3 table, named row__column, plus its bullet rules.
+#![allow(non_snake_case)] // test names are row__column of the SPEC §3 table
 
 use super::*;
 use chrono::{Duration, TimeZone};

@@ -1,0 +1,503 @@
+//! Let's Encrypt material in certbot's on-disk layout (SPEC §2), so that
+//! certbot itself can list and renew it:
+//!
+//! ```text
+//! archive/<host>/{cert,chain,fullchain,privkey}N.pem
+//! live/<host>/*.pem -> ../../archive/<host>/*N.pem      (relative links)
+//! renewal/<host>.conf
+//! norenewal/<host>/ and norenewal/<host>.conf           (the stash, UBOS layout)
+//! accounts/<server netloc+path>/<id>/{private_key.json,regr.json,meta.json}
+//! ```
+//!
+//! A new version is written as N+1 across all four files, each fsynced; the
+//! `live/<host>` directory is then swapped in one step (a new directory of
+//! links exchanged with the old by `renameat2(RENAME_EXCHANGE)`), so a reader
+//! never sees a key from one version next to a certificate from another.
+
+use crate::certs::KeyCert;
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use crate::renewal_conf::RenewalConf;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// The four files of a version, in certbot's order.
+pub const KINDS: [&str; 4] = ["cert", "chain", "fullchain", "privkey"];
+/// certbot keeps the current version plus this many older ones.
+pub const KEEP_OLDER: u32 = 5;
+/// The certbot version we write into renewal confs (older than any we test
+/// with, so certbot does not warn that the conf comes from a newer certbot).
+pub const CONF_VERSION: &str = "2.0.0";
+
+const LIVE_README: &str = "This directory contains your keys and certificates.\n\n`[cert name]/privkey.pem`  : the private key for your certificate.\n`[cert name]/fullchain.pem`: the certificate file used in most server software.\n`[cert name]/chain.pem`    : used for OCSP stapling in Nginx >=1.3.7.\n`[cert name]/cert.pem`     : will break many server configurations, and should not be used\n                             without reading further documentation (see link below).\n\nWARNING: DO NOT MOVE OR RENAME THESE FILES!\n         Certbot expects these files to remain in this location in order\n         to function properly!\n\nWe recommend not moving these files. For more information, see the Certbot\nUser Guide at https://certbot.eff.org/docs/using.html#where-are-my-certificates.\n";
+
+/// Where a lineage's links are: under renewal, or stashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Place {
+    Live,
+    Stashed,
+}
+
+/// What a lineage's current links hold.
+#[derive(Debug, Clone)]
+pub enum Material {
+    Absent,
+    /// Present but unreadable: a dangling link, garbage PEM.
+    Broken(String),
+    Present(KeyCert),
+}
+
+impl Material {
+    pub fn keycert(&self) -> Option<&KeyCert> {
+        match self {
+            Material::Present(kc) => Some(kc),
+            _ => None,
+        }
+    }
+}
+
+/// What the renewal conf of a new or changed lineage says about renewing it.
+#[derive(Debug, Clone)]
+pub struct RenewalParams {
+    pub account: String,
+    pub server: String,
+    pub webroot: PathBuf,
+    pub key_type: String,
+}
+
+/// A key and its chain to be written as a version.
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    pub key_pem: String,
+    pub cert_pem: String,
+    pub chain_pem: String,
+    pub fullchain_pem: String,
+}
+
+impl NewVersion {
+    /// Split a full chain (leaf first) into cert and chain.
+    pub fn from_key_and_fullchain(key_pem: &str, fullchain: &str) -> Result<NewVersion> {
+        let blocks = pem_blocks(fullchain);
+        if blocks.is_empty() {
+            return Err(Error::invalid("certificate: no PEM CERTIFICATE block"));
+        }
+        Ok(NewVersion {
+            key_pem: ensure_nl(key_pem),
+            cert_pem: blocks[0].clone(),
+            chain_pem: blocks[1..].concat(),
+            fullchain_pem: blocks.concat(),
+        })
+    }
+}
+
+fn ensure_nl(s: &str) -> String {
+    if s.ends_with('\n') { s.to_string() } else { format!("{s}\n") }
+}
+
+/// The PEM blocks of a text, each normalised to end in a newline.
+pub fn pem_blocks(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in text.lines() {
+        let l = line.trim_end();
+        if l.starts_with("-----BEGIN ") {
+            cur = Some(String::new());
+        }
+        if let Some(c) = cur.as_mut() {
+            c.push_str(l);
+            c.push('\n');
+        }
+        if l.starts_with("-----END ") {
+            if let Some(c) = cur.take() {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// One lineage, as `certificates` lists it.
+#[derive(Debug, Clone)]
+pub struct Lineage {
+    pub name: String,
+    pub place: Place,
+    pub conf: Option<RenewalConf>,
+    pub material: Material,
+    pub version: Option<u32>,
+}
+
+/// The certbot-layout store rooted at `letsencrypt_dir`.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub dir: PathBuf,
+}
+
+impl Store {
+    pub fn new(dir: impl Into<PathBuf>) -> Store {
+        Store { dir: dir.into() }
+    }
+    pub fn live_dir(&self, host: &str) -> PathBuf {
+        self.dir.join("live").join(host)
+    }
+    pub fn archive_dir(&self, host: &str) -> PathBuf {
+        self.dir.join("archive").join(host)
+    }
+    pub fn renewal_conf_path(&self, host: &str) -> PathBuf {
+        self.dir.join("renewal").join(format!("{host}.conf"))
+    }
+    pub fn stash_dir(&self, host: &str) -> PathBuf {
+        self.dir.join("norenewal").join(host)
+    }
+    pub fn stash_conf_path(&self, host: &str) -> PathBuf {
+        self.dir.join("norenewal").join(format!("{host}.conf"))
+    }
+    fn links_dir(&self, host: &str, place: Place) -> PathBuf {
+        match place {
+            Place::Live => self.live_dir(host),
+            Place::Stashed => self.stash_dir(host),
+        }
+    }
+    fn conf_path(&self, host: &str, place: Place) -> PathBuf {
+        match place {
+            Place::Live => self.renewal_conf_path(host),
+            Place::Stashed => self.stash_conf_path(host),
+        }
+    }
+
+    pub fn has(&self, host: &str, place: Place) -> bool {
+        fsutil::exists_nofollow(&self.links_dir(host, place))
+    }
+
+    /// The key and full chain the links of `host` point at.
+    pub fn material(&self, host: &str, place: Place) -> Material {
+        let dir = self.links_dir(host, place);
+        if !fsutil::exists_nofollow(&dir) {
+            return Material::Absent;
+        }
+        let key = match fs::read_to_string(dir.join("privkey.pem")) {
+            Ok(k) => k,
+            Err(e) => return Material::Broken(format!("{}: {e}", dir.join("privkey.pem").display())),
+        };
+        let chain = match fs::read_to_string(dir.join("fullchain.pem")) {
+            Ok(k) => k,
+            Err(e) => return Material::Broken(format!("{}: {e}", dir.join("fullchain.pem").display())),
+        };
+        match KeyCert::parse(&key, &chain) {
+            Ok(kc) => Material::Present(kc),
+            Err(e) => Material::Broken(format!("{}: {e}", dir.display())),
+        }
+    }
+
+    /// The version number the `cert.pem` link of `host` points at.
+    pub fn current_version(&self, host: &str, place: Place) -> Option<u32> {
+        let target = fs::read_link(self.links_dir(host, place).join("cert.pem")).ok()?;
+        let name = target.file_name()?.to_str()?;
+        name.strip_prefix("cert")?.strip_suffix(".pem")?.parse().ok()
+    }
+
+    /// Every version number with at least one file in `archive/<host>`.
+    pub fn archive_versions(&self, host: &str) -> Vec<u32> {
+        let mut v: Vec<u32> = fs::read_dir(self.archive_dir(host))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        KINDS.iter().find_map(|k| n.strip_prefix(k).and_then(|r| r.strip_suffix(".pem")).and_then(|d| d.parse().ok()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Versions whose four files all exist.
+    pub fn complete_versions(&self, host: &str) -> Vec<u32> {
+        let a = self.archive_dir(host);
+        self.archive_versions(host).into_iter().filter(|n| KINDS.iter().all(|k| a.join(format!("{k}{n}.pem")).is_file())).collect()
+    }
+
+    fn ensure_top_dirs(&self) -> Result<()> {
+        fsutil::ensure_dir_mode(&self.dir, 0o755)?;
+        for d in ["live", "archive"] {
+            fsutil::ensure_dir_mode(&self.dir.join(d), 0o700)?;
+        }
+        fsutil::ensure_dir_mode(&self.dir.join("renewal"), 0o755)?;
+        for d in ["pre", "deploy", "post"] {
+            fsutil::create_dir_all_mode(&self.dir.join("renewal-hooks").join(d), 0o755)?;
+        }
+        let readme = self.dir.join("live/README");
+        if !readme.exists() {
+            fsutil::atomic_write(&readme, LIVE_README.as_bytes(), 0o644)?;
+        }
+        Ok(())
+    }
+
+    /// Add a version to the lineage of `host` (creating the lineage if it has
+    /// none), switch `live/<host>` to it, and write its renewal conf (keeping
+    /// what an existing conf holds that we do not set). Returns N.
+    pub fn add_version(&self, host: &str, v: &NewVersion, params: &RenewalParams) -> Result<u32> {
+        // Refuse material that would not serve: never write a mismatched pair.
+        let kc = KeyCert::parse(&v.key_pem, &v.fullchain_pem).map_err(|e| Error::invalid(format!("{host}: {e}")))?;
+        if !kc.key_matches {
+            return Err(Error::invalid(format!("{host}: the private key does not match the certificate")));
+        }
+        self.ensure_top_dirs()?;
+        let archive = self.archive_dir(host);
+        fsutil::ensure_dir_mode(&archive, 0o755)?;
+        // N+1 over every file present, so a half-written N never becomes live.
+        let n = self.archive_versions(host).last().copied().unwrap_or(0) + 1;
+        for (kind, data) in [("cert", &v.cert_pem), ("chain", &v.chain_pem), ("fullchain", &v.fullchain_pem), ("privkey", &v.key_pem)] {
+            let mode = if kind == "privkey" { 0o600 } else { 0o644 };
+            fsutil::atomic_write(&archive.join(format!("{kind}{n}.pem")), data.as_bytes(), mode)?;
+            crate::fault::point(&format!("store.wrote_{kind}"));
+        }
+        crate::fault::point("store.version_written");
+        self.link_version(host, n)?;
+        crate::fault::point("store.linked");
+        self.write_conf(host, Place::Live, params)?;
+        self.prune(host)?;
+        Ok(n)
+    }
+
+    /// Point `live/<host>` at version `n` in one atomic directory exchange.
+    pub fn link_version(&self, host: &str, n: u32) -> Result<()> {
+        let live_parent = self.dir.join("live");
+        fsutil::ensure_dir_mode(&live_parent, 0o700)?;
+        let live = self.live_dir(host);
+        let tmp = live_parent.join(format!(".{host}.new-{}", std::process::id()));
+        fsutil::remove_dir_all_if_exists(&tmp)?;
+        fs::create_dir(&tmp).io_ctx("creating", &tmp)?;
+        for k in KINDS {
+            let target = PathBuf::from(format!("../../archive/{host}/{k}{n}.pem"));
+            std::os::unix::fs::symlink(&target, tmp.join(format!("{k}.pem"))).io_ctx("linking", &tmp)?;
+        }
+        fsutil::atomic_write(&tmp.join("README"), lineage_readme().as_bytes(), 0o644)?;
+        fsutil::fsync_dir(&tmp)?;
+        if fsutil::exists_nofollow(&live) {
+            exchange(&tmp, &live)?;
+            fsutil::remove_dir_all_if_exists(&tmp)?;
+        } else {
+            fs::rename(&tmp, &live).io_ctx("renaming into place", &live)?;
+        }
+        fsutil::fsync_dir(&live_parent)
+    }
+
+    /// Write (or rewrite, keeping unknown fields) the renewal conf of `host`.
+    pub fn write_conf(&self, host: &str, place: Place, p: &RenewalParams) -> Result<()> {
+        let path = self.conf_path(host, place);
+        let mut c = match fs::read_to_string(&path) {
+            Ok(t) => RenewalConf::parse(&t),
+            Err(_) => RenewalConf::parse("# renewal configuration written by site-admin, readable by certbot"),
+        };
+        let live = self.live_dir(host);
+        let s = |p: &Path| p.display().to_string();
+        c.set(None, "version", CONF_VERSION);
+        c.set(None, "archive_dir", &s(&self.archive_dir(host)));
+        for k in KINDS {
+            c.set(None, k, &s(&live.join(format!("{k}.pem"))));
+        }
+        c.set(Some("renewalparams"), "account", &p.account);
+        c.set(Some("renewalparams"), "server", &p.server);
+        c.set(Some("renewalparams"), "authenticator", "webroot");
+        c.set(Some("renewalparams"), "webroot_path", &format!("{},", s(&p.webroot)));
+        c.set(Some("renewalparams"), "key_type", &p.key_type);
+        c.replace_section("webroot_map", &[(host.to_string(), s(&p.webroot))]);
+        fsutil::atomic_write(&path, c.to_text().as_bytes(), 0o644)
+    }
+
+    pub fn read_conf(&self, host: &str, place: Place) -> Option<RenewalConf> {
+        fs::read_to_string(self.conf_path(host, place)).ok().map(|t| RenewalConf::parse(&t))
+    }
+
+    /// Delete archive versions older than the current one minus [`KEEP_OLDER`].
+    fn prune(&self, host: &str) -> Result<()> {
+        let cur = match self.current_version(host, Place::Live) {
+            Some(c) => c,
+            None => return Ok(()),
+        };
+        let archive = self.archive_dir(host);
+        for n in self.archive_versions(host) {
+            if n + KEEP_OLDER < cur {
+                for k in KINDS {
+                    fsutil::remove_file_if_exists(&archive.join(format!("{k}{n}.pem")))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stash: move `live/<host>` and its conf to `norenewal/`; the archive
+    /// stays. If a stash entry exists already, the newer of the two is kept.
+    pub fn stash(&self, host: &str) -> Result<()> {
+        let live = self.live_dir(host);
+        if !fsutil::exists_nofollow(&live) {
+            return Ok(());
+        }
+        fsutil::ensure_dir_mode(&self.dir.join("norenewal"), 0o700)?;
+        if self.has(host, Place::Stashed) {
+            let stash_na = self.material(host, Place::Stashed).keycert().map(|k| k.leaf.not_after);
+            let live_na = self.material(host, Place::Live).keycert().map(|k| k.leaf.not_after);
+            if live_na >= stash_na {
+                self.remove_links(host, Place::Stashed)?;
+            } else {
+                // The stash is newer: the live links go; their files stay in the archive.
+                return self.remove_links(host, Place::Live);
+            }
+        }
+        fsutil::rename_durable(&live, &self.stash_dir(host))?;
+        crate::fault::point("store.stash_moved_links");
+        let conf = self.renewal_conf_path(host);
+        if conf.exists() {
+            fsutil::rename_durable(&conf, &self.stash_conf_path(host))?;
+        }
+        Ok(())
+    }
+
+    /// Unstash: move the stash entry back under renewal. When a live lineage
+    /// exists already, the stashed material becomes its next version.
+    /// `params` is used when the stash has no conf (or the conf must name this
+    /// device's account and server).
+    pub fn unstash(&self, host: &str, params: &RenewalParams) -> Result<()> {
+        if !self.has(host, Place::Stashed) {
+            return Err(Error::failed(format!("{host}: no stashed certificate")));
+        }
+        if self.has(host, Place::Live) {
+            let kc = match self.material(host, Place::Stashed) {
+                Material::Present(kc) => kc,
+                Material::Broken(why) => return Err(Error::failed(format!("{host}: stashed certificate unreadable: {why}"))),
+                Material::Absent => unreachable!("checked above"),
+            };
+            self.add_version(host, &NewVersion::from_key_and_fullchain(&kc.key_pem, &kc.chain_pem)?, params)?;
+            return self.remove_links(host, Place::Stashed);
+        }
+        self.ensure_top_dirs()?;
+        fsutil::rename_durable(&self.stash_dir(host), &self.live_dir(host))?;
+        crate::fault::point("store.unstash_moved_links");
+        let sconf = self.stash_conf_path(host);
+        if sconf.exists() {
+            fsutil::rename_durable(&sconf, &self.renewal_conf_path(host))?;
+        }
+        self.write_conf(host, Place::Live, params)
+    }
+
+    /// Delete a stash entry. Its archive goes too when no live lineage uses it.
+    pub fn delete_stash(&self, host: &str) -> Result<()> {
+        self.remove_links(host, Place::Stashed)?;
+        if !self.has(host, Place::Live) {
+            fsutil::remove_dir_all_if_exists(&self.archive_dir(host))?;
+        }
+        Ok(())
+    }
+
+    fn remove_links(&self, host: &str, place: Place) -> Result<()> {
+        fsutil::remove_file_if_exists(&self.conf_path(host, place))?;
+        fsutil::remove_dir_all_if_exists(&self.links_dir(host, place))
+    }
+
+    /// Finish a stash or unstash that a crash interrupted between its two
+    /// renames: a conf goes where its links are. Also removes the temporary
+    /// link directories of an interrupted switch. Returns what it did.
+    pub fn recover(&self) -> Result<Vec<String>> {
+        let mut done = Vec::new();
+        if let Ok(rd) = fs::read_dir(self.dir.join("live")) {
+            for e in rd.filter_map(|e| e.ok()) {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with('.') && n.contains(".new-") {
+                    fsutil::remove_dir_all_if_exists(&e.path())?;
+                    done.push(format!("removed the unfinished link directory live/{n}"));
+                }
+            }
+        }
+        for (from, to) in [(Place::Live, Place::Stashed), (Place::Stashed, Place::Live)] {
+            for host in self.names_with_conf(from) {
+                if !self.has(&host, from) && self.has(&host, to) && !self.conf_path(&host, to).exists() {
+                    fsutil::rename_durable(&self.conf_path(&host, from), &self.conf_path(&host, to))?;
+                    done.push(format!("{host}: finished an interrupted {} (moved its renewal conf)", if to == Place::Stashed { "stash" } else { "unstash" }));
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Names of lineages that have a conf in `place`.
+    pub fn names_with_conf(&self, place: Place) -> Vec<String> {
+        let dir = match place {
+            Place::Live => self.dir.join("renewal"),
+            Place::Stashed => self.dir.join("norenewal"),
+        };
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+                    .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".conf")).map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Names of lineages with links in `place` (a conf or not).
+    pub fn names_with_links(&self, place: Place) -> Vec<String> {
+        let dir = match place {
+            Place::Live => self.dir.join("live"),
+            Place::Stashed => self.dir.join("norenewal"),
+        };
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Every lineage, live and stashed.
+    pub fn lineages(&self) -> Vec<Lineage> {
+        let mut out = Vec::new();
+        for place in [Place::Live, Place::Stashed] {
+            let mut names = self.names_with_conf(place);
+            names.extend(self.names_with_links(place));
+            names.sort();
+            names.dedup();
+            for name in names {
+                out.push(Lineage {
+                    material: self.material(&name, place),
+                    version: self.current_version(&name, place),
+                    conf: self.read_conf(&name, place),
+                    name,
+                    place,
+                });
+            }
+        }
+        out
+    }
+}
+
+fn lineage_readme() -> String {
+    "This directory contains your keys and certificates.\n\n`privkey.pem`  : the private key for your certificate.\n`fullchain.pem`: the certificate file used in most server software.\n`chain.pem`    : used for OCSP stapling in Nginx >=1.3.7.\n`cert.pem`     : will break many server configurations, and should not be used\n                 without reading further documentation (see link below).\n\nWARNING: DO NOT MOVE OR RENAME THESE FILES!\n         Certbot expects these files to remain in this location in order\n         to function properly!\n\nWe recommend not moving these files. For more information, see the Certbot\nUser Guide at https://certbot.eff.org/docs/using.html#where-are-my-certificates.\n".to_string()
+}
+
+/// Atomically exchange two directory entries (Linux `renameat2(RENAME_EXCHANGE)`).
+fn exchange(a: &Path, b: &Path) -> Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let ca = CString::new(a.as_os_str().as_bytes()).map_err(|_| Error::failed(format!("bad path {}", a.display())))?;
+    let cb = CString::new(b.as_os_str().as_bytes()).map_err(|_| Error::failed(format!("bad path {}", b.display())))?;
+    // SAFETY: both are valid NUL-terminated paths; AT_FDCWD resolves them as given.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).io_ctx("switching", b);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
