@@ -1,0 +1,264 @@
+//! JSON Web Signature for ACME requests ([RFC 8555 §6.2], [RFC 7515]) with
+//! ES256 (and RS256, for RSA account keys certbot made), JWKs ([RFC 7517])
+//! and their thumbprints ([RFC 7638]).
+//!
+//! [RFC 8555 §6.2]: https://www.rfc-editor.org/rfc/rfc8555#section-6.2
+//! [RFC 7515]: https://www.rfc-editor.org/rfc/rfc7515
+//! [RFC 7517]: https://www.rfc-editor.org/rfc/rfc7517
+//! [RFC 7638]: https://www.rfc-editor.org/rfc/rfc7638
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use openssl::bn::{BigNum, BigNumContext};
+use openssl::ec::{EcGroup, EcKey};
+use openssl::ecdsa::EcdsaSig;
+use openssl::hash::{hash, MessageDigest};
+use openssl::nid::Nid;
+use openssl::pkey::{PKey, Private};
+use openssl::rsa::Rsa;
+use openssl::sign::Signer;
+use serde_json::{json, Value};
+
+/// base64url without padding ([RFC 7515 §2]).
+///
+/// [RFC 7515 §2]: https://www.rfc-editor.org/rfc/rfc7515#section-2
+pub fn b64(data: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(data)
+}
+
+pub fn b64_decode(s: &str) -> Result<Vec<u8>, String> {
+    URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).map_err(|e| format!("bad base64url: {e}"))
+}
+
+/// An ACME account key.
+#[derive(Clone)]
+pub struct AccountKey {
+    pkey: PKey<Private>,
+}
+
+impl std::fmt::Debug for AccountKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        write!(f, "AccountKey({})", self.alg())
+    }
+}
+
+fn padded(n: &openssl::bn::BigNumRef, len: i32) -> Result<Vec<u8>, String> {
+    n.to_vec_padded(len).map_err(|e| format!("key component too large: {e}"))
+}
+
+impl AccountKey {
+    /// A new ECDSA P-256 account key.
+    pub fn generate() -> Result<AccountKey, String> {
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).map_err(|e| e.to_string())?;
+        let ec = EcKey::generate(&group).map_err(|e| e.to_string())?;
+        Ok(AccountKey { pkey: PKey::from_ec_key(ec).map_err(|e| e.to_string())? })
+    }
+
+    pub fn from_pkey(pkey: PKey<Private>) -> Result<AccountKey, String> {
+        let k = AccountKey { pkey };
+        match k.pkey.id() {
+            openssl::pkey::Id::RSA => Ok(k),
+            openssl::pkey::Id::EC => {
+                let ec = k.pkey.ec_key().map_err(|e| e.to_string())?;
+                if ec.group().curve_name() == Some(Nid::X9_62_PRIME256V1) {
+                    Ok(k)
+                } else {
+                    Err("only P-256 EC account keys are supported".into())
+                }
+            }
+            _ => Err("unsupported account key type".into()),
+        }
+    }
+
+    pub fn pkey(&self) -> &PKey<Private> {
+        &self.pkey
+    }
+
+    /// The JWS `alg`: ES256 for P-256, RS256 for RSA.
+    pub fn alg(&self) -> &'static str {
+        if self.pkey.id() == openssl::pkey::Id::RSA { "RS256" } else { "ES256" }
+    }
+
+    /// The public JWK with only the required members, in the lexicographic
+    /// order RFC 7638 §3.2 asks for (so its serialisation is the thumbprint input).
+    pub fn public_jwk(&self) -> Result<Value, String> {
+        if let Ok(rsa) = self.pkey.rsa() {
+            return Ok(json!({"e": b64(&rsa.e().to_vec()), "kty": "RSA", "n": b64(&rsa.n().to_vec())}));
+        }
+        let ec = self.pkey.ec_key().map_err(|e| e.to_string())?;
+        let (x, y) = ec_xy(&ec)?;
+        Ok(json!({"crv": "P-256", "kty": "EC", "x": b64(&x), "y": b64(&y)}))
+    }
+
+    /// The private JWK, as certbot stores it in `private_key.json`.
+    pub fn private_jwk(&self) -> Result<Value, String> {
+        if let Ok(rsa) = self.pkey.rsa() {
+            let opt = |b: Option<&openssl::bn::BigNumRef>| b.map(|b| b64(&b.to_vec())).unwrap_or_default();
+            return Ok(json!({"kty": "RSA", "n": b64(&rsa.n().to_vec()), "e": b64(&rsa.e().to_vec()), "d": b64(&rsa.d().to_vec()),
+                "p": opt(rsa.p()), "q": opt(rsa.q()), "dp": opt(rsa.dmp1()), "dq": opt(rsa.dmq1()), "qi": opt(rsa.iqmp())}));
+        }
+        let ec = self.pkey.ec_key().map_err(|e| e.to_string())?;
+        let (x, y) = ec_xy(&ec)?;
+        let d = padded(ec.private_key(), 32)?;
+        Ok(json!({"kty": "EC", "crv": "P-256", "x": b64(&x), "y": b64(&y), "d": b64(&d)}))
+    }
+
+    /// Load a private JWK (EC P-256 or RSA), as certbot stores it.
+    pub fn from_private_jwk(v: &Value) -> Result<AccountKey, String> {
+        let field = |k: &str| -> Result<BigNum, String> {
+            let s = v.get(k).and_then(Value::as_str).ok_or_else(|| format!("JWK member {k:?} missing"))?;
+            BigNum::from_slice(&b64_decode(s)?).map_err(|e| e.to_string())
+        };
+        match v.get("kty").and_then(Value::as_str) {
+            Some("EC") => {
+                if v.get("crv").and_then(Value::as_str) != Some("P-256") {
+                    return Err("only P-256 EC account keys are supported".into());
+                }
+                let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).map_err(|e| e.to_string())?;
+                let (x, y, d) = (field("x")?, field("y")?, field("d")?);
+                let public = EcKey::from_public_key_affine_coordinates(&group, &x, &y).map_err(|e| e.to_string())?;
+                let ec = EcKey::from_private_components(&group, &d, public.public_key()).map_err(|e| e.to_string())?;
+                ec.check_key().map_err(|_| "EC JWK: private and public parts do not match".to_string())?;
+                Ok(AccountKey { pkey: PKey::from_ec_key(ec).map_err(|e| e.to_string())? })
+            }
+            Some("RSA") => {
+                let rsa = Rsa::from_private_components(field("n")?, field("e")?, field("d")?, field("p")?, field("q")?, field("dp")?, field("dq")?, field("qi")?)
+                    .map_err(|e| e.to_string())?;
+                Ok(AccountKey { pkey: PKey::from_rsa(rsa).map_err(|e| e.to_string())? })
+            }
+            other => Err(format!("unsupported JWK kty {other:?}")),
+        }
+    }
+
+    /// RFC 7638 thumbprint: base64url(SHA-256(canonical public JWK)).
+    pub fn thumbprint(&self) -> Result<String, String> {
+        Ok(thumbprint_of(&self.public_jwk()?))
+    }
+
+    /// Sign `protected.payload` and return the flattened JWS JSON
+    /// ([RFC 8555 §6.2]). ES256 signatures are r‖s, each left-padded to 32
+    /// bytes ([RFC 7518 §3.4]), never DER.
+    ///
+    /// [RFC 8555 §6.2]: https://www.rfc-editor.org/rfc/rfc8555#section-6.2
+    /// [RFC 7518 §3.4]: https://www.rfc-editor.org/rfc/rfc7518#section-3.4
+    pub fn sign(&self, protected: &Value, payload: &str) -> Result<Value, String> {
+        let p64 = b64(protected.to_string().as_bytes());
+        let input = format!("{p64}.{payload}");
+        let sig = self.sign_bytes(input.as_bytes())?;
+        Ok(json!({"protected": p64, "payload": payload, "signature": b64(&sig)}))
+    }
+
+    pub fn sign_bytes(&self, data: &[u8]) -> Result<Vec<u8>, String> {
+        if self.pkey.id() == openssl::pkey::Id::RSA {
+            let mut s = Signer::new(MessageDigest::sha256(), &self.pkey).map_err(|e| e.to_string())?;
+            s.update(data).map_err(|e| e.to_string())?;
+            return s.sign_to_vec().map_err(|e| e.to_string());
+        }
+        let ec = self.pkey.ec_key().map_err(|e| e.to_string())?;
+        let digest = hash(MessageDigest::sha256(), data).map_err(|e| e.to_string())?;
+        let sig = EcdsaSig::sign(&digest, &ec).map_err(|e| e.to_string())?;
+        let mut out = padded(sig.r(), 32)?;
+        out.extend(padded(sig.s(), 32)?);
+        Ok(out)
+    }
+
+    /// certbot's account id: MD5 of the public key in SubjectPublicKeyInfo PEM.
+    pub fn certbot_id(&self) -> Result<String, String> {
+        let pem = self.pkey.public_key_to_pem().map_err(|e| e.to_string())?;
+        let d = hash(MessageDigest::md5(), &pem).map_err(|e| e.to_string())?;
+        Ok(d.iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+fn ec_xy(ec: &EcKey<Private>) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let mut ctx = BigNumContext::new().map_err(|e| e.to_string())?;
+    let (mut x, mut y) = (BigNum::new().map_err(|e| e.to_string())?, BigNum::new().map_err(|e| e.to_string())?);
+    ec.public_key().affine_coordinates(ec.group(), &mut x, &mut y, &mut ctx).map_err(|e| e.to_string())?;
+    Ok((padded(&x, 32)?, padded(&y, 32)?))
+}
+
+/// Thumbprint of a public JWK whose members are already the required ones
+/// (serde_json with `preserve_order` keeps the insertion order, which the
+/// constructors above make lexicographic).
+pub fn thumbprint_of(jwk: &Value) -> String {
+    let canon = canonical(jwk);
+    b64(&hash(MessageDigest::sha256(), canon.as_bytes()).map(|d| d.to_vec()).unwrap_or_default())
+}
+
+/// JSON with object members sorted and no white space (RFC 7638 §3).
+fn canonical(v: &Value) -> String {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            let parts: Vec<String> = keys.iter().map(|k| format!("{}:{}", Value::String((*k).clone()), canonical(&m[*k]))).collect();
+            format!("{{{}}}", parts.join(","))
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc7638_example_thumbprint() {
+        // RFC 7638 §3.1.
+        let jwk = json!({
+            "kty": "RSA",
+            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+            "e": "AQAB",
+            "alg": "RS256",
+            "kid": "2011-04-29"
+        });
+        let only_required = json!({"e": jwk["e"], "kty": "RSA", "n": jwk["n"]});
+        assert_eq!(thumbprint_of(&only_required), "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs");
+    }
+
+    #[test]
+    fn es256_signature_is_64_bytes_and_verifies() {
+        let k = AccountKey::generate().unwrap();
+        // Enough signatures that a short r or s (1 in 128) turns up.
+        for i in 0..400 {
+            let msg = format!("message {i}");
+            let sig = k.sign_bytes(msg.as_bytes()).unwrap();
+            assert_eq!(sig.len(), 64);
+            let r = BigNum::from_slice(&sig[..32]).unwrap();
+            let s = BigNum::from_slice(&sig[32..]).unwrap();
+            let es = EcdsaSig::from_private_components(r, s).unwrap();
+            let digest = hash(MessageDigest::sha256(), msg.as_bytes()).unwrap();
+            assert!(es.verify(&digest, &k.pkey.ec_key().unwrap()).unwrap());
+        }
+    }
+
+    #[test]
+    fn jwk_coordinates_are_padded_and_round_trip() {
+        for _ in 0..50 {
+            let k = AccountKey::generate().unwrap();
+            let j = k.public_jwk().unwrap();
+            assert_eq!(b64_decode(j["x"].as_str().unwrap()).unwrap().len(), 32);
+            assert_eq!(b64_decode(j["y"].as_str().unwrap()).unwrap().len(), 32);
+            let back = AccountKey::from_private_jwk(&k.private_jwk().unwrap()).unwrap();
+            assert_eq!(back.thumbprint().unwrap(), k.thumbprint().unwrap());
+            assert_eq!(back.certbot_id().unwrap(), k.certbot_id().unwrap());
+        }
+    }
+
+    #[test]
+    fn rsa_jwk_round_trip_and_sign() {
+        let k = AccountKey::from_pkey(PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap()).unwrap();
+        assert_eq!(k.alg(), "RS256");
+        let back = AccountKey::from_private_jwk(&k.private_jwk().unwrap()).unwrap();
+        assert_eq!(back.thumbprint().unwrap(), k.thumbprint().unwrap());
+        assert_eq!(back.sign_bytes(b"x").unwrap().len(), 256);
+    }
+
+    #[test]
+    fn bad_jwks_are_errors() {
+        for v in [json!({}), json!({"kty": "EC", "crv": "P-384"}), json!({"kty": "EC", "crv": "P-256", "x": "!!", "y": "AA", "d": "AA"}), json!({"kty": "oct"})] {
+            assert!(AccountKey::from_private_jwk(&v).is_err(), "{v}");
+        }
+    }
+}
