@@ -69,7 +69,7 @@ impl Candidate {
 
 /// What is deployed now for this site id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Current {
     NotDeployed,
     /// Deployed on plain http (including a pending site without OKC).

@@ -1,14 +1,27 @@
 //! site-admin: keeps the TLS certificates of the web sites on an appliance
 //! device right through each site's whole life. See `SPEC.md` and the README.
+//!
+//! Pure logic: [`site`] (Site JSON), [`certs`] (certificate material),
+//! [`decide`] (the SPEC §3 table), [`renewal_conf`]. Effects, each owning one
+//! thing: [`store`] (certbot's layout), [`accounts`], [`acme`] (the ACME
+//! client), [`apache`] (vhosts and the configtest transaction), [`lock`],
+//! [`hooks`], [`fsutil`]. The commands: [`engine`], [`doctor`]; the command
+//! line: [`cli`].
 
 pub mod accounts;
 pub mod acme;
+pub mod apache;
 pub mod certs;
+pub mod cli;
 pub mod config;
 pub mod decide;
+pub mod doctor;
+pub mod engine;
 pub mod error;
 pub mod fault;
 pub mod fsutil;
+pub mod hooks;
+pub mod lock;
 pub mod renewal_conf;
 pub mod site;
 pub mod store;

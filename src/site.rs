@@ -250,6 +250,12 @@ fn validate(obj: &Map<String, Value>) -> Result<()> {
             if key.is_some() != crt.is_some() {
                 return Err(bad(if key.is_some() { "tls.crt" } else { "tls.key" }, "missing: a carried Let's Encrypt certificate needs both key and crt"));
             }
+            // Carried material must be readable; whether it is usable (host,
+            // key match, expiry) is judged at deploy time, with a warning.
+            if let (Some(k), Some(c)) = (&key, &crt) {
+                crate::certs::parse_key(k).map_err(|e| bad("tls.key", e))?;
+                crate::certs::parse_chain(c).map_err(|e| bad("tls.crt", e))?;
+            }
         } else {
             if key.is_none() {
                 return Err(bad("tls.key", "missing: tls needs either \"letsencrypt\": true or a key and crt"));

@@ -1,0 +1,242 @@
+//! The Apache writer: one `<apache.sites_dir>/<siteid>.conf` per site, and
+//! every change to Apache's files as a transaction — write, `configtest`,
+//! and either reload or put every file back exactly as it was.
+//!
+//! A transaction keeps a journal (a copy of each file's previous content and
+//! mode under the state dir) until it is decided, so that a crash between
+//! writing and testing is rolled back by the next run: Apache's last good
+//! configuration survives any interruption (SPEC §5.5).
+
+use crate::config::Config;
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Which certificate the TLS virtual host serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VhostTls {
+    /// Plain http only.
+    None,
+    /// `live/<host>/fullchain.pem` + `privkey.pem`.
+    Lkc { fullchain: PathBuf, privkey: PathBuf },
+    /// `<ssl_dir>/<siteid>.crt` + `.key` (+ `.cacrt`).
+    Okc { crt: PathBuf, key: PathBuf, cacrt: Option<PathBuf> },
+}
+
+fn q(p: &Path) -> String {
+    format!("\"{}\"", p.display().to_string().replace('"', "\\\""))
+}
+
+/// Render a site's virtual hosts.
+pub fn render(cfg: &Config, siteid: &str, hostname: &str, tls: &VhostTls) -> String {
+    let docroot = cfg.site_docroot(siteid);
+    let challenge = cfg.site_wellknown(siteid).join(".well-known/acme-challenge");
+    let names = if hostname == "*" { "    ServerName any-host.invalid\n    ServerAlias *\n".to_string() } else { format!("    ServerName {hostname}\n") };
+    let challenge_block = format!(
+        "    # ACME HTTP-01: served on plain http, never redirected (renewals need it).\n    Alias /.well-known/acme-challenge/ {}/\n    <Directory {}>\n        Options None\n        AllowOverride None\n        ForceType text/plain\n        Require all granted\n    </Directory>\n",
+        q(&challenge),
+        q(&challenge)
+    );
+    let docroot_block = format!("    DocumentRoot {}\n    <Directory {}>\n        Require all granted\n    </Directory>\n", q(&docroot), q(&docroot));
+    let mut s = format!("# site-admin: site {siteid} ({hostname}). Generated; changes are overwritten.\n");
+    let http_port = cfg.apache.http_port;
+    let https_port = cfg.apache.https_port;
+    match tls {
+        VhostTls::None => {
+            s += &format!("<VirtualHost *:{http_port}>\n{names}{docroot_block}{challenge_block}</VirtualHost>\n");
+        }
+        VhostTls::Lkc { .. } | VhostTls::Okc { .. } => {
+            let target = if https_port == 443 { format!("https://{hostname}") } else { format!("https://{hostname}:{https_port}") };
+            s += &format!(
+                "<VirtualHost *:{http_port}>\n{names}{docroot_block}{challenge_block}    RewriteEngine On\n    RewriteCond %{{REQUEST_URI}} !^/\\.well-known/acme-challenge/\n    RewriteRule ^(.*)$ {target}$1 [R=301,L]\n</VirtualHost>\n"
+            );
+            let files = match tls {
+                VhostTls::Lkc { fullchain, privkey } => format!("    SSLCertificateFile {}\n    SSLCertificateKeyFile {}\n", q(fullchain), q(privkey)),
+                VhostTls::Okc { crt, key, cacrt } => {
+                    let mut f = format!("    SSLCertificateFile {}\n    SSLCertificateKeyFile {}\n", q(crt), q(key));
+                    if let Some(ca) = cacrt {
+                        f += &format!("    SSLCACertificateFile {}\n", q(ca));
+                    }
+                    f
+                }
+                VhostTls::None => unreachable!(),
+            };
+            s += &format!(
+                "<VirtualHost *:{https_port}>\n{names}{docroot_block}    SSLEngine on\n{files}    SSLProtocol all -SSLv3 -TLSv1 -TLSv1.1\n    SSLHonorCipherOrder off\n{challenge_block}</VirtualHost>\n"
+            );
+        }
+    }
+    s
+}
+
+/// One file's state before the transaction touched it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Saved {
+    path: PathBuf,
+    /// Where its previous content is kept, or None if it did not exist.
+    copy: Option<PathBuf>,
+    mode: u32,
+}
+
+/// A set of changes to Apache-related files (vhosts, OKC files), decided
+/// together by `configtest`.
+pub struct Transaction<'a> {
+    cfg: &'a Config,
+    dir: PathBuf,
+    saved: Vec<Saved>,
+}
+
+fn journal_dir(cfg: &Config) -> PathBuf {
+    cfg.state_dir().join("journal/apache")
+}
+
+impl<'a> Transaction<'a> {
+    pub fn begin(cfg: &'a Config) -> Result<Transaction<'a>> {
+        recover(cfg)?;
+        let dir = journal_dir(cfg);
+        fsutil::create_dir_all_mode(&dir, 0o700)?;
+        fsutil::ensure_dir_mode(&dir, 0o700)?;
+        Ok(Transaction { cfg, dir, saved: Vec::new() })
+    }
+
+    fn save(&mut self, path: &Path) -> Result<()> {
+        if self.saved.iter().any(|s| s.path == path) {
+            return Ok(());
+        }
+        let n = self.saved.len();
+        let (copy, mode) = match fs::read(path) {
+            Ok(data) => {
+                let mode = fs::metadata(path).io_ctx("reading", path)?.permissions().mode() & 0o7777;
+                let copy = self.dir.join(format!("{n}.orig"));
+                fsutil::atomic_write(&copy, &data, 0o600)?;
+                (Some(copy), mode)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, 0),
+            Err(e) => return Err(e).io_ctx("reading", path),
+        };
+        self.saved.push(Saved { path: path.to_path_buf(), copy, mode });
+        let index = serde_json::to_vec(&self.saved).map_err(|e| Error::failed(e.to_string()))?;
+        fsutil::atomic_write(&self.dir.join("index.json"), &index, 0o600)
+    }
+
+    /// Write a file as part of the transaction.
+    pub fn write(&mut self, path: &Path, data: &[u8], mode: u32) -> Result<()> {
+        let unchanged = fs::read(path).map(|d| d == data).unwrap_or(false)
+            && fs::symlink_metadata(path).map(|m| m.is_file() && m.permissions().mode() & 0o7777 == mode).unwrap_or(false);
+        if unchanged {
+            return Ok(());
+        }
+        self.save(path)?;
+        if let Some(p) = path.parent() {
+            fsutil::create_dir_all_mode(p, 0o755)?;
+        }
+        fsutil::atomic_write(path, data, mode)
+    }
+
+    /// Remove a file as part of the transaction.
+    pub fn remove(&mut self, path: &Path) -> Result<()> {
+        if !fsutil::exists_nofollow(path) {
+            return Ok(());
+        }
+        self.save(path)?;
+        fsutil::remove_file_if_exists(path)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.saved.is_empty()
+    }
+
+    /// Run `configtest`; on failure put every file back and fail with what
+    /// Apache said; on success drop the journal and reload Apache.
+    pub fn commit(self, progress: &dyn Fn(&str)) -> Result<()> {
+        if self.saved.is_empty() {
+            return Ok(());
+        }
+        crate::fault::point("apache.before_configtest");
+        progress("checking the Apache configuration");
+        if let Err(said) = run_argv(&self.cfg.apache.configtest) {
+            self.rollback()?;
+            return Err(Error::failed(format!("Apache refused the new configuration, so the previous one was put back: {said}")));
+        }
+        finish(&self.dir)?;
+        crate::fault::point("apache.before_reload");
+        progress("reloading Apache");
+        reload(self.cfg)
+    }
+
+    /// Put every file back as it was.
+    pub fn rollback(self) -> Result<()> {
+        restore(&self.saved)?;
+        finish(&self.dir)
+    }
+}
+
+/// Ask Apache to read its configuration; a failure is a warning (the
+/// configuration is valid and will be read when Apache starts).
+pub fn reload(cfg: &Config) -> Result<()> {
+    if let Err(said) = run_argv(&cfg.apache.reload) {
+        tracing::warn!("reloading Apache failed ({said}); the new configuration is in place and will be used when Apache (re)starts");
+    }
+    Ok(())
+}
+
+fn restore(saved: &[Saved]) -> Result<()> {
+    for s in saved.iter().rev() {
+        match &s.copy {
+            Some(c) => {
+                let data = fs::read(c).io_ctx("reading", c)?;
+                fsutil::atomic_write(&s.path, &data, s.mode)?;
+            }
+            None => fsutil::remove_file_if_exists(&s.path)?,
+        }
+    }
+    Ok(())
+}
+
+fn finish(dir: &Path) -> Result<()> {
+    fsutil::remove_file_if_exists(&dir.join("index.json"))?;
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.filter_map(|e| e.ok()) {
+            fsutil::remove_file_if_exists(&e.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Roll back a transaction a crash left undecided. Returns whether it did.
+pub fn recover(cfg: &Config) -> Result<bool> {
+    let dir = journal_dir(cfg);
+    let index = dir.join("index.json");
+    let text = match fs::read(&index) {
+        Ok(t) => t,
+        Err(_) => {
+            // No index: any copies are from a transaction that had not changed anything yet.
+            if dir.is_dir() {
+                finish(&dir)?;
+            }
+            return Ok(false);
+        }
+    };
+    let saved: Vec<Saved> = serde_json::from_slice(&text).map_err(|e| Error::failed(format!("the Apache journal {} is unreadable: {e}", index.display())))?;
+    restore(&saved)?;
+    finish(&dir)?;
+    tracing::warn!("rolled back an interrupted change to the Apache configuration");
+    Ok(true)
+}
+
+/// Run an argv; Err carries what it printed.
+pub fn run_argv(argv: &[String]) -> std::result::Result<(), String> {
+    let (prog, args) = argv.split_first().ok_or_else(|| "empty command".to_string())?;
+    match Command::new(prog).args(args).stdin(std::process::Stdio::null()).output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => {
+            let text = format!("{}{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
+            let text: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            Err(format!("`{}` exited with {}: {}", argv.join(" "), o.status, text.join(" / ")))
+        }
+        Err(e) => Err(format!("cannot run `{}`: {e}", argv.join(" "))),
+    }
+}

@@ -1,0 +1,149 @@
+//! `site-admin doctor [--repair]`: check every invariant of SPEC §5 across
+//! the tree and report each violation with the host or site at fault.
+
+use crate::engine::facts::{self, Kind};
+use crate::engine::Ctx;
+use crate::error::Result;
+use crate::store::{Material, Place};
+use serde_json::json;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// One violation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Finding {
+    pub what: String,
+    pub problem: String,
+    pub repaired: bool,
+}
+
+fn mode_of(p: &Path) -> Option<u32> {
+    std::fs::symlink_metadata(p).ok().map(|m| m.permissions().mode() & 0o7777)
+}
+
+/// Check everything; with `repair`, mend what can be mended without guessing.
+pub fn check(ctx: &Ctx, repair: bool) -> Result<Vec<Finding>> {
+    let mut out = Vec::new();
+    let mut add = |what: String, problem: String, repaired: bool| out.push(Finding { what, problem, repaired });
+    let store = &ctx.store;
+    // 1. live links resolve and keys match; the same for the stash.
+    for place in [Place::Live, Place::Stashed] {
+        for name in store.names_with_links(place) {
+            let label = match place {
+                Place::Live => format!("live/{name}"),
+                Place::Stashed => format!("norenewal/{name}"),
+            };
+            match store.material(&name, place) {
+                Material::Present(kc) if kc.key_matches => {}
+                Material::Present(_) => {
+                    let fixed = repair && place == Place::Live && relink_newest_matching(ctx, &name);
+                    add(label, "privkey.pem does not match cert.pem".into(), fixed);
+                }
+                Material::Broken(why) => {
+                    let fixed = repair && place == Place::Live && relink_newest_matching(ctx, &name);
+                    add(label, format!("unreadable: {why}"), fixed);
+                }
+                Material::Absent => {}
+            }
+            if place == Place::Live && !store.renewal_conf_path(&name).exists() {
+                add(format!("renewal/{name}.conf"), "missing: the lineage is not under renewal".into(), false);
+            }
+        }
+    }
+    // 4. modes.
+    for (dir, want) in [("live", 0o700), ("archive", 0o700), ("norenewal", 0o700), ("accounts", 0o700)] {
+        let p = ctx.cfg.letsencrypt_dir.join(dir);
+        if let Some(m) = mode_of(&p) {
+            if m != want {
+                let fixed = repair && std::fs::set_permissions(&p, std::fs::Permissions::from_mode(want)).is_ok();
+                add(p.display().to_string(), format!("mode {m:o}, should be {want:o}"), fixed);
+            }
+        }
+    }
+    for e in walkdir::WalkDir::new(ctx.cfg.letsencrypt_dir.join("archive")).into_iter().filter_map(|e| e.ok()) {
+        let n = e.file_name().to_string_lossy();
+        if n.starts_with("privkey") && e.file_type().is_file() {
+            if let Some(m) = mode_of(e.path()) {
+                if m & 0o077 != 0 {
+                    let fixed = repair && std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o600)).is_ok();
+                    add(e.path().display().to_string(), format!("private key mode {m:o}, should be 600"), fixed);
+                }
+            }
+        }
+    }
+    // 2 and 4: deployed sites.
+    for s in facts::all_stored(&ctx.cfg)? {
+        let label = format!("site {} ({})", s.siteid, s.hostname);
+        if let Some(m) = mode_of(&ctx.cfg.stored_site(&s.siteid)) {
+            if m != 0o600 {
+                let fixed = repair && std::fs::set_permissions(ctx.cfg.stored_site(&s.siteid), std::fs::Permissions::from_mode(0o600)).is_ok();
+                add(label.clone(), format!("stored Site JSON mode {m:o}, should be 600"), fixed);
+            }
+        }
+        if s.tls.as_ref().map(|t| t.key.is_some() || t.crt.is_some()).unwrap_or(false) {
+            add(label.clone(), "the stored Site JSON holds key or certificate material".into(), false);
+        }
+        let vhost = ctx.cfg.vhost_file(&s.siteid);
+        let text = std::fs::read_to_string(&vhost).unwrap_or_default();
+        if text.is_empty() {
+            add(label.clone(), format!("its virtual host {} is missing", vhost.display()), false);
+            continue;
+        }
+        match Kind::of(&s) {
+            Kind::Letsencrypt if !facts::is_pending(store, &s) => {
+                let f = store.live_dir(&s.hostname).join("fullchain.pem");
+                if !text.contains(&f.display().to_string()) {
+                    add(label.clone(), "its virtual host does not serve its Let's Encrypt certificate".into(), false);
+                }
+            }
+            Kind::Okc => match facts::read_okc(&ctx.cfg, &s.siteid) {
+                Some(Ok(kc)) if kc.key_matches => {
+                    let key = ctx.cfg.okc_paths(&s.siteid).key;
+                    if mode_of(&key).map(|m| m & 0o077 != 0).unwrap_or(false) {
+                        let fixed = repair && std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).is_ok();
+                        add(label.clone(), "its own key file is readable by others".into(), fixed);
+                    }
+                }
+                Some(Ok(_)) => add(label.clone(), "its own key does not match its certificate".into(), false),
+                Some(Err(e)) => add(label.clone(), format!("its own certificate is unreadable: {e}"), false),
+                None => add(label.clone(), "its own certificate files are missing".into(), false),
+            },
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Point live/<name> at the newest complete version whose key matches.
+fn relink_newest_matching(ctx: &Ctx, name: &str) -> bool {
+    let store = &ctx.store;
+    let a = store.archive_dir(name);
+    for n in store.complete_versions(name).into_iter().rev() {
+        let key = std::fs::read_to_string(a.join(format!("privkey{n}.pem"))).unwrap_or_default();
+        let chain = std::fs::read_to_string(a.join(format!("fullchain{n}.pem"))).unwrap_or_default();
+        if crate::certs::KeyCert::parse(&key, &chain).map(|kc| kc.key_matches).unwrap_or(false) {
+            return store.link_version(name, n).is_ok();
+        }
+    }
+    false
+}
+
+/// `doctor [--repair]`.
+pub fn doctor_command(ctx: &Ctx, repair: bool) -> Result<i32> {
+    let _lock = if repair { Some(ctx.lock("doctor --repair")?) } else { None };
+    let findings = check(ctx, repair)?;
+    let open = findings.iter().filter(|f| !f.repaired).count();
+    if ctx.json {
+        ctx.print_json(&json!({"ok": open == 0, "findings": findings}))?;
+    } else {
+        for f in &findings {
+            println!("{}: {}{}", f.what, f.problem, if f.repaired { " (repaired)" } else { "" });
+        }
+        if findings.is_empty() {
+            println!("doctor: every invariant holds");
+        } else {
+            println!("doctor: {} problem(s), {} repaired", findings.len(), findings.len() - open);
+        }
+    }
+    Ok(if open == 0 { 0 } else { 1 })
+}

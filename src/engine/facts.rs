@@ -1,0 +1,152 @@
+//! Gathering the facts the decision core needs from disk: the stored Site
+//! JSONs, what is deployed, and the live and stashed LKC of a host.
+
+use crate::certs::KeyCert;
+use crate::config::Config;
+use crate::decide::{Candidate, Current, Event, Facts, Wish};
+use crate::error::{Error, Result};
+use crate::site::{Site, TlsWish};
+use crate::store::{Material, Place, Store};
+use chrono::{DateTime, Utc};
+use std::fs;
+
+/// How a stored (at-rest) site is deployed, from its Site JSON and the files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Http,
+    Okc,
+    Letsencrypt,
+}
+
+impl Kind {
+    pub fn of(site: &Site) -> Kind {
+        match &site.tls {
+            None => Kind::Http,
+            Some(t) if t.letsencrypt == Some(true) => Kind::Letsencrypt,
+            Some(_) => Kind::Okc,
+        }
+    }
+}
+
+/// Read one stored Site JSON.
+pub fn load_stored(cfg: &Config, siteid: &str) -> Result<Option<Site>> {
+    let path = cfg.stored_site(siteid);
+    match fs::read_to_string(&path) {
+        Ok(t) => serde_json::from_str(&t).map(Some).map_err(|e| Error::failed(format!("stored site {}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::failed(format!("reading {}: {e}", path.display()))),
+    }
+}
+
+/// Every stored site, by site id.
+pub fn all_stored(cfg: &Config) -> Result<Vec<Site>> {
+    let mut out = Vec::new();
+    let rd = match fs::read_dir(&cfg.sites_dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::failed(format!("reading {}: {e}", cfg.sites_dir.display()))),
+    };
+    let mut ids: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).map(str::to_string))
+        .filter(|id| crate::site::is_id(id, 's'))
+        .collect();
+    ids.sort();
+    for id in ids {
+        if let Some(s) = load_stored(cfg, &id)? {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+/// The SPEC §3 view of a key + certificate, judged against `host`.
+pub fn candidate(kc: &KeyCert, host: &str) -> Candidate {
+    Candidate { not_after: kc.leaf.not_after, key_matches: kc.key_matches, covers_host: kc.leaf.covers(host) }
+}
+
+/// A present but unreadable lineage: never usable.
+fn broken_candidate() -> Candidate {
+    Candidate { not_after: DateTime::<Utc>::UNIX_EPOCH, key_matches: false, covers_host: false }
+}
+
+pub fn material_candidate(m: &Material, host: &str) -> Option<Candidate> {
+    match m {
+        Material::Absent => None,
+        Material::Broken(_) => Some(broken_candidate()),
+        Material::Present(kc) => Some(candidate(kc, host)),
+    }
+}
+
+/// The OKC files of a deployed site, parsed.
+pub fn read_okc(cfg: &Config, siteid: &str) -> Option<std::result::Result<KeyCert, String>> {
+    let p = cfg.okc_paths(siteid);
+    let key = fs::read_to_string(&p.key).ok()?;
+    let crt = match fs::read_to_string(&p.crt) {
+        Ok(c) => c,
+        Err(e) => return Some(Err(format!("{}: {e}", p.crt.display()))),
+    };
+    Some(KeyCert::parse(&key, &crt).map_err(|e| e.to_string()))
+}
+
+/// What is deployed now for a stored site, judged for `new_host`.
+pub fn current_of(cfg: &Config, store: &Store, stored: Option<&Site>, new_host: &str) -> Current {
+    let Some(s) = stored else { return Current::NotDeployed };
+    let host = s.hostname.clone();
+    let okc = || match read_okc(cfg, &s.siteid) {
+        Some(Ok(kc)) => Some(candidate(&kc, new_host)),
+        Some(Err(_)) => Some(broken_candidate()),
+        None => None,
+    };
+    match Kind::of(s) {
+        Kind::Http => Current::Http { host },
+        Kind::Okc => Current::Okc { host, okc: okc().unwrap_or_else(broken_candidate) },
+        Kind::Letsencrypt => {
+            if store.has(&host, Place::Live) {
+                Current::Lkc { host }
+            } else if let Some(c) = okc() {
+                // Pending, still serving an old OKC.
+                Current::Okc { host, okc: c }
+            } else {
+                Current::Http { host }
+            }
+        }
+    }
+}
+
+/// Is a Let's Encrypt site pending (no live LKC for its host)?
+pub fn is_pending(store: &Store, s: &Site) -> bool {
+    Kind::of(s) == Kind::Letsencrypt && !store.has(&s.hostname, Place::Live)
+}
+
+/// Refuse a hostname that another deployed site uses (SPEC §0).
+pub fn check_hostname_free(all: &[Site], site: &Site) -> Result<()> {
+    for other in all {
+        if other.siteid != site.siteid && other.hostname.eq_ignore_ascii_case(&site.hostname) {
+            let what = if site.hostname == "*" { "a second \"*\" site".to_string() } else { format!("hostname {}", site.hostname) };
+            return Err(Error::invalid(format!("site {}: {what} is already used by deployed site {}", site.siteid, other.siteid)));
+        }
+    }
+    Ok(())
+}
+
+/// Everything [`crate::decide::decide`] needs for this event.
+pub fn gather(cfg: &Config, store: &Store, site: &Site, stored: Option<&Site>, event: Event, now: DateTime<Utc>) -> Facts {
+    let h = &site.hostname;
+    let wish = match site.tls_wish() {
+        TlsWish::None => Wish::Http,
+        TlsWish::LetsEncrypt { carried } => Wish::LetsEncrypt {
+            carried: carried.and_then(|(k, c)| KeyCert::parse(&k, &c).ok()).map(|kc| candidate(&kc, h)),
+        },
+        TlsWish::Other { key, crt, .. } => Wish::Okc {
+            okc: KeyCert::parse(&key, &crt).map(|kc| candidate(&kc, h)).unwrap_or_else(|_| broken_candidate()),
+        },
+    };
+    let (live, stash) = if h == "*" {
+        (None, None)
+    } else {
+        (material_candidate(&store.material(h, Place::Live), h), material_candidate(&store.material(h, Place::Stashed), h))
+    };
+    Facts { event, hostname: h.clone(), wish, current: current_of(cfg, store, stored, h), live, stash, now }
+}

@@ -1,0 +1,447 @@
+//! deploy / redeploy / restore / undeploy, carried out as SPEC §3 decides.
+//!
+//! The order of effects keeps every usable LKC and Apache's last good
+//! configuration through a failure at any step:
+//! 1. store actions that add (unstash, import, provision; a provision first
+//!    brings up the vhost its fallback serves, so the challenge is answered),
+//! 2. one Apache transaction (OKC files + vhost), decided by `configtest`,
+//! 3. stash actions (only once Apache no longer points at those files),
+//! 4. the stored Site JSON, without keys.
+
+use super::facts::{self, Kind};
+use super::provision;
+use super::Ctx;
+use crate::apache::{self, VhostTls};
+use crate::decide::{self, Action, Event, Plan, Serve};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::site::{self, Site, TlsWish};
+use crate::store::{NewVersion, Place};
+use chrono::Utc;
+use serde_json::{json, Value};
+use std::path::Path;
+
+/// Read the Site JSON text from a file or stdin.
+pub fn read_input(file: Option<&Path>, stdin: bool) -> Result<(String, String)> {
+    if stdin {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| Error::invalid(format!("reading standard input: {e}")))?;
+        return Ok((s, "<stdin>".into()));
+    }
+    let f = file.ok_or_else(|| Error::invalid("deploy needs --file or --stdin"))?;
+    let text = std::fs::read_to_string(f).map_err(|e| Error::invalid(format!("{}: {e}", f.display())))?;
+    Ok((text, f.display().to_string()))
+}
+
+/// What a deploy did, for the report.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub siteid: String,
+    pub hostname: String,
+    pub serve: Serve,
+    pub pending: Option<String>,
+    pub plan: Plan,
+}
+
+impl Outcome {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "siteid": self.siteid,
+            "hostname": self.hostname,
+            "serving": serving_name(&self.serve),
+            "pending": self.pending.is_some(),
+            "pending_reason": self.pending,
+            "reason": self.plan.reason,
+            "warnings": self.plan.warnings,
+            "actions": self.plan.actions,
+        })
+    }
+}
+
+pub fn serving_name(s: &Serve) -> &'static str {
+    match s {
+        Serve::Nothing => "nothing",
+        Serve::Http => "http",
+        Serve::Okc => "okc",
+        Serve::Lkc { .. } => "letsencrypt",
+    }
+}
+
+fn describe_serve(s: &Serve) -> String {
+    match s {
+        Serve::Nothing => "nothing (removed)".into(),
+        Serve::Http => "plain http, no certificate".into(),
+        Serve::Okc => "the site's own certificate (OKC) from the ssl directory".into(),
+        Serve::Lkc { host } => format!("the Let's Encrypt certificate in live/{host}"),
+    }
+}
+
+fn describe_action(a: &Action) -> String {
+    match a {
+        Action::StashLive { host } => format!("stash the Let's Encrypt certificate of {host}"),
+        Action::DeleteStash { host } => format!("delete the stashed certificate of {host}"),
+        Action::Unstash { host } => format!("unstash the certificate of {host} (no new issuance)"),
+        Action::ImportCarried { host } => format!("import the certificate carried in the Site JSON for {host}"),
+        Action::Provision { host } => format!("obtain a certificate for {host} from the CA now"),
+        Action::RemoveOkc => "remove the old own certificate files".into(),
+        Action::WriteOkc => "write the own certificate files".into(),
+    }
+}
+
+/// `deploy --file/--stdin [--dry-run]`.
+pub fn deploy_command(ctx: &Ctx, text: &str, origin: &str, dry_run: bool) -> Result<i32> {
+    let site = site::parse_site(text, origin)?;
+    if dry_run {
+        return dry_run_report(ctx, &site);
+    }
+    let _lock = ctx.lock(&format!("deploy {}", site.siteid))?;
+    let out = deploy_one(ctx, &site)?;
+    report(ctx, &[out])
+}
+
+fn report(ctx: &Ctx, outs: &[Outcome]) -> Result<i32> {
+    for o in outs {
+        match &o.pending {
+            None => ctx.progress(&format!("site {} ({}) deployed: serving {}", o.siteid, o.hostname, describe_serve(&o.serve))),
+            Some(why) => tracing::warn!(
+                "site {} ({}) deployed without a Let's Encrypt certificate: {why}. It serves {} for now and stays pending; `site-admin renew` will retry.",
+                o.siteid,
+                o.hostname,
+                describe_serve(&o.serve)
+            ),
+        }
+    }
+    if ctx.json {
+        if outs.len() == 1 {
+            ctx.print_json(&outs[0].to_json())?;
+        } else {
+            ctx.print_json(&Value::Array(outs.iter().map(Outcome::to_json).collect()))?;
+        }
+    }
+    Ok(0)
+}
+
+fn dry_run_report(ctx: &Ctx, site: &Site) -> Result<i32> {
+    let all = facts::all_stored(&ctx.cfg)?;
+    facts::check_hostname_free(&all, site)?;
+    let stored = all.iter().find(|s| s.siteid == site.siteid);
+    let f = facts::gather(&ctx.cfg, &ctx.store, site, stored, Event::Deploy, Utc::now());
+    let plan = decide::decide(&f).map_err(|r| Error::invalid(format!("site {}: {}", site.siteid, r.0)))?;
+    if ctx.json {
+        ctx.print_json(&json!({
+            "dry_run": true,
+            "siteid": site.siteid,
+            "hostname": site.hostname,
+            "current": f.current,
+            "serve": plan.serve,
+            "serving": serving_name(&plan.serve),
+            "on_failure": plan.on_failure,
+            "actions": plan.actions,
+            "reason": plan.reason,
+            "warnings": plan.warnings,
+        }))?;
+    } else {
+        let cur = match &f.current {
+            decide::Current::NotDeployed => "not deployed".to_string(),
+            decide::Current::Http { host } => format!("deployed on http as {host}"),
+            decide::Current::Okc { host, .. } => format!("deployed with its own certificate as {host}"),
+            decide::Current::Lkc { host } => format!("deployed with the Let's Encrypt certificate of {host}"),
+        };
+        println!("site {} ({}) — dry run, nothing changed", site.siteid, site.hostname);
+        println!("  now:        {cur}");
+        println!("  will serve: {}", describe_serve(&plan.serve));
+        if let Some(fb) = &plan.on_failure {
+            println!("  if the CA cannot issue: {} (the site stays pending; renew retries)", describe_serve(fb));
+        }
+        if plan.actions.is_empty() {
+            println!("  steps:      none");
+        }
+        for (i, a) in plan.actions.iter().enumerate() {
+            println!("  {} {}", if i == 0 { "steps:     " } else { "           " }, describe_action(a));
+        }
+        println!("  why:        {}", plan.reason);
+        for w in &plan.warnings {
+            println!("  warning:    {w}");
+        }
+    }
+    Ok(0)
+}
+
+fn vhost_tls(ctx: &Ctx, site: &Site, serve: &Serve) -> VhostTls {
+    match serve {
+        Serve::Nothing | Serve::Http => VhostTls::None,
+        Serve::Lkc { host } => VhostTls::Lkc { fullchain: ctx.store.live_dir(host).join("fullchain.pem"), privkey: ctx.store.live_dir(host).join("privkey.pem") },
+        Serve::Okc => {
+            let p = ctx.cfg.okc_paths(&site.siteid);
+            let has_ca = match site.tls_wish() {
+                TlsWish::Other { cacrt, .. } => cacrt.is_some(),
+                _ => p.cacrt.exists(),
+            };
+            VhostTls::Okc { crt: p.crt, key: p.key, cacrt: if has_ca { Some(p.cacrt) } else { None } }
+        }
+    }
+}
+
+/// Write the vhost for `serve` (with `okc` files, if given) in one transaction.
+fn apply_apache(ctx: &Ctx, site: &Site, serve: &Serve, write_okc: bool, remove_okc: bool) -> Result<()> {
+    let mut txn = apache::Transaction::begin(&ctx.cfg)?;
+    let p = ctx.cfg.okc_paths(&site.siteid);
+    if write_okc {
+        if let TlsWish::Other { key, crt, cacrt } = site.tls_wish() {
+            fsutil::create_dir_all_mode(&ctx.cfg.ssl_dir, 0o755)?;
+            txn.write(&p.key, ensure_nl(&key).as_bytes(), 0o600)?;
+            txn.write(&p.crt, ensure_nl(&crt).as_bytes(), 0o644)?;
+            match cacrt {
+                Some(ca) => txn.write(&p.cacrt, ensure_nl(&ca).as_bytes(), 0o644)?,
+                None => txn.remove(&p.cacrt)?,
+            }
+        }
+    } else if remove_okc && *serve != Serve::Okc {
+        txn.remove(&p.key)?;
+        txn.remove(&p.crt)?;
+        txn.remove(&p.cacrt)?;
+    }
+    let conf = apache::render(&ctx.cfg, &site.siteid, &site.hostname, &vhost_tls(ctx, site, serve));
+    txn.write(&ctx.cfg.vhost_file(&site.siteid), conf.as_bytes(), 0o644)?;
+    txn.commit(&|m| ctx.progress(&format!("site {}: {m}", site.siteid)))
+}
+
+fn ensure_nl(s: &str) -> String {
+    if s.ends_with('\n') { s.to_string() } else { format!("{s}\n") }
+}
+
+/// The account a stash conf names, if this device has it.
+fn stash_account(ctx: &Ctx, host: &str) -> Option<String> {
+    let c = ctx.store.read_conf(host, Place::Stashed)?;
+    let acct = c.get(Some("renewalparams"), "account")?;
+    let server = c.get(Some("renewalparams"), "server")?;
+    (server == ctx.cfg.acme_server && crate::accounts::exists(&ctx.cfg.letsencrypt_dir, &server, &acct)).then_some(acct)
+}
+
+/// Deploy one validated site (the lock is held).
+pub fn deploy_one(ctx: &Ctx, site: &Site) -> Result<Outcome> {
+    let all = facts::all_stored(&ctx.cfg)?;
+    facts::check_hostname_free(&all, site)?;
+    let stored = all.iter().find(|s| s.siteid == site.siteid).cloned();
+    let f = facts::gather(&ctx.cfg, &ctx.store, site, stored.as_ref(), Event::Deploy, Utc::now());
+    let plan = decide::decide(&f).map_err(|r| Error::invalid(format!("site {}: {}", site.siteid, r.0)))?;
+    ctx.progress(&format!("site {} ({}): {}", site.siteid, site.hostname, plan.reason));
+    for w in &plan.warnings {
+        tracing::warn!("site {} ({}): {w}", site.siteid, site.hostname);
+    }
+    fsutil::create_dir_all_mode(&ctx.cfg.site_docroot(&site.siteid), 0o755)?;
+    fsutil::create_dir_all_mode(&ctx.cfg.site_wellknown(&site.siteid), 0o755)?;
+
+    let mut serve = plan.serve.clone();
+    let mut pending = None;
+    let (mut write_okc, mut remove_okc) = (false, false);
+    let mut stash_later = Vec::new();
+    for a in &plan.actions {
+        match a {
+            Action::StashLive { host } => stash_later.push(host.clone()),
+            Action::DeleteStash { host } => {
+                ctx.progress(&format!("{host}: deleting the stashed certificate"));
+                ctx.store.delete_stash(host)?;
+            }
+            Action::Unstash { host } => {
+                ctx.progress(&format!("{host}: unstashing the certificate (no new issuance)"));
+                let params = provision::renewal_params(ctx, &site.siteid, stash_account(ctx, host).as_deref());
+                ctx.store.unstash(host, &params)?;
+            }
+            Action::ImportCarried { host } => {
+                let TlsWish::LetsEncrypt { carried: Some((key, crt)) } = site.tls_wish() else {
+                    return Err(Error::failed("internal: import without a carried certificate"));
+                };
+                ctx.progress(&format!("{host}: importing the certificate carried in the Site JSON"));
+                let params = provision::renewal_params(ctx, &site.siteid, None);
+                ctx.store.add_version(host, &NewVersion::from_key_and_fullchain(&key, &crt)?, &params)?;
+            }
+            Action::Provision { host } => {
+                let fallback = plan.on_failure.clone().unwrap_or(Serve::Http);
+                match provision_now(ctx, site, stored.as_ref(), host, &fallback) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        pending = Some(e.to_string());
+                        serve = fallback;
+                        break;
+                    }
+                }
+            }
+            Action::RemoveOkc => remove_okc = true,
+            Action::WriteOkc => write_okc = true,
+        }
+    }
+    crate::fault::point("deploy.before_apache");
+    apply_apache(ctx, site, &serve, write_okc, remove_okc)?;
+    crate::fault::point("deploy.after_apache");
+    for host in stash_later {
+        ctx.progress(&format!("{host}: stashing the certificate (kept for a later redeploy)"));
+        ctx.store.stash(&host)?;
+    }
+    write_stored(ctx, site)?;
+    Ok(Outcome { siteid: site.siteid.clone(), hostname: site.hostname.clone(), serve, pending, plan })
+}
+
+/// Store the Site JSON at rest: mode 0600, never with keys or certificates.
+pub fn write_stored(ctx: &Ctx, site: &Site) -> Result<()> {
+    fsutil::create_dir_all_mode(&ctx.cfg.sites_dir, 0o700)?;
+    let at_rest = site.without_tls_material();
+    let text = serde_json::to_string_pretty(&at_rest).map_err(|e| Error::failed(e.to_string()))? + "\n";
+    fsutil::atomic_write(&ctx.cfg.stored_site(&site.siteid), text.as_bytes(), 0o600)
+}
+
+/// Provision with the CA. First make sure the site's own vhost answers the
+/// challenge on plain http (the fallback's vhost), then order.
+fn provision_now(ctx: &Ctx, site: &Site, stored: Option<&Site>, host: &str, fallback: &Serve) -> Result<()> {
+    let serves_challenge = stored.map(|s| s.hostname == site.hostname).unwrap_or(false) && ctx.cfg.vhost_file(&site.siteid).exists();
+    if !serves_challenge {
+        ctx.progress(&format!("site {}: bringing up its http virtual host for the challenge", site.siteid));
+        apply_apache(ctx, site, fallback, false, false)?;
+        wait_for_vhost(ctx, &site.siteid, host);
+    }
+    let (client, account) = provision::client(ctx)?;
+    let issued = provision::issue(ctx, &client, &site.siteid, host)?;
+    crate::fault::point("provision.issued");
+    let params = provision::renewal_params(ctx, &site.siteid, Some(&account));
+    ctx.store.add_version(host, &NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)?, &params)?;
+    Ok(())
+}
+
+/// After a graceful reload Apache takes a moment to serve the new vhost: wait
+/// (briefly) until a probe file in the site's challenge directory is served
+/// for this host on the local http port. Proceeds anyway after a few seconds.
+pub fn wait_for_vhost(ctx: &Ctx, siteid: &str, host: &str) {
+    let dir = ctx.cfg.site_wellknown(siteid).join(".well-known/acme-challenge");
+    if fsutil::create_dir_all_mode(&dir, 0o755).is_err() {
+        return;
+    }
+    let token = format!("site-admin-probe-{}", std::process::id());
+    let path = dir.join(&token);
+    if std::fs::write(&path, &token).is_err() {
+        return;
+    }
+    let url = format!("http://127.0.0.1:{}/.well-known/acme-challenge/{token}", ctx.cfg.apache.http_port);
+    let client = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(2)).redirect(reqwest::redirect::Policy::none()).build();
+    let start = std::time::Instant::now();
+    if let Ok(c) = client {
+        while start.elapsed() < std::time::Duration::from_secs(5) {
+            if let Ok(r) = c.get(&url).header("Host", host).send() {
+                if r.status().is_success() && r.text().map(|t| t == token).unwrap_or(false) {
+                    break;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+/// `undeploy --siteid`.
+pub fn undeploy_command(ctx: &Ctx, siteid: &str) -> Result<i32> {
+    if !site::is_id(siteid, 's') {
+        return Err(Error::invalid(format!("--siteid {siteid:?}: not a site id (\"s\" followed by 40 lowercase hex digits)")));
+    }
+    let _lock = ctx.lock(&format!("undeploy {siteid}"))?;
+    let stored = facts::load_stored(&ctx.cfg, siteid)?.ok_or_else(|| Error::invalid(format!("site {siteid} is not deployed")))?;
+    let f = facts::gather(&ctx.cfg, &ctx.store, &stored, Some(&stored), Event::Undeploy, Utc::now());
+    let plan = decide::decide(&f).map_err(|r| Error::invalid(r.0))?;
+    ctx.progress(&format!("site {siteid} ({}): {}", stored.hostname, plan.reason));
+    // Apache first: once it no longer points at the files, they can move.
+    let mut txn = apache::Transaction::begin(&ctx.cfg)?;
+    txn.remove(&ctx.cfg.vhost_file(siteid))?;
+    if plan.actions.contains(&Action::RemoveOkc) || Kind::of(&stored) != Kind::Http {
+        let p = ctx.cfg.okc_paths(siteid);
+        txn.remove(&p.key)?;
+        txn.remove(&p.crt)?;
+        txn.remove(&p.cacrt)?;
+    }
+    txn.commit(&|m| ctx.progress(&format!("site {siteid}: {m}")))?;
+    crate::fault::point("undeploy.after_apache");
+    for a in &plan.actions {
+        if let Action::StashLive { host } = a {
+            ctx.progress(&format!("{host}: stashing the certificate (kept for a later redeploy)"));
+            ctx.store.stash(host)?;
+        }
+    }
+    fsutil::remove_dir_all_if_exists(&ctx.cfg.site_wellknown(siteid))?;
+    fsutil::remove_file_if_exists(&ctx.cfg.stored_site(siteid))?;
+    ctx.progress(&format!("site {siteid} ({}) undeployed", stored.hostname));
+    if ctx.json {
+        ctx.print_json(&json!({"siteid": siteid, "hostname": stored.hostname, "undeployed": true, "actions": plan.actions, "reason": plan.reason}))?;
+    }
+    Ok(0)
+}
+
+/// The Site JSONs of a backup file: `{"sites": [...]}`, a bare array, or one site.
+pub fn read_backup(path: &Path) -> Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::invalid(format!("backup {}: {e}", path.display())))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| Error::invalid(format!("backup {}: not valid JSON: {e}", path.display())))?;
+    let sites = match v {
+        Value::Array(a) => a,
+        Value::Object(ref o) if o.contains_key("sites") => match o.get("sites") {
+            Some(Value::Array(a)) => a.clone(),
+            _ => return Err(Error::invalid(format!("backup {}: \"sites\" must be an array", path.display()))),
+        },
+        Value::Object(_) => vec![v],
+        _ => return Err(Error::invalid(format!("backup {}: not a site-admin backup", path.display()))),
+    };
+    Ok(sites)
+}
+
+/// `restore --in FILE [--siteid ...]`: validate everything first, then deploy each.
+pub fn restore_command(ctx: &Ctx, input: &Path, only: &[String]) -> Result<i32> {
+    let values = read_backup(input)?;
+    let mut sites = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        let s = site::site_from_value(v).map_err(|e| e.context(format!("backup {} site #{}", input.display(), i + 1)))?;
+        sites.push(s);
+    }
+    for id in only {
+        if !sites.iter().any(|s| &s.siteid == id) {
+            return Err(Error::invalid(format!("backup {}: holds no site {id}", input.display())));
+        }
+    }
+    if !only.is_empty() {
+        sites.retain(|s| only.contains(&s.siteid));
+    }
+    if sites.is_empty() {
+        return Err(Error::invalid(format!("backup {}: holds no site", input.display())));
+    }
+    for (i, a) in sites.iter().enumerate() {
+        for b in &sites[i + 1..] {
+            if a.siteid == b.siteid {
+                return Err(Error::invalid(format!("backup {}: site {} appears twice", input.display(), a.siteid)));
+            }
+            if a.hostname == b.hostname {
+                return Err(Error::invalid(format!("backup {}: sites {} and {} share the hostname {}", input.display(), a.siteid, b.siteid, a.hostname)));
+            }
+        }
+    }
+    let _lock = ctx.lock(&format!("restore {}", input.display()))?;
+    let all = facts::all_stored(&ctx.cfg)?;
+    for s in &sites {
+        facts::check_hostname_free(&all, s)?;
+        if let TlsWish::Other { key, crt, .. } = s.tls_wish() {
+            let kc = crate::certs::KeyCert::parse(&key, &crt).map_err(|e| Error::invalid(format!("site {}: tls: {e}", s.siteid)))?;
+            if !kc.key_matches {
+                return Err(Error::invalid(format!("site {}: tls.key does not match the certificate in tls.crt", s.siteid)));
+            }
+        }
+    }
+    let mut outs = Vec::new();
+    let mut failed = 0;
+    for s in &sites {
+        match deploy_one(ctx, s) {
+            Ok(o) => outs.push(o),
+            Err(e) => {
+                tracing::error!("site {} ({}): restore failed: {e}", s.siteid, s.hostname);
+                failed += 1;
+            }
+        }
+    }
+    report(ctx, &outs)?;
+    if failed > 0 {
+        return Err(Error::failed(format!("{failed} of {} sites could not be restored", sites.len())));
+    }
+    Ok(0)
+}

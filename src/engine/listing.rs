@@ -1,0 +1,211 @@
+//! The read side: showsite, listsites, backup ("store LKC": the exported Site
+//! JSON carries the live key and full chain, or the OKC), and certificates.
+
+use super::facts::{self, Kind};
+use super::renew::due_at;
+use super::Ctx;
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::site::Site;
+use crate::store::{Material, Place};
+use serde_json::{json, Value};
+use std::path::Path;
+
+/// A stored site as exported: with its TLS material unless `notls`.
+pub fn exported(ctx: &Ctx, s: &Site, notls: bool) -> Value {
+    let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+    match Kind::of(s) {
+        Kind::Http => {}
+        Kind::Letsencrypt => {
+            let mut tls = json!({"letsencrypt": true});
+            if !notls {
+                if let Material::Present(kc) = ctx.store.material(&s.hostname, Place::Live) {
+                    tls["key"] = kc.key_pem.into();
+                    tls["crt"] = kc.chain_pem.into();
+                }
+            }
+            v["tls"] = tls;
+        }
+        Kind::Okc => {
+            let p = ctx.cfg.okc_paths(&s.siteid);
+            let read = |f: &Path| std::fs::read_to_string(f).ok();
+            match (notls, read(&p.key), read(&p.crt)) {
+                (false, Some(k), Some(c)) => {
+                    let mut tls = json!({"key": k, "crt": c});
+                    if let Some(ca) = read(&p.cacrt) {
+                        tls["cacrt"] = ca.into();
+                    }
+                    v["tls"] = tls;
+                }
+                (true, _, _) => {
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("tls");
+                    }
+                }
+                _ => {
+                    tracing::warn!("site {}: its own certificate files are missing from {}", s.siteid, ctx.cfg.ssl_dir.display());
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("tls");
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+/// `showsite --siteid`: the Site JSON with its TLS material.
+pub fn showsite(ctx: &Ctx, siteid: &str) -> Result<i32> {
+    if !crate::site::is_id(siteid, 's') {
+        return Err(Error::invalid(format!("--siteid {siteid:?}: not a site id")));
+    }
+    let s = facts::load_stored(&ctx.cfg, siteid)?.ok_or_else(|| Error::invalid(format!("site {siteid} is not deployed")))?;
+    ctx.print_json(&exported(ctx, &s, false))?;
+    Ok(0)
+}
+
+/// `listsites`: every deployed Site JSON, with TLS material.
+pub fn listsites(ctx: &Ctx) -> Result<i32> {
+    let all = facts::all_stored(&ctx.cfg)?;
+    if ctx.json {
+        ctx.print_json(&Value::Array(all.iter().map(|s| exported(ctx, s, false)).collect()))?;
+    } else {
+        for s in &all {
+            let state = match Kind::of(s) {
+                Kind::Http => "http".to_string(),
+                Kind::Okc => "https (own certificate)".to_string(),
+                Kind::Letsencrypt if facts::is_pending(&ctx.store, s) => "http, Let's Encrypt pending".to_string(),
+                Kind::Letsencrypt => "https (Let's Encrypt)".to_string(),
+            };
+            println!("{}  {}  {state}", s.siteid, s.hostname);
+        }
+        if all.is_empty() {
+            println!("no sites deployed");
+        }
+    }
+    Ok(0)
+}
+
+/// `backup (--siteid ... | --all) --out FILE [--notls]`, written 0600.
+pub fn backup(ctx: &Ctx, ids: &[String], all: bool, out: &Path, notls: bool) -> Result<i32> {
+    for id in ids {
+        if !crate::site::is_id(id, 's') {
+            return Err(Error::invalid(format!("--siteid {id:?}: not a site id")));
+        }
+    }
+    let _lock = ctx.lock("backup")?;
+    let stored = facts::all_stored(&ctx.cfg)?;
+    let chosen: Vec<&Site> = if all {
+        stored.iter().collect()
+    } else {
+        let mut v = Vec::new();
+        for id in ids {
+            v.push(stored.iter().find(|s| &s.siteid == id).ok_or_else(|| Error::invalid(format!("site {id} is not deployed")))?);
+        }
+        v
+    };
+    let doc = json!({
+        "type": "site-admin-backup",
+        "version": 1,
+        "created": chrono::Utc::now().to_rfc3339(),
+        "sites": chosen.iter().map(|s| exported(ctx, s, notls)).collect::<Vec<_>>(),
+    });
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| Error::failed(e.to_string()))? + "\n";
+    let out_abs = if out.is_absolute() { out.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(out) };
+    if let Some(p) = out_abs.parent() {
+        if !p.is_dir() {
+            return Err(Error::invalid(format!("--out {}: the directory {} does not exist", out.display(), p.display())));
+        }
+    }
+    fsutil::atomic_write(&out_abs, text.as_bytes(), 0o600)?;
+    ctx.progress(&format!("backed up {} site(s) to {}{}", chosen.len(), out.display(), if notls { " without keys and certificates" } else { "" }));
+    if ctx.json {
+        ctx.print_json(&json!({"out": out_abs, "sites": chosen.iter().map(|s| &s.siteid).collect::<Vec<_>>(), "notls": notls}))?;
+    }
+    Ok(0)
+}
+
+fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Every certificate: live and stashed lineages, OKCs, pending sites.
+pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<Value>> {
+    let sites = facts::all_stored(&ctx.cfg)?;
+    let site_of = |host: &str| sites.iter().find(|s| s.hostname == host && Kind::of(s) == Kind::Letsencrypt).map(|s| s.siteid.clone());
+    let mut rows = Vec::new();
+    for l in ctx.store.lineages() {
+        let state = match l.place {
+            Place::Live => "live",
+            Place::Stashed => "stashed",
+        };
+        let mut row = json!({"host": l.name, "siteid": if l.place == Place::Live { site_of(&l.name) } else { None }, "state": state, "version": l.version});
+        match &l.material {
+            Material::Present(kc) => {
+                let rbe = l.conf.as_ref().and_then(|c| c.get(None, "renew_before_expiry")).and_then(|s| crate::renewal_conf::parse_interval(&s));
+                row["not_before"] = ts(kc.leaf.not_before).into();
+                row["not_after"] = ts(kc.leaf.not_after).into();
+                row["serial"] = kc.leaf.serial.clone().into();
+                row["issuer"] = kc.leaf.issuer.clone().into();
+                row["names"] = json!(kc.leaf.names);
+                if l.place == Place::Live {
+                    row["due"] = ts(due_at(kc.leaf.not_before, kc.leaf.not_after, rbe)).into();
+                }
+                if !kc.key_matches {
+                    row["problem"] = "the key does not match the certificate".into();
+                }
+            }
+            Material::Broken(why) => row["problem"] = why.clone().into(),
+            Material::Absent => row["problem"] = "the renewal conf has no live links".into(),
+        }
+        rows.push(row);
+    }
+    for s in &sites {
+        match Kind::of(s) {
+            Kind::Okc => {
+                let mut row = json!({"host": s.hostname, "siteid": s.siteid, "state": "okc"});
+                match facts::read_okc(&ctx.cfg, &s.siteid) {
+                    Some(Ok(kc)) => {
+                        row["not_before"] = ts(kc.leaf.not_before).into();
+                        row["not_after"] = ts(kc.leaf.not_after).into();
+                        row["serial"] = kc.leaf.serial.clone().into();
+                        row["issuer"] = kc.leaf.issuer.clone().into();
+                    }
+                    Some(Err(e)) => row["problem"] = e.into(),
+                    None => row["problem"] = "its files are missing".into(),
+                }
+                rows.push(row);
+            }
+            Kind::Letsencrypt if facts::is_pending(&ctx.store, s) => {
+                rows.push(json!({"host": s.hostname, "siteid": s.siteid, "state": "pending"}));
+            }
+            _ => {}
+        }
+    }
+    Ok(rows)
+}
+
+/// `certificates`.
+pub fn certificates(ctx: &Ctx) -> Result<i32> {
+    let rows = certificate_rows(ctx)?;
+    if ctx.json {
+        ctx.print_json(&Value::Array(rows))?;
+        return Ok(0);
+    }
+    if rows.is_empty() {
+        println!("no certificates");
+    }
+    for r in rows {
+        let g = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+        println!(
+            "{:<8} {:<40} site {:<41} expires {:<20} due {:<20}{}",
+            g("state"),
+            g("host"),
+            g("siteid"),
+            g("not_after"),
+            g("due"),
+            r.get("problem").and_then(Value::as_str).map(|p| format!("  PROBLEM: {p}")).unwrap_or_default()
+        );
+    }
+    Ok(0)
+}

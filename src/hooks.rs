@@ -1,0 +1,125 @@
+//! Hooks run after `renew` (SPEC §4): each executable in `hooks_dir` (byte
+//! order) with `SITE_ADMIN_EVENT=renew`, `RENEWED_DOMAINS`, `FAILED_DOMAINS`
+//! and the JSON report on stdin; and certbot's `renewal-hooks/deploy/*` once
+//! per renewed lineage with `RENEWED_LINEAGE` and `RENEWED_DOMAINS`. A hook
+//! that fails or overruns its time limit is reported, never fatal.
+
+use serde::Serialize;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long one hook may run before it is killed.
+pub const HOOK_TIME_LIMIT: Duration = Duration::from_secs(60);
+
+/// What one hook run came to.
+#[derive(Debug, Clone, Serialize)]
+pub struct HookRun {
+    pub hook: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Executable regular files in `dir`, in byte order, skipping `*~` and dot files.
+pub fn executables(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| {
+                    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    !name.ends_with('~') && !name.starts_with('.') && std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_by(|a, b| a.as_os_str().as_encoded_bytes().cmp(b.as_os_str().as_encoded_bytes()));
+    v
+}
+
+/// Run one hook with `env` and `stdin`, within `limit`.
+pub fn run_hook(path: &Path, env: &[(&str, String)], stdin: &[u8], limit: Duration) -> HookRun {
+    let hook = path.display().to_string();
+    let mut cmd = Command::new(path);
+    cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str()))).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return HookRun { hook, ok: false, error: Some(format!("cannot run: {e}")) },
+    };
+    if let Some(mut si) = child.stdin.take() {
+        let data = stdin.to_vec();
+        // A hook that does not read its stdin must not block us.
+        std::thread::spawn(move || {
+            let _ = si.write_all(&data);
+        });
+    }
+    let out = child.stdout.take();
+    let err = child.stderr.take();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let n2 = name.clone();
+    let t_out = std::thread::spawn(move || forward(out, &name));
+    let t_err = std::thread::spawn(move || forward(err, &n2));
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if start.elapsed() > limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(_) => break None,
+        }
+    };
+    let _ = t_out.join();
+    let _ = t_err.join();
+    match status {
+        Some(s) if s.success() => HookRun { hook, ok: true, error: None },
+        Some(s) => HookRun { hook, ok: false, error: Some(format!("exited with {s}")) },
+        None => HookRun { hook, ok: false, error: Some(format!("killed after the time limit of {} s", limit.as_secs())) },
+    }
+}
+
+fn forward<R: std::io::Read>(r: Option<R>, name: &str) {
+    if let Some(r) = r {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(r).lines().map_while(|l| l.ok()) {
+            tracing::info!("hook {name}: {line}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn order_env_stdin_failure_and_time_limit() {
+        let t = tempfile::tempdir().unwrap();
+        let out = t.path().join("out");
+        script(t.path(), "b", &format!("echo \"b $RENEWED_DOMAINS $(cat)\" >> {}", out.display()));
+        script(t.path(), "a", &format!("echo a >> {}; exit 3", out.display()));
+        script(t.path(), "c~", "exit 0");
+        std::fs::write(t.path().join("d"), "not executable").unwrap();
+        let hooks = executables(t.path());
+        assert_eq!(hooks.iter().map(|p| p.file_name().unwrap().to_str().unwrap()).collect::<Vec<_>>(), vec!["a", "b"]);
+        let runs: Vec<HookRun> = hooks.iter().map(|h| run_hook(h, &[("RENEWED_DOMAINS", "x.test y.test".into())], b"{\"r\":1}", HOOK_TIME_LIMIT)).collect();
+        assert!(!runs[0].ok && runs[0].error.as_deref() == Some("exited with exit status: 3"), "{runs:?}");
+        assert!(runs[1].ok);
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "a\nb x.test y.test {\"r\":1}\n");
+        let slow = script(t.path(), "slow", "sleep 30");
+        let r = run_hook(&slow, &[], b"", Duration::from_millis(300));
+        assert!(!r.ok && r.error.unwrap().contains("time limit"));
+    }
+}

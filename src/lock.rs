@@ -1,0 +1,144 @@
+//! The global lock (SPEC §5.6): an exclusive `flock` on `lock_file` plus
+//! certbot's own POSIX record lock (`fcntl`) on `<letsencrypt_dir>/.certbot.lock`,
+//! so site-admin and certbot exclude each other. Waits up to the timeout,
+//! says once who holds it, then gives up with exit 3.
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use fs2::FileExt;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Both locks, released on drop.
+pub struct GlobalLock {
+    file: File,
+    certbot: Option<(File, PathBuf)>,
+}
+
+/// Try certbot's lock: `fcntl(F_SETLK, F_WRLCK)` on the whole file.
+fn try_fcntl(f: &File) -> std::io::Result<bool> {
+    // SAFETY: flock is a plain C struct; zeroed is a valid initial value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: valid fd and a valid pointer to an initialised flock.
+    let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// One attempt at certbot's lock, as certbot itself does it: open (0600),
+/// lock, then check the path still names the locked file.
+fn try_certbot_lock(path: &Path) -> Result<Option<File>> {
+    let f = OpenOptions::new().read(true).write(true).create(true).mode(0o600).open(path).io_ctx("opening", path)?;
+    if !try_fcntl(&f).io_ctx("locking", path)? {
+        return Ok(None);
+    }
+    let same = match (f.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    };
+    Ok(if same { Some(f) } else { None })
+}
+
+impl GlobalLock {
+    /// Take both locks within `timeout`. `what` (the command) is written
+    /// into the lock file so a waiter can say who holds it.
+    pub fn acquire(lock_file: &Path, letsencrypt_dir: &Path, timeout: Duration, what: &str) -> Result<GlobalLock> {
+        let deadline = Instant::now() + timeout;
+        if let Some(p) = lock_file.parent() {
+            fsutil::create_dir_all_mode(p, 0o755)?;
+        }
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o644).open(lock_file).io_ctx("opening", lock_file)?;
+        let mut told = false;
+        loop {
+            match file.try_lock_exclusive() {
+                Ok(()) => break,
+                Err(_) if Instant::now() < deadline => {
+                    if !told {
+                        let mut holder = String::new();
+                        let _ = File::open(lock_file).and_then(|mut f| f.read_to_string(&mut holder));
+                        let holder = holder.trim();
+                        tracing::info!("waiting for the global lock {} (held by {})", lock_file.display(), if holder.is_empty() { "another process" } else { holder });
+                        told = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(_) => {
+                    let mut holder = String::new();
+                    let _ = File::open(lock_file).and_then(|mut f| f.read_to_string(&mut holder));
+                    return Err(Error::Lock(format!(
+                        "the global lock {} is held by {}; gave up after {} s (--lock-timeout)",
+                        lock_file.display(),
+                        if holder.trim().is_empty() { "another process".to_string() } else { holder.trim().to_string() },
+                        timeout.as_secs()
+                    )));
+                }
+            }
+        }
+        let _ = file.set_len(0);
+        let _ = file.rewind();
+        let _ = writeln!(file, "pid {} ({})", std::process::id(), what);
+        let _ = file.sync_all();
+
+        fsutil::create_dir_all_mode(letsencrypt_dir, 0o755)?;
+        let cb = letsencrypt_dir.join(".certbot.lock");
+        let mut told = false;
+        let certbot = loop {
+            if let Some(f) = try_certbot_lock(&cb)? {
+                break f;
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Lock(format!("certbot holds its lock {}; gave up after {} s (--lock-timeout)", cb.display(), timeout.as_secs())));
+            }
+            if !told {
+                tracing::info!("waiting for a running certbot to finish (it holds {})", cb.display());
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Ok(GlobalLock { file, certbot: Some((certbot, cb)) })
+    }
+}
+
+impl Drop for GlobalLock {
+    fn drop(&mut self) {
+        if let Some((f, path)) = self.certbot.take() {
+            // As certbot does: remove the file, then close (which unlocks).
+            let _ = std::fs::remove_file(&path);
+            drop(f);
+        }
+        let _ = self.file.set_len(0);
+        let _ = FileExt::unlock(&self.file);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_taker_times_out_with_exit_3() {
+        let t = tempfile::tempdir().unwrap();
+        let lf = t.path().join("run/lock/site-admin.lock");
+        let le = t.path().join("le");
+        let held = GlobalLock::acquire(&lf, &le, Duration::from_secs(1), "test holder").unwrap();
+        // flock locks are per open file description: a second open in this process conflicts.
+        let e = GlobalLock::acquire(&lf, &le, Duration::from_millis(200), "second").err().unwrap();
+        assert_eq!(e.exit_code(), 3);
+        assert!(e.to_string().contains("test holder"), "{e}");
+        drop(held);
+        let again = GlobalLock::acquire(&lf, &le, Duration::from_millis(200), "third");
+        assert!(again.is_ok());
+    }
+}

@@ -1,0 +1,218 @@
+//! The test harness shared by every integration test: a private pebble +
+//! pebble-challtestsrv, a real apache2, a tiny static file server, the
+//! site-admin binary runner, and tree snapshots. Every instance listens on
+//! free loopback ports and is torn down on drop, so tests run in parallel.
+#![allow(dead_code)]
+
+pub mod apache;
+pub mod pebble;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use apache::Apache;
+pub use pebble::Pebble;
+
+/// A free TCP port on 127.0.0.1 (bound and released; a tiny race we accept,
+/// made smaller by handing out ports from a per-process counter range).
+pub fn free_port() -> u16 {
+    use std::sync::atomic::AtomicU16;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        let base = 20000 + (std::process::id() % 400) as u16 * 100;
+        let _ = NEXT.compare_exchange(0, base, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    loop {
+        let p = NEXT.fetch_add(1, Ordering::Relaxed);
+        if p > 60000 {
+            NEXT.store(20000, Ordering::Relaxed);
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// Wait until something accepts TCP connections on `port`.
+pub fn wait_port(port: u16, what: &str) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(20), "{what} did not start listening on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Is this program installed? Tests need it; CI installs it.
+pub fn require(program: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]).any(|d| d.join(program).is_file()))
+        .unwrap_or(false);
+    assert!(found, "{program} is not installed: run `bash .ci/run` once, or apt-get install pebble apache2");
+}
+
+/// A test CA that signs the TLS certificate of pebble's own listener.
+pub struct TestCa {
+    pub dir: PathBuf,
+    pub ca_pem: PathBuf,
+    pub cert_pem: PathBuf,
+    pub key_pem: PathBuf,
+}
+
+impl TestCa {
+    pub fn create(dir: &Path) -> TestCa {
+        std::fs::create_dir_all(dir).unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "site-admin test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.subject_alt_names.push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        let t = TestCa { dir: dir.into(), ca_pem: dir.join("ca.pem"), cert_pem: dir.join("cert.pem"), key_pem: dir.join("key.pem") };
+        std::fs::write(&t.ca_pem, ca.pem()).unwrap();
+        std::fs::write(&t.cert_pem, cert.pem()).unwrap();
+        std::fs::write(&t.key_pem, key.serialize_pem()).unwrap();
+        t
+    }
+}
+
+/// A minimal static file server: GET /<path> serves `<root>/<path>`.
+pub struct StaticServer {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl StaticServer {
+    pub fn start(root: &Path, port: u16) -> StaticServer {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s2, root) = (stop.clone(), root.to_path_buf());
+        std::thread::spawn(move || {
+            while !s2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut c, _)) => {
+                        c.set_nonblocking(false).ok();
+                        c.set_read_timeout(Some(Duration::from_secs(5))).ok();
+                        let mut buf = [0u8; 4096];
+                        let n = c.read(&mut buf).unwrap_or(0);
+                        let req = String::from_utf8_lossy(&buf[..n]);
+                        let path = req.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
+                        let resp = if path.split('/').any(|s| s == "..") {
+                            None
+                        } else {
+                            std::fs::read(root.join(&path)).ok()
+                        };
+                        let _ = match resp {
+                            Some(body) => c.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).as_bytes()).and_then(|_| c.write_all(&body)),
+                            None => c.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+                        };
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        StaticServer { port, stop }
+    }
+}
+
+impl Drop for StaticServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The site-admin binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_site-admin"))
+}
+
+/// Run site-admin with `args`, `env` and optional stdin; never inherits the
+/// developer's SITE_ADMIN_* variables.
+pub fn run(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Output {
+    let mut c = Command::new(bin());
+    c.args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SITE_ADMIN_") {
+            c.env_remove(k);
+        }
+    }
+    c.envs(env.iter().copied());
+    c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().expect("run site-admin");
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Every file, directory and link under `root`, with contents, link targets
+/// and modes, to prove "nothing changed".
+pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut m = BTreeMap::new();
+    if !root.exists() {
+        return m;
+    }
+    for e in walkdir::WalkDir::new(root).follow_links(false) {
+        let e = e.unwrap();
+        let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+        let md = e.path().symlink_metadata().unwrap();
+        let v = if md.file_type().is_symlink() {
+            format!("link -> {}", std::fs::read_link(e.path()).unwrap().display())
+        } else if md.is_dir() {
+            format!("dir {:o}", md.permissions().mode() & 0o7777)
+        } else {
+            format!("file {:o} {:?}", md.permissions().mode() & 0o7777, std::fs::read(e.path()).unwrap())
+        };
+        m.insert(rel, v);
+    }
+    m
+}
+
+/// A Site JSON text.
+pub fn site_json(siteid: &str, host: &str, tls: Option<serde_json::Value>) -> String {
+    let mut v = serde_json::json!({
+        "siteid": siteid, "hostname": host,
+        "admin": {"userid": "admin", "username": "Admin", "email": "admin@example.com"},
+        "appconfigs": [{"appconfigid": format!("a{}", &siteid[1..]), "appid": "wordpress", "context": "/blog"}]
+    });
+    if let Some(t) = tls {
+        v["tls"] = t;
+    }
+    serde_json::to_string_pretty(&v).unwrap()
+}
+
+/// A site id from a small number.
+pub fn siteid(n: u32) -> String {
+    format!("s{:040x}", n as u128 * 0x1234_5678_9abc_def1 + 0xabc)
+}
+
+/// Self-signed key + certificate for names, valid for `days` from now - 1 day.
+pub fn self_signed(names: &[&str], days: i64) -> (String, String) {
+    let mut params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(days);
+    params.distinguished_name.push(rcgen::DnType::CommonName, names[0]);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (key.serialize_pem(), cert.pem())
+}

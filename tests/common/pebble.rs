@@ -1,0 +1,120 @@
+//! A private pebble ACME CA with pebble-challtestsrv as its DNS, so that every
+//! name resolves to 127.0.0.1 (or where `set_a` points it).
+
+use super::{free_port, require, wait_port, TestCa};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub struct Pebble {
+    pub port: u16,
+    pub mgmt_port: u16,
+    pub dns_port: u16,
+    pub chall_mgmt_port: u16,
+    /// The port pebble's VA connects to for HTTP-01.
+    pub http_port: u16,
+    pub ca: TestCa,
+    pub dir: PathBuf,
+    pebble: Child,
+    chall: Child,
+}
+
+#[derive(Clone)]
+pub struct PebbleOptions {
+    pub nonce_reject_percent: u32,
+    /// certificateValidityPeriod in seconds (None: pebble's default, ~5 years).
+    pub validity_secs: Option<u64>,
+}
+
+impl Default for PebbleOptions {
+    fn default() -> Self {
+        PebbleOptions { nonce_reject_percent: 0, validity_secs: None }
+    }
+}
+
+impl Pebble {
+    /// Start pebble validating HTTP-01 against `http_port` on loopback.
+    pub fn start(dir: &Path, http_port: u16, opts: PebbleOptions) -> Pebble {
+        require("pebble");
+        require("pebble-challtestsrv");
+        std::fs::create_dir_all(dir).unwrap();
+        let ca = TestCa::create(&dir.join("tls"));
+        let (port, mgmt_port, dns_port, chall_mgmt_port) = (free_port(), free_port(), free_port(), free_port());
+        let log = |n: &str| std::fs::File::create(dir.join(n)).unwrap();
+        let chall = Command::new("pebble-challtestsrv")
+            .args(["-dns01", &format!("127.0.0.1:{dns_port}"), "-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .args(["-management", &format!("127.0.0.1:{chall_mgmt_port}"), "-defaultIPv6", "", "-defaultIPv4", "127.0.0.1"])
+            .stdout(log("challtestsrv.log"))
+            .stderr(log("challtestsrv.err"))
+            .spawn()
+            .expect("start pebble-challtestsrv");
+        let mut cfg = serde_json::json!({"pebble": {
+            "listenAddress": format!("127.0.0.1:{port}"),
+            "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
+            "certificate": ca.cert_pem, "privateKey": ca.key_pem,
+            "httpPort": http_port, "tlsPort": free_port(),
+            "ocspResponderURL": "", "externalAccountBindingRequired": false
+        }});
+        if let Some(v) = opts.validity_secs {
+            cfg["pebble"]["certificateValidityPeriod"] = v.into();
+        }
+        let cfg_path = dir.join("pebble-config.json");
+        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+        wait_port(chall_mgmt_port, "pebble-challtestsrv");
+        let pebble = Command::new("pebble")
+            .args(["-config", cfg_path.to_str().unwrap(), "-dnsserver", &format!("127.0.0.1:{dns_port}")])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", opts.nonce_reject_percent.to_string())
+            .env("PEBBLE_AUTHZREUSE", "0")
+            .stdin(Stdio::null())
+            .stdout(log("pebble.log"))
+            .stderr(log("pebble.err"))
+            .spawn()
+            .expect("start pebble");
+        let p = Pebble { port, mgmt_port, dns_port, chall_mgmt_port, http_port, ca, dir: dir.into(), pebble, chall };
+        wait_port(port, "pebble");
+        p
+    }
+
+    pub fn directory(&self) -> String {
+        format!("https://127.0.0.1:{}/dir", self.port)
+    }
+
+    /// Point `host` at `ip` in the test DNS (an address nothing listens on
+    /// makes validation fail, as when DNS has not moved yet).
+    pub fn set_a(&self, host: &str, ip: &str) {
+        self.chall_post("add-a", serde_json::json!({"host": host, "addresses": [ip]}));
+    }
+
+    pub fn clear_a(&self, host: &str) {
+        self.chall_post("clear-a", serde_json::json!({"host": host}));
+    }
+
+    fn chall_post(&self, path: &str, body: serde_json::Value) {
+        let r = reqwest::blocking::Client::new().post(format!("http://127.0.0.1:{}/{path}", self.chall_mgmt_port)).body(body.to_string()).send().unwrap();
+        assert!(r.status().is_success(), "challtestsrv {path}: {}", r.status());
+    }
+
+    /// Stop pebble (the CA goes down); the DNS stays.
+    pub fn stop_ca(&mut self) {
+        let _ = self.pebble.kill();
+        let _ = self.pebble.wait();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pebble.log")).unwrap_or_default() + &std::fs::read_to_string(self.dir.join("pebble.err")).unwrap_or_default()
+    }
+
+    /// How many certificates pebble issued so far (from its log).
+    pub fn issued_count(&self) -> usize {
+        self.log().matches("Issued certificate serial").count()
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        let _ = self.pebble.kill();
+        let _ = self.chall.kill();
+        let _ = self.pebble.wait();
+        let _ = self.chall.wait();
+    }
+}
