@@ -36,8 +36,8 @@ pub fn render(cfg: &Config, siteid: &str, hostname: &str, tls: &VhostTls) -> Str
     let challenge = cfg.site_wellknown(siteid).join(".well-known/acme-challenge");
     let names = if hostname == "*" { "    ServerName any-host.invalid\n    ServerAlias *\n".to_string() } else { format!("    ServerName {hostname}\n") };
     let challenge_block = format!(
-        "    # ACME HTTP-01: served on plain http, never redirected (renewals need it).\n    Alias /.well-known/acme-challenge/ {}/\n    <Directory {}>\n        Options None\n        AllowOverride None\n        ForceType text/plain\n        Require all granted\n    </Directory>\n",
-        q(&challenge),
+        "    # ACME HTTP-01: served on plain http, never redirected (renewals need it).\n    Alias /.well-known/acme-challenge/ {}\n    <Directory {}>\n        Options None\n        AllowOverride None\n        ForceType text/plain\n        Require all granted\n    </Directory>\n",
+        q(&challenge.join("")),
         q(&challenge)
     );
     let docroot_block = format!("    DocumentRoot {}\n    <Directory {}>\n        Require all granted\n    </Directory>\n", q(&docroot), q(&docroot));

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use apache::Apache;
+pub use pebble::PebbleOptions;
 pub use pebble::Pebble;
 
 /// A free TCP port on 127.0.0.1 (bound and released; a tiny race we accept,
@@ -215,4 +216,124 @@ pub fn self_signed(names: &[&str], days: i64) -> (String, String) {
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = params.self_signed(&key).unwrap();
     (key.serialize_pem(), cert.pem())
+}
+
+/// One device: a temporary root with site-admin's config pointing at its own
+/// real Apache, plus (usually) the shared pebble of the test.
+pub struct Device {
+    pub tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub apache: Apache,
+    pub config: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+impl Device {
+    /// A device whose Apache is configured (not started) on `ip` and ports.
+    pub fn new_on(ip: &str, http_port: u16, https_port: u16) -> Device {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::Builder::new().prefix("site-admin-test-").tempdir().unwrap();
+        // Apache's children (www-data) must reach the webroots below it.
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("etc/site-admin")).unwrap();
+        let sites_dir = root.join("etc/httpd/sites");
+        let apache = Apache::configure_on(&tmp.path().join("apache"), &sites_dir, ip, http_port, https_port);
+        let config = root.join("etc/site-admin/config.json");
+        let cfg = serde_json::json!({
+            "contact_email": "admin@example.com",
+            "apache": {
+                "http_port": http_port, "https_port": https_port,
+                "configtest": apache.configtest_argv(), "reload": apache.reload_argv()
+            }
+        });
+        std::fs::write(&config, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+        Device { env: vec![("SITE_ADMIN_ROOT".into(), root.display().to_string())], tmp, root, apache, config }
+    }
+
+    pub fn new() -> Device {
+        Self::new_on("127.0.0.1", free_port(), free_port())
+    }
+
+    /// Point site-admin at this pebble.
+    pub fn use_pebble(&mut self, p: &Pebble) {
+        self.env.push(("SITE_ADMIN_ACME_SERVER".into(), p.directory()));
+        self.env.push(("SITE_ADMIN_ACME_CA_BUNDLE".into(), p.ca.ca_pem.display().to_string()));
+    }
+
+    /// Run site-admin on this device.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_stdin(args, None)
+    }
+
+    pub fn run_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        run(args, &env, stdin)
+    }
+
+    /// Run and insist on exit code `code`; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "site-admin {args:?} failed ({:?}):\n{}\n{}", o.status.code(), stderr(&o), self.apache.error_log());
+        stdout(&o)
+    }
+
+    /// Write a Site JSON into the device's temp dir and deploy it; returns the --json report.
+    pub fn deploy(&self, json: &str) -> serde_json::Value {
+        let f = self.tmp.path().join(format!("site-{}.json", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        std::fs::write(&f, json).unwrap();
+        let out = self.ok(&["--json", "deploy", "--file", f.to_str().unwrap()]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("deploy --json printed no JSON ({e}): {out}"))
+    }
+
+    pub fn le(&self) -> PathBuf {
+        self.root.join("etc/letsencrypt")
+    }
+
+    /// Serial of the live certificate of `host`.
+    pub fn live_serial(&self, host: &str) -> Option<String> {
+        cert_serial(&self.le().join("live").join(host).join("cert.pem"))
+    }
+
+    pub fn stash_serial(&self, host: &str) -> Option<String> {
+        cert_serial(&self.le().join("norenewal").join(host).join("cert.pem"))
+    }
+
+    pub fn stored_site(&self, siteid: &str) -> Option<serde_json::Value> {
+        let t = std::fs::read_to_string(self.root.join("var/lib/site-admin/sites").join(format!("{siteid}.json"))).ok()?;
+        Some(serde_json::from_str(&t).unwrap())
+    }
+}
+
+/// Serial (lowercase hex, no leading zeros) of the first certificate in a PEM file.
+pub fn cert_serial(path: &Path) -> Option<String> {
+    let pem = std::fs::read(path).ok()?;
+    pem_serial(&pem)
+}
+
+pub fn pem_serial(pem: &[u8]) -> Option<String> {
+    let c = openssl::x509::X509::from_pem(pem).ok()?;
+    let hex = c.serial_number().to_bn().ok()?.to_hex_str().ok()?.to_string().to_lowercase();
+    let t = hex.trim_start_matches('0');
+    Some(if t.is_empty() { "0".into() } else { t.into() })
+}
+
+/// A device with its Apache started and a pebble validating against it.
+pub struct World {
+    pub pebble: Pebble,
+    pub dev: Device,
+}
+
+impl World {
+    pub fn new() -> World {
+        Self::with(pebble::PebbleOptions::default())
+    }
+
+    pub fn with(opts: pebble::PebbleOptions) -> World {
+        let mut dev = Device::new();
+        let pebble = Pebble::start(&dev.tmp.path().join("pebble"), dev.apache.http_port, opts);
+        dev.use_pebble(&pebble);
+        dev.apache.start();
+        World { pebble, dev }
+    }
 }
