@@ -69,7 +69,7 @@ fn hex(bytes: &[u8]) -> String {
 /// Parse one DER certificate.
 pub fn parse_cert_der(der: &[u8]) -> Result<CertInfo, PemError> {
     use x509_parser::prelude::*;
-    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| PemError(format!("not a valid X.509 certificate ({e})")))?;
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|_| PemError("not a valid X.509 certificate (corrupt or truncated)".into()))?;
     if !rest.is_empty() {
         return Err(PemError("trailing data after the certificate".into()));
     }

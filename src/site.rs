@@ -296,7 +296,10 @@ fn validate(obj: &Map<String, Value>) -> Result<()> {
             if let Some(c) = a.get("context") {
                 let c = c.as_str().ok_or_else(|| bad(&f("context"), "must be a string"))?;
                 let ok = c.is_empty()
-                    || (c.starts_with('/') && !c.ends_with('/') && c[1..].split('/').all(|seg| !seg.is_empty() && seg != ".." && seg != "." && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))));
+                    || (c.starts_with('/')
+                        && c[1..].split('/').all(|seg| {
+                            seg.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric()) && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
+                        }));
                 if !ok {
                     return Err(bad(&f("context"), format!("{c:?}: must be empty or a path like /blog")));
                 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use apache::Apache;
+#[allow(unused_imports)]
 pub use pebble::PebbleOptions;
 pub use pebble::Pebble;
 
