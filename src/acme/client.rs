@@ -65,6 +65,7 @@ pub struct AcmeClient {
     key: AccountKey,
     kid: Mutex<Option<String>>,
     nonces: Mutex<Vec<String>>,
+    bad_nonces: std::sync::atomic::AtomicU32,
 }
 
 fn problem_of(url: &str, status: u16, body: &[u8]) -> AcmeError {
@@ -148,11 +149,16 @@ impl AcmeClient {
             new_account: str_field(&v, "newAccount", &url)?.into(),
             new_order: str_field(&v, "newOrder", &url)?.into(),
         };
-        Ok(AcmeClient { http, opts, dir, key, kid: Mutex::new(kid), nonces: Mutex::new(Vec::new()) })
+        Ok(AcmeClient { http, opts, dir, key, kid: Mutex::new(kid), nonces: Mutex::new(Vec::new()), bad_nonces: Default::default() })
     }
 
     pub fn account_url(&self) -> Option<String> {
         self.kid.lock().map(|k| k.clone()).unwrap_or(None)
+    }
+
+    /// How many `badNonce` answers this client has retried (for tests and benchmarks).
+    pub fn bad_nonce_retries(&self) -> u32 {
+        self.bad_nonces.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn key(&self) -> &AccountKey {
@@ -225,6 +231,7 @@ impl AcmeClient {
             if let AcmeError::Problem { ptype, .. } = &err {
                 if ptype == BAD_NONCE && bad_nonces < BAD_NONCE_RETRIES {
                     bad_nonces += 1;
+                    self.bad_nonces.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(url, bad_nonces, "badNonce: retrying with the fresh nonce");
                     continue;
                 }
