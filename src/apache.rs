@@ -152,7 +152,18 @@ impl<'a> Transaction<'a> {
     /// Run `configtest`; on failure put every file back and fail with what
     /// Apache said; on success drop the journal and reload Apache.
     pub fn commit(self, progress: &dyn Fn(&str)) -> Result<()> {
+        self.commit_with(false, progress)
+    }
+
+    /// [`commit`](Self::commit); with `reload_anyway`, Apache is reloaded
+    /// even when no file of the transaction changed (a certificate that a
+    /// vhost points at changed under it).
+    pub fn commit_with(self, reload_anyway: bool, progress: &dyn Fn(&str)) -> Result<()> {
         if self.saved.is_empty() {
+            if reload_anyway {
+                progress("reloading Apache for the new certificate");
+                return reload(self.cfg);
+            }
             return Ok(());
         }
         crate::fault::point("apache.before_configtest");

@@ -182,8 +182,9 @@ fn vhost_tls(ctx: &Ctx, site: &Site, serve: &Serve) -> VhostTls {
     }
 }
 
-/// Write the vhost for `serve` (with `okc` files, if given) in one transaction.
-fn apply_apache(ctx: &Ctx, site: &Site, serve: &Serve, write_okc: bool, remove_okc: bool) -> Result<()> {
+/// Write the vhost for `serve` (with `okc` files, if given) in one transaction;
+/// `cert_changed`: the LKC it serves got a new version, so reload even if no file changed.
+fn apply_apache(ctx: &Ctx, site: &Site, serve: &Serve, write_okc: bool, remove_okc: bool, cert_changed: bool) -> Result<()> {
     let mut txn = apache::Transaction::begin(&ctx.cfg)?;
     let p = ctx.cfg.okc_paths(&site.siteid);
     if write_okc {
@@ -203,7 +204,7 @@ fn apply_apache(ctx: &Ctx, site: &Site, serve: &Serve, write_okc: bool, remove_o
     }
     let conf = apache::render(&ctx.cfg, &site.siteid, &site.hostname, &vhost_tls(ctx, site, serve));
     txn.write(&ctx.cfg.vhost_file(&site.siteid), conf.as_bytes(), 0o644)?;
-    txn.commit(&|m| ctx.progress(&format!("site {}: {m}", site.siteid)))
+    txn.commit_with(cert_changed, &|m| ctx.progress(&format!("site {}: {m}", site.siteid)))
 }
 
 fn ensure_nl(s: &str) -> String {
@@ -236,6 +237,7 @@ pub fn deploy_one(ctx: &Ctx, site: &Site) -> Result<Outcome> {
     let mut pending = None;
     let (mut write_okc, mut remove_okc) = (false, false);
     let mut stash_later = Vec::new();
+    let mut cert_changed = false;
     for a in &plan.actions {
         match a {
             Action::StashLive { host } => stash_later.push(host.clone()),
@@ -247,6 +249,7 @@ pub fn deploy_one(ctx: &Ctx, site: &Site) -> Result<Outcome> {
                 ctx.progress(&format!("{host}: unstashing the certificate (no new issuance)"));
                 let params = provision::renewal_params(ctx, &site.siteid, stash_account(ctx, host).as_deref());
                 ctx.store.unstash(host, &params)?;
+                cert_changed = true;
             }
             Action::ImportCarried { host } => {
                 let TlsWish::LetsEncrypt { carried: Some((key, crt)) } = site.tls_wish() else {
@@ -255,11 +258,12 @@ pub fn deploy_one(ctx: &Ctx, site: &Site) -> Result<Outcome> {
                 ctx.progress(&format!("{host}: importing the certificate carried in the Site JSON"));
                 let params = provision::renewal_params(ctx, &site.siteid, None);
                 ctx.store.add_version(host, &NewVersion::from_key_and_fullchain(&key, &crt)?, &params)?;
+                cert_changed = true;
             }
             Action::Provision { host } => {
                 let fallback = plan.on_failure.clone().unwrap_or(Serve::Http);
                 match provision_now(ctx, site, stored.as_ref(), host, &fallback) {
-                    Ok(()) => {}
+                    Ok(()) => cert_changed = true,
                     Err(e) => {
                         pending = Some(e.to_string());
                         serve = fallback;
@@ -272,7 +276,7 @@ pub fn deploy_one(ctx: &Ctx, site: &Site) -> Result<Outcome> {
         }
     }
     crate::fault::point("deploy.before_apache");
-    apply_apache(ctx, site, &serve, write_okc, remove_okc)?;
+    apply_apache(ctx, site, &serve, write_okc, remove_okc, cert_changed && matches!(serve, Serve::Lkc { .. }))?;
     crate::fault::point("deploy.after_apache");
     for host in stash_later {
         ctx.progress(&format!("{host}: stashing the certificate (kept for a later redeploy)"));
@@ -296,7 +300,7 @@ fn provision_now(ctx: &Ctx, site: &Site, stored: Option<&Site>, host: &str, fall
     let serves_challenge = stored.map(|s| s.hostname == site.hostname).unwrap_or(false) && ctx.cfg.vhost_file(&site.siteid).exists();
     if !serves_challenge {
         ctx.progress(&format!("site {}: bringing up its http virtual host for the challenge", site.siteid));
-        apply_apache(ctx, site, fallback, false, false)?;
+        apply_apache(ctx, site, fallback, false, false, false)?;
         wait_for_vhost(ctx, &site.siteid, host);
     }
     let (client, account) = provision::client(ctx)?;

@@ -37,7 +37,7 @@ impl Apache {
             "ServerRoot \"{dir}\"\nServerName localhost\nPidFile \"{dir}/httpd.pid\"\nDefaultRuntimeDir \"{dir}/run\"\nErrorLog \"{dir}/error.log\"\nLogLevel warn\n{user}\
              LoadModule mpm_event_module {m}/mod_mpm_event.so\nLoadModule authz_core_module {m}/mod_authz_core.so\nLoadModule mime_module {m}/mod_mime.so\nTypesConfig /etc/mime.types\n\
              LoadModule alias_module {m}/mod_alias.so\nLoadModule rewrite_module {m}/mod_rewrite.so\nLoadModule socache_shmcb_module {m}/mod_socache_shmcb.so\nLoadModule ssl_module {m}/mod_ssl.so\nLoadModule dir_module {m}/mod_dir.so\n\
-             StartServers 1\nServerLimit 2\nThreadsPerChild 8\nMaxRequestWorkers 16\nListen {ip}:{http_port}\nListen {ip}:{https_port}\n\
+             StartServers 1\nServerLimit 4\nThreadsPerChild 8\nMaxRequestWorkers 32\nMinSpareThreads 2\nMaxSpareThreads 16\nListen {ip}:{http_port}\nListen {ip}:{https_port}\n\
              SSLSessionCache \"shmcb:{dir}/run/ssl_scache(51200)\"\nDocumentRoot \"{dir}\"\n<Directory />\n    Require all denied\n</Directory>\n\
              IncludeOptional \"{sites}/*.conf\"\n",
             dir = dir.display(),
