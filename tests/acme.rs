@@ -87,6 +87,7 @@ fn failed_validation_is_one_clear_error_and_leaves_no_challenge_file() {
     let e = client.issue("nowhere.example.test", ca.webroot.path(), KeyType::Ecdsa).unwrap_err().to_string();
     assert!(e.contains("HTTP-01 validation of nowhere.example.test failed"), "{e}");
     assert!(e.contains("urn:ietf:params:acme:error:"), "{e}");
+    assert!(e.contains("127.0.0.3"), "validation went to the address the DNS names: {e}");
     assert_eq!(challenge_files(ca.webroot.path()), 0);
 }
 

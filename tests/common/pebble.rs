@@ -82,6 +82,8 @@ impl Pebble {
     /// Point `host` at `ip` in the test DNS (an address nothing listens on
     /// makes validation fail, as when DNS has not moved yet).
     pub fn set_a(&self, host: &str, ip: &str) {
+        // add-a appends to the host's addresses: clear them first.
+        self.chall_post("clear-a", serde_json::json!({"host": host}));
         self.chall_post("add-a", serde_json::json!({"host": host, "addresses": [ip]}));
     }
 
