@@ -81,12 +81,28 @@ struct Saved {
     mode: u32,
 }
 
+/// The journal of a transaction (`index.json`): the files' previous states,
+/// whether `configtest` has decided for the new configuration, and what is
+/// left to do once it has (the completion, opaque to this module).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Index {
+    saved: Vec<Saved>,
+    decided: bool,
+    completion: Option<serde_json::Value>,
+}
+
+/// What finishes an operation after Apache accepted its configuration
+/// (stash the old certificate, store the Site JSON, ...). The engine provides
+/// it; a decided transaction found after a crash runs it again, so it must be
+/// idempotent.
+pub type Complete<'c> = &'c dyn Fn(&serde_json::Value) -> Result<()>;
+
 /// A set of changes to Apache-related files (vhosts, OKC files), decided
 /// together by `configtest`.
 pub struct Transaction<'a> {
     cfg: &'a Config,
     dir: PathBuf,
-    saved: Vec<Saved>,
+    index: Index,
 }
 
 fn journal_dir(cfg: &Config) -> PathBuf {
@@ -94,19 +110,35 @@ fn journal_dir(cfg: &Config) -> PathBuf {
 }
 
 impl<'a> Transaction<'a> {
+    /// Start a transaction. A transaction a crash left behind must have been
+    /// recovered first ([`recover`]); one still found here is rolled back.
     pub fn begin(cfg: &'a Config) -> Result<Transaction<'a>> {
-        recover(cfg)?;
+        recover(cfg, &|_| Ok(()))?;
         let dir = journal_dir(cfg);
         fsutil::create_dir_all_mode(&dir, 0o700)?;
         fsutil::ensure_dir_mode(&dir, 0o700)?;
-        Ok(Transaction { cfg, dir, saved: Vec::new() })
+        Ok(Transaction { cfg, dir, index: Index::default() })
+    }
+
+    fn write_index(&self) -> Result<()> {
+        let data = serde_json::to_vec(&self.index).map_err(|e| Error::failed(e.to_string()))?;
+        fsutil::atomic_write(&self.dir.join("index.json"), &data, 0o600)
+    }
+
+    /// What to run once `configtest` has passed (journaled with the files).
+    pub fn set_completion(&mut self, c: serde_json::Value) -> Result<()> {
+        self.index.completion = Some(c);
+        if !self.index.saved.is_empty() {
+            self.write_index()?;
+        }
+        Ok(())
     }
 
     fn save(&mut self, path: &Path) -> Result<()> {
-        if self.saved.iter().any(|s| s.path == path) {
+        if self.index.saved.iter().any(|s| s.path == path) {
             return Ok(());
         }
-        let n = self.saved.len();
+        let n = self.index.saved.len();
         let (copy, mode) = match fs::read(path) {
             Ok(data) => {
                 let mode = fs::metadata(path).io_ctx("reading", path)?.permissions().mode() & 0o7777;
@@ -117,12 +149,12 @@ impl<'a> Transaction<'a> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, 0),
             Err(e) => return Err(e).io_ctx("reading", path),
         };
-        self.saved.push(Saved { path: path.to_path_buf(), copy, mode });
-        let index = serde_json::to_vec(&self.saved).map_err(|e| Error::failed(e.to_string()))?;
-        fsutil::atomic_write(&self.dir.join("index.json"), &index, 0o600)
+        self.index.saved.push(Saved { path: path.to_path_buf(), copy, mode });
+        self.write_index()
     }
 
-    /// Write a file as part of the transaction.
+    /// Write a file as part of the transaction (nothing happens if it holds
+    /// these bytes with this mode already).
     pub fn write(&mut self, path: &Path, data: &[u8], mode: u32) -> Result<()> {
         let unchanged = fs::read(path).map(|d| d == data).unwrap_or(false)
             && fs::symlink_metadata(path).map(|m| m.is_file() && m.permissions().mode() & 0o7777 == mode).unwrap_or(false);
@@ -133,7 +165,9 @@ impl<'a> Transaction<'a> {
         if let Some(p) = path.parent() {
             fsutil::create_dir_all_mode(p, 0o755)?;
         }
-        fsutil::atomic_write(path, data, mode)
+        fsutil::atomic_write(path, data, mode)?;
+        crate::fault::point("apache.wrote_file");
+        Ok(())
     }
 
     /// Remove a file as part of the transaction.
@@ -142,45 +176,53 @@ impl<'a> Transaction<'a> {
             return Ok(());
         }
         self.save(path)?;
-        fsutil::remove_file_if_exists(path)
+        fsutil::remove_file_if_exists(path)?;
+        crate::fault::point("apache.removed_file");
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.saved.is_empty()
+        self.index.saved.is_empty()
     }
 
     /// Run `configtest`; on failure put every file back and fail with what
-    /// Apache said; on success drop the journal and reload Apache.
+    /// Apache said; on success record the decision, reload Apache, run the
+    /// completion, and drop the journal.
     pub fn commit(self, progress: &dyn Fn(&str)) -> Result<()> {
-        self.commit_with(false, progress)
+        self.commit_with(false, progress, &|_| Ok(()))
     }
 
-    /// [`commit`](Self::commit); with `reload_anyway`, Apache is reloaded
-    /// even when no file of the transaction changed (a certificate that a
-    /// vhost points at changed under it).
-    pub fn commit_with(self, reload_anyway: bool, progress: &dyn Fn(&str)) -> Result<()> {
-        if self.saved.is_empty() {
+    /// [`commit`](Self::commit) with a completion runner; with
+    /// `reload_anyway`, Apache is reloaded even when no file of the
+    /// transaction changed (a certificate a vhost points at changed under it).
+    pub fn commit_with(mut self, reload_anyway: bool, progress: &dyn Fn(&str), complete: Complete) -> Result<()> {
+        if self.index.saved.is_empty() {
             if reload_anyway {
                 progress("reloading Apache for the new certificate");
-                return reload(self.cfg);
+                reload(self.cfg)?;
+            }
+            if let Some(c) = &self.index.completion {
+                complete(c)?;
             }
             return Ok(());
         }
         crate::fault::point("apache.before_configtest");
         progress("checking the Apache configuration");
         if let Err(said) = run_argv(&self.cfg.apache.configtest) {
-            self.rollback()?;
+            restore(&self.index.saved)?;
+            finish(&self.dir)?;
             return Err(Error::failed(format!("Apache refused the new configuration, so the previous one was put back: {said}")));
         }
-        finish(&self.dir)?;
-        crate::fault::point("apache.before_reload");
+        self.index.decided = true;
+        self.write_index()?;
+        crate::fault::point("apache.decided");
         progress("reloading Apache");
-        reload(self.cfg)
-    }
-
-    /// Put every file back as it was.
-    pub fn rollback(self) -> Result<()> {
-        restore(&self.saved)?;
+        reload(self.cfg)?;
+        crate::fault::point("apache.reloaded");
+        if let Some(c) = &self.index.completion {
+            complete(c)?;
+        }
+        crate::fault::point("apache.completed");
         finish(&self.dir)
     }
 }
@@ -208,6 +250,7 @@ fn restore(saved: &[Saved]) -> Result<()> {
 }
 
 fn finish(dir: &Path) -> Result<()> {
+    // The index goes first: without it the copies mean nothing.
     fsutil::remove_file_if_exists(&dir.join("index.json"))?;
     if let Ok(rd) = fs::read_dir(dir) {
         for e in rd.filter_map(|e| e.ok()) {
@@ -217,25 +260,46 @@ fn finish(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Roll back a transaction a crash left undecided. Returns whether it did.
-pub fn recover(cfg: &Config) -> Result<bool> {
+/// What [`recover`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovered {
+    Nothing,
+    /// An undecided transaction: every file put back.
+    RolledBack,
+    /// A decided one: Apache reloaded and the completion run again.
+    Completed,
+}
+
+/// Finish a transaction a crash interrupted: roll it back if `configtest`
+/// had not decided for it, else reload and complete it.
+pub fn recover(cfg: &Config, complete: Complete) -> Result<Recovered> {
     let dir = journal_dir(cfg);
-    let index = dir.join("index.json");
-    let text = match fs::read(&index) {
+    let path = dir.join("index.json");
+    let text = match fs::read(&path) {
         Ok(t) => t,
         Err(_) => {
-            // No index: any copies are from a transaction that had not changed anything yet.
+            // No index: any copies are from a transaction that had changed nothing yet.
             if dir.is_dir() {
                 finish(&dir)?;
             }
-            return Ok(false);
+            return Ok(Recovered::Nothing);
         }
     };
-    let saved: Vec<Saved> = serde_json::from_slice(&text).map_err(|e| Error::failed(format!("the Apache journal {} is unreadable: {e}", index.display())))?;
-    restore(&saved)?;
-    finish(&dir)?;
-    tracing::warn!("rolled back an interrupted change to the Apache configuration");
-    Ok(true)
+    let index: Index = serde_json::from_slice(&text).map_err(|e| Error::failed(format!("the Apache journal {} is unreadable: {e}", path.display())))?;
+    if index.decided {
+        reload(cfg)?;
+        if let Some(c) = &index.completion {
+            complete(c)?;
+        }
+        finish(&dir)?;
+        tracing::warn!("completed an interrupted operation (Apache had accepted its configuration)");
+        Ok(Recovered::Completed)
+    } else {
+        restore(&index.saved)?;
+        finish(&dir)?;
+        tracing::warn!("rolled back an interrupted change to the Apache configuration");
+        Ok(Recovered::RolledBack)
+    }
 }
 
 /// Run an argv; Err carries what it printed.

@@ -116,16 +116,10 @@ pub fn check(ctx: &Ctx, repair: bool) -> Result<Vec<Finding>> {
 
 /// Point live/<name> at the newest complete version whose key matches.
 fn relink_newest_matching(ctx: &Ctx, name: &str) -> bool {
-    let store = &ctx.store;
-    let a = store.archive_dir(name);
-    for n in store.complete_versions(name).into_iter().rev() {
-        let key = std::fs::read_to_string(a.join(format!("privkey{n}.pem"))).unwrap_or_default();
-        let chain = std::fs::read_to_string(a.join(format!("fullchain{n}.pem"))).unwrap_or_default();
-        if crate::certs::KeyCert::parse(&key, &chain).map(|kc| kc.key_matches).unwrap_or(false) {
-            return store.link_version(name, n).is_ok();
-        }
+    match ctx.store.newest_matching_version(name) {
+        Some(n) => ctx.store.link_version(name, n).is_ok(),
+        None => false,
     }
-    false
 }
 
 /// `doctor [--repair]`.

@@ -44,6 +44,9 @@ pub fn executables(dir: &Path) -> Vec<PathBuf> {
 pub fn run_hook(path: &Path, env: &[(&str, String)], stdin: &[u8], limit: Duration) -> HookRun {
     let hook = path.display().to_string();
     let mut cmd = Command::new(path);
+    // Its own process group, so that on timeout its children die with it
+    // (and release the output pipes we read).
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str()))).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -67,6 +70,10 @@ pub fn run_hook(path: &Path, env: &[(&str, String)], stdin: &[u8], limit: Durati
         match child.try_wait() {
             Ok(Some(s)) => break Some(s),
             Ok(None) if start.elapsed() > limit => {
+                // SAFETY: kill(2) on the hook's process group; no memory is involved.
+                unsafe {
+                    libc::kill(-(child.id() as i32), libc::SIGKILL);
+                }
                 let _ = child.kill();
                 let _ = child.wait();
                 break None;

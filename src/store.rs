@@ -255,9 +255,12 @@ impl Store {
             crate::fault::point(&format!("store.wrote_{kind}"));
         }
         crate::fault::point("store.version_written");
+        // The conf before the links: a crash in between leaves a conf whose
+        // links are missing, which `recover` completes from the archive.
+        self.write_conf(host, Place::Live, params)?;
+        crate::fault::point("store.conf_written");
         self.link_version(host, n)?;
         crate::fault::point("store.linked");
-        self.write_conf(host, Place::Live, params)?;
         self.prune(host)?;
         Ok(n)
     }
@@ -276,6 +279,7 @@ impl Store {
         }
         fsutil::atomic_write(&tmp.join("README"), lineage_readme().as_bytes(), 0o644)?;
         fsutil::fsync_dir(&tmp)?;
+        crate::fault::point("store.links_ready");
         if fsutil::exists_nofollow(&live) {
             exchange(&tmp, &live)?;
             fsutil::remove_dir_all_if_exists(&tmp)?;
@@ -419,7 +423,34 @@ impl Store {
                 }
             }
         }
+        // A new lineage interrupted between its conf and its links: link the
+        // newest complete version whose key matches, or drop the conf.
+        for host in self.names_with_conf(Place::Live) {
+            if self.has(&host, Place::Live) || self.has(&host, Place::Stashed) {
+                continue;
+            }
+            match self.newest_matching_version(&host) {
+                Some(n) => {
+                    self.link_version(&host, n)?;
+                    done.push(format!("{host}: finished an interrupted new lineage (linked version {n})"));
+                }
+                None => {
+                    fsutil::remove_file_if_exists(&self.renewal_conf_path(&host))?;
+                    done.push(format!("{host}: removed the renewal conf of a lineage that was never completed"));
+                }
+            }
+        }
         Ok(done)
+    }
+
+    /// The newest complete version in the archive whose key matches its certificate.
+    pub fn newest_matching_version(&self, host: &str) -> Option<u32> {
+        let a = self.archive_dir(host);
+        self.complete_versions(host).into_iter().rev().find(|n| {
+            let key = fs::read_to_string(a.join(format!("privkey{n}.pem"))).unwrap_or_default();
+            let chain = fs::read_to_string(a.join(format!("fullchain{n}.pem"))).unwrap_or_default();
+            KeyCert::parse(&key, &chain).map(|kc| kc.key_matches).unwrap_or(false)
+        })
     }
 
     /// Names of lineages that have a conf in `place`.

@@ -184,8 +184,11 @@ fn vhost_tls(ctx: &Ctx, site: &Site, serve: &Serve) -> VhostTls {
 
 /// Write the vhost for `serve` (with `okc` files, if given) in one transaction;
 /// `cert_changed`: the LKC it serves got a new version, so reload even if no file changed.
-fn apply_apache(ctx: &Ctx, site: &Site, serve: &Serve, write_okc: bool, remove_okc: bool, cert_changed: bool) -> Result<()> {
+fn apply_apache(ctx: &Ctx, site: &Site, serve: &Serve, write_okc: bool, remove_okc: bool, cert_changed: bool, completion: Option<&Completion>) -> Result<()> {
     let mut txn = apache::Transaction::begin(&ctx.cfg)?;
+    if let Some(c) = completion {
+        txn.set_completion(serde_json::to_value(c).map_err(|e| Error::failed(e.to_string()))?)?;
+    }
     let p = ctx.cfg.okc_paths(&site.siteid);
     if write_okc {
         if let TlsWish::Other { key, crt, cacrt } = site.tls_wish() {
@@ -204,7 +207,45 @@ fn apply_apache(ctx: &Ctx, site: &Site, serve: &Serve, write_okc: bool, remove_o
     }
     let conf = apache::render(&ctx.cfg, &site.siteid, &site.hostname, &vhost_tls(ctx, site, serve));
     txn.write(&ctx.cfg.vhost_file(&site.siteid), conf.as_bytes(), 0o644)?;
-    txn.commit_with(cert_changed, &|m| ctx.progress(&format!("site {}: {m}", site.siteid)))
+    txn.commit_with(cert_changed, &|m| ctx.progress(&format!("site {}: {m}", site.siteid)), &|v| complete(ctx, v))
+}
+
+/// What finishes a deploy or undeploy once Apache accepted the new
+/// configuration. Journaled with the Apache transaction, so that a crash
+/// after that point is completed by the next run; every step is idempotent.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Completion {
+    /// Hosts whose live LKC is stashed (Apache no longer points at them).
+    pub stash: Vec<String>,
+    /// The Site JSON to store at rest (already without key material).
+    pub store_site: Option<Site>,
+    /// A site id whose stored Site JSON is removed (undeploy).
+    pub remove_site: Option<String>,
+    /// Directories removed (undeploy: the site's challenge webroot).
+    pub remove_dirs: Vec<std::path::PathBuf>,
+}
+
+/// Run a journaled [`Completion`].
+pub fn complete(ctx: &Ctx, v: &Value) -> Result<()> {
+    let c: Completion = serde_json::from_value(v.clone()).map_err(|e| Error::failed(format!("unreadable completion in the journal: {e}")))?;
+    for host in &c.stash {
+        if ctx.store.has(host, Place::Live) {
+            ctx.progress(&format!("{host}: stashing the certificate (kept for a later redeploy)"));
+            ctx.store.stash(host)?;
+            crate::fault::point("complete.stashed");
+        }
+    }
+    if let Some(site) = &c.store_site {
+        write_stored(ctx, site)?;
+        crate::fault::point("complete.stored");
+    }
+    if let Some(id) = &c.remove_site {
+        fsutil::remove_file_if_exists(&ctx.cfg.stored_site(id))?;
+    }
+    for d in &c.remove_dirs {
+        fsutil::remove_dir_all_if_exists(d)?;
+    }
+    Ok(())
 }
 
 fn ensure_nl(s: &str) -> String {
@@ -276,13 +317,8 @@ pub fn deploy_one(ctx: &Ctx, site: &Site) -> Result<Outcome> {
         }
     }
     crate::fault::point("deploy.before_apache");
-    apply_apache(ctx, site, &serve, write_okc, remove_okc, cert_changed && matches!(serve, Serve::Lkc { .. }))?;
-    crate::fault::point("deploy.after_apache");
-    for host in stash_later {
-        ctx.progress(&format!("{host}: stashing the certificate (kept for a later redeploy)"));
-        ctx.store.stash(&host)?;
-    }
-    write_stored(ctx, site)?;
+    let completion = Completion { stash: stash_later, store_site: Some(site.without_tls_material()), ..Default::default() };
+    apply_apache(ctx, site, &serve, write_okc, remove_okc, cert_changed && matches!(serve, Serve::Lkc { .. }), Some(&completion))?;
     Ok(Outcome { siteid: site.siteid.clone(), hostname: site.hostname.clone(), serve, pending, plan })
 }
 
@@ -300,7 +336,7 @@ fn provision_now(ctx: &Ctx, site: &Site, stored: Option<&Site>, host: &str, fall
     let serves_challenge = stored.map(|s| s.hostname == site.hostname).unwrap_or(false) && ctx.cfg.vhost_file(&site.siteid).exists();
     if !serves_challenge {
         ctx.progress(&format!("site {}: bringing up its http virtual host for the challenge", site.siteid));
-        apply_apache(ctx, site, fallback, false, false, false)?;
+        apply_apache(ctx, site, fallback, false, false, false, None)?;
         wait_for_vhost(ctx, &site.siteid, host);
     }
     let (client, account) = provision::client(ctx)?;
@@ -359,16 +395,14 @@ pub fn undeploy_command(ctx: &Ctx, siteid: &str) -> Result<i32> {
         txn.remove(&p.crt)?;
         txn.remove(&p.cacrt)?;
     }
-    txn.commit(&|m| ctx.progress(&format!("site {siteid}: {m}")))?;
-    crate::fault::point("undeploy.after_apache");
-    for a in &plan.actions {
-        if let Action::StashLive { host } = a {
-            ctx.progress(&format!("{host}: stashing the certificate (kept for a later redeploy)"));
-            ctx.store.stash(host)?;
-        }
-    }
-    fsutil::remove_dir_all_if_exists(&ctx.cfg.site_wellknown(siteid))?;
-    fsutil::remove_file_if_exists(&ctx.cfg.stored_site(siteid))?;
+    let completion = Completion {
+        stash: plan.actions.iter().filter_map(|a| if let Action::StashLive { host } = a { Some(host.clone()) } else { None }).collect(),
+        remove_site: Some(siteid.to_string()),
+        remove_dirs: vec![ctx.cfg.site_wellknown(siteid)],
+        ..Default::default()
+    };
+    txn.set_completion(serde_json::to_value(&completion).map_err(|e| Error::failed(e.to_string()))?)?;
+    txn.commit_with(false, &|m| ctx.progress(&format!("site {siteid}: {m}")), &|v| complete(ctx, v))?;
     ctx.progress(&format!("site {siteid} ({}) undeployed", stored.hostname));
     if ctx.json {
         ctx.print_json(&json!({"siteid": siteid, "hostname": stored.hostname, "undeployed": true, "actions": plan.actions, "reason": plan.reason}))?;

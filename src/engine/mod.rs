@@ -43,7 +43,7 @@ impl Ctx {
         for what in self.store.recover()? {
             tracing::warn!("{what}");
         }
-        crate::apache::recover(&self.cfg)?;
+        crate::apache::recover(&self.cfg, &|v| lifecycle::complete(self, v))?;
         Ok(())
     }
 

@@ -169,3 +169,20 @@ fn broken_links_are_reported_not_panicked() {
     fs::write(s.archive_dir(H).join("privkey1.pem"), "garbage").unwrap();
     assert!(matches!(s.material(H, Place::Live), Material::Broken(_)));
 }
+
+#[test]
+fn recover_links_a_new_lineage_interrupted_before_its_links() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::new(t.path().join("le"));
+    s.add_version(H, &version(30), &params(t.path())).unwrap();
+    let serial = s.material(H, Place::Live).keycert().unwrap().leaf.serial.clone();
+    fs::remove_dir_all(s.live_dir(H)).unwrap(); // the crash came before the links
+    let done = s.recover().unwrap();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(s.material(H, Place::Live).keycert().unwrap().leaf.serial, serial);
+    // With no complete version, the conf goes.
+    fs::remove_dir_all(s.live_dir(H)).unwrap();
+    fs::remove_file(s.archive_dir(H).join("privkey1.pem")).unwrap();
+    s.recover().unwrap();
+    assert!(!s.renewal_conf_path(H).exists());
+}

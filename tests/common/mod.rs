@@ -27,16 +27,19 @@ pub fn free_port() -> u16 {
     use std::sync::atomic::AtomicU16;
     static NEXT: AtomicU16 = AtomicU16::new(0);
     if NEXT.load(Ordering::Relaxed) == 0 {
-        let base = 20000 + (std::process::id() % 400) as u16 * 100;
+        // A per-process starting point, so test binaries run one after the
+        // other (or side by side) rarely pick the same ports.
+        let seed = std::process::id() as u64 ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+        let base = 20000 + (seed % 380) as u16 * 100;
         let _ = NEXT.compare_exchange(0, base, Ordering::Relaxed, Ordering::Relaxed);
     }
     loop {
         let p = NEXT.fetch_add(1, Ordering::Relaxed);
-        if p > 60000 {
+        if p > 58000 {
             NEXT.store(20000, Ordering::Relaxed);
             continue;
         }
-        if TcpListener::bind(("127.0.0.1", p)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok() {
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok() && TcpListener::bind(("127.0.0.2", p)).is_ok() {
             return p;
         }
     }

@@ -1,7 +1,7 @@
 //! A private pebble ACME CA with pebble-challtestsrv as its DNS, so that every
 //! name resolves to 127.0.0.1 (or where `set_a` points it).
 
-use super::{free_port, require, wait_port, TestCa};
+use super::{free_port, require, TestCa};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -33,14 +33,27 @@ impl Default for PebbleOptions {
 
 impl Pebble {
     /// Start pebble validating HTTP-01 against `http_port` on loopback.
+    /// Retries on fresh ports if a port turned out to be taken.
     pub fn start(dir: &Path, http_port: u16, opts: PebbleOptions) -> Pebble {
         require("pebble");
         require("pebble-challtestsrv");
+        let mut last = String::new();
+        for attempt in 0..4 {
+            let d = dir.join(format!("try{attempt}"));
+            match Self::try_start(&d, http_port, &opts) {
+                Ok(p) => return p,
+                Err(e) => last = e,
+            }
+        }
+        panic!("pebble did not start: {last}");
+    }
+
+    fn try_start(dir: &Path, http_port: u16, opts: &PebbleOptions) -> Result<Pebble, String> {
         std::fs::create_dir_all(dir).unwrap();
         let ca = TestCa::create(&dir.join("tls"));
         let (port, mgmt_port, dns_port, chall_mgmt_port) = (free_port(), free_port(), free_port(), free_port());
         let log = |n: &str| std::fs::File::create(dir.join(n)).unwrap();
-        let chall = Command::new("pebble-challtestsrv")
+        let mut chall = Command::new("pebble-challtestsrv")
             .args(["-dns01", &format!("127.0.0.1:{dns_port}"), "-http01", "", "-https01", "", "-tlsalpn01", ""])
             .args(["-management", &format!("127.0.0.1:{chall_mgmt_port}"), "-defaultIPv6", "", "-defaultIPv4", "127.0.0.1"])
             .stdout(log("challtestsrv.log"))
@@ -59,8 +72,12 @@ impl Pebble {
         }
         let cfg_path = dir.join("pebble-config.json");
         std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-        wait_port(chall_mgmt_port, "pebble-challtestsrv");
-        let pebble = Command::new("pebble")
+        if let Err(e) = wait_child_port(&mut chall, chall_mgmt_port, &dir.join("challtestsrv.err")) {
+            let _ = chall.kill();
+            let _ = chall.wait();
+            return Err(format!("pebble-challtestsrv: {e}"));
+        }
+        let mut pebble = Command::new("pebble")
             .args(["-config", cfg_path.to_str().unwrap(), "-dnsserver", &format!("127.0.0.1:{dns_port}")])
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", opts.nonce_reject_percent.to_string())
@@ -70,9 +87,14 @@ impl Pebble {
             .stderr(log("pebble.err"))
             .spawn()
             .expect("start pebble");
-        let p = Pebble { port, mgmt_port, dns_port, chall_mgmt_port, http_port, ca, dir: dir.into(), pebble, chall };
-        wait_port(port, "pebble");
-        p
+        if let Err(e) = wait_child_port(&mut pebble, port, &dir.join("pebble.err")) {
+            for c in [&mut pebble, &mut chall] {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            return Err(format!("pebble: {e}"));
+        }
+        Ok(Pebble { port, mgmt_port, dns_port, chall_mgmt_port, http_port, ca, dir: dir.into(), pebble, chall })
     }
 
     pub fn directory(&self) -> String {
@@ -118,5 +140,22 @@ impl Drop for Pebble {
         let _ = self.chall.kill();
         let _ = self.pebble.wait();
         let _ = self.chall.wait();
+    }
+}
+
+/// Wait until the child listens on `port`; fail early if it exits.
+fn wait_child_port(child: &mut Child, port: u16, errlog: &Path) -> Result<(), String> {
+    let start = std::time::Instant::now();
+    loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(format!("exited with {st}: {}", std::fs::read_to_string(errlog).unwrap_or_default()));
+        }
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            return Err(format!("not listening on {port} after 60 s: {}", std::fs::read_to_string(errlog).unwrap_or_default()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
