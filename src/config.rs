@@ -147,6 +147,12 @@ impl Config {
             Some(b) => Some(if b.is_absolute() { b.clone() } else { std::env::current_dir().unwrap_or_default().join(b) }),
             None => raw.acme_ca_bundle.as_deref().map(|b| under(&root, b)),
         };
+        if let Some(b) = &acme_ca_bundle {
+            if !b.is_file() {
+                let what = if ov.acme_ca_bundle.is_some() { "--acme-ca-bundle" } else { "acme_ca_bundle" };
+                return Err(Error::invalid(format!("{what} {}: no such file", b.display())));
+            }
+        }
         if let Some(e) = &raw.contact_email {
             if !crate::site::looks_like_email(e) {
                 return Err(bad("contact_email", "not an e-mail address"));

@@ -424,20 +424,15 @@ impl Store {
             }
         }
         // A new lineage interrupted between its conf and its links: link the
-        // newest complete version whose key matches, or drop the conf.
+        // newest complete version whose key matches. (A conf with nothing to
+        // link is not ours to delete: `doctor` reports it.)
         for host in self.names_with_conf(Place::Live) {
             if self.has(&host, Place::Live) || self.has(&host, Place::Stashed) {
                 continue;
             }
-            match self.newest_matching_version(&host) {
-                Some(n) => {
-                    self.link_version(&host, n)?;
-                    done.push(format!("{host}: finished an interrupted new lineage (linked version {n})"));
-                }
-                None => {
-                    fsutil::remove_file_if_exists(&self.renewal_conf_path(&host))?;
-                    done.push(format!("{host}: removed the renewal conf of a lineage that was never completed"));
-                }
+            if let Some(n) = self.newest_matching_version(&host) {
+                self.link_version(&host, n)?;
+                done.push(format!("{host}: finished an interrupted new lineage (linked version {n})"));
             }
         }
         Ok(done)

@@ -68,7 +68,10 @@ pub struct AcmeClient {
     bad_nonces: std::sync::atomic::AtomicU32,
 }
 
-fn problem_of(url: &str, status: u16, body: &[u8]) -> AcmeError {
+/// Turn an error response into one [`AcmeError`] ([RFC 8555 §6.7]); any bytes are accepted.
+///
+/// [RFC 8555 §6.7]: https://www.rfc-editor.org/rfc/rfc8555#section-6.7
+pub fn problem_of(url: &str, status: u16, body: &[u8]) -> AcmeError {
     match serde_json::from_slice::<Value>(body) {
         Ok(v) if v.get("type").is_some() => {
             let subs = v

@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub mod apache;
+#[allow(unused_imports)]
+pub use apache as apache_mod;
 pub mod pebble;
 
 use std::collections::BTreeMap;
