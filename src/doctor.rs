@@ -50,6 +50,11 @@ pub fn check(ctx: &Ctx, repair: bool) -> Result<Vec<Finding>> {
             }
         }
     }
+    for name in store.names_with_conf(Place::Live) {
+        if !store.has(&name, Place::Live) && !store.has(&name, Place::Stashed) {
+            add(format!("renewal/{name}.conf"), format!("its live/{name} links are missing, so certbot skips it as broken"), false);
+        }
+    }
     // 4. modes.
     for (dir, want) in [("live", 0o700), ("archive", 0o700), ("norenewal", 0o700), ("accounts", 0o700)] {
         let p = ctx.cfg.letsencrypt_dir.join(dir);

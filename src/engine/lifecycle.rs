@@ -381,8 +381,11 @@ pub fn undeploy_command(ctx: &Ctx, siteid: &str) -> Result<i32> {
     if !site::is_id(siteid, 's') {
         return Err(Error::invalid(format!("--siteid {siteid:?}: not a site id (\"s\" followed by 40 lowercase hex digits)")));
     }
+    let not_deployed = || Error::invalid(format!("site {siteid} is not deployed"));
+    // Refuse an unknown site before taking the lock (which creates its files).
+    facts::load_stored(&ctx.cfg, siteid)?.ok_or_else(not_deployed)?;
     let _lock = ctx.lock(&format!("undeploy {siteid}"))?;
-    let stored = facts::load_stored(&ctx.cfg, siteid)?.ok_or_else(|| Error::invalid(format!("site {siteid} is not deployed")))?;
+    let stored = facts::load_stored(&ctx.cfg, siteid)?.ok_or_else(not_deployed)?;
     let f = facts::gather(&ctx.cfg, &ctx.store, &stored, Some(&stored), Event::Undeploy, Utc::now());
     let plan = decide::decide(&f).map_err(|r| Error::invalid(r.0))?;
     ctx.progress(&format!("site {siteid} ({}): {}", stored.hostname, plan.reason));

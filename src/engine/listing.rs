@@ -93,7 +93,8 @@ pub fn backup(ctx: &Ctx, ids: &[String], all: bool, out: &Path, notls: bool) -> 
             return Err(Error::invalid(format!("--siteid {id:?}: not a site id")));
         }
     }
-    let _lock = ctx.lock("backup")?;
+    // No lock: backup only reads, and every read of the store goes through
+    // links that are switched atomically.
     let stored = facts::all_stored(&ctx.cfg)?;
     let chosen: Vec<&Site> = if all {
         stored.iter().collect()

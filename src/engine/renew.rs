@@ -110,7 +110,20 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             .or_else(|| site.map(|s| ctx.cfg.site_wellknown(&s.siteid)));
         let (old, due) = match ctx.store.material(&name, Place::Live) {
             Material::Present(kc) => (Some(kc.leaf.not_after), Some(due_at(kc.leaf.not_before, kc.leaf.not_after, rbe))),
-            _ => (None, None),
+            Material::Broken(_) => (None, None),
+            Material::Absent => {
+                // A conf without links: broken for certbot too; not ours to guess.
+                entries.push(Entry {
+                    host: name.clone(),
+                    siteid: site.map(|s| s.siteid.clone()),
+                    status: "failed".into(),
+                    old_not_after: None,
+                    new_not_after: None,
+                    due: None,
+                    error: Some(format!("renewal/{name}.conf has no live/{name} links (see site-admin doctor)")),
+                });
+                continue;
+            }
         };
         let is_due = force || due.map(|d| now >= d).unwrap_or(true);
         let mut e = Entry {
@@ -201,8 +214,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             }
             Err(err) => {
                 e.status = "failed".into();
-                e.error = Some(err.clone());
-                tracing::warn!("{}: {} failed: {err}", job.host, if job.pending { "provisioning" } else { "renewal" });
+                e.error = Some(format!("{} failed: {err}", if job.pending { "provisioning" } else { "renewal" }));
             }
         }
         entries.push(e);
@@ -240,6 +252,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
         match e.status.as_str() {
             "renewed" | "provisioned" => ctx.progress(&format!("{}: {} (valid until {})", e.host, e.status, e.new_not_after.as_deref().unwrap_or("?"))),
             "not_due" => tracing::debug!("{}: not due until {}", e.host, e.due.as_deref().unwrap_or("?")),
+            "failed" => tracing::warn!("{}: {}", e.host, e.error.as_deref().unwrap_or("failed")),
             _ => {}
         }
     }

@@ -280,7 +280,7 @@ impl Device {
     /// Run and insist on exit code `code`; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
-        assert!(o.status.success(), "site-admin {args:?} failed ({:?}):\n{}\n{}", o.status.code(), stderr(&o), self.apache.error_log());
+        assert!(o.status.success(), "site-admin {args:?} failed ({:?}):\n{}{}\n{}", o.status.code(), stdout(&o), stderr(&o), self.apache.error_log());
         stdout(&o)
     }
 
