@@ -15,13 +15,13 @@ fn main() {
         }
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SITE_ADMIN_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("site_admin={level},warn")));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // Timestamps only on request (SITE_ADMIN_LOG_TIME=1), for profiling.
+    if std::env::var_os("SITE_ADMIN_LOG_TIME").is_some() {
+        fmt.with_timer(tracing_subscriber::fmt::time::uptime()).init();
+    } else {
+        fmt.without_time().init();
+    }
     match site_admin::engine::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

@@ -189,6 +189,14 @@ impl Store {
         }
     }
 
+    /// Only the certificate (`cert.pem`) of a lineage: enough to know when
+    /// it expires or is due, without reading and parsing its private key.
+    pub fn leaf(&self, host: &str, place: Place) -> Option<crate::certs::CertInfo> {
+        let pem = fs::read(self.links_dir(host, place).join("cert.pem")).ok()?;
+        let (_, p) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+        crate::certs::parse_cert_der(&p.contents).ok()
+    }
+
     /// The version number the `cert.pem` link of `host` points at.
     pub fn current_version(&self, host: &str, place: Place) -> Option<u32> {
         let target = fs::read_link(self.links_dir(host, place).join("cert.pem")).ok()?;

@@ -139,10 +139,12 @@ impl AcmeClient {
     /// [RFC 8555 §7.1.1]: https://www.rfc-editor.org/rfc/rfc8555#section-7.1.1
     pub fn connect(opts: ClientOptions, key: AccountKey, kid: Option<String>) -> Result<AcmeClient, AcmeError> {
         let http = http_client(opts.ca_bundle.as_deref())?;
+        tracing::trace!("HTTP client ready");
         let url = opts.directory.clone();
         let resp = http.get(&url).send().map_err(|e| connect_err(&url, e))?;
         let status = resp.status().as_u16();
         let body = resp.bytes().map_err(|e| connect_err(&url, e))?;
+        tracing::trace!(url, status, "ACME directory");
         if status != 200 {
             return Err(problem_of(&url, status, &body));
         }
@@ -221,6 +223,7 @@ impl AcmeClient {
                 req = req.header("Accept", a);
             }
             let resp = req.send().map_err(|e| connect_err(url, e))?;
+            tracing::trace!(url, status = resp.status().as_u16(), "ACME response");
             self.keep_nonce(resp.headers());
             let status = resp.status().as_u16();
             let header = |n: &str| resp.headers().get(n).and_then(|h| h.to_str().ok()).map(str::to_string);

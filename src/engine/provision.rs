@@ -24,6 +24,7 @@ pub fn client(ctx: &Ctx) -> Result<(AcmeClient, String)> {
 
 /// [`client`] for a given server (a lineage's conf may name another one).
 pub fn client_for(ctx: &Ctx, server: &str) -> Result<(AcmeClient, String)> {
+    tracing::trace!(server, "connecting to the ACME server");
     let le = &ctx.cfg.letsencrypt_dir;
     if let Some(acct) = accounts::load(le, server)? {
         let c = AcmeClient::connect(options(ctx, server), acct.key, Some(acct.uri))?;

@@ -92,6 +92,7 @@ fn key_type_of(s: Option<String>, default: KeyType) -> KeyType {
 /// `renew [--force] [--dry-run]`.
 pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     let _lock = if dry_run { None } else { Some(ctx.lock("renew")?) };
+    tracing::trace!("locked");
     let now = Utc::now();
     let sites = facts::all_stored(&ctx.cfg)?;
     let site_by_host: BTreeMap<String, &Site> = sites.iter().map(|s| (s.hostname.clone(), s)).collect();
@@ -108,10 +109,13 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             .and_then(|c| c.section("webroot_map").into_iter().find(|(k, _)| k == &name).map(|(_, v)| PathBuf::from(v)))
             .or_else(|| get(Some("renewalparams"), "webroot_path").map(|w| PathBuf::from(w.trim_end_matches(',').split(',').next().unwrap_or("").trim())))
             .or_else(|| site.map(|s| ctx.cfg.site_wellknown(&s.siteid)));
-        let (old, due) = match ctx.store.material(&name, Place::Live) {
-            Material::Present(kc) => (Some(kc.leaf.not_after), Some(due_at(kc.leaf.not_before, kc.leaf.not_after, rbe))),
-            Material::Broken(_) => (None, None),
-            Material::Absent => {
+        // The certificate alone decides whether it is due; the key is read
+        // only for the lineages that are renewed (fast no-op passes).
+        let leaf = ctx.store.leaf(&name, Place::Live);
+        let (old, due) = match (&leaf, ctx.store.has(&name, Place::Live)) {
+            (Some(c), _) => (Some(c.not_after), Some(due_at(c.not_before, c.not_after, rbe))),
+            (None, true) => (None, None),
+            (None, false) => {
                 // A conf without links: broken for certbot too; not ours to guess.
                 entries.push(Entry {
                     host: name.clone(),
@@ -179,8 +183,8 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     // Expired stash entries go.
     let mut stash_deleted = Vec::new();
     for name in ctx.store.names_with_links(Place::Stashed) {
-        if let Material::Present(kc) = ctx.store.material(&name, Place::Stashed) {
-            if kc.leaf.not_after <= now {
+        if let Some(leaf) = ctx.store.leaf(&name, Place::Stashed) {
+            if leaf.not_after <= now {
                 if !dry_run {
                     ctx.progress(&format!("{name}: deleting the expired stashed certificate"));
                     ctx.store.delete_stash(&name)?;
@@ -286,8 +290,9 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(Job, std::result::Result<DateTime
     }
     let queue = Mutex::new(jobs.into_iter().collect::<VecDeque<Job>>());
     let results = Mutex::new(Vec::new());
+    let workers = CONCURRENCY.min(queue.lock().map(|q| q.len()).unwrap_or(1)).max(1);
     std::thread::scope(|sc| {
-        for _ in 0..CONCURRENCY {
+        for _ in 0..workers {
             sc.spawn(|| loop {
                 let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else { break };
                 let r = match clients.get(&job.server) {
