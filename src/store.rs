@@ -380,7 +380,7 @@ impl Store {
             let kc = match self.material(host, Place::Stashed) {
                 Material::Present(kc) => kc,
                 Material::Broken(why) => return Err(Error::failed(format!("{host}: stashed certificate unreadable: {why}"))),
-                Material::Absent => unreachable!("checked above"),
+                Material::Absent => return Err(Error::failed(format!("{host}: the stashed certificate disappeared"))),
             };
             self.add_version(host, &NewVersion::from_key_and_fullchain(&kc.key_pem, &kc.chain_pem)?, params)?;
             return self.remove_links(host, Place::Stashed);
