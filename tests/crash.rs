@@ -292,7 +292,7 @@ fn random_kill_sweep() {
     let d = &w.dev;
     let hosts: Vec<String> = (0..3).map(|i| format!("k{i}.example.test")).collect();
     let mut lkcs: Vec<(String, String)> = Vec::new(); // (host, serial) ever live
-    let runs = 50;
+    let runs = 80;
     let mut killed = 0;
     for i in 0..runs {
         let k = rng.below(3) as usize;
@@ -309,7 +309,7 @@ fn random_kill_sweep() {
         let mut c = Command::new(bin());
         c.args(&args).envs(d.env.iter().map(|(k, v)| (k.clone(), v.clone()))).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
         let mut child = c.spawn().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(rng.below(400)));
+        std::thread::sleep(std::time::Duration::from_millis(rng.below(120)));
         if child.try_wait().unwrap().is_none() {
             let _ = child.kill(); // SIGKILL
             killed += 1;
