@@ -110,11 +110,13 @@ fn journal_dir(cfg: &Config) -> PathBuf {
 }
 
 impl<'a> Transaction<'a> {
-    /// Start a transaction. A transaction a crash left behind must have been
-    /// recovered first ([`recover`]); one still found here is rolled back.
+    /// Start a transaction. One a crash left behind must have been recovered
+    /// first ([`recover`], which the engine runs as it takes the lock).
     pub fn begin(cfg: &'a Config) -> Result<Transaction<'a>> {
-        recover(cfg, &|_| Ok(()))?;
         let dir = journal_dir(cfg);
+        if dir.join("index.json").exists() {
+            return Err(Error::failed(format!("an interrupted Apache change in {} was not recovered", dir.display())));
+        }
         fsutil::create_dir_all_mode(&dir, 0o700)?;
         fsutil::ensure_dir_mode(&dir, 0o700)?;
         Ok(Transaction { cfg, dir, index: Index::default() })

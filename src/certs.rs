@@ -157,20 +157,6 @@ impl KeyCert {
         let key_matches = key_matches(&key, &leaf);
         Ok(KeyCert { key_pem: key_pem.to_string(), chain_pem: chain_pem.to_string(), leaf, key_matches })
     }
-
-    /// Why this pair cannot serve `host` at `now`, or None when it is usable
-    /// (SPEC §3: parses, key matches, covers H, not expired).
-    pub fn unusable_for(&self, host: &str, now: DateTime<Utc>) -> Option<String> {
-        if !self.key_matches {
-            Some("its key does not match its certificate".into())
-        } else if !self.leaf.covers(host) {
-            Some(format!("its certificate is for {} , not {host}", self.leaf.names.join(", ")).replace(" ,", ","))
-        } else if self.leaf.expired_at(now) {
-            Some(format!("its certificate expired at {}", self.leaf.not_after.format("%Y-%m-%d %H:%M:%SZ")))
-        } else {
-            None
-        }
-    }
 }
 
 #[cfg(test)]
@@ -210,13 +196,14 @@ mod tests {
         assert!(kc.key_matches);
         assert!(kc.leaf.covers("A.example.com"));
         assert!(kc.leaf.covers("x.w.example.com"));
-        assert!(kc.unusable_for("a.example.com", now).is_none());
-        assert!(kc.unusable_for("b.example.com", now).unwrap().contains("not b.example.com"));
-        assert!(kc.unusable_for("a.example.com", now + chrono::Duration::days(10)).unwrap().contains("expired"));
+        // The facts the decision core judges usability by (decide::Candidate).
+        assert!(!kc.leaf.expired_at(now));
+        assert!(!kc.leaf.covers("b.example.com"));
+        assert!(kc.leaf.expired_at(now + chrono::Duration::days(10)));
         assert_eq!((kc.leaf.not_after - kc.leaf.not_before).num_days(), 10);
         let bad = KeyCert::parse(&k2, &c1).unwrap();
         assert!(!bad.key_matches);
-        assert!(bad.unusable_for("a.example.com", now).unwrap().contains("does not match"));
+        assert!(!bad.key_matches);
         // A certificate given as a key, and a key given as a certificate.
         assert!(parse_key(&c1).is_err());
         assert!(parse_chain(&k1).unwrap_err().0.contains("PRIVATE KEY"));

@@ -19,6 +19,16 @@ pub struct GlobalLock {
     certbot: Option<(File, PathBuf)>,
 }
 
+/// Who holds the lock, as its holder wrote it into the file.
+fn holder(lock_file: &Path) -> String {
+    let mut text = String::new();
+    let _ = File::open(lock_file).and_then(|mut f| f.read_to_string(&mut text));
+    match text.trim() {
+        "" => "another process".to_string(),
+        t => t.to_string(),
+    }
+}
+
 /// Try certbot's lock: `fcntl(F_SETLK, F_WRLCK)` on the whole file.
 fn try_fcntl(f: &File) -> std::io::Result<bool> {
     // SAFETY: flock is a plain C struct; zeroed is a valid initial value.
@@ -66,21 +76,16 @@ impl GlobalLock {
                 Ok(()) => break,
                 Err(_) if Instant::now() < deadline => {
                     if !told {
-                        let mut holder = String::new();
-                        let _ = File::open(lock_file).and_then(|mut f| f.read_to_string(&mut holder));
-                        let holder = holder.trim();
-                        tracing::info!("waiting for the global lock {} (held by {})", lock_file.display(), if holder.is_empty() { "another process" } else { holder });
+                        tracing::info!("waiting for the global lock {} (held by {})", lock_file.display(), holder(lock_file));
                         told = true;
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 Err(_) => {
-                    let mut holder = String::new();
-                    let _ = File::open(lock_file).and_then(|mut f| f.read_to_string(&mut holder));
                     return Err(Error::Lock(format!(
                         "the global lock {} is held by {}; gave up after {} s (--lock-timeout)",
                         lock_file.display(),
-                        if holder.trim().is_empty() { "another process".to_string() } else { holder.trim().to_string() },
+                        holder(lock_file),
                         timeout.as_secs()
                     )));
                 }

@@ -91,7 +91,8 @@ impl NewVersion {
     }
 }
 
-fn ensure_nl(s: &str) -> String {
+/// `s`, ending in a newline.
+pub fn ensure_nl(s: &str) -> String {
     if s.ends_with('\n') { s.to_string() } else { format!("{s}\n") }
 }
 
@@ -462,16 +463,7 @@ impl Store {
             Place::Live => self.dir.join("renewal"),
             Place::Stashed => self.dir.join("norenewal"),
         };
-        let mut v: Vec<String> = fs::read_dir(dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
-                    .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".conf")).map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+        sorted_names(&dir, |t, n| if t.is_file() { n.strip_suffix(".conf").map(str::to_string) } else { None })
     }
 
     /// Names of lineages with links in `place` (a conf or not).
@@ -480,17 +472,7 @@ impl Store {
             Place::Live => self.dir.join("live"),
             Place::Stashed => self.dir.join("norenewal"),
         };
-        let mut v: Vec<String> = fs::read_dir(dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| !n.starts_with('.'))
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+        sorted_names(&dir, |t, n| (t.is_dir() && !n.starts_with('.')).then(|| n.to_string()))
     }
 
     /// Every lineage, live and stashed.
@@ -513,6 +495,15 @@ impl Store {
         }
         out
     }
+}
+
+/// The entries of `dir` that `pick` maps to a name, sorted; none if `dir` is missing.
+fn sorted_names(dir: &Path, pick: impl Fn(fs::FileType, &str) -> Option<String>) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| pick(e.file_type().ok()?, e.file_name().to_str()?)).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 fn lineage_readme() -> String {

@@ -16,7 +16,7 @@ use crate::decide::{self, Action, Event, Plan, Serve};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::site::{self, Site, TlsWish};
-use crate::store::{NewVersion, Place};
+use crate::store::{ensure_nl, NewVersion, Place};
 use chrono::Utc;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -246,10 +246,6 @@ pub fn complete(ctx: &Ctx, v: &Value) -> Result<()> {
         fsutil::remove_dir_all_if_exists(d)?;
     }
     Ok(())
-}
-
-fn ensure_nl(s: &str) -> String {
-    if s.ends_with('\n') { s.to_string() } else { format!("{s}\n") }
 }
 
 /// The account a stash conf names, if this device has it.

@@ -2,7 +2,7 @@
 //! JSON carries the live key and full chain, or the OKC), and certificates.
 
 use super::facts::{self, Kind};
-use super::renew::due_at;
+use super::renew::{due_at, ts};
 use super::Ctx;
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -124,10 +124,6 @@ pub fn backup(ctx: &Ctx, ids: &[String], all: bool, out: &Path, notls: bool) -> 
         ctx.print_json(&json!({"out": out_abs, "sites": chosen.iter().map(|s| &s.siteid).collect::<Vec<_>>(), "notls": notls}))?;
     }
     Ok(0)
-}
-
-fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// Every certificate: live and stashed lineages, OKCs, pending sites.

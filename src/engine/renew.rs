@@ -77,7 +77,8 @@ struct Job {
     pending: bool,
 }
 
-fn ts(t: DateTime<Utc>) -> String {
+/// RFC 3339 in whole seconds, as every report and listing prints times.
+pub(super) fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
