@@ -14,6 +14,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// Which certificate the TLS virtual host serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +80,9 @@ struct Saved {
     /// Where its previous content is kept, or None if it did not exist.
     copy: Option<PathBuf>,
     mode: u32,
+    /// It was a symlink to this target (put back as that link, not a copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    link: Option<PathBuf>,
 }
 
 /// The journal of a transaction (`index.json`): the files' previous states,
@@ -141,6 +145,10 @@ impl<'a> Transaction<'a> {
             return Ok(());
         }
         let n = self.index.saved.len();
+        if let Ok(target) = fs::read_link(path) {
+            self.index.saved.push(Saved { path: path.to_path_buf(), copy: None, mode: 0, link: Some(target) });
+            return self.write_index();
+        }
         let (copy, mode) = match fs::read(path) {
             Ok(data) => {
                 let mode = fs::metadata(path).io_ctx("reading", path)?.permissions().mode() & 0o7777;
@@ -151,7 +159,7 @@ impl<'a> Transaction<'a> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, 0),
             Err(e) => return Err(e).io_ctx("reading", path),
         };
-        self.index.saved.push(Saved { path: path.to_path_buf(), copy, mode });
+        self.index.saved.push(Saved { path: path.to_path_buf(), copy, mode, link: None });
         self.write_index()
     }
 
@@ -201,7 +209,7 @@ impl<'a> Transaction<'a> {
         if self.index.saved.is_empty() {
             if reload_anyway {
                 progress("reloading Apache for the new certificate");
-                reload(self.cfg)?;
+                reload(self.cfg).map_err(|said| Error::failed(format!("reloading Apache for the new certificate: {said}")))?;
             }
             if let Some(c) = &self.index.completion {
                 complete(c)?;
@@ -213,13 +221,35 @@ impl<'a> Transaction<'a> {
         if let Err(said) = run_argv(&self.cfg.apache.configtest) {
             restore(&self.index.saved)?;
             finish(&self.dir)?;
-            return Err(Error::failed(format!("Apache refused the new configuration, so the previous one was put back: {said}")));
+            // Whose fault? Test again without our change.
+            return Err(match run_argv(&self.cfg.apache.configtest) {
+                Ok(()) => Error::failed(format!("Apache refused the new configuration, so the previous one was put back: {said}")),
+                Err(_) => Error::failed(format!(
+                    "Apache's configuration fails its test even without this change (another file is broken), so nothing was changed: {said}"
+                )),
+            });
         }
         self.index.decided = true;
         self.write_index()?;
         crate::fault::point("apache.decided");
         progress("reloading Apache");
-        reload(self.cfg)?;
+        if let Err(said) = reload(self.cfg) {
+            // The new configuration passed configtest but Apache could not
+            // load it (a key or chain mod_ssl refuses): put the previous one
+            // back and bring Apache up on it, so the other sites keep serving.
+            self.index.decided = false;
+            self.write_index()?;
+            restore(&self.index.saved)?;
+            finish(&self.dir)?;
+            let back = restart(self.cfg);
+            return Err(Error::failed(format!(
+                "Apache could not load the new configuration ({said}); the previous configuration was put back and {}",
+                match back {
+                    Ok(()) => "Apache serves it again".to_string(),
+                    Err(e) => format!("Apache could not be brought back: {e}"),
+                }
+            )));
+        }
         crate::fault::point("apache.reloaded");
         if let Some(c) = &self.index.completion {
             complete(c)?;
@@ -229,23 +259,89 @@ impl<'a> Transaction<'a> {
     }
 }
 
-/// Ask Apache to read its configuration; a failure is a warning (the
-/// configuration is valid and will be read when Apache starts).
-pub fn reload(cfg: &Config) -> Result<()> {
-    if let Err(said) = run_argv(&cfg.apache.reload) {
-        tracing::warn!("reloading Apache failed ({said}); the new configuration is in place and will be used when Apache (re)starts");
+/// How long a graceful reload may take to fail: Apache's parent re-reads
+/// its configuration after `graceful` has returned, and exits if mod_ssl
+/// cannot load a key or chain.
+const RELOAD_SETTLE: Duration = Duration::from_millis(300);
+
+/// Does Apache accept connections on the local http port?
+pub fn serving(cfg: &Config) -> bool {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], cfg.apache.http_port));
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+}
+
+/// Ask Apache to read its configuration, then check it still serves. Err
+/// says what went wrong when the reload command failed or Apache, serving
+/// before, stopped serving after it. An Apache that was not running is not
+/// an error (the configuration is valid and is read when Apache starts).
+pub fn reload(cfg: &Config) -> std::result::Result<(), String> {
+    let was_serving = serving(cfg);
+    let res = run_argv(&cfg.apache.reload);
+    if !was_serving {
+        if let Err(said) = res {
+            tracing::warn!("reloading Apache failed ({said}); it was not running, and the new configuration is read when it starts");
+        }
+        return Ok(());
     }
-    Ok(())
+    res?;
+    std::thread::sleep(RELOAD_SETTLE);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        if serving(cfg) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("Apache stopped serving on port {} after the reload (see its error log)", cfg.apache.http_port))
+}
+
+/// Bring Apache up again after a reload killed it: `apache.start`, then
+/// check it serves.
+pub fn restart(cfg: &Config) -> std::result::Result<(), String> {
+    if serving(cfg) {
+        return run_argv(&cfg.apache.reload);
+    }
+    run_argv(&cfg.apache.start)?;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if serving(cfg) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("`{}` ran, but Apache does not serve on port {}", cfg.apache.start.join(" "), cfg.apache.http_port))
+}
+
+/// The serial (lowercase hex, no leading zeros) of the certificate Apache
+/// serves for `host` (SNI) on the local https port, if it serves one.
+pub fn served_serial(cfg: &Config, host: &str) -> Option<String> {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let mut b = SslConnector::builder(SslMethod::tls_client()).ok()?;
+    b.set_verify(SslVerifyMode::NONE);
+    let conn = b.build().configure().ok()?.verify_hostname(false).use_server_name_indication(true);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], cfg.apache.https_port));
+    let tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    tcp.set_write_timeout(Some(Duration::from_secs(3))).ok()?;
+    let s = conn.connect(host, tcp).ok()?;
+    let cert = s.ssl().peer_certificate()?;
+    let hex = cert.serial_number().to_bn().ok()?.to_hex_str().ok()?.to_string().to_lowercase();
+    let t = hex.trim_start_matches('0');
+    Some(if t.is_empty() { "0".into() } else { t.into() })
 }
 
 fn restore(saved: &[Saved]) -> Result<()> {
     for s in saved.iter().rev() {
-        match &s.copy {
-            Some(c) => {
+        match (&s.link, &s.copy) {
+            (Some(target), _) => {
+                fsutil::remove_file_if_exists(&s.path)?;
+                std::os::unix::fs::symlink(target, &s.path).io_ctx("restoring link", &s.path)?;
+            }
+            (None, Some(c)) => {
                 let data = fs::read(c).io_ctx("reading", c)?;
                 fsutil::atomic_write(&s.path, &data, s.mode)?;
             }
-            None => fsutil::remove_file_if_exists(&s.path)?,
+            (None, None) => fsutil::remove_file_if_exists(&s.path)?,
         }
     }
     Ok(())
@@ -287,9 +383,16 @@ pub fn recover(cfg: &Config, complete: Complete) -> Result<Recovered> {
             return Ok(Recovered::Nothing);
         }
     };
-    let index: Index = serde_json::from_slice(&text).map_err(|e| Error::failed(format!("the Apache journal {} is unreadable: {e}", path.display())))?;
+    let index: Index = serde_json::from_slice(&text).map_err(|e| {
+        Error::failed(format!(
+            "recovering an interrupted Apache change: its journal {} is unreadable ({e}); `site-admin doctor --repair` moves it aside and recovers what it can",
+            path.display()
+        ))
+    })?;
     if index.decided {
-        reload(cfg)?;
+        if let Err(said) = reload(cfg) {
+            tracing::warn!("reloading Apache while completing an interrupted operation: {said}");
+        }
         if let Some(c) = &index.completion {
             complete(c)?;
         }

@@ -127,7 +127,93 @@ pub fn parse_key(pem: &str) -> Result<PKey<Private>, PemError> {
     if !pem.contains("PRIVATE KEY-----") {
         return Err(PemError("no PEM PRIVATE KEY block found".into()));
     }
-    PKey::private_key_from_pem(pem.as_bytes()).map_err(|_| PemError("not a readable private key (truncated or corrupt PEM)".into()))
+    if pem.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") || pem.contains("Proc-Type: 4,ENCRYPTED") {
+        return Err(PemError(
+            "is encrypted with a passphrase, which Apache cannot use unattended; give it unencrypted (openssl pkey -in key.pem -out plain.pem)".into(),
+        ));
+    }
+    // Never the library's default passphrase prompt on a terminal: a key
+    // that still asks for one gets an empty passphrase and fails.
+    PKey::private_key_from_pem_callback(pem.as_bytes(), |_buf| Ok(0)).map_err(|_| PemError("not a readable private key (truncated or corrupt PEM)".into()))
+}
+
+/// Would OpenSSL, at this system's default security level (the library and
+/// configuration mod_ssl uses), load this key and chain as Apache will? An
+/// RSA key under 2048 bits, a chain certificate signed with SHA-1 or MD5, a
+/// curve or algorithm the policy forbids: Apache's graceful reload fails on
+/// these and takes every site down, although `apachectl configtest` (which
+/// loads no key) passes. `extra` is the `SSLCACertificateFile` content.
+pub fn check_loadable(key_pem: &str, chain_pem: &str, extra: Option<&str>) -> Result<(), PemError> {
+    use openssl::ssl::{Ssl, SslContext, SslMethod};
+    use openssl::x509::X509;
+    let why = |what: &str, e: openssl::error::ErrorStack| {
+        let reasons: Vec<String> = e.errors().iter().filter_map(|x| x.reason().map(str::to_string)).collect();
+        let r = if reasons.is_empty() { e.to_string() } else { reasons.join(", ") };
+        PemError(format!("{what} is refused by OpenSSL at this system's security level ({r}), so Apache would fail to load it"))
+    };
+    let key = parse_key(key_pem)?;
+    let certs = X509::stack_from_pem(chain_pem.as_bytes()).map_err(|_| PemError("certificate: not valid PEM".into()))?;
+    let mut certs = certs.into_iter();
+    let leaf = certs.next().ok_or_else(|| PemError("certificate: empty chain".into()))?;
+    let mut b = SslContext::builder(SslMethod::tls_server()).map_err(|e| PemError(format!("OpenSSL setup: {e}")))?;
+    b.set_certificate(&leaf).map_err(|e| why("the certificate in tls.crt", e))?;
+    b.set_private_key(&key).map_err(|e| why("the key in tls.key", e))?;
+    b.check_private_key().map_err(|e| why("the key in tls.key", e))?;
+    let ctx = b.build();
+    let mut ssl = Ssl::new(&ctx).map_err(|e| PemError(format!("OpenSSL setup: {e}")))?;
+    for c in certs {
+        ssl.add_chain_cert(c).map_err(|e| why("a chain certificate in tls.crt", e))?;
+    }
+    if let Some(extra) = extra {
+        for c in X509::stack_from_pem(extra.as_bytes()).map_err(|_| PemError("tls.cacrt: not valid PEM".into()))? {
+            ssl.add_chain_cert(c).map_err(|e| why("a certificate in tls.cacrt", e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Why a certificate carried as `letsencrypt: true` is not one a CA this
+/// device trusts issued, if it is not: self-signed, or its chain does not
+/// lead to a root in the system's store or in `extra_roots` (the
+/// `acme_ca_bundle`, which names the roots of a private ACME CA). Dates are
+/// not judged here (expiry and notBefore are the decision core's).
+pub fn untrusted_issuer(chain_pem: &str, extra_roots: Option<&std::path::Path>) -> Option<String> {
+    use openssl::stack::Stack;
+    use openssl::x509::store::X509StoreBuilder;
+    use openssl::x509::verify::X509VerifyFlags;
+    use openssl::x509::{X509StoreContext, X509};
+    let certs = X509::stack_from_pem(chain_pem.as_bytes()).ok()?;
+    let leaf = certs.first()?;
+    if leaf.issued(leaf) == openssl::x509::X509VerifyResult::OK && leaf.public_key().and_then(|k| leaf.verify(&k)).unwrap_or(false) {
+        return Some("it is self-signed, so it is no Let's Encrypt (ACME-issued) certificate".into());
+    }
+    let verdict = (|| -> Result<Result<(), String>, openssl::error::ErrorStack> {
+        let mut b = X509StoreBuilder::new()?;
+        b.set_default_paths()?;
+        if let Some(path) = extra_roots {
+            if let Ok(text) = crate::fsutil::read_user_file(path) {
+                for c in X509::stack_from_pem(text.as_bytes()).unwrap_or_default() {
+                    let _ = b.add_cert(c);
+                }
+            }
+        }
+        b.set_flags(X509VerifyFlags::NO_CHECK_TIME)?;
+        let store = b.build();
+        let mut chain = Stack::new()?;
+        for c in certs.iter().skip(1) {
+            chain.push(c.clone())?;
+        }
+        let mut ctx = X509StoreContext::new()?;
+        ctx.init(&store, leaf, &chain, |c| Ok(if c.verify_cert()? { Ok(()) } else { Err(c.error().error_string().to_string()) }))
+    })();
+    match verdict {
+        Ok(Ok(())) => None,
+        Ok(Err(why)) => {
+            let issuer = parse_chain(chain_pem).ok().and_then(|c| c.into_iter().next()).map(|c| c.issuer).unwrap_or_default();
+            Some(format!("its issuer ({issuer}) is not a CA this device trusts ({why}); a staging or private CA's root belongs in acme_ca_bundle"))
+        }
+        Err(e) => Some(format!("its chain could not be checked: {e}")),
+    }
 }
 
 /// Does the private key belong to this certificate?

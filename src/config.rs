@@ -34,6 +34,7 @@ struct RawApache {
     https_port: Option<u16>,
     configtest: Option<Vec<String>>,
     reload: Option<Vec<String>>,
+    start: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -61,6 +62,8 @@ pub struct ApacheConfig {
     pub https_port: u16,
     pub configtest: Vec<String>,
     pub reload: Vec<String>,
+    /// argv that starts Apache when a reload made it exit.
+    pub start: Vec<String>,
 }
 
 /// The resolved configuration: every path absolute, under the root.
@@ -113,10 +116,9 @@ impl Config {
             Some(p) => (p.clone(), true),
             None => (root.join("etc/site-admin/config.json"), false),
         };
-        let raw: RawConfig = match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text)
-                .map_err(|e| Error::invalid(format!("config file {}: {e}", path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => RawConfig::default(),
+        let raw: RawConfig = match crate::fsutil::read_user_file(&path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| Error::invalid(format!("config file {}: {e}", path.display())))?,
+            Err(crate::fsutil::InputError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && !explicit => RawConfig::default(),
             Err(e) => return Err(Error::invalid(format!("config file {}: {e}", path.display()))),
         };
         Self::from_raw(root, raw, ov, &path)
@@ -128,6 +130,10 @@ impl Config {
         let ap = raw.apache.unwrap_or_default();
         let configtest = ap.configtest.unwrap_or_else(|| vec!["apachectl".into(), "configtest".into()]);
         let reload = ap.reload.unwrap_or_else(|| vec!["apachectl".into(), "graceful".into()]);
+        let start = ap.start.unwrap_or_else(|| vec!["apachectl".into(), "start".into()]);
+        if start.is_empty() {
+            return Err(bad("apache.start", "must name a program"));
+        }
         if configtest.is_empty() {
             return Err(bad("apache.configtest", "must name a program"));
         }
@@ -169,13 +175,14 @@ impl Config {
             wellknown_dir: p(&raw.wellknown_dir, "srv/http/wellknown"),
             docroot_dir: p(&raw.docroot_dir, "srv/http/sites"),
             hooks_dir: p(&raw.hooks_dir, "etc/site-admin/hooks.d"),
-            lock_file: p(&raw.lock_file, "run/lock/site-admin.lock"),
+            lock_file: p(&raw.lock_file, "run/site-admin/site-admin.lock"),
             apache: ApacheConfig {
                 sites_dir: p(&ap.sites_dir, "etc/httpd/sites"),
                 http_port,
                 https_port,
                 configtest,
                 reload,
+                start,
             },
             root,
         })
@@ -229,7 +236,7 @@ mod tests {
         let c = Config::from_raw("/r".into(), RawConfig::default(), &Overrides::default(), Path::new("x")).unwrap();
         assert_eq!(c.letsencrypt_dir, PathBuf::from("/r/etc/letsencrypt"));
         assert_eq!(c.apache.sites_dir, PathBuf::from("/r/etc/httpd/sites"));
-        assert_eq!(c.lock_file, PathBuf::from("/r/run/lock/site-admin.lock"));
+        assert_eq!(c.lock_file, PathBuf::from("/r/run/site-admin/site-admin.lock"));
         assert_eq!(c.acme_server, LETSENCRYPT_PRODUCTION);
         assert_eq!(c.key_type, KeyType::Ecdsa);
         assert_eq!(c.apache.http_port, 80);

@@ -42,22 +42,39 @@ pub enum Event {
 
 /// A key + certificate pair as the core sees it: plain facts, computed by
 /// the caller against the site's (new) hostname.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Candidate {
+    pub not_before: DateTime<Utc>,
     pub not_after: DateTime<Utc>,
     pub key_matches: bool,
     pub covers_host: bool,
+    /// Why this is not a Let's Encrypt certificate at all, as the caller
+    /// judged it (self-signed, issuer not trusted by this device, refused by
+    /// OpenSSL's security level). Only set for a carried certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_lkc: Option<String>,
+}
+
+/// How much clock skew a certificate's notBefore is allowed.
+pub fn clock_skew() -> chrono::Duration {
+    chrono::Duration::minutes(5)
 }
 
 impl Candidate {
-    /// Why it is not usable at `now` (SPEC §3), or None.
+    /// Why it is not usable at `now`, or None: it parses (the caller's
+    /// part), its key matches, it covers the host (by SAN), it is valid
+    /// already (notBefore ≤ now + a few minutes of skew), it has not expired.
     pub fn problem(&self, host: &str, now: DateTime<Utc>) -> Option<String> {
-        if !self.key_matches {
+        if let Some(why) = &self.not_lkc {
+            Some(why.clone())
+        } else if !self.key_matches {
             Some("its key does not match its certificate".into())
         } else if !self.covers_host {
             Some(format!("its certificate does not cover {host}"))
+        } else if self.not_before > now + clock_skew() {
+            Some(format!("it is not valid until {}", fmt_date(self.not_before)))
         } else if self.not_after <= now {
-            Some(format!("it expired at {}", self.not_after.format("%Y-%m-%d %H:%M:%SZ")))
+            Some(format!("it expired at {}", fmt_date(self.not_after)))
         } else {
             None
         }
@@ -101,6 +118,20 @@ pub struct Facts {
     /// The stash entry `norenewal/<hostname>`, if any.
     pub stash: Option<Candidate>,
     pub now: DateTime<Utc>,
+    /// False when `now` cannot be right (see [`clock_plausible`]): then
+    /// nothing is deleted for having expired.
+    pub clock_plausible: bool,
+}
+
+/// Can `now` be right, given the (notBefore, notAfter) of every certificate
+/// on the device? Not when it is later than every notAfter by more than the
+/// longest lifetime among them: no device is switched off that long while
+/// keeping its certificates, but a clock reset far ahead (a dead RTC battery,
+/// a bad NTP answer) looks exactly like that. With no certificates, yes.
+pub fn clock_plausible(now: DateTime<Utc>, certs: &[(DateTime<Utc>, DateTime<Utc>)]) -> bool {
+    let Some(latest) = certs.iter().map(|c| c.1).max() else { return true };
+    let longest = certs.iter().map(|c| c.1 - c.0).max().unwrap_or_else(chrono::Duration::zero);
+    now <= latest + longest
 }
 
 /// One step of a plan, carried out in order by the engine.
@@ -241,34 +272,39 @@ pub fn decide(f: &Facts) -> Result<Plan, Refusal> {
             let now = f.now;
             // Judge each candidate.
             let mut cands: Vec<(Source, Candidate)> = Vec::new();
-            if let Some(live) = f.live {
+            if let Some(live) = &f.live {
                 match live.problem(h, now) {
-                    None => cands.push((Source::Live, live)),
+                    None => cands.push((Source::Live, live.clone())),
                     Some(p) => reasons.push(format!("the live certificate of {h} is not usable: {p}")),
                 }
             }
             let mut stash_present_usable = false;
-            if let Some(st) = f.stash {
-                if st.not_after <= now {
+            if let Some(st) = &f.stash {
+                if st.not_after <= now && !f.clock_plausible {
+                    warnings.push(format!(
+                        "the stashed certificate of {h} looks expired ({}), but the clock cannot be right (later than every certificate on this device by more than a lifetime): it is left alone",
+                        fmt_date(st.not_after)
+                    ));
+                } else if st.not_after <= now {
                     actions.push(Action::DeleteStash { host: h.into() });
                     reasons.push(format!("the stashed certificate of {h} expired at {}: deleted", fmt_date(st.not_after)));
                 } else if let Some(p) = st.problem(h, now) {
                     warnings.push(format!("the stashed certificate of {h} is not usable and is left alone: {p}"));
                 } else {
                     stash_present_usable = true;
-                    cands.push((Source::Stash, st));
+                    cands.push((Source::Stash, st.clone()));
                 }
             }
             if let Some(c) = carried {
                 match c.problem(h, now) {
-                    None => cands.push((Source::Json, *c)),
+                    None => cands.push((Source::Json, c.clone())),
                     Some(p) => warnings.push(format!("the Let's Encrypt certificate in the Site JSON is ignored: {p}")),
                 }
             }
             // Newest wins; ties keep what the device has (order above).
-            let chosen = cands.iter().fold(None::<(Source, Candidate)>, |best, &(s, c)| match best {
+            let chosen = cands.iter().fold(None::<(Source, &Candidate)>, |best, (s, c)| match best {
                 Some((_, b)) if b.not_after >= c.not_after => best,
-                _ => Some((s, c)),
+                _ => Some((*s, c)),
             });
             let others: Vec<String> = cands
                 .iter()

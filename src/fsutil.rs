@@ -11,11 +11,101 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// A temporary name next to `path`, unique in this process and across processes.
+/// A temporary name next to `path`, unique in this process and across
+/// processes. It does not repeat the target's name, so it fits in NAME_MAX
+/// whenever the target does (a 250-character hostname's `<host>.conf`).
 pub fn temp_sibling(path: &Path) -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
+    path.with_file_name(format!("{TEMP_PREFIX}{}-{n}", std::process::id()))
+}
+
+/// Every temporary name [`temp_sibling`] makes starts with this.
+pub const TEMP_PREFIX: &str = ".site-admin-tmp-";
+
+/// The most any input file (Site JSON, backup, config, CA bundle) may hold.
+pub const INPUT_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// Why a user-named input could not be read; the caller names the flag.
+#[derive(Debug)]
+pub enum InputError {
+    /// Not a regular file (a device, FIFO, directory, socket).
+    NotRegular(&'static str),
+    TooLarge,
+    NotUtf8,
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for InputError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InputError::NotRegular(what) => write!(f, "is {what}, not a regular file"),
+            InputError::TooLarge => write!(f, "is larger than {} MiB", INPUT_LIMIT / (1024 * 1024)),
+            InputError::NotUtf8 => write!(f, "is not UTF-8 text"),
+            InputError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+fn kind_of(ft: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Read at most [`INPUT_LIMIT`] bytes of text from `r`.
+pub fn read_limited(r: impl std::io::Read) -> Result<String, InputError> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    r.take(INPUT_LIMIT + 1).read_to_end(&mut buf).map_err(InputError::Io)?;
+    if buf.len() as u64 > INPUT_LIMIT {
+        return Err(InputError::TooLarge);
+    }
+    String::from_utf8(buf).map_err(|_| InputError::NotUtf8)
+}
+
+/// Read a file the user named: a regular file (a symlink to one is fine),
+/// never a device or FIFO (which could block or never end), at most
+/// [`INPUT_LIMIT`] bytes.
+pub fn read_user_file(path: &Path) -> Result<String, InputError> {
+    let f = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(InputError::Io)?;
+    let md = f.metadata().map_err(InputError::Io)?;
+    if !md.is_file() {
+        return Err(InputError::NotRegular(kind_of(&md.file_type())));
+    }
+    if md.len() > INPUT_LIMIT {
+        return Err(InputError::TooLarge);
+    }
+    read_limited(f)
+}
+
+/// Where to write a file the user named (`backup --out`): the path itself
+/// when nothing is there or a regular file is; the file a symlink points at
+/// when that is an existing regular file (the link is kept). Anything else
+/// (a device, FIFO, directory, dangling link or a link to one of those) is
+/// refused, so a private key never lands where it was not asked to go.
+pub fn user_output_target(path: &Path) -> Result<PathBuf, String> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(path.to_path_buf()),
+        Err(e) => Err(e.to_string()),
+        Ok(md) if md.is_file() => Ok(path.to_path_buf()),
+        Ok(md) if md.file_type().is_symlink() => match fs::metadata(path) {
+            Ok(t) if t.is_file() => fs::canonicalize(path).map_err(|e| e.to_string()),
+            Ok(t) => Err(format!("is a symlink to {}; give a regular file, or - for standard output", kind_of(&t.file_type()))),
+            Err(_) => Err("is a symlink that points nowhere; give a regular file, or - for standard output".into()),
+        },
+        Ok(md) => Err(format!("is {}; give a regular file, or - for standard output", kind_of(&md.file_type()))),
+    }
 }
 
 /// fsync a directory so that a rename or create inside it is durable.

@@ -1,14 +1,21 @@
-//! The global lock (SPEC §5.6): an exclusive `flock` on `lock_file` plus
-//! certbot's own POSIX record lock (`fcntl`) on `<letsencrypt_dir>/.certbot.lock`,
-//! so site-admin and certbot exclude each other. Waits up to the timeout,
-//! says once who holds it, then gives up with exit 3.
+//! The global lock (docs/design.md, invariant 6): an exclusive `flock` on
+//! `lock_file` plus certbot's own POSIX record lock (`fcntl`) on
+//! `<letsencrypt_dir>/.certbot.lock`, so site-admin and certbot exclude each
+//! other. Waits up to the timeout, says once who holds it, then gives up
+//! with exit 3.
+//!
+//! Other users must not be able to block or redirect it: the lock file is
+//! 0600 and owned by whoever runs site-admin (so nobody else can open it,
+//! and `flock` needs an open descriptor), it is opened with `O_NOFOLLOW` (a
+//! planted symlink is refused, never followed), and its directory must not
+//! be writable by other users (the default is `run/site-admin/`, not the
+//! world-writable `run/lock/`).
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
-use fs2::FileExt;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -47,10 +54,59 @@ fn try_fcntl(f: &File) -> std::io::Result<bool> {
     }
 }
 
+/// Open (creating) a lock file: never through a symlink, only a regular
+/// file of ours, made 0600 so no other user can open it to hold the lock.
+fn open_private(path: &Path) -> Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                Error::failed(format!("the lock file {} is a symlink; refusing to follow it (remove it: site-admin creates its own)", path.display()))
+            } else {
+                Error::failed(format!("opening the lock file {}: {e}", path.display()))
+            }
+        })?;
+    let md = f.metadata().io_ctx("reading", path)?;
+    if !md.is_file() {
+        return Err(Error::failed(format!("the lock file {} is not a regular file; remove it", path.display())));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if md.uid() != me {
+        return Err(Error::failed(format!(
+            "the lock file {} belongs to uid {}, not to this user (uid {me}); another user may be trying to block site-admin: remove it",
+            path.display(),
+            md.uid()
+        )));
+    }
+    if md.mode() & 0o7777 != 0o600 {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600)).io_ctx("setting mode of", path)?;
+    }
+    Ok(f)
+}
+
+/// The lock's directory must not let other users replace the lock file.
+fn check_private_dir(dir: &Path) -> Result<()> {
+    let md = std::fs::metadata(dir).io_ctx("reading", dir)?;
+    let me = rustix::process::geteuid().as_raw();
+    if md.mode() & 0o022 != 0 || (md.uid() != me && md.uid() != 0) {
+        return Err(Error::invalid(format!(
+            "lock_file: its directory {} can be written by other users, who could then block or redirect site-admin; use a directory only root can write (the default is run/site-admin/)",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// One attempt at certbot's lock, as certbot itself does it: open (0600),
 /// lock, then check the path still names the locked file.
 fn try_certbot_lock(path: &Path) -> Result<Option<File>> {
-    let f = OpenOptions::new().read(true).write(true).create(true).mode(0o600).open(path).io_ctx("opening", path)?;
+    let f = open_private(path)?;
     if !try_fcntl(&f).io_ctx("locking", path)? {
         return Ok(None);
     }
@@ -68,12 +124,14 @@ impl GlobalLock {
         let deadline = Instant::now() + timeout;
         if let Some(p) = lock_file.parent() {
             fsutil::create_dir_all_mode(p, 0o755)?;
+            check_private_dir(p)?;
         }
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o644).open(lock_file).io_ctx("opening", lock_file)?;
+        let mut file = open_private(lock_file)?;
         let mut told = false;
         loop {
-            match file.try_lock_exclusive() {
+            match file.try_lock() {
                 Ok(()) => break,
+                Err(std::fs::TryLockError::Error(e)) => return Err(e).io_ctx("locking", lock_file),
                 Err(_) if Instant::now() < deadline => {
                     if !told {
                         tracing::info!("waiting for the global lock {} (held by {})", lock_file.display(), holder(lock_file));
@@ -124,7 +182,7 @@ impl Drop for GlobalLock {
             drop(f);
         }
         let _ = self.file.set_len(0);
-        let _ = FileExt::unlock(&self.file);
+        let _ = self.file.unlock();
     }
 }
 
@@ -135,7 +193,7 @@ mod tests {
     #[test]
     fn second_taker_times_out_with_exit_3() {
         let t = tempfile::tempdir().unwrap();
-        let lf = t.path().join("run/lock/site-admin.lock");
+        let lf = t.path().join("run/site-admin/site-admin.lock");
         let le = t.path().join("le");
         let held = GlobalLock::acquire(&lf, &le, Duration::from_secs(1), "test holder").unwrap();
         // flock locks are per open file description: a second open in this process conflicts.

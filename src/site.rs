@@ -129,6 +129,10 @@ fn check_keys(obj: &Map<String, Value>, allowed: &[&str], prefix: &str) -> Resul
     Ok(())
 }
 
+/// The longest hostname the store can hold: `renewal/<hostname>.conf` must
+/// fit in one file name (255 bytes), so 250, below DNS's own 253.
+pub const MAX_HOSTNAME: usize = 250;
+
 /// `s` followed by 40 lowercase hex digits (and `a` for appconfig ids).
 pub fn is_id(s: &str, prefix: char) -> bool {
     s.len() == 41 && s.starts_with(prefix) && s[1..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
@@ -197,6 +201,9 @@ fn validate(obj: &Map<String, Value>) -> Result<()> {
         return Err(bad("siteid", format!("{siteid:?} is not \"s\" followed by 40 lowercase hex digits")));
     }
     let hostname = req_str(obj, "hostname", "hostname")?;
+    if hostname.len() > MAX_HOSTNAME {
+        return Err(bad("hostname", format!("{} characters long; at most {MAX_HOSTNAME} fit in certbot's layout (renewal/<hostname>.conf must fit in a file name)", hostname.len())));
+    }
     if hostname != "*" && !is_dns_name(hostname) {
         return Err(bad("hostname", format!("{hostname:?}: not a DNS name")));
     }
@@ -272,6 +279,7 @@ fn validate(obj: &Map<String, Value>) -> Result<()> {
             if !crate::certs::key_matches(&k, &chain[0]) {
                 return Err(bad("tls.key", "does not match the certificate in tls.crt"));
             }
+            crate::certs::check_loadable(&key, &crt, cacrt.as_deref()).map_err(|e| bad("tls", e))?;
         }
     }
 

@@ -23,6 +23,9 @@ use std::path::{Path, PathBuf};
 
 /// The four files of a version, in certbot's order.
 pub const KINDS: [&str; 4] = ["cert", "chain", "fullchain", "privkey"];
+/// The file name of the deploy hook site-admin installs in certbot's
+/// `renewal-hooks/deploy/`, so that a renewal certbot makes reaches Apache.
+pub const CERTBOT_DEPLOY_HOOK: &str = "site-admin-reload-apache";
 /// certbot keeps the current version plus this many older ones.
 pub const KEEP_OLDER: u32 = 5;
 /// The certbot version we write into renewal confs (older than any we test
@@ -255,6 +258,19 @@ impl Store {
         }
         self.ensure_top_dirs()?;
         let archive = self.archive_dir(host);
+        let new_lineage = !fsutil::exists_nofollow(&archive) && !self.has(host, Place::Live) && !self.has(host, Place::Stashed);
+        let res = self.write_version(host, v, params);
+        if res.is_err() && new_lineage && !self.has(host, Place::Live) {
+            // A failed new lineage leaves nothing behind (no orphan archive,
+            // no conf without links), so a retry starts from version 1.
+            let _ = fsutil::remove_file_if_exists(&self.renewal_conf_path(host));
+            let _ = fsutil::remove_dir_all_if_exists(&archive);
+        }
+        res
+    }
+
+    fn write_version(&self, host: &str, v: &NewVersion, params: &RenewalParams) -> Result<u32> {
+        let archive = self.archive_dir(host);
         fsutil::ensure_dir_mode(&archive, 0o755)?;
         // N+1 over every file present, so a half-written N never becomes live.
         let n = self.archive_versions(host).last().copied().unwrap_or(0) + 1;
@@ -279,9 +295,12 @@ impl Store {
         let live_parent = self.dir.join("live");
         fsutil::ensure_dir_mode(&live_parent, 0o700)?;
         let live = self.live_dir(host);
-        let tmp = live_parent.join(format!(".{host}.new-{}", std::process::id()));
+        // A short name (not the host's), so it fits wherever the host does.
+        let tmp = fsutil::temp_sibling(&live).with_extension("new");
         fsutil::remove_dir_all_if_exists(&tmp)?;
         fs::create_dir(&tmp).io_ctx("creating", &tmp)?;
+        // Exactly 0755, whatever the umask.
+        fs::set_permissions(&tmp, <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755)).io_ctx("setting mode of", &tmp)?;
         for k in KINDS {
             let target = PathBuf::from(format!("../../archive/{host}/{k}{n}.pem"));
             std::os::unix::fs::symlink(&target, tmp.join(format!("{k}.pem"))).io_ctx("linking", &tmp)?;
@@ -296,6 +315,18 @@ impl Store {
             fs::rename(&tmp, &live).io_ctx("renaming into place", &live)?;
         }
         fsutil::fsync_dir(&live_parent)
+    }
+
+    /// Install (or update) certbot's deploy hook with this script text.
+    pub fn install_deploy_hook(&self, script: &str) -> Result<()> {
+        let dir = self.dir.join("renewal-hooks/deploy");
+        fsutil::create_dir_all_mode(&dir, 0o755)?;
+        let path = dir.join(CERTBOT_DEPLOY_HOOK);
+        let same = fs::symlink_metadata(&path).map(|m| m.is_file()).unwrap_or(false) && fs::read_to_string(&path).map(|t| t == script).unwrap_or(false);
+        if !same {
+            fsutil::atomic_write(&path, script.as_bytes(), 0o755)?;
+        }
+        Ok(())
     }
 
     /// Write (or rewrite, keeping unknown fields) the renewal conf of `host`.
@@ -418,7 +449,7 @@ impl Store {
         if let Ok(rd) = fs::read_dir(self.dir.join("live")) {
             for e in rd.filter_map(|e| e.ok()) {
                 let n = e.file_name().to_string_lossy().into_owned();
-                if n.starts_with('.') && n.contains(".new-") {
+                if (n.starts_with(fsutil::TEMP_PREFIX) && n.ends_with(".new")) || (n.starts_with('.') && n.contains(".new-")) {
                     fsutil::remove_dir_all_if_exists(&e.path())?;
                     done.push(format!("removed the unfinished link directory live/{n}"));
                 }

@@ -2,7 +2,7 @@
 //! flags, backups, lock file states, truncated or foreign files in the store
 //! (the 36 bad Site JSONs are in tests/site_json.rs). Each gets its
 //! documented exit code and one clear message, and the tree is unchanged
-//! (the lock files themselves excepted — `run/lock/`, certbot's
+//! (the lock files themselves excepted — `run/site-admin/`, certbot's
 //! `.certbot.lock` and the letsencrypt directory that holds it: they are the
 //! lock, not state; everything inside the letsencrypt directory is compared).
 mod common;
@@ -123,7 +123,7 @@ fn catalog() -> Vec<Case> {
         // ---- lock file states ----
         case(
             "lock: the lock file is a directory",
-            |d| std::fs::create_dir_all(d.root.join("run/lock/site-admin.lock")).unwrap(),
+            |d| std::fs::create_dir_all(d.root.join("run/site-admin/site-admin.lock")).unwrap(),
             &["renew"],
             1,
             "site-admin.lock",
@@ -203,7 +203,7 @@ fn every_bad_input_gets_its_exit_code_a_clear_message_and_changes_nothing() {
 #[test]
 fn stale_lock_files_from_a_killed_run_do_not_block() {
     let d = Device::new();
-    write(&d, "run/lock/site-admin.lock", "pid 99999 (deploy s...)\n");
+    write(&d, "run/site-admin/site-admin.lock", "pid 99999 (deploy s...)\n");
     write(&d, "etc/letsencrypt/.certbot.lock", "");
     let o = d.run(&["--lock-timeout", "1", "renew"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));

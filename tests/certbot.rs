@@ -135,7 +135,7 @@ fn site_admin_and_certbot_exclude_each_other() {
     assert!(cb.wait().unwrap().success(), "certbot's renew itself succeeded");
 
     // While site-admin holds the lock, certbot cannot start.
-    let _held = site_admin::lock::GlobalLock::acquire(&w.dev.root.join("run/lock/site-admin.lock"), &w.dev.le(), std::time::Duration::from_secs(5), "test").unwrap();
+    let _held = site_admin::lock::GlobalLock::acquire(&w.dev.root.join("run/site-admin/site-admin.lock"), &w.dev.le(), std::time::Duration::from_secs(5), "test").unwrap();
     let o = certbot(&w, &["certificates"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("Another instance of Certbot is already running"), "{}", text(&o));

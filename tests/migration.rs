@@ -95,7 +95,7 @@ fn a_held_lock_gives_exit_3_after_the_timeout_and_changes_nothing() {
     let d = Device::new();
     let f = d.tmp.path().join("l.json");
     std::fs::write(&f, site_json(&siteid(1), "l.example.test", None)).unwrap();
-    let lock = d.root.join("run/lock/site-admin.lock");
+    let lock = d.root.join("run/site-admin/site-admin.lock");
     let held = site_admin::lock::GlobalLock::acquire(&lock, &d.le(), Duration::from_secs(5), "deploy by the test").unwrap();
     let before = snapshot(&d.root.join("etc"));
     let start = std::time::Instant::now();

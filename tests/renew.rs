@@ -155,7 +155,7 @@ fn expired_stash_entries_are_deleted_by_renew() {
 #[test]
 fn renew_waits_for_a_held_lock_or_gives_exit_3() {
     let d = Device::new();
-    let lock = d.root.join("run/lock/site-admin.lock");
+    let lock = d.root.join("run/site-admin/site-admin.lock");
     let held = site_admin::lock::GlobalLock::acquire(&lock, &d.le(), Duration::from_secs(5), "a long deploy").unwrap();
     let o = d.run(&["--lock-timeout", "1", "renew"]);
     assert_eq!(o.status.code(), Some(3));

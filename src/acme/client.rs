@@ -109,8 +109,8 @@ pub fn http_client(ca_bundle: Option<&Path>) -> Result<reqwest::blocking::Client
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30));
     if let Some(path) = ca_bundle {
-        let pem = std::fs::read(path).map_err(|e| AcmeError::Local(format!("reading the ACME CA bundle {}: {e}", path.display())))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        let pem = crate::fsutil::read_user_file(path).map_err(|e| AcmeError::Local(format!("the ACME CA bundle {}: {e}", path.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
             .map_err(|e| AcmeError::Local(format!("the ACME CA bundle {} is not PEM certificates: {e}", path.display())))?;
         if certs.is_empty() {
             return Err(AcmeError::Local(format!("the ACME CA bundle {} holds no certificate", path.display())));
@@ -128,6 +128,11 @@ fn connect_err(url: &str, e: reqwest::Error) -> AcmeError {
     while let Some(s) = src {
         detail = format!("{detail}: {s}");
         src = s.source();
+    }
+    if detail.contains("CaUsedAsEndEntity") {
+        detail.push_str(" (the ACME server presents a CA certificate as its own TLS certificate; give it a leaf certificate signed by a CA, and put that CA in acme_ca_bundle)");
+    } else if detail.contains("UnknownIssuer") {
+        detail.push_str(" (the ACME server's TLS certificate is not signed by a CA this device trusts; put that CA in acme_ca_bundle)");
     }
     AcmeError::Connect { url: url.into(), detail }
 }

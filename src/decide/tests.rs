@@ -10,13 +10,13 @@ fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap()
 }
 fn good(days: i64) -> Candidate {
-    Candidate { not_after: now() + Duration::days(days), key_matches: true, covers_host: true }
+    Candidate { not_before: now() - Duration::days(30), not_after: now() + Duration::days(days), key_matches: true, covers_host: true, not_lkc: None }
 }
 fn expired() -> Candidate {
     good(-1)
 }
 fn facts(wish: Wish, current: Current) -> Facts {
-    Facts { event: Event::Deploy, hostname: H.into(), wish, current, live: None, stash: None, now: now() }
+    Facts { event: Event::Deploy, hostname: H.into(), wish, current, live: None, stash: None, now: now(), clock_plausible: true }
 }
 fn http() -> Current {
     Current::Http { host: H.into() }
@@ -365,4 +365,52 @@ fn decide_is_pure() {
     let mut f = facts(le(Some(good(80))), okc_cur());
     f.stash = Some(good(70));
     assert_eq!(decide(&f), decide(&f));
+}
+
+// ---- usability: valid already, and a Let's Encrypt certificate at all ----
+
+#[test]
+fn rule_a_carried_certificate_not_valid_yet_loses_to_the_live_one() {
+    let mut f = facts(le(Some(Candidate { not_before: now() + Duration::hours(2), ..good(300) })), lkc_cur());
+    f.live = Some(good(30));
+    let p = run(f);
+    assert_eq!(p.actions, vec![]);
+    assert!(p.warnings.iter().any(|w| w.contains("not valid until")), "{:?}", p.warnings);
+}
+
+#[test]
+fn rule_a_few_minutes_of_clock_skew_are_allowed() {
+    let f = facts(le(Some(Candidate { not_before: now() + Duration::minutes(3), ..good(80) })), Current::NotDeployed);
+    assert_eq!(run(f).actions, vec![Action::ImportCarried { host: host() }]);
+}
+
+#[test]
+fn rule_a_carried_certificate_that_is_no_lkc_is_ignored_with_a_warning() {
+    let mut f = facts(le(Some(Candidate { not_lkc: Some("it is self-signed".into()), ..good(300) })), lkc_cur());
+    f.live = Some(good(30));
+    let p = run(f);
+    assert_eq!(p.actions, vec![]);
+    assert!(p.warnings.iter().any(|w| w.contains("self-signed")), "{:?}", p.warnings);
+}
+
+#[test]
+fn rule_on_an_implausible_clock_an_expired_stash_is_left_alone() {
+    let mut f = facts(le(None), Current::NotDeployed);
+    f.stash = Some(expired());
+    f.clock_plausible = false;
+    let p = run(f);
+    assert!(!p.actions.contains(&Action::DeleteStash { host: host() }), "{:?}", p.actions);
+    assert!(p.warnings.iter().any(|w| w.contains("clock")), "{:?}", p.warnings);
+}
+
+#[test]
+fn clock_plausibility() {
+    let d = |n: i64| now() + Duration::days(n);
+    assert!(clock_plausible(now(), &[]));
+    // Latest notAfter in 30 days, longest lifetime 90 days.
+    let certs = [(d(-60), d(30)), (d(-10), d(20))];
+    assert!(clock_plausible(d(100), &certs));
+    assert!(clock_plausible(d(120), &certs));
+    assert!(!clock_plausible(d(121), &certs));
+    assert!(!clock_plausible(d(400), &certs));
 }

@@ -63,12 +63,37 @@ pub fn all_stored(cfg: &Config) -> Result<Vec<Site>> {
 
 /// The SPEC §3 view of a key + certificate, judged against `host`.
 pub fn candidate(kc: &KeyCert, host: &str) -> Candidate {
-    Candidate { not_after: kc.leaf.not_after, key_matches: kc.key_matches, covers_host: kc.leaf.covers(host) }
+    Candidate { not_before: kc.leaf.not_before, not_after: kc.leaf.not_after, key_matches: kc.key_matches, covers_host: kc.leaf.covers(host), not_lkc: None }
+}
+
+/// A certificate carried as `letsencrypt: true`: also judged on whether a
+/// CA this device trusts issued it and whether OpenSSL would load it.
+pub fn carried_candidate(cfg: &Config, kc: &KeyCert, host: &str) -> Candidate {
+    let mut c = candidate(kc, host);
+    if c.key_matches {
+        c.not_lkc = crate::certs::untrusted_issuer(&kc.chain_pem, cfg.acme_ca_bundle.as_deref())
+            .or_else(|| crate::certs::check_loadable(&kc.key_pem, &kc.chain_pem, None).err().map(|e| e.to_string()));
+    }
+    c
 }
 
 /// A present but unreadable lineage: never usable.
 fn broken_candidate() -> Candidate {
-    Candidate { not_after: DateTime::<Utc>::UNIX_EPOCH, key_matches: false, covers_host: false }
+    Candidate { not_before: DateTime::<Utc>::UNIX_EPOCH, not_after: DateTime::<Utc>::UNIX_EPOCH, key_matches: false, covers_host: false, not_lkc: None }
+}
+
+/// The (notBefore, notAfter) of every live and stashed certificate, for
+/// [`crate::decide::clock_plausible`].
+pub fn device_validity(store: &Store) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    let mut v = Vec::new();
+    for place in [Place::Live, Place::Stashed] {
+        for name in store.names_with_links(place) {
+            if let Some(c) = store.leaf(&name, place) {
+                v.push((c.not_before, c.not_after));
+            }
+        }
+    }
+    v
 }
 
 pub fn material_candidate(m: &Material, host: &str) -> Option<Candidate> {
@@ -137,7 +162,7 @@ pub fn gather(cfg: &Config, store: &Store, site: &Site, stored: Option<&Site>, e
     let wish = match site.tls_wish() {
         TlsWish::None => Wish::Http,
         TlsWish::LetsEncrypt { carried } => Wish::LetsEncrypt {
-            carried: carried.and_then(|(k, c)| KeyCert::parse(&k, &c).ok()).map(|kc| candidate(&kc, h)),
+            carried: carried.and_then(|(k, c)| KeyCert::parse(&k, &c).ok()).map(|kc| carried_candidate(cfg, &kc, h)),
         },
         TlsWish::Other { key, crt, .. } => Wish::Okc {
             okc: KeyCert::parse(&key, &crt).map(|kc| candidate(&kc, h)).unwrap_or_else(|_| broken_candidate()),
@@ -148,5 +173,6 @@ pub fn gather(cfg: &Config, store: &Store, site: &Site, stored: Option<&Site>, e
     } else {
         (material_candidate(&store.material(h, Place::Live), h), material_candidate(&store.material(h, Place::Stashed), h))
     };
-    Facts { event, hostname: h.clone(), wish, current: current_of(cfg, store, stored, h), live, stash, now }
+    let clock_plausible = crate::decide::clock_plausible(now, &device_validity(store));
+    Facts { event, hostname: h.clone(), wish, current: current_of(cfg, store, stored, h), live, stash, now, clock_plausible }
 }

@@ -24,12 +24,11 @@ use std::path::Path;
 /// Read the Site JSON text from a file or stdin.
 pub fn read_input(file: Option<&Path>, stdin: bool) -> Result<(String, String)> {
     if stdin {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| Error::invalid(format!("reading standard input: {e}")))?;
+        let s = fsutil::read_limited(std::io::stdin().lock()).map_err(|e| Error::invalid(format!("--stdin: the Site JSON {e}")))?;
         return Ok((s, "<stdin>".into()));
     }
     let f = file.ok_or_else(|| Error::invalid("deploy needs --file or --stdin"))?;
-    let text = std::fs::read_to_string(f).map_err(|e| Error::invalid(format!("{}: {e}", f.display())))?;
+    let text = fsutil::read_user_file(f).map_err(|e| Error::invalid(format!("--file {}: {e}", f.display())))?;
     Ok((text, f.display().to_string()))
 }
 
@@ -313,8 +312,19 @@ pub fn deploy_one(ctx: &Ctx, site: &Site) -> Result<Outcome> {
         }
     }
     crate::fault::point("deploy.before_apache");
+    // A lineage renewed behind Apache's back (by certbot, say) is served
+    // only after a reload: compare what Apache serves with the live file.
+    if let (Serve::Lkc { host }, false) = (&serve, cert_changed) {
+        if let (Some(served), Some(live)) = (apache::served_serial(&ctx.cfg, host), ctx.store.leaf(host, Place::Live)) {
+            if served != live.serial {
+                ctx.progress(&format!("{host}: Apache serves an older certificate (serial {served}) than live/{host} (serial {}); reloading", live.serial));
+                cert_changed = true;
+            }
+        }
+    }
     let completion = Completion { stash: stash_later, store_site: Some(site.without_tls_material()), ..Default::default() };
     apply_apache(ctx, site, &serve, write_okc, remove_okc, cert_changed && matches!(serve, Serve::Lkc { .. }), Some(&completion))?;
+    ctx.install_certbot_hook();
     Ok(Outcome { siteid: site.siteid.clone(), hostname: site.hostname.clone(), serve, pending, plan })
 }
 
@@ -353,7 +363,7 @@ pub fn wait_for_vhost(ctx: &Ctx, siteid: &str, host: &str) {
     }
     let token = format!("site-admin-probe-{}", std::process::id());
     let path = dir.join(&token);
-    if std::fs::write(&path, &token).is_err() {
+    if fsutil::atomic_write(&path, token.as_bytes(), 0o644).is_err() {
         return;
     }
     let url = format!("http://127.0.0.1:{}/.well-known/acme-challenge/{token}", ctx.cfg.apache.http_port);
@@ -411,7 +421,7 @@ pub fn undeploy_command(ctx: &Ctx, siteid: &str) -> Result<i32> {
 
 /// The Site JSONs of a backup file: `{"sites": [...]}`, a bare array, or one site.
 pub fn read_backup(path: &Path) -> Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::invalid(format!("backup {}: {e}", path.display())))?;
+    let text = fsutil::read_user_file(path).map_err(|e| Error::invalid(format!("backup {}: {e}", path.display())))?;
     let v: Value = serde_json::from_str(&text).map_err(|e| Error::invalid(format!("backup {}: not valid JSON: {e}", path.display())))?;
     let sites = match v {
         Value::Array(a) => a,

@@ -112,14 +112,24 @@ pub fn backup(ctx: &Ctx, ids: &[String], all: bool, out: &Path, notls: bool) -> 
         "sites": chosen.iter().map(|s| exported(ctx, s, notls)).collect::<Vec<_>>(),
     });
     let text = serde_json::to_string_pretty(&doc).map_err(|e| Error::failed(e.to_string()))? + "\n";
+    let what = if notls { " without keys and certificates" } else { "" };
+    if out == Path::new("-") {
+        // The backup itself is the JSON document on stdout.
+        use std::io::Write;
+        let mut so = std::io::stdout().lock();
+        so.write_all(text.as_bytes()).and_then(|_| so.flush()).map_err(|e| Error::failed(format!("writing the backup to standard output: {e}")))?;
+        ctx.progress(&format!("backed up {} site(s) to standard output{what}", chosen.len()));
+        return Ok(0);
+    }
     let out_abs = if out.is_absolute() { out.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(out) };
-    if let Some(p) = out_abs.parent() {
+    let target = fsutil::user_output_target(&out_abs).map_err(|why| Error::invalid(format!("--out {}: {why}", out.display())))?;
+    if let Some(p) = target.parent() {
         if !p.is_dir() {
             return Err(Error::invalid(format!("--out {}: the directory {} does not exist", out.display(), p.display())));
         }
     }
-    fsutil::atomic_write(&out_abs, text.as_bytes(), 0o600)?;
-    ctx.progress(&format!("backed up {} site(s) to {}{}", chosen.len(), out.display(), if notls { " without keys and certificates" } else { "" }));
+    fsutil::atomic_write(&target, text.as_bytes(), 0o600)?;
+    ctx.progress(&format!("backed up {} site(s) to {}{what}", chosen.len(), out.display()));
     if ctx.json {
         ctx.print_json(&json!({"out": out_abs, "sites": chosen.iter().map(|s| &s.siteid).collect::<Vec<_>>(), "notls": notls}))?;
     }

@@ -47,6 +47,25 @@ impl Ctx {
         Ok(())
     }
 
+    /// Install certbot's deploy hook (once there is a lineage), so that a
+    /// renewal by certbot (Debian's certbot.timer) is tested and reloaded
+    /// into Apache with this configuration's commands. The hook takes no
+    /// lock: certbot holds its own while it runs hooks.
+    pub fn install_certbot_hook(&self) {
+        if !self.cfg.letsencrypt_dir.join("live").is_dir() {
+            return;
+        }
+        let q = |argv: &[String]| argv.iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect::<Vec<_>>().join(" ");
+        let script = format!(
+            "#!/bin/sh\n# Installed by site-admin: certbot runs this after it renews a certificate, so that\n# Apache serves the new one. site-admin rewrites it from its configuration.\n{} >/dev/null 2>&1 || {{ echo \"site-admin: Apache's configuration test failed; not reloading\" >&2; exit 1; }}\nexec {}\n",
+            q(&self.cfg.apache.configtest),
+            q(&self.cfg.apache.reload)
+        );
+        if let Err(e) = self.store.install_deploy_hook(&script) {
+            tracing::warn!("installing certbot's deploy hook: {e}");
+        }
+    }
+
     /// One progress line on stderr (suppressed by -q).
     pub fn progress(&self, msg: &str) {
         tracing::info!("{msg}");

@@ -64,6 +64,10 @@ pub struct Report {
     pub failed_domains: Vec<String>,
     pub stash_deleted: Vec<String>,
     pub reloaded: bool,
+    /// The Apache step after the renewals failed: why.
+    pub apache_error: Option<String>,
+    /// Renewed, but not served yet (the Apache step failed).
+    pub not_served: Vec<String>,
     pub hooks: Vec<hooks::HookRun>,
 }
 
@@ -155,11 +159,16 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             entries.push(e);
             continue;
         }
+        // A lineage renews with the server the configuration (or
+        // --acme-server) names now: moving to another CA moves it.
+        if let Some(old) = get(Some("renewalparams"), "server").filter(|s| s != &ctx.cfg.acme_server) {
+            tracing::warn!("{name}: moving from the ACME server {old} to {} (the configured server), as of this renewal", ctx.cfg.acme_server);
+        }
         jobs.push(Job {
             host: name.clone(),
             siteid: e.siteid.clone(),
             webroot,
-            server: get(Some("renewalparams"), "server").unwrap_or_else(|| ctx.cfg.acme_server.clone()),
+            server: ctx.cfg.acme_server.clone(),
             key_type: key_type_of(get(Some("renewalparams"), "key_type"), ctx.cfg.key_type),
             old_not_after: old,
             pending: false,
@@ -181,11 +190,15 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
         });
     }
 
-    // Expired stash entries go.
+    // Expired stash entries go, unless the clock cannot be right.
     let mut stash_deleted = Vec::new();
+    let clock_ok = crate::decide::clock_plausible(now, &facts::device_validity(&ctx.store));
+    if !clock_ok {
+        tracing::warn!("the clock says {}, later than every certificate on this device by more than a lifetime: it cannot be right, so no expired stash entry is deleted", ts(now));
+    }
     for name in ctx.store.names_with_links(Place::Stashed) {
         if let Some(leaf) = ctx.store.leaf(&name, Place::Stashed) {
-            if leaf.not_after <= now {
+            if leaf.not_after <= now && clock_ok {
                 if !dry_run {
                     ctx.progress(&format!("{name}: deleting the expired stashed certificate"));
                     ctx.store.delete_stash(&name)?;
@@ -196,7 +209,6 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     }
 
     let done = run_jobs(ctx, jobs);
-    let mut switched: Vec<&Site> = Vec::new();
     for (job, res) in &done {
         let mut e = Entry {
             host: job.host.clone(),
@@ -211,11 +223,6 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             Ok(na) => {
                 e.status = if job.pending { "provisioned".into() } else { "renewed".into() };
                 e.new_not_after = Some(ts(*na));
-                if job.pending {
-                    if let Some(s) = sites.iter().find(|s| Some(&s.siteid) == job.siteid.as_ref()) {
-                        switched.push(s);
-                    }
-                }
             }
             Err(err) => {
                 e.status = "failed".into();
@@ -227,29 +234,44 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
 
     let renewed: Vec<String> = entries.iter().filter(|e| e.status == "renewed" || e.status == "provisioned").map(|e| e.host.clone()).collect();
     let failed: Vec<String> = entries.iter().filter(|e| e.status == "failed").map(|e| e.host.clone()).collect();
+    // Every Let's Encrypt site whose vhost does not serve its usable live
+    // certificate goes (back) to https: a pending site just provisioned, and
+    // one that fell back to http while its expired lineage waited for renew.
+    let switched: Vec<&Site> = if dry_run { Vec::new() } else { sites.iter().filter(|s| needs_https(ctx, s, now)).collect() };
     let mut reloaded = false;
-    if !dry_run && !renewed.is_empty() {
-        if switched.is_empty() {
+    let mut apache_error = None;
+    if !dry_run && (!renewed.is_empty() || !switched.is_empty()) {
+        let res = if switched.is_empty() {
             ctx.progress("reloading Apache for the renewed certificates");
-            apache::reload(&ctx.cfg)?;
+            apache::reload(&ctx.cfg).map_err(|said| format!("reloading Apache: {said}"))
         } else {
-            let mut txn = apache::Transaction::begin(&ctx.cfg)?;
-            for s in &switched {
-                let live = ctx.store.live_dir(&s.hostname);
-                let conf = apache::render(&ctx.cfg, &s.siteid, &s.hostname, &VhostTls::Lkc { fullchain: live.join("fullchain.pem"), privkey: live.join("privkey.pem") });
-                txn.write(&ctx.cfg.vhost_file(&s.siteid), conf.as_bytes(), 0o644)?;
-                let p = ctx.cfg.okc_paths(&s.siteid);
-                txn.remove(&p.key)?;
-                txn.remove(&p.crt)?;
-                txn.remove(&p.cacrt)?;
-                ctx.progress(&format!("site {} ({}): switching to https", s.siteid, s.hostname));
+            switch_to_https(ctx, &switched).map_err(|e| e.to_string())
+        };
+        match res {
+            Ok(()) => reloaded = true,
+            Err(e) => {
+                tracing::error!("{e}; the renewed certificates ({}) are on disk but not served yet", renewed.join(", "));
+                apache_error = Some(e);
             }
-            txn.commit(&|m| ctx.progress(m))?;
         }
-        reloaded = true;
     }
 
-    let mut report = Report { event: "renew", dry_run, lineages: entries, renewed_domains: renewed, failed_domains: failed, stash_deleted, reloaded, hooks: Vec::new() };
+    if !dry_run {
+        ctx.install_certbot_hook();
+    }
+    let not_served = if apache_error.is_some() { renewed.clone() } else { Vec::new() };
+    let mut report = Report {
+        event: "renew",
+        dry_run,
+        lineages: entries,
+        renewed_domains: renewed,
+        failed_domains: failed,
+        stash_deleted,
+        reloaded,
+        apache_error,
+        not_served,
+        hooks: Vec::new(),
+    };
     if !dry_run {
         report.hooks = run_all_hooks(ctx, &report);
     }
@@ -275,7 +297,40 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             if dry_run { format!(" (dry run: {} would be renewed)", n("would_renew") + n("would_provision")) } else { String::new() }
         );
     }
-    Ok(if report.failed_domains.is_empty() { 0 } else { 1 })
+    Ok(if report.failed_domains.is_empty() && report.apache_error.is_none() { 0 } else { 1 })
+}
+
+/// Does this Let's Encrypt site have a usable live certificate that its
+/// vhost does not serve?
+fn needs_https(ctx: &Ctx, s: &Site, now: DateTime<Utc>) -> bool {
+    if !s.is_letsencrypt() || !ctx.store.has(&s.hostname, Place::Live) {
+        return false;
+    }
+    let usable = match ctx.store.material(&s.hostname, Place::Live) {
+        Material::Present(kc) => facts::candidate(&kc, &s.hostname).usable(&s.hostname, now),
+        _ => false,
+    };
+    usable && std::fs::read_to_string(ctx.cfg.vhost_file(&s.siteid)).map(|t| t != lkc_vhost(ctx, s)).unwrap_or(true)
+}
+
+fn lkc_vhost(ctx: &Ctx, s: &Site) -> String {
+    let live = ctx.store.live_dir(&s.hostname);
+    apache::render(&ctx.cfg, &s.siteid, &s.hostname, &VhostTls::Lkc { fullchain: live.join("fullchain.pem"), privkey: live.join("privkey.pem") })
+}
+
+/// Point these sites' vhosts at their live certificates (their OKC files
+/// go), in one transaction; it reloads Apache.
+pub fn switch_to_https(ctx: &Ctx, sites: &[&Site]) -> Result<()> {
+    let mut txn = apache::Transaction::begin(&ctx.cfg)?;
+    for s in sites {
+        txn.write(&ctx.cfg.vhost_file(&s.siteid), lkc_vhost(ctx, s).as_bytes(), 0o644)?;
+        let p = ctx.cfg.okc_paths(&s.siteid);
+        txn.remove(&p.key)?;
+        txn.remove(&p.crt)?;
+        txn.remove(&p.cacrt)?;
+        ctx.progress(&format!("site {} ({}): switching to https", s.siteid, s.hostname));
+    }
+    txn.commit_with(true, &|m| ctx.progress(m), &|_| Ok(()))
 }
 
 /// Run the jobs, [`CONCURRENCY`] at a time; one ACME client per server.
@@ -329,7 +384,12 @@ fn renew_one(ctx: &Ctx, client: &AcmeClient, account: &str, job: &Job) -> std::r
 fn run_all_hooks(ctx: &Ctx, report: &Report) -> Vec<hooks::HookRun> {
     let mut runs = Vec::new();
     // certbot's deploy hooks, once per renewed lineage.
-    let deploy_hooks = hooks::executables(&ctx.cfg.letsencrypt_dir.join("renewal-hooks/deploy"));
+    // Our own deploy hook (for certbot's renewals) is not needed here: this
+    // run reloads Apache itself.
+    let deploy_hooks: Vec<_> = hooks::executables(&ctx.cfg.letsencrypt_dir.join("renewal-hooks/deploy"))
+        .into_iter()
+        .filter(|h| h.file_name().and_then(|n| n.to_str()) != Some(crate::store::CERTBOT_DEPLOY_HOOK))
+        .collect();
     for host in &report.renewed_domains {
         for h in &deploy_hooks {
             let env = [("RENEWED_LINEAGE", ctx.store.live_dir(host).display().to_string()), ("RENEWED_DOMAINS", host.clone())];
@@ -346,6 +406,9 @@ fn run_all_hooks(ctx: &Ctx, report: &Report) -> Vec<hooks::HookRun> {
         "renewed_domains": report.renewed_domains,
         "failed_domains": report.failed_domains,
         "stash_deleted": report.stash_deleted,
+        "reloaded": report.reloaded,
+        "apache_error": report.apache_error,
+        "not_served": report.not_served,
     }))
     .unwrap_or_default();
     for h in hooks::executables(&ctx.cfg.hooks_dir) {

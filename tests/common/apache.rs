@@ -52,6 +52,9 @@ impl Apache {
     pub fn configtest_argv(&self) -> Vec<String> {
         vec![BIN.into(), "-f".into(), self.conf.display().to_string(), "-t".into()]
     }
+    pub fn start_argv(&self) -> Vec<String> {
+        vec![BIN.into(), "-f".into(), self.conf.display().to_string(), "-k".into(), "start".into()]
+    }
     pub fn reload_argv(&self) -> Vec<String> {
         vec![BIN.into(), "-f".into(), self.conf.display().to_string(), "-k".into(), "graceful".into()]
     }

@@ -226,12 +226,14 @@ pub fn self_signed(names: &[&str], days: i64) -> (String, String) {
 
 /// One device: a temporary root with site-admin's config pointing at its own
 /// real Apache, plus (usually) the shared pebble of the test.
+/// Fields drop in order: the Apache (whose pid file lives in `tmp`) is
+/// stopped before `tmp` is removed.
 pub struct Device {
-    pub tmp: tempfile::TempDir,
-    pub root: PathBuf,
     pub apache: Apache,
+    pub root: PathBuf,
     pub config: PathBuf,
     pub env: Vec<(String, String)>,
+    pub tmp: tempfile::TempDir,
 }
 
 impl Device {
@@ -250,7 +252,7 @@ impl Device {
             "contact_email": "admin@example.com",
             "apache": {
                 "http_port": http_port, "https_port": https_port,
-                "configtest": apache.configtest_argv(), "reload": apache.reload_argv()
+                "configtest": apache.configtest_argv(), "reload": apache.reload_argv(), "start": apache.start_argv()
             }
         });
         std::fs::write(&config, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
