@@ -262,7 +262,7 @@ impl<'a> Transaction<'a> {
 /// How long a graceful reload may take to fail: Apache's parent re-reads
 /// its configuration after `graceful` has returned, and exits if mod_ssl
 /// cannot load a key or chain.
-const RELOAD_SETTLE: Duration = Duration::from_millis(300);
+const RELOAD_SETTLE: Duration = Duration::from_millis(150);
 
 /// Does Apache accept connections on the local http port?
 pub fn serving(cfg: &Config) -> bool {
@@ -284,7 +284,14 @@ pub fn reload(cfg: &Config) -> std::result::Result<(), String> {
         return Ok(());
     }
     res?;
-    std::thread::sleep(RELOAD_SETTLE);
+    // Watch through the settle time: a parent that exits closes its sockets.
+    let settle = Instant::now();
+    while settle.elapsed() < RELOAD_SETTLE {
+        std::thread::sleep(Duration::from_millis(25));
+        if !serving(cfg) {
+            break;
+        }
+    }
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(2) {
         if serving(cfg) {
@@ -405,6 +412,25 @@ pub fn recover(cfg: &Config, complete: Complete) -> Result<Recovered> {
         tracing::warn!("rolled back an interrupted change to the Apache configuration");
         Ok(Recovered::RolledBack)
     }
+}
+
+/// Is the journal of an interrupted transaction there but unreadable?
+pub fn journal_damaged(cfg: &Config) -> bool {
+    match fs::read(journal_dir(cfg).join("index.json")) {
+        Ok(t) => serde_json::from_slice::<Index>(&t).is_err(),
+        Err(_) => false,
+    }
+}
+
+/// Move a damaged journal aside (`journal/apache.damaged-<time>`), so that
+/// locked commands can run again. What it held cannot be replayed: without
+/// a readable index nobody knows which file each copy belongs to. Returns
+/// where it went.
+pub fn set_aside_journal(cfg: &Config) -> Result<PathBuf> {
+    let dir = journal_dir(cfg);
+    let to = dir.with_file_name(format!("apache.damaged-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")));
+    fsutil::rename_durable(&dir, &to)?;
+    Ok(to)
 }
 
 /// Run an argv; Err carries what it printed.

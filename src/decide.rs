@@ -65,12 +65,12 @@ impl Candidate {
     /// part), its key matches, it covers the host (by SAN), it is valid
     /// already (notBefore ≤ now + a few minutes of skew), it has not expired.
     pub fn problem(&self, host: &str, now: DateTime<Utc>) -> Option<String> {
-        if let Some(why) = &self.not_lkc {
-            Some(why.clone())
-        } else if !self.key_matches {
+        if !self.key_matches {
             Some("its key does not match its certificate".into())
         } else if !self.covers_host {
             Some(format!("its certificate does not cover {host}"))
+        } else if let Some(why) = &self.not_lkc {
+            Some(why.clone())
         } else if self.not_before > now + clock_skew() {
             Some(format!("it is not valid until {}", fmt_date(self.not_before)))
         } else if self.not_after <= now {

@@ -76,8 +76,65 @@ pub fn check(ctx: &Ctx, repair: bool) -> Result<Vec<Finding>> {
             }
         }
     }
+    // 5: Apache runs and serves each site's certificate.
+    let sites = facts::all_stored(&ctx.cfg)?;
+    let now = chrono::Utc::now();
+    let apache_up = crate::apache::serving(&ctx.cfg);
+    if !sites.is_empty() && !apache_up {
+        let fixed = repair && crate::apache::restart(&ctx.cfg).is_ok();
+        add(
+            "Apache".into(),
+            format!("does not answer on 127.0.0.1:{}, so no site is served", ctx.cfg.apache.http_port),
+            fixed,
+        );
+    }
+    let mut stale = false;
+    let mut to_https = Vec::new();
+    if apache_up {
+        for s in &sites {
+            let file_serial = match Kind::of(s) {
+                Kind::Letsencrypt if !facts::is_pending(store, s) => store.leaf(&s.hostname, Place::Live).map(|c| c.serial),
+                Kind::Okc => facts::read_okc(&ctx.cfg, &s.siteid).and_then(|r| r.ok()).map(|kc| kc.leaf.serial),
+                _ => None,
+            };
+            let Some(want) = file_serial else { continue };
+            let vhost = std::fs::read_to_string(ctx.cfg.vhost_file(&s.siteid)).unwrap_or_default();
+            if Kind::of(s) == Kind::Letsencrypt && !vhost.contains(&store.live_dir(&s.hostname).join("fullchain.pem").display().to_string()) {
+                let usable = store.material(&s.hostname, Place::Live).keycert().map(|kc| facts::candidate(kc, &s.hostname).usable(&s.hostname, now)).unwrap_or(false);
+                if usable {
+                    to_https.push(s.clone());
+                }
+                continue; // reported below as a vhost that does not serve its certificate
+            }
+            match crate::apache::served_serial(&ctx.cfg, &s.hostname) {
+                Some(got) if got == want => {}
+                got => {
+                    stale = true;
+                    add(
+                        format!("site {} ({})", s.siteid, s.hostname),
+                        format!(
+                            "Apache serves {} for it, but its certificate on disk has serial {want} (Apache was not reloaded since it changed)",
+                            got.map(|g| format!("the certificate with serial {g}")).unwrap_or_else(|| "no certificate".into())
+                        ),
+                        false,
+                    );
+                }
+            }
+        }
+    }
+    if stale && repair && crate::apache::reload(&ctx.cfg).is_ok() {
+        for f in out.iter_mut().filter(|f| f.problem.contains("was not reloaded")) {
+            f.repaired = true;
+        }
+    }
+    let mut switched = false;
+    if repair && !to_https.is_empty() {
+        let refs: Vec<&crate::site::Site> = to_https.iter().collect();
+        switched = crate::engine::renew::switch_to_https(ctx, &refs).is_ok();
+    }
+    let mut add = |what: String, problem: String, repaired: bool| out.push(Finding { what, problem, repaired });
     // 2 and 4: deployed sites.
-    for s in facts::all_stored(&ctx.cfg)? {
+    for s in sites {
         let label = format!("site {} ({})", s.siteid, s.hostname);
         if let Some(m) = mode_of(&ctx.cfg.stored_site(&s.siteid)) {
             if m != 0o600 {
@@ -98,7 +155,8 @@ pub fn check(ctx: &Ctx, repair: bool) -> Result<Vec<Finding>> {
             Kind::Letsencrypt if !facts::is_pending(store, &s) => {
                 let f = store.live_dir(&s.hostname).join("fullchain.pem");
                 if !text.contains(&f.display().to_string()) {
-                    add(label.clone(), "its virtual host does not serve its Let's Encrypt certificate".into(), false);
+                    let fixed = switched && to_https.iter().any(|t| t.siteid == s.siteid);
+                    add(label.clone(), "its virtual host does not serve its Let's Encrypt certificate (it is on http or its old own certificate)".into(), fixed);
                 }
             }
             Kind::Okc => match facts::read_okc(&ctx.cfg, &s.siteid) {
@@ -129,8 +187,21 @@ fn relink_newest_matching(ctx: &Ctx, name: &str) -> bool {
 
 /// `doctor [--repair]`.
 pub fn doctor_command(ctx: &Ctx, repair: bool) -> Result<i32> {
-    let _lock = if repair { Some(ctx.lock("doctor --repair")?) } else { None };
-    let findings = check(ctx, repair)?;
+    let (_lock, did) = if repair {
+        let (l, did) = ctx.lock_for_repair()?;
+        (Some(l), did)
+    } else {
+        (None, Vec::new())
+    };
+    let mut findings: Vec<Finding> = did.into_iter().map(|d| Finding { what: "journal".into(), problem: d, repaired: true }).collect();
+    if !repair && crate::apache::journal_damaged(&ctx.cfg) {
+        findings.push(Finding {
+            what: "journal".into(),
+            problem: "the Apache journal of an interrupted change is unreadable, so every locked command stops; `site-admin doctor --repair` moves it aside".into(),
+            repaired: false,
+        });
+    }
+    findings.extend(check(ctx, repair)?);
     let open = findings.iter().filter(|f| !f.repaired).count();
     if ctx.json {
         ctx.print_json(&json!({"ok": open == 0, "findings": findings}))?;

@@ -173,11 +173,49 @@ impl Store {
         fsutil::exists_nofollow(&self.links_dir(host, place))
     }
 
-    /// The key and full chain the links of `host` point at.
+    /// The key and full chain the links of `host` point at, as one pair.
+    ///
+    /// Readers that take no lock (backup, showsite, listsites) may race a
+    /// renewal that switches `live/<host>` between reading the key and the
+    /// chain. So both links are resolved first: they must name the same
+    /// version N, and the archive's files of version N (never rewritten) are
+    /// read; a pair whose key does not match is read again (a few times)
+    /// before it is reported as it is.
     pub fn material(&self, host: &str, place: Place) -> Material {
+        let mut last = Material::Absent;
+        for _ in 0..5 {
+            last = self.material_once(host, place);
+            match &last {
+                Material::Present(kc) if !kc.key_matches => {}
+                Material::Broken(_) => {}
+                _ => return last,
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        last
+    }
+
+    /// The archive version a link in `dir` names (`../../archive/<host>/<kind>N.pem`).
+    fn link_version_of(dir: &Path, kind: &str) -> Option<(PathBuf, u32)> {
+        let target = fs::read_link(dir.join(format!("{kind}.pem"))).ok()?;
+        let n = target.file_name()?.to_str()?.strip_prefix(kind)?.strip_suffix(".pem")?.parse().ok()?;
+        Some((dir.join(target), n))
+    }
+
+    fn material_once(&self, host: &str, place: Place) -> Material {
         let dir = self.links_dir(host, place);
         if !fsutil::exists_nofollow(&dir) {
             return Material::Absent;
+        }
+        if let (Some((kp, kn)), Some((cp, cn))) = (Self::link_version_of(&dir, "privkey"), Self::link_version_of(&dir, "fullchain")) {
+            if kn == cn {
+                if let (Ok(key), Ok(chain)) = (fs::read_to_string(&kp), fs::read_to_string(&cp)) {
+                    return match KeyCert::parse(&key, &chain) {
+                        Ok(kc) => Material::Present(kc),
+                        Err(e) => Material::Broken(format!("{}: {e}", dir.display())),
+                    };
+                }
+            }
         }
         let key = match fs::read_to_string(dir.join("privkey.pem")) {
             Ok(k) => k,

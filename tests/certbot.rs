@@ -55,6 +55,8 @@ fn certbot_lists_and_renews_what_site_admin_wrote_and_ignores_the_stash() {
     assert!(o.status.success(), "certbot renew failed:\n{}", text(&o));
     let new = w.dev.live_serial(a).unwrap();
     assert_ne!(old, new, "certbot renewed");
+    // site-admin's deploy hook in renewal-hooks/deploy/ made Apache serve it.
+    w.dev.apache.wait_serial(a, &new);
     assert_eq!(std::fs::read_link(w.dev.le().join("live").join(a).join("cert.pem")).unwrap(), PathBuf::from(format!("../../archive/{a}/cert2.pem")));
     // certbot used site-admin's account: still exactly one account.
     let accts = w.dev.le().join("accounts").join(format!("127.0.0.1:{}", w.pebble.port)).join("dir");

@@ -291,10 +291,12 @@ fn random_kill_sweep() {
     let w = World::new();
     let d = &w.dev;
     let hosts: Vec<String> = (0..3).map(|i| format!("k{i}.example.test")).collect();
-    let mut lkcs: Vec<(String, String)> = Vec::new(); // (host, serial) ever live
     let runs = 80;
     let mut killed = 0;
+    let mut checked = 0;
     for i in 0..runs {
+        // The usable LKCs of each host before this run (all live or stashed).
+        let before: Vec<(String, String)> = hosts.iter().flat_map(|h| [d.live_serial(h), d.stash_serial(h)].into_iter().flatten().map(move |s| (h.clone(), s))).collect();
         let k = rng.below(3) as usize;
         let (sid, host) = (siteid(10 + k as u32), hosts[k].clone());
         let args: Vec<String> = match rng.below(4) {
@@ -324,14 +326,20 @@ fn random_kill_sweep() {
             panic!("run {i} {args:?} (seed {seed}): {e}");
         }
         assert!(configtest_passes(d), "run {i}: configtest fails (seed {seed})");
-        for h in &hosts {
-            if let Some(s) = d.live_serial(h) {
-                if !lkcs.contains(&(h.clone(), s.clone())) {
-                    lkcs.push((h.clone(), s));
-                }
-            }
+        // Invariant 3: none of them is lost — each is live, stashed, or
+        // superseded (still in its archive beside a current lineage).
+        for (h, serial) in &before {
+            let live = d.live_serial(h);
+            let stash = d.stash_serial(h);
+            let in_archive = std::fs::read_dir(d.le().join("archive").join(h))
+                .map(|rd| rd.filter_map(|e| e.ok()).any(|e| cert_serial(&e.path()).as_deref() == Some(serial.as_str())))
+                .unwrap_or(false);
+            let kept = live.as_deref() == Some(serial.as_str()) || stash.as_deref() == Some(serial.as_str()) || (in_archive && (live.is_some() || stash.is_some()));
+            assert!(kept, "run {i} {args:?} (seed {seed}): the LKC {serial} of {h} was lost (live {live:?}, stash {stash:?})");
+            checked += 1;
         }
     }
+    assert!(checked >= runs, "too few LKCs were there to check ({checked})");
     eprintln!("random_kill_sweep: {runs} runs, {killed} killed mid-way");
     assert!(killed >= 10, "too few kills landed mid-operation ({killed})");
     // Every site comes back to https, and the newest LKC of each host survived.

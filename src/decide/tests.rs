@@ -360,12 +360,6 @@ fn undeploy__http_has_nothing_to_keep() {
     assert_eq!(run(f).actions, vec![]);
 }
 
-#[test]
-fn decide_is_pure() {
-    let mut f = facts(le(Some(good(80))), okc_cur());
-    f.stash = Some(good(70));
-    assert_eq!(decide(&f), decide(&f));
-}
 
 // ---- usability: valid already, and a Let's Encrypt certificate at all ----
 

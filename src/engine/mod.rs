@@ -38,6 +38,22 @@ impl Ctx {
         Ok(l)
     }
 
+    /// The lock for `doctor --repair`: a damaged Apache journal (which makes
+    /// every other command stop) is moved aside first, and said so.
+    pub fn lock_for_repair(&self) -> Result<(GlobalLock, Vec<String>)> {
+        let l = GlobalLock::acquire(&self.cfg.lock_file, &self.cfg.letsencrypt_dir, self.lock_timeout, "doctor --repair")?;
+        let mut did = Vec::new();
+        if crate::apache::journal_damaged(&self.cfg) {
+            let to = crate::apache::set_aside_journal(&self.cfg)?;
+            did.push(format!(
+                "the Apache journal was unreadable: moved it aside to {} (its copies cannot be matched to files; the configuration is checked below)",
+                to.display()
+            ));
+        }
+        self.recover()?;
+        Ok((l, did))
+    }
+
     /// Complete or roll back interrupted operations (call with the lock held).
     pub fn recover(&self) -> Result<()> {
         for what in self.store.recover()? {

@@ -92,6 +92,38 @@ impl TestCa {
     }
 }
 
+/// A test CA that issues "Let's Encrypt" certificates a device trusts (its
+/// root goes into the device's `acme_ca_bundle`): for carried LKCs with
+/// chosen names and dates, which pebble cannot issue.
+pub struct TestIssuer {
+    key: rcgen::KeyPair,
+    cert: rcgen::Certificate,
+    pub pem: String,
+}
+
+impl TestIssuer {
+    pub fn new(name: &str) -> TestIssuer {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = p.self_signed(&key).unwrap();
+        let pem = cert.pem();
+        TestIssuer { key, cert, pem }
+    }
+
+    /// (key PEM, full chain PEM) for `names`, valid from `nb` to `na` (days from now).
+    pub fn issue(&self, names: &[&str], nb_days: f64, na_days: f64) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now + time::Duration::seconds_f64(nb_days * 86400.0);
+        params.not_after = now + time::Duration::seconds_f64(na_days * 86400.0);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        (key.serialize_pem(), cert.pem())
+    }
+}
+
 /// A minimal static file server: GET /<path> serves `<root>/<path>`.
 pub struct StaticServer {
     pub port: u16,
@@ -233,6 +265,12 @@ pub struct Device {
     pub root: PathBuf,
     pub config: PathBuf,
     pub env: Vec<(String, String)>,
+    /// Issues LKCs this device trusts; its root is in `trusted`.
+    pub issuer: TestIssuer,
+    /// A CA bundle with the issuer's root (and, after `use_pebble`, pebble's
+    /// TLS CA and issuing root): the device's `acme_ca_bundle` once a pebble
+    /// is used, else to be passed with --acme-ca-bundle.
+    pub trusted: PathBuf,
     pub tmp: tempfile::TempDir,
 }
 
@@ -256,7 +294,15 @@ impl Device {
             }
         });
         std::fs::write(&config, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
-        Device { env: vec![("SITE_ADMIN_ROOT".into(), root.display().to_string())], tmp, root, apache, config }
+        let issuer = TestIssuer::new("site-admin test issuer");
+        let trusted = tmp.path().join("trusted.pem");
+        std::fs::write(&trusted, &issuer.pem).unwrap();
+        Device { env: vec![("SITE_ADMIN_ROOT".into(), root.display().to_string())], tmp, root, apache, config, issuer, trusted }
+    }
+
+    /// An LKC this device trusts: (key, full chain) for `names`, valid for `days`.
+    pub fn lkc(&self, names: &[&str], days: i64) -> (String, String) {
+        self.issuer.issue(names, -1.0, days as f64)
     }
 
     pub fn new() -> Device {
@@ -266,7 +312,11 @@ impl Device {
     /// Point site-admin at this pebble.
     pub fn use_pebble(&mut self, p: &Pebble) {
         self.env.push(("SITE_ADMIN_ACME_SERVER".into(), p.directory()));
-        self.env.push(("SITE_ADMIN_ACME_CA_BUNDLE".into(), p.ca.ca_pem.display().to_string()));
+        let mut t = std::fs::read_to_string(&self.trusted).unwrap();
+        t.push_str(&std::fs::read_to_string(&p.ca.ca_pem).unwrap());
+        std::fs::write(&self.trusted, t).unwrap();
+        self.env.retain(|(k, _)| k != "SITE_ADMIN_ACME_CA_BUNDLE");
+        self.env.push(("SITE_ADMIN_ACME_CA_BUNDLE".into(), self.trusted.display().to_string()));
     }
 
     /// Run site-admin on this device.

@@ -94,7 +94,26 @@ impl Pebble {
             }
             return Err(format!("pebble: {e}"));
         }
-        Ok(Pebble { port, mgmt_port, dns_port, chall_mgmt_port, http_port, ca, dir: dir.into(), pebble, chall })
+        let p = Pebble { port, mgmt_port, dns_port, chall_mgmt_port, http_port, ca, dir: dir.into(), pebble, chall };
+        // The device trusts the roots in acme_ca_bundle for the certificates
+        // its CA issues too (a carried LKC must come from a trusted CA): add
+        // pebble's issuing root beside the test CA of its TLS listener.
+        let root = p.management_get("roots/0").map_err(|e| format!("pebble roots/0: {e}"))?;
+        let mut bundle = std::fs::read_to_string(&p.ca.ca_pem).unwrap();
+        bundle.push_str(&root);
+        std::fs::write(&p.ca.ca_pem, bundle).unwrap();
+        Ok(p)
+    }
+
+    /// GET on pebble's management interface (HTTPS, the test CA).
+    pub fn management_get(&self, path: &str) -> Result<String, String> {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&self.ca.ca_pem).unwrap()).unwrap();
+        let c = reqwest::blocking::Client::builder().add_root_certificate(ca).timeout(std::time::Duration::from_secs(10)).build().unwrap();
+        let r = c.get(format!("https://127.0.0.1:{}/{path}", self.mgmt_port)).send().map_err(|e| e.to_string())?;
+        if !r.status().is_success() {
+            return Err(format!("status {}", r.status()));
+        }
+        r.text().map_err(|e| e.to_string())
     }
 
     pub fn directory(&self) -> String {
