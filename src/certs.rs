@@ -63,7 +63,11 @@ pub fn name_covers(pattern: &str, host: &str) -> bool {
 fn hex(bytes: &[u8]) -> String {
     let s: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let t = s.trim_start_matches('0');
-    if t.is_empty() { "0".into() } else { t.into() }
+    if t.is_empty() {
+        "0".into()
+    } else {
+        t.into()
+    }
 }
 
 /// Parse one DER certificate.

@@ -1,4 +1,4 @@
-//! The command line of SPEC §1: pure argument parsing (clap derive, every
+//! The command line of docs/design.md: pure argument parsing (clap derive, every
 //! global flag also from its environment variable), kept apart from the
 //! environment-bound setup in `main.rs` and the work in [`crate::engine`].
 

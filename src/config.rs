@@ -1,4 +1,4 @@
-//! The configuration file of SPEC §2 and the paths it resolves under `--root`.
+//! The configuration file of docs/design.md and the paths it resolves under `--root`.
 
 use crate::error::{Error, Result};
 use serde::Deserialize;
@@ -176,14 +176,7 @@ impl Config {
             docroot_dir: p(&raw.docroot_dir, "srv/http/sites"),
             hooks_dir: p(&raw.hooks_dir, "etc/site-admin/hooks.d"),
             lock_file: p(&raw.lock_file, "run/site-admin/site-admin.lock"),
-            apache: ApacheConfig {
-                sites_dir: p(&ap.sites_dir, "etc/httpd/sites"),
-                http_port,
-                https_port,
-                configtest,
-                reload,
-                start,
-            },
+            apache: ApacheConfig { sites_dir: p(&ap.sites_dir, "etc/httpd/sites"), http_port, https_port, configtest, reload, start },
             root,
         })
     }

@@ -1,4 +1,4 @@
-//! The lifecycle decision core: SPEC §3 as one pure function.
+//! The lifecycle decision core: the decision table of docs/design.md as one pure function.
 //!
 //! [`decide`] takes plain data — the event, what the Site JSON asks for, what
 //! is deployed now, which LKC is live or stashed for the host, and `now` — and
@@ -90,11 +90,18 @@ impl Candidate {
 pub enum Current {
     NotDeployed,
     /// Deployed on plain http (including a pending site without OKC).
-    Http { host: String },
+    Http {
+        host: String,
+    },
     /// Deployed with an OKC (or pending while still serving an old OKC).
-    Okc { host: String, okc: Candidate },
+    Okc {
+        host: String,
+        okc: Candidate,
+    },
     /// Deployed with the LKC of `live/<host>`.
-    Lkc { host: String },
+    Lkc {
+        host: String,
+    },
 }
 
 /// What the Site JSON's `tls` asks for.
@@ -125,13 +132,15 @@ pub struct Facts {
 
 /// Can `now` be right, given the (notBefore, notAfter) of every certificate
 /// on the device? Not when it is later than every notAfter by more than the
-/// longest lifetime among them: no device is switched off that long while
-/// keeping its certificates, but a clock reset far ahead (a dead RTC battery,
-/// a bad NTP answer) looks exactly like that. With no certificates, yes.
+/// longest lifetime among them (and by more than a day, so that test
+/// certificates of seconds do not make a few seconds look implausible): no
+/// device is switched off that long while keeping its certificates, but a
+/// clock reset far ahead (a dead RTC battery, a bad NTP answer) looks exactly
+/// like that. With no certificates, yes.
 pub fn clock_plausible(now: DateTime<Utc>, certs: &[(DateTime<Utc>, DateTime<Utc>)]) -> bool {
     let Some(latest) = certs.iter().map(|c| c.1).max() else { return true };
     let longest = certs.iter().map(|c| c.1 - c.0).max().unwrap_or_else(chrono::Duration::zero);
-    now <= latest + longest
+    now <= latest + longest.max(chrono::Duration::days(1))
 }
 
 /// One step of a plan, carried out in order by the engine.
@@ -166,7 +175,9 @@ pub enum Serve {
     Nothing,
     Http,
     Okc,
-    Lkc { host: String },
+    Lkc {
+        host: String,
+    },
 }
 
 /// Which certificate candidate was chosen, for the reason text.

@@ -1,4 +1,4 @@
-//! `site-admin doctor [--repair]`: check every invariant of SPEC §5 across
+//! `site-admin doctor [--repair]`: check every invariant of docs/design.md across
 //! the tree and report each violation with the host or site at fault.
 
 use crate::engine::facts::{self, Kind};
@@ -82,11 +82,7 @@ pub fn check(ctx: &Ctx, repair: bool) -> Result<Vec<Finding>> {
     let apache_up = crate::apache::serving(&ctx.cfg);
     if !sites.is_empty() && !apache_up {
         let fixed = repair && crate::apache::restart(&ctx.cfg).is_ok();
-        add(
-            "Apache".into(),
-            format!("does not answer on 127.0.0.1:{}, so no site is served", ctx.cfg.apache.http_port),
-            fixed,
-        );
+        add("Apache".into(), format!("does not answer on 127.0.0.1:{}, so no site is served", ctx.cfg.apache.http_port), fixed);
     }
     let mut stale = false;
     let mut to_https = Vec::new();
@@ -100,7 +96,8 @@ pub fn check(ctx: &Ctx, repair: bool) -> Result<Vec<Finding>> {
             let Some(want) = file_serial else { continue };
             let vhost = std::fs::read_to_string(ctx.cfg.vhost_file(&s.siteid)).unwrap_or_default();
             if Kind::of(s) == Kind::Letsencrypt && !vhost.contains(&store.live_dir(&s.hostname).join("fullchain.pem").display().to_string()) {
-                let usable = store.material(&s.hostname, Place::Live).keycert().map(|kc| facts::candidate(kc, &s.hostname).usable(&s.hostname, now)).unwrap_or(false);
+                let usable =
+                    store.material(&s.hostname, Place::Live).keycert().map(|kc| facts::candidate(kc, &s.hostname).usable(&s.hostname, now)).unwrap_or(false);
                 if usable {
                     to_https.push(s.clone());
                 }
@@ -156,7 +153,11 @@ pub fn check(ctx: &Ctx, repair: bool) -> Result<Vec<Finding>> {
                 let f = store.live_dir(&s.hostname).join("fullchain.pem");
                 if !text.contains(&f.display().to_string()) {
                     let fixed = switched && to_https.iter().any(|t| t.siteid == s.siteid);
-                    add(label.clone(), "its virtual host does not serve its Let's Encrypt certificate (it is on http or its old own certificate)".into(), fixed);
+                    add(
+                        label.clone(),
+                        "its virtual host does not serve its Let's Encrypt certificate (it is on http or its old own certificate)".into(),
+                        fixed,
+                    );
                 }
             }
             Kind::Okc => match facts::read_okc(&ctx.cfg, &s.siteid) {
@@ -197,7 +198,8 @@ pub fn doctor_command(ctx: &Ctx, repair: bool) -> Result<i32> {
     if !repair && crate::apache::journal_damaged(&ctx.cfg) {
         findings.push(Finding {
             what: "journal".into(),
-            problem: "the Apache journal of an interrupted change is unreadable, so every locked command stops; `site-admin doctor --repair` moves it aside".into(),
+            problem: "the Apache journal of an interrupted change is unreadable, so every locked command stops; `site-admin doctor --repair` moves it aside"
+                .into(),
             repaired: false,
         });
     }

@@ -1,5 +1,5 @@
 //! The one error type of site-admin and its mapping to the exit codes of
-//! SPEC §1: 0 success, 1 operation failed, 2 usage or invalid input,
+//! docs/design.md: 0 success, 1 operation failed, 2 usage or invalid input,
 //! 3 the global lock could not be had.
 
 use std::fmt;
@@ -28,7 +28,7 @@ impl Error {
     pub fn failed(msg: impl fmt::Display) -> Self {
         Error::Failed(msg.to_string())
     }
-    /// The process exit code of SPEC §1 for this error.
+    /// The process exit code (docs/design.md) for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Failed(_) => 1,

@@ -1,4 +1,4 @@
-//! Hooks run after `renew` (SPEC §4): each executable in `hooks_dir` (byte
+//! Hooks run after `renew` (docs/design.md, "When a lineage renews"): each executable in `hooks_dir` (byte
 //! order) with `SITE_ADMIN_EVENT=renew`, `RENEWED_DOMAINS`, `FAILED_DOMAINS`
 //! and the JSON report on stdin; and certbot's `renewal-hooks/deploy/*` once
 //! per renewed lineage with `RENEWED_LINEAGE` and `RENEWED_DOMAINS`. A hook
@@ -31,7 +31,9 @@ pub fn executables(dir: &Path) -> Vec<PathBuf> {
                 .map(|e| e.path())
                 .filter(|p| {
                     let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                    !name.ends_with('~') && !name.starts_with('.') && std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+                    !name.ends_with('~')
+                        && !name.starts_with('.')
+                        && std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
                 })
                 .collect()
         })

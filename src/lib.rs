@@ -1,8 +1,8 @@
 //! site-admin: keeps the TLS certificates of the web sites on an appliance
-//! device right through each site's whole life. See `SPEC.md` and the README.
+//! device right through each site's whole life. Its contract is docs/design.md.
 //!
 //! Pure logic: [`site`] (Site JSON), [`certs`] (certificate material),
-//! [`decide`] (the SPEC §3 table), [`renewal_conf`]. Effects, each owning one
+//! [`decide`] (the decision table), [`renewal_conf`]. Effects, each owning one
 //! thing: [`store`] (certbot's layout), [`accounts`], [`acme`] (the ACME
 //! client), [`apache`] (vhosts and the configtest transaction), [`lock`],
 //! [`hooks`], [`fsutil`]. The commands: [`engine`], [`doctor`]; the command

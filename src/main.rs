@@ -14,8 +14,13 @@ fn main() {
             _ => "trace",
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SITE_ADMIN_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("site_admin={level},warn")));
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SITE_ADMIN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("site_admin={level},warn")));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     // Timestamps only on request (SITE_ADMIN_LOG_TIME=1), for profiling.
     if std::env::var_os("SITE_ADMIN_LOG_TIME").is_some() {
         fmt.with_timer(tracing_subscriber::fmt::time::uptime()).init();

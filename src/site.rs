@@ -1,4 +1,4 @@
-//! The UBOS Site JSON (SPEC §0): a serde model and the validation rules
+//! The UBOS Site JSON (docs/design.md): a serde model and the validation rules
 //! `ubos-admin` enforces. Every refusal names the field and says why.
 
 use crate::error::{Error, Result};
@@ -64,11 +64,7 @@ impl Site {
                     _ => None,
                 },
             },
-            Some(t) => TlsWish::Other {
-                key: t.key.clone().unwrap_or_default(),
-                crt: t.crt.clone().unwrap_or_default(),
-                cacrt: t.cacrt.clone(),
-            },
+            Some(t) => TlsWish::Other { key: t.key.clone().unwrap_or_default(), crt: t.crt.clone().unwrap_or_default(), cacrt: t.cacrt.clone() },
         }
     }
 
@@ -76,7 +72,7 @@ impl Site {
         matches!(self.tls_wish(), TlsWish::LetsEncrypt { .. })
     }
 
-    /// The Site JSON as stored at rest: no key, no certificate (SPEC §5.4).
+    /// The Site JSON as stored at rest: no key, no certificate (docs/design.md, invariant 4).
     pub fn without_tls_material(&self) -> Site {
         let mut s = self.clone();
         if let Some(t) = &mut s.tls {
@@ -143,13 +139,8 @@ pub fn is_id(s: &str, prefix: char) -> bool {
 pub fn is_dns_name(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 253
-        && h.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
+        && h.split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && !l.starts_with('-') && !l.ends_with('-'))
 }
 
 /// Why Let's Encrypt cannot issue for this (valid DNS) name, if it cannot.
@@ -172,9 +163,7 @@ pub fn not_public_reason(h: &str) -> Option<&'static str> {
 
 pub fn looks_like_email(e: &str) -> bool {
     match e.split_once('@') {
-        Some((local, domain)) => {
-            !local.is_empty() && !domain.is_empty() && !e.chars().any(|c| c.is_whitespace() || c.is_control()) && !domain.contains('@')
-        }
+        Some((local, domain)) => !local.is_empty() && !domain.is_empty() && !e.chars().any(|c| c.is_whitespace() || c.is_control()) && !domain.contains('@'),
         None => false,
     }
 }
@@ -202,7 +191,10 @@ fn validate(obj: &Map<String, Value>) -> Result<()> {
     }
     let hostname = req_str(obj, "hostname", "hostname")?;
     if hostname.len() > MAX_HOSTNAME {
-        return Err(bad("hostname", format!("{} characters long; at most {MAX_HOSTNAME} fit in certbot's layout (renewal/<hostname>.conf must fit in a file name)", hostname.len())));
+        return Err(bad(
+            "hostname",
+            format!("{} characters long; at most {MAX_HOSTNAME} fit in certbot's layout (renewal/<hostname>.conf must fit in a file name)", hostname.len()),
+        ));
     }
     if hostname != "*" && !is_dns_name(hostname) {
         return Err(bad("hostname", format!("{hostname:?}: not a DNS name")));
@@ -306,7 +298,8 @@ fn validate(obj: &Map<String, Value>) -> Result<()> {
                 let ok = c.is_empty()
                     || (c.starts_with('/')
                         && c[1..].split('/').all(|seg| {
-                            seg.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric()) && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
+                            seg.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+                                && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
                         }));
                 if !ok {
                     return Err(bad(&f("context"), format!("{c:?}: must be empty or a path like /blog")));

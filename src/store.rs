@@ -1,4 +1,4 @@
-//! Let's Encrypt material in certbot's on-disk layout (SPEC §2), so that
+//! Let's Encrypt material in certbot's on-disk layout (docs/design.md, Files), so that
 //! certbot itself can list and renew it:
 //!
 //! ```text
@@ -85,18 +85,17 @@ impl NewVersion {
         if blocks.is_empty() {
             return Err(Error::invalid("certificate: no PEM CERTIFICATE block"));
         }
-        Ok(NewVersion {
-            key_pem: ensure_nl(key_pem),
-            cert_pem: blocks[0].clone(),
-            chain_pem: blocks[1..].concat(),
-            fullchain_pem: blocks.concat(),
-        })
+        Ok(NewVersion { key_pem: ensure_nl(key_pem), cert_pem: blocks[0].clone(), chain_pem: blocks[1..].concat(), fullchain_pem: blocks.concat() })
     }
 }
 
 /// `s`, ending in a newline.
 pub fn ensure_nl(s: &str) -> String {
-    if s.ends_with('\n') { s.to_string() } else { format!("{s}\n") }
+    if s.ends_with('\n') {
+        s.to_string()
+    } else {
+        format!("{s}\n")
+    }
 }
 
 /// The PEM blocks of a text, each normalised to end in a newline.
@@ -568,9 +567,8 @@ impl Store {
 
 /// The entries of `dir` that `pick` maps to a name, sorted; none if `dir` is missing.
 fn sorted_names(dir: &Path, pick: impl Fn(fs::FileType, &str) -> Option<String>) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| pick(e.file_type().ok()?, e.file_name().to_str()?)).collect())
-        .unwrap_or_default();
+    let mut v: Vec<String> =
+        fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| pick(e.file_type().ok()?, e.file_name().to_str()?)).collect()).unwrap_or_default();
     v.sort();
     v
 }

@@ -1,4 +1,4 @@
-//! Issue 4: the embedded ACME client against real pebble (validating HTTP-01
+//! The embedded ACME client against real pebble (validating HTTP-01
 //! through a tiny static file server that serves the webroot).
 mod common;
 use common::*;

@@ -1,4 +1,4 @@
-//! Issue 5: the Apache writer on a real apache2 — per-host certificates by
+//! The Apache writer on a real apache2 — per-host certificates by
 //! SNI, redirects except the challenge path, http-only sites, the configtest
 //! transaction with rollback, and HTTP-01 answered through the vhost.
 mod common;

@@ -1,4 +1,4 @@
-//! Issue 8: a catalog of bad inputs across every command — config files,
+//! A catalog of bad inputs across every command — config files,
 //! flags, backups, lock file states, truncated or foreign files in the store
 //! (the 36 bad Site JSONs are in tests/site_json.rs). Each gets its
 //! documented exit code and one clear message, and the tree is unchanged
@@ -62,7 +62,13 @@ fn catalog() -> Vec<Case> {
         // ---- config files ----
         case("config: unknown key", |d| config(d, json!({"acme_sever": "https://x/dir"})), &["listsites"], 2, "acme_sever"),
         case("config: bad key_type", |d| config(d, json!({"key_type": "dsa"})), &["listsites"], 2, "unknown variant `dsa`"),
-        case("config: port 0", |d| config(d, json!({"apache": {"http_port": 0}})), &["listsites"], 2, "apache.http_port/https_port: must be two different non-zero ports"),
+        case(
+            "config: port 0",
+            |d| config(d, json!({"apache": {"http_port": 0}})),
+            &["listsites"],
+            2,
+            "apache.http_port/https_port: must be two different non-zero ports",
+        ),
         case("config: same ports", |d| config(d, json!({"apache": {"http_port": 8080, "https_port": 8080}})), &["listsites"], 2, "must be two different"),
         case("config: empty configtest", |d| config(d, json!({"apache": {"configtest": []}})), &["listsites"], 2, "apache.configtest: must name a program"),
         case("config: acme_server not a URL", |d| config(d, json!({"acme_server": "ftp://ca/dir"})), &["listsites"], 2, "not an http(s) URL"),
@@ -76,7 +82,13 @@ fn catalog() -> Vec<Case> {
         case("flag: unknown flag", nothing, &["deploy", "--frobnicate"], 2, "unexpected argument"),
         case("flag: backup without --out", nothing, &["backup", "--all"], 2, "--out"),
         case("flag: backup bad site id", nothing, &["backup", "--siteid", "x1", "--out", "/tmp/x.json"], 2, "--siteid \"x1\": not a site id"),
-        case("flag: backup unknown site", nothing, &["backup", "--siteid", "s0000000000000000000000000000000000000042", "--out", "/tmp/x.json"], 2, "is not deployed"),
+        case(
+            "flag: backup unknown site",
+            nothing,
+            &["backup", "--siteid", "s0000000000000000000000000000000000000042", "--out", "/tmp/x.json"],
+            2,
+            "is not deployed",
+        ),
         case("flag: backup into a missing dir", nothing, &["backup", "--all", "--out", "/nonexistent/dir/b.json"], 2, "does not exist"),
         case("flag: undeploy bad site id", nothing, &["undeploy", "--siteid", "../etc"], 2, "not a site id"),
         case("flag: undeploy unknown site", nothing, &["undeploy", "--siteid", "s0000000000000000000000000000000000000042"], 2, "is not deployed"),
@@ -85,17 +97,47 @@ fn catalog() -> Vec<Case> {
         case("flag: deploy a directory", nothing, &["deploy", "--file", "/tmp"], 2, "/tmp"),
         case("flag: --file and --stdin", nothing, &["deploy", "--file", "x", "--stdin"], 2, "cannot be used with"),
         case("flag: restore without --in", nothing, &["restore"], 2, "--in"),
-        case("flag: missing --acme-ca-bundle", nothing, &["--acme-ca-bundle", "/nonexistent/ca.pem", "renew"], 2, "--acme-ca-bundle /nonexistent/ca.pem: no such file"),
+        case(
+            "flag: missing --acme-ca-bundle",
+            nothing,
+            &["--acme-ca-bundle", "/nonexistent/ca.pem", "renew"],
+            2,
+            "--acme-ca-bundle /nonexistent/ca.pem: no such file",
+        ),
         // ---- backups ----
         case("backup: not JSON", |d| write(d, "../backup.json", "not json"), &["restore", "--in", b], 2, "not valid JSON"),
-        case("backup: truncated", |d| write(d, "../backup.json", &json!({"sites": [site(1, "t.example.test")]}).to_string()[..40]), &["restore", "--in", b], 2, "not valid JSON"),
+        case(
+            "backup: truncated",
+            |d| write(d, "../backup.json", &json!({"sites": [site(1, "t.example.test")]}).to_string()[..40]),
+            &["restore", "--in", b],
+            2,
+            "not valid JSON",
+        ),
         case("backup: sites not an array", |d| write(d, "../backup.json", r#"{"sites": {"a": 1}}"#), &["restore", "--in", b], 2, "\"sites\" must be an array"),
         case("backup: no sites", |d| backup(d, json!([])), &["restore", "--in", b], 2, "holds no site"),
         case("backup: a number", |d| write(d, "../backup.json", "42"), &["restore", "--in", b], 2, "not a site-admin backup"),
         case("backup: an invalid site", |d| backup(d, json!([site(1, "ok.example.test"), site(2, "bad/host")])), &["restore", "--in", b], 2, "site #2"),
-        case("backup: duplicate site id", |d| backup(d, json!([site(1, "a.example.test"), site(1, "b.example.test")])), &["restore", "--in", b], 2, "appears twice"),
-        case("backup: duplicate hostname", |d| backup(d, json!([site(1, "a.example.test"), site(2, "a.example.test")])), &["restore", "--in", b], 2, "share the hostname"),
-        case("backup: selected site missing", |d| backup(d, json!([site(1, "a.example.test")])), &["restore", "--in", b, "--siteid", "s0000000000000000000000000000000000000042"], 2, "holds no site s0000000000000000000000000000000000000042"),
+        case(
+            "backup: duplicate site id",
+            |d| backup(d, json!([site(1, "a.example.test"), site(1, "b.example.test")])),
+            &["restore", "--in", b],
+            2,
+            "appears twice",
+        ),
+        case(
+            "backup: duplicate hostname",
+            |d| backup(d, json!([site(1, "a.example.test"), site(2, "a.example.test")])),
+            &["restore", "--in", b],
+            2,
+            "share the hostname",
+        ),
+        case(
+            "backup: selected site missing",
+            |d| backup(d, json!([site(1, "a.example.test")])),
+            &["restore", "--in", b, "--siteid", "s0000000000000000000000000000000000000042"],
+            2,
+            "holds no site s0000000000000000000000000000000000000042",
+        ),
         case("backup: missing file", nothing, &["restore", "--in", "/nonexistent/backup.json"], 2, "/nonexistent/backup.json"),
         case(
             "backup: mismatched OKC",
@@ -136,8 +178,20 @@ fn catalog() -> Vec<Case> {
             ".certbot.lock",
         ),
         // ---- truncated or foreign files in the store ----
-        case("store: a corrupt stored Site JSON", |d| write(d, &format!("var/lib/site-admin/sites/{}.json", siteid(7)), "{\"siteid\": "), &["listsites"], 1, "stored site"),
-        case("store: a stored Site JSON with unknown keys", |d| write(d, &format!("var/lib/site-admin/sites/{}.json", siteid(7)), "{\"x\": 1}"), &["certificates"], 1, "unknown field `x`"),
+        case(
+            "store: a corrupt stored Site JSON",
+            |d| write(d, &format!("var/lib/site-admin/sites/{}.json", siteid(7)), "{\"siteid\": "),
+            &["listsites"],
+            1,
+            "stored site",
+        ),
+        case(
+            "store: a stored Site JSON with unknown keys",
+            |d| write(d, &format!("var/lib/site-admin/sites/{}.json", siteid(7)), "{\"x\": 1}"),
+            &["certificates"],
+            1,
+            "unknown field `x`",
+        ),
         case("store: an unreadable Apache journal", |d| write(d, "var/lib/site-admin/journal/apache/index.json", "garbage"), &["renew"], 1, "its journal"),
         case(
             "store: a truncated live key",

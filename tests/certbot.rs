@@ -1,4 +1,4 @@
-//! Issue 3: the store is certbot's layout for real — certbot (from PyPI)
+//! The store is certbot's layout for real — certbot (from PyPI)
 //! lists and renews what site-admin wrote, with site-admin's account, and
 //! site-admin adopts, lists and renews what certbot made; the two exclude
 //! each other through certbot's own lock.
@@ -79,7 +79,21 @@ fn site_admin_adopts_lists_and_renews_a_lineage_certbot_made() {
     let webroot = w.dev.root.join("srv/http/wellknown").join(&id);
     let o = certbot(
         &w,
-        &["certonly", "--webroot", "-w", webroot.to_str().unwrap(), "-d", host, "--server", &w.pebble.directory(), "--agree-tos", "-m", "a@example.com", "--non-interactive", "--no-eff-email"],
+        &[
+            "certonly",
+            "--webroot",
+            "-w",
+            webroot.to_str().unwrap(),
+            "-d",
+            host,
+            "--server",
+            &w.pebble.directory(),
+            "--agree-tos",
+            "-m",
+            "a@example.com",
+            "--non-interactive",
+            "--no-eff-email",
+        ],
     );
     assert!(o.status.success(), "certbot certonly failed:\n{}", text(&o));
     let certbot_serial = w.dev.live_serial(host).unwrap();
@@ -137,7 +151,9 @@ fn site_admin_and_certbot_exclude_each_other() {
     assert!(cb.wait().unwrap().success(), "certbot's renew itself succeeded");
 
     // While site-admin holds the lock, certbot cannot start.
-    let _held = site_admin::lock::GlobalLock::acquire(&w.dev.root.join("run/site-admin/site-admin.lock"), &w.dev.le(), std::time::Duration::from_secs(5), "test").unwrap();
+    let _held =
+        site_admin::lock::GlobalLock::acquire(&w.dev.root.join("run/site-admin/site-admin.lock"), &w.dev.le(), std::time::Duration::from_secs(5), "test")
+            .unwrap();
     let o = certbot(&w, &["certificates"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("Another instance of Certbot is already running"), "{}", text(&o));

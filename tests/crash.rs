@@ -1,4 +1,4 @@
-//! Issue 8: crash safety. Every step of deploy, redeploy, undeploy, restore
+//! Crash safety. Every step of deploy, redeploy, undeploy, restore
 //! and renew is interrupted in turn (deterministic fault injection: the
 //! process aborts as under `kill -9`), then a random-kill sweep; after each,
 //! the next command recovers, `doctor` finds nothing, Apache's configtest
@@ -97,12 +97,7 @@ fn setup_deployed(w: &World) -> Vec<String> {
 
 fn scenarios() -> Vec<Scenario> {
     vec![
-        Scenario {
-            name: "deploy",
-            setup: |_| vec![],
-            op: deploy_le,
-            expect: |w, _| served_live(w),
-        },
+        Scenario { name: "deploy", setup: |_| vec![], op: deploy_le, expect: |w, _| served_live(w) },
         Scenario {
             name: "redeploy_to_okc",
             setup: setup_deployed,
@@ -285,7 +280,10 @@ impl Rng {
 
 #[test]
 fn random_kill_sweep() {
-    let seed = std::env::var("SWEEP_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
+    let seed = std::env::var("SWEEP_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
     eprintln!("random_kill_sweep seed {seed} (SWEEP_SEED={seed} repeats it)");
     let mut rng = Rng(seed);
     let w = World::new();
@@ -296,7 +294,8 @@ fn random_kill_sweep() {
     let mut checked = 0;
     for i in 0..runs {
         // The usable LKCs of each host before this run (all live or stashed).
-        let before: Vec<(String, String)> = hosts.iter().flat_map(|h| [d.live_serial(h), d.stash_serial(h)].into_iter().flatten().map(move |s| (h.clone(), s))).collect();
+        let before: Vec<(String, String)> =
+            hosts.iter().flat_map(|h| [d.live_serial(h), d.stash_serial(h)].into_iter().flatten().map(move |s| (h.clone(), s))).collect();
         let k = rng.below(3) as usize;
         let (sid, host) = (siteid(10 + k as u32), hosts[k].clone());
         let args: Vec<String> = match rng.below(4) {
@@ -334,7 +333,8 @@ fn random_kill_sweep() {
             let in_archive = std::fs::read_dir(d.le().join("archive").join(h))
                 .map(|rd| rd.filter_map(|e| e.ok()).any(|e| cert_serial(&e.path()).as_deref() == Some(serial.as_str())))
                 .unwrap_or(false);
-            let kept = live.as_deref() == Some(serial.as_str()) || stash.as_deref() == Some(serial.as_str()) || (in_archive && (live.is_some() || stash.is_some()));
+            let kept =
+                live.as_deref() == Some(serial.as_str()) || stash.as_deref() == Some(serial.as_str()) || (in_archive && (live.is_some() || stash.is_some()));
             assert!(kept, "run {i} {args:?} (seed {seed}): the LKC {serial} of {h} was lost (live {live:?}, stash {stash:?})");
             checked += 1;
         }

@@ -52,7 +52,12 @@ fn sha1_chain(host: &str) -> (String, String, String) {
     };
     let key = || openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
     let (rk, ik, lk) = (key(), key(), key());
-    let cert = |subject: &str, issuer: &str, pubkey: &openssl::pkey::PKey<openssl::pkey::Private>, signer: &openssl::pkey::PKey<openssl::pkey::Private>, ca: bool, md: MessageDigest| {
+    let cert = |subject: &str,
+                issuer: &str,
+                pubkey: &openssl::pkey::PKey<openssl::pkey::Private>,
+                signer: &openssl::pkey::PKey<openssl::pkey::Private>,
+                ca: bool,
+                md: MessageDigest| {
         let mut b = X509::builder().unwrap();
         b.set_version(2).unwrap();
         b.set_subject_name(&mk(subject)).unwrap();
@@ -274,7 +279,7 @@ fn a_clock_far_ahead_deletes_no_stashed_certificate() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be right"), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(d.stash_serial(h).as_deref(), Some(stashed.as_str()), "the stash is kept");
-    // Ninety minutes ahead is plausible (less than a lifetime past the last
+    // Ninety minutes ahead is plausible (within a day past the last
     // notAfter): the expired stash goes.
     let mut c = Command::new("faketime");
     c.args(["-f", "+90m", bin().to_str().unwrap(), "renew"]).envs(env.iter().copied());
@@ -342,14 +347,16 @@ fn huge_or_endless_input_is_refused_quickly_within_bounded_memory() {
     let env: Vec<(&str, &str)> = d.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     // --file /dev/zero: a device, refused at once.
     let start = Instant::now();
-    let o = Command::new("/usr/bin/time").args(["-f", "%M", bin().to_str().unwrap(), "deploy", "--file", "/dev/zero"]).envs(env.iter().copied()).output().unwrap();
+    let o =
+        Command::new("/usr/bin/time").args(["-f", "%M", bin().to_str().unwrap(), "deploy", "--file", "/dev/zero"]).envs(env.iter().copied()).output().unwrap();
     assert!(start.elapsed() < Duration::from_secs(10));
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("character device"), "{}", String::from_utf8_lossy(&o.stderr));
     // --stdin fed from /dev/zero: stops at the limit.
     let start = Instant::now();
     let zero = std::fs::File::open("/dev/zero").unwrap();
-    let o = Command::new("/usr/bin/time").args(["-f", "%M", bin().to_str().unwrap(), "deploy", "--stdin"]).envs(env.iter().copied()).stdin(zero).output().unwrap();
+    let o =
+        Command::new("/usr/bin/time").args(["-f", "%M", bin().to_str().unwrap(), "deploy", "--stdin"]).envs(env.iter().copied()).stdin(zero).output().unwrap();
     assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert_eq!(o.status.code(), Some(2), "{err}");

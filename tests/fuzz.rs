@@ -1,4 +1,4 @@
-//! Issue 8: bounded fuzzing in CI (proptest). Site JSON parsing and
+//! Bounded fuzzing in CI (proptest). Site JSON parsing and
 //! validation, PEM parsing, renewal confs, Retry-After, and the ACME client
 //! against a fake server answering garbage: errors, never a panic.
 use proptest::prelude::*;
@@ -156,12 +156,21 @@ fn answer() -> impl Strategy<Value = Answer> {
         Just(r#"{"status":"valid","certificate":"URL/cert","authorizations":[],"finalize":"URL/fin"}"#.to_string()),
         Just(r#"{"status":"pending","authorizations":["URL/authz"],"finalize":"URL/fin"}"#.to_string()),
         Just(r#"{"status":"pending","identifier":{"value":"a.test"},"challenges":[{"type":"http-01","token":"abc","url":"URL/chall"}]}"#.to_string()),
-        Just(r#"{"status":"pending","identifier":{"value":"a.test"},"challenges":[{"type":"http-01","token":"../../etc/passwd","url":"URL/chall"}]}"#.to_string()),
+        Just(
+            r#"{"status":"pending","identifier":{"value":"a.test"},"challenges":[{"type":"http-01","token":"../../etc/passwd","url":"URL/chall"}]}"#
+                .to_string()
+        ),
         Just(r#"{"status":"invalid","challenges":[{"error":{"type":"x","detail":"y"}}]}"#.to_string()),
         Just("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".to_string()),
         ".{0,80}",
     ];
-    (prop_oneof![Just(200u16), Just(201), Just(400), Just(404), Just(429), Just(500), Just(503)], body, any::<bool>(), any::<bool>(), prop::option::of(prop_oneof![Just("0".to_string()), Just("soon".to_string()), Just("Thu, 01 Jan 1970 00:00:00 GMT".to_string())]))
+    (
+        prop_oneof![Just(200u16), Just(201), Just(400), Just(404), Just(429), Just(500), Just(503)],
+        body,
+        any::<bool>(),
+        any::<bool>(),
+        prop::option::of(prop_oneof![Just("0".to_string()), Just("soon".to_string()), Just("Thu, 01 Jan 1970 00:00:00 GMT".to_string())]),
+    )
         .prop_map(|(status, body, nonce, location, retry_after)| Answer { status, body, nonce, location, retry_after })
 }
 

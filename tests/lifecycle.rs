@@ -1,7 +1,8 @@
-//! Issue 6: every row and column of the SPEC §3 table and its bullet rules,
+//! Every row and column of the decision table (docs/design.md) and its bullet rules,
 //! end to end against real pebble and real Apache, observed from outside:
 //! the serial Apache serves, what lies in live/, norenewal/, the ssl dir and
 //! the stored Site JSON. Plus backup/restore, showsite/listsites.
+#![allow(non_snake_case)] // test names are row__column of the decision table
 mod common;
 use common::*;
 use serde_json::{json, Value};
@@ -411,7 +412,10 @@ fn restore_refuses_bad_backups_and_changes_nothing() {
         (r#"{"sites": 5}"#, "\"sites\" must be an array"),
         (r#"{"sites": []}"#, "holds no site"),
         (&format!(r#"{{"sites": [{}]}}"#, site_json(&siteid(1), "a/b", None)), "site #1"),
-        (&format!(r#"{{"sites": [{}, {}]}}"#, site_json(&siteid(1), "x.example.test", None), site_json(&siteid(2), "x.example.test", None)), "share the hostname"),
+        (
+            &format!(r#"{{"sites": [{}, {}]}}"#, site_json(&siteid(1), "x.example.test", None), site_json(&siteid(2), "x.example.test", None)),
+            "share the hostname",
+        ),
     ] {
         std::fs::write(&f, content).unwrap();
         let o = d.run(&["restore", "--in", f.to_str().unwrap()]);

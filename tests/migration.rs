@@ -1,4 +1,4 @@
-//! Issue 6: device migration before DNS has moved, and concurrency under the
+//! Device migration before DNS has moved, and concurrency under the
 //! global lock.
 mod common;
 use common::*;

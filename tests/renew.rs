@@ -1,4 +1,4 @@
-//! Issue 7: `site-admin renew` with short-lived certificates from pebble:
+//! `site-admin renew` with short-lived certificates from pebble:
 //! due rules, hooks and certbot deploy hooks, the CA down, pending sites,
 //! stash housekeeping, the lock; and the systemd units.
 mod common;
@@ -32,7 +32,10 @@ fn renews_only_what_is_due_serves_it_and_runs_both_kinds_of_hook() {
     let (a, b) = ("due.example.test", "fresh.example.test");
     d.deploy(&site_json(&siteid(1), a, le()));
     let out = d.tmp.path().join("hook.out");
-    hook(&d.root.join("etc/site-admin/hooks.d/20-record"), &format!("echo \"event=$SITE_ADMIN_EVENT renewed=[$RENEWED_DOMAINS] failed=[$FAILED_DOMAINS]\" >> {o}; cat >> {o}; echo >> {o}", o = out.display()));
+    hook(
+        &d.root.join("etc/site-admin/hooks.d/20-record"),
+        &format!("echo \"event=$SITE_ADMIN_EVENT renewed=[$RENEWED_DOMAINS] failed=[$FAILED_DOMAINS]\" >> {o}; cat >> {o}; echo >> {o}", o = out.display()),
+    );
     hook(&d.root.join("etc/site-admin/hooks.d/10-fails"), "exit 7");
     let cb_out = d.tmp.path().join("certbot-hook.out");
     hook(&d.le().join("renewal-hooks/deploy/record"), &format!("echo \"$RENEWED_LINEAGE $RENEWED_DOMAINS\" >> {}", cb_out.display()));
@@ -174,7 +177,10 @@ fn renew_waits_for_a_held_lock_or_gives_exit_3() {
 #[test]
 fn systemd_units_verify() {
     // scripts/setup installs it (Debian package systemd).
-    let sa = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"].into_iter().find(|p| std::path::Path::new(p).exists()).expect("systemd-analyze is not installed: run scripts/setup");
+    let sa = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("systemd-analyze is not installed: run scripts/setup");
     let svc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/site-admin-renew.service")).unwrap();
     assert!(svc.contains("After=") && svc.contains("time-sync.target"), "the service waits for the clock: {svc}");
     let timer = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/site-admin-renew.timer")).unwrap();
@@ -183,7 +189,12 @@ fn systemd_units_verify() {
     let svc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/site-admin-renew.service")).unwrap();
     std::fs::write(t.path().join("site-admin-renew.service"), svc.replace("/usr/bin/site-admin", bin().to_str().unwrap())).unwrap();
     std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/site-admin-renew.timer"), t.path().join("site-admin-renew.timer")).unwrap();
-    let o = std::process::Command::new(sa).arg("verify").arg(t.path().join("site-admin-renew.timer")).arg(t.path().join("site-admin-renew.service")).output().unwrap();
+    let o = std::process::Command::new(sa)
+        .arg("verify")
+        .arg(t.path().join("site-admin-renew.timer"))
+        .arg(t.path().join("site-admin-renew.service"))
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "systemd-analyze verify: {err}");
     assert!(!err.contains("site-admin-renew"), "warnings about our units: {err}");

@@ -1,4 +1,4 @@
-//! Issue 2: Site JSON validation agrees with its JSON Schema; every bad Site
+//! Site JSON validation agrees with its JSON Schema; every bad Site
 //! JSON gets exit 2, its own clear message, and leaves the tree untouched;
 //! `deploy --dry-run` explains its decision and changes nothing.
 mod common;
@@ -97,7 +97,9 @@ fn every_bad_site_json_exits_2_with_its_own_message_and_changes_nothing() {
     let mut messages = BTreeMap::new();
     for (name, e) in expect.iter().filter(|(_, e)| e["valid"] == false) {
         let file = dir.join(name);
-        let env = [("SITE_ADMIN_ROOT", root.path().to_str().unwrap())];
+        // The device trusts the fixtures' issuer, as it trusts its ACME CA.
+        let bundle = dir.join("issuer.pem");
+        let env = [("SITE_ADMIN_ROOT", root.path().to_str().unwrap()), ("SITE_ADMIN_ACME_CA_BUNDLE", bundle.to_str().unwrap())];
         for args in [vec!["deploy", "--file", file.to_str().unwrap()], vec!["deploy", "--dry-run", "--file", file.to_str().unwrap()]] {
             let o = run(&args, &env, None);
             assert_eq!(o.status.code(), Some(2), "{name} {args:?}: {}", stderr(&o));
@@ -123,7 +125,9 @@ fn valid_fixtures_dry_run_and_change_nothing() {
     let before = snapshot(root.path());
     for (name, _) in expect.iter().filter(|(_, e)| e["valid"] == true) {
         let file = dir.join(name);
-        let env = [("SITE_ADMIN_ROOT", root.path().to_str().unwrap())];
+        // The device trusts the fixtures' issuer, as it trusts its ACME CA.
+        let bundle = dir.join("issuer.pem");
+        let env = [("SITE_ADMIN_ROOT", root.path().to_str().unwrap()), ("SITE_ADMIN_ACME_CA_BUNDLE", bundle.to_str().unwrap())];
         let o = run(&["--json", "deploy", "--dry-run", "--file", file.to_str().unwrap()], &env, None);
         assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
         let plan: Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -139,7 +143,9 @@ fn valid_fixtures_dry_run_and_change_nothing() {
 fn dry_run_reads_the_tree_under_root() {
     let (dir, _) = fixtures();
     let root = populated_root();
-    let env = [("SITE_ADMIN_ROOT", root.path().to_str().unwrap())];
+    // The device trusts the fixtures' issuer, as it trusts its ACME CA.
+    let bundle = dir.join("issuer.pem");
+    let env = [("SITE_ADMIN_ROOT", root.path().to_str().unwrap()), ("SITE_ADMIN_ACME_CA_BUNDLE", bundle.to_str().unwrap())];
     // live/blog.example.com exists (60 days); the Site JSON carries one of 100 years: it wins.
     let o = run(&["--json", "deploy", "--dry-run", "--file", dir.join("valid/letsencrypt-with-lkc.json").to_str().unwrap()], &env, None);
     let plan: Value = serde_json::from_str(&stdout(&o)).unwrap();

@@ -291,7 +291,8 @@ impl AcmeClient {
         let deadline = Instant::now() + self.opts.deadline;
         let new_order = self.dir.new_order.clone();
         let resp = self.post(&new_order, Some(&json!({"identifiers": [{"type": "dns", "value": host}]})), false, None)?;
-        let order_url = resp.location.clone().ok_or_else(|| AcmeError::Protocol { url: new_order.clone(), detail: "newOrder answered without a Location".into() })?;
+        let order_url =
+            resp.location.clone().ok_or_else(|| AcmeError::Protocol { url: new_order.clone(), detail: "newOrder answered without a Location".into() })?;
         let order = resp.json(&new_order)?;
         let authzs: Vec<String> = order
             .get("authorizations")
@@ -313,7 +314,12 @@ impl AcmeClient {
         loop {
             match order.get("status").and_then(Value::as_str) {
                 Some("valid") => break,
-                Some("invalid") => return Err(AcmeError::Invalid { what: format!("the order for {host}"), detail: order.get("error").map(|e| e.to_string()).unwrap_or_else(|| "order invalid".into()) }),
+                Some("invalid") => {
+                    return Err(AcmeError::Invalid {
+                        what: format!("the order for {host}"),
+                        detail: order.get("error").map(|e| e.to_string()).unwrap_or_else(|| "order invalid".into()),
+                    })
+                }
                 Some(_) => {}
                 None => return Err(AcmeError::Protocol { url: order_url.clone(), detail: "order without status".into() }),
             }

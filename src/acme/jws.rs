@@ -77,7 +77,11 @@ impl AccountKey {
 
     /// The JWS `alg`: ES256 for P-256, RS256 for RSA.
     pub fn alg(&self) -> &'static str {
-        if self.pkey.id() == openssl::pkey::Id::RSA { "RS256" } else { "ES256" }
+        if self.pkey.id() == openssl::pkey::Id::RSA {
+            "RS256"
+        } else {
+            "ES256"
+        }
     }
 
     /// The public JWK with only the required members, in the lexicographic
@@ -123,8 +127,9 @@ impl AccountKey {
                 Ok(AccountKey { pkey: PKey::from_ec_key(ec).map_err(|e| e.to_string())? })
             }
             Some("RSA") => {
-                let rsa = Rsa::from_private_components(field("n")?, field("e")?, field("d")?, field("p")?, field("q")?, field("dp")?, field("dq")?, field("qi")?)
-                    .map_err(|e| e.to_string())?;
+                let rsa =
+                    Rsa::from_private_components(field("n")?, field("e")?, field("d")?, field("p")?, field("q")?, field("dp")?, field("dq")?, field("qi")?)
+                        .map_err(|e| e.to_string())?;
                 Ok(AccountKey { pkey: PKey::from_rsa(rsa).map_err(|e| e.to_string())? })
             }
             other => Err(format!("unsupported JWK kty {other:?}")),
@@ -257,7 +262,8 @@ mod tests {
 
     #[test]
     fn bad_jwks_are_errors() {
-        for v in [json!({}), json!({"kty": "EC", "crv": "P-384"}), json!({"kty": "EC", "crv": "P-256", "x": "!!", "y": "AA", "d": "AA"}), json!({"kty": "oct"})] {
+        for v in [json!({}), json!({"kty": "EC", "crv": "P-384"}), json!({"kty": "EC", "crv": "P-256", "x": "!!", "y": "AA", "d": "AA"}), json!({"kty": "oct"})]
+        {
             assert!(AccountKey::from_private_jwk(&v).is_err(), "{v}");
         }
     }

@@ -1,5 +1,5 @@
-//! One test per cell of the SPEC §3 table, named row__column, plus its bullet rules.
-#![allow(non_snake_case)] // test names are row__column of the SPEC §3 table
+//! One test per cell of the decision table (docs/design.md), named row__column, plus its bullet rules.
+#![allow(non_snake_case)] // test names are row__column of the decision table (docs/design.md)
 
 use super::*;
 use chrono::{Duration, TimeZone};
@@ -360,7 +360,6 @@ fn undeploy__http_has_nothing_to_keep() {
     assert_eq!(run(f).actions, vec![]);
 }
 
-
 // ---- usability: valid already, and a Let's Encrypt certificate at all ----
 
 #[test]
@@ -407,4 +406,8 @@ fn clock_plausibility() {
     assert!(clock_plausible(d(120), &certs));
     assert!(!clock_plausible(d(121), &certs));
     assert!(!clock_plausible(d(400), &certs));
+    // Lifetimes of seconds: still a day of slack.
+    let tiny = [(now() - Duration::seconds(10), now() - Duration::seconds(5))];
+    assert!(clock_plausible(now() + Duration::hours(20), &tiny));
+    assert!(!clock_plausible(now() + Duration::hours(25), &tiny));
 }

@@ -61,7 +61,7 @@ pub fn all_stored(cfg: &Config) -> Result<Vec<Site>> {
     Ok(out)
 }
 
-/// The SPEC §3 view of a key + certificate, judged against `host`.
+/// The decision core's view of a key + certificate, judged against `host`.
 pub fn candidate(kc: &KeyCert, host: &str) -> Candidate {
     Candidate { not_before: kc.leaf.not_before, not_after: kc.leaf.not_after, key_matches: kc.key_matches, covers_host: kc.leaf.covers(host), not_lkc: None }
 }
@@ -145,7 +145,7 @@ pub fn is_pending(store: &Store, s: &Site) -> bool {
     Kind::of(s) == Kind::Letsencrypt && !store.has(&s.hostname, Place::Live)
 }
 
-/// Refuse a hostname that another deployed site uses (SPEC §0).
+/// Refuse a hostname that another deployed site uses (docs/design.md).
 pub fn check_hostname_free(all: &[Site], site: &Site) -> Result<()> {
     for other in all {
         if other.siteid != site.siteid && other.hostname.eq_ignore_ascii_case(&site.hostname) {
@@ -161,12 +161,10 @@ pub fn gather(cfg: &Config, store: &Store, site: &Site, stored: Option<&Site>, e
     let h = &site.hostname;
     let wish = match site.tls_wish() {
         TlsWish::None => Wish::Http,
-        TlsWish::LetsEncrypt { carried } => Wish::LetsEncrypt {
-            carried: carried.and_then(|(k, c)| KeyCert::parse(&k, &c).ok()).map(|kc| carried_candidate(cfg, &kc, h)),
-        },
-        TlsWish::Other { key, crt, .. } => Wish::Okc {
-            okc: KeyCert::parse(&key, &crt).map(|kc| candidate(&kc, h)).unwrap_or_else(|_| broken_candidate()),
-        },
+        TlsWish::LetsEncrypt { carried } => {
+            Wish::LetsEncrypt { carried: carried.and_then(|(k, c)| KeyCert::parse(&k, &c).ok()).map(|kc| carried_candidate(cfg, &kc, h)) }
+        }
+        TlsWish::Other { key, crt, .. } => Wish::Okc { okc: KeyCert::parse(&key, &crt).map(|kc| candidate(&kc, h)).unwrap_or_else(|_| broken_candidate()) },
     };
     let (live, stash) = if h == "*" {
         (None, None)

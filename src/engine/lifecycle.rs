@@ -1,4 +1,4 @@
-//! deploy / redeploy / restore / undeploy, carried out as SPEC §3 decides.
+//! deploy / redeploy / restore / undeploy, carried out as the decision table (docs/design.md) decides.
 //!
 //! The order of effects keeps every usable LKC and Apache's last good
 //! configuration through a failure at any step:
@@ -169,7 +169,9 @@ fn dry_run_report(ctx: &Ctx, site: &Site) -> Result<i32> {
 fn vhost_tls(ctx: &Ctx, site: &Site, serve: &Serve) -> VhostTls {
     match serve {
         Serve::Nothing | Serve::Http => VhostTls::None,
-        Serve::Lkc { host } => VhostTls::Lkc { fullchain: ctx.store.live_dir(host).join("fullchain.pem"), privkey: ctx.store.live_dir(host).join("privkey.pem") },
+        Serve::Lkc { host } => {
+            VhostTls::Lkc { fullchain: ctx.store.live_dir(host).join("fullchain.pem"), privkey: ctx.store.live_dir(host).join("privkey.pem") }
+        }
         Serve::Okc => {
             let p = ctx.cfg.okc_paths(&site.siteid);
             let has_ca = match site.tls_wish() {

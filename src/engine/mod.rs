@@ -1,4 +1,4 @@
-//! The lifecycle engine: the commands of SPEC §1 carried out with the
+//! The lifecycle engine: the commands of docs/design.md carried out with the
 //! decision core ([`crate::decide`]), the certbot-layout store
 //! ([`crate::store`]), the ACME client ([`crate::acme`]), the Apache writer
 //! ([`crate::apache`]) and the global lock ([`crate::lock`]).

@@ -1,4 +1,4 @@
-//! `site-admin renew` (SPEC §4), the renewal timer's entry point: renew every
+//! `site-admin renew` (docs/design.md, "When a lineage renews"), the renewal timer's entry point: renew every
 //! live lineage that is due (a bounded number at a time), retry pending
 //! sites, delete expired stash entries, reload Apache once, run the hooks.
 
@@ -176,7 +176,15 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     }
     for s in sites.iter().filter(|s| facts::is_pending(&ctx.store, s)) {
         if dry_run {
-            entries.push(Entry { host: s.hostname.clone(), siteid: Some(s.siteid.clone()), status: "would_provision".into(), old_not_after: None, new_not_after: None, due: None, error: None });
+            entries.push(Entry {
+                host: s.hostname.clone(),
+                siteid: Some(s.siteid.clone()),
+                status: "would_provision".into(),
+                old_not_after: None,
+                new_not_after: None,
+                due: None,
+                error: None,
+            });
             continue;
         }
         jobs.push(Job {
@@ -194,7 +202,10 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     let mut stash_deleted = Vec::new();
     let clock_ok = crate::decide::clock_plausible(now, &facts::device_validity(&ctx.store));
     if !clock_ok {
-        tracing::warn!("the clock says {}, later than every certificate on this device by more than a lifetime: it cannot be right, so no expired stash entry is deleted", ts(now));
+        tracing::warn!(
+            "the clock says {}, later than every certificate on this device by more than a lifetime: it cannot be right, so no expired stash entry is deleted",
+            ts(now)
+        );
     }
     for name in ctx.store.names_with_links(Place::Stashed) {
         if let Some(leaf) = ctx.store.leaf(&name, Place::Stashed) {
@@ -349,15 +360,20 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(Job, std::result::Result<DateTime
     let workers = CONCURRENCY.min(queue.lock().map(|q| q.len()).unwrap_or(1)).max(1);
     std::thread::scope(|sc| {
         for _ in 0..workers {
-            sc.spawn(|| loop {
-                let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else { break };
-                let r = match clients.get(&job.server) {
-                    Some(Ok((client, account))) => renew_one(ctx, client, account, &job),
-                    Some(Err(e)) => Err(e.clone()),
-                    None => Err("no ACME client".into()),
-                };
-                if let Ok(mut v) = results.lock() {
-                    v.push((job, r));
+            // The queue's lock is held only while a job is taken (inside
+            // `next`), never while it runs.
+            let next = || queue.lock().ok().and_then(|mut q| q.pop_front());
+            let (clients, results) = (&clients, &results);
+            sc.spawn(move || {
+                while let Some(job) = next() {
+                    let r = match clients.get(&job.server) {
+                        Some(Ok((client, account))) => renew_one(ctx, client, account, &job),
+                        Some(Err(e)) => Err(e.clone()),
+                        None => Err("no ACME client".into()),
+                    };
+                    if let Ok(mut v) = results.lock() {
+                        v.push((job, r));
+                    }
                 }
             });
         }
@@ -372,7 +388,8 @@ fn renew_one(ctx: &Ctx, client: &AcmeClient, account: &str, job: &Job) -> std::r
     crate::fsutil::create_dir_all_mode(&job.webroot, 0o755).map_err(|e| e.to_string())?;
     let issued = client.issue(&job.host, &job.webroot, job.key_type).map_err(|e| e.to_string())?;
     let v = NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem).map_err(|e| e.to_string())?;
-    let params = RenewalParams { account: account.to_string(), server: job.server.clone(), webroot: job.webroot.clone(), key_type: job.key_type.as_str().into() };
+    let params =
+        RenewalParams { account: account.to_string(), server: job.server.clone(), webroot: job.webroot.clone(), key_type: job.key_type.as_str().into() };
     crate::fault::point("renew.issued");
     ctx.store.add_version(&job.host, &v, &params).map_err(|e| e.to_string())?;
     match ctx.store.material(&job.host, Place::Live) {

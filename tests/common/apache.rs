@@ -61,7 +61,13 @@ impl Apache {
 
     pub fn start(&self) {
         let o = Command::new(BIN).args(["-f", self.conf.to_str().unwrap(), "-k", "start"]).output().unwrap();
-        assert!(o.status.success(), "apache2 did not start: {}{}\n{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout), self.error_log());
+        assert!(
+            o.status.success(),
+            "apache2 did not start: {}{}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout),
+            self.error_log()
+        );
         let start = Instant::now();
         while std::net::TcpStream::connect((self.ip.as_str(), self.http_port)).is_err() {
             assert!(start.elapsed() < Duration::from_secs(20), "apache2 did not listen\n{}", self.error_log());
@@ -112,9 +118,7 @@ impl Apache {
 }
 
 fn unsafe_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
+    std::fs::read_to_string("/proc/self/status").map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))).unwrap_or(false)
 }
 
 /// TLS handshake with SNI `host` on 127.0.0.1:`port`; the leaf's serial.

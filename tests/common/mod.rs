@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use apache::Apache;
+pub use pebble::Pebble;
 #[allow(unused_imports)]
 pub use pebble::PebbleOptions;
-pub use pebble::Pebble;
 
 /// A free TCP port on 127.0.0.1 (bound and released; a tiny race we accept,
 /// made smaller by handing out ports from a per-process counter range).
@@ -146,13 +146,11 @@ impl StaticServer {
                         let n = c.read(&mut buf).unwrap_or(0);
                         let req = String::from_utf8_lossy(&buf[..n]);
                         let path = req.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
-                        let resp = if path.split('/').any(|s| s == "..") {
-                            None
-                        } else {
-                            std::fs::read(root.join(&path)).ok()
-                        };
+                        let resp = if path.split('/').any(|s| s == "..") { None } else { std::fs::read(root.join(&path)).ok() };
                         let _ = match resp {
-                            Some(body) => c.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).as_bytes()).and_then(|_| c.write_all(&body)),
+                            Some(body) => c
+                                .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).as_bytes())
+                                .and_then(|_| c.write_all(&body)),
                             None => c.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
                         };
                     }

@@ -18,18 +18,13 @@ pub struct Pebble {
     chall: Child,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct PebbleOptions {
     pub nonce_reject_percent: u32,
     /// certificateValidityPeriod in seconds (None: pebble's default, ~5 years).
     pub validity_secs: Option<u64>,
 }
 
-impl Default for PebbleOptions {
-    fn default() -> Self {
-        PebbleOptions { nonce_reject_percent: 0, validity_secs: None }
-    }
-}
 
 impl Pebble {
     /// Start pebble validating HTTP-01 against `http_port` on loopback.
