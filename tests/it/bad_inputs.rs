@@ -5,8 +5,7 @@
 //! (the lock files themselves excepted — `run/site-admin/`, certbot's
 //! `.certbot.lock` and the letsencrypt directory that holds it: they are the
 //! lock, not state; everything inside the letsencrypt directory is compared).
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use std::path::Path;
 

@@ -1,8 +1,7 @@
 //! `site-admin renew` with short-lived certificates from pebble:
 //! due rules, hooks and certbot deploy hooks, the CA down, pending sites,
 //! stash housekeeping, the lock; and the systemd units.
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;

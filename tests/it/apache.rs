@@ -1,8 +1,7 @@
 //! The Apache writer on a real apache2 — per-host certificates by
 //! SNI, redirects except the challenge path, http-only sites, the configtest
 //! transaction with rollback, and HTTP-01 answered through the vhost.
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 fn okc(host: &str, days: i64) -> (serde_json::Value, String) {

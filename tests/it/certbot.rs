@@ -2,8 +2,7 @@
 //! lists and renews what site-admin wrote, with site-admin's account, and
 //! site-admin adopts, lists and renews what certbot made; the two exclude
 //! each other through certbot's own lock.
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::{Command, Output};

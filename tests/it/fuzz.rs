@@ -8,8 +8,8 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const FIXTURE: &str = include_str!("fixtures/valid/okc-with-cacrt.json");
-const LKC: &str = include_str!("fixtures/valid/letsencrypt-with-lkc.json");
+const FIXTURE: &str = include_str!("../fixtures/valid/okc-with-cacrt.json");
+const LKC: &str = include_str!("../fixtures/valid/letsencrypt-with-lkc.json");
 
 fn cases(n: u32) -> ProptestConfig {
     let n = std::env::var("FUZZ_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(n);

@@ -1,7 +1,7 @@
 //! A real apache2 with its own small main configuration on free loopback
 //! ports, including the per-site files site-admin writes.
 
-use super::{free_port, require};
+use super::require;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -12,21 +12,16 @@ pub struct Apache {
     pub https_port: u16,
     pub dir: PathBuf,
     pub conf: PathBuf,
-    pub sites_dir: PathBuf,
 }
 
 pub const BIN: &str = "/usr/sbin/apache2";
 const MODULES: &str = "/usr/lib/apache2/modules";
 
 impl Apache {
-    /// Write the main config (Listen on two free ports, mod_ssl, mod_rewrite,
-    /// mod_alias, `IncludeOptional <sites_dir>/*.conf`); not started yet.
-    pub fn configure(dir: &Path, sites_dir: &Path) -> Apache {
-        Self::configure_on(dir, sites_dir, "127.0.0.1", free_port(), free_port())
-    }
-
-    /// The same on a given loopback address and ports (device B of a
-    /// migration listens on 127.0.0.2 with device A's port numbers).
+    /// Write the main config (Listen on `ip`:`http_port` and `https_port`,
+    /// mod_ssl, mod_rewrite, mod_alias, `IncludeOptional <sites_dir>/*.conf`);
+    /// not started yet. Device B of a migration listens on 127.0.0.2 with
+    /// device A's port numbers.
     pub fn configure_on(dir: &Path, sites_dir: &Path, ip: &str, http_port: u16, https_port: u16) -> Apache {
         require("apache2");
         std::fs::create_dir_all(dir.join("run")).unwrap();
@@ -45,7 +40,7 @@ impl Apache {
             sites = sites_dir.display()
         );
         std::fs::write(&conf, text).unwrap();
-        Apache { ip: ip.into(), http_port, https_port, dir: dir.into(), conf, sites_dir: sites_dir.into() }
+        Apache { ip: ip.into(), http_port, https_port, dir: dir.into(), conf }
     }
 
     /// The argv site-admin runs for `apache.configtest` and `apache.reload`.

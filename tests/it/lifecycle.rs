@@ -3,8 +3,7 @@
 //! the serial Apache serves, what lies in live/, norenewal/, the ssl dir and
 //! the stored Site JSON. Plus backup/restore, showsite/listsites.
 #![allow(non_snake_case)] // test names are row__column of the decision table
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 

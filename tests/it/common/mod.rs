@@ -2,25 +2,21 @@
 //! pebble-challtestsrv, a real apache2, a tiny static file server, the
 //! site-admin binary runner, and tree snapshots. Every instance listens on
 //! free loopback ports and is torn down on drop, so tests run in parallel.
-#![allow(dead_code)]
 
 pub mod apache;
-#[allow(unused_imports)]
-pub use apache as apache_mod;
 pub mod pebble;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use apache::Apache;
 pub use pebble::Pebble;
-#[allow(unused_imports)]
 pub use pebble::PebbleOptions;
 
 /// A free TCP port on 127.0.0.1 (bound and released; a tiny race we accept,
@@ -47,15 +43,6 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// Wait until something accepts TCP connections on `port`.
-pub fn wait_port(port: u16, what: &str) {
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(20), "{what} did not start listening on port {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Is this program installed? Tests need it; CI installs it.
 pub fn require(program: &str) {
     let found = std::env::var_os("PATH")
@@ -66,7 +53,6 @@ pub fn require(program: &str) {
 
 /// A test CA that signs the TLS certificate of pebble's own listener.
 pub struct TestCa {
-    pub dir: PathBuf,
     pub ca_pem: PathBuf,
     pub cert_pem: PathBuf,
     pub key_pem: PathBuf,
@@ -84,7 +70,7 @@ impl TestCa {
         let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         params.subject_alt_names.push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
         let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-        let t = TestCa { dir: dir.into(), ca_pem: dir.join("ca.pem"), cert_pem: dir.join("cert.pem"), key_pem: dir.join("key.pem") };
+        let t = TestCa { ca_pem: dir.join("ca.pem"), cert_pem: dir.join("cert.pem"), key_pem: dir.join("key.pem") };
         std::fs::write(&t.ca_pem, ca.pem()).unwrap();
         std::fs::write(&t.cert_pem, cert.pem()).unwrap();
         std::fs::write(&t.key_pem, key.serialize_pem()).unwrap();
@@ -126,7 +112,6 @@ impl TestIssuer {
 
 /// A minimal static file server: GET /<path> serves `<root>/<path>`.
 pub struct StaticServer {
-    pub port: u16,
     stop: Arc<AtomicBool>,
 }
 
@@ -158,7 +143,7 @@ impl StaticServer {
                 }
             }
         });
-        StaticServer { port, stop }
+        StaticServer { stop }
     }
 }
 

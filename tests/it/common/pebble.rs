@@ -8,10 +8,7 @@ use std::process::{Child, Command, Stdio};
 pub struct Pebble {
     pub port: u16,
     pub mgmt_port: u16,
-    pub dns_port: u16,
     pub chall_mgmt_port: u16,
-    /// The port pebble's VA connects to for HTTP-01.
-    pub http_port: u16,
     pub ca: TestCa,
     pub dir: PathBuf,
     pebble: Child,
@@ -24,7 +21,6 @@ pub struct PebbleOptions {
     /// certificateValidityPeriod in seconds (None: pebble's default, ~5 years).
     pub validity_secs: Option<u64>,
 }
-
 
 impl Pebble {
     /// Start pebble validating HTTP-01 against `http_port` on loopback.
@@ -89,7 +85,7 @@ impl Pebble {
             }
             return Err(format!("pebble: {e}"));
         }
-        let p = Pebble { port, mgmt_port, dns_port, chall_mgmt_port, http_port, ca, dir: dir.into(), pebble, chall };
+        let p = Pebble { port, mgmt_port, chall_mgmt_port, ca, dir: dir.into(), pebble, chall };
         // The device trusts the roots in acme_ca_bundle for the certificates
         // its CA issues too (a carried LKC must come from a trusted CA): add
         // pebble's issuing root beside the test CA of its TLS listener.
@@ -121,10 +117,6 @@ impl Pebble {
         // add-a appends to the host's addresses: clear them first.
         self.chall_post("clear-a", serde_json::json!({"host": host}));
         self.chall_post("add-a", serde_json::json!({"host": host, "addresses": [ip]}));
-    }
-
-    pub fn clear_a(&self, host: &str) {
-        self.chall_post("clear-a", serde_json::json!({"host": host}));
     }
 
     fn chall_post(&self, path: &str, body: serde_json::Value) {

@@ -1,8 +1,7 @@
 //! Faults found by trying to break site-admin, as an administrator and as a
 //! hostile local user would: each test reproduces one on a real pebble +
 //! Apache world and shows it handled (docs/design.md names the rules).
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;

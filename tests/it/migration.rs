@@ -1,7 +1,6 @@
 //! Device migration before DNS has moved, and concurrency under the
 //! global lock.
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 

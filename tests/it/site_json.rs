@@ -1,8 +1,7 @@
 //! Site JSON validation agrees with its JSON Schema; every bad Site
 //! JSON gets exit 2, its own clear message, and leaves the tree untouched;
 //! `deploy --dry-run` explains its decision and changes nothing.
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

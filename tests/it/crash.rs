@@ -3,8 +3,7 @@
 //! process aborts as under `kill -9`), then a random-kill sweep; after each,
 //! the next command recovers, `doctor` finds nothing, Apache's configtest
 //! passes, and no LKC is lost.
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::process::Command;

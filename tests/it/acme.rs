@@ -1,7 +1,6 @@
 //! The embedded ACME client against real pebble (validating HTTP-01
 //! through a tiny static file server that serves the webroot).
-mod common;
-use common::*;
+use crate::common::*;
 use site_admin::acme::{AccountKey, AcmeClient, ClientOptions};
 use site_admin::config::KeyType;
 use std::time::{Duration, Instant};

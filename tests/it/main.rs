@@ -1,0 +1,17 @@
+//! The one integration-test binary: every module drives the real
+//! `site-admin` binary (or the library) against real pebble, Apache and
+//! certbot, through the shared harness in `common`.
+
+mod common;
+
+mod acme;
+mod apache;
+mod bad_inputs;
+mod certbot;
+mod crash;
+mod faults;
+mod fuzz;
+mod lifecycle;
+mod migration;
+mod renew;
+mod site_json;
