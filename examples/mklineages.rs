@@ -28,7 +28,12 @@ fn main() {
         let k = rcgen::KeyPair::generate().unwrap();
         let c = p.self_signed(&k).unwrap();
         let v = NewVersion::from_key_and_fullchain(&k.serialize_pem(), &c.pem()).unwrap();
-        let params = RenewalParams { account: account.clone(), server: server.clone(), webroot: PathBuf::from(&a[4]), key_type: "ecdsa".into() };
+        let params = RenewalParams {
+            account: Some(account.clone()),
+            server: server.clone(),
+            webroot: PathBuf::from(&a[4]),
+            key_type: site_admin::config::KeyType::Ecdsa,
+        };
         store.add_version(&host, &v, &params).unwrap();
     }
 }

@@ -2,14 +2,15 @@
 //! every change to Apache's files as a transaction — write, `configtest`,
 //! and either reload or put every file back exactly as it was.
 //!
-//! A transaction keeps a journal (a copy of each file's previous content and
-//! mode under the state dir) until it is decided, so that a crash between
-//! writing and testing is rolled back by the next run: Apache's last good
+//! A transaction keeps a journal ([`crate::journal`]: each file's previous
+//! content and mode) until it is decided, so that a crash between writing
+//! and testing is rolled back by the next run: Apache's last good
 //! configuration survives any interruption (docs/design.md, invariant 5).
 
 use crate::config::Config;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::journal::{self, Completion, Index, Previous, Saved};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -73,66 +74,38 @@ pub fn render(cfg: &Config, siteid: &str, hostname: &str, tls: &VhostTls) -> Str
     s
 }
 
-/// One file's state before the transaction touched it.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct Saved {
-    path: PathBuf,
-    /// Where its previous content is kept, or None if it did not exist.
-    copy: Option<PathBuf>,
-    mode: u32,
-    /// It was a symlink to this target (put back as that link, not a copy).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    link: Option<PathBuf>,
-}
-
-/// The journal of a transaction (`index.json`): the files' previous states,
-/// whether `configtest` has decided for the new configuration, and what is
-/// left to do once it has (the completion, opaque to this module).
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-struct Index {
-    saved: Vec<Saved>,
-    decided: bool,
-    completion: Option<serde_json::Value>,
-}
-
 /// What finishes an operation after Apache accepted its configuration
-/// (stash the old certificate, store the Site JSON, ...). The engine provides
-/// it; a decided transaction found after a crash runs it again, so it must be
-/// idempotent.
-pub type Complete<'c> = &'c dyn Fn(&serde_json::Value) -> Result<()>;
+/// (stash the old certificate, store the Site JSON, ...): the engine runs the
+/// journaled [`Completion`]; after a crash it runs it again.
+pub type Complete<'c> = &'c dyn Fn(&Completion) -> Result<()>;
+
+/// Proof that a crash's leftover transaction has been dealt with: only
+/// [`recover`] makes one, and [`Transaction::begin`] needs one.
+#[derive(Debug)]
+pub struct Recovered {
+    _private: (),
+}
 
 /// A set of changes to Apache-related files (vhosts, OKC files), decided
 /// together by `configtest`.
 pub struct Transaction<'a> {
     cfg: &'a Config,
-    dir: PathBuf,
     index: Index,
 }
 
-fn journal_dir(cfg: &Config) -> PathBuf {
-    cfg.state_dir().join("journal/apache")
-}
-
 impl<'a> Transaction<'a> {
-    /// Start a transaction. One a crash left behind must have been recovered
-    /// first ([`recover`], which the engine runs as it takes the lock).
-    pub fn begin(cfg: &'a Config) -> Result<Transaction<'a>> {
-        let dir = journal_dir(cfg);
-        if dir.join("index.json").exists() {
-            return Err(Error::failed(format!("an interrupted Apache change in {} was not recovered", dir.display())));
-        }
-        fsutil::create_dir_all_mode(&dir, 0o700)?;
-        fsutil::ensure_dir_mode(&dir, 0o700)?;
-        Ok(Transaction { cfg, dir, index: Index::default() })
+    /// Start a transaction, once any interrupted one was recovered.
+    pub fn begin(cfg: &'a Config, _recovered: &Recovered) -> Result<Transaction<'a>> {
+        journal::start(cfg)?;
+        Ok(Transaction { cfg, index: Index::default() })
     }
 
     fn write_index(&self) -> Result<()> {
-        let data = serde_json::to_vec(&self.index).map_err(|e| Error::failed(e.to_string()))?;
-        fsutil::atomic_write(&self.dir.join("index.json"), &data, 0o600)
+        journal::write(self.cfg, &self.index)
     }
 
     /// What to run once `configtest` has passed (journaled with the files).
-    pub fn set_completion(&mut self, c: serde_json::Value) -> Result<()> {
+    pub fn set_completion(&mut self, c: Completion) -> Result<()> {
         self.index.completion = Some(c);
         if !self.index.saved.is_empty() {
             self.write_index()?;
@@ -145,21 +118,12 @@ impl<'a> Transaction<'a> {
             return Ok(());
         }
         let n = self.index.saved.len();
-        if let Ok(target) = fs::read_link(path) {
-            self.index.saved.push(Saved { path: path.to_path_buf(), copy: None, mode: 0, link: Some(target) });
-            return self.write_index();
-        }
-        let (copy, mode) = match fs::read(path) {
-            Ok(data) => {
-                let mode = fs::metadata(path).io_ctx("reading", path)?.permissions().mode() & 0o7777;
-                let copy = self.dir.join(format!("{n}.orig"));
-                fsutil::atomic_write(&copy, &data, 0o600)?;
-                (Some(copy), mode)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, 0),
-            Err(e) => return Err(e).io_ctx("reading", path),
+        let saved = match journal::previous(path)? {
+            Previous::Link(target) => Saved { path: path.to_path_buf(), copy: None, mode: 0, link: Some(target) },
+            Previous::File { data, mode } => Saved { path: path.to_path_buf(), copy: Some(journal::keep_copy(self.cfg, n, &data)?), mode, link: None },
+            Previous::Missing => Saved { path: path.to_path_buf(), copy: None, mode: 0, link: None },
         };
-        self.index.saved.push(Saved { path: path.to_path_buf(), copy, mode, link: None });
+        self.index.saved.push(saved);
         self.write_index()
     }
 
@@ -196,16 +160,11 @@ impl<'a> Transaction<'a> {
     }
 
     /// Run `configtest`; on failure put every file back and fail with what
-    /// Apache said; on success record the decision, reload Apache, run the
-    /// completion, and drop the journal.
-    pub fn commit(self, progress: &dyn Fn(&str)) -> Result<()> {
-        self.commit_with(false, progress, &|_| Ok(()))
-    }
-
-    /// [`commit`](Self::commit) with a completion runner; with
+    /// Apache said; on success record the decision, reload Apache (checking
+    /// it still serves), run the completion, and drop the journal. With
     /// `reload_anyway`, Apache is reloaded even when no file of the
     /// transaction changed (a certificate a vhost points at changed under it).
-    pub fn commit_with(mut self, reload_anyway: bool, progress: &dyn Fn(&str), complete: Complete) -> Result<()> {
+    pub fn commit(mut self, reload_anyway: bool, progress: &dyn Fn(&str), complete: Complete) -> Result<()> {
         if self.index.saved.is_empty() {
             if reload_anyway {
                 progress("reloading Apache for the new certificate");
@@ -214,13 +173,13 @@ impl<'a> Transaction<'a> {
             if let Some(c) = &self.index.completion {
                 complete(c)?;
             }
-            return Ok(());
+            return journal::finish(self.cfg);
         }
         crate::fault::point("apache.before_configtest");
         progress("checking the Apache configuration");
         if let Err(said) = run_argv(&self.cfg.apache.configtest) {
-            restore(&self.index.saved)?;
-            finish(&self.dir)?;
+            journal::restore(&self.index.saved)?;
+            journal::finish(self.cfg)?;
             // Whose fault? Test again without our change.
             return Err(match run_argv(&self.cfg.apache.configtest) {
                 Ok(()) => Error::failed(format!("Apache refused the new configuration, so the previous one was put back: {said}")),
@@ -239,8 +198,8 @@ impl<'a> Transaction<'a> {
             // back and bring Apache up on it, so the other sites keep serving.
             self.index.decided = false;
             self.write_index()?;
-            restore(&self.index.saved)?;
-            finish(&self.dir)?;
+            journal::restore(&self.index.saved)?;
+            journal::finish(self.cfg)?;
             let back = restart(self.cfg);
             return Err(Error::failed(format!(
                 "Apache could not load the new configuration ({said}); the previous configuration was put back and {}",
@@ -255,7 +214,7 @@ impl<'a> Transaction<'a> {
             complete(c)?;
         }
         crate::fault::point("apache.completed");
-        finish(&self.dir)
+        journal::finish(self.cfg)
     }
 }
 
@@ -338,37 +297,9 @@ pub fn served_serial(cfg: &Config, host: &str) -> Option<String> {
     Some(if t.is_empty() { "0".into() } else { t.into() })
 }
 
-fn restore(saved: &[Saved]) -> Result<()> {
-    for s in saved.iter().rev() {
-        match (&s.link, &s.copy) {
-            (Some(target), _) => {
-                fsutil::remove_file_if_exists(&s.path)?;
-                std::os::unix::fs::symlink(target, &s.path).io_ctx("restoring link", &s.path)?;
-            }
-            (None, Some(c)) => {
-                let data = fs::read(c).io_ctx("reading", c)?;
-                fsutil::atomic_write(&s.path, &data, s.mode)?;
-            }
-            (None, None) => fsutil::remove_file_if_exists(&s.path)?,
-        }
-    }
-    Ok(())
-}
-
-fn finish(dir: &Path) -> Result<()> {
-    // The index goes first: without it the copies mean nothing.
-    fsutil::remove_file_if_exists(&dir.join("index.json"))?;
-    if let Ok(rd) = fs::read_dir(dir) {
-        for e in rd.filter_map(|e| e.ok()) {
-            fsutil::remove_file_if_exists(&e.path())?;
-        }
-    }
-    Ok(())
-}
-
-/// What [`recover`] did.
+/// What [`recover`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recovered {
+pub enum Recovery {
     Nothing,
     /// An undecided transaction: every file put back.
     RolledBack,
@@ -377,61 +308,29 @@ pub enum Recovered {
 }
 
 /// Finish a transaction a crash interrupted: roll it back if `configtest`
-/// had not decided for it, else reload and complete it.
-pub fn recover(cfg: &Config, complete: Complete) -> Result<Recovered> {
-    let dir = journal_dir(cfg);
-    let path = dir.join("index.json");
-    let text = match fs::read(&path) {
-        Ok(t) => t,
-        Err(_) => {
-            // No index: any copies are from a transaction that had changed nothing yet.
-            if dir.is_dir() {
-                finish(&dir)?;
-            }
-            return Ok(Recovered::Nothing);
-        }
+/// had not decided for it, else reload and complete it. Needs the global
+/// lock; returns the proof that new transactions may begin.
+pub fn recover(cfg: &Config, _lock: &crate::lock::GlobalLock, complete: Complete) -> Result<(Recovered, Recovery)> {
+    let Some(index) = journal::read(cfg)? else {
+        return Ok((Recovered { _private: () }, Recovery::Nothing));
     };
-    let index: Index = serde_json::from_slice(&text).map_err(|e| {
-        Error::failed(format!(
-            "recovering an interrupted Apache change: its journal {} is unreadable ({e}); `site-admin doctor --repair` moves it aside and recovers what it can",
-            path.display()
-        ))
-    })?;
-    if index.decided {
+    let what = if index.decided {
         if let Err(said) = reload(cfg) {
             tracing::warn!("reloading Apache while completing an interrupted operation: {said}");
         }
         if let Some(c) = &index.completion {
             complete(c)?;
         }
-        finish(&dir)?;
+        journal::finish(cfg)?;
         tracing::warn!("completed an interrupted operation (Apache had accepted its configuration)");
-        Ok(Recovered::Completed)
+        Recovery::Completed
     } else {
-        restore(&index.saved)?;
-        finish(&dir)?;
+        journal::restore(&index.saved)?;
+        journal::finish(cfg)?;
         tracing::warn!("rolled back an interrupted change to the Apache configuration");
-        Ok(Recovered::RolledBack)
-    }
-}
-
-/// Is the journal of an interrupted transaction there but unreadable?
-pub fn journal_damaged(cfg: &Config) -> bool {
-    match fs::read(journal_dir(cfg).join("index.json")) {
-        Ok(t) => serde_json::from_slice::<Index>(&t).is_err(),
-        Err(_) => false,
-    }
-}
-
-/// Move a damaged journal aside (`journal/apache.damaged-<time>`), so that
-/// locked commands can run again. What it held cannot be replayed: without
-/// a readable index nobody knows which file each copy belongs to. Returns
-/// where it went.
-pub fn set_aside_journal(cfg: &Config) -> Result<PathBuf> {
-    let dir = journal_dir(cfg);
-    let to = dir.with_file_name(format!("apache.damaged-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")));
-    fsutil::rename_durable(&dir, &to)?;
-    Ok(to)
+        Recovery::RolledBack
+    };
+    Ok((Recovered { _private: () }, what))
 }
 
 /// Run an argv; Err carries what it printed.

@@ -1,6 +1,6 @@
 //! The command line of docs/design.md: pure argument parsing (clap derive, every
 //! global flag also from its environment variable), kept apart from the
-//! environment-bound setup in `main.rs` and the work in [`crate::engine`].
+//! environment-bound setup in `main.rs` and the work in the engine.
 
 use clap::{ArgAction, Parser, Subcommand};
 use std::path::PathBuf;

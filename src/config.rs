@@ -18,6 +18,14 @@ pub enum KeyType {
 }
 
 impl KeyType {
+    /// certbot's spelling (`key_type = ecdsa|rsa`).
+    pub fn parse(s: &str) -> Option<KeyType> {
+        match s.trim() {
+            "ecdsa" => Some(KeyType::Ecdsa),
+            "rsa" => Some(KeyType::Rsa),
+            _ => None,
+        }
+    }
     pub fn as_str(self) -> &'static str {
         match self {
             KeyType::Ecdsa => "ecdsa",

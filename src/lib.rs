@@ -5,7 +5,7 @@
 //! [`decide`] (the decision table), [`renewal_conf`]. Effects, each owning one
 //! thing: [`store`] (certbot's layout), [`accounts`], [`acme`] (the ACME
 //! client), [`apache`] (vhosts and the configtest transaction), [`lock`],
-//! [`hooks`], [`fsutil`]. The commands: [`engine`], [`doctor`]; the command
+//! [`hooks`], [`journal`], [`fsutil`]. The commands: [`engine`]; the command
 //! line: [`cli`].
 
 pub mod accounts;
@@ -15,13 +15,14 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod decide;
-pub mod doctor;
 pub mod engine;
 pub mod error;
 pub mod fault;
 pub mod fsutil;
 pub mod hooks;
+pub mod journal;
 pub mod lock;
+pub mod renewal;
 pub mod renewal_conf;
 pub mod site;
 pub mod store;

@@ -15,6 +15,7 @@
 //! never sees a key from one version next to a certificate from another.
 
 use crate::certs::KeyCert;
+use crate::config::KeyType;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::renewal_conf::RenewalConf;
@@ -63,10 +64,46 @@ impl Material {
 /// What the renewal conf of a new or changed lineage says about renewing it.
 #[derive(Debug, Clone)]
 pub struct RenewalParams {
-    pub account: String,
+    /// The account id (certbot's), when one is known: an empty `account =`
+    /// is never written.
+    pub account: Option<String>,
     pub server: String,
     pub webroot: PathBuf,
-    pub key_type: String,
+    pub key_type: KeyType,
+}
+
+/// What a lineage's renewal conf says, typed. Only this module knows
+/// certbot's keys (`[renewalparams] account`, `webroot_path`,
+/// `[[webroot_map]]`, ...); the engine reads this.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LineageConf {
+    pub account: Option<String>,
+    pub server: Option<String>,
+    /// The webroot answering HTTP-01 for the lineage's host: its
+    /// `[[webroot_map]]` entry, else the first of `webroot_path`.
+    pub webroot: Option<PathBuf>,
+    /// None when the conf names none or one site-admin does not know.
+    pub key_type: Option<KeyType>,
+    pub renew_before_expiry: Option<chrono::Duration>,
+}
+
+impl LineageConf {
+    fn from_conf(host: &str, c: &RenewalConf) -> LineageConf {
+        let rp = |k: &str| c.get(Some("renewalparams"), k).filter(|v| !v.trim().is_empty());
+        let webroot = c
+            .section("webroot_map")
+            .into_iter()
+            .find(|(k, _)| k == host)
+            .map(|(_, v)| PathBuf::from(v))
+            .or_else(|| rp("webroot_path").and_then(|w| w.split(',').map(str::trim).find(|p| !p.is_empty()).map(PathBuf::from)));
+        LineageConf {
+            account: rp("account"),
+            server: rp("server"),
+            webroot,
+            key_type: rp("key_type").and_then(|k| KeyType::parse(&k)),
+            renew_before_expiry: c.get(None, "renew_before_expiry").and_then(|s| crate::renewal_conf::parse_interval(&s)),
+        }
+    }
 }
 
 /// A key and its chain to be written as a version.
@@ -125,7 +162,7 @@ pub fn pem_blocks(text: &str) -> Vec<String> {
 pub struct Lineage {
     pub name: String,
     pub place: Place,
-    pub conf: Option<RenewalConf>,
+    pub conf: Option<LineageConf>,
     pub material: Material,
     pub version: Option<u32>,
 }
@@ -380,17 +417,30 @@ impl Store {
         for k in KINDS {
             c.set(None, k, &s(&live.join(format!("{k}.pem"))));
         }
-        c.set(Some("renewalparams"), "account", &p.account);
+        if let Some(a) = p.account.as_deref().filter(|a| !a.is_empty()) {
+            c.set(Some("renewalparams"), "account", a);
+        }
         c.set(Some("renewalparams"), "server", &p.server);
         c.set(Some("renewalparams"), "authenticator", "webroot");
         c.set(Some("renewalparams"), "webroot_path", &format!("{},", s(&p.webroot)));
-        c.set(Some("renewalparams"), "key_type", &p.key_type);
+        c.set(Some("renewalparams"), "key_type", p.key_type.as_str());
         c.replace_section("webroot_map", &[(host.to_string(), s(&p.webroot))]);
         fsutil::atomic_write(&path, c.to_text().as_bytes(), 0o644)
     }
 
     pub fn read_conf(&self, host: &str, place: Place) -> Option<RenewalConf> {
         fs::read_to_string(self.conf_path(host, place)).ok().map(|t| RenewalConf::parse(&t))
+    }
+
+    /// The renewal conf of `host`, typed; None when there is none.
+    pub fn lineage_conf(&self, host: &str, place: Place) -> Option<LineageConf> {
+        self.read_conf(host, place).map(|c| LineageConf::from_conf(host, &c))
+    }
+
+    /// The files Apache serves for a live lineage: (full chain, private key).
+    pub fn live_files(&self, host: &str) -> (PathBuf, PathBuf) {
+        let d = self.live_dir(host);
+        (d.join("fullchain.pem"), d.join("privkey.pem"))
     }
 
     /// Delete archive versions older than the current one minus [`KEEP_OLDER`].
@@ -555,7 +605,7 @@ impl Store {
                 out.push(Lineage {
                     material: self.material(&name, place),
                     version: self.current_version(&name, place),
-                    conf: self.read_conf(&name, place),
+                    conf: self.lineage_conf(&name, place),
                     name,
                     place,
                 });

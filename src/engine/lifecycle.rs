@@ -8,13 +8,16 @@
 //! 3. stash actions (only once Apache no longer points at those files),
 //! 4. the stored Site JSON, without keys.
 
+use super::completion;
+use super::ctx::Ctx;
 use super::facts::{self, Kind};
 use super::provision;
-use super::Ctx;
+use crate::apache::Recovered;
 use crate::apache::{self, VhostTls};
 use crate::decide::{self, Action, Event, Plan, Serve};
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::journal::Completion;
 use crate::site::{self, Site, TlsWish};
 use crate::store::{ensure_nl, NewVersion, Place};
 use chrono::Utc;
@@ -93,8 +96,8 @@ pub fn deploy_command(ctx: &Ctx, text: &str, origin: &str, dry_run: bool) -> Res
     if dry_run {
         return dry_run_report(ctx, &site);
     }
-    let _lock = ctx.lock(&format!("deploy {}", site.siteid))?;
-    let out = deploy_one(ctx, &site)?;
+    let locked = ctx.lock(&format!("deploy {}", site.siteid))?;
+    let out = deploy_one(ctx, &locked.recovered, &site)?;
     report(ctx, &[out])
 }
 
@@ -183,82 +186,65 @@ fn vhost_tls(ctx: &Ctx, site: &Site, serve: &Serve) -> VhostTls {
     }
 }
 
-/// Write the vhost for `serve` (with `okc` files, if given) in one transaction;
-/// `cert_changed`: the LKC it serves got a new version, so reload even if no file changed.
-fn apply_apache(ctx: &Ctx, site: &Site, serve: &Serve, write_okc: bool, remove_okc: bool, cert_changed: bool, completion: Option<&Completion>) -> Result<()> {
-    let mut txn = apache::Transaction::begin(&ctx.cfg)?;
-    if let Some(c) = completion {
-        txn.set_completion(serde_json::to_value(c).map_err(|e| Error::failed(e.to_string()))?)?;
+/// What a deploy does to the site's own (OKC) files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OkcFiles {
+    Keep,
+    /// Write the Site JSON's OKC.
+    Write,
+    /// Remove the old OKC (unless the site still serves it).
+    Remove,
+}
+
+/// One change to a site's Apache files, carried out as one transaction.
+struct VhostChange<'a> {
+    serve: &'a Serve,
+    okc: OkcFiles,
+    /// The LKC it serves got a new version: reload even if no file changed.
+    new_certificate: bool,
+    completion: Option<Completion>,
+}
+
+/// Write the site's vhost (and OKC files) as `change` says, in one transaction.
+fn apply_apache(ctx: &Ctx, rec: &Recovered, site: &Site, change: VhostChange) -> Result<()> {
+    let mut txn = apache::Transaction::begin(&ctx.cfg, rec)?;
+    if let Some(c) = change.completion {
+        txn.set_completion(c)?;
     }
     let p = ctx.cfg.okc_paths(&site.siteid);
-    if write_okc {
-        if let TlsWish::Other { key, crt, cacrt } = site.tls_wish() {
-            fsutil::create_dir_all_mode(&ctx.cfg.ssl_dir, 0o755)?;
-            txn.write(&p.key, ensure_nl(&key).as_bytes(), 0o600)?;
-            txn.write(&p.crt, ensure_nl(&crt).as_bytes(), 0o644)?;
-            match cacrt {
-                Some(ca) => txn.write(&p.cacrt, ensure_nl(&ca).as_bytes(), 0o644)?,
-                None => txn.remove(&p.cacrt)?,
+    match change.okc {
+        OkcFiles::Write => {
+            if let TlsWish::Other { key, crt, cacrt } = site.tls_wish() {
+                fsutil::create_dir_all_mode(&ctx.cfg.ssl_dir, 0o755)?;
+                txn.write(&p.key, ensure_nl(&key).as_bytes(), 0o600)?;
+                txn.write(&p.crt, ensure_nl(&crt).as_bytes(), 0o644)?;
+                match cacrt {
+                    Some(ca) => txn.write(&p.cacrt, ensure_nl(&ca).as_bytes(), 0o644)?,
+                    None => txn.remove(&p.cacrt)?,
+                }
             }
         }
-    } else if remove_okc && *serve != Serve::Okc {
-        txn.remove(&p.key)?;
-        txn.remove(&p.crt)?;
-        txn.remove(&p.cacrt)?;
-    }
-    let conf = apache::render(&ctx.cfg, &site.siteid, &site.hostname, &vhost_tls(ctx, site, serve));
-    txn.write(&ctx.cfg.vhost_file(&site.siteid), conf.as_bytes(), 0o644)?;
-    txn.commit_with(cert_changed, &|m| ctx.progress(&format!("site {}: {m}", site.siteid)), &|v| complete(ctx, v))
-}
-
-/// What finishes a deploy or undeploy once Apache accepted the new
-/// configuration. Journaled with the Apache transaction, so that a crash
-/// after that point is completed by the next run; every step is idempotent.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct Completion {
-    /// Hosts whose live LKC is stashed (Apache no longer points at them).
-    pub stash: Vec<String>,
-    /// The Site JSON to store at rest (already without key material).
-    pub store_site: Option<Site>,
-    /// A site id whose stored Site JSON is removed (undeploy).
-    pub remove_site: Option<String>,
-    /// Directories removed (undeploy: the site's challenge webroot).
-    pub remove_dirs: Vec<std::path::PathBuf>,
-}
-
-/// Run a journaled [`Completion`].
-pub fn complete(ctx: &Ctx, v: &Value) -> Result<()> {
-    let c: Completion = serde_json::from_value(v.clone()).map_err(|e| Error::failed(format!("unreadable completion in the journal: {e}")))?;
-    for host in &c.stash {
-        if ctx.store.has(host, Place::Live) {
-            ctx.progress(&format!("{host}: stashing the certificate (kept for a later redeploy)"));
-            ctx.store.stash(host)?;
-            crate::fault::point("complete.stashed");
+        OkcFiles::Remove if *change.serve != Serve::Okc => {
+            txn.remove(&p.key)?;
+            txn.remove(&p.crt)?;
+            txn.remove(&p.cacrt)?;
         }
+        OkcFiles::Remove | OkcFiles::Keep => {}
     }
-    if let Some(site) = &c.store_site {
-        write_stored(ctx, site)?;
-        crate::fault::point("complete.stored");
-    }
-    if let Some(id) = &c.remove_site {
-        fsutil::remove_file_if_exists(&ctx.cfg.stored_site(id))?;
-    }
-    for d in &c.remove_dirs {
-        fsutil::remove_dir_all_if_exists(d)?;
-    }
-    Ok(())
+    let conf = apache::render(&ctx.cfg, &site.siteid, &site.hostname, &vhost_tls(ctx, site, change.serve));
+    txn.write(&ctx.cfg.vhost_file(&site.siteid), conf.as_bytes(), 0o644)?;
+    txn.commit(change.new_certificate, &|m| ctx.progress(&format!("site {}: {m}", site.siteid)), &|c| completion::run(&ctx.cfg, &ctx.store, c))
 }
 
 /// The account a stash conf names, if this device has it.
 fn stash_account(ctx: &Ctx, host: &str) -> Option<String> {
-    let c = ctx.store.read_conf(host, Place::Stashed)?;
-    let acct = c.get(Some("renewalparams"), "account")?;
-    let server = c.get(Some("renewalparams"), "server")?;
+    let c = ctx.store.lineage_conf(host, Place::Stashed)?;
+    let (acct, server) = (c.account?, c.server?);
     (server == ctx.cfg.acme_server && crate::accounts::exists(&ctx.cfg.letsencrypt_dir, &server, &acct)).then_some(acct)
 }
 
 /// Deploy one validated site (the lock is held).
-pub fn deploy_one(ctx: &Ctx, site: &Site) -> Result<Outcome> {
+pub fn deploy_one(ctx: &Ctx, rec: &Recovered, site: &Site) -> Result<Outcome> {
     let all = facts::all_stored(&ctx.cfg)?;
     facts::check_hostname_free(&all, site)?;
     let stored = all.iter().find(|s| s.siteid == site.siteid).cloned();
@@ -273,7 +259,7 @@ pub fn deploy_one(ctx: &Ctx, site: &Site) -> Result<Outcome> {
 
     let mut serve = plan.serve.clone();
     let mut pending = None;
-    let (mut write_okc, mut remove_okc) = (false, false);
+    let mut okc = OkcFiles::Keep;
     let mut stash_later = Vec::new();
     let mut cert_changed = false;
     for a in &plan.actions {
@@ -285,7 +271,8 @@ pub fn deploy_one(ctx: &Ctx, site: &Site) -> Result<Outcome> {
             }
             Action::Unstash { host } => {
                 ctx.progress(&format!("{host}: unstashing the certificate (no new issuance)"));
-                let params = provision::renewal_params(ctx, &site.siteid, stash_account(ctx, host).as_deref());
+                let account = stash_account(ctx, host).or_else(|| provision::resolve_account(ctx));
+                let params = provision::renewal_params(ctx, &site.siteid, account);
                 ctx.store.unstash(host, &params)?;
                 cert_changed = true;
             }
@@ -294,13 +281,13 @@ pub fn deploy_one(ctx: &Ctx, site: &Site) -> Result<Outcome> {
                     return Err(Error::failed("internal: import without a carried certificate"));
                 };
                 ctx.progress(&format!("{host}: importing the certificate carried in the Site JSON"));
-                let params = provision::renewal_params(ctx, &site.siteid, None);
+                let params = provision::renewal_params(ctx, &site.siteid, provision::resolve_account(ctx));
                 ctx.store.add_version(host, &NewVersion::from_key_and_fullchain(&key, &crt)?, &params)?;
                 cert_changed = true;
             }
             Action::Provision { host } => {
                 let fallback = plan.on_failure.clone().unwrap_or(Serve::Http);
-                match provision_now(ctx, site, stored.as_ref(), host, &fallback) {
+                match provision_now(ctx, rec, site, stored.as_ref(), host, &fallback) {
                     Ok(()) => cert_changed = true,
                     Err(e) => {
                         pending = Some(e.to_string());
@@ -309,8 +296,9 @@ pub fn deploy_one(ctx: &Ctx, site: &Site) -> Result<Outcome> {
                     }
                 }
             }
-            Action::RemoveOkc => remove_okc = true,
-            Action::WriteOkc => write_okc = true,
+            Action::RemoveOkc if okc == OkcFiles::Keep => okc = OkcFiles::Remove,
+            Action::RemoveOkc => {}
+            Action::WriteOkc => okc = OkcFiles::Write,
         }
     }
     crate::fault::point("deploy.before_apache");
@@ -325,32 +313,25 @@ pub fn deploy_one(ctx: &Ctx, site: &Site) -> Result<Outcome> {
         }
     }
     let completion = Completion { stash: stash_later, store_site: Some(site.without_tls_material()), ..Default::default() };
-    apply_apache(ctx, site, &serve, write_okc, remove_okc, cert_changed && matches!(serve, Serve::Lkc { .. }), Some(&completion))?;
+    let new_certificate = cert_changed && matches!(serve, Serve::Lkc { .. });
+    apply_apache(ctx, rec, site, VhostChange { serve: &serve, okc, new_certificate, completion: Some(completion) })?;
     ctx.install_certbot_hook();
     Ok(Outcome { siteid: site.siteid.clone(), hostname: site.hostname.clone(), serve, pending, plan })
 }
 
-/// Store the Site JSON at rest: mode 0600, never with keys or certificates.
-pub fn write_stored(ctx: &Ctx, site: &Site) -> Result<()> {
-    fsutil::create_dir_all_mode(&ctx.cfg.sites_dir, 0o700)?;
-    let at_rest = site.without_tls_material();
-    let text = serde_json::to_string_pretty(&at_rest).map_err(|e| Error::failed(e.to_string()))? + "\n";
-    fsutil::atomic_write(&ctx.cfg.stored_site(&site.siteid), text.as_bytes(), 0o600)
-}
-
 /// Provision with the CA. First make sure the site's own vhost answers the
 /// challenge on plain http (the fallback's vhost), then order.
-fn provision_now(ctx: &Ctx, site: &Site, stored: Option<&Site>, host: &str, fallback: &Serve) -> Result<()> {
+fn provision_now(ctx: &Ctx, rec: &Recovered, site: &Site, stored: Option<&Site>, host: &str, fallback: &Serve) -> Result<()> {
     let serves_challenge = stored.map(|s| s.hostname == site.hostname).unwrap_or(false) && ctx.cfg.vhost_file(&site.siteid).exists();
     if !serves_challenge {
         ctx.progress(&format!("site {}: bringing up its http virtual host for the challenge", site.siteid));
-        apply_apache(ctx, site, fallback, false, false, false, None)?;
+        apply_apache(ctx, rec, site, VhostChange { serve: fallback, okc: OkcFiles::Keep, new_certificate: false, completion: None })?;
         wait_for_vhost(ctx, &site.siteid, host);
     }
     let (client, account) = provision::client(ctx)?;
     let issued = provision::issue(ctx, &client, &site.siteid, host)?;
     crate::fault::point("provision.issued");
-    let params = provision::renewal_params(ctx, &site.siteid, Some(&account));
+    let params = provision::renewal_params(ctx, &site.siteid, Some(account));
     ctx.store.add_version(host, &NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)?, &params)?;
     Ok(())
 }
@@ -392,13 +373,13 @@ pub fn undeploy_command(ctx: &Ctx, siteid: &str) -> Result<i32> {
     let not_deployed = || Error::invalid(format!("site {siteid} is not deployed"));
     // Refuse an unknown site before taking the lock (which creates its files).
     facts::load_stored(&ctx.cfg, siteid)?.ok_or_else(not_deployed)?;
-    let _lock = ctx.lock(&format!("undeploy {siteid}"))?;
+    let locked = ctx.lock(&format!("undeploy {siteid}"))?;
     let stored = facts::load_stored(&ctx.cfg, siteid)?.ok_or_else(not_deployed)?;
     let f = facts::gather(&ctx.cfg, &ctx.store, &stored, Some(&stored), Event::Undeploy, Utc::now());
     let plan = decide::decide(&f).map_err(|r| Error::invalid(r.0))?;
     ctx.progress(&format!("site {siteid} ({}): {}", stored.hostname, plan.reason));
     // Apache first: once it no longer points at the files, they can move.
-    let mut txn = apache::Transaction::begin(&ctx.cfg)?;
+    let mut txn = apache::Transaction::begin(&ctx.cfg, &locked.recovered)?;
     txn.remove(&ctx.cfg.vhost_file(siteid))?;
     if plan.actions.contains(&Action::RemoveOkc) || Kind::of(&stored) != Kind::Http {
         let p = ctx.cfg.okc_paths(siteid);
@@ -412,8 +393,8 @@ pub fn undeploy_command(ctx: &Ctx, siteid: &str) -> Result<i32> {
         remove_dirs: vec![ctx.cfg.site_wellknown(siteid)],
         ..Default::default()
     };
-    txn.set_completion(serde_json::to_value(&completion).map_err(|e| Error::failed(e.to_string()))?)?;
-    txn.commit_with(false, &|m| ctx.progress(&format!("site {siteid}: {m}")), &|v| complete(ctx, v))?;
+    txn.set_completion(completion)?;
+    txn.commit(false, &|m| ctx.progress(&format!("site {siteid}: {m}")), &|c| completion::run(&ctx.cfg, &ctx.store, c))?;
     ctx.progress(&format!("site {siteid} ({}) undeployed", stored.hostname));
     if ctx.json {
         ctx.print_json(&json!({"siteid": siteid, "hostname": stored.hostname, "undeployed": true, "actions": plan.actions, "reason": plan.reason}))?;
@@ -466,7 +447,7 @@ pub fn restore_command(ctx: &Ctx, input: &Path, only: &[String]) -> Result<i32> 
             }
         }
     }
-    let _lock = ctx.lock(&format!("restore {}", input.display()))?;
+    let locked = ctx.lock(&format!("restore {}", input.display()))?;
     let all = facts::all_stored(&ctx.cfg)?;
     for s in &sites {
         facts::check_hostname_free(&all, s)?;
@@ -480,7 +461,7 @@ pub fn restore_command(ctx: &Ctx, input: &Path, only: &[String]) -> Result<i32> 
     let mut outs = Vec::new();
     let mut failed = 0;
     for s in &sites {
-        match deploy_one(ctx, s) {
+        match deploy_one(ctx, &locked.recovered, s) {
             Ok(o) => outs.push(o),
             Err(e) => {
                 tracing::error!("site {} ({}): restore failed: {e}", s.siteid, s.hostname);

@@ -1,11 +1,12 @@
 //! The read side: showsite, listsites, backup ("store LKC": the exported Site
 //! JSON carries the live key and full chain, or the OKC), and certificates.
 
+use super::ctx::Ctx;
 use super::facts::{self, Kind};
-use super::renew::{due_at, ts};
-use super::Ctx;
+use super::renew::ts;
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::renewal::due_at;
 use crate::site::Site;
 use crate::store::{Material, Place};
 use serde_json::{json, Value};
@@ -149,7 +150,7 @@ pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<Value>> {
         let mut row = json!({"host": l.name, "siteid": if l.place == Place::Live { site_of(&l.name) } else { None }, "state": state, "version": l.version});
         match &l.material {
             Material::Present(kc) => {
-                let rbe = l.conf.as_ref().and_then(|c| c.get(None, "renew_before_expiry")).and_then(|s| crate::renewal_conf::parse_interval(&s));
+                let rbe = l.conf.as_ref().and_then(|c| c.renew_before_expiry);
                 row["not_before"] = ts(kc.leaf.not_before).into();
                 row["not_after"] = ts(kc.leaf.not_after).into();
                 row["serial"] = kc.leaf.serial.clone().into();

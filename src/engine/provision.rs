@@ -2,7 +2,7 @@
 //! created once per server and stored where certbot keeps it), issuance, and
 //! the renewal parameters a lineage's conf records.
 
-use super::Ctx;
+use super::ctx::Ctx;
 use crate::accounts;
 use crate::acme::{AccountKey, AcmeClient, ClientOptions, Issued};
 use crate::error::{Error, Result};
@@ -38,24 +38,26 @@ pub fn client_for(ctx: &Ctx, server: &str) -> Result<(AcmeClient, String)> {
     Ok((c, id))
 }
 
-/// Renewal parameters for a site's lineage. The account is the stored one
-/// for this server; without one, one is registered now if the CA answers,
-/// else the conf names none yet and `renew` fills it in.
-pub fn renewal_params(ctx: &Ctx, siteid: &str, account: Option<&str>) -> RenewalParams {
-    let account = match account {
-        Some(a) => a.to_string(),
-        None => match accounts::load(&ctx.cfg.letsencrypt_dir, &ctx.cfg.acme_server) {
-            Ok(Some(a)) => a.id,
-            _ => match client(ctx) {
-                Ok((_, id)) => id,
-                Err(e) => {
-                    tracing::warn!("no ACME account for {} yet ({e}); the next renew registers one", ctx.cfg.acme_server);
-                    String::new()
-                }
-            },
+/// The account a new lineage's conf names: the one stored for the
+/// configured server, or — an explicit step, which may talk to the CA — one
+/// registered now. None when the CA cannot be reached: the conf then names
+/// no account, and the renewal that reaches the CA fills it in.
+pub fn resolve_account(ctx: &Ctx) -> Option<String> {
+    match accounts::load(&ctx.cfg.letsencrypt_dir, &ctx.cfg.acme_server) {
+        Ok(Some(a)) => Some(a.id),
+        _ => match client(ctx) {
+            Ok((_, id)) => Some(id),
+            Err(e) => {
+                tracing::warn!("no ACME account for {} yet ({e}); the next renew registers one", ctx.cfg.acme_server);
+                None
+            }
         },
-    };
-    RenewalParams { account, server: ctx.cfg.acme_server.clone(), webroot: ctx.cfg.site_wellknown(siteid), key_type: ctx.cfg.key_type.as_str().into() }
+    }
+}
+
+/// Renewal parameters for a site's lineage, naming `account`. No I/O.
+pub fn renewal_params(ctx: &Ctx, siteid: &str, account: Option<String>) -> RenewalParams {
+    RenewalParams { account, server: ctx.cfg.acme_server.clone(), webroot: ctx.cfg.site_wellknown(siteid), key_type: ctx.cfg.key_type }
 }
 
 /// Obtain a certificate for `host`, answering HTTP-01 from the site's webroot.

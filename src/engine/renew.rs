@@ -1,57 +1,67 @@
-//! `site-admin renew` (docs/design.md, "When a lineage renews"), the renewal timer's entry point: renew every
-//! live lineage that is due (a bounded number at a time), retry pending
-//! sites, delete expired stash entries, reload Apache once, run the hooks.
+//! `site-admin renew`, the renewal timer's entry point (docs/design.md,
+//! "When a lineage renews"): gather the facts, let [`crate::renewal::plan`]
+//! decide, run the jobs (a bounded number at a time), bring sites to https,
+//! reload Apache once, run the hooks, and report — one typed [`Report`],
+//! rendered as text or as JSON.
 
+use super::ctx::Ctx;
 use super::facts;
 use super::provision;
-use super::Ctx;
 use crate::acme::AcmeClient;
-use crate::apache::{self, VhostTls};
-use crate::config::KeyType;
+use crate::apache::{self, Recovered, VhostTls};
 use crate::error::{Error, Result};
 use crate::hooks;
+use crate::renewal::{self, Job, LineageFacts, PassFacts, PendingFacts, Skip};
 use crate::site::Site;
 use crate::store::{Material, NewVersion, Place, RenewalParams};
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 use std::collections::{BTreeMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::Mutex;
 
 /// How many renewals run at once.
 pub const CONCURRENCY: usize = 4;
 
-/// When a certificate becomes due: `renew_before_expiry` before notAfter when
-/// set; else when a third of its lifetime is left (half, for lifetimes of ten
-/// days or less) — certbot's rule.
-pub fn due_at(not_before: DateTime<Utc>, not_after: DateTime<Utc>, renew_before_expiry: Option<Duration>) -> DateTime<Utc> {
-    if let Some(d) = renew_before_expiry {
-        return not_after - d;
-    }
-    let life = not_after - not_before;
-    if life <= Duration::days(10) {
-        not_after - life / 2
-    } else {
-        not_after - life / 3
-    }
+/// What happened to one lineage or pending site.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Status {
+    NotDue {
+        due: String,
+    },
+    /// Dry run: it would be renewed (provisioned, for a pending site).
+    WouldRenew {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        due: Option<String>,
+    },
+    WouldProvision,
+    Renewed {
+        new_not_after: String,
+    },
+    Provisioned {
+        new_not_after: String,
+    },
+    Failed {
+        error: String,
+    },
 }
 
-/// What happened to one lineage or pending site.
+/// One row of the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Entry {
     pub host: String,
     pub siteid: Option<String>,
-    /// renewed, failed, not_due, provisioned (a pending site), would_renew (dry run)
-    pub status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub old_not_after: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub new_not_after: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub due: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    #[serde(flatten)]
+    pub status: Status,
+}
+
+impl Entry {
+    fn is_success(&self) -> bool {
+        matches!(self.status, Status::Renewed { .. } | Status::Provisioned { .. })
+    }
 }
 
 /// The report printed with `--json` and given to hooks on stdin.
@@ -71,14 +81,28 @@ pub struct Report {
     pub hooks: Vec<hooks::HookRun>,
 }
 
-struct Job {
-    host: String,
-    siteid: Option<String>,
-    webroot: PathBuf,
-    server: String,
-    key_type: KeyType,
-    old_not_after: Option<DateTime<Utc>>,
-    pending: bool,
+impl Report {
+    fn count(&self, f: impl Fn(&Status) -> bool) -> usize {
+        self.lineages.iter().filter(|e| f(&e.status)).count()
+    }
+
+    /// The one-line summary on stderr.
+    pub fn summary(&self) -> String {
+        let dry = if self.dry_run {
+            format!(" (dry run: {} would be renewed)", self.count(|s| matches!(s, Status::WouldRenew { .. } | Status::WouldProvision)))
+        } else {
+            String::new()
+        };
+        format!(
+            "renew: {} renewed, {} provisioned, {} failed, {} not due, {} expired stash entries deleted{}{dry}",
+            self.count(|s| matches!(s, Status::Renewed { .. })),
+            self.count(|s| matches!(s, Status::Provisioned { .. })),
+            self.count(|s| matches!(s, Status::Failed { .. })),
+            self.count(|s| matches!(s, Status::NotDue { .. })),
+            self.stash_deleted.len(),
+            if self.apache_error.is_some() { "; the Apache step FAILED" } else { "" },
+        )
+    }
 }
 
 /// RFC 3339 in whole seconds, as every report and listing prints times.
@@ -86,177 +110,131 @@ pub(super) fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-fn key_type_of(s: Option<String>, default: KeyType) -> KeyType {
-    match s.as_deref() {
-        Some("rsa") => KeyType::Rsa,
-        Some("ecdsa") => KeyType::Ecdsa,
-        _ => default,
+/// The facts of one pass, from the store and the stored sites.
+fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool) -> PassFacts {
+    let site_by_host: BTreeMap<&str, &Site> = sites.iter().map(|s| (s.hostname.as_str(), s)).collect();
+    let lineages = ctx
+        .store
+        .names_with_conf(Place::Live)
+        .into_iter()
+        .map(|name| {
+            let conf = ctx.store.lineage_conf(&name, Place::Live).unwrap_or_default();
+            let site = site_by_host.get(name.as_str()).copied();
+            // The certificate alone decides whether it is due; the key is
+            // read only for the lineages that are renewed (fast no-op passes).
+            let validity = ctx.store.leaf(&name, Place::Live).map(|c| (c.not_before, c.not_after));
+            LineageFacts {
+                siteid: site.map(|s| s.siteid.clone()),
+                has_links: ctx.store.has(&name, Place::Live),
+                validity,
+                renew_before_expiry: conf.renew_before_expiry,
+                webroot: conf.webroot.or_else(|| site.map(|s| ctx.cfg.site_wellknown(&s.siteid))),
+                server: conf.server,
+                key_type: conf.key_type,
+                host: name,
+            }
+        })
+        .collect();
+    let pending = sites
+        .iter()
+        .filter(|s| facts::is_pending(&ctx.store, s))
+        .map(|s| PendingFacts { host: s.hostname.clone(), siteid: s.siteid.clone(), webroot: ctx.cfg.site_wellknown(&s.siteid) })
+        .collect();
+    let stash = ctx.store.names_with_links(Place::Stashed).into_iter().filter_map(|n| ctx.store.leaf(&n, Place::Stashed).map(|c| (n, c.not_after))).collect();
+    PassFacts {
+        lineages,
+        pending,
+        stash,
+        now,
+        force,
+        server: ctx.cfg.acme_server.clone(),
+        key_type: ctx.cfg.key_type,
+        clock_plausible: crate::decide::clock_plausible(now, &facts::device_validity(&ctx.store)),
     }
 }
 
 /// `renew [--force] [--dry-run]`.
 pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
-    let _lock = if dry_run { None } else { Some(ctx.lock("renew")?) };
-    tracing::trace!("locked");
+    // A dry run takes no lock and changes nothing.
+    let locked = if dry_run { None } else { Some(ctx.lock("renew")?) };
     let now = Utc::now();
     let sites = facts::all_stored(&ctx.cfg)?;
-    let site_by_host: BTreeMap<String, &Site> = sites.iter().map(|s| (s.hostname.clone(), s)).collect();
-    let mut entries = Vec::new();
-    let mut jobs = Vec::new();
+    let plan = renewal::plan(&gather(ctx, &sites, now, force));
 
-    for name in ctx.store.names_with_conf(Place::Live) {
-        let conf = ctx.store.read_conf(&name, Place::Live);
-        let get = |sec: Option<&str>, k: &str| conf.as_ref().and_then(|c| c.get(sec, k));
-        let rbe = get(None, "renew_before_expiry").and_then(|s| crate::renewal_conf::parse_interval(&s));
-        let site = site_by_host.get(&name).copied();
-        let webroot = conf
-            .as_ref()
-            .and_then(|c| c.section("webroot_map").into_iter().find(|(k, _)| k == &name).map(|(_, v)| PathBuf::from(v)))
-            .or_else(|| get(Some("renewalparams"), "webroot_path").map(|w| PathBuf::from(w.trim_end_matches(',').split(',').next().unwrap_or("").trim())))
-            .or_else(|| site.map(|s| ctx.cfg.site_wellknown(&s.siteid)));
-        // The certificate alone decides whether it is due; the key is read
-        // only for the lineages that are renewed (fast no-op passes).
-        let leaf = ctx.store.leaf(&name, Place::Live);
-        let (old, due) = match (&leaf, ctx.store.has(&name, Place::Live)) {
-            (Some(c), _) => (Some(c.not_after), Some(due_at(c.not_before, c.not_after, rbe))),
-            (None, true) => (None, None),
-            (None, false) => {
-                // A conf without links: broken for certbot too; not ours to guess.
-                entries.push(Entry {
-                    host: name.clone(),
-                    siteid: site.map(|s| s.siteid.clone()),
-                    status: "failed".into(),
-                    old_not_after: None,
-                    new_not_after: None,
-                    due: None,
-                    error: Some(format!("renewal/{name}.conf has no live/{name} links (see site-admin doctor)")),
-                });
-                continue;
+    let mut entries: Vec<Entry> = plan
+        .skipped
+        .iter()
+        .map(|(host, siteid, skip)| match skip {
+            Skip::NotDue { due, not_after } => {
+                Entry { host: host.clone(), siteid: siteid.clone(), old_not_after: Some(ts(*not_after)), status: Status::NotDue { due: ts(*due) } }
             }
-        };
-        let is_due = force || due.map(|d| now >= d).unwrap_or(true);
-        let mut e = Entry {
-            host: name.clone(),
-            siteid: site.map(|s| s.siteid.clone()),
-            status: "not_due".into(),
-            old_not_after: old.map(ts),
-            new_not_after: None,
-            due: due.map(ts),
-            error: None,
-        };
-        if !is_due {
-            entries.push(e);
-            continue;
-        }
-        let Some(webroot) = webroot else {
-            e.status = "failed".into();
-            e.error = Some("its renewal conf names no webroot and no deployed site uses it".into());
-            entries.push(e);
-            continue;
-        };
-        if dry_run {
-            e.status = "would_renew".into();
-            entries.push(e);
-            continue;
-        }
-        // A lineage renews with the server the configuration (or
-        // --acme-server) names now: moving to another CA moves it.
-        if let Some(old) = get(Some("renewalparams"), "server").filter(|s| s != &ctx.cfg.acme_server) {
-            tracing::warn!("{name}: moving from the ACME server {old} to {} (the configured server), as of this renewal", ctx.cfg.acme_server);
-        }
-        jobs.push(Job {
-            host: name.clone(),
-            siteid: e.siteid.clone(),
-            webroot,
-            server: ctx.cfg.acme_server.clone(),
-            key_type: key_type_of(get(Some("renewalparams"), "key_type"), ctx.cfg.key_type),
-            old_not_after: old,
-            pending: false,
-        });
-    }
-    for s in sites.iter().filter(|s| facts::is_pending(&ctx.store, s)) {
-        if dry_run {
-            entries.push(Entry {
-                host: s.hostname.clone(),
-                siteid: Some(s.siteid.clone()),
-                status: "would_provision".into(),
-                old_not_after: None,
-                new_not_after: None,
-                due: None,
-                error: None,
-            });
-            continue;
-        }
-        jobs.push(Job {
-            host: s.hostname.clone(),
-            siteid: Some(s.siteid.clone()),
-            webroot: ctx.cfg.site_wellknown(&s.siteid),
-            server: ctx.cfg.acme_server.clone(),
-            key_type: ctx.cfg.key_type,
-            old_not_after: None,
-            pending: true,
-        });
-    }
-
-    // Expired stash entries go, unless the clock cannot be right.
-    let mut stash_deleted = Vec::new();
-    let clock_ok = crate::decide::clock_plausible(now, &facts::device_validity(&ctx.store));
-    if !clock_ok {
+            Skip::Broken { why } => Entry { host: host.clone(), siteid: siteid.clone(), old_not_after: None, status: Status::Failed { error: why.clone() } },
+        })
+        .collect();
+    if !plan.kept_expired_stash.is_empty() {
         tracing::warn!(
-            "the clock says {}, later than every certificate on this device by more than a lifetime: it cannot be right, so no expired stash entry is deleted",
-            ts(now)
+            "the clock says {}, later than every certificate on this device by more than a lifetime: it cannot be right, so the expired-looking stash entries of {} are kept",
+            ts(now),
+            plan.kept_expired_stash.join(", ")
         );
     }
-    for name in ctx.store.names_with_links(Place::Stashed) {
-        if let Some(leaf) = ctx.store.leaf(&name, Place::Stashed) {
-            if leaf.not_after <= now && clock_ok {
-                if !dry_run {
-                    ctx.progress(&format!("{name}: deleting the expired stashed certificate"));
-                    ctx.store.delete_stash(&name)?;
-                }
-                stash_deleted.push(name);
-            }
+    if dry_run {
+        for j in &plan.jobs {
+            let status = if j.pending { Status::WouldProvision } else { Status::WouldRenew { due: j.due.map(ts) } };
+            entries.push(Entry { host: j.host.clone(), siteid: j.siteid.clone(), old_not_after: j.old_not_after.map(ts), status });
         }
-    }
-
-    let done = run_jobs(ctx, jobs);
-    for (job, res) in &done {
-        let mut e = Entry {
-            host: job.host.clone(),
-            siteid: job.siteid.clone(),
-            status: String::new(),
-            old_not_after: job.old_not_after.map(ts),
-            new_not_after: None,
-            due: None,
-            error: None,
+        let report = Report {
+            event: "renew",
+            dry_run,
+            lineages: entries,
+            renewed_domains: vec![],
+            failed_domains: vec![],
+            stash_deleted: plan.delete_stash.clone(),
+            reloaded: false,
+            apache_error: None,
+            not_served: vec![],
+            hooks: vec![],
         };
-        match res {
-            Ok(na) => {
-                e.status = if job.pending { "provisioned".into() } else { "renewed".into() };
-                e.new_not_after = Some(ts(*na));
-            }
-            Err(err) => {
-                e.status = "failed".into();
-                e.error = Some(format!("{} failed: {err}", if job.pending { "provisioning" } else { "renewal" }));
-            }
-        }
-        entries.push(e);
+        return finish(ctx, report);
     }
 
-    let renewed: Vec<String> = entries.iter().filter(|e| e.status == "renewed" || e.status == "provisioned").map(|e| e.host.clone()).collect();
-    let failed: Vec<String> = entries.iter().filter(|e| e.status == "failed").map(|e| e.host.clone()).collect();
+    for j in &plan.jobs {
+        if let Some(old) = &j.moved_from {
+            tracing::warn!("{}: moving from the ACME server {old} to {} (the configured server), as of this renewal", j.host, j.server);
+        }
+    }
+    let mut stash_deleted = Vec::new();
+    for name in &plan.delete_stash {
+        ctx.progress(&format!("{name}: deleting the expired stashed certificate"));
+        ctx.store.delete_stash(name)?;
+        stash_deleted.push(name.clone());
+    }
+
+    for (job, res) in run_jobs(ctx, plan.jobs) {
+        let status = match res {
+            Ok(na) if job.pending => Status::Provisioned { new_not_after: ts(na) },
+            Ok(na) => Status::Renewed { new_not_after: ts(na) },
+            Err(err) => Status::Failed { error: format!("{} failed: {err}", if job.pending { "provisioning" } else { "renewal" }) },
+        };
+        entries.push(Entry { host: job.host, siteid: job.siteid, old_not_after: job.old_not_after.map(ts), status });
+    }
+
+    let renewed: Vec<String> = entries.iter().filter(|e| e.is_success()).map(|e| e.host.clone()).collect();
+    let failed: Vec<String> = entries.iter().filter(|e| matches!(e.status, Status::Failed { .. })).map(|e| e.host.clone()).collect();
     // Every Let's Encrypt site whose vhost does not serve its usable live
     // certificate goes (back) to https: a pending site just provisioned, and
     // one that fell back to http while its expired lineage waited for renew.
-    let switched: Vec<&Site> = if dry_run { Vec::new() } else { sites.iter().filter(|s| needs_https(ctx, s, now)).collect() };
+    let switched: Vec<&Site> = sites.iter().filter(|s| needs_https(ctx, s, now)).collect();
     let mut reloaded = false;
     let mut apache_error = None;
-    if !dry_run && (!renewed.is_empty() || !switched.is_empty()) {
-        let res = if switched.is_empty() {
-            ctx.progress("reloading Apache for the renewed certificates");
-            apache::reload(&ctx.cfg).map_err(|said| format!("reloading Apache: {said}"))
-        } else {
-            switch_to_https(ctx, &switched).map_err(|e| e.to_string())
+    if !renewed.is_empty() || !switched.is_empty() {
+        let res = match (&locked, switched.is_empty()) {
+            (_, true) => {
+                ctx.progress("reloading Apache for the renewed certificates");
+                apache::reload(&ctx.cfg).map_err(|said| format!("reloading Apache: {said}"))
+            }
+            (Some(l), false) => switch_to_https(ctx, &l.recovered, &switched).map_err(|e| e.to_string()),
+            (None, false) => Err("internal: no lock for the Apache change".to_string()),
         };
         match res {
             Ok(()) => reloaded = true,
@@ -266,10 +244,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             }
         }
     }
-
-    if !dry_run {
-        ctx.install_certbot_hook();
-    }
+    ctx.install_certbot_hook();
     let not_served = if apache_error.is_some() { renewed.clone() } else { Vec::new() };
     let mut report = Report {
         event: "renew",
@@ -283,30 +258,28 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
         not_served,
         hooks: Vec::new(),
     };
-    if !dry_run {
-        report.hooks = run_all_hooks(ctx, &report);
-    }
+    // The hooks run whatever happened once renewals began.
+    report.hooks = run_all_hooks(ctx, &report);
+    finish(ctx, report)
+}
+
+/// Log, print, and choose the exit code.
+fn finish(ctx: &Ctx, report: Report) -> Result<i32> {
     for e in &report.lineages {
-        match e.status.as_str() {
-            "renewed" | "provisioned" => ctx.progress(&format!("{}: {} (valid until {})", e.host, e.status, e.new_not_after.as_deref().unwrap_or("?"))),
-            "not_due" => tracing::debug!("{}: not due until {}", e.host, e.due.as_deref().unwrap_or("?")),
-            "failed" => tracing::warn!("{}: {}", e.host, e.error.as_deref().unwrap_or("failed")),
+        match &e.status {
+            Status::Renewed { new_not_after } | Status::Provisioned { new_not_after } => {
+                let what = if matches!(e.status, Status::Renewed { .. }) { "renewed" } else { "provisioned" };
+                ctx.progress(&format!("{}: {what} (valid until {new_not_after})", e.host))
+            }
+            Status::NotDue { due } => tracing::debug!("{}: not due until {due}", e.host),
+            Status::Failed { error } => tracing::warn!("{}: {error}", e.host),
             _ => {}
         }
     }
     if ctx.json {
         ctx.print_json(&serde_json::to_value(&report).map_err(|e| Error::failed(e.to_string()))?)?;
     } else if !ctx.quiet {
-        let n = |s: &str| report.lineages.iter().filter(|e| e.status == s).count();
-        eprintln!(
-            "renew: {} renewed, {} provisioned, {} failed, {} not due, {} expired stash entries deleted{}",
-            n("renewed"),
-            n("provisioned"),
-            n("failed"),
-            n("not_due"),
-            report.stash_deleted.len(),
-            if dry_run { format!(" (dry run: {} would be renewed)", n("would_renew") + n("would_provision")) } else { String::new() }
-        );
+        eprintln!("{}", report.summary());
     }
     Ok(if report.failed_domains.is_empty() && report.apache_error.is_none() { 0 } else { 1 })
 }
@@ -325,14 +298,14 @@ fn needs_https(ctx: &Ctx, s: &Site, now: DateTime<Utc>) -> bool {
 }
 
 fn lkc_vhost(ctx: &Ctx, s: &Site) -> String {
-    let live = ctx.store.live_dir(&s.hostname);
-    apache::render(&ctx.cfg, &s.siteid, &s.hostname, &VhostTls::Lkc { fullchain: live.join("fullchain.pem"), privkey: live.join("privkey.pem") })
+    let (fullchain, privkey) = ctx.store.live_files(&s.hostname);
+    apache::render(&ctx.cfg, &s.siteid, &s.hostname, &VhostTls::Lkc { fullchain, privkey })
 }
 
 /// Point these sites' vhosts at their live certificates (their OKC files
 /// go), in one transaction; it reloads Apache.
-pub fn switch_to_https(ctx: &Ctx, sites: &[&Site]) -> Result<()> {
-    let mut txn = apache::Transaction::begin(&ctx.cfg)?;
+pub fn switch_to_https(ctx: &Ctx, rec: &Recovered, sites: &[&Site]) -> Result<()> {
+    let mut txn = apache::Transaction::begin(&ctx.cfg, rec)?;
     for s in sites {
         txn.write(&ctx.cfg.vhost_file(&s.siteid), lkc_vhost(ctx, s).as_bytes(), 0o644)?;
         let p = ctx.cfg.okc_paths(&s.siteid);
@@ -341,7 +314,7 @@ pub fn switch_to_https(ctx: &Ctx, sites: &[&Site]) -> Result<()> {
         txn.remove(&p.cacrt)?;
         ctx.progress(&format!("site {} ({}): switching to https", s.siteid, s.hostname));
     }
-    txn.commit_with(true, &|m| ctx.progress(m), &|_| Ok(()))
+    txn.commit(true, &|m| ctx.progress(m), &|_| Ok(()))
 }
 
 /// Run the jobs, [`CONCURRENCY`] at a time; one ACME client per server.
@@ -388,8 +361,7 @@ fn renew_one(ctx: &Ctx, client: &AcmeClient, account: &str, job: &Job) -> std::r
     crate::fsutil::create_dir_all_mode(&job.webroot, 0o755).map_err(|e| e.to_string())?;
     let issued = client.issue(&job.host, &job.webroot, job.key_type).map_err(|e| e.to_string())?;
     let v = NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem).map_err(|e| e.to_string())?;
-    let params =
-        RenewalParams { account: account.to_string(), server: job.server.clone(), webroot: job.webroot.clone(), key_type: job.key_type.as_str().into() };
+    let params = RenewalParams { account: Some(account.to_string()), server: job.server.clone(), webroot: job.webroot.clone(), key_type: job.key_type };
     crate::fault::point("renew.issued");
     ctx.store.add_version(&job.host, &v, &params).map_err(|e| e.to_string())?;
     match ctx.store.material(&job.host, Place::Live) {
@@ -442,19 +414,4 @@ fn run_all_hooks(ctx: &Ctx, report: &Report) -> Vec<hooks::HookRun> {
         runs.push(r);
     }
     runs
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-
-    #[test]
-    fn due_rules() {
-        let nb = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-        assert_eq!(due_at(nb, nb + Duration::days(90), None), nb + Duration::days(60));
-        assert_eq!(due_at(nb, nb + Duration::days(6), None), nb + Duration::days(3));
-        assert_eq!(due_at(nb, nb + Duration::days(90), Some(Duration::days(10))), nb + Duration::days(80));
-        assert_eq!(due_at(nb, nb + Duration::seconds(300), None), nb + Duration::seconds(150));
-    }
 }

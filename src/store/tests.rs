@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 const H: &str = "a.example.com";
 
 fn params(dir: &Path) -> RenewalParams {
-    RenewalParams { account: "acct".into(), server: "https://ca.test/dir".into(), webroot: dir.join("wk"), key_type: "ecdsa".into() }
+    RenewalParams { account: Some("acct".into()), server: "https://ca.test/dir".into(), webroot: dir.join("wk"), key_type: crate::config::KeyType::Ecdsa }
 }
 
 fn version(days: i64) -> NewVersion {

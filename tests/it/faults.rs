@@ -476,7 +476,12 @@ fn doctor_sees_a_dead_apache_and_a_stale_certificate_and_repair_mends_both() {
     // A new version behind Apache's back (as certbot's renewal without a hook).
     let (k, c) = d.lkc(&[h], 80);
     let store = site_admin::store::Store::new(d.le());
-    let params = site_admin::store::RenewalParams { account: String::new(), server: w.pebble.directory(), webroot: d.root.join("x"), key_type: "ecdsa".into() };
+    let params = site_admin::store::RenewalParams {
+        account: None,
+        server: w.pebble.directory(),
+        webroot: d.root.join("x"),
+        key_type: site_admin::config::KeyType::Ecdsa,
+    };
     store.add_version(h, &site_admin::store::NewVersion::from_key_and_fullchain(&k, &c).unwrap(), &params).unwrap();
     let o = d.run(&["doctor"]);
     assert_eq!(o.status.code(), Some(1));

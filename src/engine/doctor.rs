@@ -1,8 +1,9 @@
 //! `site-admin doctor [--repair]`: check every invariant of docs/design.md across
 //! the tree and report each violation with the host or site at fault.
 
-use crate::engine::facts::{self, Kind};
-use crate::engine::Ctx;
+use super::ctx::Ctx;
+use super::facts::{self, Kind};
+use crate::apache::Recovered;
 use crate::error::Result;
 use crate::store::{Material, Place};
 use serde_json::json;
@@ -22,7 +23,8 @@ fn mode_of(p: &Path) -> Option<u32> {
 }
 
 /// Check everything; with `repair`, mend what can be mended without guessing.
-pub fn check(ctx: &Ctx, repair: bool) -> Result<Vec<Finding>> {
+pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>> {
+    let repair = repair_with.is_some();
     let mut out = Vec::new();
     let mut add = |what: String, problem: String, repaired: bool| out.push(Finding { what, problem, repaired });
     let store = &ctx.store;
@@ -125,9 +127,9 @@ pub fn check(ctx: &Ctx, repair: bool) -> Result<Vec<Finding>> {
         }
     }
     let mut switched = false;
-    if repair && !to_https.is_empty() {
+    if let (Some(rec), false) = (repair_with, to_https.is_empty()) {
         let refs: Vec<&crate::site::Site> = to_https.iter().collect();
-        switched = crate::engine::renew::switch_to_https(ctx, &refs).is_ok();
+        switched = super::renew::switch_to_https(ctx, rec, &refs).is_ok();
     }
     let mut add = |what: String, problem: String, repaired: bool| out.push(Finding { what, problem, repaired });
     // 2 and 4: deployed sites.
@@ -188,14 +190,14 @@ fn relink_newest_matching(ctx: &Ctx, name: &str) -> bool {
 
 /// `doctor [--repair]`.
 pub fn doctor_command(ctx: &Ctx, repair: bool) -> Result<i32> {
-    let (_lock, did) = if repair {
+    let (locked, did) = if repair {
         let (l, did) = ctx.lock_for_repair()?;
         (Some(l), did)
     } else {
         (None, Vec::new())
     };
     let mut findings: Vec<Finding> = did.into_iter().map(|d| Finding { what: "journal".into(), problem: d, repaired: true }).collect();
-    if !repair && crate::apache::journal_damaged(&ctx.cfg) {
+    if !repair && crate::journal::damaged(&ctx.cfg) {
         findings.push(Finding {
             what: "journal".into(),
             problem: "the Apache journal of an interrupted change is unreadable, so every locked command stops; `site-admin doctor --repair` moves it aside"
@@ -203,7 +205,7 @@ pub fn doctor_command(ctx: &Ctx, repair: bool) -> Result<i32> {
             repaired: false,
         });
     }
-    findings.extend(check(ctx, repair)?);
+    findings.extend(check(ctx, locked.as_ref().map(|l| &l.recovered))?);
     let open = findings.iter().filter(|f| !f.repaired).count();
     if ctx.json {
         ctx.print_json(&json!({"ok": open == 0, "findings": findings}))?;

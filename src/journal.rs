@@ -1,0 +1,195 @@
+//! The journal of an Apache transaction (docs/design.md, invariant 5): under
+//! `<state dir>/journal/apache/`, a copy of each file's previous content (or
+//! link target) and `index.json` — which files, whether `configtest` has
+//! decided for the new configuration, and the typed [`Completion`] that
+//! finishes the operation once it has. A crash leaves it behind; the next
+//! locked command rolls it back (undecided) or completes it (decided).
+
+use crate::config::Config;
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use crate::site::Site;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// One file's state before the transaction touched it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    pub path: PathBuf,
+    /// Where its previous content is kept, or None if it did not exist.
+    pub copy: Option<PathBuf>,
+    pub mode: u32,
+    /// It was a symlink to this target (put back as that link, not a copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<PathBuf>,
+}
+
+/// What finishes a deploy or undeploy once Apache accepted the new
+/// configuration. A decided transaction found after a crash runs it again,
+/// so every step is idempotent.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Completion {
+    /// Hosts whose live LKC is stashed (Apache no longer points at them).
+    #[serde(default)]
+    pub stash: Vec<String>,
+    /// The Site JSON to store at rest (already without key material).
+    #[serde(default)]
+    pub store_site: Option<Site>,
+    /// A site id whose stored Site JSON is removed (undeploy).
+    #[serde(default)]
+    pub remove_site: Option<String>,
+    /// Directories removed (undeploy: the site's challenge webroot).
+    #[serde(default)]
+    pub remove_dirs: Vec<PathBuf>,
+}
+
+/// `index.json`.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct Index {
+    pub saved: Vec<Saved>,
+    pub decided: bool,
+    pub completion: Option<Completion>,
+}
+
+/// The journal directory of this configuration.
+pub fn dir(cfg: &Config) -> PathBuf {
+    cfg.state_dir().join("journal/apache")
+}
+
+fn index_path(cfg: &Config) -> PathBuf {
+    dir(cfg).join("index.json")
+}
+
+/// Start a journal for a new transaction. One a crash left behind must have
+/// been recovered first.
+pub fn start(cfg: &Config) -> Result<PathBuf> {
+    let d = dir(cfg);
+    if index_path(cfg).exists() {
+        return Err(Error::failed(format!("an interrupted Apache change in {} was not recovered", d.display())));
+    }
+    fsutil::create_dir_all_mode(&d, 0o700)?;
+    fsutil::ensure_dir_mode(&d, 0o700)?;
+    Ok(d)
+}
+
+/// Write the index (atomically).
+pub fn write(cfg: &Config, index: &Index) -> Result<()> {
+    let data = serde_json::to_vec(index).map_err(|e| Error::failed(e.to_string()))?;
+    fsutil::atomic_write(&index_path(cfg), &data, 0o600)
+}
+
+/// Keep a copy of a file's previous content as the n-th saved file.
+pub fn keep_copy(cfg: &Config, n: usize, data: &[u8]) -> Result<PathBuf> {
+    let copy = dir(cfg).join(format!("{n}.orig"));
+    fsutil::atomic_write(&copy, data, 0o600)?;
+    Ok(copy)
+}
+
+/// The index a crash left behind: None when there is none (any copies
+/// without an index are from a transaction that had changed nothing yet,
+/// and are removed). A damaged index is an error naming the file and what
+/// to do.
+pub fn read(cfg: &Config) -> Result<Option<Index>> {
+    let path = index_path(cfg);
+    let text = match fs::read(&path) {
+        Ok(t) => t,
+        Err(_) => {
+            if dir(cfg).is_dir() {
+                finish(cfg)?;
+            }
+            return Ok(None);
+        }
+    };
+    serde_json::from_slice(&text).map(Some).map_err(|e| {
+        Error::failed(format!(
+            "recovering an interrupted Apache change: its journal {} is unreadable ({e}); `site-admin doctor --repair` moves it aside and recovers what it can",
+            path.display()
+        ))
+    })
+}
+
+/// Drop the journal: the index first (without it the copies mean nothing).
+pub fn finish(cfg: &Config) -> Result<()> {
+    let d = dir(cfg);
+    fsutil::remove_file_if_exists(&d.join("index.json"))?;
+    if let Ok(rd) = fs::read_dir(&d) {
+        for e in rd.filter_map(|e| e.ok()) {
+            fsutil::remove_file_if_exists(&e.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Is there an index that cannot be read?
+pub fn damaged(cfg: &Config) -> bool {
+    match fs::read(index_path(cfg)) {
+        Ok(t) => serde_json::from_slice::<Index>(&t).is_err(),
+        Err(_) => false,
+    }
+}
+
+/// Move a damaged journal aside (`journal/apache.damaged-<time>`), so that
+/// locked commands can run again. What it held cannot be replayed: without a
+/// readable index nobody knows which file each copy belongs to.
+pub fn set_aside(cfg: &Config) -> Result<PathBuf> {
+    let d = dir(cfg);
+    let to = d.with_file_name(format!("apache.damaged-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")));
+    fsutil::rename_durable(&d, &to)?;
+    Ok(to)
+}
+
+/// Put every saved file back as it was, last first.
+pub fn restore(saved: &[Saved]) -> Result<()> {
+    for s in saved.iter().rev() {
+        match (&s.link, &s.copy) {
+            (Some(target), _) => {
+                fsutil::remove_file_if_exists(&s.path)?;
+                std::os::unix::fs::symlink(target, &s.path).io_ctx("restoring link", &s.path)?;
+            }
+            (None, Some(c)) => {
+                let data = fs::read(c).io_ctx("reading", c)?;
+                fsutil::atomic_write(&s.path, &data, s.mode)?;
+            }
+            (None, None) => fsutil::remove_file_if_exists(&s.path)?,
+        }
+    }
+    Ok(())
+}
+
+/// A path's state before a transaction touches it.
+pub enum Previous {
+    Link(PathBuf),
+    File { data: Vec<u8>, mode: u32 },
+    Missing,
+}
+
+/// What is at `path` now, for [`Saved`].
+pub fn previous(path: &Path) -> Result<Previous> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(target) = fs::read_link(path) {
+        return Ok(Previous::Link(target));
+    }
+    match fs::read(path) {
+        Ok(data) => {
+            let mode = fs::metadata(path).io_ctx("reading", path)?.permissions().mode() & 0o7777;
+            Ok(Previous::File { data, mode })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Previous::Missing),
+        Err(e) => Err(e).io_ctx("reading", path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_old_untyped_completion_still_reads() {
+        // What earlier versions journaled: the same shape, as JSON.
+        let old = r#"{"saved":[],"decided":true,"completion":{"stash":["a.test"],"store_site":null,"remove_site":"s1","remove_dirs":[]}}"#;
+        let i: Index = serde_json::from_str(old).unwrap();
+        let c = i.completion.unwrap();
+        assert_eq!(c.stash, vec!["a.test".to_string()]);
+        assert_eq!(c.remove_site.as_deref(), Some("s1"));
+    }
+}

@@ -1,0 +1,302 @@
+//! What one `renew` pass does, as one pure function (docs/design.md, "When a
+//! lineage renews"): [`plan`] takes plain facts — each live lineage, each
+//! pending site, each stash entry, `now`, `--force` — and returns the jobs to
+//! run, the stash entries to delete, and the lineages left alone and why. It
+//! does no I/O; `engine::renew` gathers the facts and carries the plan out.
+//!
+//! The rules:
+//! 1. A lineage is **due** when less than a third of its lifetime is left
+//!    (half, for lifetimes of ten days or less), or from `renew_before_expiry`
+//!    before its notAfter when its conf sets that ([`due_at`]); `--force`
+//!    makes every lineage due.
+//! 2. A lineage whose certificate cannot be read (but whose links exist) is
+//!    due: renewing it is how it is mended.
+//! 3. A renewal conf without links is reported as failed, never guessed at.
+//! 4. A due lineage needs a webroot (its conf's, else the deployed site's
+//!    challenge directory); without one it is reported as failed.
+//! 5. A lineage renews with the server configured now, keeping its conf's key
+//!    type; when its conf names another server the job says so (`moved_from`).
+//! 6. Every pending site is provisioned, with the configured server and key type.
+//! 7. An expired stash entry is deleted — unless the clock cannot be right
+//!    ([`crate::decide::clock_plausible`]), then none is.
+
+use crate::config::KeyType;
+use chrono::{DateTime, Duration, Utc};
+use std::path::PathBuf;
+
+/// When a certificate becomes due: `renew_before_expiry` before notAfter when
+/// set; else when a third of its lifetime is left (half, for lifetimes of ten
+/// days or less) — certbot's rule.
+pub fn due_at(not_before: DateTime<Utc>, not_after: DateTime<Utc>, renew_before_expiry: Option<Duration>) -> DateTime<Utc> {
+    if let Some(d) = renew_before_expiry {
+        return not_after - d;
+    }
+    let life = not_after - not_before;
+    if life <= Duration::days(10) {
+        not_after - life / 2
+    } else {
+        not_after - life / 3
+    }
+}
+
+/// One lineage with a renewal conf under `renewal/`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineageFacts {
+    pub host: String,
+    /// The deployed site that uses it, if any.
+    pub siteid: Option<String>,
+    /// Whether `live/<host>` exists.
+    pub has_links: bool,
+    /// (notBefore, notAfter) of its certificate, if it can be read.
+    pub validity: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    pub renew_before_expiry: Option<Duration>,
+    /// Its conf's webroot, else the deployed site's challenge directory.
+    pub webroot: Option<PathBuf>,
+    /// The server its conf names.
+    pub server: Option<String>,
+    pub key_type: Option<KeyType>,
+}
+
+/// A Let's Encrypt site without a usable live lineage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingFacts {
+    pub host: String,
+    pub siteid: String,
+    pub webroot: PathBuf,
+}
+
+/// Everything one pass is decided on.
+#[derive(Debug, Clone)]
+pub struct PassFacts {
+    pub lineages: Vec<LineageFacts>,
+    pub pending: Vec<PendingFacts>,
+    /// (host, notAfter) of each stash entry whose certificate can be read.
+    pub stash: Vec<(String, DateTime<Utc>)>,
+    pub now: DateTime<Utc>,
+    pub force: bool,
+    /// The ACME server and key type configured now.
+    pub server: String,
+    pub key_type: KeyType,
+    pub clock_plausible: bool,
+}
+
+/// One issuance to run: a renewal, or a pending site's provisioning.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub host: String,
+    pub siteid: Option<String>,
+    pub webroot: PathBuf,
+    pub server: String,
+    pub key_type: KeyType,
+    pub old_not_after: Option<DateTime<Utc>>,
+    /// When it is due (None: forced, or its certificate is unreadable).
+    pub due: Option<DateTime<Utc>>,
+    /// A pending site's first certificate, not a renewal.
+    pub pending: bool,
+    /// The server its conf named, when that is not the configured one.
+    pub moved_from: Option<String>,
+}
+
+/// A lineage this pass leaves alone.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Skip {
+    NotDue {
+        due: DateTime<Utc>,
+        not_after: DateTime<Utc>,
+    },
+    /// Cannot be renewed as it is: rules 3 and 4.
+    Broken {
+        why: String,
+    },
+}
+
+/// The decision for one pass.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Plan {
+    pub jobs: Vec<Job>,
+    /// (host, siteid, why) of each lineage left alone.
+    pub skipped: Vec<(String, Option<String>, Skip)>,
+    pub delete_stash: Vec<String>,
+    /// Expired stash entries kept because the clock cannot be right.
+    pub kept_expired_stash: Vec<String>,
+}
+
+/// Decide one pass. Pure: same facts, same plan.
+pub fn plan(f: &PassFacts) -> Plan {
+    let mut p = Plan::default();
+    for l in &f.lineages {
+        if !l.has_links {
+            let why = format!("renewal/{h}.conf has no live/{h} links (see site-admin doctor)", h = l.host);
+            p.skipped.push((l.host.clone(), l.siteid.clone(), Skip::Broken { why }));
+            continue;
+        }
+        let due = l.validity.map(|(nb, na)| due_at(nb, na, l.renew_before_expiry));
+        let is_due = f.force || due.map(|d| f.now >= d).unwrap_or(true);
+        if !is_due {
+            if let (Some(d), Some((_, na))) = (due, l.validity) {
+                p.skipped.push((l.host.clone(), l.siteid.clone(), Skip::NotDue { due: d, not_after: na }));
+            }
+            continue;
+        }
+        let Some(webroot) = l.webroot.clone() else {
+            let why = "its renewal conf names no webroot and no deployed site uses it".to_string();
+            p.skipped.push((l.host.clone(), l.siteid.clone(), Skip::Broken { why }));
+            continue;
+        };
+        p.jobs.push(Job {
+            host: l.host.clone(),
+            siteid: l.siteid.clone(),
+            webroot,
+            server: f.server.clone(),
+            key_type: l.key_type.unwrap_or(f.key_type),
+            old_not_after: l.validity.map(|v| v.1),
+            due,
+            pending: false,
+            moved_from: l.server.clone().filter(|s| s != &f.server),
+        });
+    }
+    for s in &f.pending {
+        p.jobs.push(Job {
+            host: s.host.clone(),
+            siteid: Some(s.siteid.clone()),
+            webroot: s.webroot.clone(),
+            server: f.server.clone(),
+            key_type: f.key_type,
+            old_not_after: None,
+            due: None,
+            pending: true,
+            moved_from: None,
+        });
+    }
+    for (host, na) in &f.stash {
+        if *na <= f.now {
+            if f.clock_plausible {
+                p.delete_stash.push(host.clone());
+            } else {
+                p.kept_expired_stash.push(host.clone());
+            }
+        }
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0).unwrap()
+    }
+    /// A 90-day lineage issued `age` days ago.
+    fn lineage(host: &str, age: i64) -> LineageFacts {
+        let nb = now() - Duration::days(age);
+        LineageFacts {
+            host: host.into(),
+            siteid: Some("s1".into()),
+            has_links: true,
+            validity: Some((nb, nb + Duration::days(90))),
+            renew_before_expiry: None,
+            webroot: Some(PathBuf::from("/wk/s1")),
+            server: Some("https://ca/dir".into()),
+            key_type: Some(KeyType::Rsa),
+        }
+    }
+    fn facts(lineages: Vec<LineageFacts>) -> PassFacts {
+        PassFacts {
+            lineages,
+            pending: vec![],
+            stash: vec![],
+            now: now(),
+            force: false,
+            server: "https://ca/dir".into(),
+            key_type: KeyType::Ecdsa,
+            clock_plausible: true,
+        }
+    }
+
+    #[test]
+    fn rule_1_due_rules() {
+        let nb = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        assert_eq!(due_at(nb, nb + Duration::days(90), None), nb + Duration::days(60));
+        assert_eq!(due_at(nb, nb + Duration::days(6), None), nb + Duration::days(3));
+        assert_eq!(due_at(nb, nb + Duration::days(90), Some(Duration::days(10))), nb + Duration::days(80));
+        assert_eq!(due_at(nb, nb + Duration::seconds(300), None), nb + Duration::seconds(150));
+    }
+
+    #[test]
+    fn rule_1_fresh_is_left_alone_due_is_renewed_force_renews_all() {
+        let p = plan(&facts(vec![lineage("fresh", 10), lineage("due", 70)]));
+        assert_eq!(p.jobs.iter().map(|j| j.host.as_str()).collect::<Vec<_>>(), vec!["due"]);
+        assert!(matches!(p.skipped[0], (ref h, _, Skip::NotDue { .. }) if h == "fresh"));
+        let mut f = facts(vec![lineage("fresh", 10), lineage("due", 70)]);
+        f.force = true;
+        assert_eq!(plan(&f).jobs.len(), 2);
+    }
+
+    #[test]
+    fn rule_1_renew_before_expiry_makes_it_due_sooner() {
+        let mut l = lineage("x", 10);
+        l.renew_before_expiry = Some(Duration::days(85));
+        assert_eq!(plan(&facts(vec![l])).jobs.len(), 1);
+    }
+
+    #[test]
+    fn rule_2_an_unreadable_certificate_is_due() {
+        let mut l = lineage("x", 1);
+        l.validity = None;
+        let p = plan(&facts(vec![l]));
+        assert_eq!(p.jobs.len(), 1);
+        assert_eq!(p.jobs[0].old_not_after, None);
+    }
+
+    #[test]
+    fn rule_3_a_conf_without_links_is_reported() {
+        let mut l = lineage("x", 70);
+        l.has_links = false;
+        let p = plan(&facts(vec![l]));
+        assert!(p.jobs.is_empty());
+        assert!(matches!(&p.skipped[0].2, Skip::Broken { why } if why.contains("no live/x links")));
+    }
+
+    #[test]
+    fn rule_4_no_webroot_is_reported() {
+        let mut l = lineage("x", 70);
+        l.webroot = None;
+        let p = plan(&facts(vec![l]));
+        assert!(p.jobs.is_empty());
+        assert!(matches!(&p.skipped[0].2, Skip::Broken { why } if why.contains("no webroot")));
+    }
+
+    #[test]
+    fn rule_5_the_configured_server_and_the_confs_key_type() {
+        let mut l = lineage("x", 70);
+        l.server = Some("https://staging/dir".into());
+        let p = plan(&facts(vec![l, lineage("y", 70)]));
+        assert_eq!(p.jobs[0].server, "https://ca/dir");
+        assert_eq!(p.jobs[0].moved_from.as_deref(), Some("https://staging/dir"));
+        assert_eq!(p.jobs[0].key_type, KeyType::Rsa);
+        assert_eq!(p.jobs[1].moved_from, None);
+    }
+
+    #[test]
+    fn rule_6_pending_sites_are_provisioned() {
+        let mut f = facts(vec![]);
+        f.pending = vec![PendingFacts { host: "p".into(), siteid: "s2".into(), webroot: "/wk/s2".into() }];
+        let p = plan(&f);
+        assert_eq!(p.jobs.len(), 1);
+        assert!(p.jobs[0].pending);
+        assert_eq!(p.jobs[0].key_type, KeyType::Ecdsa);
+    }
+
+    #[test]
+    fn rule_7_expired_stash_goes_unless_the_clock_cannot_be_right() {
+        let mut f = facts(vec![]);
+        f.stash = vec![("old".into(), now() - Duration::days(1)), ("ok".into(), now() + Duration::days(1))];
+        assert_eq!(plan(&f).delete_stash, vec!["old".to_string()]);
+        f.clock_plausible = false;
+        let p = plan(&f);
+        assert!(p.delete_stash.is_empty());
+        assert_eq!(p.kept_expired_stash, vec!["old".to_string()]);
+    }
+}
