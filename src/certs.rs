@@ -104,6 +104,35 @@ pub fn parse_cert_der(der: &[u8]) -> Result<CertInfo, PemError> {
     })
 }
 
+/// The PEM blocks of a text, each normalised to end in a newline.
+pub fn pem_blocks(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur: Option<String> = None;
+    for line in text.lines() {
+        let l = line.trim_end();
+        if l.starts_with("-----BEGIN ") {
+            cur = Some(String::new());
+        }
+        if let Some(c) = cur.as_mut() {
+            c.push_str(l);
+            c.push('\n');
+        }
+        if l.starts_with("-----END ") {
+            if let Some(c) = cur.take() {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// The first certificate of a PEM text (a leaf's `cert.pem`), parsed: what
+/// a no-op renewal pass needs, without reading the rest.
+pub fn parse_first_cert(pem: &[u8]) -> Result<CertInfo, PemError> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem).map_err(|_| PemError("no PEM CERTIFICATE block found".into()))?;
+    parse_cert_der(&p.contents)
+}
+
 /// Parse a PEM chain: one or more `CERTIFICATE` blocks, leaf first.
 pub fn parse_chain(pem: &str) -> Result<Vec<CertInfo>, PemError> {
     if pem.trim().is_empty() {

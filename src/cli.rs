@@ -2,6 +2,7 @@
 //! global flag also from its environment variable), kept apart from the
 //! environment-bound setup in `main.rs` and the work in the engine.
 
+use crate::site::SiteId;
 use clap::{ArgAction, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -53,12 +54,12 @@ pub enum Command {
     /// Remove a site (its Let's Encrypt certificate is stashed).
     Undeploy {
         #[arg(long)]
-        siteid: String,
+        siteid: SiteId,
     },
     /// Write deployed sites, with their TLS material, to a backup file.
     Backup {
         #[arg(long, num_args = 1.., required_unless_present = "all", conflicts_with = "all")]
-        siteid: Vec<String>,
+        siteid: Vec<SiteId>,
         #[arg(long)]
         all: bool,
         #[arg(long)]
@@ -72,12 +73,12 @@ pub enum Command {
         #[arg(long = "in")]
         input: PathBuf,
         #[arg(long, num_args = 1..)]
-        siteid: Vec<String>,
+        siteid: Vec<SiteId>,
     },
     /// One deployed Site JSON, with its TLS material.
     Showsite {
         #[arg(long)]
-        siteid: String,
+        siteid: SiteId,
     },
     /// All deployed Site JSONs.
     Listsites,
@@ -125,14 +126,17 @@ mod tests {
 
     #[test]
     fn backup_siteids() {
-        let c = Cli::try_parse_from(["site-admin", "backup", "--siteid", "a", "b", "--out", "f"]).unwrap();
+        let (a, b) = ("s".to_string() + &"a".repeat(40), "s".to_string() + &"b".repeat(40));
+        let c = Cli::try_parse_from(["site-admin", "backup", "--siteid", &a, &b, "--out", "f"]).unwrap();
         match c.command {
             Command::Backup { siteid, all, .. } => {
-                assert_eq!(siteid, vec!["a", "b"]);
+                assert_eq!(siteid, vec![SiteId::parse(&a).unwrap(), SiteId::parse(&b).unwrap()]);
                 assert!(!all);
             }
             _ => panic!(),
         }
         assert!(Cli::try_parse_from(["site-admin", "backup", "--out", "f"]).is_err());
+        let e = Cli::try_parse_from(["site-admin", "undeploy", "--siteid", "../etc"]).unwrap_err();
+        assert!(e.to_string().contains("not a site id"), "{e}");
     }
 }

@@ -45,10 +45,18 @@ struct RawApache {
     start: Option<Vec<String>>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEab {
+    kid: String,
+    hmac_key: String,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     acme_server: Option<String>,
+    acme_eab: Option<RawEab>,
     acme_ca_bundle: Option<String>,
     contact_email: Option<String>,
     key_type: Option<KeyType>,
@@ -81,6 +89,8 @@ pub struct Config {
     pub acme_server: String,
     pub acme_ca_bundle: Option<PathBuf>,
     pub contact_email: Option<String>,
+    /// External Account Binding for CAs that require it.
+    pub acme_eab: Option<crate::acme::Eab>,
     pub key_type: KeyType,
     pub letsencrypt_dir: PathBuf,
     pub sites_dir: PathBuf,
@@ -172,9 +182,26 @@ impl Config {
                 return Err(bad("contact_email", "not an e-mail address"));
             }
         }
+        let acme_eab = match raw.acme_eab {
+            None => None,
+            Some(e) => {
+                use base64::Engine;
+                if e.kid.trim().is_empty() {
+                    return Err(bad("acme_eab.kid", "is empty"));
+                }
+                let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(e.hmac_key.trim().trim_end_matches('='))
+                    .map_err(|_| bad("acme_eab.hmac_key", "not base64url (the MAC key exactly as the CA shows it)"))?;
+                if key.is_empty() {
+                    return Err(bad("acme_eab.hmac_key", "is empty"));
+                }
+                Some(crate::acme::Eab { kid: e.kid, hmac_key: key })
+            }
+        };
         Ok(Config {
             acme_server,
             acme_ca_bundle,
+            acme_eab,
             contact_email: raw.contact_email,
             key_type: raw.key_type.unwrap_or(KeyType::Ecdsa),
             letsencrypt_dir: p(&raw.letsencrypt_dir, "etc/letsencrypt"),

@@ -78,7 +78,7 @@ pub fn read_limited(r: impl std::io::Read) -> Result<String, InputError> {
 /// never a device or FIFO (which could block or never end), at most
 /// [`INPUT_LIMIT`] bytes.
 pub fn read_user_file(path: &Path) -> Result<String, InputError> {
-    let f = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(InputError::Io)?;
+    let f = OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32).open(path).map_err(InputError::Io)?;
     let md = f.metadata().map_err(InputError::Io)?;
     if !md.is_file() {
         return Err(InputError::NotRegular(kind_of(&md.file_type())));

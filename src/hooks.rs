@@ -72,9 +72,8 @@ pub fn run_hook(path: &Path, env: &[(&str, String)], stdin: &[u8], limit: Durati
         match child.try_wait() {
             Ok(Some(s)) => break Some(s),
             Ok(None) if start.elapsed() > limit => {
-                // SAFETY: kill(2) on the hook's process group; no memory is involved.
-                unsafe {
-                    libc::kill(-(child.id() as i32), libc::SIGKILL);
+                if let Some(pgid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                    let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
                 }
                 let _ = child.kill();
                 let _ = child.wait();

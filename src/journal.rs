@@ -8,7 +8,7 @@
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
-use crate::site::Site;
+use crate::site::AtRest;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -34,7 +34,7 @@ pub struct Completion {
     pub stash: Vec<String>,
     /// The Site JSON to store at rest (already without key material).
     #[serde(default)]
-    pub store_site: Option<Site>,
+    pub store_site: Option<AtRest>,
     /// A site id whose stored Site JSON is removed (undeploy).
     #[serde(default)]
     pub remove_site: Option<String>,

@@ -16,7 +16,6 @@ use crate::fsutil;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -36,21 +35,14 @@ fn holder(lock_file: &Path) -> String {
     }
 }
 
-/// Try certbot's lock: `fcntl(F_SETLK, F_WRLCK)` on the whole file.
+/// Try certbot's lock: `fcntl(F_SETLK, F_WRLCK)` on the whole file (a POSIX
+/// record lock, as Python's `fcntl.lockf` takes it).
 fn try_fcntl(f: &File) -> std::io::Result<bool> {
-    // SAFETY: flock is a plain C struct; zeroed is a valid initial value.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    // SAFETY: valid fd and a valid pointer to an initialised flock.
-    let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let e = std::io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
-        _ => Err(e),
+    use rustix::fs::{fcntl_lock, FlockOperation};
+    match fcntl_lock(f, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(true),
+        Err(e) if e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::ACCESS => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -63,10 +55,10 @@ fn open_private(path: &Path) -> Result<File> {
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::NONBLOCK).bits() as i32)
         .open(path)
         .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
                 Error::failed(format!("the lock file {} is a symlink; refusing to follow it (remove it: site-admin creates its own)", path.display()))
             } else {
                 Error::failed(format!("opening the lock file {}: {e}", path.display()))

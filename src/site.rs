@@ -5,11 +5,70 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// A site id: `s` followed by 40 lowercase hex digits. Made only by
+/// [`SiteId::parse`], so holding one means it is valid (it is also safe as a
+/// file name).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SiteId(String);
+
+impl SiteId {
+    pub fn parse(s: &str) -> std::result::Result<SiteId, String> {
+        if is_id(s, 's') {
+            Ok(SiteId(s.to_string()))
+        } else {
+            Err(format!("{s:?} is not a site id (\"s\" followed by 40 lowercase hex digits)"))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for SiteId {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<SiteId, String> {
+        SiteId::parse(s)
+    }
+}
+impl TryFrom<String> for SiteId {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<SiteId, String> {
+        SiteId::parse(&s)
+    }
+}
+impl From<SiteId> for String {
+    fn from(s: SiteId) -> String {
+        s.0
+    }
+}
+impl std::ops::Deref for SiteId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+impl std::fmt::Display for SiteId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl PartialEq<str> for SiteId {
+    fn eq(&self, o: &str) -> bool {
+        self.0 == o
+    }
+}
+impl PartialEq<&str> for SiteId {
+    fn eq(&self, o: &&str) -> bool {
+        self.0 == *o
+    }
+}
+
 /// One site as the administrator describes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Site {
-    pub siteid: String,
+    pub siteid: SiteId,
     pub hostname: String,
     pub admin: Admin,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,7 +112,26 @@ pub enum TlsWish {
     Other { key: String, crt: String, cacrt: Option<String> },
 }
 
+/// Which kind of TLS a site has, without its material (what a stored,
+/// at-rest site still says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsKind {
+    Http,
+    Okc,
+    Letsencrypt,
+}
+
 impl Site {
+    /// Which kind of TLS this site has.
+    pub fn kind(&self) -> TlsKind {
+        match &self.tls {
+            None => TlsKind::Http,
+            Some(t) if t.letsencrypt == Some(true) => TlsKind::Letsencrypt,
+            Some(_) => TlsKind::Okc,
+        }
+    }
+
     /// What this site's `tls` section asks for. Only meaningful after [`parse_site`].
     pub fn tls_wish(&self) -> TlsWish {
         match &self.tls {
@@ -73,7 +151,11 @@ impl Site {
     }
 
     /// The Site JSON as stored at rest: no key, no certificate (docs/design.md, invariant 4).
-    pub fn without_tls_material(&self) -> Site {
+    pub fn without_tls_material(&self) -> AtRest {
+        AtRest(self.stripped())
+    }
+
+    fn stripped(&self) -> Site {
         let mut s = self.clone();
         if let Some(t) = &mut s.tls {
             if t.letsencrypt == Some(true) {
@@ -84,6 +166,19 @@ impl Site {
             }
         }
         s
+    }
+}
+
+/// A Site JSON as it may be stored at rest: made only by
+/// [`Site::without_tls_material`], so it cannot hold a key or certificate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AtRest(Site);
+
+impl std::ops::Deref for AtRest {
+    type Target = Site;
+    fn deref(&self) -> &Site {
+        &self.0
     }
 }
 
@@ -186,9 +281,7 @@ fn pem_field(t: &Map<String, Value>, key: &str) -> Result<Option<String>> {
 fn validate(obj: &Map<String, Value>) -> Result<()> {
     check_keys(obj, &["siteid", "hostname", "admin", "tls", "appconfigs"], "")?;
     let siteid = req_str(obj, "siteid", "siteid")?;
-    if !is_id(siteid, 's') {
-        return Err(bad("siteid", format!("{siteid:?} is not \"s\" followed by 40 lowercase hex digits")));
-    }
+    SiteId::parse(siteid).map_err(|why| bad("siteid", why))?;
     let hostname = req_str(obj, "hostname", "hostname")?;
     if hostname.len() > MAX_HOSTNAME {
         return Err(bad(
@@ -372,6 +465,6 @@ mod tests {
         s.tls.as_mut().unwrap().key = Some("K".into());
         s.tls.as_mut().unwrap().crt = Some("C".into());
         let r = s.without_tls_material();
-        assert_eq!(r.tls.unwrap(), Tls { letsencrypt: Some(true), ..Default::default() });
+        assert_eq!(r.tls.clone().unwrap(), Tls { letsencrypt: Some(true), ..Default::default() });
     }
 }

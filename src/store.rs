@@ -35,6 +35,31 @@ pub const CONF_VERSION: &str = "2.0.0";
 
 const LIVE_README: &str = "This directory contains your keys and certificates.\n\n`[cert name]/privkey.pem`  : the private key for your certificate.\n`[cert name]/fullchain.pem`: the certificate file used in most server software.\n`[cert name]/chain.pem`    : used for OCSP stapling in Nginx >=1.3.7.\n`[cert name]/cert.pem`     : will break many server configurations, and should not be used\n                             without reading further documentation (see link below).\n\nWARNING: DO NOT MOVE OR RENAME THESE FILES!\n         Certbot expects these files to remain in this location in order\n         to function properly!\n\nWe recommend not moving these files. For more information, see the Certbot\nUser Guide at https://certbot.eff.org/docs/using.html#where-are-my-certificates.\n";
 
+/// What can go wrong in the store beyond the file system. The store does
+/// not choose exit codes: the command that knows where the bytes came from
+/// does (material from a Site JSON is invalid input; a damaged stash on the
+/// device is a failure).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Key and certificate that would not serve (unreadable, or not a pair).
+    #[error("{host}: {why}")]
+    Unusable { host: String, why: String },
+    /// The stash entry to take back is missing or damaged.
+    #[error("{host}: {why}")]
+    Stash { host: String, why: String },
+    #[error(transparent)]
+    Fs(#[from] Error),
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Error {
+        match e {
+            StoreError::Fs(e) => e,
+            other => Error::Failed(other.to_string()),
+        }
+    }
+}
+
 /// Where a lineage's links are: under renewal, or stashed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -117,10 +142,10 @@ pub struct NewVersion {
 
 impl NewVersion {
     /// Split a full chain (leaf first) into cert and chain.
-    pub fn from_key_and_fullchain(key_pem: &str, fullchain: &str) -> Result<NewVersion> {
-        let blocks = pem_blocks(fullchain);
+    pub fn from_key_and_fullchain(key_pem: &str, fullchain: &str) -> Result<NewVersion, StoreError> {
+        let blocks = crate::certs::pem_blocks(fullchain);
         if blocks.is_empty() {
-            return Err(Error::invalid("certificate: no PEM CERTIFICATE block"));
+            return Err(StoreError::Unusable { host: "certificate".into(), why: "no PEM CERTIFICATE block".into() });
         }
         Ok(NewVersion { key_pem: ensure_nl(key_pem), cert_pem: blocks[0].clone(), chain_pem: blocks[1..].concat(), fullchain_pem: blocks.concat() })
     }
@@ -133,28 +158,6 @@ pub fn ensure_nl(s: &str) -> String {
     } else {
         format!("{s}\n")
     }
-}
-
-/// The PEM blocks of a text, each normalised to end in a newline.
-pub fn pem_blocks(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur: Option<String> = None;
-    for line in text.lines() {
-        let l = line.trim_end();
-        if l.starts_with("-----BEGIN ") {
-            cur = Some(String::new());
-        }
-        if let Some(c) = cur.as_mut() {
-            c.push_str(l);
-            c.push('\n');
-        }
-        if l.starts_with("-----END ") {
-            if let Some(c) = cur.take() {
-                out.push(c);
-            }
-        }
-    }
-    out
 }
 
 /// One lineage, as `certificates` lists it.
@@ -271,8 +274,7 @@ impl Store {
     /// it expires or is due, without reading and parsing its private key.
     pub fn leaf(&self, host: &str, place: Place) -> Option<crate::certs::CertInfo> {
         let pem = fs::read(self.links_dir(host, place).join("cert.pem")).ok()?;
-        let (_, p) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
-        crate::certs::parse_cert_der(&p.contents).ok()
+        crate::certs::parse_first_cert(&pem).ok()
     }
 
     /// The version number the `cert.pem` link of `host` points at.
@@ -324,11 +326,11 @@ impl Store {
     /// Add a version to the lineage of `host` (creating the lineage if it has
     /// none), switch `live/<host>` to it, and write its renewal conf (keeping
     /// what an existing conf holds that we do not set). Returns N.
-    pub fn add_version(&self, host: &str, v: &NewVersion, params: &RenewalParams) -> Result<u32> {
+    pub fn add_version(&self, host: &str, v: &NewVersion, params: &RenewalParams) -> Result<u32, StoreError> {
         // Refuse material that would not serve: never write a mismatched pair.
-        let kc = KeyCert::parse(&v.key_pem, &v.fullchain_pem).map_err(|e| Error::invalid(format!("{host}: {e}")))?;
+        let kc = KeyCert::parse(&v.key_pem, &v.fullchain_pem).map_err(|e| StoreError::Unusable { host: host.into(), why: e.to_string() })?;
         if !kc.key_matches {
-            return Err(Error::invalid(format!("{host}: the private key does not match the certificate")));
+            return Err(StoreError::Unusable { host: host.into(), why: "the private key does not match the certificate".into() });
         }
         self.ensure_top_dirs()?;
         let archive = self.archive_dir(host);
@@ -340,7 +342,7 @@ impl Store {
             let _ = fsutil::remove_file_if_exists(&self.renewal_conf_path(host));
             let _ = fsutil::remove_dir_all_if_exists(&archive);
         }
-        res
+        Ok(res?)
     }
 
     fn write_version(&self, host: &str, v: &NewVersion, params: &RenewalParams) -> Result<u32> {
@@ -389,6 +391,25 @@ impl Store {
             fs::rename(&tmp, &live).io_ctx("renaming into place", &live)?;
         }
         fsutil::fsync_dir(&live_parent)
+    }
+
+    /// Point every renewal conf (live and stashed) of `server` that names the
+    /// account `old` at `new`; returns the hosts repointed.
+    pub fn repoint_account(&self, server: &str, old: &str, new: &str) -> Result<Vec<String>> {
+        let mut done = Vec::new();
+        for place in [Place::Live, Place::Stashed] {
+            for host in self.names_with_conf(place) {
+                let Some(lc) = self.lineage_conf(&host, place) else { continue };
+                if lc.account.as_deref() == Some(old) && lc.server.as_deref() == Some(server) {
+                    let path = self.conf_path(&host, place);
+                    let mut c = self.read_conf(&host, place).unwrap_or_else(|| RenewalConf::parse(""));
+                    c.set(Some("renewalparams"), "account", new);
+                    fsutil::atomic_write(&path, c.to_text().as_bytes(), 0o644)?;
+                    done.push(host);
+                }
+            }
+        }
+        Ok(done)
     }
 
     /// Install (or update) certbot's deploy hook with this script text.
@@ -491,18 +512,23 @@ impl Store {
     /// exists already, the stashed material becomes its next version.
     /// `params` is used when the stash has no conf (or the conf must name this
     /// device's account and server).
-    pub fn unstash(&self, host: &str, params: &RenewalParams) -> Result<()> {
+    pub fn unstash(&self, host: &str, params: &RenewalParams) -> Result<(), StoreError> {
+        let stash = |why: String| StoreError::Stash { host: host.into(), why };
         if !self.has(host, Place::Stashed) {
-            return Err(Error::failed(format!("{host}: no stashed certificate")));
+            return Err(stash("no stashed certificate".into()));
         }
         if self.has(host, Place::Live) {
             let kc = match self.material(host, Place::Stashed) {
                 Material::Present(kc) => kc,
-                Material::Broken(why) => return Err(Error::failed(format!("{host}: stashed certificate unreadable: {why}"))),
-                Material::Absent => return Err(Error::failed(format!("{host}: the stashed certificate disappeared"))),
+                Material::Broken(why) => return Err(stash(format!("the stashed certificate is unreadable: {why}"))),
+                Material::Absent => return Err(stash("the stashed certificate disappeared".into())),
             };
-            self.add_version(host, &NewVersion::from_key_and_fullchain(&kc.key_pem, &kc.chain_pem)?, params)?;
-            return self.remove_links(host, Place::Stashed);
+            let v = NewVersion::from_key_and_fullchain(&kc.key_pem, &kc.chain_pem).map_err(|e| stash(format!("the stashed certificate is damaged: {e}")))?;
+            self.add_version(host, &v, params).map_err(|e| match e {
+                StoreError::Unusable { why, .. } => stash(format!("the stashed certificate is damaged: {why}")),
+                e => e,
+            })?;
+            return Ok(self.remove_links(host, Place::Stashed)?);
         }
         self.ensure_top_dirs()?;
         fsutil::rename_durable(&self.stash_dir(host), &self.live_dir(host))?;
@@ -511,7 +537,7 @@ impl Store {
         if sconf.exists() {
             fsutil::rename_durable(&sconf, &self.renewal_conf_path(host))?;
         }
-        self.write_conf(host, Place::Live, params)
+        Ok(self.write_conf(host, Place::Live, params)?)
     }
 
     /// Delete a stash entry. Its archive goes too when no live lineage uses it.
@@ -629,16 +655,8 @@ fn lineage_readme() -> String {
 
 /// Atomically exchange two directory entries (Linux `renameat2(RENAME_EXCHANGE)`).
 fn exchange(a: &Path, b: &Path) -> Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let ca = CString::new(a.as_os_str().as_bytes()).map_err(|_| Error::failed(format!("bad path {}", a.display())))?;
-    let cb = CString::new(b.as_os_str().as_bytes()).map_err(|_| Error::failed(format!("bad path {}", b.display())))?;
-    // SAFETY: both are valid NUL-terminated paths; AT_FDCWD resolves them as given.
-    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).io_ctx("switching", b);
-    }
-    Ok(())
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE).map_err(std::io::Error::from).io_ctx("switching", b)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 use super::jws::{b64, AccountKey};
 use super::retry::{parse_retry_after, Backoff};
+use super::types::{Authorization, AuthzStatus, ChallengeStatus, Order, OrderStatus, Problem, ProblemKind};
 use super::AcmeError;
 use crate::config::KeyType;
 use serde_json::{json, Value};
@@ -12,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-const BAD_NONCE: &str = "urn:ietf:params:acme:error:badNonce";
 /// How often a `badNonce` is retried with the fresh nonce it came with.
 const BAD_NONCE_RETRIES: u32 = 20;
 
@@ -25,6 +25,25 @@ pub struct ClientOptions {
     pub ca_bundle: Option<PathBuf>,
     /// Overall deadline for one issuance (and for one request's retries).
     pub deadline: Duration,
+    /// External Account Binding for `newAccount`, for CAs that require it.
+    pub eab: Option<Eab>,
+}
+
+/// An External Account Binding credential ([RFC 8555 §7.3.4]): the key id
+/// and the MAC key (base64url) the CA gave the administrator.
+///
+/// [RFC 8555 §7.3.4]: https://www.rfc-editor.org/rfc/rfc8555#section-7.3.4
+#[derive(Clone)]
+pub struct Eab {
+    pub kid: String,
+    pub hmac_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Eab {
+    /// Never the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Eab {{ kid: {:?}, hmac_key: <{} bytes> }}", self.kid, self.hmac_key.len())
+    }
 }
 
 /// The directory resource ([RFC 8555 §7.1.1]).
@@ -35,6 +54,8 @@ struct Directory {
     new_nonce: String,
     new_account: String,
     new_order: String,
+    revoke_cert: Option<String>,
+    terms_of_service: Option<String>,
 }
 
 /// An issued certificate.
@@ -45,6 +66,7 @@ pub struct Issued {
 }
 
 struct Response {
+    status: u16,
     location: Option<String>,
     retry_after: Option<Duration>,
     body: Vec<u8>,
@@ -53,6 +75,10 @@ struct Response {
 impl Response {
     fn json(&self, url: &str) -> Result<Value, AcmeError> {
         serde_json::from_slice(&self.body).map_err(|e| AcmeError::Protocol { url: url.into(), detail: format!("not JSON: {e}") })
+    }
+    /// The body as a typed resource.
+    fn typed<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, AcmeError> {
+        serde_json::from_slice(&self.body).map_err(|e| AcmeError::Protocol { url: url.into(), detail: format!("not the expected resource: {e}") })
     }
 }
 
@@ -72,29 +98,12 @@ pub struct AcmeClient {
 ///
 /// [RFC 8555 §6.7]: https://www.rfc-editor.org/rfc/rfc8555#section-6.7
 pub fn problem_of(url: &str, status: u16, body: &[u8]) -> AcmeError {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(v) if v.get("type").is_some() => {
-            let subs = v
-                .get("subproblems")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .map(|s| {
-                            let id = s.pointer("/identifier/value").and_then(Value::as_str).unwrap_or("?");
-                            format!("{id}: {} {}", s.get("type").and_then(Value::as_str).unwrap_or(""), s.get("detail").and_then(Value::as_str).unwrap_or(""))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            AcmeError::Problem {
-                url: url.into(),
-                status,
-                ptype: v["type"].as_str().unwrap_or("?").to_string(),
-                detail: v.get("detail").and_then(Value::as_str).unwrap_or("(no detail)").to_string(),
-                subproblems: subs,
-            }
+    match serde_json::from_slice::<Problem>(body) {
+        Ok(problem) if !problem.ptype.is_empty() => AcmeError::Problem { url: url.into(), status, problem },
+        _ => {
+            let text: String = String::from_utf8_lossy(&body[..body.len().min(200)]).chars().filter(|c| !c.is_control()).collect();
+            AcmeError::Protocol { url: url.into(), detail: format!("HTTP {status}: {text}") }
         }
-        _ => AcmeError::Protocol { url: url.into(), detail: format!("HTTP {status}: {}", String::from_utf8_lossy(&body[..body.len().min(200)])) },
     }
 }
 
@@ -158,6 +167,8 @@ impl AcmeClient {
             new_nonce: str_field(&v, "newNonce", &url)?.into(),
             new_account: str_field(&v, "newAccount", &url)?.into(),
             new_order: str_field(&v, "newOrder", &url)?.into(),
+            revoke_cert: v.get("revokeCert").and_then(Value::as_str).map(str::to_string),
+            terms_of_service: v.pointer("/meta/termsOfService").and_then(Value::as_str).map(str::to_string),
         };
         Ok(AcmeClient { http, opts, dir, key, kid: Mutex::new(kid), nonces: Mutex::new(Vec::new()), bad_nonces: Default::default() })
     }
@@ -173,6 +184,15 @@ impl AcmeClient {
 
     pub fn key(&self) -> &AccountKey {
         &self.key
+    }
+
+    /// The CA's terms of service (`meta.termsOfService`), if it names them.
+    pub fn terms_of_service(&self) -> Option<&str> {
+        self.dir.terms_of_service.as_deref()
+    }
+
+    pub fn directory_url(&self) -> &str {
+        &self.opts.directory
     }
 
     /// A fresh nonce: one kept from an earlier response, or HEAD newNonce
@@ -202,21 +222,22 @@ impl AcmeClient {
 
     /// POST a JWS ([RFC 8555 §6.2]); `payload` None is POST-as-GET
     /// ([RFC 8555 §6.3]). Retries `badNonce` with the fresh nonce, and 429/503
-    /// after `Retry-After`, within the deadline.
+    /// after `Retry-After` — but never past `deadline`: a CA that asks for
+    /// more is answered with an error that says what it asked.
     ///
     /// [RFC 8555 §6.2]: https://www.rfc-editor.org/rfc/rfc8555#section-6.2
     /// [RFC 8555 §6.3]: https://www.rfc-editor.org/rfc/rfc8555#section-6.3
-    fn post(&self, url: &str, payload: Option<&Value>, use_jwk: bool, accept: Option<&str>) -> Result<Response, AcmeError> {
-        let start = Instant::now();
+    fn post(&self, url: &str, payload: Option<&Value>, signer: Signer, accept: Option<&str>, deadline: Instant) -> Result<Response, AcmeError> {
         let mut bad_nonces = 0;
         loop {
             let nonce = self.nonce()?;
             let mut protected = json!({"alg": self.key.alg(), "nonce": nonce, "url": url});
-            if use_jwk {
-                protected["jwk"] = self.key.public_jwk().map_err(AcmeError::Local)?;
-            } else {
-                let kid = self.account_url().ok_or_else(|| AcmeError::Local("no ACME account yet".into()))?;
-                protected["kid"] = Value::String(kid);
+            match signer {
+                Signer::Jwk => protected["jwk"] = self.key.public_jwk().map_err(AcmeError::Local)?,
+                Signer::Kid => {
+                    let kid = self.account_url().ok_or_else(|| AcmeError::Local("no ACME account yet".into()))?;
+                    protected["kid"] = Value::String(kid);
+                }
             }
             let p = match payload {
                 Some(v) => b64(v.to_string().as_bytes()),
@@ -236,34 +257,41 @@ impl AcmeClient {
             let retry_after = header("retry-after").and_then(|v| parse_retry_after(&v, SystemTime::now()));
             let bytes = resp.bytes().map_err(|e| connect_err(url, e))?.to_vec();
             if status < 400 {
-                return Ok(Response { location, retry_after, body: bytes });
+                return Ok(Response { status, location, retry_after, body: bytes });
             }
             let err = problem_of(url, status, &bytes);
-            if let AcmeError::Problem { ptype, .. } = &err {
-                if ptype == BAD_NONCE && bad_nonces < BAD_NONCE_RETRIES {
-                    bad_nonces += 1;
-                    self.bad_nonces.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::debug!(url, bad_nonces, "badNonce: retrying with the fresh nonce");
-                    continue;
-                }
+            if err.kind() == Some(ProblemKind::BadNonce) && bad_nonces < BAD_NONCE_RETRIES {
+                bad_nonces += 1;
+                self.bad_nonces.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(url, bad_nonces, "badNonce: retrying with the fresh nonce");
+                continue;
             }
             if status == 429 || status == 503 {
                 if let Some(wait) = retry_after {
-                    if start.elapsed() + wait < self.opts.deadline {
+                    if Instant::now() + wait < deadline {
                         tracing::info!(url, ?wait, "the ACME server asks to retry later");
                         std::thread::sleep(wait);
                         continue;
                     }
+                    tracing::warn!("the ACME server asks to retry in {} s: {err}", wait.as_secs());
+                    return Err(AcmeError::Deadline { what: format!("the request to {url}"), asked: Some(wait), deadline: self.opts.deadline });
                 }
             }
             return Err(err);
         }
     }
 
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.opts.deadline
+    }
+
     /// Create the account ([RFC 8555 §7.3]) unless this client has one;
-    /// returns the account URL.
+    /// returns the account URL. Agrees to the CA's terms of service (logged,
+    /// see [`Self::terms_of_service`]) and binds an external account when
+    /// the options carry one ([RFC 8555 §7.3.4]).
     ///
     /// [RFC 8555 §7.3]: https://www.rfc-editor.org/rfc/rfc8555#section-7.3
+    /// [RFC 8555 §7.3.4]: https://www.rfc-editor.org/rfc/rfc8555#section-7.3.4
     pub fn ensure_account(&self, contact_email: Option<&str>) -> Result<String, AcmeError> {
         if let Some(k) = self.account_url() {
             return Ok(k);
@@ -273,68 +301,150 @@ impl AcmeClient {
             payload["contact"] = json!([format!("mailto:{e}")]);
         }
         let url = self.dir.new_account.clone();
-        let resp = self.post(&url, Some(&payload), true, None)?;
-        let kid = resp.location.ok_or_else(|| AcmeError::Protocol { url: url.clone(), detail: "newAccount answered without a Location".into() })?;
-        if let Ok(mut k) = self.kid.lock() {
-            *k = Some(kid.clone());
+        if let Some(eab) = &self.opts.eab {
+            payload["externalAccountBinding"] = self.eab_jws(eab, &url)?;
         }
+        if let Some(tos) = self.terms_of_service() {
+            tracing::info!("agreeing to the terms of service of {}: {tos}", self.opts.directory);
+        }
+        let resp = self.post(&url, Some(&payload), Signer::Jwk, None, self.deadline())?;
+        let kid = resp.location.ok_or_else(|| AcmeError::Protocol { url: url.clone(), detail: "newAccount answered without a Location".into() })?;
+        self.set_account_url(&kid);
         Ok(kid)
     }
 
-    /// Obtain a certificate for `host` ([RFC 8555 §7.4]): order, answer
-    /// HTTP-01 by writing the key authorization under
-    /// `<webroot>/.well-known/acme-challenge/`, finalize with a new key of
-    /// `key_type`, and download the full chain.
+    /// The account this key has with the CA, if the CA still knows it
+    /// (`onlyReturnExisting`, [RFC 8555 §7.3.1]); sets it as this client's.
+    ///
+    /// [RFC 8555 §7.3.1]: https://www.rfc-editor.org/rfc/rfc8555#section-7.3.1
+    pub fn find_account(&self) -> Result<Option<String>, AcmeError> {
+        let url = self.dir.new_account.clone();
+        match self.post(&url, Some(&json!({"onlyReturnExisting": true})), Signer::Jwk, None, self.deadline()) {
+            Ok(r) => {
+                let kid = r.location.ok_or_else(|| AcmeError::Protocol { url, detail: "newAccount answered without a Location".into() })?;
+                self.set_account_url(&kid);
+                Ok(Some(kid))
+            }
+            Err(e) if e.account_gone() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Ask the CA whether this client's account still exists and is valid
+    /// (POST-as-GET of the account, [RFC 8555 §7.3.2]).
+    ///
+    /// [RFC 8555 §7.3.2]: https://www.rfc-editor.org/rfc/rfc8555#section-7.3.2
+    pub fn check_account(&self) -> Result<(), AcmeError> {
+        let kid = self.account_url().ok_or_else(|| AcmeError::Local("no ACME account yet".into()))?;
+        let r = self.post(&kid, None, Signer::Kid, None, self.deadline())?;
+        match r.json(&kid)?.get("status").and_then(Value::as_str) {
+            Some("deactivated") | Some("revoked") => Err(AcmeError::Problem {
+                url: kid,
+                status: r.status,
+                problem: Problem { ptype: "urn:ietf:params:acme:error:unauthorized".into(), detail: "the account is deactivated".into(), subproblems: vec![] },
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn set_account_url(&self, kid: &str) {
+        if let Ok(mut k) = self.kid.lock() {
+            *k = Some(kid.to_string());
+        }
+    }
+
+    /// The `externalAccountBinding` JWS: HS256 over the account's public JWK.
+    fn eab_jws(&self, eab: &Eab, url: &str) -> Result<Value, AcmeError> {
+        let protected = b64(json!({"alg": "HS256", "kid": eab.kid, "url": url}).to_string().as_bytes());
+        let payload = b64(self.key.public_jwk().map_err(AcmeError::Local)?.to_string().as_bytes());
+        let local = |e: openssl::error::ErrorStack| AcmeError::Local(format!("External Account Binding: {e}"));
+        let key = openssl::pkey::PKey::hmac(&eab.hmac_key).map_err(local)?;
+        let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key).map_err(local)?;
+        signer.update(format!("{protected}.{payload}").as_bytes()).map_err(local)?;
+        let sig = signer.sign_to_vec().map_err(local)?;
+        Ok(json!({"protected": protected, "payload": payload, "signature": b64(&sig)}))
+    }
+
+    /// Revoke a certificate ([RFC 8555 §7.6]) with the account key; `reason`
+    /// is an RFC 5280 CRLReason code.
+    ///
+    /// [RFC 8555 §7.6]: https://www.rfc-editor.org/rfc/rfc8555#section-7.6
+    pub fn revoke(&self, cert_der: &[u8], reason: u8) -> Result<(), AcmeError> {
+        let url = self
+            .dir
+            .revoke_cert
+            .clone()
+            .ok_or_else(|| AcmeError::Protocol { url: self.opts.directory.clone(), detail: "the directory offers no revokeCert".into() })?;
+        self.post(&url, Some(&json!({"certificate": b64(cert_der), "reason": reason})), Signer::Kid, None, self.deadline())?;
+        Ok(())
+    }
+
+    /// Obtain a certificate for `host` ([RFC 8555 §7.4]) within one
+    /// deadline: order, answer HTTP-01 by writing the key authorization under
+    /// `<webroot>/.well-known/acme-challenge/`, wait for the order to be
+    /// `ready`, finalize with a new key of `key_type`, poll `processing`
+    /// (after `Retry-After`, or a bounded backoff) until `valid`, download
+    /// the full chain.
     ///
     /// [RFC 8555 §7.4]: https://www.rfc-editor.org/rfc/rfc8555#section-7.4
     pub fn issue(&self, host: &str, webroot: &Path, key_type: KeyType) -> Result<Issued, AcmeError> {
-        let deadline = Instant::now() + self.opts.deadline;
+        let deadline = self.deadline();
+        let what = format!("the order for {host}");
         let new_order = self.dir.new_order.clone();
-        let resp = self.post(&new_order, Some(&json!({"identifiers": [{"type": "dns", "value": host}]})), false, None)?;
+        let resp = self.post(&new_order, Some(&json!({"identifiers": [{"type": "dns", "value": host}]})), Signer::Kid, None, deadline)?;
         let order_url =
             resp.location.clone().ok_or_else(|| AcmeError::Protocol { url: new_order.clone(), detail: "newOrder answered without a Location".into() })?;
-        let order = resp.json(&new_order)?;
-        let authzs: Vec<String> = order
-            .get("authorizations")
-            .and_then(Value::as_array)
-            .ok_or_else(|| AcmeError::Protocol { url: order_url.clone(), detail: "order without authorizations".into() })?
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect();
-        let finalize = str_field(&order, "finalize", &order_url)?.to_string();
-        for a in &authzs {
+        let mut order: Order = resp.typed(&new_order)?;
+        for a in &order.authorizations {
             self.authorize(a, webroot, deadline)?;
         }
-        // Finalize ([RFC 8555 §7.4]) with a CSR for a fresh key.
-        let (key_pem, csr_der) = new_key_and_csr(host, key_type)?;
-        let resp = self.post(&finalize, Some(&json!({"csr": b64(&csr_der)})), false, None)?;
-        let mut order = resp.json(&finalize)?;
+        // Finalize only once the order is ready (§7.1.6): poll pending → ready.
         let mut backoff = Backoff::default();
-        let mut wait = resp.retry_after;
+        let mut wait = None;
         loop {
-            match order.get("status").and_then(Value::as_str) {
-                Some("valid") => break,
-                Some("invalid") => {
-                    return Err(AcmeError::Invalid {
-                        what: format!("the order for {host}"),
-                        detail: order.get("error").map(|e| e.to_string()).unwrap_or_else(|| "order invalid".into()),
-                    })
-                }
-                Some(_) => {}
-                None => return Err(AcmeError::Protocol { url: order_url.clone(), detail: "order without status".into() }),
+            match order.status {
+                OrderStatus::Ready | OrderStatus::Processing | OrderStatus::Valid => break,
+                OrderStatus::Pending => {}
+                OrderStatus::Invalid => return Err(order_failed(&what, &order)),
+                OrderStatus::Unknown => return Err(AcmeError::Protocol { url: order_url.clone(), detail: "the order is in an unknown state".into() }),
             }
-            sleep_until_next(&mut backoff, wait, deadline, &format!("the order for {host}"))?;
-            let r = self.post(&order_url, None, false, None)?;
+            self.sleep_until_next(&mut backoff, wait, deadline, &what)?;
+            let r = self.post(&order_url, None, Signer::Kid, None, deadline)?;
             wait = r.retry_after;
-            order = r.json(&order_url)?;
+            order = r.typed(&order_url)?;
         }
-        let cert_url = str_field(&order, "certificate", &order_url)?.to_string();
-        let r = self.post(&cert_url, None, false, Some("application/pem-certificate-chain"))?;
-        let fullchain_pem = String::from_utf8(r.body).map_err(|_| AcmeError::Protocol { url: cert_url.clone(), detail: "certificate is not text".into() })?;
-        if crate::certs::parse_chain(&fullchain_pem).is_err() {
-            return Err(AcmeError::Protocol { url: cert_url, detail: "certificate is not a PEM chain".into() });
+        if order.status == OrderStatus::Ready {
+            let (key_pem, csr_der) = new_key_and_csr(host, key_type)?;
+            let r = self.post(&order.finalize.clone(), Some(&json!({"csr": b64(&csr_der)})), Signer::Kid, None, deadline)?;
+            wait = r.retry_after;
+            order = r.typed(&order_url)?;
+            let mut backoff = Backoff::default();
+            loop {
+                match order.status {
+                    OrderStatus::Valid => break,
+                    OrderStatus::Processing | OrderStatus::Ready => {}
+                    OrderStatus::Invalid => return Err(order_failed(&what, &order)),
+                    s => return Err(AcmeError::Protocol { url: order_url.clone(), detail: format!("after finalize the order is {s}") }),
+                }
+                self.sleep_until_next(&mut backoff, wait, deadline, &what)?;
+                let r = self.post(&order_url, None, Signer::Kid, None, deadline)?;
+                wait = r.retry_after;
+                order = r.typed(&order_url)?;
+            }
+            let cert_url = order
+                .certificate
+                .clone()
+                .ok_or_else(|| AcmeError::Protocol { url: order_url.clone(), detail: "a valid order without a certificate URL".into() })?;
+            let r = self.post(&cert_url, None, Signer::Kid, Some("application/pem-certificate-chain"), deadline)?;
+            let fullchain_pem =
+                String::from_utf8(r.body).map_err(|_| AcmeError::Protocol { url: cert_url.clone(), detail: "certificate is not text".into() })?;
+            if crate::certs::parse_chain(&fullchain_pem).is_err() {
+                return Err(AcmeError::Protocol { url: cert_url, detail: "certificate is not a PEM chain".into() });
+            }
+            return Ok(Issued { key_pem, fullchain_pem });
         }
-        Ok(Issued { key_pem, fullchain_pem })
+        // An order that was processing or valid before we finalized is not ours to finish.
+        Err(AcmeError::Protocol { url: order_url, detail: format!("the new order is already {} before it was finalized", order.status) })
     }
 
     /// Satisfy one authorization ([RFC 8555 §7.5]) with HTTP-01 ([RFC 8555 §8.3]).
@@ -342,56 +452,65 @@ impl AcmeClient {
     /// [RFC 8555 §7.5]: https://www.rfc-editor.org/rfc/rfc8555#section-7.5
     /// [RFC 8555 §8.3]: https://www.rfc-editor.org/rfc/rfc8555#section-8.3
     fn authorize(&self, url: &str, webroot: &Path, deadline: Instant) -> Result<(), AcmeError> {
-        let authz = self.post(url, None, false, None)?.json(url)?;
-        let ident = authz.pointer("/identifier/value").and_then(Value::as_str).unwrap_or("?").to_string();
-        match authz.get("status").and_then(Value::as_str) {
-            Some("valid") => return Ok(()),
-            Some("pending") => {}
-            other => return Err(AcmeError::Invalid { what: format!("the authorization for {ident}"), detail: format!("status {other:?}") }),
+        let authz: Authorization = self.post(url, None, Signer::Kid, None, deadline)?.typed(url)?;
+        let ident = authz.identifier.value.clone();
+        match authz.status {
+            AuthzStatus::Valid => return Ok(()),
+            AuthzStatus::Pending => {}
+            s => return Err(AcmeError::Invalid { what: format!("the authorization for {ident}"), detail: format!("it is {s}") }),
         }
         let chall = authz
-            .get("challenges")
-            .and_then(Value::as_array)
-            .and_then(|cs| cs.iter().find(|c| c.get("type").and_then(Value::as_str) == Some("http-01")))
+            .challenges
+            .iter()
+            .find(|c| c.kind == "http-01")
             .ok_or_else(|| AcmeError::Protocol { url: url.into(), detail: format!("no http-01 challenge offered for {ident}") })?;
-        let token = str_field(chall, "token", url)?;
+        let token = &chall.token;
         if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             return Err(AcmeError::Protocol { url: url.into(), detail: "challenge token is not base64url".into() });
         }
-        let chall_url = str_field(chall, "url", url)?.to_string();
         let keyauth = format!("{token}.{}", self.key.thumbprint().map_err(AcmeError::Local)?);
         let _file = ChallengeFile::write(webroot, token, &keyauth)?;
-        self.post(&chall_url, Some(&json!({})), false, None)?;
+        if chall.status == ChallengeStatus::Pending {
+            self.post(&chall.url, Some(&json!({})), Signer::Kid, None, deadline)?;
+        }
+        let what = format!("the validation of {ident}");
         let mut backoff = Backoff::default();
         loop {
-            let r = self.post(url, None, false, None)?;
+            let r = self.post(url, None, Signer::Kid, None, deadline)?;
             let wait = r.retry_after;
-            let a = r.json(url)?;
-            match a.get("status").and_then(Value::as_str) {
-                Some("valid") => return Ok(()),
-                Some("pending") | Some("processing") => {}
-                _ => {
-                    let detail = a
-                        .get("challenges")
-                        .and_then(Value::as_array)
-                        .and_then(|cs| cs.iter().find_map(|c| c.get("error")))
-                        .map(|e| format!("{} {}", e.get("type").and_then(Value::as_str).unwrap_or(""), e.get("detail").and_then(Value::as_str).unwrap_or("")))
-                        .unwrap_or_else(|| format!("status {}", a.get("status").unwrap_or(&Value::Null)));
+            let a: Authorization = r.typed(url)?;
+            match a.status {
+                AuthzStatus::Valid => return Ok(()),
+                AuthzStatus::Pending => {}
+                s => {
+                    let detail =
+                        a.challenges.iter().find_map(|c| c.error.as_ref()).map(|p| p.to_string()).unwrap_or_else(|| format!("the authorization is {s}"));
                     return Err(AcmeError::Invalid { what: format!("HTTP-01 validation of {ident}"), detail });
                 }
             }
-            sleep_until_next(&mut backoff, wait, deadline, &format!("the validation of {ident}"))?;
+            self.sleep_until_next(&mut backoff, wait, deadline, &what)?;
         }
+    }
+
+    fn sleep_until_next(&self, backoff: &mut Backoff, hint: Option<Duration>, deadline: Instant, what: &str) -> Result<(), AcmeError> {
+        let d = hint.unwrap_or_else(|| backoff.next_delay());
+        if Instant::now() + d > deadline {
+            return Err(AcmeError::Deadline { what: what.into(), asked: hint, deadline: self.opts.deadline });
+        }
+        std::thread::sleep(d);
+        Ok(())
     }
 }
 
-fn sleep_until_next(backoff: &mut Backoff, hint: Option<Duration>, deadline: Instant, what: &str) -> Result<(), AcmeError> {
-    let d = hint.unwrap_or_else(|| backoff.next_delay());
-    if Instant::now() + d > deadline {
-        return Err(AcmeError::Timeout { what: what.into() });
-    }
-    std::thread::sleep(d);
-    Ok(())
+/// Who signs a request: the account key's JWK (newAccount), or the account URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signer {
+    Jwk,
+    Kid,
+}
+
+fn order_failed(what: &str, order: &Order) -> AcmeError {
+    AcmeError::Invalid { what: what.into(), detail: order.error.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "the order became invalid".into()) }
 }
 
 /// The challenge file; removed when dropped, whatever happened.
@@ -453,8 +572,9 @@ mod tests {
     fn problem_documents_become_sentences() {
         let e = problem_of("https://ca/x", 403, br#"{"type":"urn:ietf:params:acme:error:unauthorized","detail":"no","subproblems":[{"type":"urn:x:dns","detail":"nx","identifier":{"type":"dns","value":"a.test"}}]}"#);
         let s = e.to_string();
-        assert!(s.contains("403 urn:ietf:params:acme:error:unauthorized"), "{s}");
-        assert!(s.contains("a.test: urn:x:dns nx"), "{s}");
+        assert!(s.contains("HTTP 403, unauthorized: no"), "{s}");
+        assert!(s.contains("a.test: dns nx"), "{s}");
+        assert_eq!(e.kind(), Some(ProblemKind::Unauthorized));
         assert!(problem_of("u", 500, b"<html>").to_string().contains("HTTP 500"));
     }
 }

@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::journal::Completion;
-use crate::site::Site;
+use crate::site::AtRest;
 use crate::store::{Place, Store};
 
 /// Run a completion.
@@ -32,9 +32,8 @@ pub fn run(cfg: &Config, store: &Store, c: &Completion) -> Result<()> {
 }
 
 /// Store the Site JSON at rest: mode 0600, never with keys or certificates.
-pub fn write_stored(cfg: &Config, site: &Site) -> Result<()> {
+pub fn write_stored(cfg: &Config, site: &AtRest) -> Result<()> {
     fsutil::create_dir_all_mode(&cfg.sites_dir, 0o700)?;
-    let at_rest = site.without_tls_material();
-    let text = serde_json::to_string_pretty(&at_rest).map_err(|e| Error::failed(e.to_string()))? + "\n";
+    let text = serde_json::to_string_pretty(site).map_err(|e| Error::failed(e.to_string()))? + "\n";
     fsutil::atomic_write(&cfg.stored_site(&site.siteid), text.as_bytes(), 0o600)
 }

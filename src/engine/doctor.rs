@@ -2,9 +2,10 @@
 //! the tree and report each violation with the host or site at fault.
 
 use super::ctx::Ctx;
-use super::facts::{self, Kind};
+use super::facts;
 use crate::apache::Recovered;
 use crate::error::Result;
+use crate::site::TlsKind;
 use crate::store::{Material, Place};
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
@@ -16,6 +17,8 @@ pub struct Finding {
     pub what: String,
     pub problem: String,
     pub repaired: bool,
+    /// The invariant of docs/design.md it breaks.
+    pub invariant: u8,
 }
 
 fn mode_of(p: &Path) -> Option<u32> {
@@ -26,7 +29,8 @@ fn mode_of(p: &Path) -> Option<u32> {
 pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>> {
     let repair = repair_with.is_some();
     let mut out = Vec::new();
-    let mut add = |what: String, problem: String, repaired: bool| out.push(Finding { what, problem, repaired });
+    let inv = std::cell::Cell::new(1u8);
+    let mut add = |what: String, problem: String, repaired: bool| out.push(Finding { what, problem, repaired, invariant: inv.get() });
     let store = &ctx.store;
     // 1. live links resolve and keys match; the same for the stash.
     for place in [Place::Live, Place::Stashed] {
@@ -58,6 +62,7 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
         }
     }
     // 4. modes.
+    inv.set(4);
     for (dir, want) in [("live", 0o700), ("archive", 0o700), ("norenewal", 0o700), ("accounts", 0o700)] {
         let p = ctx.cfg.letsencrypt_dir.join(dir);
         if let Some(m) = mode_of(&p) {
@@ -78,7 +83,8 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
             }
         }
     }
-    // 5: Apache runs and serves each site's certificate.
+    // 2 (and 5): Apache runs and serves each site's certificate.
+    inv.set(2);
     let sites = facts::all_stored(&ctx.cfg)?;
     let now = chrono::Utc::now();
     let apache_up = crate::apache::serving(&ctx.cfg);
@@ -90,14 +96,14 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
     let mut to_https = Vec::new();
     if apache_up {
         for s in &sites {
-            let file_serial = match Kind::of(s) {
-                Kind::Letsencrypt if !facts::is_pending(store, s) => store.leaf(&s.hostname, Place::Live).map(|c| c.serial),
-                Kind::Okc => facts::read_okc(&ctx.cfg, &s.siteid).and_then(|r| r.ok()).map(|kc| kc.leaf.serial),
+            let file_serial = match s.kind() {
+                TlsKind::Letsencrypt if !facts::is_pending(store, s) => store.leaf(&s.hostname, Place::Live).map(|c| c.serial),
+                TlsKind::Okc => facts::read_okc(&ctx.cfg, &s.siteid).and_then(|r| r.ok()).map(|kc| kc.leaf.serial),
                 _ => None,
             };
             let Some(want) = file_serial else { continue };
             let vhost = std::fs::read_to_string(ctx.cfg.vhost_file(&s.siteid)).unwrap_or_default();
-            if Kind::of(s) == Kind::Letsencrypt && !vhost.contains(&store.live_dir(&s.hostname).join("fullchain.pem").display().to_string()) {
+            if s.kind() == TlsKind::Letsencrypt && !vhost.contains(&store.live_dir(&s.hostname).join("fullchain.pem").display().to_string()) {
                 let usable =
                     store.material(&s.hostname, Place::Live).keycert().map(|kc| facts::candidate(kc, &s.hostname).usable(&s.hostname, now)).unwrap_or(false);
                 if usable {
@@ -131,10 +137,11 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
         let refs: Vec<&crate::site::Site> = to_https.iter().collect();
         switched = super::renew::switch_to_https(ctx, rec, &refs).is_ok();
     }
-    let mut add = |what: String, problem: String, repaired: bool| out.push(Finding { what, problem, repaired });
+    let mut add = |what: String, problem: String, repaired: bool| out.push(Finding { what, problem, repaired, invariant: inv.get() });
     // 2 and 4: deployed sites.
     for s in sites {
         let label = format!("site {} ({})", s.siteid, s.hostname);
+        inv.set(4);
         if let Some(m) = mode_of(&ctx.cfg.stored_site(&s.siteid)) {
             if m != 0o600 {
                 let fixed = repair && std::fs::set_permissions(ctx.cfg.stored_site(&s.siteid), std::fs::Permissions::from_mode(0o600)).is_ok();
@@ -144,14 +151,15 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
         if s.tls.as_ref().map(|t| t.key.is_some() || t.crt.is_some()).unwrap_or(false) {
             add(label.clone(), "the stored Site JSON holds key or certificate material".into(), false);
         }
+        inv.set(2);
         let vhost = ctx.cfg.vhost_file(&s.siteid);
         let text = std::fs::read_to_string(&vhost).unwrap_or_default();
         if text.is_empty() {
             add(label.clone(), format!("its virtual host {} is missing", vhost.display()), false);
             continue;
         }
-        match Kind::of(&s) {
-            Kind::Letsencrypt if !facts::is_pending(store, &s) => {
+        match s.kind() {
+            TlsKind::Letsencrypt if !facts::is_pending(store, &s) => {
                 let f = store.live_dir(&s.hostname).join("fullchain.pem");
                 if !text.contains(&f.display().to_string()) {
                     let fixed = switched && to_https.iter().any(|t| t.siteid == s.siteid);
@@ -162,7 +170,7 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
                     );
                 }
             }
-            Kind::Okc => match facts::read_okc(&ctx.cfg, &s.siteid) {
+            TlsKind::Okc => match facts::read_okc(&ctx.cfg, &s.siteid) {
                 Some(Ok(kc)) if kc.key_matches => {
                     let key = ctx.cfg.okc_paths(&s.siteid).key;
                     if mode_of(&key).map(|m| m & 0o077 != 0).unwrap_or(false) {
@@ -196,13 +204,14 @@ pub fn doctor_command(ctx: &Ctx, repair: bool) -> Result<i32> {
     } else {
         (None, Vec::new())
     };
-    let mut findings: Vec<Finding> = did.into_iter().map(|d| Finding { what: "journal".into(), problem: d, repaired: true }).collect();
+    let mut findings: Vec<Finding> = did.into_iter().map(|d| Finding { what: "journal".into(), problem: d, repaired: true, invariant: 5 }).collect();
     if !repair && crate::journal::damaged(&ctx.cfg) {
         findings.push(Finding {
             what: "journal".into(),
             problem: "the Apache journal of an interrupted change is unreadable, so every locked command stops; `site-admin doctor --repair` moves it aside"
                 .into(),
             repaired: false,
+            invariant: 5,
         });
     }
     findings.extend(check(ctx, locked.as_ref().map(|l| &l.recovered))?);
@@ -211,7 +220,7 @@ pub fn doctor_command(ctx: &Ctx, repair: bool) -> Result<i32> {
         ctx.print_json(&json!({"ok": open == 0, "findings": findings}))?;
     } else {
         for f in &findings {
-            println!("{}: {}{}", f.what, f.problem, if f.repaired { " (repaired)" } else { "" });
+            println!("{}: {} (invariant {}){}", f.what, f.problem, f.invariant, if f.repaired { " (repaired)" } else { "" });
         }
         if findings.is_empty() {
             println!("doctor: every invariant holds");

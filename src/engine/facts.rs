@@ -5,29 +5,10 @@ use crate::certs::KeyCert;
 use crate::config::Config;
 use crate::decide::{Candidate, Current, Event, Facts, Wish};
 use crate::error::{Error, Result};
-use crate::site::{Site, TlsWish};
+use crate::site::{Site, TlsKind, TlsWish};
 use crate::store::{Material, Place, Store};
 use chrono::{DateTime, Utc};
 use std::fs;
-
-/// How a stored (at-rest) site is deployed, from its Site JSON and the files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Http,
-    Okc,
-    Letsencrypt,
-}
-
-impl Kind {
-    pub fn of(site: &Site) -> Kind {
-        match &site.tls {
-            None => Kind::Http,
-            Some(t) if t.letsencrypt == Some(true) => Kind::Letsencrypt,
-            Some(_) => Kind::Okc,
-        }
-    }
-}
 
 /// Read one stored Site JSON.
 pub fn load_stored(cfg: &Config, siteid: &str) -> Result<Option<Site>> {
@@ -124,10 +105,10 @@ pub fn current_of(cfg: &Config, store: &Store, stored: Option<&Site>, new_host: 
         Some(Err(_)) => Some(broken_candidate()),
         None => None,
     };
-    match Kind::of(s) {
-        Kind::Http => Current::Http { host },
-        Kind::Okc => Current::Okc { host, okc: okc().unwrap_or_else(broken_candidate) },
-        Kind::Letsencrypt => {
+    match s.kind() {
+        TlsKind::Http => Current::Http { host },
+        TlsKind::Okc => Current::Okc { host, okc: okc().unwrap_or_else(broken_candidate) },
+        TlsKind::Letsencrypt => {
             if store.has(&host, Place::Live) {
                 Current::Lkc { host }
             } else if let Some(c) = okc() {
@@ -142,7 +123,7 @@ pub fn current_of(cfg: &Config, store: &Store, stored: Option<&Site>, new_host: 
 
 /// Is a Let's Encrypt site pending (no live LKC for its host)?
 pub fn is_pending(store: &Store, s: &Site) -> bool {
-    Kind::of(s) == Kind::Letsencrypt && !store.has(&s.hostname, Place::Live)
+    s.kind() == TlsKind::Letsencrypt && !store.has(&s.hostname, Place::Live)
 }
 
 /// Refuse a hostname that another deployed site uses (docs/design.md).

@@ -10,7 +10,7 @@
 
 use super::completion;
 use super::ctx::Ctx;
-use super::facts::{self, Kind};
+use super::facts;
 use super::provision;
 use crate::apache::Recovered;
 use crate::apache::{self, VhostTls};
@@ -18,8 +18,8 @@ use crate::decide::{self, Action, Event, Plan, Serve};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::journal::Completion;
-use crate::site::{self, Site, TlsWish};
-use crate::store::{ensure_nl, NewVersion, Place};
+use crate::site::{self, Site, SiteId, TlsKind, TlsWish};
+use crate::store::{ensure_nl, NewVersion, Place, StoreError};
 use chrono::Utc;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -38,7 +38,7 @@ pub fn read_input(file: Option<&Path>, stdin: bool) -> Result<(String, String)> 
 /// What a deploy did, for the report.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    pub siteid: String,
+    pub siteid: SiteId,
     pub hostname: String,
     pub serve: Serve,
     pub pending: Option<String>,
@@ -282,7 +282,13 @@ pub fn deploy_one(ctx: &Ctx, rec: &Recovered, site: &Site) -> Result<Outcome> {
                 };
                 ctx.progress(&format!("{host}: importing the certificate carried in the Site JSON"));
                 let params = provision::renewal_params(ctx, &site.siteid, provision::resolve_account(ctx));
-                ctx.store.add_version(host, &NewVersion::from_key_and_fullchain(&key, &crt)?, &params)?;
+                // The bytes came from the Site JSON: material that cannot be
+                // stored is the input's fault.
+                let invalid = |e: StoreError| match e {
+                    StoreError::Unusable { why, .. } => Error::invalid(format!("site {}: tls: {why}", site.siteid)),
+                    e => e.into(),
+                };
+                ctx.store.add_version(host, &NewVersion::from_key_and_fullchain(&key, &crt).map_err(invalid)?, &params).map_err(invalid)?;
                 cert_changed = true;
             }
             Action::Provision { host } => {
@@ -366,10 +372,7 @@ pub fn wait_for_vhost(ctx: &Ctx, siteid: &str, host: &str) {
 }
 
 /// `undeploy --siteid`.
-pub fn undeploy_command(ctx: &Ctx, siteid: &str) -> Result<i32> {
-    if !site::is_id(siteid, 's') {
-        return Err(Error::invalid(format!("--siteid {siteid:?}: not a site id (\"s\" followed by 40 lowercase hex digits)")));
-    }
+pub fn undeploy_command(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
     let not_deployed = || Error::invalid(format!("site {siteid} is not deployed"));
     // Refuse an unknown site before taking the lock (which creates its files).
     facts::load_stored(&ctx.cfg, siteid)?.ok_or_else(not_deployed)?;
@@ -381,7 +384,7 @@ pub fn undeploy_command(ctx: &Ctx, siteid: &str) -> Result<i32> {
     // Apache first: once it no longer points at the files, they can move.
     let mut txn = apache::Transaction::begin(&ctx.cfg, &locked.recovered)?;
     txn.remove(&ctx.cfg.vhost_file(siteid))?;
-    if plan.actions.contains(&Action::RemoveOkc) || Kind::of(&stored) != Kind::Http {
+    if plan.actions.contains(&Action::RemoveOkc) || stored.kind() != TlsKind::Http {
         let p = ctx.cfg.okc_paths(siteid);
         txn.remove(&p.key)?;
         txn.remove(&p.crt)?;
@@ -419,7 +422,7 @@ pub fn read_backup(path: &Path) -> Result<Vec<Value>> {
 }
 
 /// `restore --in FILE [--siteid ...]`: validate everything first, then deploy each.
-pub fn restore_command(ctx: &Ctx, input: &Path, only: &[String]) -> Result<i32> {
+pub fn restore_command(ctx: &Ctx, input: &Path, only: &[SiteId]) -> Result<i32> {
     let values = read_backup(input)?;
     let mut sites = Vec::new();
     for (i, v) in values.iter().enumerate() {

@@ -2,12 +2,12 @@
 //! JSON carries the live key and full chain, or the OKC), and certificates.
 
 use super::ctx::Ctx;
-use super::facts::{self, Kind};
+use super::facts;
 use super::renew::ts;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::renewal::due_at;
-use crate::site::Site;
+use crate::site::{Site, SiteId, TlsKind};
 use crate::store::{Material, Place};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -15,9 +15,9 @@ use std::path::Path;
 /// A stored site as exported: with its TLS material unless `notls`.
 pub fn exported(ctx: &Ctx, s: &Site, notls: bool) -> Value {
     let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
-    match Kind::of(s) {
-        Kind::Http => {}
-        Kind::Letsencrypt => {
+    match s.kind() {
+        TlsKind::Http => {}
+        TlsKind::Letsencrypt => {
             let mut tls = json!({"letsencrypt": true});
             if !notls {
                 if let Material::Present(kc) = ctx.store.material(&s.hostname, Place::Live) {
@@ -27,7 +27,7 @@ pub fn exported(ctx: &Ctx, s: &Site, notls: bool) -> Value {
             }
             v["tls"] = tls;
         }
-        Kind::Okc => {
+        TlsKind::Okc => {
             let p = ctx.cfg.okc_paths(&s.siteid);
             let read = |f: &Path| std::fs::read_to_string(f).ok();
             match (notls, read(&p.key), read(&p.crt)) {
@@ -56,10 +56,7 @@ pub fn exported(ctx: &Ctx, s: &Site, notls: bool) -> Value {
 }
 
 /// `showsite --siteid`: the Site JSON with its TLS material.
-pub fn showsite(ctx: &Ctx, siteid: &str) -> Result<i32> {
-    if !crate::site::is_id(siteid, 's') {
-        return Err(Error::invalid(format!("--siteid {siteid:?}: not a site id")));
-    }
+pub fn showsite(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
     let s = facts::load_stored(&ctx.cfg, siteid)?.ok_or_else(|| Error::invalid(format!("site {siteid} is not deployed")))?;
     ctx.print_json(&exported(ctx, &s, false))?;
     Ok(0)
@@ -72,11 +69,11 @@ pub fn listsites(ctx: &Ctx) -> Result<i32> {
         ctx.print_json(&Value::Array(all.iter().map(|s| exported(ctx, s, false)).collect()))?;
     } else {
         for s in &all {
-            let state = match Kind::of(s) {
-                Kind::Http => "http".to_string(),
-                Kind::Okc => "https (own certificate)".to_string(),
-                Kind::Letsencrypt if facts::is_pending(&ctx.store, s) => "http, Let's Encrypt pending".to_string(),
-                Kind::Letsencrypt => "https (Let's Encrypt)".to_string(),
+            let state = match s.kind() {
+                TlsKind::Http => "http".to_string(),
+                TlsKind::Okc => "https (own certificate)".to_string(),
+                TlsKind::Letsencrypt if facts::is_pending(&ctx.store, s) => "http, Let's Encrypt pending".to_string(),
+                TlsKind::Letsencrypt => "https (Let's Encrypt)".to_string(),
             };
             println!("{}  {}  {state}", s.siteid, s.hostname);
         }
@@ -88,12 +85,7 @@ pub fn listsites(ctx: &Ctx) -> Result<i32> {
 }
 
 /// `backup (--siteid ... | --all) --out FILE [--notls]`, written 0600.
-pub fn backup(ctx: &Ctx, ids: &[String], all: bool, out: &Path, notls: bool) -> Result<i32> {
-    for id in ids {
-        if !crate::site::is_id(id, 's') {
-            return Err(Error::invalid(format!("--siteid {id:?}: not a site id")));
-        }
-    }
+pub fn backup(ctx: &Ctx, ids: &[SiteId], all: bool, out: &Path, notls: bool) -> Result<i32> {
     // No lock: backup only reads, and every read of the store goes through
     // links that are switched atomically.
     let stored = facts::all_stored(&ctx.cfg)?;
@@ -140,7 +132,7 @@ pub fn backup(ctx: &Ctx, ids: &[String], all: bool, out: &Path, notls: bool) -> 
 /// Every certificate: live and stashed lineages, OKCs, pending sites.
 pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<Value>> {
     let sites = facts::all_stored(&ctx.cfg)?;
-    let site_of = |host: &str| sites.iter().find(|s| s.hostname == host && Kind::of(s) == Kind::Letsencrypt).map(|s| s.siteid.clone());
+    let site_of = |host: &str| sites.iter().find(|s| s.hostname == host && s.kind() == TlsKind::Letsencrypt).map(|s| s.siteid.clone());
     let mut rows = Vec::new();
     for l in ctx.store.lineages() {
         let state = match l.place {
@@ -169,8 +161,8 @@ pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<Value>> {
         rows.push(row);
     }
     for s in &sites {
-        match Kind::of(s) {
-            Kind::Okc => {
+        match s.kind() {
+            TlsKind::Okc => {
                 let mut row = json!({"host": s.hostname, "siteid": s.siteid, "state": "okc"});
                 match facts::read_okc(&ctx.cfg, &s.siteid) {
                     Some(Ok(kc)) => {
@@ -184,7 +176,7 @@ pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<Value>> {
                 }
                 rows.push(row);
             }
-            Kind::Letsencrypt if facts::is_pending(&ctx.store, s) => {
+            TlsKind::Letsencrypt if facts::is_pending(&ctx.store, s) => {
                 rows.push(json!({"host": s.hostname, "siteid": s.siteid, "state": "pending"}));
             }
             _ => {}

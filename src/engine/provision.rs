@@ -13,7 +13,7 @@ use std::time::Duration;
 pub const ISSUE_DEADLINE: Duration = Duration::from_secs(90);
 
 fn options(ctx: &Ctx, server: &str) -> ClientOptions {
-    ClientOptions { directory: server.to_string(), ca_bundle: ctx.cfg.acme_ca_bundle.clone(), deadline: ISSUE_DEADLINE }
+    ClientOptions { directory: server.to_string(), ca_bundle: ctx.cfg.acme_ca_bundle.clone(), deadline: ISSUE_DEADLINE, eab: ctx.cfg.acme_eab.clone() }
 }
 
 /// A client with a registered account: the stored one for this server, or a
@@ -22,19 +22,52 @@ pub fn client(ctx: &Ctx) -> Result<(AcmeClient, String)> {
     client_for(ctx, &ctx.cfg.acme_server)
 }
 
-/// [`client`] for a given server (a lineage's conf may name another one).
+/// [`client`] for a given server, with its account resolved before any
+/// order: a stored account is checked with the CA first, and one the CA has
+/// forgotten (a staging reset, a restarted test CA, a cloned device image)
+/// or deactivated is recovered — the same key if the CA still knows it
+/// (`onlyReturnExisting`), else a new registration — and every renewal conf
+/// that named it is repointed, with a warning naming both.
 pub fn client_for(ctx: &Ctx, server: &str) -> Result<(AcmeClient, String)> {
     tracing::trace!(server, "connecting to the ACME server");
     let le = &ctx.cfg.letsencrypt_dir;
     if let Some(acct) = accounts::load(le, server)? {
-        let c = AcmeClient::connect(options(ctx, server), acct.key, Some(acct.uri))?;
-        return Ok((c, acct.id));
+        let c = AcmeClient::connect(options(ctx, server), acct.key.clone(), Some(acct.uri.clone()))?;
+        match c.check_account() {
+            Ok(()) => return Ok((c, acct.id)),
+            Err(e) if e.account_gone() => {
+                // Same key, maybe known under another URL?
+                let c = AcmeClient::connect(options(ctx, server), acct.key.clone(), None)?;
+                if let Some(uri) = c.find_account()? {
+                    tracing::warn!("the ACME account {} of {server} was gone; the CA still knows its key as {uri}", acct.uri);
+                    accounts::save(le, server, c.key(), &uri, c.terms_of_service())?;
+                    return Ok((c, acct.id));
+                }
+                let (c, id) = register(ctx, server)?;
+                let moved = ctx.store.repoint_account(server, &acct.id, &id)?;
+                tracing::warn!(
+                    "the ACME server {server} no longer knows the account {} ({}): registered a new account {id} ({}) and moved {} renewal conf(s) to it{}",
+                    acct.id,
+                    acct.uri,
+                    c.account_url().unwrap_or_default(),
+                    moved.len(),
+                    if moved.is_empty() { String::new() } else { format!(" ({})", moved.join(", ")) }
+                );
+                return Ok((c, id));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
+    register(ctx, server)
+}
+
+/// Register a new account with `server` and store it where certbot keeps accounts.
+fn register(ctx: &Ctx, server: &str) -> Result<(AcmeClient, String)> {
     let key = AccountKey::generate().map_err(Error::failed)?;
     let c = AcmeClient::connect(options(ctx, server), key, None)?;
     ctx.progress(&format!("registering an ACME account with {server}"));
     let uri = c.ensure_account(ctx.cfg.contact_email.as_deref())?;
-    let id = accounts::save(le, server, c.key(), &uri)?;
+    let id = accounts::save(&ctx.cfg.letsencrypt_dir, server, c.key(), &uri, c.terms_of_service())?;
     Ok((c, id))
 }
 

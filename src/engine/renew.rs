@@ -124,7 +124,7 @@ fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool) -> PassFac
             // read only for the lineages that are renewed (fast no-op passes).
             let validity = ctx.store.leaf(&name, Place::Live).map(|c| (c.not_before, c.not_after));
             LineageFacts {
-                siteid: site.map(|s| s.siteid.clone()),
+                siteid: site.map(|s| s.siteid.to_string()),
                 has_links: ctx.store.has(&name, Place::Live),
                 validity,
                 renew_before_expiry: conf.renew_before_expiry,
@@ -138,7 +138,7 @@ fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool) -> PassFac
     let pending = sites
         .iter()
         .filter(|s| facts::is_pending(&ctx.store, s))
-        .map(|s| PendingFacts { host: s.hostname.clone(), siteid: s.siteid.clone(), webroot: ctx.cfg.site_wellknown(&s.siteid) })
+        .map(|s| PendingFacts { host: s.hostname.clone(), siteid: s.siteid.to_string(), webroot: ctx.cfg.site_wellknown(&s.siteid) })
         .collect();
     let stash = ctx.store.names_with_links(Place::Stashed).into_iter().filter_map(|n| ctx.store.leaf(&n, Place::Stashed).map(|c| (n, c.not_after))).collect();
     PassFacts {

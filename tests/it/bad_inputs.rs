@@ -80,7 +80,7 @@ fn catalog() -> Vec<Case> {
         case("flag: unknown command", nothing, &["frobnicate"], 2, "unrecognized subcommand"),
         case("flag: unknown flag", nothing, &["deploy", "--frobnicate"], 2, "unexpected argument"),
         case("flag: backup without --out", nothing, &["backup", "--all"], 2, "--out"),
-        case("flag: backup bad site id", nothing, &["backup", "--siteid", "x1", "--out", "/tmp/x.json"], 2, "--siteid \"x1\": not a site id"),
+        case("flag: backup bad site id", nothing, &["backup", "--siteid", "x1", "--out", "/tmp/x.json"], 2, "\"x1\" is not a site id"),
         case(
             "flag: backup unknown site",
             nothing,

@@ -1,8 +1,9 @@
-//! Crash safety. Every step of deploy, redeploy, undeploy, restore
-//! and renew is interrupted in turn (deterministic fault injection: the
-//! process aborts as under `kill -9`), then a random-kill sweep; after each,
-//! the next command recovers, `doctor` finds nothing, Apache's configtest
-//! passes, and no LKC is lost.
+//! Crash safety (docs/design.md, invariants 3 and 5). Every step of deploy,
+//! redeploy, undeploy, restore and renew is interrupted in turn
+//! (deterministic fault injection: the process aborts as under `kill -9`),
+//! then a random-kill sweep; after each, the next command recovers, `doctor`
+//! finds nothing (invariants 1, 2, 4), Apache's configtest passes
+//! (invariant 5), and no usable LKC is lost (invariant 3).
 use crate::common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -79,7 +80,7 @@ fn kept(w: &World, serials: &[String]) -> Result<(), String> {
         let superseded = w.dev.live_serial(H).is_some()
             && std::fs::read_dir(&archive).map(|rd| rd.filter_map(|e| e.ok()).any(|e| cert_serial(&e.path()).as_deref() == Some(s.as_str()))).unwrap_or(false);
         if !(in_live || in_stash || superseded) {
-            return Err(format!("the LKC {s} was lost"));
+            return Err(format!("invariant 3: the LKC {s} was lost"));
         }
     }
     Ok(())
@@ -323,7 +324,7 @@ fn random_kill_sweep() {
         if let Err(e) = doctor_clean(d) {
             panic!("run {i} {args:?} (seed {seed}): {e}");
         }
-        assert!(configtest_passes(d), "run {i}: configtest fails (seed {seed})");
+        assert!(configtest_passes(d), "run {i}: invariant 5: configtest fails (seed {seed})");
         // Invariant 3: none of them is lost — each is live, stashed, or
         // superseded (still in its archive beside a current lineage).
         for (h, serial) in &before {
@@ -334,7 +335,7 @@ fn random_kill_sweep() {
                 .unwrap_or(false);
             let kept =
                 live.as_deref() == Some(serial.as_str()) || stash.as_deref() == Some(serial.as_str()) || (in_archive && (live.is_some() || stash.is_some()));
-            assert!(kept, "run {i} {args:?} (seed {seed}): the LKC {serial} of {h} was lost (live {live:?}, stash {stash:?})");
+            assert!(kept, "run {i} {args:?} (seed {seed}): invariant 3: the LKC {serial} of {h} was lost (live {live:?}, stash {stash:?})");
             checked += 1;
         }
     }

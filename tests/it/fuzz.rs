@@ -228,7 +228,7 @@ proptest! {
     fn acme_client_against_a_garbage_server_never_panics(answers in prop::collection::vec(answer(), 1..12)) {
         let (dir, stop) = fake_ca(answers);
         let webroot = tempfile::tempdir().unwrap();
-        let opts = ClientOptions { directory: dir, ca_bundle: None, deadline: Duration::from_secs(2) };
+        let opts = ClientOptions { directory: dir, ca_bundle: None, deadline: Duration::from_secs(2), eab: None };
         // The directory is always a real one: connecting must work, or the
         // case tests nothing.
         let c = AcmeClient::connect(opts, AccountKey::generate().unwrap(), None);
