@@ -93,6 +93,18 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Revoke a site's live Let's Encrypt certificate (a replacement is served first).
+    Revoke {
+        /// The site whose certificate is revoked.
+        #[arg(long)]
+        siteid: SiteId,
+        /// RFC 5280 reason: unspecified, keyCompromise, superseded, cessationOfOperation.
+        #[arg(long, default_value = "superseded")]
+        reason: String,
+        /// Revoke without a replacement: the site is served on plain http until renew provisions one.
+        #[arg(long)]
+        no_replace: bool,
+    },
     /// Check (and with --repair mend) every invariant.
     Doctor {
         #[arg(long)]

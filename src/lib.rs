@@ -11,6 +11,7 @@
 pub mod accounts;
 pub mod acme;
 pub mod apache;
+pub mod backoff;
 pub mod certs;
 pub mod cli;
 pub mod config;

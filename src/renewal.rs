@@ -19,6 +19,9 @@
 //! 6. Every pending site is provisioned, with the configured server and key type.
 //! 7. An expired stash entry is deleted — unless the clock cannot be right
 //!    ([`crate::decide::clock_plausible`]), then none is.
+//! 8. A lineage or pending site whose last failures have it backing off
+//!    ([`crate::backoff`]) is not tried before its next attempt, unless
+//!    `--force`.
 
 use crate::config::KeyType;
 use chrono::{DateTime, Duration, Utc};
@@ -78,6 +81,8 @@ pub struct PassFacts {
     pub server: String,
     pub key_type: KeyType,
     pub clock_plausible: bool,
+    /// Hosts backing off: (consecutive failures, next attempt).
+    pub backoff: std::collections::BTreeMap<String, (u32, DateTime<Utc>)>,
 }
 
 /// One issuance to run: a renewal, or a pending site's provisioning.
@@ -104,6 +109,11 @@ pub enum Skip {
         due: DateTime<Utc>,
         not_after: DateTime<Utc>,
     },
+    /// Rule 8: failed `failures` times in a row; not before `next_attempt`.
+    BackingOff {
+        failures: u32,
+        next_attempt: DateTime<Utc>,
+    },
     /// Cannot be renewed as it is: rules 3 and 4.
     Broken {
         why: String,
@@ -123,6 +133,19 @@ pub struct Plan {
 
 /// Decide one pass. Pure: same facts, same plan.
 pub fn plan(f: &PassFacts) -> Plan {
+    let mut p = plan_ignoring_backoff(f);
+    if !f.force {
+        let (go, wait): (Vec<Job>, Vec<Job>) = p.jobs.into_iter().partition(|j| f.backoff.get(&j.host).map(|(_, next)| *next <= f.now).unwrap_or(true));
+        p.jobs = go;
+        for j in wait {
+            let (failures, next_attempt) = f.backoff[&j.host];
+            p.skipped.push((j.host, j.siteid, Skip::BackingOff { failures, next_attempt }));
+        }
+    }
+    p
+}
+
+fn plan_ignoring_backoff(f: &PassFacts) -> Plan {
     let mut p = Plan::default();
     for l in &f.lineages {
         if !l.has_links {
@@ -212,6 +235,7 @@ mod tests {
             server: "https://ca/dir".into(),
             key_type: KeyType::Ecdsa,
             clock_plausible: true,
+            backoff: Default::default(),
         }
     }
 
@@ -287,6 +311,21 @@ mod tests {
         assert_eq!(p.jobs.len(), 1);
         assert!(p.jobs[0].pending);
         assert_eq!(p.jobs[0].key_type, KeyType::Ecdsa);
+    }
+
+    #[test]
+    fn rule_8_a_backing_off_job_waits_unless_forced() {
+        let mut f = facts(vec![lineage("due", 70), lineage("other", 70)]);
+        f.pending = vec![PendingFacts { host: "p".into(), siteid: "s2".into(), webroot: "/wk/s2".into() }];
+        f.backoff.insert("due".into(), (2, now() + Duration::minutes(5)));
+        f.backoff.insert("p".into(), (1, now() + Duration::seconds(30)));
+        f.backoff.insert("other".into(), (3, now() - Duration::seconds(1)));
+        let p = plan(&f);
+        assert_eq!(p.jobs.iter().map(|j| j.host.as_str()).collect::<Vec<_>>(), vec!["other"]);
+        assert!(p.skipped.iter().any(|(h, _, s)| h == "due" && matches!(s, Skip::BackingOff { failures: 2, .. })));
+        assert!(p.skipped.iter().any(|(h, _, s)| h == "p" && matches!(s, Skip::BackingOff { failures: 1, .. })));
+        f.force = true;
+        assert_eq!(plan(&f).jobs.len(), 3);
     }
 
     #[test]

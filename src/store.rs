@@ -540,6 +540,16 @@ impl Store {
         Ok(self.write_conf(host, Place::Live, params)?)
     }
 
+    /// Delete the live lineage of `host` (a revoked certificate): its links,
+    /// its renewal conf, and its archive unless a stash entry uses it.
+    pub fn delete_live(&self, host: &str) -> Result<()> {
+        self.remove_links(host, Place::Live)?;
+        if !self.has(host, Place::Stashed) {
+            fsutil::remove_dir_all_if_exists(&self.archive_dir(host))?;
+        }
+        Ok(())
+    }
+
     /// Delete a stash entry. Its archive goes too when no live lineage uses it.
     pub fn delete_stash(&self, host: &str) -> Result<()> {
         self.remove_links(host, Place::Stashed)?;

@@ -12,6 +12,7 @@ use super::completion;
 use super::ctx::Ctx;
 use super::facts;
 use super::provision;
+use crate::accounts;
 use crate::apache::Recovered;
 use crate::apache::{self, VhostTls};
 use crate::decide::{self, Action, Event, Plan, Serve};
@@ -245,6 +246,12 @@ fn stash_account(ctx: &Ctx, host: &str) -> Option<String> {
 
 /// Deploy one validated site (the lock is held).
 pub fn deploy_one(ctx: &Ctx, rec: &Recovered, site: &Site) -> Result<Outcome> {
+    deploy_one_with(ctx, rec, site, None)
+}
+
+/// [`deploy_one`]; a carried certificate's lineage names `account` (the
+/// account a backup carried for it) when given.
+fn deploy_one_with(ctx: &Ctx, rec: &Recovered, site: &Site, account: Option<String>) -> Result<Outcome> {
     let all = facts::all_stored(&ctx.cfg)?;
     facts::check_hostname_free(&all, site)?;
     let stored = all.iter().find(|s| s.siteid == site.siteid).cloned();
@@ -281,7 +288,8 @@ pub fn deploy_one(ctx: &Ctx, rec: &Recovered, site: &Site) -> Result<Outcome> {
                     return Err(Error::failed("internal: import without a carried certificate"));
                 };
                 ctx.progress(&format!("{host}: importing the certificate carried in the Site JSON"));
-                let params = provision::renewal_params(ctx, &site.siteid, provision::resolve_account(ctx));
+                let account = account.clone().or_else(|| provision::resolve_account(ctx));
+                let params = provision::renewal_params(ctx, &site.siteid, account);
                 // The bytes came from the Site JSON: material that cannot be
                 // stored is the input's fault.
                 let invalid = |e: StoreError| match e {
@@ -293,7 +301,20 @@ pub fn deploy_one(ctx: &Ctx, rec: &Recovered, site: &Site) -> Result<Outcome> {
             }
             Action::Provision { host } => {
                 let fallback = plan.on_failure.clone().unwrap_or(Serve::Http);
-                match provision_now(ctx, rec, site, stored.as_ref(), host, &fallback) {
+                let res = provision_now(ctx, rec, site, stored.as_ref(), host, &fallback);
+                // The site is pending on failure: `renew` retries it, backing off.
+                let mut backoff = crate::backoff::load(&ctx.cfg.state_dir());
+                let before = backoff.clone();
+                match &res {
+                    Ok(()) => backoff.succeeded(host),
+                    Err(e) => backoff.failed(host, &format!("provisioning failed: {e}"), Utc::now()),
+                }
+                if backoff != before {
+                    if let Err(e) = crate::backoff::save(&ctx.cfg.state_dir(), &backoff) {
+                        tracing::warn!("recording the back-off state: {e}");
+                    }
+                }
+                match res {
                     Ok(()) => cert_changed = true,
                     Err(e) => {
                         pending = Some(e.to_string());
@@ -405,25 +426,42 @@ pub fn undeploy_command(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
     Ok(0)
 }
 
-/// The Site JSONs of a backup file: `{"sites": [...]}`, a bare array, or one site.
-pub fn read_backup(path: &Path) -> Result<Vec<Value>> {
+/// An account a backup carries, with its key loaded (so it was checked).
+pub type CheckedAccount = (accounts::Carried, crate::acme::AccountKey);
+
+/// The Site JSONs of a backup file — `{"sites": [...], "accounts": [...]}`,
+/// a bare array, or one site — and the ACME accounts it carries (each
+/// checked: its key loads and is the one its id names).
+pub fn read_backup(path: &Path) -> Result<(Vec<Value>, Vec<CheckedAccount>)> {
     let text = fsutil::read_user_file(path).map_err(|e| Error::invalid(format!("backup {}: {e}", path.display())))?;
     let v: Value = serde_json::from_str(&text).map_err(|e| Error::invalid(format!("backup {}: not valid JSON: {e}", path.display())))?;
+    let mut carried = Vec::new();
     let sites = match v {
         Value::Array(a) => a,
-        Value::Object(ref o) if o.contains_key("sites") => match o.get("sites") {
-            Some(Value::Array(a)) => a.clone(),
-            _ => return Err(Error::invalid(format!("backup {}: \"sites\" must be an array", path.display()))),
-        },
+        Value::Object(ref o) if o.contains_key("sites") => {
+            if let Some(accts) = o.get("accounts") {
+                let list: Vec<accounts::Carried> =
+                    serde_json::from_value(accts.clone()).map_err(|e| Error::invalid(format!("backup {}: \"accounts\": {e}", path.display())))?;
+                for (i, a) in list.into_iter().enumerate() {
+                    let key = accounts::check_carried(&a)
+                        .map_err(|why| Error::invalid(format!("backup {}: account #{} ({} of {}): {why}", path.display(), i + 1, a.id, a.server)))?;
+                    carried.push((a, key));
+                }
+            }
+            match o.get("sites") {
+                Some(Value::Array(a)) => a.clone(),
+                _ => return Err(Error::invalid(format!("backup {}: \"sites\" must be an array", path.display()))),
+            }
+        }
         Value::Object(_) => vec![v],
         _ => return Err(Error::invalid(format!("backup {}: not a site-admin backup", path.display()))),
     };
-    Ok(sites)
+    Ok((sites, carried))
 }
 
 /// `restore --in FILE [--siteid ...]`: validate everything first, then deploy each.
 pub fn restore_command(ctx: &Ctx, input: &Path, only: &[SiteId]) -> Result<i32> {
-    let values = read_backup(input)?;
+    let (values, carried) = read_backup(input)?;
     let mut sites = Vec::new();
     for (i, v) in values.iter().enumerate() {
         let s = site::site_from_value(v).map_err(|e| e.context(format!("backup {} site #{}", input.display(), i + 1)))?;
@@ -461,10 +499,18 @@ pub fn restore_command(ctx: &Ctx, input: &Path, only: &[SiteId]) -> Result<i32> 
             }
         }
     }
+    // The accounts the lineages renew with come along: installed when this
+    // device lacks them, and named by the lineages restored for their hosts.
+    for (a, key) in &carried {
+        if accounts::install(&ctx.cfg.letsencrypt_dir, a, key)? {
+            ctx.progress(&format!("installed the ACME account {} of {} carried by the backup", a.id, a.server));
+        }
+    }
     let mut outs = Vec::new();
     let mut failed = 0;
     for s in &sites {
-        match deploy_one(ctx, &locked.recovered, s) {
+        let hint = carried.iter().find(|(a, _)| a.server == ctx.cfg.acme_server && a.hosts.contains(&s.hostname)).map(|(a, _)| a.id.clone());
+        match deploy_one_with(ctx, &locked.recovered, s, hint) {
             Ok(o) => outs.push(o),
             Err(e) => {
                 tracing::error!("site {} ({}): restore failed: {e}", s.siteid, s.hostname);

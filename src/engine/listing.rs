@@ -98,12 +98,15 @@ pub fn backup(ctx: &Ctx, ids: &[SiteId], all: bool, out: &Path, notls: bool) -> 
         }
         v
     };
-    let doc = json!({
+    let mut doc = json!({
         "type": "site-admin-backup",
         "version": 1,
         "created": chrono::Utc::now().to_rfc3339(),
         "sites": chosen.iter().map(|s| exported(ctx, s, notls)).collect::<Vec<_>>(),
     });
+    if !notls {
+        doc["accounts"] = json!(carried_accounts(ctx, &chosen));
+    }
     let text = serde_json::to_string_pretty(&doc).map_err(|e| Error::failed(e.to_string()))? + "\n";
     let what = if notls { " without keys and certificates" } else { "" };
     if out == Path::new("-") {
@@ -127,6 +130,28 @@ pub fn backup(ctx: &Ctx, ids: &[SiteId], all: bool, out: &Path, notls: bool) -> 
         ctx.print_json(&json!({"out": out_abs, "sites": chosen.iter().map(|s| &s.siteid).collect::<Vec<_>>(), "notls": notls}))?;
     }
     Ok(0)
+}
+
+/// The ACME accounts the chosen sites' live lineages renew with, each
+/// listing its hosts: a backup carries them so that a restored lineage keeps
+/// renewing with its own account (ARI `replaces`, CAA `accounturi`).
+fn carried_accounts(ctx: &Ctx, sites: &[&Site]) -> Vec<crate::accounts::Carried> {
+    let mut out: Vec<crate::accounts::Carried> = Vec::new();
+    for s in sites.iter().filter(|s| s.kind() == TlsKind::Letsencrypt) {
+        let Some(conf) = ctx.store.lineage_conf(&s.hostname, Place::Live) else { continue };
+        let (Some(id), Some(server)) = (conf.account, conf.server) else { continue };
+        match out.iter_mut().find(|a| a.id == id && a.server == server) {
+            Some(a) => a.hosts.push(s.hostname.clone()),
+            None => match crate::accounts::export(&ctx.cfg.letsencrypt_dir, &server, &id) {
+                Some(mut a) => {
+                    a.hosts.push(s.hostname.clone());
+                    out.push(a);
+                }
+                None => tracing::warn!("{}: its renewal conf names the account {id} of {server}, which this device does not have", s.hostname),
+            },
+        }
+    }
+    out
 }
 
 /// Every certificate: live and stashed lineages, OKCs, pending sites.
@@ -187,7 +212,27 @@ pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<Value>> {
 
 /// `certificates`.
 pub fn certificates(ctx: &Ctx) -> Result<i32> {
-    let rows = certificate_rows(ctx)?;
+    let mut rows = certificate_rows(ctx)?;
+    // Renewal failures and back-off, and what needs attention soon: Let's
+    // Encrypt no longer mails before expiry, so site-admin must say so.
+    let backoff = crate::backoff::load(&ctx.cfg.state_dir());
+    let soon = chrono::Utc::now() + chrono::Duration::days(7);
+    for r in rows.iter_mut() {
+        let host = r.get("host").and_then(Value::as_str).unwrap_or("").to_string();
+        let state = r.get("state").and_then(Value::as_str).unwrap_or("").to_string();
+        if let Some(f) = backoff.hosts.get(&host).filter(|_| state == "live" || state == "pending") {
+            r["failures"] = f.failures.into();
+            r["last_error"] = f.last_error.clone().into();
+            r["next_attempt"] = ts(f.next_attempt).into();
+            tracing::warn!("{host}: its last {} renewal attempt(s) failed ({}); next attempt at {}", f.failures, f.last_error, ts(f.next_attempt));
+        }
+        let expires = r.get("not_after").and_then(Value::as_str).and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        if let (Some(na), true) = (expires, state == "live" || state == "okc") {
+            if na < soon {
+                tracing::warn!("{host}: its {} certificate expires at {} (within 7 days)", if state == "okc" { "own" } else { "Let's Encrypt" }, ts(na.into()));
+            }
+        }
+    }
     if ctx.json {
         ctx.print_json(&Value::Array(rows))?;
         return Ok(0);
@@ -197,8 +242,12 @@ pub fn certificates(ctx: &Ctx) -> Result<i32> {
     }
     for r in rows {
         let g = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+        let failing = match r.get("failures").and_then(Value::as_u64) {
+            Some(n) => format!("  FAILED {n}x, next attempt {}: {}", g("next_attempt"), g("last_error")),
+            None => String::new(),
+        };
         println!(
-            "{:<8} {:<40} site {:<41} expires {:<20} due {:<20}{}",
+            "{:<8} {:<40} site {:<41} expires {:<20} due {:<20}{}{failing}",
             g("state"),
             g("host"),
             g("siteid"),

@@ -14,6 +14,7 @@ mod lifecycle;
 mod listing;
 mod provision;
 pub mod renew;
+mod revoke;
 
 use crate::cli::{Cli, Command};
 use crate::config::{Config, Overrides};
@@ -38,6 +39,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Listsites => listing::listsites(&ctx),
         Command::Certificates => listing::certificates(&ctx),
         Command::Renew { force, dry_run } => renew::renew_command(&ctx, force, dry_run),
+        Command::Revoke { siteid, reason, no_replace } => revoke::revoke_command(&ctx, &siteid, &reason, no_replace),
         Command::Doctor { repair } => doctor::doctor_command(&ctx, repair),
     }
 }

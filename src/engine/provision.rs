@@ -12,7 +12,7 @@ use std::time::Duration;
 /// Overall deadline for one issuance.
 pub const ISSUE_DEADLINE: Duration = Duration::from_secs(90);
 
-fn options(ctx: &Ctx, server: &str) -> ClientOptions {
+pub fn options(ctx: &Ctx, server: &str) -> ClientOptions {
     ClientOptions { directory: server.to_string(), ca_bundle: ctx.cfg.acme_ca_bundle.clone(), deadline: ISSUE_DEADLINE, eab: ctx.cfg.acme_eab.clone() }
 }
 

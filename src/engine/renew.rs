@@ -30,6 +30,12 @@ pub enum Status {
     NotDue {
         due: String,
     },
+    /// Failed `failures` times in a row; not tried before `next_attempt`.
+    BackingOff {
+        failures: u32,
+        next_attempt: String,
+        last_error: String,
+    },
     /// Dry run: it would be renewed (provisioned, for a pending site).
     WouldRenew {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -94,10 +100,11 @@ impl Report {
             String::new()
         };
         format!(
-            "renew: {} renewed, {} provisioned, {} failed, {} not due, {} expired stash entries deleted{}{dry}",
+            "renew: {} renewed, {} provisioned, {} failed, {} backing off, {} not due, {} expired stash entries deleted{}{dry}",
             self.count(|s| matches!(s, Status::Renewed { .. })),
             self.count(|s| matches!(s, Status::Provisioned { .. })),
             self.count(|s| matches!(s, Status::Failed { .. })),
+            self.count(|s| matches!(s, Status::BackingOff { .. })),
             self.count(|s| matches!(s, Status::NotDue { .. })),
             self.stash_deleted.len(),
             if self.apache_error.is_some() { "; the Apache step FAILED" } else { "" },
@@ -111,7 +118,7 @@ pub(super) fn ts(t: DateTime<Utc>) -> String {
 }
 
 /// The facts of one pass, from the store and the stored sites.
-fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool) -> PassFacts {
+fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &crate::backoff::State) -> PassFacts {
     let site_by_host: BTreeMap<&str, &Site> = sites.iter().map(|s| (s.hostname.as_str(), s)).collect();
     let lineages = ctx
         .store
@@ -150,6 +157,7 @@ fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool) -> PassFac
         server: ctx.cfg.acme_server.clone(),
         key_type: ctx.cfg.key_type,
         clock_plausible: crate::decide::clock_plausible(now, &facts::device_validity(&ctx.store)),
+        backoff: backoff.hosts.iter().map(|(h, f)| (h.clone(), (f.failures, f.next_attempt))).collect(),
     }
 }
 
@@ -159,7 +167,9 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     let locked = if dry_run { None } else { Some(ctx.lock("renew")?) };
     let now = Utc::now();
     let sites = facts::all_stored(&ctx.cfg)?;
-    let plan = renewal::plan(&gather(ctx, &sites, now, force));
+    let mut backoff = crate::backoff::load(&ctx.cfg.state_dir());
+    let backoff_before = backoff.clone();
+    let plan = renewal::plan(&gather(ctx, &sites, now, force, &backoff));
 
     let mut entries: Vec<Entry> = plan
         .skipped
@@ -169,6 +179,16 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
                 Entry { host: host.clone(), siteid: siteid.clone(), old_not_after: Some(ts(*not_after)), status: Status::NotDue { due: ts(*due) } }
             }
             Skip::Broken { why } => Entry { host: host.clone(), siteid: siteid.clone(), old_not_after: None, status: Status::Failed { error: why.clone() } },
+            Skip::BackingOff { failures, next_attempt } => Entry {
+                host: host.clone(),
+                siteid: siteid.clone(),
+                old_not_after: None,
+                status: Status::BackingOff {
+                    failures: *failures,
+                    next_attempt: ts(*next_attempt),
+                    last_error: backoff.hosts.get(host).map(|f| f.last_error.clone()).unwrap_or_default(),
+                },
+            },
         })
         .collect();
     if !plan.kept_expired_stash.is_empty() {
@@ -212,11 +232,26 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
 
     for (job, res) in run_jobs(ctx, plan.jobs) {
         let status = match res {
-            Ok(na) if job.pending => Status::Provisioned { new_not_after: ts(na) },
-            Ok(na) => Status::Renewed { new_not_after: ts(na) },
-            Err(err) => Status::Failed { error: format!("{} failed: {err}", if job.pending { "provisioning" } else { "renewal" }) },
+            Ok(na) => {
+                backoff.succeeded(&job.host);
+                if job.pending {
+                    Status::Provisioned { new_not_after: ts(na) }
+                } else {
+                    Status::Renewed { new_not_after: ts(na) }
+                }
+            }
+            Err(err) => {
+                let error = format!("{} failed: {err}", if job.pending { "provisioning" } else { "renewal" });
+                backoff.failed(&job.host, &error, Utc::now());
+                Status::Failed { error }
+            }
         };
         entries.push(Entry { host: job.host, siteid: job.siteid, old_not_after: job.old_not_after.map(ts), status });
+    }
+    if backoff != backoff_before {
+        if let Err(e) = crate::backoff::save(&ctx.cfg.state_dir(), &backoff) {
+            tracing::warn!("recording the back-off state: {e}");
+        }
     }
 
     let renewed: Vec<String> = entries.iter().filter(|e| e.is_success()).map(|e| e.host.clone()).collect();
@@ -273,6 +308,9 @@ fn finish(ctx: &Ctx, report: Report) -> Result<i32> {
             }
             Status::NotDue { due } => tracing::debug!("{}: not due until {due}", e.host),
             Status::Failed { error } => tracing::warn!("{}: {error}", e.host),
+            Status::BackingOff { failures, next_attempt, .. } => {
+                tracing::info!("{}: failed {failures} time(s) in a row; next attempt at {next_attempt} (--force tries now)", e.host)
+            }
             _ => {}
         }
     }

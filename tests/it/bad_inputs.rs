@@ -161,6 +161,35 @@ fn catalog() -> Vec<Case> {
             2,
             "is already used by deployed site",
         ),
+        case(
+            "backup: a carried account whose key is garbage",
+            |d| {
+                let doc = json!({"sites": [site(1, "g.example.test")], "accounts": [{
+                    "server": "https://ca.example/dir", "id": "0123456789abcdef0123456789abcdef", "uri": "https://ca.example/acct/1",
+                    "key": {"kty": "EC", "crv": "P-256", "x": "garbage"}, "hosts": ["g.example.test"]}]});
+                write(d, "../backup.json", &doc.to_string());
+            },
+            &["restore", "--in", b],
+            2,
+            "account #1 (0123456789abcdef0123456789abcdef of https://ca.example/dir): its key is not a usable JWK",
+        ),
+        // ---- new flags and keys ----
+        case(
+            "flag: revoke with a reason RFC 5280 does not name",
+            nothing,
+            &["revoke", "--siteid", "s0000000000000000000000000000000000000042", "--reason", "nonsense"],
+            2,
+            "--reason \"nonsense\": not a revocation reason",
+        ),
+        case("flag: revoke an unknown site", nothing, &["revoke", "--siteid", "s0000000000000000000000000000000000000042"], 2, "it is not deployed"),
+        case("config: acme_eab without hmac_key", |d| config(d, json!({"acme_eab": {"kid": "k1"}})), &["listsites"], 2, "missing field `hmac_key`"),
+        case(
+            "config: acme_eab hmac_key not base64url",
+            |d| config(d, json!({"acme_eab": {"kid": "k1", "hmac_key": "not base64!"}})),
+            &["listsites"],
+            2,
+            "acme_eab.hmac_key",
+        ),
         // ---- lock file states ----
         case(
             "lock: the lock file is a directory",
@@ -235,7 +264,7 @@ fn catalog() -> Vec<Case> {
 #[test]
 fn every_bad_input_gets_its_exit_code_a_clear_message_and_changes_nothing() {
     let cases = catalog();
-    assert!(cases.len() >= 46, "the catalog lost cases: {}", cases.len());
+    assert!(cases.len() >= 51, "the catalog lost cases: {}", cases.len());
     for c in cases {
         let d = Device::new();
         (c.setup)(&d);

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod accounts;
 mod acme;
 mod apache;
 mod bad_inputs;

@@ -125,11 +125,12 @@ fn a_pending_site_becomes_https_once_validation_works() {
     w.pebble.set_a(h, "127.0.0.3");
     let rep = w.dev.deploy(&site_json(&id, h, le()));
     assert_eq!(rep["pending"], true);
-    let (code, rep, _) = renew(&w.dev, &[]);
+    // --force: the failed provisioning has the site backing off for a minute.
+    let (code, rep, _) = renew(&w.dev, &["--force"]);
     assert_eq!(code, 1, "the retry failed: {rep}");
     w.dev.apache.wait_serial(h, &okc_serial);
     w.pebble.set_a(h, "127.0.0.1");
-    let (code, rep, err) = renew(&w.dev, &[]);
+    let (code, rep, err) = renew(&w.dev, &["--force"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(rep["lineages"][0]["status"], "provisioned", "{rep}");
     let serial = w.dev.live_serial(h).unwrap();

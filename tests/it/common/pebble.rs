@@ -13,6 +13,9 @@ pub struct Pebble {
     pub dir: PathBuf,
     pebble: Child,
     chall: Child,
+    /// How pebble was started, to start it again.
+    argv: Vec<String>,
+    nonce_reject_percent: u32,
 }
 
 #[derive(Clone, Default)]
@@ -20,6 +23,8 @@ pub struct PebbleOptions {
     pub nonce_reject_percent: u32,
     /// certificateValidityPeriod in seconds (None: pebble's default, ~5 years).
     pub validity_secs: Option<u64>,
+    /// Require External Account Binding with these (kid, base64url MAC key).
+    pub eab_keys: Vec<(String, String)>,
 }
 
 impl Pebble {
@@ -58,6 +63,10 @@ impl Pebble {
             "httpPort": http_port, "tlsPort": free_port(),
             "ocspResponderURL": "", "externalAccountBindingRequired": false
         }});
+        if !opts.eab_keys.is_empty() {
+            cfg["pebble"]["externalAccountBindingRequired"] = true.into();
+            cfg["pebble"]["externalAccountMACKeys"] = opts.eab_keys.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(v.clone()))).collect();
+        }
         if let Some(v) = opts.validity_secs {
             cfg["pebble"]["certificateValidityPeriod"] = v.into();
         }
@@ -68,16 +77,8 @@ impl Pebble {
             let _ = chall.wait();
             return Err(format!("pebble-challtestsrv: {e}"));
         }
-        let mut pebble = Command::new("pebble")
-            .args(["-config", cfg_path.to_str().unwrap(), "-dnsserver", &format!("127.0.0.1:{dns_port}")])
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            .env("PEBBLE_WFE_NONCEREJECT", opts.nonce_reject_percent.to_string())
-            .env("PEBBLE_AUTHZREUSE", "0")
-            .stdin(Stdio::null())
-            .stdout(log("pebble.log"))
-            .stderr(log("pebble.err"))
-            .spawn()
-            .expect("start pebble");
+        let argv: Vec<String> = vec!["-config".into(), cfg_path.display().to_string(), "-dnsserver".into(), format!("127.0.0.1:{dns_port}")];
+        let mut pebble = Self::spawn(dir, &argv, opts.nonce_reject_percent);
         if let Err(e) = wait_child_port(&mut pebble, port, &dir.join("pebble.err")) {
             for c in [&mut pebble, &mut chall] {
                 let _ = c.kill();
@@ -85,7 +86,7 @@ impl Pebble {
             }
             return Err(format!("pebble: {e}"));
         }
-        let p = Pebble { port, mgmt_port, chall_mgmt_port, ca, dir: dir.into(), pebble, chall };
+        let p = Pebble { port, mgmt_port, chall_mgmt_port, ca, dir: dir.into(), pebble, chall, argv, nonce_reject_percent: opts.nonce_reject_percent };
         // The device trusts the roots in acme_ca_bundle for the certificates
         // its CA issues too (a carried LKC must come from a trusted CA): add
         // pebble's issuing root beside the test CA of its TLS listener.
@@ -94,6 +95,35 @@ impl Pebble {
         bundle.push_str(&root);
         std::fs::write(&p.ca.ca_pem, bundle).unwrap();
         Ok(p)
+    }
+
+    fn spawn(dir: &Path, argv: &[String], nonce_reject_percent: u32) -> Child {
+        let log = |n: &str| std::fs::OpenOptions::new().create(true).append(true).open(dir.join(n)).unwrap();
+        Command::new("pebble")
+            .args(argv)
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", nonce_reject_percent.to_string())
+            .env("PEBBLE_AUTHZREUSE", "0")
+            .stdin(Stdio::null())
+            .stdout(log("pebble.log"))
+            .stderr(log("pebble.err"))
+            .spawn()
+            .expect("start pebble")
+    }
+
+    /// Restart pebble on the same ports: it forgets every account and order
+    /// (as a staging reset or a CA that deleted an account would).
+    pub fn restart_ca(&mut self) {
+        self.stop_ca();
+        self.pebble = Self::spawn(&self.dir, &self.argv, self.nonce_reject_percent);
+        wait_child_port(&mut self.pebble, self.port, &self.dir.join("pebble.err")).expect("pebble restarts");
+    }
+
+    /// What pebble's management interface says of a certificate serial
+    /// (lowercase hex): its status, e.g. "Valid" or "Revoked".
+    pub fn cert_status(&self, serial: &str) -> String {
+        let v: serde_json::Value = serde_json::from_str(&self.management_get(&format!("cert-status-by-serial/{serial}")).unwrap()).unwrap();
+        v["Status"].as_str().unwrap_or("").to_string()
     }
 
     /// GET on pebble's management interface (HTTPS, the test CA).
