@@ -6,43 +6,73 @@ use crate::site::SiteId;
 use clap::{ArgAction, Parser, Subcommand};
 use std::path::PathBuf;
 
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success (a deploy that fell back to http because the CA could not issue is a success: it says why, and renew retries)
+  1  the operation failed
+  2  usage or invalid input (nothing was changed)
+  3  the global lock could not be had within --lock-timeout
+
+The contract: docs/design.md. Every global option also reads its environment variable.";
+
 #[derive(Debug, Parser)]
-#[command(name = "site-admin", version, about = "Keeps the TLS certificates of the web sites on this device, from deploy to renewal.")]
+#[command(
+    name = "site-admin",
+    version,
+    about = "Keeps the TLS certificates of the web sites on this device, from deploy to renewal.",
+    long_about = "Keeps the TLS certificates of the web sites on this device right through each site's life: deploy, \
+redeploy, undeploy, backup, restore, migration to another device, and timed renewal. Let's Encrypt material \
+lives in certbot's layout; Apache gets one virtual-host file per site.",
+    after_help = EXIT_CODES,
+    disable_help_subcommand = true
+)]
 pub struct Cli {
     /// Prefix of every default path (runs unprivileged in a temporary directory).
-    #[arg(long, env = "SITE_ADMIN_ROOT", default_value = "/", global = true)]
+    #[arg(long, env = "SITE_ADMIN_ROOT", default_value = "/", global = true, value_name = "DIR", help_heading = "Global options")]
     pub root: PathBuf,
     /// Config file [default: <root>/etc/site-admin/config.json].
-    #[arg(long, env = "SITE_ADMIN_CONFIG", global = true)]
+    #[arg(long, env = "SITE_ADMIN_CONFIG", global = true, value_name = "FILE", help_heading = "Global options")]
     pub config: Option<PathBuf>,
-    /// ACME directory URL (overrides the config's acme_server).
-    #[arg(long, env = "SITE_ADMIN_ACME_SERVER", global = true)]
+    /// ACME directory URL; overrides the config's acme_server, and moves the lineages renew renews to it.
+    #[arg(long, env = "SITE_ADMIN_ACME_SERVER", global = true, value_name = "URL", help_heading = "Global options")]
     pub acme_server: Option<String>,
-    /// Extra PEM roots to trust for the ACME server's TLS.
-    #[arg(long, env = "SITE_ADMIN_ACME_CA_BUNDLE", global = true)]
+    /// Extra PEM roots to trust for the ACME server's TLS and the certificates it issues.
+    #[arg(long, env = "SITE_ADMIN_ACME_CA_BUNDLE", global = true, value_name = "PEM", help_heading = "Global options")]
     pub acme_ca_bundle: Option<PathBuf>,
     /// Seconds to wait for the global lock before giving up (exit 3).
-    #[arg(long, env = "SITE_ADMIN_LOCK_TIMEOUT", default_value_t = 300, global = true)]
+    #[arg(long, env = "SITE_ADMIN_LOCK_TIMEOUT", default_value_t = 300, global = true, value_name = "SECS", help_heading = "Global options")]
     pub lock_timeout: u64,
     /// More log output (-v, -vv).
-    #[arg(short, long, action = ArgAction::Count, global = true, conflicts_with = "quiet")]
+    #[arg(short, long, action = ArgAction::Count, global = true, conflicts_with = "quiet", help_heading = "Global options")]
     pub verbose: u8,
     /// Only warnings and errors on stderr.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = "Global options")]
     pub quiet: bool,
-    /// Print one JSON document on stdout.
-    #[arg(long, global = true)]
+    /// Print one JSON document on stdout (on failure: {"error": {"kind", "message", "exit"}}).
+    #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// Shells `completions` writes a script for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Deploy or redeploy one site.
+    #[command(
+        group(clap::ArgGroup::new("source").required(true).args(["file", "stdin"])),
+        after_help = "Examples:\n  site-admin deploy --file blog.json\n  site-admin deploy --dry-run --file blog.json   # which certificate would be served, and why\n  ubos-admin showsite --siteid s... | site-admin deploy --stdin"
+    )]
     Deploy {
-        /// The Site JSON file.
-        #[arg(long, conflicts_with = "stdin", required_unless_present = "stdin")]
+        /// The Site JSON file to deploy.
+        #[arg(long, value_name = "SITE.json")]
         file: Option<PathBuf>,
         /// Read the Site JSON from standard input.
         #[arg(long)]
@@ -51,65 +81,157 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Remove a site (its Let's Encrypt certificate is stashed).
+    /// Remove a site (its Let's Encrypt certificate is stashed for a later redeploy).
+    #[command(after_help = "Example:\n  site-admin undeploy --siteid s3f2c9a0b1d4e5f60718293a4b5c6d7e8f9012345")]
     Undeploy {
-        #[arg(long)]
+        /// The site to remove ("s" followed by 40 hex digits).
+        #[arg(long, value_name = "ID")]
         siteid: SiteId,
     },
-    /// Write deployed sites, with their TLS material, to a backup file.
+    /// Write deployed sites, with their TLS material and ACME accounts, to a backup file (mode 0600).
+    #[command(after_help = "Examples:\n  site-admin backup --all --out /var/backups/sites.json\n  site-admin backup --siteid s3f2... --notls --out - | less")]
     Backup {
-        #[arg(long, num_args = 1.., required_unless_present = "all", conflicts_with = "all")]
+        /// The sites to back up (one or more).
+        #[arg(long, num_args = 1.., required_unless_present = "all", conflicts_with = "all", value_name = "ID")]
         siteid: Vec<SiteId>,
+        /// Back up every deployed site.
         #[arg(long)]
         all: bool,
-        #[arg(long)]
+        /// The backup file (a regular file), or - for standard output.
+        #[arg(long, value_name = "FILE|-")]
         out: PathBuf,
-        /// Leave keys and certificates out.
+        /// Leave keys, certificates and accounts out.
         #[arg(long)]
         notls: bool,
     },
-    /// Deploy the sites of a backup (all, or the named ones).
+    /// Deploy the sites of a backup (all, or the named ones): how a site moves to another device.
+    #[command(after_help = "Examples:\n  site-admin restore --in sites.json\n  site-admin restore --in sites.json --siteid s3f2...")]
     Restore {
-        #[arg(long = "in")]
+        /// The backup file.
+        #[arg(long = "in", value_name = "FILE")]
         input: PathBuf,
-        #[arg(long, num_args = 1..)]
+        /// Restore only these sites.
+        #[arg(long, num_args = 1.., value_name = "ID")]
         siteid: Vec<SiteId>,
     },
-    /// One deployed Site JSON, with its TLS material.
+    /// Print one deployed Site JSON, with its TLS material.
+    #[command(after_help = "Example:\n  site-admin showsite --siteid s3f2c9a0b1d4e5f60718293a4b5c6d7e8f9012345")]
     Showsite {
-        #[arg(long)]
+        /// The site to show.
+        #[arg(long, value_name = "ID")]
         siteid: SiteId,
     },
-    /// All deployed Site JSONs.
+    /// List the deployed sites (with --json: every Site JSON, with TLS material).
+    #[command(after_help = "Examples:\n  site-admin listsites\n  site-admin --json listsites")]
     Listsites,
-    /// Live, stashed, own (OKC) and pending certificates.
+    /// List live, stashed, own (OKC) and pending certificates, with when each is due; warns about trouble.
+    #[command(after_help = "Examples:\n  site-admin certificates\n  site-admin --json certificates")]
     Certificates,
-    /// Renew what is due, retry pending sites, run hooks (the timer's entry point).
+    /// Renew what is due, retry pending sites, reload Apache, run the hooks (the timer's entry point).
+    #[command(
+        after_help = "Examples:\n  site-admin renew                # what the timer runs\n  site-admin renew --dry-run      # what would be renewed, and when each is due\n  site-admin renew --force        # renew every lineage now"
+    )]
     Renew {
-        /// Renew every live lineage, due or not.
+        /// Renew every live lineage, due or not, and ignore back-off.
         #[arg(long)]
         force: bool,
-        /// Only report what would be done.
+        /// Only report what would be done; takes no lock, changes nothing.
         #[arg(long)]
         dry_run: bool,
     },
     /// Revoke a site's live Let's Encrypt certificate (a replacement is served first).
+    #[command(after_help = "Examples:\n  site-admin revoke --siteid s3f2... --reason keyCompromise\n  site-admin revoke --siteid s3f2... --no-replace")]
     Revoke {
         /// The site whose certificate is revoked.
-        #[arg(long)]
+        #[arg(long, value_name = "ID")]
         siteid: SiteId,
         /// RFC 5280 reason: unspecified, keyCompromise, superseded, cessationOfOperation.
-        #[arg(long, default_value = "superseded")]
+        #[arg(long, default_value = "superseded", value_name = "R")]
         reason: String,
         /// Revoke without a replacement: the site is served on plain http until renew provisions one.
         #[arg(long)]
         no_replace: bool,
     },
-    /// Check (and with --repair mend) every invariant.
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  site-admin completions bash > /etc/bash_completion.d/site-admin\n  site-admin completions fish > ~/.config/fish/completions/site-admin.fish"
+    )]
+    Completions {
+        /// The shell.
+        shell: Shell,
+    },
+    /// Check (and with --repair mend) every invariant of docs/design.md.
+    #[command(after_help = "Examples:\n  site-admin doctor\n  site-admin doctor --repair")]
     Doctor {
+        /// Mend what can be mended without guessing (relink, modes, reload or start Apache, move a damaged journal aside).
         #[arg(long)]
         repair: bool,
     },
+    /// Print the help of site-admin or of one command.
+    #[command(after_help = "Example:\n  site-admin help renew")]
+    Help {
+        /// The command.
+        command: Option<String>,
+    },
+}
+
+/// The clap definition, for help, completions and the man page.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
+/// The completion script for `shell` (generated from the definition).
+pub fn completions(shell: Shell) -> Vec<u8> {
+    let mut cmd = command();
+    let g = match shell {
+        Shell::Bash => clap_complete::Shell::Bash,
+        Shell::Zsh => clap_complete::Shell::Zsh,
+        Shell::Fish => clap_complete::Shell::Fish,
+    };
+    let mut out = Vec::new();
+    clap_complete::generate(g, &mut cmd, "site-admin", &mut out);
+    out
+}
+
+/// The help text of site-admin or of one command; None for an unknown command.
+pub fn help_text(command_name: Option<&str>) -> Option<String> {
+    let mut cmd = command();
+    cmd.build();
+    match command_name {
+        None => Some(cmd.render_long_help().to_string()),
+        Some(n) => cmd.find_subcommand_mut(n).map(|c| c.render_long_help().to_string()),
+    }
+}
+
+/// The man page `site-admin.1`: the program, then one section per command
+/// (synopsis, options, examples), all generated from the definition.
+pub fn man_page() -> std::io::Result<Vec<u8>> {
+    let cmd = command();
+    let mut out = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut out)?;
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("site-admin {}", sub.get_name());
+        out.extend_from_slice(format!(".SH \"{}\"\n", name.to_uppercase()).as_bytes());
+        if let Some(about) = sub.get_about() {
+            out.extend_from_slice(format!("{}\n", roff_escape(&about.to_string())).as_bytes());
+        }
+        let after = sub.get_after_help().map(|h| h.to_string());
+        let man = clap_mangen::Man::new(sub.clone().name(name));
+        man.render_synopsis_section(&mut out)?;
+        man.render_options_section(&mut out)?;
+        if let Some(after) = after {
+            out.extend_from_slice(format!(".PP\n.nf\n{}\n.fi\n", roff_escape(&after)).as_bytes());
+        }
+    }
+    Ok(out)
+}
+
+fn roff_escape(s: &str) -> String {
+    s.replace('\\', "\\e")
+        .lines()
+        .map(|l| if l.starts_with('.') || l.starts_with('\'') { format!("\\&{l}") } else { l.to_string() })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]
@@ -120,6 +242,49 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_argument_of_every_command_is_described_and_every_command_has_an_example() {
+        let mut cmd = command();
+        cmd.build();
+        let mut missing = Vec::new();
+        for a in cmd.get_arguments() {
+            if a.get_help().is_none() && !matches!(a.get_id().as_str(), "help" | "version") {
+                missing.push(format!("site-admin --{}", a.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_about().is_none() {
+                missing.push(format!("{}: no description", sub.get_name()));
+            }
+            if sub.get_after_help().map(|h| !h.to_string().contains("site-admin")).unwrap_or(true) {
+                missing.push(format!("{}: no example", sub.get_name()));
+            }
+            for a in sub.get_arguments() {
+                if a.get_help().is_none() && a.get_id().as_str() != "help" {
+                    missing.push(format!("{} {}", sub.get_name(), a.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "undescribed: {missing:?}");
+        let top = help_text(None).unwrap();
+        assert!(top.contains("Exit codes:") && top.contains("3  the global lock"), "{top}");
+        assert!(help_text(Some("deploy")).unwrap().contains("<--file <SITE.json>|--stdin>"));
+        assert!(help_text(Some("nonsense")).is_none());
+    }
+
+    #[test]
+    fn completions_and_the_man_page_come_from_the_definition() {
+        for sh in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+            let s = String::from_utf8(completions(sh)).unwrap();
+            assert!(s.contains("site-admin") && s.contains("renew") && s.contains("siteid"), "{sh:?}");
+        }
+        let man = String::from_utf8(man_page().unwrap()).unwrap();
+        assert!(man.starts_with(".ie") || man.contains(".TH"), "{}", &man[..200]);
+        for sub in command().get_subcommands().filter(|s| s.get_name() != "help") {
+            assert!(man.contains(&format!("SITE-ADMIN {}", sub.get_name().to_uppercase())), "{} missing from the man page", sub.get_name());
+        }
     }
 
     #[test]

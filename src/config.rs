@@ -86,6 +86,8 @@ pub struct ApacheConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub root: PathBuf,
+    /// The config file named with --config (None: the default under the root).
+    pub config_file: Option<PathBuf>,
     pub acme_server: String,
     pub acme_ca_bundle: Option<PathBuf>,
     pub contact_email: Option<String>,
@@ -130,6 +132,9 @@ impl Config {
         } else {
             std::env::current_dir().map_err(|e| Error::failed(format!("current directory: {e}")))?.join(root)
         };
+        if !root.is_dir() {
+            return Err(Error::invalid(format!("--root {}: no such directory (the root every default path is under)", root.display())));
+        }
         let (path, explicit) = match &ov.config_file {
             Some(p) => (p.clone(), true),
             None => (root.join("etc/site-admin/config.json"), false),
@@ -139,7 +144,9 @@ impl Config {
             Err(crate::fsutil::InputError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && !explicit => RawConfig::default(),
             Err(e) => return Err(Error::invalid(format!("config file {}: {e}", path.display()))),
         };
-        Self::from_raw(root, raw, ov, &path)
+        let mut c = Self::from_raw(root, raw, ov, &path)?;
+        c.config_file = if explicit { Some(path) } else { None };
+        Ok(c)
     }
 
     fn from_raw(root: PathBuf, raw: RawConfig, ov: &Overrides, path: &Path) -> Result<Config> {
@@ -199,6 +206,7 @@ impl Config {
             }
         };
         Ok(Config {
+            config_file: None,
             acme_server,
             acme_ca_bundle,
             acme_eab,

@@ -1,4 +1,4 @@
-//! The one error type of site-admin and its mapping to the exit codes of
+//! The error the commands end with, and its mapping to the exit codes of
 //! docs/design.md: 0 success, 1 operation failed, 2 usage or invalid input,
 //! 3 the global lock could not be had.
 
@@ -34,6 +34,14 @@ impl Error {
             Error::Failed(_) => 1,
             Error::Invalid(_) => 2,
             Error::Lock(_) => 3,
+        }
+    }
+    /// The kind, as the `--json` error object names it.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Error::Failed(_) => "failed",
+            Error::Invalid(_) => "invalid",
+            Error::Lock(_) => "lock",
         }
     }
     /// Prefix the message with more context, keeping the kind.

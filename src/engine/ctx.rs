@@ -82,6 +82,19 @@ impl Ctx {
         }
     }
 
+    /// What every hook learns about the site-admin that runs it, so it can
+    /// ask it more (`SITE_ADMIN_BIN --root $SITE_ADMIN_ROOT --json certificates`).
+    pub fn hook_env(&self) -> Vec<(&'static str, String)> {
+        let mut v = vec![("SITE_ADMIN_ROOT", self.cfg.root.display().to_string())];
+        if let Some(c) = &self.cfg.config_file {
+            v.push(("SITE_ADMIN_CONFIG", c.display().to_string()));
+        }
+        if let Ok(exe) = std::env::current_exe() {
+            v.push(("SITE_ADMIN_BIN", exe.display().to_string()));
+        }
+        v
+    }
+
     /// One progress line on stderr (suppressed by -q).
     pub fn progress(&self, msg: &str) {
         tracing::info!("{msg}");

@@ -24,6 +24,26 @@ use std::time::Duration;
 
 /// Run one command; returns the exit code.
 pub fn run(cli: Cli) -> Result<i32> {
+    // Commands that need no configuration.
+    match &cli.command {
+        Command::Completions { shell } => {
+            use std::io::Write;
+            let mut so = std::io::stdout().lock();
+            so.write_all(&crate::cli::completions(*shell))
+                .and_then(|_| so.flush())
+                .map_err(|e| crate::error::Error::failed(format!("writing the completion script: {e}")))?;
+            return Ok(0);
+        }
+        Command::Help { command } => {
+            let text = crate::cli::help_text(command.as_deref()).ok_or_else(|| {
+                crate::error::Error::invalid(format!("help: there is no command {:?} (see site-admin --help)", command.as_deref().unwrap_or("")))
+            })?;
+            use std::io::Write;
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+            return Ok(0);
+        }
+        _ => {}
+    }
     let ov = Overrides { config_file: cli.config.clone(), acme_server: cli.acme_server.clone(), acme_ca_bundle: cli.acme_ca_bundle.clone() };
     let cfg = Config::load(&cli.root, &ov)?;
     let ctx = Ctx::new(cfg, cli.json, cli.quiet, Duration::from_secs(cli.lock_timeout));
@@ -41,5 +61,6 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Renew { force, dry_run } => renew::renew_command(&ctx, force, dry_run),
         Command::Revoke { siteid, reason, no_replace } => revoke::revoke_command(&ctx, &siteid, &reason, no_replace),
         Command::Doctor { repair } => doctor::doctor_command(&ctx, repair),
+        Command::Completions { .. } | Command::Help { .. } => Ok(0),
     }
 }

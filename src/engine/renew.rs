@@ -439,11 +439,12 @@ fn run_all_hooks(ctx: &Ctx, report: &Report) -> Vec<hooks::HookRun> {
     }))
     .unwrap_or_default();
     for h in hooks::executables(&ctx.cfg.hooks_dir) {
-        let env = [
+        let mut env = vec![
             ("SITE_ADMIN_EVENT", "renew".to_string()),
             ("RENEWED_DOMAINS", report.renewed_domains.join(" ")),
             ("FAILED_DOMAINS", report.failed_domains.join(" ")),
         ];
+        env.extend(ctx.hook_env());
         ctx.progress(&format!("running hook {}", h.display()));
         let r = hooks::run_hook(&h, &env, &stdin, hooks::HOOK_TIME_LIMIT);
         if !r.ok {

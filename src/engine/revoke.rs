@@ -83,12 +83,13 @@ pub fn revoke_command(ctx: &Ctx, siteid: &SiteId, reason: &str, no_replace: bool
     let stdin = serde_json::to_vec(&report).unwrap_or_default();
     let mut runs = Vec::new();
     for h in hooks::executables(&ctx.cfg.hooks_dir) {
-        let env = [
+        let mut env = vec![
             ("SITE_ADMIN_EVENT", "revoke".to_string()),
             ("REVOKED_DOMAINS", if revoked.is_ok() { host.clone() } else { String::new() }),
             ("RENEWED_DOMAINS", if replaced_by.is_some() { host.clone() } else { String::new() }),
             ("FAILED_DOMAINS", if revoked.is_err() { host.clone() } else { String::new() }),
         ];
+        env.extend(ctx.hook_env());
         let r = hooks::run_hook(&h, &env, &stdin, hooks::HOOK_TIME_LIMIT);
         if !r.ok {
             tracing::warn!("hook {}: {}", r.hook, r.error.as_deref().unwrap_or(""));

@@ -6,6 +6,7 @@ mod common;
 
 mod accounts;
 mod acme;
+mod admin;
 mod apache;
 mod bad_inputs;
 mod certbot;

@@ -1,0 +1,116 @@
+//! The administrator's side: errors a script can read (`--json`), a root
+//! that does not exist, and expiry monitoring through the Prometheus hook.
+use crate::common::*;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn error_object(o: &std::process::Output) -> Value {
+    let v: Value = serde_json::from_str(stdout(o).trim()).unwrap_or_else(|e| panic!("no JSON error object on stdout ({e}): {:?}\n{}", stdout(o), stderr(o)));
+    v["error"].clone()
+}
+
+#[test]
+fn with_json_every_failure_prints_one_error_object() {
+    let d = Device::new();
+    // Exit 2: invalid input.
+    let o = d.run(&["--json", "undeploy", "--siteid", "s0000000000000000000000000000000000000042"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = error_object(&o);
+    assert_eq!((e["kind"].as_str(), e["exit"].as_i64()), (Some("invalid"), Some(2)), "{e}");
+    assert!(e["message"].as_str().unwrap().contains("is not deployed"), "{e}");
+    // Exit 2: a usage error clap finds.
+    let o = d.run(&["--json", "deploy"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = error_object(&o);
+    assert_eq!((e["kind"].as_str(), e["exit"].as_i64()), (Some("usage"), Some(2)), "{e}");
+    assert!(e["message"].as_str().unwrap().contains("--file"), "{e}");
+    // Exit 1: the operation failed (a damaged journal stops locked commands).
+    let journal = d.root.join("var/lib/site-admin/journal/apache");
+    std::fs::create_dir_all(&journal).unwrap();
+    std::fs::write(journal.join("index.json"), "{").unwrap();
+    let f = d.tmp.path().join("s.json");
+    std::fs::write(&f, site_json(&siteid(1), "j.example.test", None)).unwrap();
+    let o = d.run(&["--json", "deploy", "--file", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = error_object(&o);
+    assert_eq!((e["kind"].as_str(), e["exit"].as_i64()), (Some("failed"), Some(1)), "{e}");
+    std::fs::remove_dir_all(&journal).unwrap();
+    // Exit 3: the lock is held.
+    let lock = d.root.join("run/site-admin/site-admin.lock");
+    let held = site_admin::lock::GlobalLock::acquire(&lock, &d.le(), Duration::from_secs(5), "a test").unwrap();
+    let o = d.run(&["--json", "--lock-timeout", "1", "deploy", "--file", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(3));
+    let e = error_object(&o);
+    assert_eq!((e["kind"].as_str(), e["exit"].as_i64()), (Some("lock"), Some(3)), "{e}");
+    drop(held);
+}
+
+#[test]
+fn a_root_that_does_not_exist_is_refused_by_every_command() {
+    let missing = "/nonexistent/site-admin-root";
+    for args in [
+        vec!["certificates"],
+        vec!["listsites"],
+        vec!["renew"],
+        vec!["renew", "--dry-run"],
+        vec!["doctor"],
+        vec!["deploy", "--file", "/dev/null"],
+        vec!["undeploy", "--siteid", "s0000000000000000000000000000000000000042"],
+        vec!["backup", "--all", "--out", "-"],
+    ] {
+        let mut a = vec!["--root", missing];
+        a.extend(args.iter().copied());
+        let o = run(&a, &[], None);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("--root /nonexistent/site-admin-root: no such directory"), "{args:?}: {}", stderr(&o));
+    }
+    assert!(!std::path::Path::new(missing).exists());
+}
+
+#[test]
+fn the_prometheus_hook_writes_a_textfile_promtool_accepts() {
+    require("promtool");
+    let w = World::new();
+    let d = &w.dev;
+    let (ok, bad) = ("fine.example.test", "broken.example.test");
+    d.deploy(&site_json(&siteid(1), ok, Some(json!({"letsencrypt": true}))));
+    d.deploy(&site_json(&siteid(2), bad, Some(json!({"letsencrypt": true}))));
+    let hooks = d.root.join("etc/site-admin/hooks.d");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let hook = hooks.join("60-prometheus");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/hooks/60-prometheus"), &hook).unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    w.pebble.set_a(bad, "127.0.0.3");
+    let o = d.run(&["--json", "renew", "--force"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let rep: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(rep["hooks"].as_array().unwrap().iter().all(|h| h["ok"] == true), "{rep}");
+    let prom = d.root.join("var/lib/prometheus/node-exporter/site-admin.prom");
+    let text = std::fs::read_to_string(&prom).unwrap();
+    let mut c = Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success(), "promtool: {}{}\n{text}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    for want in [
+        format!("site_admin_certificate_not_after_seconds{{host=\"{ok}\",kind=\"live\"}}"),
+        format!("site_admin_certificate_not_after_seconds{{host=\"{bad}\",kind=\"live\"}}"),
+        format!("site_admin_renewal_failures{{host=\"{bad}\"}} 1"),
+        format!("site_admin_renewal_failures{{host=\"{ok}\"}} 0"),
+    ] {
+        assert!(text.contains(&want), "{want} missing from:\n{text}");
+    }
+    assert!(!text.contains("site_admin_renewal_last_success_timestamp_seconds"), "nothing succeeded completely yet:\n{text}");
+    // certificates warns about the failing renewal on stderr.
+    let o = d.run(&["certificates"]);
+    assert!(o.status.success());
+    assert!(stderr(&o).contains(&format!("{bad}: its last 1 renewal attempt(s) failed")), "{}", stderr(&o));
+    // Fixed: the next pass succeeds and says when.
+    w.pebble.set_a(bad, "127.0.0.1");
+    d.ok(&["renew", "--force"]);
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert!(text.contains("site_admin_renewal_last_success_timestamp_seconds "), "{text}");
+    assert!(text.contains(&format!("site_admin_renewal_failures{{host=\"{bad}\"}} 0")), "{text}");
+}
