@@ -33,6 +33,7 @@ fn main() {
             server: server.clone(),
             webroot: PathBuf::from(&a[4]),
             key_type: site_admin::config::KeyType::Ecdsa,
+            profile: None,
         };
         store.add_version(&host, &v, &params).unwrap();
     }

@@ -23,8 +23,13 @@ impl std::error::Error for PemError {}
 pub struct CertInfo {
     pub not_before: DateTime<Utc>,
     pub not_after: DateTime<Utc>,
-    /// DNS subjectAltNames, lowercase; the subject CN when there are none.
+    /// subjectAltNames: DNS names (lowercase) and IP addresses; never the CN.
     pub names: Vec<String>,
+    /// The ARI CertID ([RFC 9773 §4.1]): base64url(AKI keyIdentifier) "."
+    /// base64url(serial), when the certificate has an AKI.
+    ///
+    /// [RFC 9773 §4.1]: https://www.rfc-editor.org/rfc/rfc9773#section-4.1
+    pub ari_id: Option<String>,
     pub issuer: String,
     pub subject: String,
     /// Serial number, lowercase hex without leading zeros.
@@ -34,8 +39,12 @@ pub struct CertInfo {
 }
 
 impl CertInfo {
-    /// Does this certificate cover `host` (exact name, or a one-label wildcard)?
+    /// Does this certificate cover `host` (exact name, or a one-label
+    /// wildcard; an IP address exactly)?
     pub fn covers(&self, host: &str) -> bool {
+        if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            return self.names.iter().any(|n| n.parse::<std::net::IpAddr>().ok() == Some(ip));
+        }
         let host = host.to_ascii_lowercase();
         self.names.iter().any(|n| name_covers(n, &host))
     }
@@ -78,22 +87,39 @@ pub fn parse_cert_der(der: &[u8]) -> Result<CertInfo, PemError> {
         return Err(PemError("trailing data after the certificate".into()));
     }
     let ts = |t: ASN1Time| Utc.timestamp_opt(t.timestamp(), 0).single().ok_or_else(|| PemError("certificate date out of range".into()));
+    // Names by subjectAltName only, never the CN (the `tlsserver` and
+    // `shortlived` profiles issue certificates without one): DNS names, and
+    // IP addresses (RFC 8738) in their text form.
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for gn in &san.value.general_names {
-            if let GeneralName::DNSName(n) = gn {
-                names.push(n.to_ascii_lowercase());
+            match gn {
+                GeneralName::DNSName(n) => names.push(n.to_ascii_lowercase()),
+                GeneralName::IPAddress(b) => {
+                    let ip: Option<std::net::IpAddr> = match b.len() {
+                        4 => <[u8; 4]>::try_from(*b).ok().map(|a| a.into()),
+                        16 => <[u8; 16]>::try_from(*b).ok().map(|a| a.into()),
+                        _ => None,
+                    };
+                    if let Some(ip) = ip {
+                        names.push(ip.to_string());
+                    }
+                }
+                _ => {}
             }
         }
     }
-    if names.is_empty() {
-        for cn in cert.subject().iter_common_name() {
-            if let Ok(s) = cn.as_str() {
-                names.push(s.to_ascii_lowercase());
-            }
-        }
-    }
+    let ari_id = cert.extensions().iter().find_map(|e| match e.parsed_extension() {
+        ParsedExtension::AuthorityKeyIdentifier(aki) => aki.key_identifier.as_ref().map(|k| k.0.to_vec()),
+        _ => None,
+    });
+    let ari_id = ari_id.map(|kid| {
+        use base64::Engine;
+        let b = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!("{}.{}", b.encode(kid), b.encode(cert.raw_serial()))
+    });
     Ok(CertInfo {
+        ari_id,
         not_before: ts(cert.validity().not_before)?,
         not_after: ts(cert.validity().not_after)?,
         names,
@@ -329,6 +355,40 @@ mod tests {
         // Truncated in the middle.
         assert!(parse_chain(&c1[..c1.len() / 2]).is_err());
         assert!(parse_key(&k1[..k1.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn ari_cert_id_as_rfc_9773_computes_it() {
+        // RFC 9773 §4.1's example: keyIdentifier 69:88:5B:...:C8:D4, serial 00:87:65:43:21.
+        use openssl::asn1::{Asn1Object, Asn1OctetString};
+        let key = openssl::pkey::PKey::generate_ed25519().unwrap();
+        let mut b = openssl::x509::X509::builder().unwrap();
+        b.set_version(2).unwrap();
+        b.set_serial_number(&openssl::bn::BigNum::from_hex_str("87654321").unwrap().to_asn1_integer().unwrap()).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap()).unwrap();
+        b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).unwrap()).unwrap();
+        let kid = [0x69, 0x88, 0x5B, 0x6B, 0x87, 0x46, 0x40, 0x41, 0xE1, 0xB3, 0x7B, 0x84, 0x7B, 0xA0, 0xAE, 0x2C, 0xDE, 0x01, 0xC8, 0xD4];
+        let mut aki = vec![0x30, 0x16, 0x80, 0x14];
+        aki.extend_from_slice(&kid);
+        let ext =
+            openssl::x509::X509Extension::new_from_der(&Asn1Object::from_str("2.5.29.35").unwrap(), false, &Asn1OctetString::new_from_bytes(&aki).unwrap())
+                .unwrap();
+        b.append_extension(ext).unwrap();
+        b.sign(&key, openssl::hash::MessageDigest::null()).unwrap();
+        let info = parse_cert_der(&b.build().to_der().unwrap()).unwrap();
+        assert_eq!(info.ari_id.as_deref(), Some("aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE"));
+    }
+
+    #[test]
+    fn names_are_sans_never_the_cn_and_ips_match_exactly() {
+        let now = Utc::now();
+        let (_, c) = testutil::make(&["a.example.com"], now, now + chrono::Duration::days(1));
+        let info = parse_chain(&c).unwrap().remove(0);
+        assert_eq!(info.names, vec!["a.example.com".to_string()]);
+        let mut ipinfo = info.clone();
+        ipinfo.names = vec!["127.0.0.1".into(), "::1".into()];
+        assert!(ipinfo.covers("127.0.0.1") && ipinfo.covers("0:0:0:0:0:0:0:1") && !ipinfo.covers("127.0.0.2"));
     }
 
     #[test]

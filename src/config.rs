@@ -57,6 +57,7 @@ struct RawEab {
 struct RawConfig {
     acme_server: Option<String>,
     acme_eab: Option<RawEab>,
+    acme_profile: Option<String>,
     acme_ca_bundle: Option<String>,
     contact_email: Option<String>,
     key_type: Option<KeyType>,
@@ -93,6 +94,8 @@ pub struct Config {
     pub contact_email: Option<String>,
     /// External Account Binding for CAs that require it.
     pub acme_eab: Option<crate::acme::Eab>,
+    /// The profile for sites that name none.
+    pub acme_profile: Option<String>,
     pub key_type: KeyType,
     pub letsencrypt_dir: PathBuf,
     pub sites_dir: PathBuf,
@@ -205,7 +208,13 @@ impl Config {
                 Some(crate::acme::Eab { kid: e.kid, hmac_key: key })
             }
         };
+        if let Some(p) = &raw.acme_profile {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                return Err(bad("acme_profile", "must be a profile name (letters, digits, - _ .)"));
+            }
+        }
         Ok(Config {
+            acme_profile: raw.acme_profile,
             config_file: None,
             acme_server,
             acme_ca_bundle,

@@ -5,17 +5,21 @@
 //! does no I/O; `engine::renew` gathers the facts and carries the plan out.
 //!
 //! The rules:
-//! 1. A lineage is **due** when less than a third of its lifetime is left
+//! 1. A lineage is **due** when ARI says so — the moment picked inside the
+//!    server's latest suggested window has passed (a window in the past means
+//!    now) — or by the backstop: less than a third of its lifetime is left
 //!    (half, for lifetimes of ten days or less), or from `renew_before_expiry`
-//!    before its notAfter when its conf sets that ([`due_at`]); `--force`
-//!    makes every lineage due.
+//!    before its notAfter when its conf sets that ([`due_at`]); whichever
+//!    comes first. `--force` makes every lineage due.
 //! 2. A lineage whose certificate cannot be read (but whose links exist) is
 //!    due: renewing it is how it is mended.
 //! 3. A renewal conf without links is reported as failed, never guessed at.
 //! 4. A due lineage needs a webroot (its conf's, else the deployed site's
 //!    challenge directory); without one it is reported as failed.
 //! 5. A lineage renews with the server configured now, keeping its conf's key
-//!    type; when its conf names another server the job says so (`moved_from`).
+//!    type and profile; when its conf names another server the job says so
+//!    (`moved_from`). It names the certificate it replaces (ARI `replaces`)
+//!    when its server offers ARI and it stays with that server.
 //! 6. Every pending site is provisioned, with the configured server and key type.
 //! 7. An expired stash entry is deleted — unless the clock cannot be right
 //!    ([`crate::decide::clock_plausible`]), then none is.
@@ -24,6 +28,7 @@
 //!    `--force`.
 
 use crate::config::KeyType;
+use crate::store::ProfileWish;
 use chrono::{DateTime, Duration, Utc};
 use std::path::PathBuf;
 
@@ -58,6 +63,45 @@ pub struct LineageFacts {
     /// The server its conf names.
     pub server: Option<String>,
     pub key_type: Option<KeyType>,
+    pub profile: Option<ProfileWish>,
+    /// What ARI said about its current certificate, if it was asked.
+    pub ari: Option<AriFacts>,
+    /// Its certificate's ARI CertID, when its server offers ARI.
+    pub replaces: Option<String>,
+}
+
+/// The ARI answer for a lineage's current certificate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AriFacts {
+    pub window: (DateTime<Utc>, DateTime<Utc>),
+    /// The moment picked inside the window.
+    pub chosen: DateTime<Utc>,
+    pub explanation_url: Option<String>,
+}
+
+/// Why a job is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DueBy {
+    /// The ARI window's chosen moment has passed.
+    Ari,
+    /// The lifetime rule (or renew_before_expiry).
+    Backstop,
+    Forced,
+    /// The certificate cannot be read.
+    Unreadable,
+    /// A pending site's first certificate.
+    Pending,
+}
+
+/// When a lineage is due and why: the earlier of ARI's chosen moment and the backstop.
+pub fn due_of(l: &LineageFacts) -> Option<(DateTime<Utc>, DueBy)> {
+    let backstop = l.validity.map(|(nb, na)| due_at(nb, na, l.renew_before_expiry));
+    match (backstop, &l.ari) {
+        (Some(b), Some(a)) if a.chosen < b => Some((a.chosen, DueBy::Ari)),
+        (Some(b), _) => Some((b, DueBy::Backstop)),
+        (None, _) => None,
+    }
 }
 
 /// A Let's Encrypt site without a usable live lineage.
@@ -66,6 +110,7 @@ pub struct PendingFacts {
     pub host: String,
     pub siteid: String,
     pub webroot: PathBuf,
+    pub profile: Option<ProfileWish>,
 }
 
 /// Everything one pass is decided on.
@@ -96,10 +141,16 @@ pub struct Job {
     pub old_not_after: Option<DateTime<Utc>>,
     /// When it is due (None: forced, or its certificate is unreadable).
     pub due: Option<DateTime<Utc>>,
+    pub due_by: DueBy,
     /// A pending site's first certificate, not a renewal.
     pub pending: bool,
     /// The server its conf named, when that is not the configured one.
     pub moved_from: Option<String>,
+    pub profile: Option<ProfileWish>,
+    /// The ARI CertID of the certificate it replaces.
+    pub replaces: Option<String>,
+    /// ARI's explanation of its window, if it gave one.
+    pub ari_explanation: Option<String>,
 }
 
 /// A lineage this pass leaves alone.
@@ -107,6 +158,7 @@ pub struct Job {
 pub enum Skip {
     NotDue {
         due: DateTime<Utc>,
+        due_by: DueBy,
         not_after: DateTime<Utc>,
     },
     /// Rule 8: failed `failures` times in a row; not before `next_attempt`.
@@ -153,14 +205,19 @@ fn plan_ignoring_backoff(f: &PassFacts) -> Plan {
             p.skipped.push((l.host.clone(), l.siteid.clone(), Skip::Broken { why }));
             continue;
         }
-        let due = l.validity.map(|(nb, na)| due_at(nb, na, l.renew_before_expiry));
-        let is_due = f.force || due.map(|d| f.now >= d).unwrap_or(true);
+        let due = due_of(l);
+        let is_due = f.force || due.map(|(d, _)| f.now >= d).unwrap_or(true);
         if !is_due {
-            if let (Some(d), Some((_, na))) = (due, l.validity) {
-                p.skipped.push((l.host.clone(), l.siteid.clone(), Skip::NotDue { due: d, not_after: na }));
+            if let (Some((d, by)), Some((_, na))) = (due, l.validity) {
+                p.skipped.push((l.host.clone(), l.siteid.clone(), Skip::NotDue { due: d, due_by: by, not_after: na }));
             }
             continue;
         }
+        let due_by = match due {
+            Some((d, by)) if f.now >= d => by,
+            Some(_) => DueBy::Forced,
+            None => DueBy::Unreadable,
+        };
         let Some(webroot) = l.webroot.clone() else {
             let why = "its renewal conf names no webroot and no deployed site uses it".to_string();
             p.skipped.push((l.host.clone(), l.siteid.clone(), Skip::Broken { why }));
@@ -173,9 +230,14 @@ fn plan_ignoring_backoff(f: &PassFacts) -> Plan {
             server: f.server.clone(),
             key_type: l.key_type.unwrap_or(f.key_type),
             old_not_after: l.validity.map(|v| v.1),
-            due,
+            due: due.map(|d| d.0),
+            due_by,
             pending: false,
             moved_from: l.server.clone().filter(|s| s != &f.server),
+            profile: l.profile.clone(),
+            // `replaces` is honoured only by the server that issued it.
+            replaces: l.replaces.clone().filter(|_| l.server.as_deref() == Some(f.server.as_str())),
+            ari_explanation: l.ari.as_ref().and_then(|a| a.explanation_url.clone()),
         });
     }
     for s in &f.pending {
@@ -187,8 +249,12 @@ fn plan_ignoring_backoff(f: &PassFacts) -> Plan {
             key_type: f.key_type,
             old_not_after: None,
             due: None,
+            due_by: DueBy::Pending,
             pending: true,
             moved_from: None,
+            profile: s.profile.clone(),
+            replaces: None,
+            ari_explanation: None,
         });
     }
     for (host, na) in &f.stash {
@@ -223,6 +289,9 @@ mod tests {
             webroot: Some(PathBuf::from("/wk/s1")),
             server: Some("https://ca/dir".into()),
             key_type: Some(KeyType::Rsa),
+            profile: None,
+            ari: None,
+            replaces: Some("kid.serial".into()),
         }
     }
     fn facts(lineages: Vec<LineageFacts>) -> PassFacts {
@@ -256,6 +325,44 @@ mod tests {
         let mut f = facts(vec![lineage("fresh", 10), lineage("due", 70)]);
         f.force = true;
         assert_eq!(plan(&f).jobs.len(), 2);
+    }
+
+    #[test]
+    fn rule_1_an_ari_window_in_the_past_makes_it_due_although_the_backstop_does_not() {
+        let mut l = lineage("ari", 10);
+        let past = now() - Duration::days(1);
+        l.ari =
+            Some(AriFacts { window: (past - Duration::hours(1), past), chosen: past - Duration::minutes(30), explanation_url: Some("https://ca/why".into()) });
+        let p = plan(&facts(vec![l.clone()]));
+        assert_eq!(p.jobs.len(), 1);
+        assert_eq!(p.jobs[0].due_by, DueBy::Ari);
+        assert_eq!(p.jobs[0].replaces.as_deref(), Some("kid.serial"));
+        assert_eq!(p.jobs[0].ari_explanation.as_deref(), Some("https://ca/why"));
+        // A window ahead: not due, and it says so.
+        let ahead = now() + Duration::days(5);
+        l.ari = Some(AriFacts { window: (ahead, ahead + Duration::days(1)), chosen: ahead + Duration::hours(2), explanation_url: None });
+        let p = plan(&facts(vec![l]));
+        assert!(p.jobs.is_empty());
+        assert!(matches!(p.skipped[0].2, Skip::NotDue { due_by: DueBy::Ari, .. }), "{:?}", p.skipped);
+    }
+
+    #[test]
+    fn rule_1_the_backstop_decides_without_ari_and_when_it_comes_first() {
+        let mut l = lineage("due", 70);
+        let later = now() + Duration::days(30);
+        l.ari = Some(AriFacts { window: (later, later), chosen: later, explanation_url: None });
+        let p = plan(&facts(vec![l]));
+        assert_eq!(p.jobs[0].due_by, DueBy::Backstop);
+    }
+
+    #[test]
+    fn rule_5_replaces_only_with_the_server_that_issued_it() {
+        let mut l = lineage("x", 70);
+        l.server = Some("https://staging/dir".into());
+        let p = plan(&facts(vec![l]));
+        assert_eq!(p.jobs[0].replaces, None);
+        let p = plan(&facts(vec![lineage("y", 70)]));
+        assert_eq!(p.jobs[0].replaces.as_deref(), Some("kid.serial"));
     }
 
     #[test]
@@ -306,7 +413,7 @@ mod tests {
     #[test]
     fn rule_6_pending_sites_are_provisioned() {
         let mut f = facts(vec![]);
-        f.pending = vec![PendingFacts { host: "p".into(), siteid: "s2".into(), webroot: "/wk/s2".into() }];
+        f.pending = vec![PendingFacts { host: "p".into(), siteid: "s2".into(), webroot: "/wk/s2".into(), profile: None }];
         let p = plan(&f);
         assert_eq!(p.jobs.len(), 1);
         assert!(p.jobs[0].pending);
@@ -316,7 +423,7 @@ mod tests {
     #[test]
     fn rule_8_a_backing_off_job_waits_unless_forced() {
         let mut f = facts(vec![lineage("due", 70), lineage("other", 70)]);
-        f.pending = vec![PendingFacts { host: "p".into(), siteid: "s2".into(), webroot: "/wk/s2".into() }];
+        f.pending = vec![PendingFacts { host: "p".into(), siteid: "s2".into(), webroot: "/wk/s2".into(), profile: None }];
         f.backoff.insert("due".into(), (2, now() + Duration::minutes(5)));
         f.backoff.insert("p".into(), (1, now() + Duration::seconds(30)));
         f.backoff.insert("other".into(), (3, now() - Duration::seconds(1)));

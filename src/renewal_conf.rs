@@ -125,6 +125,21 @@ impl RenewalConf {
         }
     }
 
+    /// Remove `key` from `section` (None = top level), if it is there.
+    pub fn remove(&mut self, section: Option<&str>, key: &str) {
+        let mut cur: Option<String> = None;
+        let mut keep = Vec::with_capacity(self.lines.len());
+        for l in &self.lines {
+            if let Some(h) = header_name(l) {
+                cur = Some(h);
+            } else if cur.as_deref() == section && split_kv(l).map(|(k, _)| k == key).unwrap_or(false) {
+                continue;
+            }
+            keep.push(l.clone());
+        }
+        self.lines = keep;
+    }
+
     /// Remove every key of `section` and set these pairs instead.
     pub fn replace_section(&mut self, section: &str, pairs: &[(String, String)]) {
         let mut cur: Option<String> = None;

@@ -99,7 +99,24 @@ pub struct Tls {
     pub crt: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cacrt: Option<String>,
+    /// The ACME certificate profile to ask for (with `letsencrypt: true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Whether the CA must offer `profile` (else: its default, with a warning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile_required: Option<bool>,
 }
+
+/// A certificate profile to ask for, and whether the CA must offer it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileWish {
+    pub name: String,
+    pub required: bool,
+}
+
+/// Let's Encrypt issues IP-address certificates only with this profile, so
+/// it is an IP site's default.
+pub const IP_DEFAULT_PROFILE: &str = "shortlived";
 
 /// What the `tls` section asks for, once validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -146,6 +163,26 @@ impl Site {
         }
     }
 
+    /// The profile this site's certificate is asked for: its own
+    /// (`tls.profile`), else `default` (the config's `acme_profile`), else
+    /// `shortlived` for an IP address; each preferred unless the site says
+    /// `profile_required`.
+    pub fn profile_wish(&self, default: Option<&str>) -> Option<ProfileWish> {
+        if let Some(name) = self.tls.as_ref().and_then(|t| t.profile.clone()) {
+            let required = self.tls.as_ref().and_then(|t| t.profile_required).unwrap_or(false);
+            return Some(ProfileWish { name, required });
+        }
+        if let Some(d) = default {
+            return Some(ProfileWish { name: d.to_string(), required: false });
+        }
+        self.is_ip().then(|| ProfileWish { name: IP_DEFAULT_PROFILE.into(), required: false })
+    }
+
+    /// Is the hostname an IP address (an RFC 8738 `ip` identifier)?
+    pub fn is_ip(&self) -> bool {
+        self.hostname.parse::<std::net::IpAddr>().is_ok()
+    }
+
     pub fn is_letsencrypt(&self) -> bool {
         matches!(self.tls_wish(), TlsWish::LetsEncrypt { .. })
     }
@@ -159,7 +196,7 @@ impl Site {
         let mut s = self.clone();
         if let Some(t) = &mut s.tls {
             if t.letsencrypt == Some(true) {
-                *t = Tls { letsencrypt: Some(true), ..Default::default() };
+                *t = Tls { letsencrypt: Some(true), profile: t.profile.clone(), profile_required: t.profile_required, ..Default::default() };
             } else {
                 // An OKC's material lives in ssl_dir; at rest only the fact remains.
                 *t = Tls { letsencrypt: Some(false), ..Default::default() };
@@ -187,6 +224,16 @@ impl std::ops::Deref for AtRest {
 pub fn parse_site(text: &str, origin: &str) -> Result<Site> {
     let v: Value = serde_json::from_str(text).map_err(|e| Error::invalid(format!("{origin}: not valid JSON: {e}")))?;
     site_from_value(&v).map_err(|e| e.context(origin))
+}
+
+/// [`parse_site`], then the rules that depend on the ACME server that will
+/// be asked ([`ip_refused_by`]): what `deploy` applies.
+pub fn parse_site_for(text: &str, origin: &str, server: &str) -> Result<Site> {
+    let site = parse_site(text, origin)?;
+    if let Some(why) = ip_refused_by(&site, server) {
+        return Err(Error::invalid(format!("{origin}: site {}: {why}", site.siteid)));
+    }
+    Ok(site)
 }
 
 /// Validate a Site JSON already parsed as a JSON value.
@@ -241,6 +288,11 @@ pub fn is_dns_name(h: &str) -> bool {
 /// Why Let's Encrypt cannot issue for this (valid DNS) name, if it cannot.
 pub fn not_public_reason(h: &str) -> Option<&'static str> {
     let lower = h.to_ascii_lowercase();
+    if lower.parse::<std::net::IpAddr>().is_ok() {
+        // An IP literal is an RFC 8738 identifier; whether the CA can issue
+        // for it depends on the CA ([`ip_refused_by`]).
+        return None;
+    }
     if lower.split('.').all(|l| l.bytes().all(|b| b.is_ascii_digit())) {
         return Some("an IP address, and Let's Encrypt issues only for public DNS names");
     }
@@ -254,6 +306,54 @@ pub fn not_public_reason(h: &str) -> Option<&'static str> {
         return Some("a localhost name, and Let's Encrypt issues only for public DNS names");
     }
     None
+}
+
+/// Is this address globally reachable? Not private, loopback, link-local,
+/// documentation, unique-local, shared (CGNAT), multicast, reserved or one
+/// of the other special-purpose ranges.
+pub fn is_global_ip(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            !(a.is_private()
+                || a.is_loopback()
+                || a.is_link_local()
+                || a.is_documentation()
+                || a.is_broadcast()
+                || a.is_multicast()
+                || a.is_unspecified()
+                || o[0] == 0
+                || o[0] >= 240
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18))
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            if let Some(v4) = a.to_ipv4_mapped() {
+                return is_global_ip(IpAddr::V4(v4));
+            }
+            !(a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
+                || (s[0] == 0x0064 && s[1] == 0xff9b)
+                || (s[0] == 0x2001 && s[1] < 0x0200))
+        }
+    }
+}
+
+/// Why `server` will not issue for this site's IP address, if it will not:
+/// Let's Encrypt (production or staging) issues only for globally reachable
+/// addresses.
+pub fn ip_refused_by(site: &Site, server: &str) -> Option<String> {
+    let ip: std::net::IpAddr = site.hostname.parse().ok()?;
+    let letsencrypt = server.contains("api.letsencrypt.org");
+    (site.is_letsencrypt() && letsencrypt && !is_global_ip(ip))
+        .then(|| format!("hostname: {ip} is not a globally reachable address, and Let's Encrypt ({server}) issues IP certificates only for those"))
 }
 
 pub fn looks_like_email(e: &str) -> bool {
@@ -289,7 +389,7 @@ fn validate(obj: &Map<String, Value>) -> Result<()> {
             format!("{} characters long; at most {MAX_HOSTNAME} fit in certbot's layout (renewal/<hostname>.conf must fit in a file name)", hostname.len()),
         ));
     }
-    if hostname != "*" && !is_dns_name(hostname) {
+    if hostname != "*" && !is_dns_name(hostname) && hostname.parse::<std::net::IpAddr>().is_err() {
         return Err(bad("hostname", format!("{hostname:?}: not a DNS name")));
     }
 
@@ -320,7 +420,7 @@ fn validate(obj: &Map<String, Value>) -> Result<()> {
 
     if let Some(tls) = obj.get("tls") {
         let t = tls.as_object().ok_or_else(|| bad("tls", "must be an object"))?;
-        check_keys(t, &["letsencrypt", "key", "crt", "cacrt"], "tls.")?;
+        check_keys(t, &["letsencrypt", "key", "crt", "cacrt", "profile", "profile_required"], "tls.")?;
         if hostname == "*" {
             return Err(bad("tls", "a site with hostname \"*\" (any host) cannot use TLS"));
         }
@@ -332,6 +432,21 @@ fn validate(obj: &Map<String, Value>) -> Result<()> {
         let key = pem_field(t, "key")?;
         let crt = pem_field(t, "crt")?;
         let cacrt = pem_field(t, "cacrt")?;
+        let profile_name_ok = |p: &str| !p.is_empty() && p.len() <= 64 && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        match t.get("profile") {
+            None => {}
+            Some(Value::String(p)) if profile_name_ok(p) && !le => {
+                return Err(bad("tls.profile", "only with \"letsencrypt\": true (it names an ACME certificate profile)"));
+            }
+            Some(Value::String(p)) if profile_name_ok(p) => {}
+            Some(_) => return Err(bad("tls.profile", "must be a profile name (letters, digits, - _ .), as the CA's directory lists them")),
+        }
+        match t.get("profile_required") {
+            None => {}
+            Some(Value::Bool(_)) if t.get("profile").is_some() => {}
+            Some(Value::Bool(_)) => return Err(bad("tls.profile_required", "needs tls.profile")),
+            Some(_) => return Err(bad("tls.profile_required", "must be true or false")),
+        }
         if le {
             if let Some(why) = not_public_reason(hostname) {
                 return Err(bad("hostname", format!("{hostname:?} with tls.letsencrypt: {why}")));
@@ -454,7 +569,26 @@ mod tests {
 
     #[test]
     fn public_names() {
-        assert!(not_public_reason("10.0.0.1").is_some());
+        assert!(not_public_reason("10.0.0.1").is_none(), "an IP literal is judged by the CA that is asked");
+        let ip = |h: &str| {
+            parse_site(
+                &format!(
+                    r#"{{"siteid":"{ID}","hostname":"{h}","admin":{{"userid":"admin","username":"A","email":"a@example.com"}},"tls":{{"letsencrypt":true}}}}"#
+                ),
+                "t",
+            )
+            .unwrap()
+        };
+        let le = crate::config::LETSENCRYPT_PRODUCTION;
+        assert!(ip_refused_by(&ip("10.1.2.3"), le).unwrap().contains("not a globally reachable address"));
+        assert!(ip_refused_by(&ip("127.0.0.1"), le).is_some());
+        assert!(ip_refused_by(&ip("fd00::1"), le).is_some());
+        assert!(ip_refused_by(&ip("192.0.2.7"), le).is_some());
+        assert!(ip_refused_by(&ip("93.184.216.34"), le).is_none());
+        assert!(ip_refused_by(&ip("2606:4700::1111"), le).is_none());
+        assert!(ip_refused_by(&ip("127.0.0.1"), "https://127.0.0.1:14000/dir").is_none(), "a private CA may issue for it");
+        assert_eq!(ip("127.0.0.1").profile_wish(None).unwrap().name, "shortlived");
+        assert!(!ip("127.0.0.1").profile_wish(None).unwrap().required);
         assert!(not_public_reason("box.local").is_some());
         assert!(not_public_reason("blog.example.com").is_none());
     }

@@ -95,6 +95,8 @@ pub struct RenewalParams {
     pub server: String,
     pub webroot: PathBuf,
     pub key_type: KeyType,
+    /// The profile renewals ask for again.
+    pub profile: Option<ProfileWish>,
 }
 
 /// What a lineage's renewal conf says, typed. Only this module knows
@@ -110,6 +112,86 @@ pub struct LineageConf {
     /// None when the conf names none or one site-admin does not know.
     pub key_type: Option<KeyType>,
     pub renew_before_expiry: Option<chrono::Duration>,
+    /// The certificate profile renewals ask for (certbot's
+    /// `preferred_profile` / `required_profile`).
+    pub profile: Option<ProfileWish>,
+    /// What ARI said last ([`AriState`]).
+    pub ari: AriState,
+}
+
+pub use crate::site::ProfileWish;
+
+/// A lineage's ARI state, kept in its renewal conf's `[acme_renewal_info]`
+/// section — where certbot 5 keeps its own `ari_retry_after` (a naive local
+/// time, which certbot honours too) — beside site-admin's own keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AriState {
+    /// Not to be asked again before this (`Retry-After` of the last answer).
+    pub retry_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// The CertID the rest is about (a new version invalidates it).
+    pub cert_id: Option<String>,
+    /// The latest suggested window.
+    pub window: Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>,
+    /// The moment picked (once) inside that window.
+    pub chosen: Option<chrono::DateTime<chrono::Utc>>,
+    pub explanation_url: Option<String>,
+    /// Whether the lineage's server offers ARI at all (None: not asked yet).
+    pub offered: Option<bool>,
+}
+
+const ARI: &str = "acme_renewal_info";
+
+fn utc(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(s.trim()).ok().map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// certbot's `ari_retry_after`: a naive local time.
+fn naive_local(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::TimeZone;
+    let n = chrono::NaiveDateTime::parse_from_str(s.trim(), "%Y-%m-%dT%H:%M:%S").ok()?;
+    chrono::Local.from_local_datetime(&n).earliest().map(|t| t.with_timezone(&chrono::Utc))
+}
+
+impl AriState {
+    fn from_conf(c: &RenewalConf) -> AriState {
+        let g = |k: &str| c.get(Some(ARI), k).filter(|v| !v.trim().is_empty());
+        AriState {
+            retry_after: g("ari_retry_after").and_then(|v| naive_local(&v).or_else(|| utc(&v))),
+            cert_id: g("site_admin_cert_id"),
+            window: match (g("site_admin_window_start").and_then(|v| utc(&v)), g("site_admin_window_end").and_then(|v| utc(&v))) {
+                (Some(a), Some(b)) => Some((a, b)),
+                _ => None,
+            },
+            chosen: g("site_admin_chosen").and_then(|v| utc(&v)),
+            explanation_url: g("site_admin_explanation_url"),
+            offered: g("site_admin_ari_offered").map(|v| v.trim() == "True" || v.trim() == "true"),
+        }
+    }
+
+    fn to_pairs(&self) -> Vec<(String, String)> {
+        let t = |d: &chrono::DateTime<chrono::Utc>| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let mut v = Vec::new();
+        if let Some(r) = &self.retry_after {
+            v.push(("ari_retry_after".into(), r.with_timezone(&chrono::Local).format("%Y-%m-%dT%H:%M:%S").to_string()));
+        }
+        if let Some(o) = self.offered {
+            v.push(("site_admin_ari_offered".into(), if o { "True".into() } else { "False".into() }));
+        }
+        if let Some(id) = &self.cert_id {
+            v.push(("site_admin_cert_id".into(), id.clone()));
+        }
+        if let Some((a, b)) = &self.window {
+            v.push(("site_admin_window_start".into(), t(a)));
+            v.push(("site_admin_window_end".into(), t(b)));
+        }
+        if let Some(c) = &self.chosen {
+            v.push(("site_admin_chosen".into(), t(c)));
+        }
+        if let Some(u) = &self.explanation_url {
+            v.push(("site_admin_explanation_url".into(), u.clone()));
+        }
+        v
+    }
 }
 
 impl LineageConf {
@@ -127,6 +209,12 @@ impl LineageConf {
             webroot,
             key_type: rp("key_type").and_then(|k| KeyType::parse(&k)),
             renew_before_expiry: c.get(None, "renew_before_expiry").and_then(|s| crate::renewal_conf::parse_interval(&s)),
+            profile: match (rp("required_profile"), rp("preferred_profile")) {
+                (Some(name), _) => Some(ProfileWish { name, required: true }),
+                (None, Some(name)) => Some(ProfileWish { name, required: false }),
+                _ => None,
+            },
+            ari: AriState::from_conf(c),
         }
     }
 }
@@ -412,6 +500,13 @@ impl Store {
         Ok(done)
     }
 
+    /// Record a lineage's ARI state in its renewal conf (keeping the rest).
+    pub fn write_ari(&self, host: &str, state: &AriState) -> Result<()> {
+        let Some(mut c) = self.read_conf(host, Place::Live) else { return Ok(()) };
+        c.replace_section(ARI, &state.to_pairs());
+        fsutil::atomic_write(&self.renewal_conf_path(host), c.to_text().as_bytes(), 0o644)
+    }
+
     /// Install (or update) certbot's deploy hook with this script text.
     pub fn install_deploy_hook(&self, script: &str) -> Result<()> {
         let dir = self.dir.join("renewal-hooks/deploy");
@@ -445,6 +540,14 @@ impl Store {
         c.set(Some("renewalparams"), "authenticator", "webroot");
         c.set(Some("renewalparams"), "webroot_path", &format!("{},", s(&p.webroot)));
         c.set(Some("renewalparams"), "key_type", p.key_type.as_str());
+        // certbot's own keys for the profile, so renewals ask for it again.
+        c.remove(Some("renewalparams"), "preferred_profile");
+        c.remove(Some("renewalparams"), "required_profile");
+        if let Some(w) = &p.profile {
+            c.set(Some("renewalparams"), if w.required { "required_profile" } else { "preferred_profile" }, &w.name);
+        }
+        // A new current certificate: what ARI said is about the old one.
+        c.replace_section(ARI, &[]);
         c.replace_section("webroot_map", &[(host.to_string(), s(&p.webroot))]);
         fsutil::atomic_write(&path, c.to_text().as_bytes(), 0o644)
     }

@@ -56,6 +56,38 @@ struct Directory {
     new_order: String,
     revoke_cert: Option<String>,
     terms_of_service: Option<String>,
+    /// ARI ([RFC 9773]): the base URL of renewal information, if offered.
+    ///
+    /// [RFC 9773]: https://www.rfc-editor.org/rfc/rfc9773
+    renewal_info: Option<String>,
+    /// The profiles the CA offers (`meta.profiles`), name → description.
+    profiles: Vec<(String, String)>,
+}
+
+/// What one order asks for ([RFC 8555 §7.4], [RFC 8738], [RFC 9773 §5],
+/// draft-ietf-acme-profiles).
+///
+/// [RFC 8555 §7.4]: https://www.rfc-editor.org/rfc/rfc8555#section-7.4
+/// [RFC 8738]: https://www.rfc-editor.org/rfc/rfc8738
+/// [RFC 9773 §5]: https://www.rfc-editor.org/rfc/rfc9773#section-5
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderOptions {
+    /// The certificate profile to ask for.
+    pub profile: Option<String>,
+    /// The ARI CertID of the certificate this one replaces.
+    pub replaces: Option<String>,
+}
+
+/// A renewal information answer ([RFC 9773 §4.2]).
+///
+/// [RFC 9773 §4.2]: https://www.rfc-editor.org/rfc/rfc9773#section-4.2
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewalInfo {
+    pub start: chrono::DateTime<chrono::Utc>,
+    pub end: chrono::DateTime<chrono::Utc>,
+    pub explanation_url: Option<String>,
+    /// When to ask again (`Retry-After`).
+    pub retry_after: Option<Duration>,
 }
 
 /// An issued certificate.
@@ -169,6 +201,12 @@ impl AcmeClient {
             new_order: str_field(&v, "newOrder", &url)?.into(),
             revoke_cert: v.get("revokeCert").and_then(Value::as_str).map(str::to_string),
             terms_of_service: v.pointer("/meta/termsOfService").and_then(Value::as_str).map(str::to_string),
+            renewal_info: v.get("renewalInfo").and_then(Value::as_str).map(|u| u.trim_end_matches('/').to_string()),
+            profiles: v
+                .pointer("/meta/profiles")
+                .and_then(Value::as_object)
+                .map(|o| o.iter().map(|(k, d)| (k.clone(), d.as_str().unwrap_or("").to_string())).collect())
+                .unwrap_or_default(),
         };
         Ok(AcmeClient { http, opts, dir, key, kid: Mutex::new(kid), nonces: Mutex::new(Vec::new()), bad_nonces: Default::default() })
     }
@@ -193,6 +231,50 @@ impl AcmeClient {
 
     pub fn directory_url(&self) -> &str {
         &self.opts.directory
+    }
+
+    /// Does the CA offer renewal information (ARI)?
+    pub fn offers_renewal_info(&self) -> bool {
+        self.dir.renewal_info.is_some()
+    }
+
+    /// The profiles the CA's directory lists (`meta.profiles`).
+    pub fn profiles(&self) -> Vec<String> {
+        self.dir.profiles.iter().map(|p| p.0.clone()).collect()
+    }
+
+    /// Ask for the renewal information of a certificate by its CertID
+    /// ([RFC 9773 §4.1]): an unauthenticated GET.
+    ///
+    /// [RFC 9773 §4.1]: https://www.rfc-editor.org/rfc/rfc9773#section-4.1
+    pub fn renewal_info(&self, cert_id: &str) -> Result<RenewalInfo, AcmeError> {
+        let base = self
+            .dir
+            .renewal_info
+            .clone()
+            .ok_or_else(|| AcmeError::Protocol { url: self.opts.directory.clone(), detail: "the directory offers no renewalInfo".into() })?;
+        let url = format!("{base}/{cert_id}");
+        let resp = self.http.get(&url).timeout(Duration::from_secs(10)).send().map_err(|e| connect_err(&url, e))?;
+        let status = resp.status().as_u16();
+        let retry_after = resp.headers().get("retry-after").and_then(|h| h.to_str().ok()).and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let body = resp.bytes().map_err(|e| connect_err(&url, e))?;
+        if status != 200 {
+            return Err(problem_of(&url, status, &body));
+        }
+        let v: Value =
+            serde_json::from_slice(&body).map_err(|e| AcmeError::Protocol { url: url.clone(), detail: format!("renewal information is not JSON: {e}") })?;
+        let when = |k: &str| {
+            v.pointer(&format!("/suggestedWindow/{k}"))
+                .and_then(Value::as_str)
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .ok_or_else(|| AcmeError::Protocol { url: url.clone(), detail: format!("renewal information without a suggestedWindow {k}") })
+        };
+        let (start, end) = (when("start")?, when("end")?);
+        if end < start {
+            return Err(AcmeError::Protocol { url, detail: "the suggested window ends before it starts".into() });
+        }
+        Ok(RenewalInfo { start, end, explanation_url: v.get("explanationURL").and_then(Value::as_str).map(str::to_string), retry_after })
     }
 
     /// A fresh nonce: one kept from an earlier response, or HEAD newNonce
@@ -388,10 +470,35 @@ impl AcmeClient {
     ///
     /// [RFC 8555 §7.4]: https://www.rfc-editor.org/rfc/rfc8555#section-7.4
     pub fn issue(&self, host: &str, webroot: &Path, key_type: KeyType) -> Result<Issued, AcmeError> {
+        self.issue_with(host, webroot, key_type, &OrderOptions::default())
+    }
+
+    /// [`Self::issue`] with a profile and the certificate it replaces. An IP
+    /// address is ordered as an `ip` identifier ([RFC 8738]). A `replaces`
+    /// the CA refuses (`alreadyReplaced`, or any refusal of the new order)
+    /// is retried once without it.
+    ///
+    /// [RFC 8738]: https://www.rfc-editor.org/rfc/rfc8738
+    pub fn issue_with(&self, host: &str, webroot: &Path, key_type: KeyType, o: &OrderOptions) -> Result<Issued, AcmeError> {
         let deadline = self.deadline();
         let what = format!("the order for {host}");
         let new_order = self.dir.new_order.clone();
-        let resp = self.post(&new_order, Some(&json!({"identifiers": [{"type": "dns", "value": host}]})), Signer::Kid, None, deadline)?;
+        let kind = if host.parse::<std::net::IpAddr>().is_ok() { "ip" } else { "dns" };
+        let mut payload = json!({"identifiers": [{"type": kind, "value": host}]});
+        if let Some(p) = &o.profile {
+            payload["profile"] = p.clone().into();
+        }
+        let mut with_replaces = payload.clone();
+        if let Some(r) = &o.replaces {
+            with_replaces["replaces"] = r.clone().into();
+        }
+        let resp = match self.post(&new_order, Some(&with_replaces), Signer::Kid, None, deadline) {
+            Err(e @ AcmeError::Problem { .. }) if o.replaces.is_some() && !e.account_gone() => {
+                tracing::warn!("{host}: the CA refused the order naming the certificate it replaces ({e}); ordering again without replaces");
+                self.post(&new_order, Some(&payload), Signer::Kid, None, deadline)?
+            }
+            r => r?,
+        };
         let order_url =
             resp.location.clone().ok_or_else(|| AcmeError::Protocol { url: new_order.clone(), detail: "newOrder answered without a Location".into() })?;
         let mut order: Order = resp.typed(&new_order)?;
@@ -547,7 +654,13 @@ pub fn new_key_and_csr(host: &str, key_type: KeyType) -> Result<(String, Vec<u8>
     };
     let pem = String::from_utf8(pkey.private_key_to_pem_pkcs8().map_err(|e| local(&e))?).map_err(|e| local(&e))?;
     let kp = rcgen::KeyPair::from_pem(&pem).map_err(|e| local(&e))?;
-    let mut params = rcgen::CertificateParams::new(vec![host.to_string()]).map_err(|e| local(&e))?;
+    // The name only in the subjectAltName (DNS or IP), no CN: what the
+    // `tlsserver` and `shortlived` profiles issue, and what RFC 8738 asks.
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| local(&e))?;
+    params.subject_alt_names = vec![match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => rcgen::SanType::IpAddress(ip),
+        Err(_) => rcgen::SanType::DnsName(host.to_string().try_into().map_err(|e| local(&e))?),
+    }];
     params.distinguished_name = rcgen::DistinguishedName::new();
     let csr = params.serialize_request(&kp).map_err(|e| local(&e))?;
     Ok((pem, csr.der().to_vec()))
@@ -565,6 +678,18 @@ mod tests {
             let key = openssl::pkey::PKey::private_key_from_pem(pem.as_bytes()).unwrap();
             assert!(req.verify(&req.public_key().unwrap()).unwrap());
             assert!(req.public_key().unwrap().public_eq(&key));
+        }
+    }
+
+    #[test]
+    fn csrs_name_the_host_only_in_the_san_dns_or_ip() {
+        for (host, want) in [("a.example.com", "DNS:a.example.com"), ("127.0.0.1", "IP Address:127.0.0.1"), ("2001:db8::1", "IP Address:2001:DB8:0:0:0:0:0:1")]
+        {
+            let (_, der) = new_key_and_csr(host, KeyType::Ecdsa).unwrap();
+            let req = openssl::x509::X509Req::from_der(&der).unwrap();
+            assert_eq!(req.subject_name().entries().count(), 0, "{host}: no CN");
+            let text = String::from_utf8(req.to_text().unwrap()).unwrap();
+            assert!(text.contains(want), "{host}: {text}");
         }
     }
 

@@ -93,7 +93,7 @@ fn describe_action(a: &Action) -> String {
 
 /// `deploy --file/--stdin [--dry-run]`.
 pub fn deploy_command(ctx: &Ctx, text: &str, origin: &str, dry_run: bool) -> Result<i32> {
-    let site = site::parse_site(text, origin)?;
+    let site = site::parse_site_for(text, origin, &ctx.cfg.acme_server)?;
     if dry_run {
         return dry_run_report(ctx, &site);
     }
@@ -279,7 +279,7 @@ fn deploy_one_with(ctx: &Ctx, rec: &Recovered, site: &Site, account: Option<Stri
             Action::Unstash { host } => {
                 ctx.progress(&format!("{host}: unstashing the certificate (no new issuance)"));
                 let account = stash_account(ctx, host).or_else(|| provision::resolve_account(ctx));
-                let params = provision::renewal_params(ctx, &site.siteid, account);
+                let params = provision::renewal_params(ctx, site, account);
                 ctx.store.unstash(host, &params)?;
                 cert_changed = true;
             }
@@ -289,7 +289,7 @@ fn deploy_one_with(ctx: &Ctx, rec: &Recovered, site: &Site, account: Option<Stri
                 };
                 ctx.progress(&format!("{host}: importing the certificate carried in the Site JSON"));
                 let account = account.clone().or_else(|| provision::resolve_account(ctx));
-                let params = provision::renewal_params(ctx, &site.siteid, account);
+                let params = provision::renewal_params(ctx, site, account);
                 // The bytes came from the Site JSON: material that cannot be
                 // stored is the input's fault.
                 let invalid = |e: StoreError| match e {
@@ -356,9 +356,9 @@ fn provision_now(ctx: &Ctx, rec: &Recovered, site: &Site, stored: Option<&Site>,
         wait_for_vhost(ctx, &site.siteid, host);
     }
     let (client, account) = provision::client(ctx)?;
-    let issued = provision::issue(ctx, &client, &site.siteid, host)?;
+    let issued = provision::issue(ctx, &client, site)?;
     crate::fault::point("provision.issued");
-    let params = provision::renewal_params(ctx, &site.siteid, Some(account));
+    let params = provision::renewal_params(ctx, site, Some(account));
     ctx.store.add_version(host, &NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)?, &params)?;
     Ok(())
 }
@@ -492,6 +492,9 @@ pub fn restore_command(ctx: &Ctx, input: &Path, only: &[SiteId]) -> Result<i32> 
     let all = facts::all_stored(&ctx.cfg)?;
     for s in &sites {
         facts::check_hostname_free(&all, s)?;
+        if let Some(why) = site::ip_refused_by(s, &ctx.cfg.acme_server) {
+            return Err(Error::invalid(format!("backup {}: site {}: {why}", input.display(), s.siteid)));
+        }
         if let TlsWish::Other { key, crt, .. } = s.tls_wish() {
             let kc = crate::certs::KeyCert::parse(&key, &crt).map_err(|e| Error::invalid(format!("site {}: tls: {e}", s.siteid)))?;
             if !kc.key_matches {

@@ -174,7 +174,24 @@ pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<Value>> {
                 row["issuer"] = kc.leaf.issuer.clone().into();
                 row["names"] = json!(kc.leaf.names);
                 if l.place == Place::Live {
-                    row["due"] = ts(due_at(kc.leaf.not_before, kc.leaf.not_after, rbe)).into();
+                    let backstop = due_at(kc.leaf.not_before, kc.leaf.not_after, rbe);
+                    let ari = l.conf.as_ref().map(|c| &c.ari);
+                    let ari_chosen = ari.filter(|a| a.cert_id.is_some() && a.cert_id == kc.leaf.ari_id).and_then(|a| a.chosen);
+                    let (due, by) = match ari_chosen {
+                        Some(c) if c < backstop => (c, "ari"),
+                        _ => (backstop, "backstop"),
+                    };
+                    row["due"] = ts(due).into();
+                    row["due_by"] = by.into();
+                    if let Some((a, b)) = ari.and_then(|a| a.window) {
+                        row["ari_window"] = json!([ts(a), ts(b)]);
+                    }
+                    if let Some(n) = ari.and_then(|a| a.retry_after) {
+                        row["next_ari_check"] = ts(n).into();
+                    }
+                    if let Some(p) = l.conf.as_ref().and_then(|c| c.profile.as_ref()) {
+                        row["profile"] = p.name.clone().into();
+                    }
                 }
                 if !kc.key_matches {
                     row["problem"] = "the key does not match the certificate".into();
@@ -246,8 +263,9 @@ pub fn certificates(ctx: &Ctx) -> Result<i32> {
             Some(n) => format!("  FAILED {n}x, next attempt {}: {}", g("next_attempt"), g("last_error")),
             None => String::new(),
         };
+        let by = r.get("due_by").and_then(Value::as_str).map(|b| format!(" ({b})")).unwrap_or_default();
         println!(
-            "{:<8} {:<40} site {:<41} expires {:<20} due {:<20}{}{failing}",
+            "{:<8} {:<40} site {:<41} expires {:<20} due {:<20}{by}{}{failing}",
             g("state"),
             g("host"),
             g("siteid"),

@@ -6,6 +6,7 @@
 //! This module only dispatches; each command lives in its own module, and
 //! none of them imports this one: they share [`ctx::Ctx`].
 
+mod ari;
 mod completion;
 pub mod ctx;
 pub mod doctor;

@@ -4,8 +4,9 @@
 
 use super::ctx::Ctx;
 use crate::accounts;
-use crate::acme::{AccountKey, AcmeClient, ClientOptions, Issued};
+use crate::acme::{AccountKey, AcmeClient, ClientOptions, Issued, OrderOptions};
 use crate::error::{Error, Result};
+use crate::site::{ProfileWish, Site};
 use crate::store::RenewalParams;
 use std::time::Duration;
 
@@ -88,17 +89,49 @@ pub fn resolve_account(ctx: &Ctx) -> Option<String> {
     }
 }
 
-/// Renewal parameters for a site's lineage, naming `account`. No I/O.
-pub fn renewal_params(ctx: &Ctx, siteid: &str, account: Option<String>) -> RenewalParams {
-    RenewalParams { account, server: ctx.cfg.acme_server.clone(), webroot: ctx.cfg.site_wellknown(siteid), key_type: ctx.cfg.key_type }
+/// Renewal parameters for a site's lineage, naming `account`, with the
+/// site's profile so that renewals ask for it again. No I/O.
+pub fn renewal_params(ctx: &Ctx, site: &Site, account: Option<String>) -> RenewalParams {
+    RenewalParams {
+        account,
+        server: ctx.cfg.acme_server.clone(),
+        webroot: ctx.cfg.site_wellknown(&site.siteid),
+        key_type: ctx.cfg.key_type,
+        profile: site.profile_wish(ctx.cfg.acme_profile.as_deref()),
+    }
 }
 
-/// Obtain a certificate for `host`, answering HTTP-01 from the site's webroot.
-pub fn issue(ctx: &Ctx, client: &AcmeClient, siteid: &str, host: &str) -> Result<Issued> {
-    ctx.progress(&format!("{host}: requesting a certificate from {}", ctx.cfg.acme_server));
-    let webroot = ctx.cfg.site_wellknown(siteid);
+/// The profile an order for `host` names, checked against the CA's
+/// directory (`meta.profiles`): one it does not offer is refused when
+/// required (the reason says what it offers), else dropped with a warning
+/// (the CA's default is used).
+pub fn order_profile(client: &AcmeClient, host: &str, wish: Option<&ProfileWish>) -> std::result::Result<Option<String>, String> {
+    let Some(w) = wish else { return Ok(None) };
+    let offered = client.profiles();
+    if offered.contains(&w.name) {
+        return Ok(Some(w.name.clone()));
+    }
+    let offers = if offered.is_empty() { "none".to_string() } else { offered.join(", ") };
+    if w.required {
+        return Err(format!("{host}: the CA ({}) does not offer the required profile {:?} (it offers: {offers})", client.directory_url(), w.name));
+    }
+    tracing::warn!("{host}: the CA does not offer the profile {:?} (it offers: {offers}); asking for its default", w.name);
+    Ok(None)
+}
+
+/// Obtain a certificate for the site, answering HTTP-01 from its webroot,
+/// with its profile.
+pub fn issue(ctx: &Ctx, client: &AcmeClient, site: &Site) -> Result<Issued> {
+    let host = &site.hostname;
+    let profile = order_profile(client, host, site.profile_wish(ctx.cfg.acme_profile.as_deref()).as_ref()).map_err(Error::failed)?;
+    ctx.progress(&format!(
+        "{host}: requesting a certificate from {}{}",
+        ctx.cfg.acme_server,
+        profile.as_ref().map(|p| format!(" (profile {p})")).unwrap_or_default()
+    ));
+    let webroot = ctx.cfg.site_wellknown(&site.siteid);
     crate::fsutil::create_dir_all_mode(&webroot, 0o755)?;
-    let issued = client.issue(host, &webroot, ctx.cfg.key_type)?;
+    let issued = client.issue_with(host, &webroot, ctx.cfg.key_type, &OrderOptions { profile, replaces: None })?;
     ctx.progress(&format!("{host}: certificate issued"));
     Ok(issued)
 }

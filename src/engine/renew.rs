@@ -11,7 +11,7 @@ use crate::acme::AcmeClient;
 use crate::apache::{self, Recovered, VhostTls};
 use crate::error::{Error, Result};
 use crate::hooks;
-use crate::renewal::{self, Job, LineageFacts, PassFacts, PendingFacts, Skip};
+use crate::renewal::{self, AriFacts, DueBy, Job, LineageFacts, PassFacts, PendingFacts, Skip};
 use crate::site::Site;
 use crate::store::{Material, NewVersion, Place, RenewalParams};
 use chrono::{DateTime, Utc};
@@ -29,6 +29,11 @@ pub const CONCURRENCY: usize = 4;
 pub enum Status {
     NotDue {
         due: String,
+        /// What decides when: the ARI window, or the backstop.
+        due_by: DueBy,
+        /// When ARI is asked again (not before).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next_ari_check: Option<String>,
     },
     /// Failed `failures` times in a row; not tried before `next_attempt`.
     BackingOff {
@@ -40,10 +45,18 @@ pub enum Status {
     WouldRenew {
         #[serde(skip_serializing_if = "Option::is_none")]
         due: Option<String>,
+        due_by: DueBy,
     },
     WouldProvision,
     Renewed {
         new_not_after: String,
+        due_by: DueBy,
+        /// The ARI CertID of the certificate it replaced, if the order named it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        replaced: Option<String>,
+        /// ARI's explanation of the window that made it due.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        explanation_url: Option<String>,
     },
     Provisioned {
         new_not_after: String,
@@ -129,7 +142,16 @@ fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &
             let site = site_by_host.get(name.as_str()).copied();
             // The certificate alone decides whether it is due; the key is
             // read only for the lineages that are renewed (fast no-op passes).
-            let validity = ctx.store.leaf(&name, Place::Live).map(|c| (c.not_before, c.not_after));
+            let leaf = ctx.store.leaf(&name, Place::Live);
+            let validity = leaf.as_ref().map(|c| (c.not_before, c.not_after));
+            let cert_id = leaf.as_ref().and_then(|c| c.ari_id.clone());
+            // What ARI said counts only for the certificate it was said about.
+            let ari = match (&conf.ari.window, conf.ari.chosen, &conf.ari.cert_id) {
+                (Some(w), Some(chosen), Some(id)) if Some(id) == cert_id.as_ref() => {
+                    Some(AriFacts { window: *w, chosen, explanation_url: conf.ari.explanation_url.clone() })
+                }
+                _ => None,
+            };
             LineageFacts {
                 siteid: site.map(|s| s.siteid.to_string()),
                 has_links: ctx.store.has(&name, Place::Live),
@@ -138,6 +160,9 @@ fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &
                 webroot: conf.webroot.or_else(|| site.map(|s| ctx.cfg.site_wellknown(&s.siteid))),
                 server: conf.server,
                 key_type: conf.key_type,
+                profile: conf.profile,
+                ari,
+                replaces: cert_id.filter(|_| conf.ari.offered == Some(true)),
                 host: name,
             }
         })
@@ -145,7 +170,12 @@ fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &
     let pending = sites
         .iter()
         .filter(|s| facts::is_pending(&ctx.store, s))
-        .map(|s| PendingFacts { host: s.hostname.clone(), siteid: s.siteid.to_string(), webroot: ctx.cfg.site_wellknown(&s.siteid) })
+        .map(|s| PendingFacts {
+            host: s.hostname.clone(),
+            siteid: s.siteid.to_string(),
+            webroot: ctx.cfg.site_wellknown(&s.siteid),
+            profile: s.profile_wish(ctx.cfg.acme_profile.as_deref()),
+        })
         .collect();
     let stash = ctx.store.names_with_links(Place::Stashed).into_iter().filter_map(|n| ctx.store.leaf(&n, Place::Stashed).map(|c| (n, c.not_after))).collect();
     PassFacts {
@@ -169,15 +199,23 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     let sites = facts::all_stored(&ctx.cfg)?;
     let mut backoff = crate::backoff::load(&ctx.cfg.state_dir());
     let backoff_before = backoff.clone();
+    // Ask ARI first (not in a dry run): only the lineages whose next check
+    // has come, so a pass with every check ahead sends no request.
+    if !dry_run {
+        crate::engine::ari::refresh(ctx, now);
+    }
     let plan = renewal::plan(&gather(ctx, &sites, now, force, &backoff));
 
     let mut entries: Vec<Entry> = plan
         .skipped
         .iter()
         .map(|(host, siteid, skip)| match skip {
-            Skip::NotDue { due, not_after } => {
-                Entry { host: host.clone(), siteid: siteid.clone(), old_not_after: Some(ts(*not_after)), status: Status::NotDue { due: ts(*due) } }
-            }
+            Skip::NotDue { due, due_by, not_after } => Entry {
+                host: host.clone(),
+                siteid: siteid.clone(),
+                old_not_after: Some(ts(*not_after)),
+                status: Status::NotDue { due: ts(*due), due_by: *due_by, next_ari_check: next_ari_check(ctx, host) },
+            },
             Skip::Broken { why } => Entry { host: host.clone(), siteid: siteid.clone(), old_not_after: None, status: Status::Failed { error: why.clone() } },
             Skip::BackingOff { failures, next_attempt } => Entry {
                 host: host.clone(),
@@ -200,7 +238,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     }
     if dry_run {
         for j in &plan.jobs {
-            let status = if j.pending { Status::WouldProvision } else { Status::WouldRenew { due: j.due.map(ts) } };
+            let status = if j.pending { Status::WouldProvision } else { Status::WouldRenew { due: j.due.map(ts), due_by: j.due_by } };
             entries.push(Entry { host: j.host.clone(), siteid: j.siteid.clone(), old_not_after: j.old_not_after.map(ts), status });
         }
         let report = Report {
@@ -230,14 +268,19 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
         stash_deleted.push(name.clone());
     }
 
+    for j in &plan.jobs {
+        if let Some(u) = &j.ari_explanation {
+            tracing::warn!("{}: the CA asks for an early renewal: {u}", j.host);
+        }
+    }
     for (job, res) in run_jobs(ctx, plan.jobs) {
         let status = match res {
-            Ok(na) => {
+            Ok((na, replaced)) => {
                 backoff.succeeded(&job.host);
                 if job.pending {
                     Status::Provisioned { new_not_after: ts(na) }
                 } else {
-                    Status::Renewed { new_not_after: ts(na) }
+                    Status::Renewed { new_not_after: ts(na), due_by: job.due_by, replaced, explanation_url: job.ari_explanation.clone() }
                 }
             }
             Err(err) => {
@@ -302,11 +345,11 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
 fn finish(ctx: &Ctx, report: Report) -> Result<i32> {
     for e in &report.lineages {
         match &e.status {
-            Status::Renewed { new_not_after } | Status::Provisioned { new_not_after } => {
+            Status::Renewed { new_not_after, .. } | Status::Provisioned { new_not_after } => {
                 let what = if matches!(e.status, Status::Renewed { .. }) { "renewed" } else { "provisioned" };
                 ctx.progress(&format!("{}: {what} (valid until {new_not_after})", e.host))
             }
-            Status::NotDue { due } => tracing::debug!("{}: not due until {due}", e.host),
+            Status::NotDue { due, due_by, .. } => tracing::debug!("{}: not due until {due} ({due_by:?})", e.host),
             Status::Failed { error } => tracing::warn!("{}: {error}", e.host),
             Status::BackingOff { failures, next_attempt, .. } => {
                 tracing::info!("{}: failed {failures} time(s) in a row; next attempt at {next_attempt} (--force tries now)", e.host)
@@ -356,7 +399,10 @@ pub fn switch_to_https(ctx: &Ctx, rec: &Recovered, sites: &[&Site]) -> Result<()
 }
 
 /// Run the jobs, [`CONCURRENCY`] at a time; one ACME client per server.
-fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(Job, std::result::Result<DateTime<Utc>, String>)> {
+/// What one job came to: the new notAfter and the CertID the order said it replaces.
+type JobResult = std::result::Result<(DateTime<Utc>, Option<String>), String>;
+
+fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(Job, JobResult)> {
     if jobs.is_empty() {
         return Vec::new();
     }
@@ -394,18 +440,31 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(Job, std::result::Result<DateTime
     v
 }
 
-fn renew_one(ctx: &Ctx, client: &AcmeClient, account: &str, job: &Job) -> std::result::Result<DateTime<Utc>, String> {
+fn renew_one(ctx: &Ctx, client: &AcmeClient, account: &str, job: &Job) -> JobResult {
     ctx.progress(&format!("{}: {} a certificate", job.host, if job.pending { "provisioning" } else { "renewing" }));
     crate::fsutil::create_dir_all_mode(&job.webroot, 0o755).map_err(|e| e.to_string())?;
-    let issued = client.issue(&job.host, &job.webroot, job.key_type).map_err(|e| e.to_string())?;
+    let profile = provision::order_profile(client, &job.host, job.profile.as_ref())?;
+    let opts = crate::acme::OrderOptions { profile, replaces: job.replaces.clone() };
+    let issued = client.issue_with(&job.host, &job.webroot, job.key_type, &opts).map_err(|e| e.to_string())?;
     let v = NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem).map_err(|e| e.to_string())?;
-    let params = RenewalParams { account: Some(account.to_string()), server: job.server.clone(), webroot: job.webroot.clone(), key_type: job.key_type };
+    let params = RenewalParams {
+        account: Some(account.to_string()),
+        server: job.server.clone(),
+        webroot: job.webroot.clone(),
+        key_type: job.key_type,
+        profile: job.profile.clone(),
+    };
     crate::fault::point("renew.issued");
     ctx.store.add_version(&job.host, &v, &params).map_err(|e| e.to_string())?;
     match ctx.store.material(&job.host, Place::Live) {
-        Material::Present(kc) => Ok(kc.leaf.not_after),
+        Material::Present(kc) => Ok((kc.leaf.not_after, job.replaces.clone())),
         _ => Err("the new version is not readable".into()),
     }
+}
+
+/// When ARI is asked about this lineage again, if it was asked.
+fn next_ari_check(ctx: &Ctx, host: &str) -> Option<String> {
+    ctx.store.lineage_conf(host, Place::Live)?.ari.retry_after.map(ts)
 }
 
 fn run_all_hooks(ctx: &Ctx, report: &Report) -> Vec<hooks::HookRun> {

@@ -54,8 +54,8 @@ pub fn revoke_command(ctx: &Ctx, siteid: &SiteId, reason: &str, no_replace: bool
     } else {
         ctx.progress(&format!("{host}: provisioning a replacement with a new key before revoking serial {}", old.serial));
         let (rclient, account) = provision::client(ctx)?;
-        let issued = provision::issue(ctx, &rclient, &site.siteid, &host)?;
-        let params = provision::renewal_params(ctx, &site.siteid, Some(account));
+        let issued = provision::issue(ctx, &rclient, &site)?;
+        let params = provision::renewal_params(ctx, &site, Some(account));
         ctx.store.add_version(&host, &NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)?, &params)?;
         apache::reload(&ctx.cfg).map_err(|said| {
             Error::failed(format!("{host}: the replacement is on disk but Apache could not be reloaded ({said}); the old certificate is not revoked yet"))

@@ -1,12 +1,18 @@
 use super::*;
 use crate::certs::testutil::make;
-use chrono::{Duration, Utc};
+use chrono::{Duration, Timelike, Utc};
 use std::os::unix::fs::PermissionsExt;
 
 const H: &str = "a.example.com";
 
 fn params(dir: &Path) -> RenewalParams {
-    RenewalParams { account: Some("acct".into()), server: "https://ca.test/dir".into(), webroot: dir.join("wk"), key_type: crate::config::KeyType::Ecdsa }
+    RenewalParams {
+        account: Some("acct".into()),
+        server: "https://ca.test/dir".into(),
+        webroot: dir.join("wk"),
+        key_type: crate::config::KeyType::Ecdsa,
+        profile: None,
+    }
 }
 
 fn version(days: i64) -> NewVersion {
@@ -56,10 +62,37 @@ fn rewrite_keeps_unknown_conf_fields() {
     let s = Store::new(t.path().join("le"));
     s.add_version(H, &version(30), &params(t.path())).unwrap();
     let p = s.renewal_conf_path(H);
-    let text = fs::read_to_string(&p).unwrap() + "[acme_renewal_info]\nari_retry_after = x\n";
+    let text = fs::read_to_string(&p).unwrap() + "[some_plugin]\nsetting = x\n[acme_renewal_info]\nari_retry_after = 2026-12-01T10:00:00\n";
     fs::write(&p, text).unwrap();
     s.add_version(H, &version(31), &params(t.path())).unwrap();
-    assert!(fs::read_to_string(&p).unwrap().contains("[acme_renewal_info]\nari_retry_after = x"));
+    let after = fs::read_to_string(&p).unwrap();
+    assert!(after.contains("[some_plugin]\nsetting = x"), "{after}");
+    // What ARI said was about the old certificate: a new version drops it.
+    assert!(!after.contains("ari_retry_after"), "{after}");
+}
+
+#[test]
+fn ari_state_and_profile_round_trip_through_the_conf_certbot_reads() {
+    let t = tempfile::tempdir().unwrap();
+    let s = Store::new(t.path().join("le"));
+    let mut p = params(t.path());
+    p.profile = Some(ProfileWish { name: "shortlived".into(), required: true });
+    s.add_version(H, &version(30), &p).unwrap();
+    let now = chrono::Utc::now().with_nanosecond(0).unwrap();
+    let st = AriState {
+        retry_after: Some(now + Duration::hours(6)),
+        cert_id: Some("a.b".into()),
+        window: Some((now, now + Duration::hours(2))),
+        chosen: Some(now + Duration::hours(1)),
+        explanation_url: Some("https://ca.test/why".into()),
+        offered: Some(true),
+    };
+    s.write_ari(H, &st).unwrap();
+    let c = s.lineage_conf(H, Place::Live).unwrap();
+    assert_eq!(c.ari, st);
+    assert_eq!(c.profile, Some(ProfileWish { name: "shortlived".into(), required: true }));
+    let text = fs::read_to_string(s.renewal_conf_path(H)).unwrap();
+    assert!(text.contains("required_profile = shortlived") && text.contains("[acme_renewal_info]\nari_retry_after = "), "{text}");
 }
 
 #[test]

@@ -482,6 +482,7 @@ fn doctor_sees_a_dead_apache_and_a_stale_certificate_and_repair_mends_both() {
         server: w.pebble.directory(),
         webroot: d.root.join("x"),
         key_type: site_admin::config::KeyType::Ecdsa,
+        profile: None,
     };
     store.add_version(h, &site_admin::store::NewVersion::from_key_and_fullchain(&k, &c).unwrap(), &params).unwrap();
     let o = d.run(&["doctor"]);

@@ -8,6 +8,7 @@ mod accounts;
 mod acme;
 mod admin;
 mod apache;
+mod ari;
 mod bad_inputs;
 mod certbot;
 mod crash;

@@ -3,6 +3,7 @@
 //! site-admin binary runner, and tree snapshots. Every instance listens on
 //! free loopback ports and is torn down on drop, so tests run in parallel.
 
+pub mod a2c;
 pub mod apache;
 pub mod pebble;
 
@@ -15,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use a2c::{A2c, A2cOptions};
 pub use apache::Apache;
 pub use pebble::Pebble;
 pub use pebble::PebbleOptions;

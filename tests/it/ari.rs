@@ -1,0 +1,261 @@
+//! Renewal for the CA world of 2026–2028, against acme2certifier (an ACME
+//! server independent of pebble): ARI windows and `replaces`, profiles, and
+//! certbot reading the state; IP-address sites against pebble, which
+//! validates them (docs/design.md, "When a lineage renews").
+use crate::common::*;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn le(profile: Option<(&str, bool)>) -> Option<Value> {
+    let mut t = json!({"letsencrypt": true});
+    if let Some((p, req)) = profile {
+        t["profile"] = p.into();
+        if req {
+            t["profile_required"] = true.into();
+        }
+    }
+    Some(t)
+}
+
+/// A device whose ACME server is this acme2certifier.
+fn device(a: &A2c) -> Device {
+    let mut d = Device::new();
+    d.env.push(("SITE_ADMIN_ACME_SERVER".into(), a.directory()));
+    d.apache.start();
+    d
+}
+
+fn renew(d: &Device, args: &[&str]) -> (i32, Value, String) {
+    let mut a = vec!["--json", "renew"];
+    a.extend_from_slice(args);
+    let o = d.run(&a);
+    let rep = serde_json::from_str(&stdout(&o)).unwrap_or_else(|e| panic!("renew printed no JSON ({e}): {}\n{}", stdout(&o), stderr(&o)));
+    (o.status.code().unwrap(), rep, stderr(&o))
+}
+
+fn lifetime_days(d: &Device, host: &str) -> i64 {
+    let pem = std::fs::read(d.le().join("live").join(host).join("cert.pem")).unwrap();
+    let c = openssl::x509::X509::from_pem(&pem).unwrap();
+    let diff = c.not_before().diff(c.not_after()).unwrap();
+    diff.days as i64
+}
+
+#[test]
+fn an_ari_window_in_the_past_renews_now_naming_the_replaced_certificate() {
+    let t = tempfile::tempdir().unwrap();
+    let a = A2c::start(&t.path().join("a2c"), A2cOptions { renewal_threshold_pctg: -100.0, retry_after: 600, window_secs: Some(3600) });
+    let d = device(&a);
+    let h = "ari-now.example.test";
+    d.deploy(&site_json(&siteid(1), h, le(None)));
+    let old = d.live_serial(h).unwrap();
+    let old_id = {
+        let pem = std::fs::read(d.le().join("live").join(h).join("cert.pem")).unwrap();
+        site_admin::certs::parse_first_cert(&pem).unwrap().ari_id.unwrap()
+    };
+    // 30-day certificate: the backstop says not due; ARI says now.
+    let (code, rep, err) = renew(&d, &[]);
+    assert_eq!(code, 0, "{err}\n{}", a.log());
+    assert_eq!(rep["renewed_domains"], json!([h]), "{rep}");
+    let line = rep["lineages"].as_array().unwrap().iter().find(|l| l["host"] == h).unwrap().clone();
+    assert_eq!(line["due_by"], "ari", "{line}");
+    assert_eq!(line["replaced"], old_id.as_str(), "{line}");
+    // The order carried replaces, naming the old certificate (seen by the server).
+    let orders = a.orders();
+    assert_eq!(orders.last().unwrap()["replaces"], old_id.as_str(), "{orders:?}");
+    let new = d.live_serial(h).unwrap();
+    assert_ne!(new, old);
+    d.apache.wait_serial(h, &new);
+}
+
+#[test]
+fn an_ari_window_ahead_leaves_it_alone_and_no_request_is_sent_before_retry_after() {
+    let t = tempfile::tempdir().unwrap();
+    let a = A2c::start(&t.path().join("a2c"), A2cOptions { renewal_threshold_pctg: 85.0, retry_after: 600, window_secs: None });
+    let d = device(&a);
+    let h = "ari-later.example.test";
+    d.deploy(&site_json(&siteid(1), h, le(None)));
+    let (code, rep, err) = renew(&d, &[]);
+    assert_eq!(code, 0, "{err}");
+    let line = rep["lineages"][0].clone();
+    assert_eq!(line["status"], "not_due", "{rep}");
+    assert!(line["next_ari_check"].is_string(), "{line}");
+    let asked = a.requests().iter().filter(|r| r["path"].as_str().unwrap_or("").contains("renewal-info")).count();
+    assert_eq!(asked, 1, "{:?}", a.requests());
+    // Before Retry-After: a pass with nothing due sends no request at all.
+    let before = a.requests().len();
+    let (code, rep, _) = renew(&d, &[]);
+    assert_eq!(code, 0);
+    assert_eq!(rep["lineages"][0]["status"], "not_due");
+    assert_eq!(a.requests().len(), before, "requests sent: {:?}", &a.requests()[before..]);
+    // certificates and --dry-run say why and when.
+    let rows: Value = serde_json::from_str(&d.ok(&["--json", "certificates"])).unwrap();
+    let row = rows.as_array().unwrap().iter().find(|r| r["host"] == h).unwrap().clone();
+    assert!(row["due_by"].is_string() && row["next_ari_check"].is_string() && row["ari_window"].is_array(), "{row}");
+    let o = d.run(&["--json", "renew", "--dry-run"]);
+    let rep: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(rep["lineages"][0]["due_by"].is_string(), "{rep}");
+    assert_eq!(a.requests().len(), before, "a dry run sends nothing");
+}
+
+/// A scripted stand-in for a renewalInfo endpoint that is broken in one of
+/// the ways no real server is on demand: the directory is acme2certifier's,
+/// but `renewalInfo` points here, where every answer is a 500 or garbage.
+fn broken_ari(a: &A2c, garbage: bool) -> (String, Arc<AtomicBool>) {
+    let real: Value = reqwest::blocking::get(a.directory()).unwrap().json().unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://127.0.0.1:{}", l.local_addr().unwrap().port());
+    let mut dir = real.clone();
+    dir["renewalInfo"] = format!("{base}/ri").into();
+    l.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        while !s2.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(120) {
+            let Ok((mut c, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            };
+            c.set_nonblocking(false).ok();
+            let mut buf = [0u8; 8192];
+            let n = c.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let (status, body) = if req.starts_with("GET /directory") {
+                (200, dir.to_string())
+            } else if garbage {
+                (200, "{\"suggestedWindow\": \"soon\"".to_string())
+            } else {
+                (500, "{\"type\": \"urn:ietf:params:acme:error:serverInternal\", \"detail\": \"broken\"}".to_string())
+            };
+            let _ = c.write_all(
+                format!("HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                    .as_bytes(),
+            );
+        }
+    });
+    (format!("{base}/directory"), stop)
+}
+
+#[test]
+fn a_broken_ari_leaves_the_decision_to_the_backstop_and_nothing_fails() {
+    let t = tempfile::tempdir().unwrap();
+    let a = A2c::start(&t.path().join("a2c"), A2cOptions::default());
+    for garbage in [false, true] {
+        let (dir, stop) = broken_ari(&a, garbage);
+        let mut d = Device::new();
+        d.env.push(("SITE_ADMIN_ACME_SERVER".into(), dir));
+        d.apache.start();
+        let (fresh, due) = ("fresh.example.test", "due.example.test");
+        d.deploy(&site_json(&siteid(1), fresh, le(None)));
+        d.deploy(&site_json(&siteid(2), due, le(None)));
+        // The backstop says due for one of them.
+        let conf = d.le().join(format!("renewal/{due}.conf"));
+        let text = std::fs::read_to_string(&conf).unwrap();
+        std::fs::write(&conf, format!("renew_before_expiry = 40 days\n{text}")).unwrap();
+        let (code, rep, err) = renew(&d, &[]);
+        assert_eq!(code, 0, "garbage={garbage}: {err}");
+        assert_eq!(rep["renewed_domains"], json!([due]), "garbage={garbage}: {rep}");
+        assert!(err.contains("renewal information could not be had"), "garbage={garbage}: {err}");
+        let line = rep["lineages"].as_array().unwrap().iter().find(|l| l["host"] == fresh).unwrap().clone();
+        assert_eq!((line["status"].as_str(), line["due_by"].as_str()), (Some("not_due"), Some("backstop")), "{line}");
+        stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn profiles_are_asked_for_kept_for_renewals_and_refused_or_dropped_when_the_ca_lacks_them() {
+    let t = tempfile::tempdir().unwrap();
+    let a = A2c::start(&t.path().join("a2c"), A2cOptions::default());
+    let d = device(&a);
+    let (short, classic) = ("short.example.test", "classic.example.test");
+    d.deploy(&site_json(&siteid(1), short, le(Some(("shortlived", false)))));
+    d.deploy(&site_json(&siteid(2), classic, le(None)));
+    assert_eq!(lifetime_days(&d, short), 6);
+    assert_eq!(lifetime_days(&d, classic), 30);
+    let conf = std::fs::read_to_string(d.le().join(format!("renewal/{short}.conf"))).unwrap();
+    assert!(conf.contains("preferred_profile = shortlived"), "{conf}");
+    // The profile survives renewal.
+    let (code, rep, err) = renew(&d, &["--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rep["renewed_domains"].as_array().unwrap().len(), 2);
+    assert_eq!(lifetime_days(&d, short), 6);
+    assert!(a.orders().iter().filter(|o| o["profile"] == "shortlived").count() >= 2, "{:?}", a.orders());
+    // Required but not offered: pending, with that reason; exit 0 and a warning.
+    let f = d.tmp.path().join("req.json");
+    std::fs::write(&f, site_json(&siteid(3), "required.example.test", le(Some(("tlsserver", true))))).unwrap();
+    let o = d.run(&["--json", "deploy", "--file", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rep: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(rep["pending"], true);
+    assert!(rep["pending_reason"].as_str().unwrap().contains("does not offer the required profile \"tlsserver\""), "{rep}");
+    // Preferred but not offered: the CA's default, with a warning.
+    let f = d.tmp.path().join("pref.json");
+    std::fs::write(&f, site_json(&siteid(4), "preferred.example.test", le(Some(("tlsserver", false))))).unwrap();
+    let o = d.run(&["--json", "deploy", "--file", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("does not offer the profile \"tlsserver\""), "{}", stderr(&o));
+    assert_eq!(lifetime_days(&d, "preferred.example.test"), 30);
+}
+
+#[test]
+fn certbot_still_lists_and_renews_a_lineage_with_ari_state_and_a_profile() {
+    let t = tempfile::tempdir().unwrap();
+    let a = A2c::start(&t.path().join("a2c"), A2cOptions::default());
+    let d = device(&a);
+    let h = "both.example.test";
+    d.deploy(&site_json(&siteid(1), h, le(Some(("shortlived", false)))));
+    renew(&d, &[]);
+    let conf = std::fs::read_to_string(d.le().join(format!("renewal/{h}.conf"))).unwrap();
+    assert!(conf.contains("[acme_renewal_info]") && conf.contains("ari_retry_after") && conf.contains("preferred_profile"), "{conf}");
+    let certbot = std::env::var_os("SITE_ADMIN_CERTBOT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/certbot"));
+    let cb = |args: &[&str]| {
+        let o = std::process::Command::new(&certbot)
+            .args(args)
+            .args([
+                "--config-dir",
+                d.le().to_str().unwrap(),
+                "--work-dir",
+                d.tmp.path().join("cbw").to_str().unwrap(),
+                "--logs-dir",
+                d.tmp.path().join("cbl").to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    };
+    let (ok, text) = cb(&["certificates"]);
+    assert!(ok && text.contains(h) && !text.to_lowercase().contains("skipped"), "{text}");
+    let old = d.live_serial(h).unwrap();
+    let (ok, text) = cb(&["renew", "--force-renewal", "--no-random-sleep-on-renew", "--cert-name", h]);
+    assert!(ok, "{text}");
+    assert_ne!(d.live_serial(h).unwrap(), old);
+    assert_eq!(lifetime_days(&d, h), 6, "certbot asked for the kept profile too");
+}
+
+#[test]
+fn an_ip_address_site_gets_a_certificate_for_its_address() {
+    let w = World::new();
+    let (id, ip) = (siteid(1), "127.0.0.1");
+    let rep = w.dev.deploy(&site_json(&id, ip, le(None)));
+    assert_eq!(rep["pending"], false, "{rep}");
+    let pem = std::fs::read(w.dev.le().join("live").join(ip).join("cert.pem")).unwrap();
+    let info = site_admin::certs::parse_first_cert(&pem).unwrap();
+    assert_eq!(info.names, vec![ip.to_string()], "the SAN is the address (our CSR has no CN; pebble adds one)");
+    w.dev.apache.wait_serial(ip, &w.dev.live_serial(ip).unwrap());
+    w.dev.ok(&["doctor"]);
+    // A private address with Let's Encrypt's server: refused, nothing changed.
+    let d = Device::new();
+    let before = snapshot(&d.root);
+    let f = d.tmp.path().join("ip.json");
+    std::fs::write(&f, site_json(&siteid(2), "10.1.2.3", le(None))).unwrap();
+    let o = d.run(&["deploy", "--file", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("10.1.2.3 is not a globally reachable address"), "{}", stderr(&o));
+    assert_eq!(snapshot(&d.root), before);
+}
