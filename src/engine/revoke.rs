@@ -27,10 +27,15 @@ pub fn revoke_command(ctx: &Ctx, siteid: &SiteId, reason: &str, no_replace: bool
     })?;
     let not_revocable = |why: &str| Error::invalid(format!("site {siteid}: {why}, so there is no certificate to revoke"));
     let site = facts::load_stored(&ctx.cfg, siteid)?.ok_or_else(|| not_revocable("it is not deployed"))?;
-    if site.kind() != TlsKind::Letsencrypt {
-        return Err(not_revocable("it does not use Let's Encrypt"));
-    }
     let host = site.hostname.clone();
+    // A stashed certificate (the site serves http or its own certificate
+    // now) can be revoked too; it then leaves the stash.
+    if !(site.kind() == TlsKind::Letsencrypt && ctx.store.has(&host, Place::Live)) && ctx.store.has(&host, Place::Stashed) {
+        return revoke_stashed(ctx, &site, reason, code);
+    }
+    if site.kind() != TlsKind::Letsencrypt {
+        return Err(not_revocable("it does not use Let's Encrypt and has no stashed certificate"));
+    }
     if !ctx.store.has(&host, Place::Live) {
         return Err(not_revocable("it has no live Let's Encrypt certificate (it is pending)"));
     }
@@ -70,14 +75,49 @@ pub fn revoke_command(ctx: &Ctx, siteid: &SiteId, reason: &str, no_replace: bool
         }
         tracing::warn!("site {siteid} ({host}) is served on plain http now; `site-admin renew` (or a redeploy) provisions a new certificate for it");
     }
+    finish(ctx, siteid, &host, &old.serial, reason, revoked.map_err(|e| e.to_string()), replaced_by)
+}
+
+/// Revoke the stashed certificate of the site's host, then delete it from the stash.
+fn revoke_stashed(ctx: &Ctx, site: &crate::site::Site, reason: &str, code: u8) -> Result<i32> {
+    let host = site.hostname.clone();
+    let _locked = ctx.lock(&format!("revoke {}", site.siteid))?;
+    let old = ctx.store.leaf(&host, Place::Stashed).ok_or_else(|| Error::failed(format!("{host}: the stashed certificate cannot be read")))?;
+    let conf = ctx.store.lineage_conf(&host, Place::Stashed).unwrap_or_default();
+    let server = conf.server.clone().unwrap_or_else(|| ctx.cfg.acme_server.clone());
+    let client = match conf.account.as_deref().map(|id| crate::accounts::load_id(&ctx.cfg.letsencrypt_dir, &server, id)) {
+        Some(Ok(Some(a))) => crate::acme::AcmeClient::connect(provision::options(ctx, &server), a.key, Some(a.uri))?,
+        _ => provision::client_for(ctx, &server)?.0,
+    };
+    ctx.progress(&format!("{host}: revoking the stashed certificate with serial {} ({reason})", old.serial));
+    let revoked = client.revoke(&old.der, code).map_err(|e| e.to_string());
+    if revoked.is_ok() {
+        ctx.store.delete_stash(&host)?;
+        ctx.progress(&format!("{host}: the revoked certificate left the stash"));
+    }
+    finish(ctx, &site.siteid, &host, &old.serial, reason, revoked, None)
+}
+
+/// Tell the hooks, print the report, choose the exit code.
+fn finish(
+    ctx: &Ctx,
+    siteid: &SiteId,
+    host: &str,
+    serial: &str,
+    reason: &str,
+    revoked: std::result::Result<(), String>,
+    replaced_by: Option<String>,
+) -> Result<i32> {
+    let host = host.to_string();
+    let old_serial = serial.to_string();
     let report = json!({
         "event": "revoke",
         "siteid": siteid.as_str(),
         "host": host,
-        "revoked_serial": old.serial,
+        "revoked_serial": old_serial,
         "reason": reason,
         "revoked": revoked.is_ok(),
-        "error": revoked.as_ref().err().map(|e| e.to_string()),
+        "error": revoked.as_ref().err(),
         "replaced_by": replaced_by,
     });
     let stdin = serde_json::to_vec(&report).unwrap_or_default();
@@ -103,9 +143,9 @@ pub fn revoke_command(ctx: &Ctx, siteid: &SiteId, reason: &str, no_replace: bool
     }
     match revoked {
         Ok(()) => {
-            ctx.progress(&format!("{host}: serial {} revoked{}", old.serial, replaced_by.map(|s| format!("; serving serial {s}")).unwrap_or_default()));
+            ctx.progress(&format!("{host}: serial {old_serial} revoked{}", replaced_by.map(|s| format!("; serving serial {s}")).unwrap_or_default()));
             Ok(0)
         }
-        Err(e) => Err(Error::failed(format!("{host}: revoking serial {} failed: {e}", old.serial))),
+        Err(e) => Err(Error::failed(format!("{host}: revoking serial {old_serial} failed: {e}"))),
     }
 }

@@ -191,6 +191,17 @@ fn revoke_replaces_first_then_revokes_and_no_replace_leaves_http() {
     // Pending now: renew provisions it again.
     d.ok(&["renew"]);
     d.apache.wait_serial(h2, &d.live_serial(h2).unwrap());
+
+    // A stashed certificate: the site moved to its own certificate.
+    let (id3, h3) = (siteid(3), "moved.example.test");
+    d.deploy(&site_json(&id3, h3, le()));
+    let s3 = d.live_serial(h3).unwrap();
+    let (k, c) = self_signed(&[h3], 30);
+    d.deploy(&site_json(&id3, h3, Some(json!({"key": k, "crt": c}))));
+    assert_eq!(d.stash_serial(h3).as_deref(), Some(s3.as_str()));
+    d.ok(&["revoke", "--siteid", &id3]);
+    assert_eq!(w.pebble.cert_status(&s3), "Revoked");
+    assert_eq!(d.stash_serial(h3), None, "the revoked certificate left the stash");
 }
 
 #[test]

@@ -114,3 +114,45 @@ fn the_prometheus_hook_writes_a_textfile_promtool_accepts() {
     assert!(text.contains("site_admin_renewal_last_success_timestamp_seconds "), "{text}");
     assert!(text.contains(&format!("site_admin_renewal_failures{{host=\"{bad}\"}} 0")), "{text}");
 }
+
+#[test]
+fn the_packaged_config_serves_a_site_with_debians_apache_layout() {
+    // The README's "real Debian box" as far as a test can go: the config the
+    // package installs (debian/config.json, Debian's layout under the root),
+    // an Apache that includes the package's conf snippet's directory, the
+    // test CA instead of Let's Encrypt.
+    let tmp = tempfile::Builder::new().prefix("site-admin-test-").tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = tmp.path().join("root");
+    let (http, https) = (free_port(), free_port());
+    let snippet = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/apache/debian-site-admin.conf")).unwrap();
+    let include = snippet.lines().find(|l| l.starts_with("IncludeOptional ")).unwrap();
+    let sites = root.join(include.trim_start_matches("IncludeOptional /").trim_end_matches("/*.conf"));
+    let apache = Apache::configure_on(&tmp.path().join("apache"), &sites, "127.0.0.1", http, https);
+    let pebble = Pebble::start(&tmp.path().join("pebble"), http, PebbleOptions::default());
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/debian/config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["apache"]["sites_dir"], "etc/apache2/site-admin", "the package's config and its Apache snippet agree");
+    cfg["acme_server"] = pebble.directory().into();
+    cfg["acme_ca_bundle"] = pebble.ca.ca_pem.display().to_string().into();
+    cfg["apache"]["http_port"] = http.into();
+    cfg["apache"]["https_port"] = https.into();
+    cfg["apache"]["configtest"] = json!(apache.configtest_argv());
+    cfg["apache"]["reload"] = json!(apache.reload_argv());
+    cfg["apache"]["start"] = json!(apache.start_argv());
+    std::fs::create_dir_all(root.join("etc/site-admin")).unwrap();
+    std::fs::write(root.join("etc/site-admin/config.json"), cfg.to_string()).unwrap();
+    apache.start();
+    let env = [("SITE_ADMIN_ROOT", root.to_str().unwrap())];
+    let f = tmp.path().join("blog.json");
+    let h = "debian.example.test";
+    std::fs::write(&f, site_json(&siteid(1), h, Some(json!({"letsencrypt": true})))).unwrap();
+    let o = run(&["deploy", "--file", f.to_str().unwrap()], &env, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(sites.join(format!("{}.conf", siteid(1))).is_file(), "the vhost is in Debian's site-admin directory");
+    let serial = cert_serial(&root.join("etc/letsencrypt/live").join(h).join("cert.pem")).unwrap();
+    apache.wait_serial(h, &serial);
+    let o = run(&["doctor"], &env, None);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    drop(apache);
+    drop(pebble);
+}

@@ -104,12 +104,22 @@ fn an_ari_window_ahead_leaves_it_alone_and_no_request_is_sent_before_retry_after
 /// A scripted stand-in for a renewalInfo endpoint that is broken in one of
 /// the ways no real server is on demand: the directory is acme2certifier's,
 /// but `renewalInfo` points here, where every answer is a 500 or garbage.
-fn broken_ari(a: &A2c, garbage: bool) -> (String, Arc<AtomicBool>) {
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Broken {
+    Status500,
+    Garbage,
+    /// Accepts the connection and never answers (the client's timeout).
+    Hangs,
+    /// renewalInfo points at a port nothing listens on.
+    Unreachable,
+}
+
+fn broken_ari(a: &A2c, how: Broken) -> (String, Arc<AtomicBool>) {
     let real: Value = reqwest::blocking::get(a.directory()).unwrap().json().unwrap();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://127.0.0.1:{}", l.local_addr().unwrap().port());
     let mut dir = real.clone();
-    dir["renewalInfo"] = format!("{base}/ri").into();
+    dir["renewalInfo"] = if how == Broken::Unreachable { format!("http://127.0.0.1:{}/ri", free_port()) } else { format!("{base}/ri") }.into();
     l.set_nonblocking(true).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let s2 = stop.clone();
@@ -126,7 +136,10 @@ fn broken_ari(a: &A2c, garbage: bool) -> (String, Arc<AtomicBool>) {
             let req = String::from_utf8_lossy(&buf[..n]).to_string();
             let (status, body) = if req.starts_with("GET /directory") {
                 (200, dir.to_string())
-            } else if garbage {
+            } else if how == Broken::Hangs {
+                std::thread::sleep(Duration::from_secs(15));
+                continue;
+            } else if how == Broken::Garbage {
                 (200, "{\"suggestedWindow\": \"soon\"".to_string())
             } else {
                 (500, "{\"type\": \"urn:ietf:params:acme:error:serverInternal\", \"detail\": \"broken\"}".to_string())
@@ -144,8 +157,9 @@ fn broken_ari(a: &A2c, garbage: bool) -> (String, Arc<AtomicBool>) {
 fn a_broken_ari_leaves_the_decision_to_the_backstop_and_nothing_fails() {
     let t = tempfile::tempdir().unwrap();
     let a = A2c::start(&t.path().join("a2c"), A2cOptions::default());
-    for garbage in [false, true] {
-        let (dir, stop) = broken_ari(&a, garbage);
+    for how in [Broken::Status500, Broken::Garbage, Broken::Hangs, Broken::Unreachable] {
+        let garbage = format!("{how:?}");
+        let (dir, stop) = broken_ari(&a, how);
         let mut d = Device::new();
         d.env.push(("SITE_ADMIN_ACME_SERVER".into(), dir));
         d.apache.start();
