@@ -41,13 +41,7 @@ pub fn revoke_command(ctx: &Ctx, siteid: &SiteId, reason: &str, no_replace: bool
     }
     let locked = ctx.lock(&format!("revoke {siteid}"))?;
     let old = ctx.store.leaf(&host, Place::Live).ok_or_else(|| Error::failed(format!("{host}: the live certificate cannot be read")))?;
-    let conf = ctx.store.lineage_conf(&host, Place::Live).unwrap_or_default();
-    let server = conf.server.clone().unwrap_or_else(|| ctx.cfg.acme_server.clone());
-    // Revoke with the account that got the certificate, when this device has it.
-    let client = match conf.account.as_deref().map(|id| crate::accounts::load_id(&ctx.cfg.letsencrypt_dir, &server, id)) {
-        Some(Ok(Some(a))) => crate::acme::AcmeClient::connect(provision::options(ctx, &server), a.key, Some(a.uri))?,
-        _ => provision::client_for(ctx, &server)?.0,
-    };
+    let client = lineage_client(ctx, &host, Place::Live)?;
 
     let mut replaced_by = None;
     if no_replace {
@@ -78,17 +72,23 @@ pub fn revoke_command(ctx: &Ctx, siteid: &SiteId, reason: &str, no_replace: bool
     finish(ctx, siteid, &host, &old.serial, reason, revoked.map_err(|e| e.to_string()), replaced_by)
 }
 
+/// A client for the lineage's own server, signing with the account that got
+/// its certificate when this device has it (else the server's account).
+fn lineage_client(ctx: &Ctx, host: &str, place: Place) -> Result<crate::acme::AcmeClient> {
+    let conf = ctx.store.lineage_conf(host, place).unwrap_or_default();
+    let server = conf.server.clone().unwrap_or_else(|| ctx.cfg.acme_server.clone());
+    match conf.account.as_deref().map(|id| crate::accounts::load_id(&ctx.cfg.letsencrypt_dir, &server, id)) {
+        Some(Ok(Some(a))) => Ok(crate::acme::AcmeClient::connect(provision::options(ctx, &server), a.key, Some(a.uri))?),
+        _ => Ok(provision::client_for(ctx, &server)?.0),
+    }
+}
+
 /// Revoke the stashed certificate of the site's host, then delete it from the stash.
 fn revoke_stashed(ctx: &Ctx, site: &crate::site::Site, reason: &str, code: u8) -> Result<i32> {
     let host = site.hostname.clone();
     let _locked = ctx.lock(&format!("revoke {}", site.siteid))?;
     let old = ctx.store.leaf(&host, Place::Stashed).ok_or_else(|| Error::failed(format!("{host}: the stashed certificate cannot be read")))?;
-    let conf = ctx.store.lineage_conf(&host, Place::Stashed).unwrap_or_default();
-    let server = conf.server.clone().unwrap_or_else(|| ctx.cfg.acme_server.clone());
-    let client = match conf.account.as_deref().map(|id| crate::accounts::load_id(&ctx.cfg.letsencrypt_dir, &server, id)) {
-        Some(Ok(Some(a))) => crate::acme::AcmeClient::connect(provision::options(ctx, &server), a.key, Some(a.uri))?,
-        _ => provision::client_for(ctx, &server)?.0,
-    };
+    let client = lineage_client(ctx, &host, Place::Stashed)?;
     ctx.progress(&format!("{host}: revoking the stashed certificate with serial {} ({reason})", old.serial));
     let revoked = client.revoke(&old.der, code).map_err(|e| e.to_string());
     if revoked.is_ok() {

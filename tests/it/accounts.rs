@@ -5,7 +5,6 @@ use crate::common::*;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,12 +28,6 @@ fn account_ids(d: &Device, p: &Pebble) -> Vec<String> {
 
 fn orders(p: &Pebble) -> usize {
     p.log().matches("POST /order-plz").count()
-}
-
-fn hook(path: &std::path::Path, body: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 #[test]
@@ -165,7 +158,7 @@ fn revoke_replaces_first_then_revokes_and_no_replace_leaves_http() {
     let w = World::new();
     let d = &w.dev;
     let out = d.tmp.path().join("hook.out");
-    hook(&d.root.join("etc/site-admin/hooks.d/10-record"), &format!("echo \"$SITE_ADMIN_EVENT revoked=[$REVOKED_DOMAINS]\" >> {}", out.display()));
+    write_hook(&d.root.join("etc/site-admin/hooks.d/10-record"), &format!("echo \"$SITE_ADMIN_EVENT revoked=[$REVOKED_DOMAINS]\" >> {}", out.display()));
     let (id, h) = (siteid(1), "leaked.example.test");
     d.deploy(&site_json(&id, h, le()));
     let old = d.live_serial(h).unwrap();

@@ -29,14 +29,6 @@ fn device(a: &A2c) -> Device {
     d
 }
 
-fn renew(d: &Device, args: &[&str]) -> (i32, Value, String) {
-    let mut a = vec!["--json", "renew"];
-    a.extend_from_slice(args);
-    let o = d.run(&a);
-    let rep = serde_json::from_str(&stdout(&o)).unwrap_or_else(|e| panic!("renew printed no JSON ({e}): {}\n{}", stdout(&o), stderr(&o)));
-    (o.status.code().unwrap(), rep, stderr(&o))
-}
-
 fn lifetime_days(d: &Device, host: &str) -> i64 {
     let pem = std::fs::read(d.le().join("live").join(host).join("cert.pem")).unwrap();
     let c = openssl::x509::X509::from_pem(&pem).unwrap();
@@ -57,7 +49,7 @@ fn an_ari_window_in_the_past_renews_now_naming_the_replaced_certificate() {
         site_admin::certs::parse_first_cert(&pem).unwrap().ari_id.unwrap()
     };
     // 30-day certificate: the backstop says not due; ARI says now.
-    let (code, rep, err) = renew(&d, &[]);
+    let (code, rep, err) = renew_json(&d, &[]);
     assert_eq!(code, 0, "{err}\n{}", a.log());
     assert_eq!(rep["renewed_domains"], json!([h]), "{rep}");
     let line = rep["lineages"].as_array().unwrap().iter().find(|l| l["host"] == h).unwrap().clone();
@@ -78,7 +70,7 @@ fn an_ari_window_ahead_leaves_it_alone_and_no_request_is_sent_before_retry_after
     let d = device(&a);
     let h = "ari-later.example.test";
     d.deploy(&site_json(&siteid(1), h, le(None)));
-    let (code, rep, err) = renew(&d, &[]);
+    let (code, rep, err) = renew_json(&d, &[]);
     assert_eq!(code, 0, "{err}");
     let line = rep["lineages"][0].clone();
     assert_eq!(line["status"], "not_due", "{rep}");
@@ -87,7 +79,7 @@ fn an_ari_window_ahead_leaves_it_alone_and_no_request_is_sent_before_retry_after
     assert_eq!(asked, 1, "{:?}", a.requests());
     // Before Retry-After: a pass with nothing due sends no request at all.
     let before = a.requests().len();
-    let (code, rep, _) = renew(&d, &[]);
+    let (code, rep, _) = renew_json(&d, &[]);
     assert_eq!(code, 0);
     assert_eq!(rep["lineages"][0]["status"], "not_due");
     assert_eq!(a.requests().len(), before, "requests sent: {:?}", &a.requests()[before..]);
@@ -170,7 +162,7 @@ fn a_broken_ari_leaves_the_decision_to_the_backstop_and_nothing_fails() {
         let conf = d.le().join(format!("renewal/{due}.conf"));
         let text = std::fs::read_to_string(&conf).unwrap();
         std::fs::write(&conf, format!("renew_before_expiry = 40 days\n{text}")).unwrap();
-        let (code, rep, err) = renew(&d, &[]);
+        let (code, rep, err) = renew_json(&d, &[]);
         assert_eq!(code, 0, "garbage={garbage}: {err}");
         assert_eq!(rep["renewed_domains"], json!([due]), "garbage={garbage}: {rep}");
         assert!(err.contains("renewal information could not be had"), "garbage={garbage}: {err}");
@@ -193,7 +185,7 @@ fn profiles_are_asked_for_kept_for_renewals_and_refused_or_dropped_when_the_ca_l
     let conf = std::fs::read_to_string(d.le().join(format!("renewal/{short}.conf"))).unwrap();
     assert!(conf.contains("preferred_profile = shortlived"), "{conf}");
     // The profile survives renewal.
-    let (code, rep, err) = renew(&d, &["--force"]);
+    let (code, rep, err) = renew_json(&d, &["--force"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(rep["renewed_domains"].as_array().unwrap().len(), 2);
     assert_eq!(lifetime_days(&d, short), 6);
@@ -222,7 +214,7 @@ fn certbot_still_lists_and_renews_a_lineage_with_ari_state_and_a_profile() {
     let d = device(&a);
     let h = "both.example.test";
     d.deploy(&site_json(&siteid(1), h, le(Some(("shortlived", false)))));
-    renew(&d, &[]);
+    renew_json(&d, &[]);
     let conf = std::fs::read_to_string(d.le().join(format!("renewal/{h}.conf"))).unwrap();
     assert!(conf.contains("[acme_renewal_info]") && conf.contains("ari_retry_after") && conf.contains("preferred_profile"), "{conf}");
     let certbot = std::env::var_os("SITE_ADMIN_CERTBOT")

@@ -3,25 +3,10 @@
 //! stash housekeeping, the lock; and the systemd units.
 use crate::common::*;
 use serde_json::{json, Value};
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 fn le() -> Option<Value> {
     Some(json!({"letsencrypt": true}))
-}
-
-fn renew(d: &Device, args: &[&str]) -> (i32, Value, String) {
-    let mut a = vec!["--json", "renew"];
-    a.extend_from_slice(args);
-    let o = d.run(&a);
-    let rep = serde_json::from_str(&stdout(&o)).unwrap_or_else(|e| panic!("renew printed no JSON ({e}): {}\n{}", stdout(&o), stderr(&o)));
-    (o.status.code().unwrap(), rep, stderr(&o))
-}
-
-fn hook(path: &std::path::Path, body: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 #[test]
@@ -31,16 +16,16 @@ fn renews_only_what_is_due_serves_it_and_runs_both_kinds_of_hook() {
     let (a, b) = ("due.example.test", "fresh.example.test");
     d.deploy(&site_json(&siteid(1), a, le()));
     let out = d.tmp.path().join("hook.out");
-    hook(
+    write_hook(
         &d.root.join("etc/site-admin/hooks.d/20-record"),
         &format!("echo \"event=$SITE_ADMIN_EVENT renewed=[$RENEWED_DOMAINS] failed=[$FAILED_DOMAINS]\" >> {o}; cat >> {o}; echo >> {o}", o = out.display()),
     );
-    hook(&d.root.join("etc/site-admin/hooks.d/10-fails"), "exit 7");
+    write_hook(&d.root.join("etc/site-admin/hooks.d/10-fails"), "exit 7");
     let cb_out = d.tmp.path().join("certbot-hook.out");
-    hook(&d.le().join("renewal-hooks/deploy/record"), &format!("echo \"$RENEWED_LINEAGE $RENEWED_DOMAINS\" >> {}", cb_out.display()));
+    write_hook(&d.le().join("renewal-hooks/deploy/record"), &format!("echo \"$RENEWED_LINEAGE $RENEWED_DOMAINS\" >> {}", cb_out.display()));
 
     // Fresh: nothing due (8 s lifetime: due at half).
-    let (code, rep, _) = renew(d, &[]);
+    let (code, rep, _) = renew_json(d, &[]);
     assert_eq!(code, 0);
     assert_eq!(rep["renewed_domains"], json!([]), "{rep}");
     assert_eq!(rep["lineages"][0]["status"], "not_due");
@@ -48,7 +33,7 @@ fn renews_only_what_is_due_serves_it_and_runs_both_kinds_of_hook() {
 
     std::thread::sleep(Duration::from_millis(4500));
     d.deploy(&site_json(&siteid(2), b, le()));
-    let (code, rep, err) = renew(d, &[]);
+    let (code, rep, err) = renew_json(d, &[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(rep["renewed_domains"], json!([a]), "{rep}");
     let fresh = rep["lineages"].as_array().unwrap().iter().find(|l| l["host"] == b).unwrap().clone();
@@ -82,18 +67,18 @@ fn renew_before_expiry_in_the_conf_makes_a_lineage_due() {
     let conf = d.le().join("renewal/rbe.example.test.conf");
     let text = std::fs::read_to_string(&conf).unwrap();
     std::fs::write(&conf, format!("renew_before_expiry = 3000 days\n{text}")).unwrap();
-    let (code, rep, _) = renew(d, &[]);
+    let (code, rep, _) = renew_json(d, &[]);
     assert_eq!(code, 0);
     assert_eq!(rep["renewed_domains"], json!(["rbe.example.test"]), "{rep}");
     // The rewrite kept the field.
     assert!(std::fs::read_to_string(&conf).unwrap().contains("renew_before_expiry = 3000 days"));
     // --dry-run reports and changes nothing; --force renews all.
     let before = snapshot(&d.le());
-    let (_, rep, _) = renew(d, &["--dry-run", "--force"]);
+    let (_, rep, _) = renew_json(d, &["--dry-run", "--force"]);
     assert_eq!(rep["dry_run"], true);
     assert_eq!(rep["lineages"].as_array().unwrap().iter().filter(|l| l["status"] == "would_renew").count(), 2);
     assert_eq!(snapshot(&d.le()), before);
-    let (_, rep, _) = renew(d, &["--force"]);
+    let (_, rep, _) = renew_json(d, &["--force"]);
     assert_eq!(rep["renewed_domains"].as_array().unwrap().len(), 2);
 }
 
@@ -104,9 +89,9 @@ fn with_the_ca_down_renew_exits_1_and_hooks_see_failed_domains() {
     w.dev.deploy(&site_json(&siteid(1), h, le()));
     let serial = w.dev.live_serial(h).unwrap();
     let out = w.dev.tmp.path().join("hook.out");
-    hook(&w.dev.root.join("etc/site-admin/hooks.d/record"), &format!("echo \"failed=[$FAILED_DOMAINS]\" > {}", out.display()));
+    write_hook(&w.dev.root.join("etc/site-admin/hooks.d/record"), &format!("echo \"failed=[$FAILED_DOMAINS]\" > {}", out.display()));
     w.pebble.stop_ca();
-    let (code, rep, err) = renew(&w.dev, &["--force"]);
+    let (code, rep, err) = renew_json(&w.dev, &["--force"]);
     assert_eq!(code, 1, "{err}");
     assert_eq!(rep["failed_domains"], json!([h]));
     assert!(rep["lineages"][0]["error"].as_str().unwrap().contains("cannot reach the ACME server"), "{rep}");
@@ -126,11 +111,11 @@ fn a_pending_site_becomes_https_once_validation_works() {
     let rep = w.dev.deploy(&site_json(&id, h, le()));
     assert_eq!(rep["pending"], true);
     // --force: the failed provisioning has the site backing off for a minute.
-    let (code, rep, _) = renew(&w.dev, &["--force"]);
+    let (code, rep, _) = renew_json(&w.dev, &["--force"]);
     assert_eq!(code, 1, "the retry failed: {rep}");
     w.dev.apache.wait_serial(h, &okc_serial);
     w.pebble.set_a(h, "127.0.0.1");
-    let (code, rep, err) = renew(&w.dev, &["--force"]);
+    let (code, rep, err) = renew_json(&w.dev, &["--force"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(rep["lineages"][0]["status"], "provisioned", "{rep}");
     let serial = w.dev.live_serial(h).unwrap();
@@ -148,7 +133,7 @@ fn expired_stash_entries_are_deleted_by_renew() {
     w.dev.ok(&["undeploy", "--siteid", &id]);
     assert!(w.dev.stash_serial(h).is_some());
     std::thread::sleep(Duration::from_millis(3500));
-    let (code, rep, _) = renew(&w.dev, &[]);
+    let (code, rep, _) = renew_json(&w.dev, &[]);
     assert_eq!(code, 0);
     assert_eq!(rep["stash_deleted"], json!([h]));
     assert!(!w.dev.le().join("norenewal").join(h).exists());

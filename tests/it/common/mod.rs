@@ -380,3 +380,20 @@ impl World {
         World { pebble, dev }
     }
 }
+
+/// `--json renew ARGS` on a device: (exit code, the report, stderr).
+pub fn renew_json(d: &Device, args: &[&str]) -> (i32, serde_json::Value, String) {
+    let mut a = vec!["--json", "renew"];
+    a.extend_from_slice(args);
+    let o = d.run(&a);
+    let rep = serde_json::from_str(&stdout(&o)).unwrap_or_else(|e| panic!("renew printed no JSON ({e}): {}\n{}", stdout(&o), stderr(&o)));
+    (o.status.code().unwrap(), rep, stderr(&o))
+}
+
+/// An executable shell hook at `path`.
+pub fn write_hook(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
