@@ -74,6 +74,35 @@ pub fn render(cfg: &Config, siteid: &str, hostname: &str, tls: &VhostTls) -> Str
     s
 }
 
+/// What can go wrong with a change to Apache's configuration. The command
+/// decides what it means for its exit code (all are failures today).
+#[derive(Debug, thiserror::Error)]
+pub enum ApacheError {
+    /// `configtest` refused the new configuration; the previous one is back.
+    #[error("Apache refused the new configuration, so the previous one was put back: {said}")]
+    Refused { said: String },
+    /// `configtest` fails without our change too (another file is broken).
+    #[error("Apache's configuration fails its test even without this change (another file is broken), so nothing was changed: {said}")]
+    AlreadyBroken { said: String },
+    /// The reload made Apache exit (or failed); the previous configuration is back.
+    #[error("Apache could not load the new configuration ({said}); the previous configuration was put back and {}", match .back { Ok(()) => "Apache serves it again".to_string(), Err(e) => format!("Apache could not be brought back: {e}") })]
+    ReloadFailed { said: String, back: std::result::Result<(), String> },
+    /// Reloading for a certificate that changed under an unchanged vhost failed.
+    #[error("reloading Apache for the new certificate: {said}")]
+    Reload { said: String },
+    #[error(transparent)]
+    Fs(#[from] Error),
+}
+
+impl From<ApacheError> for Error {
+    fn from(e: ApacheError) -> Error {
+        match e {
+            ApacheError::Fs(e) => e,
+            other => Error::Failed(other.to_string()),
+        }
+    }
+}
+
 /// What finishes an operation after Apache accepted its configuration
 /// (stash the old certificate, store the Site JSON, ...): the engine runs the
 /// journaled [`Completion`]; after a crash it runs it again.
@@ -164,16 +193,16 @@ impl<'a> Transaction<'a> {
     /// it still serves), run the completion, and drop the journal. With
     /// `reload_anyway`, Apache is reloaded even when no file of the
     /// transaction changed (a certificate a vhost points at changed under it).
-    pub fn commit(mut self, reload_anyway: bool, progress: &dyn Fn(&str), complete: Complete) -> Result<()> {
+    pub fn commit(mut self, reload_anyway: bool, progress: &dyn Fn(&str), complete: Complete) -> Result<(), ApacheError> {
         if self.index.saved.is_empty() {
             if reload_anyway {
                 progress("reloading Apache for the new certificate");
-                reload(self.cfg).map_err(|said| Error::failed(format!("reloading Apache for the new certificate: {said}")))?;
+                reload(self.cfg).map_err(|said| ApacheError::Reload { said })?;
             }
             if let Some(c) = &self.index.completion {
                 complete(c)?;
             }
-            return journal::finish(self.cfg);
+            return Ok(journal::finish(self.cfg)?);
         }
         crate::fault::point("apache.before_configtest");
         progress("checking the Apache configuration");
@@ -182,10 +211,8 @@ impl<'a> Transaction<'a> {
             journal::finish(self.cfg)?;
             // Whose fault? Test again without our change.
             return Err(match run_argv(&self.cfg.apache.configtest) {
-                Ok(()) => Error::failed(format!("Apache refused the new configuration, so the previous one was put back: {said}")),
-                Err(_) => Error::failed(format!(
-                    "Apache's configuration fails its test even without this change (another file is broken), so nothing was changed: {said}"
-                )),
+                Ok(()) => ApacheError::Refused { said },
+                Err(_) => ApacheError::AlreadyBroken { said },
             });
         }
         self.index.decided = true;
@@ -200,21 +227,14 @@ impl<'a> Transaction<'a> {
             self.write_index()?;
             journal::restore(&self.index.saved)?;
             journal::finish(self.cfg)?;
-            let back = restart(self.cfg);
-            return Err(Error::failed(format!(
-                "Apache could not load the new configuration ({said}); the previous configuration was put back and {}",
-                match back {
-                    Ok(()) => "Apache serves it again".to_string(),
-                    Err(e) => format!("Apache could not be brought back: {e}"),
-                }
-            )));
+            return Err(ApacheError::ReloadFailed { said, back: restart(self.cfg) });
         }
         crate::fault::point("apache.reloaded");
         if let Some(c) = &self.index.completion {
             complete(c)?;
         }
         crate::fault::point("apache.completed");
-        journal::finish(self.cfg)
+        Ok(journal::finish(self.cfg)?)
     }
 }
 

@@ -64,12 +64,91 @@ impl PartialEq<&str> for SiteId {
     }
 }
 
+/// A site's hostname, parsed: a DNS name (lowercase), an IP address (its
+/// canonical text), or `*` (any host). Made only by [`Host::parse`] (and
+/// deserializing, which parses), so holding one means it is one of those.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Host(String);
+
+/// What kind of name a [`Host`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKind {
+    Any,
+    Dns,
+    Ip(std::net::IpAddr),
+}
+
+impl Host {
+    pub fn parse(s: &str) -> std::result::Result<Host, String> {
+        if s == "*" {
+            return Ok(Host(s.into()));
+        }
+        if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+            return Ok(Host(ip.to_string()));
+        }
+        if s.len() > MAX_HOSTNAME {
+            return Err(format!(
+                "{} characters long; at most {MAX_HOSTNAME} fit in certbot's layout (renewal/<hostname>.conf must fit in a file name)",
+                s.len()
+            ));
+        }
+        if !is_dns_name(s) {
+            return Err(format!("{s:?}: not a DNS name"));
+        }
+        Ok(Host(s.to_ascii_lowercase()))
+    }
+    pub fn kind(&self) -> HostKind {
+        match self.0.parse::<std::net::IpAddr>() {
+            _ if self.0 == "*" => HostKind::Any,
+            Ok(ip) => HostKind::Ip(ip),
+            Err(_) => HostKind::Dns,
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Host {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Host, String> {
+        Host::parse(&s)
+    }
+}
+impl From<Host> for String {
+    fn from(h: Host) -> String {
+        h.0
+    }
+}
+impl std::ops::Deref for Host {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+impl std::fmt::Display for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl PartialEq<str> for Host {
+    fn eq(&self, o: &str) -> bool {
+        self.0 == o
+    }
+}
+impl PartialEq<&str> for Host {
+    fn eq(&self, o: &&str) -> bool {
+        self.0 == *o
+    }
+}
+
 /// One site as the administrator describes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Site {
     pub siteid: SiteId,
-    pub hostname: String,
+    pub hostname: Host,
     pub admin: Admin,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
@@ -180,7 +259,7 @@ impl Site {
 
     /// Is the hostname an IP address (an RFC 8738 `ip` identifier)?
     pub fn is_ip(&self) -> bool {
-        self.hostname.parse::<std::net::IpAddr>().is_ok()
+        matches!(self.hostname.kind(), HostKind::Ip(_))
     }
 
     pub fn is_letsencrypt(&self) -> bool {
@@ -241,8 +320,7 @@ pub fn site_from_value(v: &Value) -> Result<Site> {
     let obj = v.as_object().ok_or_else(|| Error::invalid("Site JSON: must be a JSON object"))?;
     let siteid_hint = obj.get("siteid").and_then(Value::as_str).unwrap_or("?");
     validate(obj).map_err(|e| e.context(format!("site {siteid_hint}")))?;
-    let mut site: Site = serde_json::from_value(v.clone()).map_err(|e| Error::invalid(format!("site {siteid_hint}: {e}")))?;
-    site.hostname = site.hostname.to_ascii_lowercase();
+    let site: Site = serde_json::from_value(v.clone()).map_err(|e| Error::invalid(format!("site {siteid_hint}: {e}")))?;
     Ok(site)
 }
 
@@ -350,7 +428,7 @@ pub fn is_global_ip(ip: std::net::IpAddr) -> bool {
 /// Let's Encrypt (production or staging) issues only for globally reachable
 /// addresses.
 pub fn ip_refused_by(site: &Site, server: &str) -> Option<String> {
-    let ip: std::net::IpAddr = site.hostname.parse().ok()?;
+    let HostKind::Ip(ip) = site.hostname.kind() else { return None };
     let letsencrypt = server.contains("api.letsencrypt.org");
     (site.is_letsencrypt() && letsencrypt && !is_global_ip(ip))
         .then(|| format!("hostname: {ip} is not a globally reachable address, and Let's Encrypt ({server}) issues IP certificates only for those"))
@@ -383,15 +461,7 @@ fn validate(obj: &Map<String, Value>) -> Result<()> {
     let siteid = req_str(obj, "siteid", "siteid")?;
     SiteId::parse(siteid).map_err(|why| bad("siteid", why))?;
     let hostname = req_str(obj, "hostname", "hostname")?;
-    if hostname.len() > MAX_HOSTNAME {
-        return Err(bad(
-            "hostname",
-            format!("{} characters long; at most {MAX_HOSTNAME} fit in certbot's layout (renewal/<hostname>.conf must fit in a file name)", hostname.len()),
-        ));
-    }
-    if hostname != "*" && !is_dns_name(hostname) && hostname.parse::<std::net::IpAddr>().is_err() {
-        return Err(bad("hostname", format!("{hostname:?}: not a DNS name")));
-    }
+    Host::parse(hostname).map_err(|why| bad("hostname", why))?;
 
     match obj.get("admin") {
         None => return Err(bad("admin", "missing (required)")),

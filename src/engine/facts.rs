@@ -99,7 +99,7 @@ pub fn read_okc(cfg: &Config, siteid: &str) -> Option<std::result::Result<KeyCer
 /// What is deployed now for a stored site, judged for `new_host`.
 pub fn current_of(cfg: &Config, store: &Store, stored: Option<&Site>, new_host: &str) -> Current {
     let Some(s) = stored else { return Current::NotDeployed };
-    let host = s.hostname.clone();
+    let host = s.hostname.to_string();
     let okc = || match read_okc(cfg, &s.siteid) {
         Some(Ok(kc)) => Some(candidate(&kc, new_host)),
         Some(Err(_)) => Some(broken_candidate()),
@@ -153,5 +153,5 @@ pub fn gather(cfg: &Config, store: &Store, site: &Site, stored: Option<&Site>, e
         (material_candidate(&store.material(h, Place::Live), h), material_candidate(&store.material(h, Place::Stashed), h))
     };
     let clock_plausible = crate::decide::clock_plausible(now, &device_validity(store));
-    Facts { event, hostname: h.clone(), wish, current: current_of(cfg, store, stored, h), live, stash, now, clock_plausible }
+    Facts { event, hostname: h.to_string(), wish, current: current_of(cfg, store, stored, h), live, stash, now, clock_plausible }
 }

@@ -234,7 +234,7 @@ fn apply_apache(ctx: &Ctx, rec: &Recovered, site: &Site, change: VhostChange) ->
     }
     let conf = apache::render(&ctx.cfg, &site.siteid, &site.hostname, &vhost_tls(ctx, site, change.serve));
     txn.write(&ctx.cfg.vhost_file(&site.siteid), conf.as_bytes(), 0o644)?;
-    txn.commit(change.new_certificate, &|m| ctx.progress(&format!("site {}: {m}", site.siteid)), &|c| completion::run(&ctx.cfg, &ctx.store, c))
+    Ok(txn.commit(change.new_certificate, &|m| ctx.progress(&format!("site {}: {m}", site.siteid)), &|c| completion::run(&ctx.cfg, &ctx.store, c))?)
 }
 
 /// The account a stash conf names, if this device has it.
@@ -343,7 +343,7 @@ fn deploy_one_with(ctx: &Ctx, rec: &Recovered, site: &Site, account: Option<Stri
     let new_certificate = cert_changed && matches!(serve, Serve::Lkc { .. });
     apply_apache(ctx, rec, site, VhostChange { serve: &serve, okc, new_certificate, completion: Some(completion) })?;
     ctx.install_certbot_hook();
-    Ok(Outcome { siteid: site.siteid.clone(), hostname: site.hostname.clone(), serve, pending, plan })
+    Ok(Outcome { siteid: site.siteid.clone(), hostname: site.hostname.to_string(), serve, pending, plan })
 }
 
 /// Provision with the CA. First make sure the site's own vhost answers the
@@ -512,7 +512,7 @@ pub fn restore_command(ctx: &Ctx, input: &Path, only: &[SiteId]) -> Result<i32> 
     let mut outs = Vec::new();
     let mut failed = 0;
     for s in &sites {
-        let hint = carried.iter().find(|(a, _)| a.server == ctx.cfg.acme_server && a.hosts.contains(&s.hostname)).map(|(a, _)| a.id.clone());
+        let hint = carried.iter().find(|(a, _)| a.server == ctx.cfg.acme_server && a.hosts.iter().any(|h| h == s.hostname.as_str())).map(|(a, _)| a.id.clone());
         match deploy_one_with(ctx, &locked.recovered, s, hint) {
             Ok(o) => outs.push(o),
             Err(e) => {

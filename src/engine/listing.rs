@@ -141,10 +141,10 @@ fn carried_accounts(ctx: &Ctx, sites: &[&Site]) -> Vec<crate::accounts::Carried>
         let Some(conf) = ctx.store.lineage_conf(&s.hostname, Place::Live) else { continue };
         let (Some(id), Some(server)) = (conf.account, conf.server) else { continue };
         match out.iter_mut().find(|a| a.id == id && a.server == server) {
-            Some(a) => a.hosts.push(s.hostname.clone()),
+            Some(a) => a.hosts.push(s.hostname.to_string()),
             None => match crate::accounts::export(&ctx.cfg.letsencrypt_dir, &server, &id) {
                 Some(mut a) => {
-                    a.hosts.push(s.hostname.clone());
+                    a.hosts.push(s.hostname.to_string());
                     out.push(a);
                 }
                 None => tracing::warn!("{}: its renewal conf names the account {id} of {server}, which this device does not have", s.hostname),

@@ -171,7 +171,7 @@ fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &
         .iter()
         .filter(|s| facts::is_pending(&ctx.store, s))
         .map(|s| PendingFacts {
-            host: s.hostname.clone(),
+            host: s.hostname.to_string(),
             siteid: s.siteid.to_string(),
             webroot: ctx.cfg.site_wellknown(&s.siteid),
             profile: s.profile_wish(ctx.cfg.acme_profile.as_deref()),
@@ -395,7 +395,7 @@ pub fn switch_to_https(ctx: &Ctx, rec: &Recovered, sites: &[&Site]) -> Result<()
         txn.remove(&p.cacrt)?;
         ctx.progress(&format!("site {} ({}): switching to https", s.siteid, s.hostname));
     }
-    txn.commit(true, &|m| ctx.progress(m), &|_| Ok(()))
+    Ok(txn.commit(true, &|m| ctx.progress(m), &|_| Ok(()))?)
 }
 
 /// Run the jobs, [`CONCURRENCY`] at a time; one ACME client per server.
