@@ -31,6 +31,7 @@ fn main() {
         let mut p = rcgen::CertificateParams::new(vec![host.clone()]).unwrap();
         p.not_before = now - time::Duration::days(1);
         p.not_after = now + time::Duration::days(89);
+        p.use_authority_key_identifier_extension = true;
         let k = rcgen::KeyPair::generate().unwrap();
         let c = p.signed_by(&k, &ca, &ca_key).unwrap();
         let v = NewVersion::from_key_and_fullchain(&k.serialize_pem(), &c.pem()).unwrap();
