@@ -3,12 +3,11 @@
 //!
 //! Pure logic: [`site`] (Site JSON), [`certs`] (certificate material),
 //! [`decide`] (the decision table), [`renewal_conf`]. Effects, each owning one
-//! thing: [`store`] (certbot's layout), [`accounts`], [`acme`] (the ACME
+//! thing: [`store`] (certbot's layout, accounts included), [`acme`] (the ACME
 //! client), [`apache`] (vhosts and the configtest transaction), [`lock`],
 //! [`hooks`], [`journal`], [`fsutil`]. The commands: [`engine`]; the command
 //! line: [`cli`].
 
-pub mod accounts;
 pub mod acme;
 pub mod apache;
 pub mod backoff;

@@ -14,6 +14,8 @@
 //! links exchanged with the old by `renameat2(RENAME_EXCHANGE)`), so a reader
 //! never sees a key from one version next to a certificate from another.
 
+pub mod accounts;
+
 use crate::certs::KeyCert;
 use crate::config::KeyType;
 use crate::error::{Error, IoContext, Result};

@@ -7,10 +7,13 @@
 
 use super::ctx::Ctx;
 use crate::acme::{AccountKey, AcmeClient};
-use crate::store::{AriState, Place};
+use crate::store::AriState;
 use chrono::{DateTime, Duration, Utc};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+
+/// How many renewal-information requests run at once (as many as renewals).
+const CONCURRENCY: usize = 4;
 
 /// How long before a server without ARI, or a failed ARI request, is asked again.
 fn retry_later() -> Duration {
@@ -33,22 +36,25 @@ pub fn pick(start: DateTime<Utc>, end: DateTime<Utc>) -> DateTime<Utc> {
     start + Duration::seconds((r % (span + 1)) as i64)
 }
 
-/// Ask ARI about every live lineage whose next check has come; record what
-/// it said (or that it could not say) in each lineage's conf.
-pub fn refresh(ctx: &Ctx, now: DateTime<Utc>) {
-    // Which lineages, by server.
+/// A lineage whose ARI check has come.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub host: String,
+    /// Its own server (from its renewal conf).
+    pub server: String,
+    pub cert_id: String,
+    pub state: AriState,
+}
+
+/// Ask ARI about these lineages (grouped by server, a bounded number at a
+/// time); record what it said (or that it could not say) in each lineage's
+/// conf. Returns the new state of each.
+pub fn refresh(ctx: &Ctx, candidates: Vec<Candidate>, now: DateTime<Utc>) -> Vec<(String, AriState)> {
     let mut by_server: BTreeMap<String, Vec<(String, String, AriState)>> = BTreeMap::new();
-    for host in ctx.store.names_with_conf(Place::Live) {
-        let Some(conf) = ctx.store.lineage_conf(&host, Place::Live) else { continue };
-        if conf.ari.retry_after.map(|t| t > now).unwrap_or(false) {
-            continue;
-        }
-        let Some(leaf) = ctx.store.leaf(&host, Place::Live) else { continue };
-        // RFC 9773 §4.3: no renewal information for an expired certificate.
-        let (Some(id), true) = (leaf.ari_id.clone(), leaf.not_after > now) else { continue };
-        let server = conf.server.clone().unwrap_or_else(|| ctx.cfg.acme_server.clone());
-        by_server.entry(server).or_default().push((host, id, conf.ari));
+    for c in candidates {
+        by_server.entry(c.server).or_default().push((c.host, c.cert_id, c.state));
     }
+    let done = Mutex::new(Vec::new());
     for (server, lineages) in by_server {
         let key = match AccountKey::generate() {
             Ok(k) => k,
@@ -62,28 +68,38 @@ pub fn refresh(ctx: &Ctx, now: DateTime<Utc>) {
                     st.cert_id = Some(id);
                     st.retry_after = Some(now + retry_later());
                     write(ctx, &host, &st);
+                    push(&done, host, st);
                 }
                 continue;
             }
         };
         if !client.offers_renewal_info() {
-            for (host, id, mut st) in lineages {
-                st = AriState { offered: Some(false), cert_id: Some(id), retry_after: Some(now + retry_later()), ..st };
+            for (host, id, st) in lineages {
+                let st = AriState { offered: Some(false), cert_id: Some(id), retry_after: Some(now + retry_later()), ..st };
                 write(ctx, &host, &st);
+                push(&done, host, st);
             }
             continue;
         }
         let queue = Mutex::new(lineages);
         std::thread::scope(|sc| {
-            for _ in 0..super::renew::CONCURRENCY {
+            for _ in 0..CONCURRENCY {
                 sc.spawn(|| loop {
                     let next = queue.lock().ok().and_then(|mut q| q.pop());
                     let Some((host, id, st)) = next else { break };
                     let st = ask(&client, &host, &id, st, now);
                     write(ctx, &host, &st);
+                    push(&done, host, st);
                 });
             }
         });
+    }
+    done.into_inner().unwrap_or_default()
+}
+
+fn push(done: &Mutex<Vec<(String, AriState)>>, host: String, st: AriState) {
+    if let Ok(mut v) = done.lock() {
+        v.push((host, st));
     }
 }
 

@@ -12,7 +12,6 @@ use super::completion;
 use super::ctx::Ctx;
 use super::facts;
 use super::provision;
-use crate::accounts;
 use crate::apache::Recovered;
 use crate::apache::{self, VhostTls};
 use crate::decide::{self, Action, Event, Plan, Serve};
@@ -20,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::journal::Completion;
 use crate::site::{self, Site, SiteId, TlsKind, TlsWish};
+use crate::store::accounts;
 use crate::store::{ensure_nl, NewVersion, Place, StoreError};
 use chrono::Utc;
 use serde_json::{json, Value};
@@ -241,7 +241,7 @@ fn apply_apache(ctx: &Ctx, rec: &Recovered, site: &Site, change: VhostChange) ->
 fn stash_account(ctx: &Ctx, host: &str) -> Option<String> {
     let c = ctx.store.lineage_conf(host, Place::Stashed)?;
     let (acct, server) = (c.account?, c.server?);
-    (server == ctx.cfg.acme_server && crate::accounts::exists(&ctx.cfg.letsencrypt_dir, &server, &acct)).then_some(acct)
+    (server == ctx.cfg.acme_server && crate::store::accounts::exists(&ctx.cfg.letsencrypt_dir, &server, &acct)).then_some(acct)
 }
 
 /// Deploy one validated site (the lock is held).

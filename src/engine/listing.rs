@@ -135,14 +135,14 @@ pub fn backup(ctx: &Ctx, ids: &[SiteId], all: bool, out: &Path, notls: bool) -> 
 /// The ACME accounts the chosen sites' live lineages renew with, each
 /// listing its hosts: a backup carries them so that a restored lineage keeps
 /// renewing with its own account (ARI `replaces`, CAA `accounturi`).
-fn carried_accounts(ctx: &Ctx, sites: &[&Site]) -> Vec<crate::accounts::Carried> {
-    let mut out: Vec<crate::accounts::Carried> = Vec::new();
+fn carried_accounts(ctx: &Ctx, sites: &[&Site]) -> Vec<crate::store::accounts::Carried> {
+    let mut out: Vec<crate::store::accounts::Carried> = Vec::new();
     for s in sites.iter().filter(|s| s.kind() == TlsKind::Letsencrypt) {
         let Some(conf) = ctx.store.lineage_conf(&s.hostname, Place::Live) else { continue };
         let (Some(id), Some(server)) = (conf.account, conf.server) else { continue };
         match out.iter_mut().find(|a| a.id == id && a.server == server) {
             Some(a) => a.hosts.push(s.hostname.to_string()),
-            None => match crate::accounts::export(&ctx.cfg.letsencrypt_dir, &server, &id) {
+            None => match crate::store::accounts::export(&ctx.cfg.letsencrypt_dir, &server, &id) {
                 Some(mut a) => {
                     a.hosts.push(s.hostname.to_string());
                     out.push(a);

@@ -3,10 +3,10 @@
 //! the renewal parameters a lineage's conf records.
 
 use super::ctx::Ctx;
-use crate::accounts;
 use crate::acme::{AccountKey, AcmeClient, ClientOptions, Issued, OrderOptions};
 use crate::error::{Error, Result};
 use crate::site::{ProfileWish, Site};
+use crate::store::accounts;
 use crate::store::RenewalParams;
 use std::time::Duration;
 

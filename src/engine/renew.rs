@@ -130,10 +130,21 @@ pub(super) fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// The facts of one pass, from the store and the stored sites.
-fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &crate::backoff::State) -> PassFacts {
+/// What ARI said about a certificate, as the planner sees it (only when it
+/// was said about this very certificate).
+fn ari_facts(st: &crate::store::AriState, cert_id: Option<&String>) -> Option<AriFacts> {
+    match (&st.window, st.chosen, &st.cert_id) {
+        (Some(w), Some(chosen), Some(id)) if Some(id) == cert_id => Some(AriFacts { window: *w, chosen, explanation_url: st.explanation_url.clone() }),
+        _ => None,
+    }
+}
+
+/// The facts of one pass, from the store and the stored sites — each conf
+/// and certificate read once — and the lineages whose ARI check has come.
+fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &crate::backoff::State) -> (PassFacts, Vec<super::ari::Candidate>) {
     let site_by_host: BTreeMap<&str, &Site> = sites.iter().map(|s| (s.hostname.as_str(), s)).collect();
-    let lineages = ctx
+    let mut ari_due = Vec::new();
+    let lineages: Vec<LineageFacts> = ctx
         .store
         .names_with_conf(Place::Live)
         .into_iter()
@@ -145,13 +156,13 @@ fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &
             let leaf = ctx.store.leaf(&name, Place::Live);
             let validity = leaf.as_ref().map(|c| (c.not_before, c.not_after));
             let cert_id = leaf.as_ref().and_then(|c| c.ari_id.clone());
-            // What ARI said counts only for the certificate it was said about.
-            let ari = match (&conf.ari.window, conf.ari.chosen, &conf.ari.cert_id) {
-                (Some(w), Some(chosen), Some(id)) if Some(id) == cert_id.as_ref() => {
-                    Some(AriFacts { window: *w, chosen, explanation_url: conf.ari.explanation_url.clone() })
+            let server = conf.server.clone().unwrap_or_else(|| ctx.cfg.acme_server.clone());
+            // RFC 9773 §4.3: no renewal information for an expired certificate.
+            if let (Some(id), Some((_, na))) = (&cert_id, validity) {
+                if na > now && conf.ari.retry_after.map(|t| t <= now).unwrap_or(true) {
+                    ari_due.push(super::ari::Candidate { host: name.clone(), server, cert_id: id.clone(), state: conf.ari.clone() });
                 }
-                _ => None,
-            };
+            }
             LineageFacts {
                 siteid: site.map(|s| s.siteid.to_string()),
                 has_links: ctx.store.has(&name, Place::Live),
@@ -161,7 +172,7 @@ fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &
                 server: conf.server,
                 key_type: conf.key_type,
                 profile: conf.profile,
-                ari,
+                ari: ari_facts(&conf.ari, cert_id.as_ref()),
                 replaces: cert_id.filter(|_| conf.ari.offered == Some(true)),
                 host: name,
             }
@@ -177,18 +188,26 @@ fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &
             profile: s.profile_wish(ctx.cfg.acme_profile.as_deref()),
         })
         .collect();
-    let stash = ctx.store.names_with_links(Place::Stashed).into_iter().filter_map(|n| ctx.store.leaf(&n, Place::Stashed).map(|c| (n, c.not_after))).collect();
-    PassFacts {
+    let stash: Vec<(String, DateTime<Utc>, DateTime<Utc>)> = ctx
+        .store
+        .names_with_links(Place::Stashed)
+        .into_iter()
+        .filter_map(|n| ctx.store.leaf(&n, Place::Stashed).map(|c| (n, c.not_before, c.not_after)))
+        .collect();
+    // Clock plausibility from what was read already (live and stashed).
+    let validity: Vec<(DateTime<Utc>, DateTime<Utc>)> = lineages.iter().filter_map(|l| l.validity).chain(stash.iter().map(|s| (s.1, s.2))).collect();
+    let facts = PassFacts {
         lineages,
         pending,
-        stash,
+        stash: stash.into_iter().map(|(n, _, na)| (n, na)).collect(),
         now,
         force,
         server: ctx.cfg.acme_server.clone(),
         key_type: ctx.cfg.key_type,
-        clock_plausible: crate::decide::clock_plausible(now, &facts::device_validity(&ctx.store)),
+        clock_plausible: crate::decide::clock_plausible(now, &validity),
         backoff: backoff.hosts.iter().map(|(h, f)| (h.clone(), (f.failures, f.next_attempt))).collect(),
-    }
+    };
+    (facts, ari_due)
 }
 
 /// `renew [--force] [--dry-run]`.
@@ -199,12 +218,20 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     let sites = facts::all_stored(&ctx.cfg)?;
     let mut backoff = crate::backoff::load(&ctx.cfg.state_dir());
     let backoff_before = backoff.clone();
-    // Ask ARI first (not in a dry run): only the lineages whose next check
-    // has come, so a pass with every check ahead sends no request.
-    if !dry_run {
-        crate::engine::ari::refresh(ctx, now);
+    let (mut pass, ari_due) = gather(ctx, &sites, now, force, &backoff);
+    // Ask ARI (not in a dry run) only about the lineages whose next check has
+    // come, so a pass with every check ahead sends no request.
+    if !dry_run && !ari_due.is_empty() {
+        for (host, st) in super::ari::refresh(ctx, ari_due, now) {
+            if let Some(l) = pass.lineages.iter_mut().find(|l| l.host == host) {
+                l.ari = ari_facts(&st, st.cert_id.as_ref());
+                if st.offered == Some(true) {
+                    l.replaces = st.cert_id.clone();
+                }
+            }
+        }
     }
-    let plan = renewal::plan(&gather(ctx, &sites, now, force, &backoff));
+    let plan = renewal::plan(&pass);
 
     let mut entries: Vec<Entry> = plan
         .skipped

@@ -77,7 +77,7 @@ pub fn revoke_command(ctx: &Ctx, siteid: &SiteId, reason: &str, no_replace: bool
 fn lineage_client(ctx: &Ctx, host: &str, place: Place) -> Result<crate::acme::AcmeClient> {
     let conf = ctx.store.lineage_conf(host, place).unwrap_or_default();
     let server = conf.server.clone().unwrap_or_else(|| ctx.cfg.acme_server.clone());
-    match conf.account.as_deref().map(|id| crate::accounts::load_id(&ctx.cfg.letsencrypt_dir, &server, id)) {
+    match conf.account.as_deref().map(|id| crate::store::accounts::load_id(&ctx.cfg.letsencrypt_dir, &server, id)) {
         Some(Ok(Some(a))) => Ok(crate::acme::AcmeClient::connect(provision::options(ctx, &server), a.key, Some(a.uri))?),
         _ => Ok(provision::client_for(ctx, &server)?.0),
     }

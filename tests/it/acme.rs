@@ -69,8 +69,8 @@ fn stored_account_is_reused_by_a_new_client() {
     let c1 = AcmeClient::connect(opts(&ca.pebble), key.clone(), None).unwrap();
     let kid = c1.ensure_account(None).unwrap();
     let le = tempfile::tempdir().unwrap();
-    let id = site_admin::accounts::save(le.path(), &ca.pebble.directory(), &key, &kid, None).unwrap();
-    let stored = site_admin::accounts::load(le.path(), &ca.pebble.directory()).unwrap().unwrap();
+    let id = site_admin::store::accounts::save(le.path(), &ca.pebble.directory(), &key, &kid, None).unwrap();
+    let stored = site_admin::store::accounts::load(le.path(), &ca.pebble.directory()).unwrap().unwrap();
     assert_eq!(stored.id, id);
     let c2 = AcmeClient::connect(opts(&ca.pebble), stored.key, Some(stored.uri)).unwrap();
     c2.issue("reuse.example.test", ca.webroot.path(), KeyType::Ecdsa).unwrap();
