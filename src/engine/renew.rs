@@ -141,9 +141,10 @@ fn ari_facts(st: &crate::store::AriState, cert_id: Option<&String>) -> Option<Ar
 
 /// The facts of one pass, from the store and the stored sites — each conf
 /// and certificate read once — and the lineages whose ARI check has come.
-fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &crate::backoff::State) -> (PassFacts, Vec<super::ari::Candidate>) {
+fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &crate::backoff::State) -> Gathered {
     let site_by_host: BTreeMap<&str, &Site> = sites.iter().map(|s| (s.hostname.as_str(), s)).collect();
     let mut ari_due = Vec::new();
+    let mut next_ari_check = BTreeMap::new();
     let lineages: Vec<LineageFacts> = ctx
         .store
         .names_with_conf(Place::Live)
@@ -157,6 +158,9 @@ fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &
             let validity = leaf.as_ref().map(|c| (c.not_before, c.not_after));
             let cert_id = leaf.as_ref().and_then(|c| c.ari_id.clone());
             let server = conf.server.clone().unwrap_or_else(|| ctx.cfg.acme_server.clone());
+            if let Some(t) = conf.ari.retry_after {
+                next_ari_check.insert(name.clone(), t);
+            }
             // RFC 9773 §4.3: no renewal information for an expired certificate.
             if let (Some(id), Some((_, na))) = (&cert_id, validity) {
                 if na > now && conf.ari.retry_after.map(|t| t <= now).unwrap_or(true) {
@@ -207,7 +211,16 @@ fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &
         clock_plausible: crate::decide::clock_plausible(now, &validity),
         backoff: backoff.hosts.iter().map(|(h, f)| (h.clone(), (f.failures, f.next_attempt))).collect(),
     };
-    (facts, ari_due)
+    Gathered { facts, ari_due, next_ari_check }
+}
+
+/// What [`gather`] found.
+struct Gathered {
+    facts: PassFacts,
+    /// The lineages whose ARI check has come.
+    ari_due: Vec<super::ari::Candidate>,
+    /// When ARI is asked about each lineage next, as recorded.
+    next_ari_check: BTreeMap<String, DateTime<Utc>>,
 }
 
 /// `renew [--force] [--dry-run]`.
@@ -218,11 +231,14 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     let sites = facts::all_stored(&ctx.cfg)?;
     let mut backoff = crate::backoff::load(&ctx.cfg.state_dir());
     let backoff_before = backoff.clone();
-    let (mut pass, ari_due) = gather(ctx, &sites, now, force, &backoff);
+    let Gathered { facts: mut pass, ari_due, mut next_ari_check } = gather(ctx, &sites, now, force, &backoff);
     // Ask ARI (not in a dry run) only about the lineages whose next check has
     // come, so a pass with every check ahead sends no request.
     if !dry_run && !ari_due.is_empty() {
         for (host, st) in super::ari::refresh(ctx, ari_due, now) {
+            if let Some(t) = st.retry_after {
+                next_ari_check.insert(host.clone(), t);
+            }
             if let Some(l) = pass.lineages.iter_mut().find(|l| l.host == host) {
                 l.ari = ari_facts(&st, st.cert_id.as_ref());
                 if st.offered == Some(true) {
@@ -241,7 +257,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
                 host: host.clone(),
                 siteid: siteid.clone(),
                 old_not_after: Some(ts(*not_after)),
-                status: Status::NotDue { due: ts(*due), due_by: *due_by, next_ari_check: next_ari_check(ctx, host) },
+                status: Status::NotDue { due: ts(*due), due_by: *due_by, next_ari_check: next_ari_check.get(host).map(|t| ts(*t)) },
             },
             Skip::Broken { why } => Entry { host: host.clone(), siteid: siteid.clone(), old_not_after: None, status: Status::Failed { error: why.clone() } },
             Skip::BackingOff { failures, next_attempt } => Entry {
@@ -487,11 +503,6 @@ fn renew_one(ctx: &Ctx, client: &AcmeClient, account: &str, job: &Job) -> JobRes
         Material::Present(kc) => Ok((kc.leaf.not_after, job.replaces.clone())),
         _ => Err("the new version is not readable".into()),
     }
-}
-
-/// When ARI is asked about this lineage again, if it was asked.
-fn next_ari_check(ctx: &Ctx, host: &str) -> Option<String> {
-    ctx.store.lineage_conf(host, Place::Live)?.ari.retry_after.map(ts)
 }
 
 fn run_all_hooks(ctx: &Ctx, report: &Report) -> Vec<hooks::HookRun> {
