@@ -1,6 +1,6 @@
 """Serve acme2certifier's WSGI application on a loopback port for the tests,
 recording every request (method, path, decoded JWS payload) as one JSON line."""
-import base64, json, os, socketserver, sys, threading
+import base64, json, os, sys, threading
 from wsgiref.simple_server import WSGIServer, WSGIRequestHandler, make_server
 
 cfg, port, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -35,13 +35,16 @@ def recorder(environ, start_response):
         f.write(json.dumps({"method": environ["REQUEST_METHOD"], "path": environ.get("PATH_INFO", ""), "payload": payload}) + "\n")
     return application(environ, start_response)
 
-class Threaded(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
+# One request at a time: acme2certifier keeps its state (nonces included) in
+# SQLite, and concurrent requests got "database is locked" 500s and nonces
+# it then refused. Clients that send requests in parallel just queue.
+class Serial(WSGIServer):
+    request_queue_size = 64
 
 class Quiet(WSGIRequestHandler):
     def log_message(self, *a):
         pass
 
-srv = make_server("127.0.0.1", port, recorder, server_class=Threaded, handler_class=Quiet)
+srv = make_server("127.0.0.1", port, recorder, server_class=Serial, handler_class=Quiet)
 print("listening", flush=True)
 srv.serve_forever()
