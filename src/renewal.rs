@@ -28,7 +28,7 @@
 //!    `--force`.
 
 use crate::config::KeyType;
-use crate::store::ProfileWish;
+use crate::store::{AriState, ProfileWish};
 use chrono::{DateTime, Duration, Utc};
 use std::path::PathBuf;
 
@@ -96,11 +96,26 @@ pub enum DueBy {
 
 /// When a lineage is due and why: the earlier of ARI's chosen moment and the backstop.
 pub fn due_of(l: &LineageFacts) -> Option<(DateTime<Utc>, DueBy)> {
-    let backstop = l.validity.map(|(nb, na)| due_at(nb, na, l.renew_before_expiry));
-    match (backstop, &l.ari) {
-        (Some(b), Some(a)) if a.chosen < b => Some((a.chosen, DueBy::Ari)),
-        (Some(b), _) => Some((b, DueBy::Backstop)),
-        (None, _) => None,
+    let (nb, na) = l.validity?;
+    Some(due(nb, na, l.renew_before_expiry, l.ari.as_ref()))
+}
+
+/// The same for a certificate's dates, its conf's `renew_before_expiry` and
+/// what ARI said: the earlier of ARI's chosen moment and the backstop.
+pub fn due(not_before: DateTime<Utc>, not_after: DateTime<Utc>, renew_before_expiry: Option<Duration>, ari: Option<&AriFacts>) -> (DateTime<Utc>, DueBy) {
+    let backstop = due_at(not_before, not_after, renew_before_expiry);
+    match ari {
+        Some(a) if a.chosen < backstop => (a.chosen, DueBy::Ari),
+        _ => (backstop, DueBy::Backstop),
+    }
+}
+
+/// What an ARI state says, as the planner sees it: only when it was said
+/// about this very certificate (CertID `cert_id`).
+pub fn ari_facts(st: &AriState, cert_id: Option<&str>) -> Option<AriFacts> {
+    match (&st.window, st.chosen, &st.cert_id) {
+        (Some(w), Some(chosen), Some(id)) if Some(id.as_str()) == cert_id => Some(AriFacts { window: *w, chosen, explanation_url: st.explanation_url.clone() }),
+        _ => None,
     }
 }
 

@@ -5,6 +5,51 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// The conversions of a string newtype made only by its `parse`: from and
+/// into `String` (for serde), `FromStr` (for clap), and reading as a `str`.
+macro_rules! string_newtype {
+    ($t:ident) => {
+        impl std::str::FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> std::result::Result<$t, String> {
+                $t::parse(s)
+            }
+        }
+        impl TryFrom<String> for $t {
+            type Error = String;
+            fn try_from(s: String) -> std::result::Result<$t, String> {
+                $t::parse(&s)
+            }
+        }
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.0
+            }
+        }
+        impl std::ops::Deref for $t {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl PartialEq<str> for $t {
+            fn eq(&self, o: &str) -> bool {
+                self.0 == o
+            }
+        }
+        impl PartialEq<&str> for $t {
+            fn eq(&self, o: &&str) -> bool {
+                self.0 == *o
+            }
+        }
+    };
+}
+
 /// A site id: `s` followed by 40 lowercase hex digits. Made only by
 /// [`SiteId::parse`], so holding one means it is valid (it is also safe as a
 /// file name).
@@ -25,44 +70,7 @@ impl SiteId {
     }
 }
 
-impl std::str::FromStr for SiteId {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<SiteId, String> {
-        SiteId::parse(s)
-    }
-}
-impl TryFrom<String> for SiteId {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<SiteId, String> {
-        SiteId::parse(&s)
-    }
-}
-impl From<SiteId> for String {
-    fn from(s: SiteId) -> String {
-        s.0
-    }
-}
-impl std::ops::Deref for SiteId {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-impl std::fmt::Display for SiteId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl PartialEq<str> for SiteId {
-    fn eq(&self, o: &str) -> bool {
-        self.0 == o
-    }
-}
-impl PartialEq<&str> for SiteId {
-    fn eq(&self, o: &&str) -> bool {
-        self.0 == *o
-    }
-}
+string_newtype!(SiteId);
 
 /// A site's hostname, parsed: a DNS name (lowercase), an IP address (its
 /// canonical text), or `*` (any host). Made only by [`Host::parse`] (and
@@ -110,38 +118,7 @@ impl Host {
     }
 }
 
-impl TryFrom<String> for Host {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Host, String> {
-        Host::parse(&s)
-    }
-}
-impl From<Host> for String {
-    fn from(h: Host) -> String {
-        h.0
-    }
-}
-impl std::ops::Deref for Host {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-impl std::fmt::Display for Host {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl PartialEq<str> for Host {
-    fn eq(&self, o: &str) -> bool {
-        self.0 == o
-    }
-}
-impl PartialEq<&str> for Host {
-    fn eq(&self, o: &&str) -> bool {
-        self.0 == *o
-    }
-}
+string_newtype!(Host);
 
 /// One site as the administrator describes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

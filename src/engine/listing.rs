@@ -6,7 +6,6 @@ use super::facts;
 use super::renew::ts;
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::renewal::due_at;
 use crate::site::{Site, SiteId, TlsKind};
 use crate::store::{Material, Place};
 use serde_json::{json, Value};
@@ -174,15 +173,11 @@ pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<Value>> {
                 row["issuer"] = kc.leaf.issuer.clone().into();
                 row["names"] = json!(kc.leaf.names);
                 if l.place == Place::Live {
-                    let backstop = due_at(kc.leaf.not_before, kc.leaf.not_after, rbe);
                     let ari = l.conf.as_ref().map(|c| &c.ari);
-                    let ari_chosen = ari.filter(|a| a.cert_id.is_some() && a.cert_id == kc.leaf.ari_id).and_then(|a| a.chosen);
-                    let (due, by) = match ari_chosen {
-                        Some(c) if c < backstop => (c, "ari"),
-                        _ => (backstop, "backstop"),
-                    };
+                    let said = ari.and_then(|a| crate::renewal::ari_facts(a, kc.leaf.ari_id.as_deref()));
+                    let (due, by) = crate::renewal::due(kc.leaf.not_before, kc.leaf.not_after, rbe, said.as_ref());
                     row["due"] = ts(due).into();
-                    row["due_by"] = by.into();
+                    row["due_by"] = json!(by);
                     if let Some((a, b)) = ari.and_then(|a| a.window) {
                         row["ari_window"] = json!([ts(a), ts(b)]);
                     }

@@ -11,7 +11,7 @@ use crate::acme::AcmeClient;
 use crate::apache::{self, Recovered, VhostTls};
 use crate::error::{Error, Result};
 use crate::hooks;
-use crate::renewal::{self, AriFacts, DueBy, Job, LineageFacts, PassFacts, PendingFacts, Skip};
+use crate::renewal::{self, DueBy, Job, LineageFacts, PassFacts, PendingFacts, Skip};
 use crate::site::Site;
 use crate::store::{Material, NewVersion, Place, RenewalParams};
 use chrono::{DateTime, Utc};
@@ -130,15 +130,6 @@ pub(super) fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// What ARI said about a certificate, as the planner sees it (only when it
-/// was said about this very certificate).
-fn ari_facts(st: &crate::store::AriState, cert_id: Option<&String>) -> Option<AriFacts> {
-    match (&st.window, st.chosen, &st.cert_id) {
-        (Some(w), Some(chosen), Some(id)) if Some(id) == cert_id => Some(AriFacts { window: *w, chosen, explanation_url: st.explanation_url.clone() }),
-        _ => None,
-    }
-}
-
 /// The facts of one pass, from the store and the stored sites — each conf
 /// and certificate read once — and the lineages whose ARI check has come.
 fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &crate::backoff::State) -> Gathered {
@@ -176,7 +167,7 @@ fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &
                 server: conf.server,
                 key_type: conf.key_type,
                 profile: conf.profile,
-                ari: ari_facts(&conf.ari, cert_id.as_ref()),
+                ari: renewal::ari_facts(&conf.ari, cert_id.as_deref()),
                 replaces: cert_id.filter(|_| conf.ari.offered == Some(true)),
                 host: name,
             }
@@ -240,7 +231,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
                 next_ari_check.insert(host.clone(), t);
             }
             if let Some(l) = pass.lineages.iter_mut().find(|l| l.host == host) {
-                l.ari = ari_facts(&st, st.cert_id.as_ref());
+                l.ari = renewal::ari_facts(&st, st.cert_id.as_deref());
                 if st.offered == Some(true) {
                     l.replaces = st.cert_id.clone();
                 }
