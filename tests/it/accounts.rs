@@ -83,14 +83,7 @@ fn certbot_bin() -> std::path::PathBuf {
 
 #[test]
 fn a_migrated_lineage_renews_with_the_account_the_backup_carried() {
-    let (http, https) = (free_port(), free_port());
-    let mut a = Device::new_on("127.0.0.1", http, https);
-    let pebble = Pebble::start(&a.tmp.path().join("pebble"), http, PebbleOptions::default());
-    a.use_pebble(&pebble);
-    a.apache.start();
-    let mut b = Device::new_on("127.0.0.2", http, https);
-    b.use_pebble(&pebble);
-    b.apache.start();
+    let (pebble, a, b) = two_devices();
     let (id, h) = (siteid(1), "travels.example.test");
     pebble.set_a(h, "127.0.0.1");
     a.deploy(&site_json(&id, h, le()));

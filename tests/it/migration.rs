@@ -8,14 +8,7 @@ use std::time::Duration;
 fn a_site_moves_to_another_device_with_its_certificate_before_dns_moves() {
     // Device A listens on 127.0.0.1, device B on 127.0.0.2, same ports: the
     // test DNS decides which one pebble reaches for the host.
-    let (http, https) = (free_port(), free_port());
-    let mut a = Device::new_on("127.0.0.1", http, https);
-    let pebble = Pebble::start(&a.tmp.path().join("pebble"), http, PebbleOptions::default());
-    a.use_pebble(&pebble);
-    a.apache.start();
-    let mut b = Device::new_on("127.0.0.2", http, https);
-    b.use_pebble(&pebble);
-    b.apache.start();
+    let (pebble, a, b) = two_devices();
 
     let (id, h) = (siteid(1), "moving.example.test");
     pebble.set_a(h, "127.0.0.1");

@@ -397,3 +397,18 @@ pub fn write_hook(path: &Path, body: &str) {
     std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+/// Two devices with the same ports — A on 127.0.0.1, B on 127.0.0.2 — and
+/// one pebble validating on that http port: the test DNS decides which
+/// device pebble reaches for a host (a migration before DNS moves).
+pub fn two_devices() -> (Pebble, Device, Device) {
+    let (http, https) = (free_port(), free_port());
+    let mut a = Device::new_on("127.0.0.1", http, https);
+    let pebble = Pebble::start(&a.tmp.path().join("pebble"), http, PebbleOptions::default());
+    a.use_pebble(&pebble);
+    a.apache.start();
+    let mut b = Device::new_on("127.0.0.2", http, https);
+    b.use_pebble(&pebble);
+    b.apache.start();
+    (pebble, a, b)
+}
