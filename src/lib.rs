@@ -18,6 +18,7 @@ pub mod decide;
 pub mod engine;
 pub mod error;
 pub mod fault;
+pub mod fleet;
 pub mod fsutil;
 pub mod hooks;
 pub mod journal;

@@ -13,6 +13,7 @@ mod bad_inputs;
 mod certbot;
 mod crash;
 mod faults;
+mod fleet;
 mod fuzz;
 mod lifecycle;
 mod migration;

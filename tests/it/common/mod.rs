@@ -5,6 +5,7 @@
 
 pub mod a2c;
 pub mod apache;
+pub mod etcd;
 pub mod pebble;
 
 use std::collections::BTreeMap;

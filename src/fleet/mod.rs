@@ -1,0 +1,22 @@
+//! Fleet mode's foundations (docs/design.md, "Several devices"): several
+//! devices serve the same sites and share one certificate per name through
+//! etcd. This module holds the parts every fleet command stands on, each
+//! tested against a real etcd cluster:
+//!
+//! - [`etcd`]: etcd's v3 API through its JSON gateway, typed, linearizable
+//!   reads, endpoint failover, bounded answers;
+//! - [`seal`]: AES-256-GCM sealing of private keys with the fleet key before
+//!   they reach etcd, bound to the record's key and version;
+//! - [`lock`]: one lock per lineage on an etcd lease, whose creation revision
+//!   fences every write of a result.
+//!
+//! Not wired into the commands yet: the `fleet` configuration, records,
+//! `sync`, and `fleet status` build on these.
+
+pub mod etcd;
+pub mod lock;
+pub mod seal;
+
+pub use etcd::{Etcd, EtcdError, EtcdOptions};
+pub use lock::{Acquired, LineageLock, LockError};
+pub use seal::{FleetKey, SealError};

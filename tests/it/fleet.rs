@@ -1,0 +1,154 @@
+//! Fleet mode's foundations against a real 3-member etcd cluster (Debian's
+//! etcd-server): the JSON gateway's traps, the per-lineage lock and its
+//! fencing, leader failover, and sealed keys.
+
+use crate::common::etcd::EtcdCluster;
+use site_admin::fleet::etcd::{Compare, PutRequest, RequestOp};
+use site_admin::fleet::{Acquired, Etcd, EtcdError, EtcdOptions, FleetKey, LockError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn client(c: &EtcdCluster) -> Arc<Etcd> {
+    Arc::new(Etcd::new(&EtcdOptions { endpoints: c.endpoints(), timeout: Duration::from_secs(3), ..Default::default() }).unwrap())
+}
+
+#[test]
+fn gateway_answers_are_typed_whatever_etcd_omits() {
+    let t = tempfile::tempdir().unwrap();
+    let c = EtcdCluster::start(t.path(), 3);
+    let e = client(&c);
+    assert!(e.get("/t/missing").unwrap().is_none(), "an empty range has no kvs at all");
+    let rev = e.put("/t/a", b"one", 0).unwrap();
+    assert!(rev > 1, "int64 revisions arrive as strings and parse: {rev}");
+    e.put("/t/a", b"two", 0).unwrap();
+    let kv = e.get("/t/a").unwrap().unwrap();
+    assert_eq!((kv.value.as_slice(), kv.version, kv.create_revision), (&b"two"[..], 2, rev));
+    assert!(kv.mod_revision > kv.create_revision);
+
+    // A txn whose compare fails: etcd omits `succeeded`, which must read as false.
+    let t1 = site_admin::fleet::etcd::TxnRequest {
+        compare: vec![Compare::created_at("/t/a", 0)],
+        success: vec![RequestOp::RequestPut(PutRequest { key: b"/t/a".to_vec(), value: b"three".to_vec(), lease: 0 })],
+        failure: vec![],
+    };
+    assert!(!e.txn(&t1).unwrap().succeeded);
+    assert_eq!(e.get("/t/a").unwrap().unwrap().value, b"two");
+
+    // A keepalive of a lease that is gone answers 200 without a TTL: lost, not kept.
+    let lease = e.grant(5).unwrap();
+    assert_eq!(e.keepalive(lease.id).unwrap().map(|t| t > 0), Some(true));
+    e.revoke(lease.id).unwrap();
+    assert_eq!(e.keepalive(lease.id).unwrap(), None);
+    e.revoke(lease.id).expect("revoking a lease that is gone is fine");
+
+    // etcd refuses a request over its 1.5 MiB limit: a typed refusal.
+    match e.put("/t/huge", &vec![b'x'; 1600 << 10], 0) {
+        Err(EtcdError::Refused { message, .. }) => assert!(message.contains("too large"), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // A value larger than a fleet record may be is refused on reading, naming its key.
+    e.put("/t/big", &vec![b'x'; 300 << 10], 0).unwrap();
+    let err = e.get("/t/big").unwrap_err().to_string();
+    assert!(err.contains("/t/big") && err.contains("more than"), "{err}");
+    assert!(e.get_prefix("/t/").is_err());
+    e.delete("/t/big").unwrap();
+    let all = e.get_prefix("/t/").unwrap();
+    assert_eq!(all.kvs.iter().map(|kv| kv.key_str()).collect::<Vec<_>>(), vec!["/t/a"]);
+}
+
+#[test]
+fn one_holder_per_lineage_and_a_lost_lock_cannot_write() {
+    let t = tempfile::tempdir().unwrap();
+    let c = EtcdCluster::start(t.path(), 3);
+    let (a, b) = (client(&c), client(&c));
+    let key = "/t/locks/a.example";
+    let Acquired::Held(la) = site_admin::fleet::lock::acquire(&a, key, "dev-a", 10).unwrap() else { panic!("a free lock was refused") };
+    match site_admin::fleet::lock::acquire(&b, key, "dev-b", 10).unwrap() {
+        Acquired::Busy(Some(h)) => assert_eq!(h.device, "dev-a"),
+        other => panic!("a held lock was given to a second device: {other:?}"),
+    }
+    let put = |v: &str| vec![RequestOp::RequestPut(PutRequest { key: b"/t/lineages/a.example".to_vec(), value: v.as_bytes().to_vec(), lease: 0 })];
+    assert!(la.fenced(vec![], put("by a")).unwrap());
+
+    // a's lease ends behind its back (as an expiry would); b takes the lock.
+    let lease = a.get(key).unwrap().unwrap().lease;
+    a.revoke(lease).unwrap();
+    let Acquired::Held(lb) = site_admin::fleet::lock::acquire(&b, key, "dev-b", 10).unwrap() else { panic!("a released lock stayed busy") };
+    assert!(lb.token() > la.token(), "fencing tokens grow: {} then {}", la.token(), lb.token());
+    match la.fenced(vec![], put("late write by a")) {
+        Err(LockError::Lost { key: k, .. }) => assert_eq!(k, key),
+        other => panic!("a write under a lost lock went through: {other:?}"),
+    }
+    assert_eq!(a.get("/t/lineages/a.example").unwrap().unwrap().value, b"by a");
+    // a's keeper learns it at its next keepalive.
+    let start = Instant::now();
+    while la.check().is_ok() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(la.check().is_err(), "the holder never noticed its lease was gone");
+    // A compare of the holder's own that fails is not a lost lock.
+    assert!(!lb.fenced(vec![Compare::modified_at("/t/lineages/a.example", 1)], put("by b")).unwrap());
+    assert!(lb.fenced(vec![], put("by b")).unwrap());
+    drop(la);
+    drop(lb);
+    assert!(b.get(key).unwrap().is_none(), "a dropped lock is released at once");
+}
+
+#[test]
+fn a_holder_cut_off_from_etcd_knows_its_lock_is_lost_within_the_ttl() {
+    let t = tempfile::tempdir().unwrap();
+    let mut c = EtcdCluster::start(t.path(), 3);
+    let e = client(&c);
+    let Acquired::Held(l) = site_admin::fleet::lock::acquire(&e, "/t/locks/b.example", "dev-a", 2).unwrap() else { panic!() };
+    l.check().unwrap();
+    for i in 0..3 {
+        c.kill(i);
+    }
+    let start = Instant::now();
+    while l.check().is_ok() && start.elapsed() < Duration::from_secs(6) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let err = l.check().unwrap_err().to_string();
+    assert!(err.contains("fleet lock lost"), "{err}");
+    assert!(start.elapsed() <= Duration::from_millis(2500), "noticed after {:?}", start.elapsed());
+}
+
+#[test]
+fn requests_go_on_when_the_leader_dies() {
+    let t = tempfile::tempdir().unwrap();
+    let mut c = EtcdCluster::start(t.path(), 3);
+    let e = client(&c);
+    e.put("/t/x", b"1", 0).unwrap();
+    let leader = c.leader().expect("a leader");
+    c.kill(leader);
+    let start = Instant::now();
+    loop {
+        let err = match e.put("/t/x", b"2", 0) {
+            Ok(_) => break,
+            Err(err) => err.to_string(),
+        };
+        assert!(start.elapsed() < Duration::from_secs(15), "no write within 15 s of the leader's death: {err}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(e.get("/t/x").unwrap().unwrap().value, b"2");
+}
+
+#[test]
+fn private_keys_are_sealed_before_they_reach_etcd() {
+    let t = tempfile::tempdir().unwrap();
+    let c = EtcdCluster::start(t.path(), 3);
+    let e = client(&c);
+    let pem = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    assert!(pem.contains("PRIVATE KEY"));
+    let mut raw = [0u8; 32];
+    openssl::rand::rand_bytes(&mut raw).unwrap();
+    let k = FleetKey::from_bytes(raw);
+    let key = "/t/lineages/a.example";
+    e.put(key, k.seal(key, 1, pem.as_bytes()).unwrap().as_bytes(), 0).unwrap();
+    for kv in e.get_prefix("/t/").unwrap().kvs {
+        assert!(!String::from_utf8_lossy(&kv.value).contains("PRIVATE KEY"), "{} holds a key in the clear", kv.key_str());
+    }
+    let stored = String::from_utf8(e.get(key).unwrap().unwrap().value).unwrap();
+    assert_eq!(k.open(key, 1, &stored).unwrap(), pem.as_bytes());
+    assert!(k.open("/t/lineages/b.example", 1, &stored).is_err());
+}
