@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// The most one answer may hold. etcd refuses requests over 1.5 MiB by
@@ -426,6 +427,12 @@ pub struct EtcdOptions {
     pub cert: Option<PathBuf>,
     /// Its key (PEM).
     pub key: Option<PathBuf>,
+    /// The etcd user and its password, when the cluster has auth enabled.
+    /// (The JSON gateway ignores a client certificate's CN — etcd 3.4
+    /// refuses any request whose certificate has one once auth is on — so a
+    /// device authenticates with a password and its certificate, which has
+    /// no CN, only opens the TLS connection.)
+    pub auth: Option<(String, String)>,
     /// The limit for one call to one endpoint.
     pub timeout: Duration,
 }
@@ -436,6 +443,9 @@ pub struct Etcd {
     endpoints: Vec<String>,
     /// The endpoint that answered last; tried first.
     current: AtomicUsize,
+    auth: Option<(String, String)>,
+    /// The auth token, once had; renewed when etcd says it is invalid.
+    token: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Etcd {
@@ -499,7 +509,7 @@ impl Etcd {
         }
         let http = b.build().map_err(|e| EtcdError::Setup(format!("the etcd client cannot be set up: {e}")))?;
         let endpoints = opts.endpoints.iter().map(|e| e.trim_end_matches('/').to_string()).collect();
-        Ok(Etcd { http, endpoints, current: AtomicUsize::new(0) })
+        Ok(Etcd { http, endpoints, current: AtomicUsize::new(0), auth: opts.auth.clone(), token: Mutex::new(None) })
     }
 
     /// POST `body` to `path` on the first endpoint that answers, starting
@@ -508,13 +518,59 @@ impl Etcd {
     /// any other answer is final.
     fn call(&self, what: &'static str, path: &str, body: &impl Serialize) -> Result<Vec<u8>, EtcdError> {
         let body = serde_json::to_vec(body).map_err(|e| EtcdError::Malformed { what, why: e.to_string() })?;
+        if self.auth.is_none() {
+            return self.send(what, path, &body, None);
+        }
+        let token = self.token(false)?;
+        match self.send(what, path, &body, Some(&token)) {
+            // Simple tokens expire after a few idle minutes: log in again, once.
+            Err(EtcdError::Refused { code: 16, .. }) => {
+                let token = self.token(true)?;
+                self.send(what, path, &body, Some(&token))
+            }
+            r => r,
+        }
+    }
+
+    /// The auth token: the one had, or a new one from `/v3/auth/authenticate`.
+    fn token(&self, renew: bool) -> Result<String, EtcdError> {
+        let mut held = self.token.lock().map_err(|_| EtcdError::Setup("the etcd token lock is poisoned".into()))?;
+        if let (false, Some(t)) = (renew, held.as_ref()) {
+            return Ok(t.clone());
+        }
+        let Some((name, password)) = &self.auth else { return Err(EtcdError::Setup("no etcd user configured".into())) };
+        #[derive(Serialize)]
+        struct Login<'a> {
+            name: &'a str,
+            password: &'a str,
+        }
+        #[derive(Deserialize)]
+        struct Token {
+            #[serde(default)]
+            token: String,
+        }
+        let body = serde_json::to_vec(&Login { name, password }).map_err(|e| EtcdError::Malformed { what: "authenticate", why: e.to_string() })?;
+        let data = self.send("authenticate", "/v3/auth/authenticate", &body, None)?;
+        let t: Token = serde_json::from_slice(&data).map_err(|e| EtcdError::Malformed { what: "authenticate", why: e.to_string() })?;
+        if t.token.is_empty() {
+            return Err(EtcdError::Malformed { what: "authenticate", why: "no token (is auth enabled on the cluster?)".into() });
+        }
+        *held = Some(t.token.clone());
+        Ok(t.token)
+    }
+
+    fn send(&self, what: &'static str, path: &str, body: &[u8], token: Option<&str>) -> Result<Vec<u8>, EtcdError> {
         let n = self.endpoints.len();
         let start = self.current.load(Ordering::Relaxed);
         let mut last = String::new();
         for i in 0..n {
             let idx = (start + i) % n;
             let url = format!("{}{path}", self.endpoints[idx]);
-            let resp = match self.http.post(&url).header("Content-Type", "application/json").body(body.clone()).send() {
+            let mut req = self.http.post(&url).header("Content-Type", "application/json").body(body.to_vec());
+            if let Some(t) = token {
+                req = req.header("Authorization", t);
+            }
+            let resp = match req.send() {
                 Ok(r) => r,
                 Err(e) => {
                     last = format!("{}: {}", self.endpoints[idx], without_url(&e));
@@ -629,8 +685,20 @@ fn check_size(kv: &KeyValue) -> Result<(), EtcdError> {
 
 fn unary_error(data: &[u8], http: u16) -> EtcdError {
     match serde_json::from_slice::<UnaryError>(data) {
-        Ok(e) => EtcdError::Refused { code: e.code, message: if e.message.is_empty() { e.error } else { e.message }, http },
-        Err(_) => EtcdError::Refused { code: 0, message: format!("an answer of {} bytes that is not etcd's error object", data.len()), http },
+        Ok(e) => EtcdError::Refused { code: e.code, message: printable(if e.message.is_empty() { &e.error } else { &e.message }), http },
+        // The gateway answers some refusals in plain text.
+        Err(_) => EtcdError::Refused { code: 0, message: printable(&String::from_utf8_lossy(data)), http },
+    }
+}
+
+/// At most 200 characters of `s`, control characters shown as `?`: what
+/// etcd says goes into one log line and never more.
+fn printable(s: &str) -> String {
+    let t: String = s.trim().chars().take(200).map(|c| if c.is_control() { '?' } else { c }).collect();
+    if s.trim().chars().count() > 200 {
+        format!("{t}…")
+    } else {
+        t
     }
 }
 

@@ -152,3 +152,38 @@ fn private_keys_are_sealed_before_they_reach_etcd() {
     assert_eq!(k.open(key, 1, &stored).unwrap(), pem.as_bytes());
     assert!(k.open("/t/lineages/b.example", 1, &stored).is_err());
 }
+
+#[test]
+fn a_device_needs_its_certificate_and_its_role_limits_it_to_the_prefix() {
+    use crate::common::etcd::EtcdPki;
+    let t = tempfile::tempdir().unwrap();
+    let pki = EtcdPki::create(&t.path().join("pki"));
+    let c = EtcdCluster::start_tls(&t.path().join("etcd"), 3, &pki);
+    c.enable_auth("root-pw", &[("dev-a", "pw-a", "/site-admin/v1/")]);
+    let (cert, key) = pki.client("dev-a");
+    let opts = |cert: Option<std::path::PathBuf>, key: Option<std::path::PathBuf>, auth: Option<(&str, &str)>| EtcdOptions {
+        endpoints: c.endpoints(),
+        ca: Some(pki.ca.clone()),
+        cert,
+        key,
+        auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
+        timeout: Duration::from_secs(3),
+    };
+    let a = Etcd::new(&opts(Some(cert.clone()), Some(key.clone()), Some(("dev-a", "pw-a")))).unwrap();
+    a.put("/site-admin/v1/x", b"1", 0).expect("the device's own prefix");
+    assert_eq!(a.get("/site-admin/v1/x").unwrap().unwrap().value, b"1");
+    match a.put("/elsewhere", b"1", 0) {
+        Err(EtcdError::Refused { message, .. }) => assert!(message.contains("permission denied"), "{message}"),
+        other => panic!("a write outside the role's prefix: {other:?}"),
+    }
+    // Without a client certificate the TLS handshake is refused.
+    let no_cert = Etcd::new(&opts(None, None, Some(("dev-a", "pw-a")))).unwrap();
+    assert!(matches!(no_cert.get("/site-admin/v1/x"), Err(EtcdError::Unreachable(_))));
+    // With the certificate but a wrong password: refused, and the password is never in the message.
+    let wrong = Etcd::new(&opts(Some(cert.clone()), Some(key.clone()), Some(("dev-a", "not-the-pw")))).unwrap();
+    let err = wrong.get("/site-admin/v1/x").unwrap_err().to_string();
+    assert!(err.contains("authentication failed") && !err.contains("not-the-pw"), "{err}");
+    // Without a user: auth is on, so nothing is readable.
+    let anon = Etcd::new(&opts(Some(cert), Some(key), None)).unwrap();
+    assert!(anon.get("/site-admin/v1/x").is_err());
+}
