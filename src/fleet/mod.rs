@@ -15,8 +15,10 @@
 
 pub mod etcd;
 pub mod lock;
+pub mod record;
 pub mod seal;
 
 pub use etcd::{Etcd, EtcdError, EtcdOptions};
 pub use lock::{Acquired, LineageLock, LockError};
+pub use record::{LineageRecord, OpenLineage, RecordError};
 pub use seal::{FleetKey, SealError};
