@@ -187,3 +187,65 @@ fn a_device_needs_its_certificate_and_its_role_limits_it_to_the_prefix() {
     let anon = Etcd::new(&opts(Some(cert), Some(key), None)).unwrap();
     assert!(anon.get("/site-admin/v1/x").is_err());
 }
+
+#[test]
+fn records_are_written_once_under_the_lock_and_read_back_by_every_device() {
+    use site_admin::fleet::record::{AriRecord, Meta};
+    use site_admin::fleet::FleetStore;
+    use site_admin::site::Host;
+    let t = tempfile::tempdir().unwrap();
+    let c = EtcdCluster::start(t.path(), 3);
+    let fk = FleetKey::from_bytes([5; 32]);
+    let (a, b) = (FleetStore::new(client(&c), "/f/", fk.clone(), "dev-a"), FleetStore::new(client(&c), "/f/", fk.clone(), "dev-b"));
+    let host = Host::parse("a.example").unwrap();
+    let issuer = crate::common::TestIssuer::new("fleet test CA");
+    let meta = |d: &str| Meta {
+        server: "https://ca.test/dir".into(),
+        account: None,
+        profile: None,
+        ari: AriRecord::default(),
+        device: d.into(),
+        now: chrono::Utc::now(),
+    };
+
+    let Acquired::Held(la) = a.lock(&host).unwrap() else { panic!("free lock refused") };
+    assert!(matches!(b.lock(&host).unwrap(), Acquired::Busy(Some(h)) if h.device == "dev-a"));
+    assert!(a.lineage(&host).unwrap().is_none());
+    let (k1, c1) = issuer.issue(&["a.example"], -1.0, 60.0);
+    let r1 = site_admin::fleet::LineageRecord::seal(&fk, "/f/", &host, 1, &k1, &c1, meta("dev-a")).unwrap();
+    assert!(a.publish(&la, &r1, 0).unwrap());
+    drop(la);
+
+    // b sees it, opens it, and renews it as version 2 under its own lock.
+    let (seen, rev) = b.lineage(&host).unwrap().unwrap();
+    assert_eq!(seen.open(&fk, "/f/").unwrap().key_pem, k1);
+    let Acquired::Held(lb) = b.lock(&host).unwrap() else { panic!("released lock still busy") };
+    let (k2, c2) = issuer.issue(&["a.example"], -1.0, 80.0);
+    let r2 = site_admin::fleet::LineageRecord::seal(&fk, "/f/", &host, 2, &k2, &c2, meta("dev-b")).unwrap();
+    assert!(!b.publish(&lb, &r2, 0).unwrap(), "a write that assumed no record must not replace one");
+    assert!(b.publish(&lb, &r2, rev).unwrap());
+    drop(lb);
+    // A device back from isolation pushes only over what it read.
+    let (k3, c3) = issuer.issue(&["a.example"], -1.0, 70.0);
+    let r3 = site_admin::fleet::LineageRecord::seal(&fk, "/f/", &host, 2, &k3, &c3, meta("dev-a")).unwrap();
+    assert!(!a.push_if_unchanged(&r3, rev).unwrap(), "pushed over a peer's newer write");
+    assert_eq!(a.lineage(&host).unwrap().unwrap().0.renewed_by, "dev-b");
+
+    // A record someone else put there does not hide the good ones.
+    client(&c).put("/f/lineages/bad.example", b"{not json", 0).unwrap();
+    let snap = a.lineages().unwrap();
+    assert_eq!(snap.lineages.len(), 2);
+    for (key, _, r) in &snap.lineages {
+        match key.as_str() {
+            "/f/lineages/a.example" => assert_eq!(r.as_ref().unwrap().version, 2),
+            _ => assert!(r.as_ref().unwrap_err().to_string().contains("/f/lineages/bad.example")),
+        }
+    }
+    a.heartbeat(vec![("a.example".into(), seen.serial.clone())], 10).unwrap();
+    let devs = b.devices().unwrap();
+    assert_eq!(devs.len(), 1);
+    assert_eq!(devs[0].device, "dev-a");
+    for kv in client(&c).get_prefix("/f/").unwrap().kvs {
+        assert!(!String::from_utf8_lossy(&kv.value).contains("PRIVATE KEY"), "{}", kv.key_str());
+    }
+}

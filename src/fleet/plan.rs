@@ -1,0 +1,90 @@
+//! What a device does with one host when it meets the fleet's record: the
+//! pure rule of `sync` and of a device coming back from isolation. Newest
+//! usable wins — the decision table's rule for carried certificates, applied
+//! between this device and the fleet.
+//!
+//! Rules (a test each):
+//! 1. The fleet has a usable certificate and this device has none, or an
+//!    older one (earlier notAfter): **take** it (it becomes the next
+//!    `archive/` version and `live/` switches).
+//! 2. This device has a usable certificate and the fleet has none, or an
+//!    older one: **push** it (a write that compares the record's revision,
+//!    so a peer's newer write wins the race and the next sync takes it).
+//! 3. The same certificate, or a tie on notAfter: **keep** what the device
+//!    has (ties keep what the device has, as in the decision table).
+//! 4. Neither has a usable one: **keep** (renew provisions it, under the lock).
+
+use chrono::{DateTime, Utc};
+
+/// One certificate, as the rule sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cert {
+    /// Its serial.
+    pub serial: String,
+    /// Its notAfter.
+    pub not_after: DateTime<Utc>,
+    /// Usable for the host now (parses, key matches, covers it, valid now).
+    pub usable: bool,
+}
+
+/// What to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconcile {
+    /// Materialize the fleet's certificate here.
+    Take,
+    /// Publish this device's certificate to the fleet.
+    Push,
+    /// Nothing.
+    Keep,
+}
+
+/// The rule for one host.
+pub fn reconcile(local: Option<&Cert>, fleet: Option<&Cert>) -> Reconcile {
+    let local = local.filter(|c| c.usable);
+    let fleet = fleet.filter(|c| c.usable);
+    match (local, fleet) {
+        (None, None) => Reconcile::Keep,
+        (None, Some(_)) => Reconcile::Take,
+        (Some(_), None) => Reconcile::Push,
+        (Some(l), Some(f)) if l.serial == f.serial => Reconcile::Keep,
+        (Some(l), Some(f)) if f.not_after > l.not_after => Reconcile::Take,
+        (Some(l), Some(f)) if l.not_after > f.not_after => Reconcile::Push,
+        _ => Reconcile::Keep,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn c(serial: &str, day: u32, usable: bool) -> Cert {
+        Cert { serial: serial.into(), not_after: Utc.with_ymd_and_hms(2027, 1, day, 0, 0, 0).unwrap(), usable }
+    }
+
+    #[test]
+    fn rule1_the_fleets_newer_or_only_usable_certificate_is_taken() {
+        assert_eq!(reconcile(None, Some(&c("f", 10, true))), Reconcile::Take);
+        assert_eq!(reconcile(Some(&c("l", 5, true)), Some(&c("f", 10, true))), Reconcile::Take);
+        assert_eq!(reconcile(Some(&c("l", 20, false)), Some(&c("f", 10, true))), Reconcile::Take);
+    }
+
+    #[test]
+    fn rule2_this_devices_newer_or_only_usable_certificate_is_pushed() {
+        assert_eq!(reconcile(Some(&c("l", 5, true)), None), Reconcile::Push);
+        assert_eq!(reconcile(Some(&c("l", 20, true)), Some(&c("f", 10, true))), Reconcile::Push);
+        assert_eq!(reconcile(Some(&c("l", 5, true)), Some(&c("f", 20, false))), Reconcile::Push);
+    }
+
+    #[test]
+    fn rule3_the_same_certificate_or_a_tie_keeps_what_the_device_has() {
+        assert_eq!(reconcile(Some(&c("s", 10, true)), Some(&c("s", 10, true))), Reconcile::Keep);
+        assert_eq!(reconcile(Some(&c("l", 10, true)), Some(&c("f", 10, true))), Reconcile::Keep);
+    }
+
+    #[test]
+    fn rule4_nothing_usable_anywhere_is_left_to_renew() {
+        assert_eq!(reconcile(None, None), Reconcile::Keep);
+        assert_eq!(reconcile(Some(&c("l", 5, false)), Some(&c("f", 6, false))), Reconcile::Keep);
+    }
+}
