@@ -62,7 +62,7 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
         }
         // certbot reads it with ConfigObj and skips a conf it cannot parse.
         if let Some(why) = std::fs::read_to_string(store.renewal_conf_path(&name)).ok().and_then(|t| crate::renewal_conf::certbot_parse_error(&t)) {
-            add(format!("renewal/{name}.conf"), format!("certbot cannot parse it ({why}), so it skips this lineage"), false);
+            add(format!("renewal/{name}.conf"), format!("certbot cannot parse it ({}), so it skips this lineage", why.escape_debug()), false);
         }
     }
     // 4. modes.

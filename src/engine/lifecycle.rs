@@ -443,8 +443,9 @@ pub fn read_backup(path: &Path) -> Result<(Vec<Value>, Vec<CheckedAccount>)> {
                 let list: Vec<accounts::Carried> =
                     serde_json::from_value(accts.clone()).map_err(|e| Error::invalid(format!("backup {}: \"accounts\": {e}", path.display())))?;
                 for (i, a) in list.into_iter().enumerate() {
-                    let key = accounts::check_carried(&a)
-                        .map_err(|why| Error::invalid(format!("backup {}: account #{} ({:?} of {:?}): {why}", path.display(), i + 1, a.id, a.server)))?;
+                    let key = accounts::check_carried(&a).map_err(|why| {
+                        Error::invalid(format!("backup {}: account #{} ({} of {}): {why}", path.display(), i + 1, a.id.escape_debug(), a.server.escape_debug()))
+                    })?;
                     carried.push((a, key));
                 }
             }
