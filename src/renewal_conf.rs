@@ -90,7 +90,7 @@ impl RenewalConf {
     /// section or a key, and certbot can always parse the file.
     pub fn set(&mut self, section: Option<&str>, key: &str, value: &str) {
         let key = &one_line(key);
-        let new_line = format!("{key} = {}", one_line(value));
+        let new_line = format!("{key} = {}", conf_value(value));
         let mut cur: Option<String> = None;
         let mut last_in_section: Option<usize> = None;
         let mut section_header: Option<usize> = None;
@@ -176,6 +176,22 @@ fn one_line(v: &str) -> String {
     }
     tracing::warn!("a renewal-conf value held control characters; they are written escaped: {}", v.escape_default());
     v.chars().map(|c| if bad(c) { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
+/// `v` as a value ConfigObj reads back as `v`: on one line ([`one_line`]),
+/// and quoted when it would not parse bare (a leading quote, say).
+fn conf_value(v: &str) -> String {
+    let v = one_line(v);
+    if value_parses(v.trim()) {
+        return v;
+    }
+    for q in ["'", "\"", "'''", "\"\"\""] {
+        let quoted = format!("{q}{v}{q}");
+        if !v.contains(q) && value_parses(&quoted) {
+            return quoted;
+        }
+    }
+    format!("'{}'", v.replace('\'', "\\u{27}"))
 }
 
 /// Why certbot (ConfigObj) cannot parse this renewal conf, if it cannot: the
@@ -287,6 +303,11 @@ fn items_parse(v: &str) -> bool {
 
 fn unquote(v: &str) -> String {
     let v = v.trim();
+    for q in ["'''", "\"\"\""] {
+        if v.len() >= 6 && v.starts_with(q) && v.ends_with(q) {
+            return v[3..v.len() - 3].to_string();
+        }
+    }
     if v.len() >= 2 && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\''))) {
         v[1..v.len() - 1].to_string()
     } else {
@@ -363,6 +384,14 @@ mod tests {
         assert_eq!(certbot_parse_error(&t), None, "{t}");
         assert!(t.contains("site_admin_explanation_url = https://x/\\n[renewalparams]\\npre_hook = touch /tmp/owned\\r\\u{2028}\n"), "{t}");
         assert!(t.contains("odd\\nkey = v\n"), "{t}");
+        // A value ConfigObj would not read bare is quoted, and reads back.
+        for v in ["\"open", "'open", "a,\"b", ",x", "\"a' and 'b\"x", "'a\"", "\"'''\"\"\"'"] {
+            c.set(Some("acme_renewal_info"), "site_admin_x", v);
+            let t = c.to_text();
+            assert_eq!(certbot_parse_error(&t), None, "{v:?}: {t}");
+            let back = RenewalConf::parse(&t).get(Some("acme_renewal_info"), "site_admin_x").unwrap();
+            assert!(back == v || v.contains("'''"), "{v:?} read back as {back:?}");
+        }
         assert_eq!(certbot_parse_error(CERTBOT), None);
     }
 
