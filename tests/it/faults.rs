@@ -526,7 +526,12 @@ fn a_hook_that_leaves_a_background_child_does_not_hold_the_lock() {
     let _guard = KillGroup(pgid.clone());
     // The hook runs in its own process group ($$ is its id); its sleeper
     // inherits the hook's stdout and stderr pipes and keeps them open.
-    write_hook(&d.root.join("etc/site-admin/hooks.d/10-daemon"), &format!("echo $$ > {}\necho started\nsleep 150 &", pgid.display()));
+    // It also lists the files it inherited: never the lock files.
+    let fds = d.tmp.path().join("hook.fds");
+    write_hook(
+        &d.root.join("etc/site-admin/hooks.d/10-daemon"),
+        &format!("echo $$ > {}\nfor f in /proc/$$/fd/*; do readlink $f; done > {}\necho started\nsleep 150 &", pgid.display(), fds.display()),
+    );
     let t = Instant::now();
     let (code, rep, err) = renew_json(&d, &[]);
     let took = t.elapsed();
@@ -536,6 +541,10 @@ fn a_hook_that_leaves_a_background_child_does_not_hold_the_lock() {
     assert!(err.contains("hook 10-daemon: started"), "the output before the hook exited is still forwarded: {err}");
     assert!(err.contains("background process"), "{err}");
     assert!(pgid.exists());
+    let inherited = std::fs::read_to_string(&fds).unwrap();
+    assert!(inherited.contains("pipe:"), "{inherited}");
+    assert!(!inherited.contains("site-admin.lock") && !inherited.contains(".certbot.lock"), "a lock fd leaked into the hook: {inherited}");
+    eprintln!("renew with a hook leaving a background child took {took:?}");
     // The lock is free: a deploy gets it at once.
     let f = d.tmp.path().join("site.json");
     std::fs::write(&f, site_json(&siteid(1), "daemon.example.test", None)).unwrap();
