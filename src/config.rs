@@ -174,9 +174,8 @@ impl Config {
             return Err(bad("apache.http_port/https_port", "must be two different non-zero ports"));
         }
         let acme_server = ov.acme_server.clone().or(raw.acme_server).unwrap_or_else(|| LETSENCRYPT_PRODUCTION.into());
-        if !(acme_server.starts_with("https://") || acme_server.starts_with("http://")) {
-            return Err(Error::invalid(format!("acme_server {acme_server:?}: not an http(s) URL")));
-        }
+        // The server URL becomes the accounts directory: only a clean one.
+        crate::store::accounts::server_rel(&acme_server).map_err(|why| Error::invalid(format!("acme_server {acme_server:?}: {why}")))?;
         let acme_ca_bundle = match &ov.acme_ca_bundle {
             Some(b) => Some(if b.is_absolute() { b.clone() } else { std::env::current_dir().unwrap_or_default().join(b) }),
             None => raw.acme_ca_bundle.as_deref().map(|b| under(&root, b)),

@@ -5,14 +5,21 @@
 //! that fails or overruns its time limit is reported, never fatal.
 
 use serde::Serialize;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// How long one hook may run before it is killed.
 pub const HOOK_TIME_LIMIT: Duration = Duration::from_secs(60);
+
+/// How long, once a hook has exited (or was killed), its output is still
+/// read: a background process it started may hold the pipes open for good,
+/// and must not hold up the command (and its lock) with them.
+pub const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 
 /// What one hook run came to.
 #[derive(Debug, Clone, Serialize)]
@@ -64,9 +71,19 @@ pub fn run_hook(path: &Path, env: &[(&str, String)], stdin: &[u8], limit: Durati
     let out = child.stdout.take();
     let err = child.stderr.take();
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let n2 = name.clone();
-    let t_out = std::thread::spawn(move || forward(out, &name));
-    let t_err = std::thread::spawn(move || forward(err, &n2));
+    // The readers say when they reach EOF; once the hook has exited they get
+    // OUTPUT_GRACE, then they are left behind (a background child of the hook
+    // keeps the pipes open, maybe for good) and forward nothing more.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    for r in [out.map(|o| Box::new(o) as Box<dyn Read + Send>), err.map(|e| Box::new(e) as Box<dyn Read + Send>)] {
+        let (name, stop, done) = (name.clone(), stop.clone(), done_tx.clone());
+        std::thread::spawn(move || {
+            forward(r, &name, &stop);
+            let _ = done.send(());
+        });
+    }
+    drop(done_tx);
     let start = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -83,8 +100,20 @@ pub fn run_hook(path: &Path, env: &[(&str, String)], stdin: &[u8], limit: Durati
             Err(_) => break None,
         }
     };
-    let _ = t_out.join();
-    let _ = t_err.join();
+    let grace_end = Instant::now() + OUTPUT_GRACE;
+    let mut open = 2;
+    while open > 0 {
+        let left = grace_end.saturating_duration_since(Instant::now());
+        match done_rx.recv_timeout(left) {
+            Ok(()) => open -= 1,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                stop.store(true, Ordering::Relaxed);
+                tracing::warn!("hook {name}: it left a background process holding its output open; no longer reading it");
+                break;
+            }
+        }
+    }
     match status {
         Some(s) if s.success() => HookRun { hook, ok: true, error: None },
         Some(s) => HookRun { hook, ok: false, error: Some(format!("exited with {s}")) },
@@ -92,10 +121,13 @@ pub fn run_hook(path: &Path, env: &[(&str, String)], stdin: &[u8], limit: Durati
     }
 }
 
-fn forward<R: std::io::Read>(r: Option<R>, name: &str) {
+fn forward(r: Option<Box<dyn Read + Send>>, name: &str, stop: &AtomicBool) {
     if let Some(r) = r {
         use std::io::BufRead;
         for line in std::io::BufReader::new(r).lines().map_while(|l| l.ok()) {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
             tracing::info!("hook {name}: {line}");
         }
     }
@@ -129,5 +161,20 @@ mod tests {
         let slow = script(t.path(), "slow", "sleep 30");
         let r = run_hook(&slow, &[], b"", Duration::from_millis(300));
         assert!(!r.ok && r.error.unwrap().contains("time limit"));
+    }
+
+    #[test]
+    fn a_background_child_holding_the_output_does_not_hold_us() {
+        let t = tempfile::tempdir().unwrap();
+        let pid = t.path().join("pid");
+        let h = script(t.path(), "daemon", &format!("sleep 30 &\necho $! > {}", pid.display()));
+        let start = Instant::now();
+        let r = run_hook(&h, &[], b"", HOOK_TIME_LIMIT);
+        let took = start.elapsed();
+        if let Some(p) = std::fs::read_to_string(&pid).ok().and_then(|t| t.trim().parse().ok()).and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+        assert!(r.ok, "{r:?}");
+        assert!(took < OUTPUT_GRACE + Duration::from_secs(2), "{took:?}");
     }
 }

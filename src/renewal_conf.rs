@@ -84,8 +84,13 @@ impl RenewalConf {
     /// Set `key` in `section` (None = top level): replace the line in place,
     /// or add it at the end of the section (creating `[section]` if missing;
     /// `webroot_map` is created as the nested `[[webroot_map]]`).
+    ///
+    /// The one place a value is written: a control character (a line break
+    /// above all) is written as an escape, so no value can add a line, a
+    /// section or a key, and certbot can always parse the file.
     pub fn set(&mut self, section: Option<&str>, key: &str, value: &str) {
-        let new_line = format!("{key} = {value}");
+        let key = &one_line(key);
+        let new_line = format!("{key} = {}", conf_value(value));
         let mut cur: Option<String> = None;
         let mut last_in_section: Option<usize> = None;
         let mut section_header: Option<usize> = None;
@@ -162,8 +167,147 @@ impl RenewalConf {
     }
 }
 
+/// `v` on one line: control characters (CR, LF, NEL...) and the Unicode line
+/// and paragraph separators written as escapes (`\n`, `\u{85}`).
+fn one_line(v: &str) -> String {
+    let bad = |c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}';
+    if !v.chars().any(bad) {
+        return v.to_string();
+    }
+    tracing::warn!("a renewal-conf value held control characters; they are written escaped: {}", v.escape_default());
+    v.chars().map(|c| if bad(c) { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
+/// `v` as a value ConfigObj reads back as `v`: on one line ([`one_line`]),
+/// and quoted when it would not parse bare (a leading quote, say).
+fn conf_value(v: &str) -> String {
+    let v = one_line(v);
+    if value_parses(v.trim()) {
+        return v;
+    }
+    for q in ["'", "\"", "'''", "\"\"\""] {
+        let quoted = format!("{q}{v}{q}");
+        if !v.contains(q) && value_parses(&quoted) {
+            return quoted;
+        }
+    }
+    format!("'{}'", v.replace('\'', "\\u{27}"))
+}
+
+/// Why certbot (ConfigObj) cannot parse this renewal conf, if it cannot: the
+/// first line that is not blank, a `#` comment, a `[section]` header (nested
+/// one level at a time) or `key = value` with a value ConfigObj reads, and
+/// duplicate section or key names.
+pub fn certbot_parse_error(text: &str) -> Option<String> {
+    // One entry per open section, outermost first: (depth, names in it).
+    let mut stack: Vec<(usize, std::collections::HashSet<String>)> = vec![(0, Default::default())];
+    for (i, raw) in text.lines().enumerate() {
+        let n = i + 1;
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.starts_with('[') {
+            let Some((depth, name)) = section_header(line) else {
+                return Some(format!("line {n}: an unbalanced [section] header"));
+            };
+            let cur = stack.last().map(|s| s.0).unwrap_or(0);
+            if depth > cur + 1 {
+                return Some(format!("line {n}: section [{name}] is nested too deep"));
+            }
+            stack.truncate(depth);
+            let Some(parent) = stack.last_mut() else { return Some(format!("line {n}: a section without a parent")) };
+            if !parent.1.insert(name.clone()) {
+                return Some(format!("line {n}: duplicate section name [{name}]"));
+            }
+            stack.push((depth, Default::default()));
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            return Some(format!("line {n}: neither a [section] header nor key = value"));
+        };
+        let k = k.trim();
+        if k.is_empty() || (k.starts_with(['"', '\'']) && !(k.len() >= 2 && k.ends_with(&k[..1]))) {
+            return Some(format!("line {n}: not a usable key"));
+        }
+        if !value_parses(v.trim()) {
+            return Some(format!("line {n}: the value of {k} is not one ConfigObj reads (unbalanced quotes?)"));
+        }
+        if let Some(cur) = stack.last_mut() {
+            if !cur.1.insert(unquote(k)) {
+                return Some(format!("line {n}: duplicate key {k}"));
+            }
+        }
+    }
+    None
+}
+
+/// `[name]` at depth 1, `[[name]]` at 2...; None when the brackets do not balance.
+fn section_header(line: &str) -> Option<(usize, String)> {
+    // A comment may follow the header.
+    let end = line.rfind(']')?;
+    if !rest_ok(&line[end + 1..]) {
+        return None;
+    }
+    let line = &line[..=end];
+    let open = line.chars().take_while(|c| *c == '[' || c.is_whitespace()).filter(|c| *c == '[').count();
+    let close = line.chars().rev().take_while(|c| *c == ']' || c.is_whitespace()).filter(|c| *c == ']').count();
+    let name = line.trim_start_matches(|c: char| c == '[' || c.is_whitespace()).trim_end_matches(|c: char| c == ']' || c.is_whitespace());
+    (open == close && !name.is_empty() && !name.contains(['[', ']'])).then(|| (open, name.to_string()))
+}
+
+/// Does ConfigObj read this single-line value: empty, or a comma-separated
+/// list of items each quoted (`"..."`, `'...'`) or unquoted (not starting
+/// with a quote, no comma), then an optional `# comment`?
+fn value_parses(v: &str) -> bool {
+    if v == "," {
+        return true;
+    }
+    for q in ["'''", "\"\"\""] {
+        if let Some(rest) = v.strip_prefix(q) {
+            return rest.find(q).map(|i| rest_ok(&rest[i + 3..])).unwrap_or(false);
+        }
+    }
+    items_parse(v)
+}
+
+fn rest_ok(rest: &str) -> bool {
+    let r = rest.trim();
+    r.is_empty() || r.starts_with('#')
+}
+
+fn items_parse(v: &str) -> bool {
+    let v = v.trim_start();
+    if v.is_empty() || v.starts_with('#') {
+        return true;
+    }
+    let after_item = |rest: &str| {
+        let r = rest.trim_start();
+        match r.strip_prefix(',') {
+            Some(more) => items_parse(more),
+            None => rest_ok(r),
+        }
+    };
+    match v.chars().next() {
+        Some(q @ ('"' | '\'')) => {
+            // A quoted item ends at some later quote (ConfigObj's regex backtracks).
+            v.char_indices().skip(1).filter(|(_, c)| *c == q).any(|(i, _)| after_item(&v[i + 1..]))
+        }
+        Some(',') => false,
+        _ => {
+            let end = v.find([',', '#']).unwrap_or(v.len());
+            after_item(&v[end..])
+        }
+    }
+}
+
 fn unquote(v: &str) -> String {
     let v = v.trim();
+    for q in ["'''", "\"\"\""] {
+        if v.len() >= 6 && v.starts_with(q) && v.ends_with(q) {
+            return v[3..v.len() - 3].to_string();
+        }
+    }
     if v.len() >= 2 && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\''))) {
         v[1..v.len() - 1].to_string()
     } else {
@@ -226,6 +370,47 @@ mod tests {
         assert_eq!(c2.get(None, "renew_before_expiry").unwrap(), "10 days");
         assert!(t.find("renew_before_expiry").unwrap() < t.find("[renewalparams]").unwrap());
         assert_eq!(c2.section("webroot_map"), vec![("b".to_string(), "/w/s2".to_string())]);
+    }
+
+    #[test]
+    fn no_value_adds_a_line_and_certbot_still_parses_it() {
+        let mut c = RenewalConf::parse(CERTBOT);
+        c.set(Some("acme_renewal_info"), "site_admin_explanation_url", "https://x/\n[renewalparams]\npre_hook = touch /tmp/owned\r\u{2028}");
+        c.set(Some("renewalparams"), "odd\nkey", "v");
+        let t = c.to_text();
+        assert_eq!(t.lines().count(), CERTBOT.lines().count() + 2, "{t}");
+        assert!(!t.lines().any(|l| l.trim_start().starts_with("pre_hook")), "{t}");
+        assert_eq!(t.lines().filter(|l| l.trim() == "[renewalparams]").count(), 1, "{t}");
+        assert_eq!(certbot_parse_error(&t), None, "{t}");
+        assert!(t.contains("site_admin_explanation_url = https://x/\\n[renewalparams]\\npre_hook = touch /tmp/owned\\r\\u{2028}\n"), "{t}");
+        assert!(t.contains("odd\\nkey = v\n"), "{t}");
+        // A value ConfigObj would not read bare is quoted, and reads back.
+        for v in ["\"open", "'open", "a,\"b", ",x", "\"a' and 'b\"x", "'a\"", "\"'''\"\"\"'"] {
+            c.set(Some("acme_renewal_info"), "site_admin_x", v);
+            let t = c.to_text();
+            assert_eq!(certbot_parse_error(&t), None, "{v:?}: {t}");
+            let back = RenewalConf::parse(&t).get(Some("acme_renewal_info"), "site_admin_x").unwrap();
+            assert!(back == v || v.contains("'''"), "{v:?} read back as {back:?}");
+        }
+        assert_eq!(certbot_parse_error(CERTBOT), None);
+    }
+
+    #[test]
+    fn confs_certbot_cannot_parse_are_named() {
+        let bad = |extra: &str| certbot_parse_error(&format!("{CERTBOT}{extra}"));
+        assert!(bad("[renewalparams]\npre_hook = x\n").unwrap().contains("duplicate section name [renewalparams]"));
+        assert!(bad("ari_retry_after = 2027-01-01T00:00:00\n").unwrap().contains("duplicate key ari_retry_after"));
+        assert!(bad("just words\n").unwrap().contains("line 19: neither"));
+        assert!(bad("[broken\n").unwrap().contains("unbalanced"));
+        assert!(bad("[[[deep]]]\n").unwrap().contains("too deep"));
+        assert!(bad("k = \"open\n").unwrap().contains("value of k"));
+        assert!(bad("k = a,\"b\n").is_some());
+        assert!(bad("= v\n").is_some());
+        for fine in ["k = \"a\" # c\n", "k = 'a,b', c,\n", "k = ,\n", "k =\n", "k = a \"b\" c\n", "k = https://x/#frag\n", "[other] # c\n[[sub]]\nk = v\n"] {
+            assert_eq!(bad(fine), None, "{fine:?}");
+        }
+        // Sections nest per parent: the same subsection name under two parents is fine.
+        assert_eq!(certbot_parse_error("[a]\n[[m]]\nk = 1\n[b]\n[[m]]\nk = 1\n"), None);
     }
 
     #[test]

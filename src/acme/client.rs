@@ -5,7 +5,7 @@
 
 use super::jws::{b64, AccountKey};
 use super::retry::{parse_retry_after, Backoff};
-use super::types::{Authorization, AuthzStatus, ChallengeStatus, Order, OrderStatus, Problem, ProblemKind};
+use super::types::{clean, clean_url, Authorization, AuthzStatus, ChallengeStatus, Order, OrderStatus, Problem, ProblemKind};
 use super::AcmeError;
 use crate::config::KeyType;
 use serde_json::{json, Value};
@@ -196,16 +196,17 @@ impl AcmeClient {
         }
         let v: Value = serde_json::from_slice(&body).map_err(|e| AcmeError::Protocol { url: url.clone(), detail: format!("directory is not JSON: {e}") })?;
         let dir = Directory {
-            new_nonce: str_field(&v, "newNonce", &url)?.into(),
-            new_account: str_field(&v, "newAccount", &url)?.into(),
-            new_order: str_field(&v, "newOrder", &url)?.into(),
-            revoke_cert: v.get("revokeCert").and_then(Value::as_str).map(str::to_string),
-            terms_of_service: v.pointer("/meta/termsOfService").and_then(Value::as_str).map(str::to_string),
-            renewal_info: v.get("renewalInfo").and_then(Value::as_str).map(|u| u.trim_end_matches('/').to_string()),
+            // The CA's strings, made safe for a log line once, here (types::clean).
+            new_nonce: clean(str_field(&v, "newNonce", &url)?),
+            new_account: clean(str_field(&v, "newAccount", &url)?),
+            new_order: clean(str_field(&v, "newOrder", &url)?),
+            revoke_cert: v.get("revokeCert").and_then(Value::as_str).map(clean),
+            terms_of_service: v.pointer("/meta/termsOfService").and_then(Value::as_str).map(clean),
+            renewal_info: v.get("renewalInfo").and_then(Value::as_str).map(|u| clean(u.trim_end_matches('/'))),
             profiles: v
                 .pointer("/meta/profiles")
                 .and_then(Value::as_object)
-                .map(|o| o.iter().map(|(k, d)| (k.clone(), d.as_str().unwrap_or("").to_string())).collect())
+                .map(|o| o.iter().map(|(k, d)| (clean(k), clean(d.as_str().unwrap_or("")))).collect())
                 .unwrap_or_default(),
         };
         Ok(AcmeClient { http, opts, dir, key, kid: Mutex::new(kid), nonces: Mutex::new(Vec::new()), bad_nonces: Default::default() })
@@ -274,7 +275,15 @@ impl AcmeClient {
         if end < start {
             return Err(AcmeError::Protocol { url, detail: "the suggested window ends before it starts".into() });
         }
-        Ok(RenewalInfo { start, end, explanation_url: v.get("explanationURL").and_then(Value::as_str).map(str::to_string), retry_after })
+        // Kept in the renewal conf and logged: only a plain URL (types::clean_url).
+        let explanation_url = v.get("explanationURL").and_then(Value::as_str).and_then(|u| {
+            let kept = clean_url(u);
+            if kept.is_none() {
+                tracing::warn!("{url}: ignoring an explanationURL that is not a plain URL: {}", clean(u));
+            }
+            kept
+        });
+        Ok(RenewalInfo { start, end, explanation_url, retry_after })
     }
 
     /// A fresh nonce: one kept from an earlier response, or HEAD newNonce

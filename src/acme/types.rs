@@ -6,8 +6,46 @@
 //! [RFC 8555 §7.1.6]: https://www.rfc-editor.org/rfc/rfc8555#section-7.1.6
 //! [RFC 8555 §6.7]: https://www.rfc-editor.org/rfc/rfc8555#section-6.7
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use std::fmt;
+
+/// CA-provided text made safe for one log line or one renewal-conf value:
+/// every control character (CR, LF, tab, ESC, NEL...) and the Unicode line
+/// and paragraph separators are written as escapes (`\n`, `\u{1b}`). Every
+/// string of an ACME resource passes through this once, when it is parsed.
+pub fn clean(s: &str) -> String {
+    if !s.chars().any(needs_escape) {
+        return s.to_string();
+    }
+    s.chars().map(|c| if needs_escape(c) { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || c == '\u{2028}' || c == '\u{2029}'
+}
+
+/// A CA-provided URL to show or keep (an ARI `explanationURL`, terms of
+/// service): an http(s) URL of printable ASCII without spaces, quotes,
+/// backslashes or commas, cut at its fragment; else none.
+pub fn clean_url(s: &str) -> Option<String> {
+    let s = s.split('#').next().unwrap_or("");
+    let ok = (s.starts_with("https://") || s.starts_with("http://"))
+        && s.len() <= 2048
+        && s.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\'' | '\\' | ','));
+    ok.then(|| s.to_string())
+}
+
+fn de_clean<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(clean(&String::deserialize(d)?))
+}
+
+fn de_clean_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.map(|s| clean(&s)))
+}
+
+fn de_clean_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Vec::<String>::deserialize(d)?.iter().map(|s| clean(s)).collect())
+}
 
 /// An order's state (§7.1.6): pending → ready → processing → valid, or invalid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -63,9 +101,9 @@ lowercase_display!(OrderStatus, AuthzStatus, ChallengeStatus);
 /// An identifier (§7.1.3).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Identifier {
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type", default, deserialize_with = "de_clean")]
     pub kind: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_clean")]
     pub value: String,
 }
 
@@ -73,10 +111,11 @@ pub struct Identifier {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Order {
     pub status: OrderStatus,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_clean_vec")]
     pub authorizations: Vec<String>,
+    #[serde(deserialize_with = "de_clean")]
     pub finalize: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_clean_opt")]
     pub certificate: Option<String>,
     #[serde(default)]
     pub error: Option<Problem>,
@@ -94,10 +133,11 @@ pub struct Authorization {
 /// A challenge object (§7.1.5, §8).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Challenge {
-    #[serde(rename = "type")]
+    #[serde(rename = "type", deserialize_with = "de_clean")]
     pub kind: String,
+    #[serde(deserialize_with = "de_clean")]
     pub url: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_clean")]
     pub token: String,
     pub status: ChallengeStatus,
     #[serde(default)]
@@ -107,9 +147,9 @@ pub struct Challenge {
 /// A problem document (§6.7).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct Problem {
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type", default, deserialize_with = "de_clean")]
     pub ptype: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_clean")]
     pub detail: String,
     #[serde(default)]
     pub subproblems: Vec<SubProblem>,
@@ -117,9 +157,9 @@ pub struct Problem {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct SubProblem {
-    #[serde(rename = "type", default)]
+    #[serde(rename = "type", default, deserialize_with = "de_clean")]
     pub ptype: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_clean")]
     pub detail: String,
     #[serde(default)]
     pub identifier: Option<SubIdentifier>,
@@ -127,7 +167,7 @@ pub struct SubProblem {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct SubIdentifier {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_clean")]
     pub value: String,
 }
 
@@ -206,5 +246,23 @@ mod tests {
         assert_eq!(ProblemKind::of("urn:ietf:params:acme:error:accountDoesNotExist"), ProblemKind::AccountDoesNotExist);
         assert_eq!(ProblemKind::of("urn:ietf:params:acme:error:connection"), ProblemKind::Validation);
         assert_eq!(ProblemKind::of("about:blank"), ProblemKind::Other);
+    }
+
+    #[test]
+    fn ca_text_never_breaks_a_line() {
+        let p: Problem = serde_json::from_str(
+            r#"{"type":"urn:ietf:params:acme:error:malformed\n[renewalparams]","detail":"bad\r\npre_hook = rm -rf /\u001b[2J\u2028x","subproblems":[{"type":"t","detail":"a\nb","identifier":{"value":"h\n.test"}}]}"#,
+        )
+        .unwrap();
+        let shown = p.to_string();
+        assert!(!shown.chars().any(|c| c.is_control() || c == '\u{2028}'), "{shown}");
+        assert!(shown.contains("bad\\r\\npre_hook = rm -rf /\\u{1b}[2J\\u{2028}x"), "{shown}");
+        let o: Order = serde_json::from_str(r#"{"status":"ready","finalize":"u\nv","authorizations":["a\tb"],"certificate":"c\rd"}"#).unwrap();
+        assert_eq!((o.finalize.as_str(), o.authorizations[0].as_str(), o.certificate.as_deref()), ("u\\nv", "a\\tb", Some("c\\rd")));
+        assert_eq!(clean("plain"), "plain");
+        assert_eq!(clean_url("https://ca.test/why?a=1#frag").as_deref(), Some("https://ca.test/why?a=1"));
+        for bad in ["https://ca.test/\n[renewalparams]", "https://ca.test/ x", "\"https://ca.test/", "https://ca.test/a,b", "ftp://x", "https://ca.test/é"] {
+            assert_eq!(clean_url(bad), None, "{bad:?}");
+        }
     }
 }

@@ -60,6 +60,10 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
         if !store.has(&name, Place::Live) && !store.has(&name, Place::Stashed) {
             add(format!("renewal/{name}.conf"), format!("its live/{name} links are missing, so certbot skips it as broken"), false);
         }
+        // certbot reads it with ConfigObj and skips a conf it cannot parse.
+        if let Some(why) = std::fs::read_to_string(store.renewal_conf_path(&name)).ok().and_then(|t| crate::renewal_conf::certbot_parse_error(&t)) {
+            add(format!("renewal/{name}.conf"), format!("certbot cannot parse it ({}), so it skips this lineage", why.escape_debug()), false);
+        }
     }
     // 4. modes.
     inv.set(4);

@@ -443,8 +443,9 @@ pub fn read_backup(path: &Path) -> Result<(Vec<Value>, Vec<CheckedAccount>)> {
                 let list: Vec<accounts::Carried> =
                     serde_json::from_value(accts.clone()).map_err(|e| Error::invalid(format!("backup {}: \"accounts\": {e}", path.display())))?;
                 for (i, a) in list.into_iter().enumerate() {
-                    let key = accounts::check_carried(&a)
-                        .map_err(|why| Error::invalid(format!("backup {}: account #{} ({} of {}): {why}", path.display(), i + 1, a.id, a.server)))?;
+                    let key = accounts::check_carried(&a).map_err(|why| {
+                        Error::invalid(format!("backup {}: account #{} ({} of {}): {why}", path.display(), i + 1, a.id.escape_debug(), a.server.escape_debug()))
+                    })?;
                     carried.push((a, key));
                 }
             }
@@ -502,17 +503,29 @@ pub fn restore_command(ctx: &Ctx, input: &Path, only: &[SiteId]) -> Result<i32> 
             }
         }
     }
-    // The accounts the lineages renew with come along: installed when this
-    // device lacks them, and named by the lineages restored for their hosts.
-    for (a, key) in &carried {
+    // The accounts the lineages renew with come along: the one a restored
+    // site's carried certificate names (its host, this device's server) is
+    // installed when this device lacks it, and named by the lineage. No other
+    // carried account is installed (other servers, sites not restored).
+    let hints: Vec<Option<&CheckedAccount>> = sites
+        .iter()
+        .map(|s| {
+            let carries = matches!(s.tls_wish(), TlsWish::LetsEncrypt { carried: Some(_) });
+            carried.iter().find(|(a, _)| carries && a.server == ctx.cfg.acme_server && a.hosts.iter().any(|h| h == s.hostname.as_str()))
+        })
+        .collect();
+    for (i, (a, key)) in hints.iter().enumerate().filter_map(|(i, h)| h.map(|h| (i, h))) {
+        if hints[..i].iter().flatten().any(|(b, _)| b.id == a.id) {
+            continue;
+        }
         if accounts::install(&ctx.cfg.letsencrypt_dir, a, key)? {
             ctx.progress(&format!("installed the ACME account {} of {} carried by the backup", a.id, a.server));
         }
     }
     let mut outs = Vec::new();
     let mut failed = 0;
-    for s in &sites {
-        let hint = carried.iter().find(|(a, _)| a.server == ctx.cfg.acme_server && a.hosts.iter().any(|h| h == s.hostname.as_str())).map(|(a, _)| a.id.clone());
+    for (s, hint) in sites.iter().zip(&hints) {
+        let hint = hint.map(|(a, _)| a.id.clone());
         match deploy_one_with(ctx, &locked.recovered, s, hint) {
             Ok(o) => outs.push(o),
             Err(e) => {

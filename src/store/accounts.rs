@@ -20,16 +20,68 @@ pub struct StoredAccount {
 }
 
 /// `accounts/<netloc><path>` for a directory URL, as certbot derives it.
+/// The one place a server URL becomes a path: only a clean http(s) URL maps
+/// (a host, an optional port, a path without `.`/`..` segments, no user
+/// info, no control characters or spaces), so a crafted one (`https:///tmp/x`,
+/// `https://../x`, a newline) can never name a directory outside `accounts/`.
 pub fn server_dir(letsencrypt_dir: &Path, server: &str) -> Result<PathBuf> {
-    let rest = server
-        .strip_prefix("https://")
-        .or_else(|| server.strip_prefix("http://"))
-        .ok_or_else(|| Error::invalid(format!("ACME server {server:?}: not an http(s) URL")))?;
-    let rest = rest.split(['?', '#']).next().unwrap_or("");
-    if rest.is_empty() || rest.split('/').any(|seg| seg == "..") {
-        return Err(Error::invalid(format!("ACME server {server:?}: not a usable URL")));
+    let rel = server_rel(server).map_err(|why| Error::invalid(format!("ACME server {server:?}: {why}")))?;
+    Ok(letsencrypt_dir.join("accounts").join(rel))
+}
+
+/// `<netloc><path>` of a clean http(s) URL, or why it is not one.
+pub fn server_rel(server: &str) -> std::result::Result<String, &'static str> {
+    if server.chars().any(|c| c.is_control() || c.is_whitespace() || c == '\\') {
+        return Err("contains control characters, spaces or backslashes");
     }
-    Ok(letsencrypt_dir.join("accounts").join(rest))
+    let rest = server.strip_prefix("https://").or_else(|| server.strip_prefix("http://")).ok_or("not an http(s) URL")?;
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if authority.contains('@') {
+        return Err("user information in the URL");
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (addr, after) = v6.split_once(']').ok_or("an unclosed [IPv6 address]")?;
+            if addr.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err("not an IPv6 address in [ ]");
+            }
+            (addr, after.strip_prefix(':').map(Some).or_else(|| after.is_empty().then_some(None)).ok_or("junk after the [IPv6 address]")?)
+        }
+        None => match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    if !authority.starts_with('[')
+        && (host.is_empty() || host.split('.').any(|l| l.is_empty() || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')))
+    {
+        return Err("no usable host name");
+    }
+    if let Some(p) = port {
+        if !matches!(p.parse::<u16>(), Ok(n) if n > 0) || p.starts_with(['+', '0']) {
+            return Err("not a usable port");
+        }
+    }
+    if path.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err("a . or .. path segment");
+    }
+    Ok(format!("{authority}{path}"))
+}
+
+/// An account id as a directory name: certbot's are the hex MD5 of the key;
+/// anything that is not a plain name (`/`, `..`, control characters) is refused.
+pub fn check_id(id: &str) -> std::result::Result<(), String> {
+    if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(format!("the account id {id:?} is not a plain name (letters, digits, - and _)"));
+    }
+    Ok(())
+}
+
+/// `accounts/<server>/<id>`: the one place an account id becomes a path.
+pub fn account_dir(letsencrypt_dir: &Path, server: &str, id: &str) -> Result<PathBuf> {
+    check_id(id).map_err(|why| Error::invalid(format!("ACME server {server:?}: {why}")))?;
+    Ok(server_dir(letsencrypt_dir, server)?.join(id))
 }
 
 /// The first usable account stored for `server` (by id order), if any.
@@ -39,6 +91,7 @@ pub fn load(letsencrypt_dir: &Path, server: &str) -> Result<Option<StoredAccount
         Ok(rd) => rd.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
         Err(_) => return Ok(None),
     };
+    ids.retain(|id| check_id(id).is_ok());
     ids.sort();
     for id in ids {
         let d = dir.join(&id);
@@ -67,7 +120,7 @@ pub fn save(letsencrypt_dir: &Path, server: &str, key: &AccountKey, uri: &str, t
     let id = key.certbot_id().map_err(Error::failed)?;
     let base = letsencrypt_dir.join("accounts");
     fsutil::ensure_dir_mode(&base, 0o700)?;
-    let dir = server_dir(letsencrypt_dir, server)?.join(&id);
+    let dir = account_dir(letsencrypt_dir, server, &id)?;
     fsutil::create_dir_all_mode(&dir, 0o700)?;
     let jwk = key.private_jwk().map_err(Error::failed)?;
     let host = fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into());
@@ -101,7 +154,7 @@ pub struct Carried {
 
 /// The account `id` of `server`, for a backup.
 pub fn export(letsencrypt_dir: &Path, server: &str, id: &str) -> Option<Carried> {
-    let d = server_dir(letsencrypt_dir, server).ok()?.join(id);
+    let d = account_dir(letsencrypt_dir, server, id).ok()?;
     let key: Value = serde_json::from_str(&fs::read_to_string(d.join("private_key.json")).ok()?).ok()?;
     let regr: Value = serde_json::from_str(&fs::read_to_string(d.join("regr.json")).ok()?).ok()?;
     Some(Carried {
@@ -117,14 +170,23 @@ pub fn export(letsencrypt_dir: &Path, server: &str, id: &str) -> Option<Carried>
 /// Check a carried account before anything is installed: its key must load
 /// and its id must be that key's certbot id. Returns the key.
 pub fn check_carried(c: &Carried) -> std::result::Result<AccountKey, String> {
-    server_dir(Path::new("/"), &c.server).map_err(|e| e.to_string())?;
+    server_rel(&c.server).map_err(|why| format!("its server is not a usable ACME server URL: {why}"))?;
+    check_id(&c.id)?;
     let key = AccountKey::from_private_jwk(&c.key).map_err(|e| format!("its key is not a usable JWK ({e})"))?;
     let id = key.certbot_id()?;
     if id != c.id {
         return Err(format!("its id {} is not its key's ({id})", c.id));
     }
-    if !(c.uri.starts_with("https://") || c.uri.starts_with("http://")) {
+    if !(c.uri.starts_with("https://") || c.uri.starts_with("http://")) || c.uri.chars().any(|ch| ch.is_control() || ch.is_whitespace()) {
         return Err("its account URI is not a URL".into());
+    }
+    if c.terms_of_service.as_deref().is_some_and(|t| t.chars().any(char::is_control)) {
+        return Err("its terms_of_service holds control characters".into());
+    }
+    for h in &c.hosts {
+        if h.chars().any(char::is_control) {
+            return Err(format!("its host {h:?} holds control characters"));
+        }
     }
     Ok(key)
 }
@@ -141,7 +203,7 @@ pub fn install(letsencrypt_dir: &Path, c: &Carried, key: &AccountKey) -> Result<
 
 /// Load one stored account by id.
 pub fn load_id(letsencrypt_dir: &Path, server: &str, id: &str) -> Result<Option<StoredAccount>> {
-    let d = server_dir(letsencrypt_dir, server)?.join(id);
+    let d = account_dir(letsencrypt_dir, server, id)?;
     let key = fs::read_to_string(d.join("private_key.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
     let regr = fs::read_to_string(d.join("regr.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
     let (Some(key), Some(regr)) = (key, regr) else { return Ok(None) };
@@ -152,7 +214,7 @@ pub fn load_id(letsencrypt_dir: &Path, server: &str, id: &str) -> Result<Option<
 
 /// Does `accounts/<server>/<id>` exist?
 pub fn exists(letsencrypt_dir: &Path, server: &str, id: &str) -> bool {
-    server_dir(letsencrypt_dir, server).map(|d| d.join(id).join("private_key.json").is_file()).unwrap_or(false)
+    account_dir(letsencrypt_dir, server, id).map(|d| d.join("private_key.json").is_file()).unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -169,6 +231,43 @@ mod tests {
         );
         assert!(server_dir(le, "ftp://x").is_err());
         assert!(server_dir(le, "https://x/../../etc").is_err());
+        assert_eq!(server_dir(le, "https://[::1]:14000/dir?x=1").unwrap(), PathBuf::from("/e/accounts/[::1]:14000/dir"));
+        assert_eq!(server_dir(le, "https://ca.test").unwrap(), PathBuf::from("/e/accounts/ca.test"));
+    }
+
+    #[test]
+    fn crafted_server_urls_and_ids_name_no_path() {
+        let le = Path::new("/e");
+        for bad in [
+            "https:///tmp/x",
+            "https://../x",
+            "https://./x",
+            "https://ca.test/dir\nsecond line",
+            "https://ca.test/di\rr",
+            "https://ca.test\t/dir",
+            "https://ca test/dir",
+            "https://user@ca.test/dir",
+            "https://ca.test:0/dir",
+            "https://ca.test:99999/dir",
+            "https://ca.test:/dir",
+            "https://ca..test/dir",
+            "https://[::1/dir",
+            "https://[zz]/dir",
+            "https://ca.test/./dir",
+            "https://ca.test\\..\\x",
+            "https:/ca.test/dir",
+            "file:///etc",
+        ] {
+            assert!(server_dir(le, bad).is_err(), "{bad:?}");
+            assert!(!exists(le, bad, "0123"), "{bad:?}");
+        }
+        let e = server_dir(le, "https://ca.test/\nx").unwrap_err().to_string();
+        assert!(!e.contains('\n'), "the error names the URL escaped: {e}");
+        for bad in ["", "..", ".", "a/b", "/etc", "a\nb", "a b", "é"] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+            assert!(account_dir(le, "https://ca.test/dir", bad).is_err(), "{bad:?}");
+        }
+        assert!(check_id("0123456789abcdef0123456789abcdef").is_ok());
     }
 
     #[test]

@@ -306,3 +306,63 @@ fn processing_is_polled_after_retry_after_and_a_429_past_the_deadline_says_what_
     assert!(ready_at < finalize_at, "finalized only after the order was ready: {seen:?}");
     assert_eq!(seen.iter().filter(|l| l.contains("/order/1")).count(), 4, "{seen:?}");
 }
+
+#[test]
+fn a_crafted_backup_installs_no_account_outside_the_tree_and_only_those_restored_lineages_name() {
+    let (pebble, a, b) = two_devices();
+    let (id1, h1, id2, h2) = (siteid(1), "carried.example.test", siteid(2), "plain.example.test");
+    pebble.set_a(h1, "127.0.0.1");
+    let rep = a.deploy(&site_json(&id1, h1, le()));
+    assert_eq!(rep["pending"], false, "{rep}");
+    a.deploy(&site_json(&id2, h2, None));
+    let account = conf_account(&a, h1);
+    let backup = a.tmp.path().join("backup.json");
+    a.ok(&["backup", "--all", "--out", backup.to_str().unwrap()]);
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&backup).unwrap()).unwrap();
+    let carried = doc["accounts"][0].clone();
+    assert_eq!(carried["id"], account.as_str());
+    let write = |name: &str, accounts: Value| {
+        let mut d = doc.clone();
+        d["accounts"] = accounts;
+        let f = b.tmp.path().join(name);
+        std::fs::write(&f, d.to_string()).unwrap();
+        f
+    };
+    let with = |k: &str, v: &str| {
+        let mut c = carried.clone();
+        c[k] = json!(v);
+        json!([c])
+    };
+    // A server URL or an id that would become a path outside accounts/, or
+    // a line break: exit 2, naming the field, nothing installed anywhere.
+    let outside = b.tmp.path().join("outside");
+    let before = snapshot(&b.root);
+    for (name, accounts, says) in [
+        ("root-path", with("server", &format!("https://{}", outside.display())), "server"),
+        ("dot-dot-host", with("server", &format!("https://../../..{}", outside.display())), "server"),
+        ("newline", with("server", &format!("{}\nsite-admin: forged log line", carried["server"].as_str().unwrap())), "server"),
+        ("id", with("id", &format!("../../../..{}", outside.display())), "id"),
+    ] {
+        let f = write(name, accounts);
+        let o = b.run(&["restore", "--in", f.to_str().unwrap()]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains("account #1") && err.contains(says), "{name}: {err}");
+        assert!(!err.lines().any(|l| l.starts_with("site-admin: forged")), "{name}: the CA's newline split a line: {err}");
+        assert!(!outside.exists(), "{name}: wrote outside the tree");
+        assert_eq!(snapshot(&b.root), before, "{name}: something changed");
+    }
+    // An account of another server, and one restored with --siteid for a site
+    // that carries no certificate: neither is installed.
+    let mut other = carried.clone();
+    other["server"] = json!("https://other-ca.example.test/directory");
+    let f = write("two-servers", json!([carried.clone(), other]));
+    b.ok(&["restore", "--siteid", &id2, "--in", f.to_str().unwrap()]);
+    assert!(!b.le().join("accounts").exists(), "restore --siteid {id2} installed an account no restored lineage names");
+    b.ok(&["undeploy", "--siteid", &id2]);
+    pebble.set_a(h1, "127.0.0.3");
+    b.ok(&["restore", "--in", f.to_str().unwrap()]);
+    assert_eq!(account_ids(&b, &pebble), vec![account.clone()]);
+    assert_eq!(conf_account(&b, h1), account);
+    assert!(!b.le().join("accounts/other-ca.example.test").exists(), "an account of a server no lineage uses was installed");
+}

@@ -104,7 +104,16 @@ enum Broken {
     Hangs,
     /// renewalInfo points at a port nothing listens on.
     Unreachable,
+    /// A valid window whose explanationURL carries line breaks and a
+    /// `[renewalparams]` section with a `pre_hook` (no real CA answers so).
+    HostileExplanation,
+    /// A problem document whose detail carries a line break and a forged log line.
+    HostileProblem,
 }
+
+/// A hostile `explanationURL`: lines that would add a second
+/// `[renewalparams]` with a `pre_hook` to the renewal conf.
+const HOSTILE_URL: &str = "https://ca.example.test/why\n[renewalparams]\npre_hook = touch /tmp/site-admin-owned\r\n";
 
 fn broken_ari(a: &A2c, how: Broken) -> (String, Arc<AtomicBool>) {
     let real: Value = reqwest::blocking::get(a.directory()).unwrap().json().unwrap();
@@ -133,6 +142,11 @@ fn broken_ari(a: &A2c, how: Broken) -> (String, Arc<AtomicBool>) {
                 continue;
             } else if how == Broken::Garbage {
                 (200, "{\"suggestedWindow\": \"soon\"".to_string())
+            } else if how == Broken::HostileExplanation {
+                let at = |days| (chrono::Utc::now() + chrono::Duration::days(days)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                (200, json!({"suggestedWindow": {"start": at(10), "end": at(11)}, "explanationURL": HOSTILE_URL}).to_string())
+            } else if how == Broken::HostileProblem {
+                (500, json!({"type": "urn:ietf:params:acme:error:serverInternal", "detail": "broken\nsite-admin: forged line\r\n"}).to_string())
             } else {
                 (500, "{\"type\": \"urn:ietf:params:acme:error:serverInternal\", \"detail\": \"broken\"}".to_string())
             };
@@ -264,4 +278,64 @@ fn an_ip_address_site_gets_a_certificate_for_its_address() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("10.1.2.3 is not a globally reachable address"), "{}", stderr(&o));
     assert_eq!(snapshot(&d.root), before);
+}
+
+/// Stops a scripted server when dropped (also when the test fails).
+struct Stop(Arc<AtomicBool>);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn a_hostile_explanation_url_or_problem_detail_cannot_rewrite_the_renewal_conf_or_forge_a_log_line() {
+    let t = tempfile::tempdir().unwrap();
+    let a = A2c::start(&t.path().join("a2c"), A2cOptions::default());
+    for how in [Broken::HostileExplanation, Broken::HostileProblem] {
+        let what = format!("{how:?}");
+        // A scripted stand-in ARI server (a2c's ACME, a hostile renewalInfo): no real CA answers so.
+        let (dir, stop) = broken_ari(&a, how);
+        let _stop = Stop(stop);
+        let mut d = Device::new();
+        d.env.push(("SITE_ADMIN_ACME_SERVER".into(), dir));
+        d.apache.start();
+        let h = "hostile.example.test";
+        d.deploy(&site_json(&siteid(1), h, le(None)));
+        let (code, rep, err) = renew_json(&d, &[]);
+        assert_eq!(code, 0, "{what}: {err}");
+        assert_eq!(rep["renewed_domains"], json!([]), "{what}: {rep}");
+        for l in err.lines() {
+            assert!(
+                !l.starts_with("site-admin: forged") && !l.starts_with("[renewalparams]") && !l.starts_with("pre_hook"),
+                "{what}: a forged log line: {err}"
+            );
+        }
+        let conf = std::fs::read_to_string(d.le().join(format!("renewal/{h}.conf"))).unwrap();
+        assert_eq!(conf.lines().filter(|l| l.trim() == "[renewalparams]").count(), 1, "{what}: {conf}");
+        assert!(!conf.lines().any(|l| l.trim_start().starts_with("pre_hook")), "{what}: {conf}");
+        assert!(conf.contains("[acme_renewal_info]"), "{what}: the ARI state is kept: {conf}");
+        match how {
+            Broken::HostileExplanation => {
+                assert!(err.contains("ignoring an explanationURL"), "{err}");
+                assert!(!conf.contains("site_admin_explanation_url"), "{conf}");
+            }
+            _ => assert!(err.contains("broken\\nsite-admin: forged line"), "the detail is shown escaped: {err}"),
+        }
+        // certbot still reads the conf, and doctor finds nothing to say.
+        let o = std::process::Command::new(std::env::var("SITE_ADMIN_CERTBOT").unwrap_or_else(|_| ".venv/bin/certbot".into()))
+            .args(["certificates", "--config-dir", d.le().to_str().unwrap()])
+            .args(["--work-dir", d.tmp.path().join("cbw").to_str().unwrap(), "--logs-dir", d.tmp.path().join("cbl").to_str().unwrap()])
+            .output()
+            .unwrap();
+        let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success() && out.contains(h) && !out.contains("skipping"), "{what}: {out}");
+        d.ok(&["doctor"]);
+        // A conf injected before this fix (a second [renewalparams]): doctor names it.
+        std::fs::write(d.le().join(format!("renewal/{h}.conf")), format!("{conf}[renewalparams]\npre_hook = touch /tmp/site-admin-owned\n")).unwrap();
+        let o = d.run(&["doctor"]);
+        assert_eq!(o.status.code(), Some(1), "{what}: {}", stdout(&o));
+        assert!(stdout(&o).contains("certbot cannot parse it") && stdout(&o).contains("duplicate section name [renewalparams]"), "{}", stdout(&o));
+    }
 }

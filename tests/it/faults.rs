@@ -504,3 +504,50 @@ fn doctor_sees_a_dead_apache_and_a_stale_certificate_and_repair_mends_both() {
     d.ok(&["doctor", "--repair"]);
     d.apache.wait_serial(h, &pem_serial(c.as_bytes()).unwrap());
 }
+
+/// Kills a process group whose id a hook wrote to a file, when dropped (also
+/// when the test fails), so no sleeper outlives the test.
+struct KillGroup(std::path::PathBuf);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        let pgid = std::fs::read_to_string(&self.0).ok().and_then(|t| t.trim().parse::<i32>().ok());
+        if let Some(pid) = pgid.and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+#[test]
+fn a_hook_that_leaves_a_background_child_does_not_hold_the_lock() {
+    let d = Device::new();
+    d.apache.start();
+    let pgid = d.tmp.path().join("hook.pgid");
+    let _guard = KillGroup(pgid.clone());
+    // The hook runs in its own process group ($$ is its id); its sleeper
+    // inherits the hook's stdout and stderr pipes and keeps them open.
+    // It also lists the files it inherited: never the lock files.
+    let fds = d.tmp.path().join("hook.fds");
+    write_hook(
+        &d.root.join("etc/site-admin/hooks.d/10-daemon"),
+        &format!("echo $$ > {}\nfor f in /proc/$$/fd/*; do readlink $f; done > {}\necho started\nsleep 150 &", pgid.display(), fds.display()),
+    );
+    let t = Instant::now();
+    let (code, rep, err) = renew_json(&d, &[]);
+    let took = t.elapsed();
+    assert_eq!(code, 0, "{err}");
+    assert!(took < Duration::from_secs(15), "renew took {took:?}: {err}");
+    assert_eq!(rep["hooks"][0]["ok"], json!(true), "{rep}");
+    assert!(err.contains("hook 10-daemon: started"), "the output before the hook exited is still forwarded: {err}");
+    assert!(err.contains("background process"), "{err}");
+    assert!(pgid.exists());
+    let inherited = std::fs::read_to_string(&fds).unwrap();
+    assert!(inherited.contains("pipe:"), "{inherited}");
+    assert!(!inherited.contains("site-admin.lock") && !inherited.contains(".certbot.lock"), "a lock fd leaked into the hook: {inherited}");
+    eprintln!("renew with a hook leaving a background child took {took:?}");
+    // The lock is free: a deploy gets it at once.
+    let f = d.tmp.path().join("site.json");
+    std::fs::write(&f, site_json(&siteid(1), "daemon.example.test", None)).unwrap();
+    let o = d.run(&["--lock-timeout", "1", "deploy", "--file", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}

@@ -118,7 +118,7 @@ proptest! {
     }
 
     #[test]
-    fn renewal_confs_and_intervals_never_panic(s in "(\\[{0,2}[a-z_]{0,10}\\]{0,2}|[a-z_ ]{0,10}=?[ -~]{0,20}|#.{0,10}|\n){0,30}", i in ".{0,30}") {
+    fn renewal_confs_and_intervals_never_panic(s in "(\\[{0,2}[a-z_]{0,10}\\]{0,2}|[a-z_ ]{0,10}=?[ -~]{0,20}|#.{0,10}|\n){0,30}", i in "(.|[\"',#\n\r]){0,40}") {
         let mut c = site_admin::renewal_conf::RenewalConf::parse(&s);
         let _ = c.get(Some("renewalparams"), "account");
         let _ = c.section("webroot_map");
@@ -128,6 +128,12 @@ proptest! {
         let again = site_admin::renewal_conf::RenewalConf::parse(&c.to_text());
         prop_assert_eq!(again.get(Some("renewalparams"), "account"), Some("x".to_string()));
         let _ = site_admin::renewal_conf::parse_interval(&i);
+        // Any value, written into a conf certbot parses, leaves one certbot parses.
+        let _ = site_admin::renewal_conf::certbot_parse_error(&s);
+        let mut c = site_admin::renewal_conf::RenewalConf::parse("version = 5.8.0\n[renewalparams]\naccount = a\n[acme_renewal_info]\n");
+        c.set(Some("acme_renewal_info"), "site_admin_explanation_url", &i);
+        c.set(Some("renewalparams"), "server", &i);
+        prop_assert_eq!(site_admin::renewal_conf::certbot_parse_error(&c.to_text()), None, "{:?}", c.to_text());
     }
 
     #[test]
