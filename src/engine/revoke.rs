@@ -259,8 +259,15 @@ fn finish(ctx: &Ctx, siteid: &SiteId, host: &str, results: Vec<(Owed, Sent)>, re
             ));
             Ok(0)
         }
-        Some((serial, e)) => Err(Error::failed(format!(
-            "{host}: revoking serial {serial} failed: {e}; the revocation stays owed: `site-admin renew` retries it, or run revoke again"
-        ))),
+        Some((serial, e)) => {
+            let msg = format!("{host}: revoking serial {serial} failed: {e}; the revocation stays owed: `site-admin renew` retries it, or run revoke again");
+            if ctx.json {
+                // One JSON document: the report above carries the error.
+                tracing::error!("{msg}");
+                Ok(1)
+            } else {
+                Err(Error::failed(msg))
+            }
+        }
     }
 }

@@ -17,4 +17,5 @@ mod fuzz;
 mod lifecycle;
 mod migration;
 mod renew;
+mod revoke;
 mod site_json;
