@@ -185,6 +185,7 @@ pub(super) fn retire(ctx: &Ctx, rec: &Recovered, site: &Site, host: &str) -> Res
     let conf_text = apache::render(&ctx.cfg, &site.siteid, host, &VhostTls::None);
     txn.write(&ctx.cfg.vhost_file(&site.siteid), conf_text.as_bytes(), 0o644)?;
     txn.commit(false, &|m| ctx.progress(&format!("site {}: {m}", site.siteid)), &|_| Ok(()))?;
+    crate::fault::point("revoke.http_before_retire");
     ctx.store.retire_live(host)
 }
 

@@ -304,3 +304,39 @@ fn a_revoke_whose_replacement_failed_is_finished_by_renew_replacement_first() {
     assert_eq!(w.pebble.cert_status(&compromised), "Revoked");
     assert_eq!(w.pebble.cert_status(&replacement), "Valid");
 }
+
+#[test]
+fn a_revoke_without_replacement_killed_before_the_certificate_left_service_never_brings_it_back() {
+    let w = World::new();
+    let d = &w.dev;
+    let (id, h) = (siteid(1), "killed.example.test");
+    let rep = d.deploy(&site_json(&id, h, le()));
+    assert_eq!(rep["pending"], false, "{rep}");
+    let compromised = d.live_serial(h).unwrap();
+    d.apache.wait_serial(h, &compromised);
+    // Killed after the vhost went to http, before the lineage was retired.
+    let mut env: Vec<(&str, &str)> = d.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.push(("SITE_ADMIN_FAULT", "revoke.http_before_retire"));
+    let o = run(&["revoke", "--siteid", &id, "--no-replace", "--reason", "keyCompromise"], &env, None);
+    assert!(!o.status.success(), "{}", stderr(&o));
+    assert_eq!(d.live_serial(h).as_deref(), Some(compromised.as_str()), "still on disk");
+    assert_eq!(owed_rows(d).len(), 1);
+
+    // Neither doctor --repair nor a redeploy puts it back on https.
+    let o = d.run(&["doctor", "--repair"]);
+    assert!(stderr(&o).contains("owed a revocation") || stdout(&o).contains("owed a revocation"), "{}{}", stdout(&o), stderr(&o));
+    assert_ne!(d.apache.served_serial(h).as_deref(), Some(compromised.as_str()));
+    std::fs::write(d.tmp.path().join("again.json"), site_json(&id, h, le())).unwrap();
+    d.ok(&["deploy", "--file", d.tmp.path().join("again.json").to_str().unwrap()]);
+    assert_ne!(d.apache.served_serial(h).as_deref(), Some(compromised.as_str()));
+
+    // renew finishes the job: a new certificate served, the old one revoked.
+    let (code, rep, err) = renew_json(d, &[]);
+    assert_eq!(code, 0, "{rep}\n{err}");
+    assert_eq!(rep["revoked_domains"], json!([h]), "{rep}");
+    let fresh = d.live_serial(h).unwrap();
+    assert_ne!(fresh, compromised);
+    d.apache.wait_serial(h, &fresh);
+    assert_eq!(w.pebble.cert_status(&compromised), "Revoked");
+    assert_eq!(w.pebble.cert_status(&fresh), "Valid");
+}
