@@ -140,7 +140,9 @@ pub enum Command {
         dry_run: bool,
     },
     /// Revoke a site's live Let's Encrypt certificate (a replacement is served first).
-    #[command(after_help = "Examples:\n  site-admin revoke --siteid s3f2... --reason keyCompromise\n  site-admin revoke --siteid s3f2... --no-replace\n  site-admin revoke --siteid s3f2... --serial 3a:9f:01")]
+    #[command(
+        after_help = "Examples:\n  site-admin revoke --siteid s3f2... --reason keyCompromise\n  site-admin revoke --siteid s3f2... --no-replace\n  site-admin revoke --siteid s3f2... --serial 3a:9f:01"
+    )]
     Revoke {
         /// The site whose certificate is revoked.
         #[arg(long, value_name = "ID")]

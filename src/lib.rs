@@ -23,7 +23,7 @@ pub mod hooks;
 pub mod journal;
 pub mod lock;
 pub mod renewal;
-pub mod revocations;
 pub mod renewal_conf;
+pub mod revocations;
 pub mod site;
 pub mod store;

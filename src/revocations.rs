@@ -79,7 +79,9 @@ pub fn normalize_serial(s: &str) -> Option<String> {
 pub fn load(state_dir: &Path) -> Result<State> {
     let p = path(state_dir);
     match std::fs::read(&p) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::failed(format!("the owed revocations in {} cannot be read ({e}); fix or move it aside", p.display()))),
+        Ok(b) => {
+            serde_json::from_slice(&b).map_err(|e| Error::failed(format!("the owed revocations in {} cannot be read ({e}); fix or move it aside", p.display())))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
         Err(e) => Err(Error::failed(format!("reading {}: {e}", p.display()))),
     }

@@ -70,10 +70,14 @@ pub fn revoke_command(ctx: &Ctx, siteid: &SiteId, reason: &str, no_replace: bool
         None => {
             let pending = owed.of_host(&host);
             if !pending.is_empty() {
-                ctx.progress(&format!("{host}: revoking what is owed first (serial {})", pending.iter().map(|o| o.serial.as_str()).collect::<Vec<_>>().join(", ")));
+                ctx.progress(&format!(
+                    "{host}: revoking what is owed first (serial {})",
+                    pending.iter().map(|o| o.serial.as_str()).collect::<Vec<_>>().join(", ")
+                ));
                 pending
             } else if live.is_some() {
-                let pem = read_pem(&ctx.store.cert_file(&host, Place::Live)).ok_or_else(|| Error::failed(format!("{host}: the live certificate cannot be read")))?;
+                let pem =
+                    read_pem(&ctx.store.cert_file(&host, Place::Live)).ok_or_else(|| Error::failed(format!("{host}: the live certificate cannot be read")))?;
                 vec![new_owed(ctx, &host, &pem, reason, no_replace)?]
             } else if let Some(pem) = read_pem(&ctx.store.cert_file(&host, Place::Stashed)) {
                 // A stashed certificate (the site serves http or its own
@@ -98,7 +102,9 @@ pub fn revoke_command(ctx: &Ctx, siteid: &SiteId, reason: &str, no_replace: bool
     let mut replaced_by = None;
     if steps.contains(&OwedStep::RetireThenRevoke) {
         retire(ctx, &locked.recovered, &site, &host)?;
-        tracing::warn!("site {siteid} ({host}) is served on plain http now; `site-admin renew` (or a redeploy) provisions a new certificate with a new key for it");
+        tracing::warn!(
+            "site {siteid} ({host}) is served on plain http now; `site-admin renew` (or a redeploy) provisions a new certificate with a new key for it"
+        );
     } else if steps.contains(&OwedStep::WaitForReplacement) {
         let old = live_serial.clone().unwrap_or_default();
         let owed_msg = format!("serial {old} stays owed a revocation: `site-admin renew` replaces and then revokes it, or run revoke again");
@@ -108,7 +114,9 @@ pub fn revoke_command(ctx: &Ctx, siteid: &SiteId, reason: &str, no_replace: bool
         let params = provision::renewal_params(ctx, &site, Some(account));
         ctx.store.add_version(&host, &NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)?, &params)?;
         apache::reload(&ctx.cfg).map_err(|said| {
-            Error::failed(format!("{host}: the replacement is on disk but Apache could not be reloaded ({said}); the old certificate is not revoked yet; {owed_msg}"))
+            Error::failed(format!(
+                "{host}: the replacement is on disk but Apache could not be reloaded ({said}); the old certificate is not revoked yet; {owed_msg}"
+            ))
         })?;
         replaced_by = ctx.store.leaf(&host, Place::Live).map(|c| c.serial);
     }

@@ -112,8 +112,10 @@ fn serve_one(acc: &openssl::ssl::SslAcceptor, con: &openssl::ssl::SslConnector, 
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let len: usize =
-        head.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")).map(|(_, v)| v.trim().parse().unwrap_or(0))).unwrap_or(0);
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")).map(|(_, v)| v.trim().parse().unwrap_or(0)))
+        .unwrap_or(0);
     while buf.len() < head_end + len {
         let n = s.read(&mut chunk)?;
         if n == 0 {
@@ -127,7 +129,8 @@ fn serve_one(acc: &openssl::ssl::SslAcceptor, con: &openssl::ssl::SslConnector, 
     }
     if path.contains("revoke") && mode == Mode::RefuseRevocation as u8 {
         let body = json!({"type": "urn:ietf:params:acme:error:unauthorized", "detail": "revocation refused (test stand-in)"}).to_string();
-        let resp = format!("HTTP/1.1 403 Forbidden\r\nContent-Type: application/problem+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        let resp =
+            format!("HTTP/1.1 403 Forbidden\r\nContent-Type: application/problem+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
         return s.write_all(resp.as_bytes());
     }
     // Forward, one request per upstream connection.
