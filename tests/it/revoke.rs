@@ -343,3 +343,34 @@ fn a_revoke_without_replacement_killed_before_the_certificate_left_service_never
     assert_eq!(w.pebble.cert_status(&compromised), "Revoked");
     assert_eq!(w.pebble.cert_status(&fresh), "Valid");
 }
+
+#[test]
+fn a_stashed_certificate_whose_revocation_is_owed_is_never_taken_back() {
+    let (w, proxy) = proxied();
+    let d = &w.dev;
+    let (id, h) = (siteid(1), "stashed.example.test");
+    let rep = d.deploy(&site_json(&id, h, le()));
+    assert_eq!(rep["pending"], false, "issued through the proxy: {rep}");
+    let compromised = d.live_serial(h).unwrap();
+    let (k, c) = self_signed(&[h], 30);
+    d.deploy(&site_json(&id, h, Some(json!({"key": k, "crt": c}))));
+    assert_eq!(d.stash_serial(h).as_deref(), Some(compromised.as_str()));
+
+    proxy.set(Mode::RefuseRevocation);
+    let o = d.run(&["revoke", "--siteid", &id, "--reason", "keyCompromise"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(owed_rows(d).len(), 1);
+    // Back to Let's Encrypt: a new certificate, not the stashed one.
+    let rep = d.deploy(&site_json(&id, h, le()));
+    assert_eq!(rep["pending"], false, "{rep}");
+    let fresh = d.live_serial(h).unwrap();
+    assert_ne!(fresh, compromised, "{rep}");
+    d.apache.wait_serial(h, &fresh);
+
+    proxy.set(Mode::Pass);
+    let (code, rep, err) = renew_json(d, &[]);
+    assert_eq!(code, 0, "{rep}\n{err}");
+    assert_eq!(w.pebble.cert_status(&compromised), "Revoked");
+    assert_eq!(w.pebble.cert_status(&fresh), "Valid");
+    assert!(owed_rows(d).is_empty());
+}
