@@ -140,7 +140,9 @@ pub enum Command {
         dry_run: bool,
     },
     /// Revoke a site's live Let's Encrypt certificate (a replacement is served first).
-    #[command(after_help = "Examples:\n  site-admin revoke --siteid s3f2... --reason keyCompromise\n  site-admin revoke --siteid s3f2... --no-replace")]
+    #[command(
+        after_help = "Examples:\n  site-admin revoke --siteid s3f2... --reason keyCompromise\n  site-admin revoke --siteid s3f2... --no-replace\n  site-admin revoke --siteid s3f2... --serial 3a:9f:01"
+    )]
     Revoke {
         /// The site whose certificate is revoked.
         #[arg(long, value_name = "ID")]
@@ -151,6 +153,9 @@ pub enum Command {
         /// Revoke without a replacement: the site is served on plain http until renew provisions one.
         #[arg(long)]
         no_replace: bool,
+        /// Revoke this version of the site's lineage (hex serial; an archived or stashed one, or an owed one).
+        #[arg(long, value_name = "HEX")]
+        serial: Option<String>,
     },
     /// Print a shell completion script.
     #[command(

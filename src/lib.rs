@@ -25,5 +25,6 @@ pub mod journal;
 pub mod lock;
 pub mod renewal;
 pub mod renewal_conf;
+pub mod revocations;
 pub mod site;
 pub mod store;

@@ -26,6 +26,12 @@
 //! 8. A lineage or pending site whose last failures have it backing off
 //!    ([`crate::backoff`]) is not tried before its next attempt, unless
 //!    `--force`.
+//! 9. A lineage whose current certificate is owed a revocation (`revoke`
+//!    began, the CA has not confirmed) is due now: its replacement is served
+//!    before the revocation is sent ([`owed_step`]). One owed without
+//!    replacement (`--no-replace`) is never served or renewed again: it is
+//!    retired (its site is pending and gets a new key) and then revoked. A
+//!    certificate no lineage serves any more is simply revoked.
 
 use crate::config::KeyType;
 use crate::store::{AriState, ProfileWish};
@@ -68,6 +74,8 @@ pub struct LineageFacts {
     pub ari: Option<AriFacts>,
     /// Its certificate's ARI CertID, when its server offers ARI.
     pub replaces: Option<String>,
+    /// Rule 9: its current certificate is owed a revocation, to be replaced first.
+    pub revocation_owed: bool,
 }
 
 /// The ARI answer for a lineage's current certificate.
@@ -92,6 +100,30 @@ pub enum DueBy {
     Unreadable,
     /// A pending site's first certificate.
     Pending,
+    /// Its certificate is owed a revocation (rule 9): replaced first.
+    Revocation,
+}
+
+/// Rule 9: what one owed revocation needs, given the serial the host's live
+/// lineage serves now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwedStep {
+    /// Served, and owed without replacement: take it out of service first
+    /// (the site is pending), then revoke it.
+    RetireThenRevoke,
+    /// Served, and a replacement comes first: the lineage renews, and the
+    /// revocation waits for it (a revoked certificate is never left served).
+    WaitForReplacement,
+    /// No longer served: send the revocation.
+    Revoke,
+}
+
+pub fn owed_step(owed_serial: &str, live_serial: Option<&str>, no_replace: bool) -> OwedStep {
+    match (live_serial == Some(owed_serial), no_replace) {
+        (false, _) => OwedStep::Revoke,
+        (true, true) => OwedStep::RetireThenRevoke,
+        (true, false) => OwedStep::WaitForReplacement,
+    }
 }
 
 /// When a lineage is due and why: the earlier of ARI's chosen moment and the backstop.
@@ -221,7 +253,7 @@ fn plan_ignoring_backoff(f: &PassFacts) -> Plan {
             continue;
         }
         let due = due_of(l);
-        let is_due = f.force || due.map(|(d, _)| f.now >= d).unwrap_or(true);
+        let is_due = f.force || l.revocation_owed || due.map(|(d, _)| f.now >= d).unwrap_or(true);
         if !is_due {
             if let (Some((d, by)), Some((_, na))) = (due, l.validity) {
                 p.skipped.push((l.host.clone(), l.siteid.clone(), Skip::NotDue { due: d, due_by: by, not_after: na }));
@@ -229,6 +261,7 @@ fn plan_ignoring_backoff(f: &PassFacts) -> Plan {
             continue;
         }
         let due_by = match due {
+            _ if l.revocation_owed => DueBy::Revocation,
             Some((d, by)) if f.now >= d => by,
             Some(_) => DueBy::Forced,
             None => DueBy::Unreadable,
@@ -307,6 +340,7 @@ mod tests {
             profile: None,
             ari: None,
             replaces: Some("kid.serial".into()),
+            revocation_owed: false,
         }
     }
     fn facts(lineages: Vec<LineageFacts>) -> PassFacts {
@@ -448,6 +482,21 @@ mod tests {
         assert!(p.skipped.iter().any(|(h, _, s)| h == "p" && matches!(s, Skip::BackingOff { failures: 1, .. })));
         f.force = true;
         assert_eq!(plan(&f).jobs.len(), 3);
+    }
+
+    #[test]
+    fn rule_9_a_certificate_owed_a_revocation_is_replaced_first_and_then_revoked() {
+        let mut l = lineage("owed", 1);
+        l.revocation_owed = true;
+        let p = plan(&facts(vec![l, lineage("fresh", 1)]));
+        assert_eq!(p.jobs.iter().map(|j| (j.host.as_str(), j.due_by)).collect::<Vec<_>>(), vec![("owed", DueBy::Revocation)]);
+        // Served and to be replaced: the revocation waits for the replacement.
+        assert_eq!(owed_step("ab", Some("ab"), false), OwedStep::WaitForReplacement);
+        // Served and owed without replacement: out of service first, never back.
+        assert_eq!(owed_step("ab", Some("ab"), true), OwedStep::RetireThenRevoke);
+        // Replaced already (or archived, stashed, retired): revoke it.
+        assert_eq!(owed_step("ab", Some("cd"), false), OwedStep::Revoke);
+        assert_eq!(owed_step("ab", None, true), OwedStep::Revoke);
     }
 
     #[test]

@@ -291,6 +291,10 @@ impl Store {
             Place::Stashed => self.stash_dir(host),
         }
     }
+    /// The `cert.pem` link of `host` in `place`.
+    pub fn cert_file(&self, host: &str, place: Place) -> PathBuf {
+        self.links_dir(host, place).join("cert.pem")
+    }
     fn conf_path(&self, host: &str, place: Place) -> PathBuf {
         match place {
             Place::Live => self.renewal_conf_path(host),
@@ -653,6 +657,13 @@ impl Store {
             fsutil::remove_dir_all_if_exists(&self.archive_dir(host))?;
         }
         Ok(())
+    }
+
+    /// Take a revoked (or to-be-revoked) certificate out of service: the
+    /// live links and the renewal conf of `host` go, its archive stays (the
+    /// older versions remain revocable by serial). The site is pending then.
+    pub fn retire_live(&self, host: &str) -> Result<()> {
+        self.remove_links(host, Place::Live)
     }
 
     /// Delete a stash entry. Its archive goes too when no live lineage uses it.

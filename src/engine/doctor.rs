@@ -110,7 +110,13 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
             if s.kind() == TlsKind::Letsencrypt && !vhost.contains(&store.live_dir(&s.hostname).join("fullchain.pem").display().to_string()) {
                 let usable =
                     store.material(&s.hostname, Place::Live).keycert().map(|kc| facts::candidate(kc, &s.hostname).usable(&s.hostname, now)).unwrap_or(false);
-                if usable {
+                if usable && facts::owed_no_replace(&ctx.cfg, store, &s.hostname) {
+                    add(
+                        format!("site {} ({})", s.siteid, s.hostname),
+                        format!("its certificate (serial {want}) is owed a revocation without replacement: it stays off https; `site-admin renew` takes it out of service, provisions a new one and revokes it"),
+                        false,
+                    );
+                } else if usable {
                     to_https.push(s.clone());
                 }
                 continue; // reported below as a vhost that does not serve its certificate

@@ -126,6 +126,20 @@ pub fn is_pending(store: &Store, s: &Site) -> bool {
     s.kind() == TlsKind::Letsencrypt && !store.has(&s.hostname, Place::Live)
 }
 
+/// Is the live certificate of `host` owed a revocation without replacement
+/// (a `revoke --no-replace` the CA has not confirmed, interrupted before the
+/// certificate was taken out of service)?
+pub fn owed_no_replace(cfg: &Config, store: &Store, host: &str) -> bool {
+    let Some(serial) = store.leaf(host, Place::Live).map(|c| c.serial) else { return false };
+    crate::revocations::load(&cfg.state_dir()).map(|st| st.owed.get(&serial).map(|o| o.no_replace && o.host == host).unwrap_or(false)).unwrap_or(false)
+}
+
+/// Is the stashed certificate of `host` owed a revocation?
+fn stash_owed(cfg: &Config, store: &Store, host: &str) -> bool {
+    let Some(serial) = store.leaf(host, Place::Stashed).map(|c| c.serial) else { return false };
+    crate::revocations::load(&cfg.state_dir()).map(|st| st.owed.contains_key(&serial)).unwrap_or(false)
+}
+
 /// Refuse a hostname that another deployed site uses (docs/design.md).
 pub fn check_hostname_free(all: &[Site], site: &Site) -> Result<()> {
     for other in all {
@@ -152,6 +166,11 @@ pub fn gather(cfg: &Config, store: &Store, site: &Site, stored: Option<&Site>, e
     } else {
         (material_candidate(&store.material(h, Place::Live), h), material_candidate(&store.material(h, Place::Stashed), h))
     };
+    // A live certificate owed a revocation without replacement is never
+    // served again (docs/design.md, "Revocation"): not usable.
+    let live = if owed_no_replace(cfg, store, h) { Some(broken_candidate()) } else { live };
+    // Nor is a stashed one whose revocation is owed ever taken back.
+    let stash = if stash.is_some() && stash_owed(cfg, store, h) { Some(broken_candidate()) } else { stash };
     let clock_plausible = crate::decide::clock_plausible(now, &device_validity(store));
     Facts { event, hostname: h.to_string(), wish, current: current_of(cfg, store, stored, h), live, stash, now, clock_plausible }
 }

@@ -229,6 +229,27 @@ pub fn certificates(ctx: &Ctx) -> Result<i32> {
     // Encrypt no longer mails before expiry, so site-admin must say so.
     let backoff = crate::backoff::load(&ctx.cfg.state_dir());
     let soon = chrono::Utc::now() + chrono::Duration::days(7);
+    // Revocations the CA has not confirmed yet (docs/design.md, "Revocation").
+    match crate::revocations::load(&ctx.cfg.state_dir()) {
+        Ok(owed) => {
+            for o in owed.owed.values() {
+                let why = format!(
+                    "the revocation of serial {} ({}) is owed since {}, {} attempt(s){}",
+                    o.serial,
+                    o.reason,
+                    ts(o.since),
+                    o.attempts,
+                    o.last_error.as_deref().map(|e| format!(", last error: {e}")).unwrap_or_default()
+                );
+                tracing::warn!("{}: {why}; `site-admin renew` retries it", o.host);
+                rows.push(json!({
+                    "host": o.host, "state": "revocation_owed", "serial": o.serial, "reason": o.reason, "since": ts(o.since),
+                    "attempts": o.attempts, "last_error": o.last_error, "problem": why,
+                }));
+            }
+        }
+        Err(e) => tracing::error!("{e}"),
+    }
     for r in rows.iter_mut() {
         let host = r.get("host").and_then(Value::as_str).unwrap_or("").to_string();
         let state = r.get("state").and_then(Value::as_str).unwrap_or("").to_string();

@@ -12,6 +12,7 @@ use crate::apache::{self, Recovered, VhostTls};
 use crate::error::{Error, Result};
 use crate::hooks;
 use crate::renewal::{self, DueBy, Job, LineageFacts, PassFacts, PendingFacts, Skip};
+use crate::revocations;
 use crate::site::Site;
 use crate::store::{Material, NewVersion, Place, RenewalParams};
 use chrono::{DateTime, Utc};
@@ -83,6 +84,21 @@ impl Entry {
     }
 }
 
+/// One owed revocation (docs/design.md, "Revocation"), as this pass left it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RevocationEntry {
+    pub host: String,
+    pub serial: String,
+    pub reason: String,
+    pub since: String,
+    /// `revoked`, `failed`, `waiting_for_replacement` (still served, its
+    /// replacement comes first), or `owed` (a dry run).
+    pub status: &'static str,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// The report printed with `--json` and given to hooks on stdin.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -97,6 +113,15 @@ pub struct Report {
     pub apache_error: Option<String>,
     /// Renewed, but not served yet (the Apache step failed).
     pub not_served: Vec<String>,
+    /// The owed revocations this pass tried or left.
+    pub revocations: Vec<RevocationEntry>,
+    /// Hosts a certificate of which the CA confirmed revoked in this pass.
+    pub revoked_domains: Vec<String>,
+    /// Hosts still owed a revocation after this pass (the exit is 1).
+    pub revocation_owed: Vec<String>,
+    /// The owed revocations could not be read: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revocation_error: Option<String>,
     pub hooks: Vec<hooks::HookRun>,
 }
 
@@ -113,13 +138,15 @@ impl Report {
             String::new()
         };
         format!(
-            "renew: {} renewed, {} provisioned, {} failed, {} backing off, {} not due, {} expired stash entries deleted{}{dry}",
+            "renew: {} renewed, {} provisioned, {} failed, {} backing off, {} not due, {} expired stash entries deleted, {} revoked, {} revocations owed{}{dry}",
             self.count(|s| matches!(s, Status::Renewed { .. })),
             self.count(|s| matches!(s, Status::Provisioned { .. })),
             self.count(|s| matches!(s, Status::Failed { .. })),
             self.count(|s| matches!(s, Status::BackingOff { .. })),
             self.count(|s| matches!(s, Status::NotDue { .. })),
             self.stash_deleted.len(),
+            self.revocations.iter().filter(|r| r.status == "revoked").count(),
+            self.revocations.iter().filter(|r| r.status != "revoked").count(),
             if self.apache_error.is_some() { "; the Apache step FAILED" } else { "" },
         )
     }
@@ -132,7 +159,7 @@ pub(super) fn ts(t: DateTime<Utc>) -> String {
 
 /// The facts of one pass, from the store and the stored sites — each conf
 /// and certificate read once — and the lineages whose ARI check has come.
-fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &crate::backoff::State) -> Gathered {
+fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &crate::backoff::State, owed: &revocations::State) -> Gathered {
     let site_by_host: BTreeMap<&str, &Site> = sites.iter().map(|s| (s.hostname.as_str(), s)).collect();
     let mut ari_due = Vec::new();
     let mut next_ari_check = BTreeMap::new();
@@ -169,6 +196,7 @@ fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &
                 profile: conf.profile,
                 ari: renewal::ari_facts(&conf.ari, cert_id.as_deref()),
                 replaces: cert_id.filter(|_| conf.ari.offered == Some(true)),
+                revocation_owed: leaf.as_ref().and_then(|c| owed.owed.get(&c.serial)).map(|o| o.host == name && !o.no_replace).unwrap_or(false),
                 host: name,
             }
         })
@@ -222,7 +250,20 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     let sites = facts::all_stored(&ctx.cfg)?;
     let mut backoff = crate::backoff::load(&ctx.cfg.state_dir());
     let backoff_before = backoff.clone();
-    let Gathered { facts: mut pass, ari_due, mut next_ari_check } = gather(ctx, &sites, now, force, &backoff);
+    let (mut owed, revocation_error) = match revocations::load(&ctx.cfg.state_dir()) {
+        Ok(st) => (st, None),
+        Err(e) => {
+            tracing::error!("{e}");
+            (revocations::State::default(), Some(e.to_string()))
+        }
+    };
+    // Rule 9: a certificate owed a revocation without replacement that is
+    // still served (a revoke interrupted) goes out of service first; its site
+    // is pending then, and provisioned with a new key below.
+    if let Some(l) = &locked {
+        retire_owed(ctx, &l.recovered, &sites, &owed);
+    }
+    let Gathered { facts: mut pass, ari_due, mut next_ari_check } = gather(ctx, &sites, now, force, &backoff, &owed);
     // Ask ARI (not in a dry run) only about the lineages whose next check has
     // come, so a pass with every check ahead sends no request.
     if !dry_run && !ari_due.is_empty() {
@@ -275,6 +316,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             let status = if j.pending { Status::WouldProvision } else { Status::WouldRenew { due: j.due.map(ts), due_by: j.due_by } };
             entries.push(Entry { host: j.host.clone(), siteid: j.siteid.clone(), old_not_after: j.old_not_after.map(ts), status });
         }
+        let revocations = owed.owed.values().map(|o| revocation_entry(o, "owed", None)).collect::<Vec<_>>();
         let report = Report {
             event: "renew",
             dry_run,
@@ -285,6 +327,10 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             reloaded: false,
             apache_error: None,
             not_served: vec![],
+            revocation_owed: hosts_of(&revocations),
+            revocations,
+            revoked_domains: vec![],
+            revocation_error,
             hooks: vec![],
         };
         return finish(ctx, report);
@@ -336,7 +382,8 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     // Every Let's Encrypt site whose vhost does not serve its usable live
     // certificate goes (back) to https: a pending site just provisioned, and
     // one that fell back to http while its expired lineage waited for renew.
-    let switched: Vec<&Site> = sites.iter().filter(|s| needs_https(ctx, s, now)).collect();
+    // Never one whose certificate is owed a revocation without replacement.
+    let switched: Vec<&Site> = sites.iter().filter(|s| needs_https(ctx, s, now) && !served_owed_no_replace(ctx, &owed, &s.hostname)).collect();
     let mut reloaded = false;
     let mut apache_error = None;
     if !renewed.is_empty() || !switched.is_empty() {
@@ -358,6 +405,13 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     }
     ctx.install_certbot_hook();
     let not_served = if apache_error.is_some() { renewed.clone() } else { Vec::new() };
+    // Owed revocations, once the replacements are served.
+    let revocations = send_owed(ctx, &mut owed, &not_served);
+    let revoked_domains = {
+        let mut v: Vec<String> = revocations.iter().filter(|r| r.status == "revoked").map(|r| r.host.clone()).collect();
+        v.dedup();
+        v
+    };
     let mut report = Report {
         event: "renew",
         dry_run,
@@ -368,6 +422,10 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
         reloaded,
         apache_error,
         not_served,
+        revocation_owed: hosts_of(&revocations),
+        revocations,
+        revoked_domains,
+        revocation_error,
         hooks: Vec::new(),
     };
     // The hooks run whatever happened once renewals began.
@@ -396,7 +454,82 @@ fn finish(ctx: &Ctx, report: Report) -> Result<i32> {
     } else if !ctx.quiet {
         eprintln!("{}", report.summary());
     }
-    Ok(if report.failed_domains.is_empty() && report.apache_error.is_none() { 0 } else { 1 })
+    for r in report.revocations.iter().filter(|r| r.status != "revoked") {
+        tracing::warn!(
+            "{}: serial {} is owed a revocation ({}) since {}: {}",
+            r.host,
+            r.serial,
+            r.reason,
+            r.since,
+            match (&r.error, r.status) {
+                (Some(e), _) => format!("the CA did not confirm it: {e}"),
+                (None, "waiting_for_replacement") => "it is still served; its replacement comes first".to_string(),
+                _ => "it is retried by the next renew".to_string(),
+            }
+        );
+    }
+    let ok = report.failed_domains.is_empty() && report.apache_error.is_none() && report.revocation_owed.is_empty() && report.revocation_error.is_none();
+    Ok(if ok { 0 } else { 1 })
+}
+
+fn revocation_entry(o: &revocations::Owed, status: &'static str, error: Option<String>) -> RevocationEntry {
+    RevocationEntry { host: o.host.clone(), serial: o.serial.clone(), reason: o.reason.clone(), since: ts(o.since), status, attempts: o.attempts, error }
+}
+
+/// The hosts of the revocations still owed.
+fn hosts_of(v: &[RevocationEntry]) -> Vec<String> {
+    let mut h: Vec<String> = v.iter().filter(|r| r.status != "revoked").map(|r| r.host.clone()).collect();
+    h.sort();
+    h.dedup();
+    h
+}
+
+/// Is the live certificate of `host` owed a revocation without replacement?
+fn served_owed_no_replace(ctx: &Ctx, owed: &revocations::State, host: &str) -> bool {
+    ctx.store.leaf(host, Place::Live).and_then(|c| owed.owed.get(&c.serial).map(|o| o.no_replace && o.host == host)).unwrap_or(false)
+}
+
+/// Rule 9: take out of service each served certificate owed a revocation without replacement.
+fn retire_owed(ctx: &Ctx, rec: &Recovered, sites: &[Site], owed: &revocations::State) {
+    for o in owed.owed.values() {
+        let live = ctx.store.leaf(&o.host, Place::Live).map(|c| c.serial);
+        if renewal::owed_step(&o.serial, live.as_deref(), o.no_replace) != renewal::OwedStep::RetireThenRevoke {
+            continue;
+        }
+        ctx.progress(&format!("{}: serial {} is owed a revocation without replacement: taking it out of service", o.host, o.serial));
+        let done = match sites.iter().find(|s| s.hostname.as_str() == o.host) {
+            Some(s) => super::revoke::retire(ctx, rec, s, &o.host),
+            None => ctx.store.retire_live(&o.host),
+        };
+        if let Err(e) = done {
+            tracing::error!("{}: taking serial {} out of service failed: {e}", o.host, o.serial);
+        }
+    }
+}
+
+/// Rule 9: send each owed revocation whose certificate is no longer served
+/// (a replacement renewed but not served yet waits too); record the outcome.
+fn send_owed(ctx: &Ctx, owed: &mut revocations::State, not_served: &[String]) -> Vec<RevocationEntry> {
+    let mut out = Vec::new();
+    for o in owed.owed.values().cloned().collect::<Vec<_>>() {
+        let live = ctx.store.leaf(&o.host, Place::Live).map(|c| c.serial);
+        let step = renewal::owed_step(&o.serial, live.as_deref(), o.no_replace);
+        if step != renewal::OwedStep::Revoke || not_served.contains(&o.host) {
+            out.push(revocation_entry(&o, "waiting_for_replacement", None));
+            continue;
+        }
+        ctx.progress(&format!("{}: revoking the certificate with serial {} ({}), owed since {}", o.host, o.serial, o.reason, ts(o.since)));
+        let r = super::revoke::send_owed(ctx, &o);
+        if let Err(e) = super::revoke::settle(ctx, owed, &o, &r) {
+            tracing::error!("recording the owed revocations: {e}");
+        }
+        let after = owed.owed.get(&o.serial).cloned().unwrap_or(o);
+        out.push(match r {
+            Ok(()) => revocation_entry(&after, "revoked", None),
+            Err(e) => revocation_entry(&after, "failed", Some(e)),
+        });
+    }
+    out
 }
 
 /// Does this Let's Encrypt site have a usable live certificate that its
@@ -524,6 +657,9 @@ fn run_all_hooks(ctx: &Ctx, report: &Report) -> Vec<hooks::HookRun> {
         "reloaded": report.reloaded,
         "apache_error": report.apache_error,
         "not_served": report.not_served,
+        "revocations": report.revocations,
+        "revoked_domains": report.revoked_domains,
+        "revocation_owed": report.revocation_owed,
     }))
     .unwrap_or_default();
     for h in hooks::executables(&ctx.cfg.hooks_dir) {
@@ -531,6 +667,8 @@ fn run_all_hooks(ctx: &Ctx, report: &Report) -> Vec<hooks::HookRun> {
             ("SITE_ADMIN_EVENT", "renew".to_string()),
             ("RENEWED_DOMAINS", report.renewed_domains.join(" ")),
             ("FAILED_DOMAINS", report.failed_domains.join(" ")),
+            ("REVOKED_DOMAINS", report.revoked_domains.join(" ")),
+            ("REVOCATION_OWED_DOMAINS", report.revocation_owed.join(" ")),
         ];
         env.extend(ctx.hook_env());
         ctx.progress(&format!("running hook {}", h.display()));

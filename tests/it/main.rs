@@ -18,4 +18,5 @@ mod fuzz;
 mod lifecycle;
 mod migration;
 mod renew;
+mod revoke;
 mod site_json;
