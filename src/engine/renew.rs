@@ -34,6 +34,9 @@ pub enum Status {
         /// When ARI is asked again (not before).
         #[serde(skip_serializing_if = "Option::is_none")]
         next_ari_check: Option<String>,
+        /// Why ARI's passed window did not make it due (renewal rule 9).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
     },
     /// Failed `failures` times in a row; not tried before `next_attempt`.
     BackingOff {
@@ -97,6 +100,10 @@ pub struct Report {
     pub apache_error: Option<String>,
     /// Renewed, but not served yet (the Apache step failed).
     pub not_served: Vec<String>,
+    /// Due lineages and pending sites left for later: backing off.
+    pub backing_off_domains: Vec<String>,
+    /// Why the pass failed (exit 1), when it did: renewal rule 10.
+    pub incomplete: Option<String>,
     pub hooks: Vec<hooks::HookRun>,
 }
 
@@ -200,7 +207,8 @@ fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &
         server: ctx.cfg.acme_server.clone(),
         key_type: ctx.cfg.key_type,
         clock_plausible: crate::decide::clock_plausible(now, &validity),
-        backoff: backoff.hosts.iter().map(|(h, f)| (h.clone(), (f.failures, f.next_attempt))).collect(),
+        backoff: backoff.hosts.clone(),
+        config: crate::backoff::config_fingerprint(&ctx.cfg),
     };
     Gathered { facts, ari_due, next_ari_check }
 }
@@ -244,11 +252,21 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
         .skipped
         .iter()
         .map(|(host, siteid, skip)| match skip {
-            Skip::NotDue { due, due_by, not_after } => Entry {
+            Skip::NotDue { due, due_by, not_after, ari_held } => Entry {
                 host: host.clone(),
                 siteid: siteid.clone(),
                 old_not_after: Some(ts(*not_after)),
-                status: Status::NotDue { due: ts(*due), due_by: *due_by, next_ari_check: next_ari_check.get(host).map(|t| ts(*t)) },
+                status: Status::NotDue {
+                    due: ts(*due),
+                    due_by: *due_by,
+                    next_ari_check: next_ari_check.get(host).map(|t| ts(*t)),
+                    note: ari_held.then(|| {
+                        format!(
+                            "the ARI window has passed, but the certificate was issued less than a day (or a tenth of its lifetime) ago: ARI renews it from {}",
+                            ts(*due)
+                        )
+                    }),
+                },
             },
             Skip::Broken { why } => Entry { host: host.clone(), siteid: siteid.clone(), old_not_after: None, status: Status::Failed { error: why.clone() } },
             Skip::BackingOff { failures, next_attempt } => Entry {
@@ -270,6 +288,16 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             plan.kept_expired_stash.join(", ")
         );
     }
+    for (host, verdict, next) in &plan.ignored_backoff {
+        let why = match verdict {
+            crate::backoff::Verdict::Implausible => format!(
+                "its next attempt ({}) lies further ahead than the longest back-off step, so it was recorded while the clock was ahead",
+                ts(*next)
+            ),
+            _ => "the configuration it failed under (ACME server, EAB, contact, CA bundle, profile or key type) has changed since".to_string(),
+        };
+        tracing::warn!("{host}: ignoring its back-off: {why}; trying now");
+    }
     if dry_run {
         for j in &plan.jobs {
             let status = if j.pending { Status::WouldProvision } else { Status::WouldRenew { due: j.due.map(ts), due_by: j.due_by } };
@@ -285,6 +313,8 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             reloaded: false,
             apache_error: None,
             not_served: vec![],
+            backing_off_domains: vec![],
+            incomplete: None,
             hooks: vec![],
         };
         return finish(ctx, report);
@@ -319,7 +349,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             }
             Err(err) => {
                 let error = format!("{} failed: {err}", if job.pending { "provisioning" } else { "renewal" });
-                backoff.failed(&job.host, &error, Utc::now());
+                backoff.failed(&job.host, &error, Utc::now(), &pass.config);
                 Status::Failed { error }
             }
         };
@@ -358,6 +388,8 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     }
     ctx.install_certbot_hook();
     let not_served = if apache_error.is_some() { renewed.clone() } else { Vec::new() };
+    let backing_off: Vec<String> = entries.iter().filter(|e| matches!(e.status, Status::BackingOff { .. })).map(|e| e.host.clone()).collect();
+    let incomplete = renewal::outcome(&failed, &backing_off, apache_error.is_some(), dry_run);
     let mut report = Report {
         event: "renew",
         dry_run,
@@ -368,6 +400,8 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
         reloaded,
         apache_error,
         not_served,
+        backing_off_domains: backing_off,
+        incomplete,
         hooks: Vec::new(),
     };
     // The hooks run whatever happened once renewals began.
@@ -383,6 +417,7 @@ fn finish(ctx: &Ctx, report: Report) -> Result<i32> {
                 let what = if matches!(e.status, Status::Renewed { .. }) { "renewed" } else { "provisioned" };
                 ctx.progress(&format!("{}: {what} (valid until {new_not_after})", e.host))
             }
+            Status::NotDue { note: Some(note), .. } => tracing::info!("{}: not due: {note}", e.host),
             Status::NotDue { due, due_by, .. } => tracing::debug!("{}: not due until {due} ({due_by:?})", e.host),
             Status::Failed { error } => tracing::warn!("{}: {error}", e.host),
             Status::BackingOff { failures, next_attempt, .. } => {
@@ -396,7 +431,10 @@ fn finish(ctx: &Ctx, report: Report) -> Result<i32> {
     } else if !ctx.quiet {
         eprintln!("{}", report.summary());
     }
-    Ok(if report.failed_domains.is_empty() && report.apache_error.is_none() { 0 } else { 1 })
+    if let Some(why) = &report.incomplete {
+        tracing::error!("renew did not complete: {why}");
+    }
+    Ok(if report.incomplete.is_none() { 0 } else { 1 })
 }
 
 /// Does this Let's Encrypt site have a usable live certificate that its
@@ -524,6 +562,8 @@ fn run_all_hooks(ctx: &Ctx, report: &Report) -> Vec<hooks::HookRun> {
         "reloaded": report.reloaded,
         "apache_error": report.apache_error,
         "not_served": report.not_served,
+        "backing_off_domains": report.backing_off_domains,
+        "incomplete": report.incomplete,
     }))
     .unwrap_or_default();
     for h in hooks::executables(&ctx.cfg.hooks_dir) {
