@@ -200,14 +200,9 @@ pub enum Skip {
         ari_held: bool,
     },
     /// Rule 8: failed `failures` times in a row; not before `next_attempt`.
-    BackingOff {
-        failures: u32,
-        next_attempt: DateTime<Utc>,
-    },
+    BackingOff { failures: u32, next_attempt: DateTime<Utc> },
     /// Cannot be renewed as it is: rules 3 and 4.
-    Broken {
-        why: String,
-    },
+    Broken { why: String },
 }
 
 /// The decision for one pass.
@@ -559,10 +554,7 @@ mod tests {
         l.ari = Some(AriFacts { window: (past, past + Duration::hours(1)), chosen: past, explanation_url: None });
         let p = plan(&facts(vec![l.clone()]));
         assert!(p.jobs.is_empty(), "{:?}", p.jobs);
-        assert_eq!(
-            p.skipped[0].2,
-            Skip::NotDue { due: nb + Duration::days(1), due_by: DueBy::Ari, not_after: nb + Duration::days(90), ari_held: true }
-        );
+        assert_eq!(p.skipped[0].2, Skip::NotDue { due: nb + Duration::days(1), due_by: DueBy::Ari, not_after: nb + Duration::days(90), ari_held: true });
         // A day old: ARI renews it.
         let nb = now() - Duration::days(1);
         l.validity = Some((nb, nb + Duration::days(90)));

@@ -1,5 +1,7 @@
 //! `site-admin doctor [--repair]`: check every invariant of docs/design.md across
-//! the tree and report each violation with the host or site at fault.
+//! the tree and report each violation with the host or site at fault. A
+//! violation seen without the lock is checked again under it (after any
+//! command that holds it is done), so a change in progress is not reported.
 
 use super::ctx::Ctx;
 use super::facts;
@@ -214,7 +216,24 @@ pub fn doctor_command(ctx: &Ctx, repair: bool) -> Result<i32> {
             invariant: 5,
         });
     }
-    findings.extend(check(ctx, locked.as_ref().map(|l| &l.recovered))?);
+    let mut checked = check(ctx, locked.as_ref().map(|l| &l.recovered))?;
+    // Without --repair doctor takes no lock, so it may have looked at a
+    // change another command is making (files written, Apache not reloaded
+    // yet). A failing finding is therefore checked again under the global
+    // lock, once the holder is done: only what is still wrong is reported.
+    let mut lock_error = None;
+    if !repair && checked.iter().any(|f| !f.repaired) {
+        match crate::lock::GlobalLock::acquire(&ctx.cfg.lock_file, &ctx.cfg.letsencrypt_dir, ctx.lock_timeout, "doctor") {
+            Ok(_held) => checked = check(ctx, None)?,
+            Err(e) => {
+                tracing::warn!(
+                    "could not take the global lock to check the findings again ({e}): another command may be half-way through the change they show"
+                );
+                lock_error = Some(e);
+            }
+        }
+    }
+    findings.extend(checked);
     let open = findings.iter().filter(|f| !f.repaired).count();
     if ctx.json {
         ctx.print_json(&json!({"ok": open == 0, "findings": findings}))?;
@@ -228,5 +247,9 @@ pub fn doctor_command(ctx: &Ctx, repair: bool) -> Result<i32> {
             println!("doctor: {} problem(s), {} repaired", findings.len(), findings.len() - open);
         }
     }
-    Ok(if open == 0 { 0 } else { 1 })
+    Ok(match lock_error {
+        Some(e) if e.exit_code() == 3 => 3,
+        _ if open == 0 => 0,
+        _ => 1,
+    })
 }

@@ -68,11 +68,13 @@ pub fn listsites(ctx: &Ctx) -> Result<i32> {
         ctx.print_json(&Value::Array(all.iter().map(|s| exported(ctx, s, false)).collect()))?;
     } else {
         for s in &all {
+            // What the virtual host serves, not what the Site JSON asks for.
+            let served = served(ctx, s);
             let state = match s.kind() {
-                TlsKind::Http => "http".to_string(),
-                TlsKind::Okc => "https (own certificate)".to_string(),
-                TlsKind::Letsencrypt if facts::is_pending(&ctx.store, s) => "http, Let's Encrypt pending".to_string(),
-                TlsKind::Letsencrypt => "https (Let's Encrypt)".to_string(),
+                TlsKind::Letsencrypt if facts::is_pending(&ctx.store, s) => format!("{served}, Let's Encrypt pending"),
+                TlsKind::Letsencrypt if served != Served::Lkc => format!("{served}: falling back, its Let's Encrypt certificate is not served (renew retries)"),
+                TlsKind::Okc if served != Served::Okc => format!("{served}: its own certificate is not served"),
+                _ => served.to_string(),
             };
             println!("{}  {}  {state}", s.siteid, s.hostname);
         }
@@ -81,6 +83,41 @@ pub fn listsites(ctx: &Ctx) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// What a site's virtual host serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    Nothing,
+    Http,
+    Okc,
+    Lkc,
+}
+
+impl std::fmt::Display for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Served::Nothing => "not served (its virtual host is missing)",
+            Served::Http => "http",
+            Served::Okc => "https (own certificate)",
+            Served::Lkc => "https (Let's Encrypt)",
+        })
+    }
+}
+
+/// Read from the site's virtual host: the files it points at.
+fn served(ctx: &Ctx, s: &Site) -> Served {
+    let text = std::fs::read_to_string(ctx.cfg.vhost_file(&s.siteid)).unwrap_or_default();
+    let names = |p: &Path| text.contains(&p.display().to_string());
+    if text.is_empty() {
+        Served::Nothing
+    } else if !text.contains("SSLEngine on") {
+        Served::Http
+    } else if s.hostname.as_str() != "*" && names(&ctx.store.live_dir(&s.hostname).join("fullchain.pem")) {
+        Served::Lkc
+    } else {
+        Served::Okc
+    }
 }
 
 /// `backup (--siteid ... | --all) --out FILE [--notls]`, written 0600.

@@ -290,10 +290,9 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     }
     for (host, verdict, next) in &plan.ignored_backoff {
         let why = match verdict {
-            crate::backoff::Verdict::Implausible => format!(
-                "its next attempt ({}) lies further ahead than the longest back-off step, so it was recorded while the clock was ahead",
-                ts(*next)
-            ),
+            crate::backoff::Verdict::Implausible => {
+                format!("its next attempt ({}) lies further ahead than the longest back-off step, so it was recorded while the clock was ahead", ts(*next))
+            }
             _ => "the configuration it failed under (ACME server, EAB, contact, CA bundle, profile or key type) has changed since".to_string(),
         };
         tracing::warn!("{host}: ignoring its back-off: {why}; trying now");
