@@ -35,9 +35,9 @@
 //!    past would otherwise renew at every run. The lineage is then not due,
 //!    and its skip says why (`ari_held`).
 //! 10. A pass succeeds ([`outcome`]) only when nothing due is left undone: a
-//!    failure, a due lineage or pending site backing off, or a failed Apache
-//!    step make it fail (exit 1), with the reason. A dry run changes nothing
-//!    and fails for nothing but its own errors.
+//!     failure, a due lineage or pending site backing off, or a failed Apache
+//!     step make it fail (exit 1), with the reason. A dry run changes nothing
+//!     and fails for nothing but its own errors.
 
 use crate::config::KeyType;
 use crate::store::{AriState, ProfileWish};
