@@ -198,6 +198,10 @@ fn relink_newest_matching(ctx: &Ctx, name: &str) -> bool {
     }
 }
 
+/// How long a finding seen under the lock is looked at again before it is
+/// reported (Apache's graceful reload settling).
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// `doctor [--repair]`.
 pub fn doctor_command(ctx: &Ctx, repair: bool) -> Result<i32> {
     let (locked, did) = if repair {
@@ -220,11 +224,22 @@ pub fn doctor_command(ctx: &Ctx, repair: bool) -> Result<i32> {
     // Without --repair doctor takes no lock, so it may have looked at a
     // change another command is making (files written, Apache not reloaded
     // yet). A failing finding is therefore checked again under the global
-    // lock, once the holder is done: only what is still wrong is reported.
+    // lock, once the holder is done — for up to RECHECK, while the children
+    // of a graceful reload the holder just made still serve the old
+    // certificate: only what is still wrong is reported.
     let mut lock_error = None;
     if !repair && checked.iter().any(|f| !f.repaired) {
         match crate::lock::GlobalLock::acquire(&ctx.cfg.lock_file, &ctx.cfg.letsencrypt_dir, ctx.lock_timeout, "doctor") {
-            Ok(_held) => checked = check(ctx, None)?,
+            Ok(_held) => {
+                let start = std::time::Instant::now();
+                loop {
+                    checked = check(ctx, None)?;
+                    if checked.iter().all(|f| f.repaired) || start.elapsed() >= RECHECK {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+            }
             Err(e) => {
                 tracing::warn!(
                     "could not take the global lock to check the findings again ({e}): another command may be half-way through the change they show"
