@@ -265,6 +265,7 @@ pub fn certificates(ctx: &Ctx) -> Result<i32> {
     // Renewal failures and back-off, and what needs attention soon: Let's
     // Encrypt no longer mails before expiry, so site-admin must say so.
     let backoff = crate::backoff::load(&ctx.cfg.state_dir());
+    let config = crate::backoff::config_fingerprint(&ctx.cfg);
     let soon = chrono::Utc::now() + chrono::Duration::days(7);
     for r in rows.iter_mut() {
         let host = r.get("host").and_then(Value::as_str).unwrap_or("").to_string();
@@ -272,8 +273,22 @@ pub fn certificates(ctx: &Ctx) -> Result<i32> {
         if let Some(f) = backoff.hosts.get(&host).filter(|_| state == "live" || state == "pending") {
             r["failures"] = f.failures.into();
             r["last_error"] = f.last_error.clone().into();
-            r["next_attempt"] = ts(f.next_attempt).into();
-            tracing::warn!("{host}: its last {} renewal attempt(s) failed ({}); next attempt at {}", f.failures, f.last_error, ts(f.next_attempt));
+            // The rule `renew` applies: a record that cannot hold does not wait.
+            let next = match crate::backoff::verdict(f.next_attempt, f.config.as_deref(), chrono::Utc::now(), &config) {
+                crate::backoff::Verdict::Implausible => {
+                    r["backoff_ignored"] = "its next attempt was recorded while the clock was ahead".into();
+                    "the next renew (the recorded next attempt was written while the clock was ahead)".to_string()
+                }
+                crate::backoff::Verdict::ConfigChanged => {
+                    r["backoff_ignored"] = "the configuration changed since it failed".into();
+                    "the next renew (the configuration changed since)".to_string()
+                }
+                _ => {
+                    r["next_attempt"] = ts(f.next_attempt).into();
+                    ts(f.next_attempt)
+                }
+            };
+            tracing::warn!("{host}: its last {} renewal attempt(s) failed ({}); next attempt at {next}", f.failures, f.last_error);
         }
         let expires = r.get("not_after").and_then(Value::as_str).and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
         if let (Some(na), true) = (expires, state == "live" || state == "okc") {

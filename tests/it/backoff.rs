@@ -53,6 +53,10 @@ fn a_back_off_recorded_under_a_clock_a_year_ahead_does_not_block_renewal() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let next = backoff_json(d)[h]["next_attempt"].as_str().unwrap().to_string();
     assert!(next.starts_with(&(chrono::Utc::now().date_naive() + chrono::Days::new(365)).format("%Y-").to_string()), "a year ahead: {next}");
+    // certificates applies the same rule.
+    let rows: Value = serde_json::from_str(&d.ok(&["--json", "certificates"])).unwrap();
+    let row = rows.as_array().unwrap().iter().find(|r| r["host"] == h).unwrap().clone();
+    assert!(row["backoff_ignored"].as_str().unwrap().contains("clock was ahead"), "{row}");
     // The clock is right again: the due lineage is renewed, with a warning.
     w.pebble.set_a(h, "127.0.0.1");
     let (code, rep, err) = renew_json(d, &[]);
