@@ -267,6 +267,8 @@ pub fn decide(f: &Facts) -> Result<Plan, Refusal> {
                 warnings.push(format!("the own certificate in tls.crt does not cover {h}; browsers will warn"));
             } else if okc.not_after <= f.now {
                 warnings.push(format!("the own certificate in tls.crt expired at {}; browsers will warn", fmt_date(okc.not_after)));
+            } else if okc.not_before > f.now + clock_skew() {
+                warnings.push(format!("the own certificate in tls.crt is not valid until {}; browsers will warn until then", fmt_date(okc.not_before)));
             }
             if deployed_lkc_here {
                 actions.push(Action::StashLive { host: h.into() });

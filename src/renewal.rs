@@ -25,13 +25,26 @@
 //!    ([`crate::decide::clock_plausible`]), then none is.
 //! 8. A lineage or pending site whose last failures have it backing off
 //!    ([`crate::backoff`]) is not tried before its next attempt, unless
-//!    `--force`.
+//!    `--force` — or unless the record cannot hold ([`crate::backoff::verdict`]):
+//!    a next attempt further ahead than now + the longest step was written
+//!    while the clock was ahead, and a failure under another configuration
+//!    (server, EAB, contact...) may have been fixed by the change; both are
+//!    ignored and reported (`ignored_backoff`).
 //! 9. A lineage whose current certificate is owed a revocation (`revoke`
 //!    began, the CA has not confirmed) is due now: its replacement is served
 //!    before the revocation is sent ([`owed_step`]). One owed without
 //!    replacement (`--no-replace`) is never served or renewed again: it is
 //!    retired (its site is pending and gets a new key) and then revoked. A
 //!    certificate no lineage serves any more is simply revoked.
+//! 10. ARI never makes a certificate due before it is [`ari_min_age`] old (a
+//!     day, or a tenth of its lifetime when that is shorter): a window in the
+//!     past would otherwise renew at every run. The lineage is then not due,
+//!     and its skip says why (`ari_held`).
+//! 11. A pass succeeds ([`outcome`]) only when nothing due is left undone: a
+//!     failure, a due lineage or pending site backing off, or a failed Apache
+//!     step make it fail (exit 1), with the reason. A dry run changes nothing
+//!     and fails for nothing but its own errors. A revocation still owed
+//!     (rule 9) fails the pass too, dry run or not, until the CA confirms it.
 
 use crate::config::KeyType;
 use crate::store::{AriState, ProfileWish};
@@ -51,6 +64,12 @@ pub fn due_at(not_before: DateTime<Utc>, not_after: DateTime<Utc>, renew_before_
     } else {
         not_after - life / 3
     }
+}
+
+/// Rule 9: how old a certificate must be before ARI can make it due: a day,
+/// or a tenth of its lifetime when that is shorter.
+pub fn ari_min_age(not_before: DateTime<Utc>, not_after: DateTime<Utc>) -> Duration {
+    Duration::days(1).min((not_after - not_before) / 10)
 }
 
 /// One lineage with a renewal conf under `renewal/`.
@@ -136,8 +155,8 @@ pub fn due_of(l: &LineageFacts) -> Option<(DateTime<Utc>, DueBy)> {
 /// what ARI said: the earlier of ARI's chosen moment and the backstop.
 pub fn due(not_before: DateTime<Utc>, not_after: DateTime<Utc>, renew_before_expiry: Option<Duration>, ari: Option<&AriFacts>) -> (DateTime<Utc>, DueBy) {
     let backstop = due_at(not_before, not_after, renew_before_expiry);
-    match ari {
-        Some(a) if a.chosen < backstop => (a.chosen, DueBy::Ari),
+    match ari.map(|a| a.chosen.max(not_before + ari_min_age(not_before, not_after))) {
+        Some(at) if at < backstop => (at, DueBy::Ari),
         _ => (backstop, DueBy::Backstop),
     }
 }
@@ -173,8 +192,10 @@ pub struct PassFacts {
     pub server: String,
     pub key_type: KeyType,
     pub clock_plausible: bool,
-    /// Hosts backing off: (consecutive failures, next attempt).
-    pub backoff: std::collections::BTreeMap<String, (u32, DateTime<Utc>)>,
+    /// Hosts backing off: their records.
+    pub backoff: std::collections::BTreeMap<String, crate::backoff::Failures>,
+    /// [`crate::backoff::config_fingerprint`] of the configuration now.
+    pub config: String,
 }
 
 /// One issuance to run: a renewal, or a pending site's provisioning.
@@ -207,16 +228,14 @@ pub enum Skip {
         due: DateTime<Utc>,
         due_by: DueBy,
         not_after: DateTime<Utc>,
+        /// Rule 9: ARI's moment has passed, but the certificate is younger
+        /// than [`ari_min_age`]; ARI may renew it from `due`.
+        ari_held: bool,
     },
     /// Rule 8: failed `failures` times in a row; not before `next_attempt`.
-    BackingOff {
-        failures: u32,
-        next_attempt: DateTime<Utc>,
-    },
+    BackingOff { failures: u32, next_attempt: DateTime<Utc> },
     /// Cannot be renewed as it is: rules 3 and 4.
-    Broken {
-        why: String,
-    },
+    Broken { why: String },
 }
 
 /// The decision for one pass.
@@ -228,20 +247,54 @@ pub struct Plan {
     pub delete_stash: Vec<String>,
     /// Expired stash entries kept because the clock cannot be right.
     pub kept_expired_stash: Vec<String>,
+    /// Rule 8: back-off records ignored, and why (host, verdict, next attempt).
+    pub ignored_backoff: Vec<(String, crate::backoff::Verdict, DateTime<Utc>)>,
 }
 
 /// Decide one pass. Pure: same facts, same plan.
 pub fn plan(f: &PassFacts) -> Plan {
+    use crate::backoff::Verdict;
     let mut p = plan_ignoring_backoff(f);
     if !f.force {
-        let (go, wait): (Vec<Job>, Vec<Job>) = p.jobs.into_iter().partition(|j| f.backoff.get(&j.host).map(|(_, next)| *next <= f.now).unwrap_or(true));
-        p.jobs = go;
-        for j in wait {
-            let (failures, next_attempt) = f.backoff[&j.host];
-            p.skipped.push((j.host, j.siteid, Skip::BackingOff { failures, next_attempt }));
+        let mut go = Vec::new();
+        for j in std::mem::take(&mut p.jobs) {
+            let Some(b) = f.backoff.get(&j.host) else {
+                go.push(j);
+                continue;
+            };
+            match crate::backoff::verdict(b.next_attempt, b.config.as_deref(), f.now, &f.config) {
+                Verdict::Go => go.push(j),
+                Verdict::Wait => p.skipped.push((j.host, j.siteid, Skip::BackingOff { failures: b.failures, next_attempt: b.next_attempt })),
+                v @ (Verdict::Implausible | Verdict::ConfigChanged) => {
+                    p.ignored_backoff.push((j.host.clone(), v, b.next_attempt));
+                    go.push(j);
+                }
+            }
         }
+        p.jobs = go;
     }
     p
+}
+
+/// Rule 10: why a pass fails (exit 1), or None when it succeeds. `failed`:
+/// the hosts whose renewal or provisioning failed (or that cannot be
+/// renewed); `backing_off`: the due lineages and pending sites left for
+/// later; `apache_error`: the Apache step failed.
+pub fn outcome(failed: &[String], backing_off: &[String], apache_error: bool, dry_run: bool) -> Option<String> {
+    if dry_run {
+        return None;
+    }
+    let mut why = Vec::new();
+    if !failed.is_empty() {
+        why.push(format!("failed: {}", failed.join(", ")));
+    }
+    if !backing_off.is_empty() {
+        why.push(format!("due but backing off after failures, so not renewed yet (`renew --force` tries now): {}", backing_off.join(", ")));
+    }
+    if apache_error {
+        why.push("the Apache step failed".to_string());
+    }
+    (!why.is_empty()).then(|| why.join("; "))
 }
 
 fn plan_ignoring_backoff(f: &PassFacts) -> Plan {
@@ -256,7 +309,8 @@ fn plan_ignoring_backoff(f: &PassFacts) -> Plan {
         let is_due = f.force || l.revocation_owed || due.map(|(d, _)| f.now >= d).unwrap_or(true);
         if !is_due {
             if let (Some((d, by)), Some((_, na))) = (due, l.validity) {
-                p.skipped.push((l.host.clone(), l.siteid.clone(), Skip::NotDue { due: d, due_by: by, not_after: na }));
+                let ari_held = by == DueBy::Ari && l.ari.as_ref().is_some_and(|a| a.chosen <= f.now);
+                p.skipped.push((l.host.clone(), l.siteid.clone(), Skip::NotDue { due: d, due_by: by, not_after: na, ari_held }));
             }
             continue;
         }
@@ -354,7 +408,11 @@ mod tests {
             key_type: KeyType::Ecdsa,
             clock_plausible: true,
             backoff: Default::default(),
+            config: "cfg".into(),
         }
+    }
+    fn failures(n: u32, next_attempt: DateTime<Utc>) -> crate::backoff::Failures {
+        crate::backoff::Failures { failures: n, last_error: "x".into(), last_attempt: now(), next_attempt, config: Some("cfg".into()) }
     }
 
     #[test]
@@ -473,9 +531,9 @@ mod tests {
     fn rule_8_a_backing_off_job_waits_unless_forced() {
         let mut f = facts(vec![lineage("due", 70), lineage("other", 70)]);
         f.pending = vec![PendingFacts { host: "p".into(), siteid: "s2".into(), webroot: "/wk/s2".into(), profile: None }];
-        f.backoff.insert("due".into(), (2, now() + Duration::minutes(5)));
-        f.backoff.insert("p".into(), (1, now() + Duration::seconds(30)));
-        f.backoff.insert("other".into(), (3, now() - Duration::seconds(1)));
+        f.backoff.insert("due".into(), failures(2, now() + Duration::minutes(5)));
+        f.backoff.insert("p".into(), failures(1, now() + Duration::seconds(30)));
+        f.backoff.insert("other".into(), failures(3, now() - Duration::seconds(1)));
         let p = plan(&f);
         assert_eq!(p.jobs.iter().map(|j| j.host.as_str()).collect::<Vec<_>>(), vec!["other"]);
         assert!(p.skipped.iter().any(|(h, _, s)| h == "due" && matches!(s, Skip::BackingOff { failures: 2, .. })));
@@ -508,5 +566,64 @@ mod tests {
         let p = plan(&f);
         assert!(p.delete_stash.is_empty());
         assert_eq!(p.kept_expired_stash, vec!["old".to_string()]);
+    }
+
+    #[test]
+    fn rule_8_a_back_off_recorded_while_the_clock_was_ahead_is_ignored() {
+        let mut f = facts(vec![lineage("due", 70), lineage("ok", 70)]);
+        f.backoff.insert("due".into(), failures(1, now() + Duration::days(365)));
+        f.backoff.insert("ok".into(), failures(4, now() + Duration::hours(23)));
+        let p = plan(&f);
+        assert_eq!(p.jobs.iter().map(|j| j.host.as_str()).collect::<Vec<_>>(), vec!["due"]);
+        assert_eq!(p.ignored_backoff, vec![("due".to_string(), crate::backoff::Verdict::Implausible, now() + Duration::days(365))]);
+        assert!(matches!(p.skipped[0].2, Skip::BackingOff { failures: 4, .. }));
+    }
+
+    #[test]
+    fn rule_8_a_failure_under_another_configuration_does_not_wait() {
+        let mut f = facts(vec![lineage("due", 70)]);
+        f.pending = vec![PendingFacts { host: "p".into(), siteid: "s2".into(), webroot: "/wk/s2".into(), profile: None }];
+        f.backoff.insert("due".into(), failures(3, now() + Duration::minutes(50)));
+        f.backoff.insert("p".into(), failures(1, now() + Duration::seconds(30)));
+        f.config = "fixed".into();
+        let p = plan(&f);
+        assert_eq!(p.jobs.len(), 2);
+        assert!(p.ignored_backoff.iter().all(|(_, v, _)| *v == crate::backoff::Verdict::ConfigChanged));
+        assert_eq!(p.ignored_backoff.len(), 2);
+    }
+
+    #[test]
+    fn rule_10_ari_renews_no_certificate_younger_than_a_day_or_a_tenth_of_its_life() {
+        assert_eq!(ari_min_age(now(), now() + Duration::days(90)), Duration::days(1));
+        assert_eq!(ari_min_age(now(), now() + Duration::days(6)), Duration::hours(14) + Duration::minutes(24));
+        // Issued an hour ago, its ARI window already past.
+        let mut l = lineage("young", 0);
+        let nb = now() - Duration::hours(1);
+        l.validity = Some((nb, nb + Duration::days(90)));
+        let past = now() - Duration::days(2);
+        l.ari = Some(AriFacts { window: (past, past + Duration::hours(1)), chosen: past, explanation_url: None });
+        let p = plan(&facts(vec![l.clone()]));
+        assert!(p.jobs.is_empty(), "{:?}", p.jobs);
+        assert_eq!(p.skipped[0].2, Skip::NotDue { due: nb + Duration::days(1), due_by: DueBy::Ari, not_after: nb + Duration::days(90), ari_held: true });
+        // A day old: ARI renews it.
+        let nb = now() - Duration::days(1);
+        l.validity = Some((nb, nb + Duration::days(90)));
+        let p = plan(&facts(vec![l]));
+        assert_eq!(p.jobs[0].due_by, DueBy::Ari);
+        // A window ahead is not "held".
+        let mut l = lineage("later", 10);
+        let ahead = now() + Duration::days(3);
+        l.ari = Some(AriFacts { window: (ahead, ahead), chosen: ahead, explanation_url: None });
+        assert!(matches!(plan(&facts(vec![l])).skipped[0].2, Skip::NotDue { ari_held: false, .. }));
+    }
+
+    #[test]
+    fn rule_11_a_pass_fails_while_due_work_is_backing_off() {
+        assert_eq!(outcome(&[], &[], false, false), None);
+        let why = outcome(&[], &["a.test".into()], false, false).unwrap();
+        assert!(why.contains("backing off") && why.contains("a.test"), "{why}");
+        assert!(outcome(&["b".into()], &[], false, false).unwrap().contains("failed: b"));
+        assert!(outcome(&[], &[], true, false).unwrap().contains("Apache"));
+        assert_eq!(outcome(&["b".into()], &["a".into()], true, true), None, "a dry run");
     }
 }

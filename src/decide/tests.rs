@@ -258,6 +258,21 @@ fn okc__deployed_lkc_is_stashed() {
     assert_eq!(run(f).actions, vec![Action::StashLive { host: host() }, Action::WriteOkc]);
 }
 
+#[test]
+fn okc__an_own_certificate_not_valid_yet_warns_as_an_expired_one_does() {
+    let mut okc = good(300);
+    okc.not_before = now() + Duration::days(3);
+    let p = run(facts(Wish::Okc { okc }, Current::NotDeployed));
+    assert_eq!(p.actions, vec![Action::WriteOkc]);
+    assert!(p.warnings.iter().any(|w| w.contains("tls.crt is not valid until 2026-11-25")), "{:?}", p.warnings);
+    // Within the clock skew: no warning.
+    let mut okc = good(300);
+    okc.not_before = now() + Duration::minutes(4);
+    assert!(run(facts(Wish::Okc { okc }, Current::NotDeployed)).warnings.is_empty());
+    let p = run(facts(Wish::Okc { okc: expired() }, Current::NotDeployed));
+    assert!(p.warnings.iter().any(|w| w.contains("expired")), "{:?}", p.warnings);
+}
+
 // ---- bullet rules ----
 
 #[test]

@@ -1,5 +1,7 @@
 //! `site-admin doctor [--repair]`: check every invariant of docs/design.md across
-//! the tree and report each violation with the host or site at fault.
+//! the tree and report each violation with the host or site at fault. A
+//! violation seen without the lock is checked again under it (after any
+//! command that holds it is done), so a change in progress is not reported.
 
 use super::ctx::Ctx;
 use super::facts;
@@ -206,6 +208,10 @@ fn relink_newest_matching(ctx: &Ctx, name: &str) -> bool {
     }
 }
 
+/// How long a finding seen under the lock is looked at again before it is
+/// reported (Apache's graceful reload settling).
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// `doctor [--repair]`.
 pub fn doctor_command(ctx: &Ctx, repair: bool) -> Result<i32> {
     let (locked, did) = if repair {
@@ -224,7 +230,35 @@ pub fn doctor_command(ctx: &Ctx, repair: bool) -> Result<i32> {
             invariant: 5,
         });
     }
-    findings.extend(check(ctx, locked.as_ref().map(|l| &l.recovered))?);
+    let mut checked = check(ctx, locked.as_ref().map(|l| &l.recovered))?;
+    // Without --repair doctor takes no lock, so it may have looked at a
+    // change another command is making (files written, Apache not reloaded
+    // yet). A failing finding is therefore checked again under the global
+    // lock, once the holder is done — for up to RECHECK, while the children
+    // of a graceful reload the holder just made still serve the old
+    // certificate: only what is still wrong is reported.
+    let mut lock_error = None;
+    if !repair && checked.iter().any(|f| !f.repaired) {
+        match crate::lock::GlobalLock::acquire(&ctx.cfg.lock_file, &ctx.cfg.letsencrypt_dir, ctx.lock_timeout, "doctor") {
+            Ok(_held) => {
+                let start = std::time::Instant::now();
+                loop {
+                    checked = check(ctx, None)?;
+                    if checked.iter().all(|f| f.repaired) || start.elapsed() >= RECHECK {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "could not take the global lock to check the findings again ({e}): another command may be half-way through the change they show"
+                );
+                lock_error = Some(e);
+            }
+        }
+    }
+    findings.extend(checked);
     let open = findings.iter().filter(|f| !f.repaired).count();
     if ctx.json {
         ctx.print_json(&json!({"ok": open == 0, "findings": findings}))?;
@@ -238,5 +272,9 @@ pub fn doctor_command(ctx: &Ctx, repair: bool) -> Result<i32> {
             println!("doctor: {} problem(s), {} repaired", findings.len(), findings.len() - open);
         }
     }
-    Ok(if open == 0 { 0 } else { 1 })
+    Ok(match lock_error {
+        Some(e) if e.exit_code() == 3 => 3,
+        _ if open == 0 => 0,
+        _ => 1,
+    })
 }

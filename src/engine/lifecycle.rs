@@ -261,9 +261,53 @@ fn deploy_one_with(ctx: &Ctx, rec: &Recovered, site: &Site, account: Option<Stri
     for w in &plan.warnings {
         tracing::warn!("site {} ({}): {w}", site.siteid, site.hostname);
     }
-    fsutil::create_dir_all_mode(&ctx.cfg.site_docroot(&site.siteid), 0o755)?;
-    fsutil::create_dir_all_mode(&ctx.cfg.site_wellknown(&site.siteid), 0o755)?;
+    // The site's directories: a deploy that fails takes back the ones it made.
+    let made = NewDirs::create(&[ctx.cfg.site_docroot(&site.siteid), ctx.cfg.site_wellknown(&site.siteid)])?;
+    let out = carry_out(ctx, rec, site, account, stored.as_ref(), plan);
+    // Kept once a vhost may point at them.
+    if out.is_ok() || fsutil::exists_nofollow(&ctx.cfg.vhost_file(&site.siteid)) {
+        made.keep();
+    }
+    out
+}
 
+/// Directories a deploy created; removed on drop unless kept.
+struct NewDirs(Vec<std::path::PathBuf>);
+
+impl NewDirs {
+    /// Create each directory (0755) and remember the ones that were missing
+    /// (the topmost missing ancestor of each).
+    fn create(dirs: &[std::path::PathBuf]) -> Result<NewDirs> {
+        let mut made = NewDirs(Vec::new());
+        for d in dirs {
+            let mut top = None;
+            let mut p = Some(d.as_path());
+            while let Some(q) = p.filter(|q| !fsutil::exists_nofollow(q)) {
+                top = Some(q.to_path_buf());
+                p = q.parent();
+            }
+            fsutil::create_dir_all_mode(d, 0o755)?;
+            made.0.extend(top);
+        }
+        Ok(made)
+    }
+    fn keep(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for NewDirs {
+    fn drop(&mut self) {
+        for d in self.0.iter().rev() {
+            if let Err(e) = std::fs::remove_dir_all(d) {
+                tracing::warn!("removing {} after the failed deploy: {e}", d.display());
+            }
+        }
+    }
+}
+
+/// Carry out a deploy's plan (the site's directories exist).
+fn carry_out(ctx: &Ctx, rec: &Recovered, site: &Site, account: Option<String>, stored: Option<&Site>, plan: Plan) -> Result<Outcome> {
     let mut serve = plan.serve.clone();
     let mut pending = None;
     let mut okc = OkcFiles::Keep;
@@ -301,13 +345,16 @@ fn deploy_one_with(ctx: &Ctx, rec: &Recovered, site: &Site, account: Option<Stri
             }
             Action::Provision { host } => {
                 let fallback = plan.on_failure.clone().unwrap_or(Serve::Http);
-                let res = provision_now(ctx, rec, site, stored.as_ref(), host, &fallback);
+                // Apache refusing the challenge vhost is no provisioning
+                // failure: the deploy fails as it is, with no back-off.
+                bring_up_challenge_vhost(ctx, rec, site, stored, host, &fallback)?;
+                let res = provision_now(ctx, site, host);
                 // The site is pending on failure: `renew` retries it, backing off.
                 let mut backoff = crate::backoff::load(&ctx.cfg.state_dir());
                 let before = backoff.clone();
                 match &res {
                     Ok(()) => backoff.succeeded(host),
-                    Err(e) => backoff.failed(host, &format!("provisioning failed: {e}"), Utc::now()),
+                    Err(e) => backoff.failed(host, &format!("provisioning failed: {e}"), Utc::now(), &crate::backoff::config_fingerprint(&ctx.cfg)),
                 }
                 if backoff != before {
                     if let Err(e) = crate::backoff::save(&ctx.cfg.state_dir(), &backoff) {
@@ -346,15 +393,20 @@ fn deploy_one_with(ctx: &Ctx, rec: &Recovered, site: &Site, account: Option<Stri
     Ok(Outcome { siteid: site.siteid.clone(), hostname: site.hostname.to_string(), serve, pending, plan })
 }
 
-/// Provision with the CA. First make sure the site's own vhost answers the
-/// challenge on plain http (the fallback's vhost), then order.
-fn provision_now(ctx: &Ctx, rec: &Recovered, site: &Site, stored: Option<&Site>, host: &str, fallback: &Serve) -> Result<()> {
+/// Before provisioning, make sure the site's own vhost answers the challenge
+/// on plain http (the fallback's vhost).
+fn bring_up_challenge_vhost(ctx: &Ctx, rec: &Recovered, site: &Site, stored: Option<&Site>, host: &str, fallback: &Serve) -> Result<()> {
     let serves_challenge = stored.map(|s| s.hostname == site.hostname).unwrap_or(false) && ctx.cfg.vhost_file(&site.siteid).exists();
     if !serves_challenge {
         ctx.progress(&format!("site {}: bringing up its http virtual host for the challenge", site.siteid));
         apply_apache(ctx, rec, site, VhostChange { serve: fallback, okc: OkcFiles::Keep, new_certificate: false, completion: None })?;
         wait_for_vhost(ctx, &site.siteid, host);
     }
+    Ok(())
+}
+
+/// Provision with the CA (the challenge vhost is up).
+fn provision_now(ctx: &Ctx, site: &Site, host: &str) -> Result<()> {
     let (client, account) = provision::client(ctx)?;
     let issued = provision::issue(ctx, &client, site)?;
     crate::fault::point("provision.issued");

@@ -68,11 +68,13 @@ pub fn listsites(ctx: &Ctx) -> Result<i32> {
         ctx.print_json(&Value::Array(all.iter().map(|s| exported(ctx, s, false)).collect()))?;
     } else {
         for s in &all {
+            // What the virtual host serves, not what the Site JSON asks for.
+            let served = served(ctx, s);
             let state = match s.kind() {
-                TlsKind::Http => "http".to_string(),
-                TlsKind::Okc => "https (own certificate)".to_string(),
-                TlsKind::Letsencrypt if facts::is_pending(&ctx.store, s) => "http, Let's Encrypt pending".to_string(),
-                TlsKind::Letsencrypt => "https (Let's Encrypt)".to_string(),
+                TlsKind::Letsencrypt if facts::is_pending(&ctx.store, s) => format!("{served}, Let's Encrypt pending"),
+                TlsKind::Letsencrypt if served != Served::Lkc => format!("{served}: falling back, its Let's Encrypt certificate is not served (renew retries)"),
+                TlsKind::Okc if served != Served::Okc => format!("{served}: its own certificate is not served"),
+                _ => served.to_string(),
             };
             println!("{}  {}  {state}", s.siteid, s.hostname);
         }
@@ -81,6 +83,41 @@ pub fn listsites(ctx: &Ctx) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// What a site's virtual host serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    Nothing,
+    Http,
+    Okc,
+    Lkc,
+}
+
+impl std::fmt::Display for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Served::Nothing => "not served (its virtual host is missing)",
+            Served::Http => "http",
+            Served::Okc => "https (own certificate)",
+            Served::Lkc => "https (Let's Encrypt)",
+        })
+    }
+}
+
+/// Read from the site's virtual host: the files it points at.
+fn served(ctx: &Ctx, s: &Site) -> Served {
+    let text = std::fs::read_to_string(ctx.cfg.vhost_file(&s.siteid)).unwrap_or_default();
+    let names = |p: &Path| text.contains(&p.display().to_string());
+    if text.is_empty() {
+        Served::Nothing
+    } else if !text.contains("SSLEngine on") {
+        Served::Http
+    } else if s.hostname.as_str() != "*" && names(&ctx.store.live_dir(&s.hostname).join("fullchain.pem")) {
+        Served::Lkc
+    } else {
+        Served::Okc
+    }
 }
 
 /// `backup (--siteid ... | --all) --out FILE [--notls]`, written 0600.
@@ -228,6 +265,7 @@ pub fn certificates(ctx: &Ctx) -> Result<i32> {
     // Renewal failures and back-off, and what needs attention soon: Let's
     // Encrypt no longer mails before expiry, so site-admin must say so.
     let backoff = crate::backoff::load(&ctx.cfg.state_dir());
+    let config = crate::backoff::config_fingerprint(&ctx.cfg);
     let soon = chrono::Utc::now() + chrono::Duration::days(7);
     // Revocations the CA has not confirmed yet (docs/design.md, "Revocation").
     match crate::revocations::load(&ctx.cfg.state_dir()) {
@@ -256,8 +294,22 @@ pub fn certificates(ctx: &Ctx) -> Result<i32> {
         if let Some(f) = backoff.hosts.get(&host).filter(|_| state == "live" || state == "pending") {
             r["failures"] = f.failures.into();
             r["last_error"] = f.last_error.clone().into();
-            r["next_attempt"] = ts(f.next_attempt).into();
-            tracing::warn!("{host}: its last {} renewal attempt(s) failed ({}); next attempt at {}", f.failures, f.last_error, ts(f.next_attempt));
+            // The rule `renew` applies: a record that cannot hold does not wait.
+            let next = match crate::backoff::verdict(f.next_attempt, f.config.as_deref(), chrono::Utc::now(), &config) {
+                crate::backoff::Verdict::Implausible => {
+                    r["backoff_ignored"] = "its next attempt was recorded while the clock was ahead".into();
+                    "the next renew (the recorded next attempt was written while the clock was ahead)".to_string()
+                }
+                crate::backoff::Verdict::ConfigChanged => {
+                    r["backoff_ignored"] = "the configuration changed since it failed".into();
+                    "the next renew (the configuration changed since)".to_string()
+                }
+                _ => {
+                    r["next_attempt"] = ts(f.next_attempt).into();
+                    ts(f.next_attempt)
+                }
+            };
+            tracing::warn!("{host}: its last {} renewal attempt(s) failed ({}); next attempt at {next}", f.failures, f.last_error);
         }
         let expires = r.get("not_after").and_then(Value::as_str).and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
         if let (Some(na), true) = (expires, state == "live" || state == "okc") {

@@ -35,6 +35,9 @@ pub enum Status {
         /// When ARI is asked again (not before).
         #[serde(skip_serializing_if = "Option::is_none")]
         next_ari_check: Option<String>,
+        /// Why ARI's passed window did not make it due (renewal rule 9).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
     },
     /// Failed `failures` times in a row; not tried before `next_attempt`.
     BackingOff {
@@ -122,6 +125,10 @@ pub struct Report {
     /// The owed revocations could not be read: why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revocation_error: Option<String>,
+    /// Due lineages and pending sites left for later: backing off.
+    pub backing_off_domains: Vec<String>,
+    /// Why the pass failed (exit 1), when it did: renewal rule 10.
+    pub incomplete: Option<String>,
     pub hooks: Vec<hooks::HookRun>,
 }
 
@@ -228,7 +235,8 @@ fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &
         server: ctx.cfg.acme_server.clone(),
         key_type: ctx.cfg.key_type,
         clock_plausible: crate::decide::clock_plausible(now, &validity),
-        backoff: backoff.hosts.iter().map(|(h, f)| (h.clone(), (f.failures, f.next_attempt))).collect(),
+        backoff: backoff.hosts.clone(),
+        config: crate::backoff::config_fingerprint(&ctx.cfg),
     };
     Gathered { facts, ari_due, next_ari_check }
 }
@@ -285,11 +293,21 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
         .skipped
         .iter()
         .map(|(host, siteid, skip)| match skip {
-            Skip::NotDue { due, due_by, not_after } => Entry {
+            Skip::NotDue { due, due_by, not_after, ari_held } => Entry {
                 host: host.clone(),
                 siteid: siteid.clone(),
                 old_not_after: Some(ts(*not_after)),
-                status: Status::NotDue { due: ts(*due), due_by: *due_by, next_ari_check: next_ari_check.get(host).map(|t| ts(*t)) },
+                status: Status::NotDue {
+                    due: ts(*due),
+                    due_by: *due_by,
+                    next_ari_check: next_ari_check.get(host).map(|t| ts(*t)),
+                    note: ari_held.then(|| {
+                        format!(
+                            "the ARI window has passed, but the certificate was issued less than a day (or a tenth of its lifetime) ago: ARI renews it from {}",
+                            ts(*due)
+                        )
+                    }),
+                },
             },
             Skip::Broken { why } => Entry { host: host.clone(), siteid: siteid.clone(), old_not_after: None, status: Status::Failed { error: why.clone() } },
             Skip::BackingOff { failures, next_attempt } => Entry {
@@ -311,6 +329,15 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             plan.kept_expired_stash.join(", ")
         );
     }
+    for (host, verdict, next) in &plan.ignored_backoff {
+        let why = match verdict {
+            crate::backoff::Verdict::Implausible => {
+                format!("its next attempt ({}) lies further ahead than the longest back-off step, so it was recorded while the clock was ahead", ts(*next))
+            }
+            _ => "the configuration it failed under (ACME server, EAB, contact, CA bundle, profile or key type) has changed since".to_string(),
+        };
+        tracing::warn!("{host}: ignoring its back-off: {why}; trying now");
+    }
     if dry_run {
         for j in &plan.jobs {
             let status = if j.pending { Status::WouldProvision } else { Status::WouldRenew { due: j.due.map(ts), due_by: j.due_by } };
@@ -331,6 +358,8 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             revocations,
             revoked_domains: vec![],
             revocation_error,
+            backing_off_domains: vec![],
+            incomplete: None,
             hooks: vec![],
         };
         return finish(ctx, report);
@@ -365,7 +394,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             }
             Err(err) => {
                 let error = format!("{} failed: {err}", if job.pending { "provisioning" } else { "renewal" });
-                backoff.failed(&job.host, &error, Utc::now());
+                backoff.failed(&job.host, &error, Utc::now(), &pass.config);
                 Status::Failed { error }
             }
         };
@@ -412,6 +441,8 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
         v.dedup();
         v
     };
+    let backing_off: Vec<String> = entries.iter().filter(|e| matches!(e.status, Status::BackingOff { .. })).map(|e| e.host.clone()).collect();
+    let incomplete = renewal::outcome(&failed, &backing_off, apache_error.is_some(), dry_run);
     let mut report = Report {
         event: "renew",
         dry_run,
@@ -426,6 +457,8 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
         revocations,
         revoked_domains,
         revocation_error,
+        backing_off_domains: backing_off,
+        incomplete,
         hooks: Vec::new(),
     };
     // The hooks run whatever happened once renewals began.
@@ -441,6 +474,7 @@ fn finish(ctx: &Ctx, report: Report) -> Result<i32> {
                 let what = if matches!(e.status, Status::Renewed { .. }) { "renewed" } else { "provisioned" };
                 ctx.progress(&format!("{}: {what} (valid until {new_not_after})", e.host))
             }
+            Status::NotDue { note: Some(note), .. } => tracing::info!("{}: not due: {note}", e.host),
             Status::NotDue { due, due_by, .. } => tracing::debug!("{}: not due until {due} ({due_by:?})", e.host),
             Status::Failed { error } => tracing::warn!("{}: {error}", e.host),
             Status::BackingOff { failures, next_attempt, .. } => {
@@ -468,7 +502,10 @@ fn finish(ctx: &Ctx, report: Report) -> Result<i32> {
             }
         );
     }
-    let ok = report.failed_domains.is_empty() && report.apache_error.is_none() && report.revocation_owed.is_empty() && report.revocation_error.is_none();
+    if let Some(why) = &report.incomplete {
+        tracing::error!("renew did not complete: {why}");
+    }
+    let ok = report.incomplete.is_none() && report.revocation_owed.is_empty() && report.revocation_error.is_none();
     Ok(if ok { 0 } else { 1 })
 }
 
@@ -660,6 +697,8 @@ fn run_all_hooks(ctx: &Ctx, report: &Report) -> Vec<hooks::HookRun> {
         "revocations": report.revocations,
         "revoked_domains": report.revoked_domains,
         "revocation_owed": report.revocation_owed,
+        "backing_off_domains": report.backing_off_domains,
+        "incomplete": report.incomplete,
     }))
     .unwrap_or_default();
     for h in hooks::executables(&ctx.cfg.hooks_dir) {

@@ -48,8 +48,24 @@ fn an_ari_window_in_the_past_renews_now_naming_the_replaced_certificate() {
         let pem = std::fs::read(d.le().join("live").join(h).join("cert.pem")).unwrap();
         site_admin::certs::parse_first_cert(&pem).unwrap().ari_id.unwrap()
     };
-    // 30-day certificate: the backstop says not due; ARI says now.
+    // Issued a moment ago: ARI renews nothing younger than a day, and says so.
     let (code, rep, err) = renew_json(&d, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rep["renewed_domains"], json!([]), "{rep}");
+    assert_eq!((rep["lineages"][0]["status"].as_str(), rep["lineages"][0]["due_by"].as_str()), (Some("not_due"), Some("ari")), "{rep}");
+    assert!(rep["lineages"][0]["note"].as_str().unwrap().contains("issued less than a day"), "{rep}");
+    assert!(err.contains("the ARI window has passed, but"), "{err}");
+    // Two days later (the clock moved on): the backstop of a 30-day
+    // certificate says not due; ARI says now.
+    require("faketime");
+    let o = std::process::Command::new("faketime")
+        .args(["-f", "+2d"])
+        .arg(bin())
+        .args(["--json", "renew"])
+        .envs(d.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    let (code, rep, err) = (o.status.code().unwrap(), serde_json::from_str::<Value>(&stdout(&o)).unwrap_or_default(), stderr(&o));
     assert_eq!(code, 0, "{err}\n{}", a.log());
     assert_eq!(rep["renewed_domains"], json!([h]), "{rep}");
     let line = rep["lineages"].as_array().unwrap().iter().find(|l| l["host"] == h).unwrap().clone();
@@ -61,6 +77,16 @@ fn an_ari_window_in_the_past_renews_now_naming_the_replaced_certificate() {
     let new = d.live_serial(h).unwrap();
     assert_ne!(new, old);
     d.apache.wait_serial(h, &new);
+    // The new certificate's window is in the past too: three more runs
+    // renew nothing (they renewed at every run before).
+    let issued = a.orders().len();
+    for _ in 0..3 {
+        let (code, rep, err) = renew_json(&d, &[]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(rep["renewed_domains"], json!([]), "{rep}");
+    }
+    assert_eq!(a.orders().len(), issued);
+    assert_eq!(d.live_serial(h).unwrap(), new);
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod acme;
 mod admin;
 mod apache;
 mod ari;
+mod backoff;
 mod bad_inputs;
 mod certbot;
 mod crash;
