@@ -175,7 +175,11 @@ fn parse(text: &str) -> std::result::Result<RawConfig, String> {
     // serde_json's syntax errors name a line and column, never the text.
     let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
     Shape::Object(CONFIG_SHAPE, &[]).check(&v, "")?;
-    serde_json::from_value(v).map_err(|_| "not a valid configuration (see docs/design.md, \"Files\")".to_string())
+    // From the text, not the value: a key given twice is refused, not the last one taken.
+    serde_json::from_str(text).map_err(|e| match e.to_string() {
+        m if m.starts_with("duplicate field `") => m,
+        _ => "not a valid configuration (see docs/design.md, \"Files\")".to_string(),
+    })
 }
 
 /// Who besides its owner (and root) can read a config file with this
@@ -442,6 +446,8 @@ mod tests {
             assert!(e.contains(want), "{doc}: {e}");
             assert!(!e.contains(secret) && !e.contains("7654321"), "{doc}: the message repeats the value: {e}");
         }
+        let e = parse(&format!(r#"{{"acme_eab": {{"kid": "k", "hmac_key": "{secret}"}}, "acme_eab": null}}"#)).map(|_| ()).unwrap_err();
+        assert!(e.contains("duplicate field `acme_eab`") && !e.contains(secret), "{e}");
         assert!(parse(r#"{"acme_profile": null, "apache": {"http_port": 8080, "start": ["a", "b"]}, "key_type": "rsa"}"#).is_ok());
     }
 
