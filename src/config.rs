@@ -83,6 +83,119 @@ pub struct ApacheConfig {
     pub start: Vec<String>,
 }
 
+/// What one key of the config file must hold. The file is checked against
+/// this before serde reads it, so that a wrong value gets a message naming
+/// the key and the expected type only: serde's own ("invalid type: string
+/// \"...\"") repeats the value, which may be a secret (`acme_eab`).
+#[derive(Clone, Copy)]
+enum Shape {
+    Str,
+    Port,
+    Argv,
+    KeyType,
+    /// Fields, and which of them are required (the others may be null).
+    Object(&'static [(&'static str, Shape)], &'static [&'static str]),
+}
+
+const APACHE_SHAPE: &[(&str, Shape)] = &[
+    ("sites_dir", Shape::Str),
+    ("http_port", Shape::Port),
+    ("https_port", Shape::Port),
+    ("configtest", Shape::Argv),
+    ("reload", Shape::Argv),
+    ("start", Shape::Argv),
+];
+const EAB_SHAPE: &[(&str, Shape)] = &[("kid", Shape::Str), ("hmac_key", Shape::Str)];
+const CONFIG_SHAPE: &[(&str, Shape)] = &[
+    ("acme_server", Shape::Str),
+    ("acme_eab", Shape::Object(EAB_SHAPE, &["kid", "hmac_key"])),
+    ("acme_profile", Shape::Str),
+    ("acme_ca_bundle", Shape::Str),
+    ("contact_email", Shape::Str),
+    ("key_type", Shape::KeyType),
+    ("letsencrypt_dir", Shape::Str),
+    ("sites_dir", Shape::Str),
+    ("ssl_dir", Shape::Str),
+    ("wellknown_dir", Shape::Str),
+    ("docroot_dir", Shape::Str),
+    ("hooks_dir", Shape::Str),
+    ("lock_file", Shape::Str),
+    ("apache", Shape::Object(APACHE_SHAPE, &[])),
+];
+
+impl Shape {
+    fn expected(self) -> String {
+        match self {
+            Shape::Str => "a string".into(),
+            Shape::Port => "a port number (0-65535)".into(),
+            Shape::Argv => "a list of strings (a program and its arguments)".into(),
+            Shape::KeyType => "\"ecdsa\" or \"rsa\"".into(),
+            Shape::Object(fields, _) => format!("an object with {}", fields.iter().map(|(k, _)| format!("`{k}`")).collect::<Vec<_>>().join(", ")),
+        }
+    }
+
+    /// Check `v` against the shape; the error names the key (`at`) and what it must be.
+    fn check(self, v: &serde_json::Value, at: &str) -> std::result::Result<(), String> {
+        let fits = match self {
+            Shape::Str => v.is_string(),
+            Shape::Port => v.as_u64().is_some_and(|n| n <= 65535),
+            Shape::Argv => v.as_array().is_some_and(|a| a.iter().all(|x| x.is_string())),
+            Shape::KeyType => matches!(v.as_str(), Some("ecdsa" | "rsa")),
+            Shape::Object(fields, required) => {
+                let Some(map) = v.as_object() else {
+                    return Err(if at.is_empty() { "must be a JSON object".into() } else { format!("{at}: must be {}", self.expected()) });
+                };
+                let prefix = if at.is_empty() { String::new() } else { format!("{at}: ") };
+                for (k, x) in map {
+                    let Some((_, shape)) = fields.iter().find(|(name, _)| name == k) else {
+                        let names = fields.iter().map(|(k, _)| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+                        return Err(format!("{prefix}unknown field `{k}`, expected one of {names}"));
+                    };
+                    if x.is_null() && !required.contains(&k.as_str()) {
+                        continue;
+                    }
+                    shape.check(x, &if at.is_empty() { k.clone() } else { format!("{at}.{k}") })?;
+                }
+                if let Some(missing) = required.iter().find(|r| !map.contains_key(**r)) {
+                    return Err(format!("{prefix}missing field `{missing}`"));
+                }
+                true
+            }
+        };
+        if fits {
+            Ok(())
+        } else {
+            Err(format!("{at}: must be {}", self.expected()))
+        }
+    }
+}
+
+/// Parse the config file's text; no error message repeats a value from it.
+fn parse(text: &str) -> std::result::Result<RawConfig, String> {
+    // serde_json's syntax errors name a line and column, never the text.
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    Shape::Object(CONFIG_SHAPE, &[]).check(&v, "")?;
+    // From the text, not the value: a key given twice is refused, not the last one taken.
+    serde_json::from_str(text).map_err(|e| match e.to_string() {
+        m if m.starts_with("duplicate field `") => m,
+        _ => "not a valid configuration (see docs/design.md, \"Files\")".to_string(),
+    })
+}
+
+/// Who besides its owner (and root) can read a config file with this
+/// mode, owner and group, read by `euid`: None when nobody else can.
+fn eab_readers(mode: u32, uid: u32, gid: u32, euid: u32) -> Option<&'static str> {
+    if mode & 0o004 != 0 {
+        Some("every user")
+    } else if mode & 0o040 != 0 && gid != 0 {
+        Some("its group")
+    } else if uid != euid && uid != 0 {
+        Some("its owner, another user,")
+    } else {
+        None
+    }
+}
+
 /// The resolved configuration: every path absolute, under the root.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -143,10 +256,23 @@ impl Config {
             None => (root.join("etc/site-admin/config.json"), false),
         };
         let raw: RawConfig = match crate::fsutil::read_user_file(&path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| Error::invalid(format!("config file {}: {e}", path.display())))?,
+            Ok(text) => parse(&text).map_err(|why| Error::invalid(format!("config file {}: {why}", path.display())))?,
             Err(crate::fsutil::InputError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && !explicit => RawConfig::default(),
             Err(e) => return Err(Error::invalid(format!("config file {}: {e}", path.display()))),
         };
+        if raw.acme_eab.is_some() {
+            if let Ok(md) = std::fs::metadata(&path) {
+                use std::os::unix::fs::MetadataExt;
+                if let Some(who) = eab_readers(md.mode(), md.uid(), md.gid(), rustix::process::geteuid().as_raw()) {
+                    tracing::warn!(
+                        "config file {}: it holds acme_eab.hmac_key and {who} can read it (mode {:04o}); make it readable by its owner alone: chmod 600 {}",
+                        path.display(),
+                        md.mode() & 0o7777,
+                        path.display()
+                    );
+                }
+            }
+        }
         let mut c = Self::from_raw(root, raw, ov, &path)?;
         c.config_file = if explicit { Some(path) } else { None };
         Ok(c)
@@ -175,15 +301,23 @@ impl Config {
         }
         let acme_server = ov.acme_server.clone().or(raw.acme_server).unwrap_or_else(|| LETSENCRYPT_PRODUCTION.into());
         // The server URL becomes the accounts directory: only a clean one.
-        crate::store::accounts::server_rel(&acme_server).map_err(|why| Error::invalid(format!("acme_server {acme_server:?}: {why}")))?;
+        // The value is not repeated: a config error never echoes one.
+        if let Err(why) = crate::store::accounts::server_rel(&acme_server) {
+            return Err(match &ov.acme_server {
+                Some(_) => Error::invalid(format!("--acme-server: {why}")),
+                None => bad("acme_server", why),
+            });
+        }
         let acme_ca_bundle = match &ov.acme_ca_bundle {
             Some(b) => Some(if b.is_absolute() { b.clone() } else { std::env::current_dir().unwrap_or_default().join(b) }),
             None => raw.acme_ca_bundle.as_deref().map(|b| under(&root, b)),
         };
         if let Some(b) = &acme_ca_bundle {
             if !b.is_file() {
-                let what = if ov.acme_ca_bundle.is_some() { "--acme-ca-bundle" } else { "acme_ca_bundle" };
-                return Err(Error::invalid(format!("{what} {}: no such file", b.display())));
+                return Err(match &ov.acme_ca_bundle {
+                    Some(_) => Error::invalid(format!("--acme-ca-bundle {}: no such file", b.display())),
+                    None => bad("acme_ca_bundle", "no such file (a relative path is taken under --root)"),
+                });
             }
         }
         if let Some(e) = &raw.contact_email {
@@ -290,6 +424,42 @@ mod tests {
     fn unknown_key_is_refused() {
         let e = serde_json::from_str::<RawConfig>(r#"{"acme_sever": "x"}"#).unwrap_err();
         assert!(e.to_string().contains("acme_sever"), "{e}");
+    }
+
+    #[test]
+    fn a_wrong_value_is_named_by_its_key_and_never_repeated() {
+        let secret = "c2VjcmV0LW1hYy1rZXk";
+        for (doc, want) in [
+            (format!(r#"{{"acme_eab": "{secret}"}}"#), "acme_eab: must be an object with `kid`, `hmac_key`"),
+            (format!(r#"{{"acme_eab": {{"kid": "k", "hmac_key": ["{secret}"]}}}}"#), "acme_eab.hmac_key: must be a string"),
+            (format!(r#"{{"acme_eab": {{"kid": 7, "hmac_key": "{secret}"}}}}"#), "acme_eab.kid: must be a string"),
+            (format!(r#"{{"key_type": "{secret}"}}"#), "key_type: must be \"ecdsa\" or \"rsa\""),
+            (format!(r#"{{"contact_email": ["{secret}"]}}"#), "contact_email: must be a string"),
+            (format!(r#"{{"apache": {{"http_port": "{secret}"}}}}"#), "apache.http_port: must be a port number"),
+            (r#"{"apache": {"https_port": 7654321}}"#.to_string(), "apache.https_port: must be a port number"),
+            (format!(r#"{{"apache": {{"reload": ["x", {{"{secret}": 1}}]}}}}"#), "apache.reload: must be a list of strings"),
+            (format!(r#"{{"apache": "{secret}"}}"#), "apache: must be an object"),
+            (format!(r#"["{secret}"]"#), "must be a JSON object"),
+            (format!(r#"{{"acme_eab": {{"hmac_key": "{secret}"}}}}"#), "acme_eab: missing field `kid`"),
+            (format!(r#"{{"acme_eab": {{"kid": "k", "hmac_key": "{secret}"#), "EOF while parsing"),
+        ] {
+            let e = parse(&doc).map(|_| ()).unwrap_err();
+            assert!(e.contains(want), "{doc}: {e}");
+            assert!(!e.contains(secret) && !e.contains("7654321"), "{doc}: the message repeats the value: {e}");
+        }
+        let e = parse(&format!(r#"{{"acme_eab": {{"kid": "k", "hmac_key": "{secret}"}}, "acme_eab": null}}"#)).map(|_| ()).unwrap_err();
+        assert!(e.contains("duplicate field `acme_eab`") && !e.contains(secret), "{e}");
+        assert!(parse(r#"{"acme_profile": null, "apache": {"http_port": 8080, "start": ["a", "b"]}, "key_type": "rsa"}"#).is_ok());
+    }
+
+    #[test]
+    fn an_eab_key_readable_by_others_is_noticed() {
+        assert_eq!(eab_readers(0o600, 0, 0, 0), None);
+        assert_eq!(eab_readers(0o640, 0, 0, 0), None, "group root");
+        assert_eq!(eab_readers(0o644, 0, 0, 0), Some("every user"));
+        assert_eq!(eab_readers(0o640, 0, 110, 0), Some("its group"));
+        assert_eq!(eab_readers(0o600, 1000, 1000, 1000), None, "a user's own config");
+        assert_eq!(eab_readers(0o600, 1000, 1000, 0), Some("its owner, another user,"));
     }
 
     #[test]

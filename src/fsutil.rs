@@ -12,11 +12,90 @@ use std::sync::atomic::{AtomicU64, Ordering};
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A temporary name next to `path`, unique in this process and across
-/// processes. It does not repeat the target's name, so it fits in NAME_MAX
-/// whenever the target does (a 250-character hostname's `<host>.conf`).
+/// processes, and not guessable: it ends in 64 random bits, so another user
+/// cannot pre-create it in a shared directory (`backup --out /tmp/...`) and
+/// make the write fail. It does not repeat the target's name, so it fits in
+/// NAME_MAX whenever the target does (a 250-character hostname's `<host>.conf`).
 pub fn temp_sibling(path: &Path) -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!("{TEMP_PREFIX}{}-{n}", std::process::id()))
+    path.with_file_name(format!("{TEMP_PREFIX}{}-{n}-{:016x}", std::process::id(), random_u64()))
+}
+
+/// 64 unpredictable bits: from OpenSSL's CSPRNG, else SipHash under the
+/// standard library's random per-process keys.
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if openssl::rand::rand_bytes(&mut b).is_ok() {
+        return u64::from_ne_bytes(b);
+    }
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default());
+    h.finish()
+}
+
+/// The kernel's `fs.protected_symlinks` rule, applied by site-admin itself
+/// (the sysctl may be off): a symlink in a directory that users other than
+/// the caller (`euid`) and root can write — group- or world-writable, or
+/// owned by another user — is followed only if the caller owns it, or the
+/// directory's owner does and that owner is root or the caller.
+pub fn link_may_be_followed(dir_mode: u32, dir_uid: u32, link_uid: u32, euid: u32) -> bool {
+    let shared = dir_mode & 0o022 != 0 || (dir_uid != euid && dir_uid != 0);
+    !shared || link_uid == euid || (link_uid == dir_uid && (dir_uid == 0 || dir_uid == euid))
+}
+
+/// Resolve every symlink in the absolute `path` the way the kernel would,
+/// but refuse (naming it) a link that [`link_may_be_followed`] forbids.
+/// Components that do not exist are kept as written.
+pub fn resolve_guarded(path: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Component;
+    let euid = rustix::process::geteuid().as_raw();
+    let mut todo: Vec<std::ffi::OsString> = Vec::new();
+    let push = |todo: &mut Vec<std::ffi::OsString>, p: &Path| {
+        for c in p.components().rev() {
+            match c {
+                Component::Normal(n) => todo.push(n.to_os_string()),
+                Component::ParentDir => todo.push("..".into()),
+                Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            }
+        }
+    };
+    push(&mut todo, path);
+    let mut cur = PathBuf::from("/");
+    let mut hops = 0;
+    while let Some(c) = todo.pop() {
+        if c == ".." {
+            cur.pop();
+            continue;
+        }
+        let next = cur.join(&c);
+        match fs::symlink_metadata(&next) {
+            Ok(md) if md.file_type().is_symlink() => {
+                hops += 1;
+                if hops > 40 {
+                    return Err(format!("{}: too many levels of symbolic links", next.display()));
+                }
+                let dir = fs::metadata(&cur).map_err(|e| format!("{}: {e}", cur.display()))?;
+                if !link_may_be_followed(dir.mode(), dir.uid(), md.uid(), euid) {
+                    return Err(format!(
+                        "{} is a symlink owned by uid {} in {}, a directory other users can write; it is not followed (give the file itself)",
+                        next.display(),
+                        md.uid(),
+                        cur.display()
+                    ));
+                }
+                let target = fs::read_link(&next).map_err(|e| format!("{}: {e}", next.display()))?;
+                if target.is_absolute() {
+                    cur = PathBuf::from("/");
+                }
+                push(&mut todo, &target);
+            }
+            _ => cur = next,
+        }
+    }
+    Ok(cur)
 }
 
 /// Every temporary name [`temp_sibling`] makes starts with this.
@@ -89,18 +168,21 @@ pub fn read_user_file(path: &Path) -> Result<String, InputError> {
     read_limited(f)
 }
 
-/// Where to write a file the user named (`backup --out`): the path itself
-/// when nothing is there or a regular file is; the file a symlink points at
-/// when that is an existing regular file (the link is kept). Anything else
-/// (a device, FIFO, directory, dangling link or a link to one of those) is
-/// refused, so a private key never lands where it was not asked to go.
+/// Where to write a file the user named (`backup --out`, an absolute path):
+/// the path itself when nothing is there or a regular file is; the file a
+/// symlink points at when that is an existing regular file (the link is
+/// kept). Anything else (a device, FIFO, directory, dangling link or a link
+/// to one of those) is refused, so a private key never lands where it was
+/// not asked to go; so is a link, anywhere on the path, that another user
+/// planted in a directory others can write ([`resolve_guarded`]).
 pub fn user_output_target(path: &Path) -> Result<PathBuf, String> {
+    let resolved = resolve_guarded(path)?;
     match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(path.to_path_buf()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(resolved),
         Err(e) => Err(e.to_string()),
-        Ok(md) if md.is_file() => Ok(path.to_path_buf()),
-        Ok(md) if md.file_type().is_symlink() => match fs::metadata(path) {
-            Ok(t) if t.is_file() => fs::canonicalize(path).map_err(|e| e.to_string()),
+        Ok(md) if md.is_file() => Ok(resolved),
+        Ok(md) if md.file_type().is_symlink() => match fs::metadata(&resolved) {
+            Ok(t) if t.is_file() => Ok(resolved),
             Ok(t) => Err(format!("is a symlink to {}; give a regular file, or - for standard output", kind_of(&t.file_type()))),
             Err(_) => Err("is a symlink that points nowhere; give a regular file, or - for standard output".into()),
         },
@@ -117,9 +199,19 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
 /// Never writes through an existing symlink: the rename replaces the link itself.
 pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = temp_sibling(path);
+    let mut tmp = temp_sibling(path);
     let res = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).io_ctx("creating", &tmp)?;
+        // O_EXCL: never through a link or into a file someone else made.
+        let mut tries = 0;
+        let mut f = loop {
+            match OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 3 => {
+                    tries += 1;
+                    tmp = temp_sibling(path);
+                }
+                r => break r.io_ctx("creating", &tmp)?,
+            }
+        };
         // The umask may have cleared bits of `mode`; set them exactly.
         f.set_permissions(fs::Permissions::from_mode(mode)).io_ctx("setting mode of", &tmp)?;
         f.write_all(data).io_ctx("writing", &tmp)?;
@@ -212,4 +304,68 @@ pub fn remove_dir_all_if_exists(path: &Path) -> Result<()> {
 /// Does anything (file, dir, or dangling link) exist at `path`?
 pub fn exists_nofollow(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_names_are_not_guessable() {
+        let p = Path::new("/tmp/backup.json");
+        let (a, b) = (temp_sibling(p), temp_sibling(p));
+        let name = a.file_name().unwrap().to_str().unwrap().to_string();
+        let guessable = format!("{TEMP_PREFIX}{}-", std::process::id());
+        let rest = name.strip_prefix(&guessable).unwrap();
+        // pid and counter, then 16 random hex digits: not `<pid>-<n>` alone.
+        let (_, random) = rest.split_once('-').expect("a random part after the counter");
+        assert_eq!(random.len(), 16, "{name}");
+        assert!(random.bytes().all(|c| c.is_ascii_hexdigit()), "{name}");
+        let other = b.file_name().unwrap().to_str().unwrap().rsplit('-').next().unwrap().to_string();
+        assert_ne!(random, other, "two names share their random part");
+    }
+
+    #[test]
+    fn links_in_shared_directories_follow_the_protected_symlinks_rule() {
+        let (root, me, other) = (0, 1000, 65534);
+        // A private directory (the caller's or root's): any link is followed.
+        assert!(link_may_be_followed(0o755, me, other, me));
+        assert!(link_may_be_followed(0o700, root, other, root));
+        // /tmp (root, sticky, world-writable): the caller's own links and root's.
+        assert!(!link_may_be_followed(0o41777, root, other, root));
+        assert!(link_may_be_followed(0o41777, root, root, root));
+        assert!(link_may_be_followed(0o41777, root, me, me));
+        assert!(link_may_be_followed(0o41777, root, root, me));
+        // Group-writable and world-writable without the sticky bit count too.
+        assert!(!link_may_be_followed(0o775, root, other, root));
+        assert!(!link_may_be_followed(0o777, me, other, me));
+        // Another user's directory: only the caller's own links, not its owner's.
+        assert!(!link_may_be_followed(0o755, other, other, root));
+        assert!(link_may_be_followed(0o755, other, root, root));
+    }
+
+    #[test]
+    fn resolve_guarded_refuses_a_foreign_link_in_a_shared_directory() {
+        let t = tempfile::tempdir().unwrap();
+        let shared = t.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+        let victim = t.path().join("victim");
+        fs::write(&victim, "x").unwrap();
+        let link = shared.join("out.json");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let canon = fs::canonicalize(t.path()).unwrap();
+        assert_eq!(resolve_guarded(&link).unwrap(), canon.join("victim"), "the caller's own link is followed");
+        assert_eq!(resolve_guarded(&shared.join("sub/../out.json")).unwrap(), canon.join("victim"));
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
+            let e = resolve_guarded(&link).unwrap_err();
+            assert!(e.contains("owned by uid 65534") && e.contains("not followed"), "{e}");
+            // A foreign link to a directory on the way is refused as well.
+            let dirlink = shared.join("d");
+            std::os::unix::fs::symlink(t.path(), &dirlink).unwrap();
+            std::os::unix::fs::lchown(&dirlink, Some(65534), Some(65534)).unwrap();
+            assert!(resolve_guarded(&dirlink.join("new.json")).unwrap_err().contains("not followed"));
+        }
+    }
 }

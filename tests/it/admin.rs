@@ -115,6 +115,99 @@ fn the_prometheus_hook_writes_a_textfile_promtool_accepts() {
     assert!(text.contains(&format!("site_admin_renewal_failures{{host=\"{bad}\"}} 0")), "{text}");
 }
 
+/// Kills the hook if the test fails while it runs.
+struct Killed(std::process::Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Run hooks/60-prometheus as `renew` does (as root, the report on stdin)
+/// with `dir` as its textfile directory; None if it was still running after
+/// 30 s (the renew would have waited its 60 s hook limit).
+fn prometheus_hook(d: &Device, dir: &std::path::Path) -> Option<std::process::Output> {
+    let mut c = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/hooks/60-prometheus"));
+    c.env("SITE_ADMIN_ROOT", &d.root).env("SITE_ADMIN_BIN", bin()).env("SITE_ADMIN_CONFIG", &d.config).env("SITE_ADMIN_PROMETHEUS_DIR", dir);
+    let mut k = Killed(c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+    k.0.stdin.take().unwrap().write_all(b"{}").unwrap();
+    let t0 = std::time::Instant::now();
+    while k.0.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(30) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    std::io::Read::read_to_end(k.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    std::io::Read::read_to_end(k.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    Some(std::process::Output { status: k.0.try_wait().unwrap().unwrap(), stdout: out, stderr: err })
+}
+
+#[test]
+fn the_prometheus_hook_writes_as_the_owner_of_the_textfile_directory_and_opens_no_fifo() {
+    use std::os::unix::fs::MetadataExt;
+    require("python3");
+    // Debian's layout: /var/lib/prometheus/node-exporter belongs to the
+    // exporter's user (here nobody, 65534), which left a FIFO for the file.
+    let d = Device::new();
+    let dir = d.root.join("var/lib/prometheus/node-exporter");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let prom = dir.join("site-admin.prom");
+    assert!(Command::new("mkfifo").arg(&prom).status().unwrap().success());
+    std::os::unix::fs::lchown(&prom, Some(65534), Some(65534)).unwrap();
+    let o = prometheus_hook(&d, &dir).expect("the hook opened the FIFO and hung");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let md = std::fs::symlink_metadata(&prom).unwrap();
+    assert!(md.is_file(), "the FIFO was replaced by the textfile");
+    assert_eq!((md.uid(), md.gid()), (65534, 65534), "written as the directory's owner, not as root");
+    assert_eq!(md.mode() & 0o7777, 0o644);
+    assert!(std::fs::read_to_string(&prom).unwrap().contains("# TYPE site_admin_certificate_not_after_seconds gauge"));
+    let names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, vec!["site-admin.prom".to_string()], "no temp file left");
+}
+
+#[test]
+fn the_prometheus_hook_refuses_a_textfile_directory_others_can_write_or_a_planted_link() {
+    use std::os::unix::fs::MetadataExt;
+    require("python3");
+    let d = Device::new();
+    let lib = d.root.join("var/lib/prometheus");
+    let dir = lib.join("node-exporter");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mode = |p: &std::path::Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    // A root-only file the attacker would like to read.
+    let secret = d.root.join("etc/secret.key");
+    std::fs::write(&secret, "k").unwrap();
+    mode(&secret, 0o600);
+    for (what, path, bad) in
+        [("world-writable textfile directory", &dir, 0o777), ("sticky world-writable textfile directory", &dir, 0o1777), ("group-writable parent", &lib, 0o775)]
+    {
+        mode(path, bad);
+        let o = prometheus_hook(&d, &dir).expect("the hook hung");
+        assert_eq!(o.status.code(), Some(1), "{what}: {}", stderr(&o));
+        assert!(stderr(&o).contains("can be written by users other than its owner"), "{what}: {}", stderr(&o));
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "{what}: something was written");
+        mode(path, 0o755);
+    }
+    // node-exporter swapped for a link (owned by the exporter's user) to a root directory.
+    std::fs::remove_dir(&dir).unwrap();
+    std::os::unix::fs::symlink(d.root.join("etc"), &dir).unwrap();
+    std::os::unix::fs::lchown(&dir, Some(65534), Some(65534)).unwrap();
+    let o = prometheus_hook(&d, &dir).expect("the hook hung");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is a symlink owned by uid 65534; not followed"), "{}", stderr(&o));
+    assert!(!d.root.join("etc/site-admin.prom").exists());
+    assert_eq!(std::fs::metadata(&secret).unwrap().mode() & 0o777, 0o600);
+    // The same link owned by root is the administrator's: followed.
+    std::os::unix::fs::lchown(&dir, Some(0), Some(0)).unwrap();
+    let o = prometheus_hook(&d, &dir).expect("the hook hung");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(d.root.join("etc/site-admin.prom").is_file());
+}
+
 #[test]
 fn the_packaged_config_serves_a_site_with_debians_apache_layout() {
     // The README's "real Debian box" as far as a test can go: the config the

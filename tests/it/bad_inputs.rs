@@ -60,7 +60,7 @@ fn catalog() -> Vec<Case> {
     vec![
         // ---- config files ----
         case("config: unknown key", |d| config(d, json!({"acme_sever": "https://x/dir"})), &["listsites"], 2, "acme_sever"),
-        case("config: bad key_type", |d| config(d, json!({"key_type": "dsa"})), &["listsites"], 2, "unknown variant `dsa`"),
+        case("config: bad key_type", |d| config(d, json!({"key_type": "dsa"})), &["listsites"], 2, "key_type: must be \"ecdsa\" or \"rsa\""),
         case(
             "config: port 0",
             |d| config(d, json!({"apache": {"http_port": 0}})),
@@ -300,4 +300,29 @@ fn foreign_files_in_the_store_are_ignored_by_listings() {
     let rows: serde_json::Value = serde_json::from_str(&d.ok(&["--json", "certificates"])).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
     d.ok(&["doctor"]);
+}
+
+#[test]
+fn an_eab_key_is_never_echoed_and_a_config_others_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let secret = "c2VjcmV0LW1hYy1rZXktZm9yLWVhYg";
+    let d = Device::new();
+    // The key where an object belongs: the type error names the key only.
+    config(&d, json!({ "acme_eab": secret }));
+    let o = d.run(&["listsites"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("acme_eab: must be an object"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains(secret) && !stdout(&o).contains(secret), "the key was echoed: {}", stderr(&o));
+    // A well-formed EAB in a file every user can read: it works, with a warning that says how to fix it.
+    config(&d, json!({"acme_eab": {"kid": "kid-1", "hmac_key": secret}}));
+    std::fs::set_permissions(&d.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = d.run(&["listsites"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("holds acme_eab.hmac_key and every user can read it (mode 0644)"), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&format!("chmod 600 {}", d.config.display())), "{}", stderr(&o));
+    assert!(!stderr(&o).contains(secret), "{}", stderr(&o));
+    std::fs::set_permissions(&d.config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = d.run(&["listsites"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("acme_eab"), "{}", stderr(&o));
 }

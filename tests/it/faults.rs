@@ -318,6 +318,50 @@ fn backup_out_refuses_devices_and_links_to_them_and_dash_is_stdout() {
 }
 
 #[test]
+fn backup_out_in_a_shared_directory_follows_no_link_another_user_planted() {
+    // /tmp as seen with fs.protected_symlinks=0: a sticky world-writable
+    // directory where uid 65534 planted `b.json` -> a root-only file.
+    let d = Device::new();
+    let f = write_site(&d, "b.json", &site_json(&siteid(1), "b.example.test", None));
+    d.ok(&["deploy", "--file", &f]);
+    let shared = d.tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let victim = d.tmp.path().join("root-only.conf");
+    std::fs::write(&victim, "precious\n").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let planted = shared.join("b.json");
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    std::os::unix::fs::lchown(&planted, Some(65534), Some(65534)).unwrap();
+    // A planted link to a directory, used as a path component, is no better.
+    let via_dir = shared.join("dir");
+    std::os::unix::fs::symlink(d.tmp.path(), &via_dir).unwrap();
+    std::os::unix::fs::lchown(&via_dir, Some(65534), Some(65534)).unwrap();
+    for out in [planted.clone(), via_dir.join("root-only.conf"), via_dir.join("new.json")] {
+        let o = d.run(&["backup", "--all", "--out", out.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{}: {}", out.display(), stderr(&o));
+        assert!(stderr(&o).contains("owned by uid 65534") && stderr(&o).contains("not followed"), "{}", stderr(&o));
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert!(!d.tmp.path().join("new.json").exists());
+    assert!(std::fs::symlink_metadata(&planted).unwrap().file_type().is_symlink(), "the planted link is left alone");
+    let strays: Vec<_> =
+        std::fs::read_dir(&shared).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().starts_with(".site-admin-tmp")).collect();
+    assert!(strays.is_empty(), "{strays:?}");
+    // The caller's own link there is followed, as the kernel's rule allows.
+    let mine = shared.join("mine.json");
+    let real = d.tmp.path().join("real.json");
+    std::fs::write(&real, "old").unwrap();
+    std::os::unix::fs::symlink(&real, &mine).unwrap();
+    d.ok(&["backup", "--all", "--out", mine.to_str().unwrap()]);
+    assert!(std::fs::read_to_string(&real).unwrap().contains(&siteid(1)));
+    // And a plain new file in the shared directory is written, 0600.
+    let plain = shared.join("plain.json");
+    d.ok(&["backup", "--all", "--out", plain.to_str().unwrap()]);
+    assert_eq!(std::fs::symlink_metadata(&plain).unwrap().permissions().mode() & 0o777, 0o600);
+}
+
+#[test]
 fn a_hostname_longer_than_the_store_holds_is_refused_and_the_longest_one_is_stored() {
     let w = World::new();
     let d = &w.dev;
