@@ -142,6 +142,30 @@ impl<'a> Transaction<'a> {
         Ok(())
     }
 
+    /// What to run if the transaction is rolled back instead. Journaled at
+    /// once, even before any file changed: the operation may add to the
+    /// store (a lineage) before it writes Apache's files.
+    pub fn set_rollback(&mut self, c: Completion) -> Result<()> {
+        self.index.rollback = Some(c);
+        self.write_index()
+    }
+
+    /// Give the transaction up undecided (the operation failed on its way):
+    /// every file put back, Apache reloaded if it had loaded an interim
+    /// step, the rollback run, the journal dropped.
+    pub fn abort(self, complete: Complete) -> Result<()> {
+        journal::restore(&self.index.saved)?;
+        if self.index.interim {
+            if let Err(e) = reload(self.cfg) {
+                tracing::warn!("reloading Apache on the previous configuration: {e}");
+            }
+        }
+        if let Some(c) = &self.index.rollback {
+            complete(c)?;
+        }
+        journal::finish(self.cfg)
+    }
+
     fn save(&mut self, path: &Path) -> Result<()> {
         if self.index.saved.iter().any(|s| s.path == path) {
             return Ok(());
@@ -188,6 +212,61 @@ impl<'a> Transaction<'a> {
         self.index.saved.is_empty()
     }
 
+    /// Load an interim step of the transaction: `configtest`, then reload
+    /// Apache on it, but keep the journal open and undecided (marked
+    /// `interim`), so the operation goes on in the same transaction and a
+    /// crash before [`Transaction::commit`] decides rolls everything back
+    /// (Apache reloaded on the previous files). On failure every file is put
+    /// back, as by `commit`.
+    pub fn commit_interim(mut self, progress: &dyn Fn(&str)) -> Result<Transaction<'a>, ApacheError> {
+        if self.index.saved.is_empty() {
+            return Ok(self);
+        }
+        progress("checking the Apache configuration");
+        if let Err(said) = run_argv(&self.cfg.apache.configtest) {
+            return Err(self.refused(said, None));
+        }
+        self.index.interim = true;
+        self.write_index()?;
+        crate::fault::point("apache.interim_marked");
+        progress("reloading Apache");
+        if let Err(said) = reload(self.cfg) {
+            journal::restore(&self.index.saved)?;
+            journal::finish(self.cfg)?;
+            return Err(ApacheError::ReloadFailed { said, back: restart(self.cfg) });
+        }
+        crate::fault::point("apache.interim_loaded");
+        Ok(self)
+    }
+
+    /// `configtest` refused the files: put every file back (reloading Apache
+    /// if it had loaded an interim step), run the rollback completion, and
+    /// say whose fault it is.
+    fn refused(self, said: String, complete: Option<Complete>) -> ApacheError {
+        if let Err(e) = journal::restore(&self.index.saved) {
+            return e.into();
+        }
+        // Reload before the journal goes: a crash in between rolls back again.
+        if self.index.interim {
+            if let Err(e) = reload(self.cfg) {
+                tracing::warn!("reloading Apache on the previous configuration: {e}");
+            }
+        }
+        if let (Some(c), Some(complete)) = (&self.index.rollback, complete) {
+            if let Err(e) = complete(c) {
+                return e.into();
+            }
+        }
+        if let Err(e) = journal::finish(self.cfg) {
+            return e.into();
+        }
+        // Whose fault? Test again without our change.
+        match run_argv(&self.cfg.apache.configtest) {
+            Ok(()) => ApacheError::Refused { said },
+            Err(_) => ApacheError::AlreadyBroken { said },
+        }
+    }
+
     /// Run `configtest`; on failure put every file back and fail with what
     /// Apache said; on success record the decision, reload Apache (checking
     /// it still serves), run the completion, and drop the journal. With
@@ -207,13 +286,7 @@ impl<'a> Transaction<'a> {
         crate::fault::point("apache.before_configtest");
         progress("checking the Apache configuration");
         if let Err(said) = run_argv(&self.cfg.apache.configtest) {
-            journal::restore(&self.index.saved)?;
-            journal::finish(self.cfg)?;
-            // Whose fault? Test again without our change.
-            return Err(match run_argv(&self.cfg.apache.configtest) {
-                Ok(()) => ApacheError::Refused { said },
-                Err(_) => ApacheError::AlreadyBroken { said },
-            });
+            return Err(self.refused(said, Some(complete)));
         }
         self.index.decided = true;
         self.write_index()?;
@@ -226,6 +299,9 @@ impl<'a> Transaction<'a> {
             self.index.decided = false;
             self.write_index()?;
             journal::restore(&self.index.saved)?;
+            if let Some(c) = &self.index.rollback {
+                complete(c)?;
+            }
             journal::finish(self.cfg)?;
             return Err(ApacheError::ReloadFailed { said, back: restart(self.cfg) });
         }
@@ -328,7 +404,8 @@ pub enum Recovery {
 }
 
 /// Finish a transaction a crash interrupted: roll it back if `configtest`
-/// had not decided for it, else reload and complete it. Needs the global
+/// had not decided for it (and reload Apache if it had loaded an interim
+/// step of it), else reload and complete it. Needs the global
 /// lock; returns the proof that new transactions may begin.
 pub fn recover(cfg: &Config, _lock: &crate::lock::GlobalLock, complete: Complete) -> Result<(Recovered, Recovery)> {
     let Some(index) = journal::read(cfg)? else {
@@ -346,6 +423,16 @@ pub fn recover(cfg: &Config, _lock: &crate::lock::GlobalLock, complete: Complete
         Recovery::Completed
     } else {
         journal::restore(&index.saved)?;
+        if index.interim {
+            // Apache had loaded an interim step (a renamed site's http vhost
+            // during its provisioning): serve the previous files again.
+            if let Err(said) = reload(cfg) {
+                tracing::warn!("reloading Apache while rolling back an interrupted operation: {said}");
+            }
+        }
+        if let Some(c) = &index.rollback {
+            complete(c)?;
+        }
         journal::finish(cfg)?;
         tracing::warn!("rolled back an interrupted change to the Apache configuration");
         Recovery::RolledBack
