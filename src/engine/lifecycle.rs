@@ -450,7 +450,7 @@ pub fn wait_for_vhost(ctx: &Ctx, siteid: &str, host: &str) {
     let start = std::time::Instant::now();
     if let Ok(c) = client {
         while start.elapsed() < std::time::Duration::from_secs(5) {
-            if let Ok(r) = c.get(&url).header("Host", host).send() {
+            if let Ok(r) = c.get(&url).header("Host", apache::url_host(host)).send() {
                 if r.status().is_success() && r.text().map(|t| t == token).unwrap_or(false) {
                     break;
                 }
