@@ -126,6 +126,20 @@ pub fn render_default(cfg: &Config) -> Option<String> {
     None
 }
 
+/// Is the default TLS vhost file what the site files call for?
+pub fn default_in_line(cfg: &Config) -> bool {
+    fs::read_to_string(cfg.default_tls_vhost_file()).ok() == render_default(cfg)
+}
+
+/// Bring the default TLS vhost file in line (`doctor --repair`: a device
+/// whose IP site was deployed before site-admin kept that file), as one
+/// transaction.
+pub fn repair_default(cfg: &Config, rec: &Recovered, progress: &dyn Fn(&str)) -> std::result::Result<(), ApacheError> {
+    let mut txn = Transaction::begin(cfg, rec)?;
+    txn.sync_default()?;
+    txn.commit(false, progress, &|_| Ok(()))
+}
+
 /// What can go wrong with a change to Apache's configuration. The command
 /// decides what it means for its exit code (all are failures today).
 #[derive(Debug, thiserror::Error)]

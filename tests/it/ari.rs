@@ -318,6 +318,16 @@ fn an_ip_site_is_the_default_tls_vhost_beside_a_dns_site() {
     w.dev.apache.wait_serial(ip, &ip_live); // no SNI: the default vhost
     w.dev.apache.wait_serial(h, &dns_live);
     w.dev.ok(&["doctor"]);
+    // A device whose IP site was deployed before the default file existed:
+    // doctor finds it, and --repair brings it back.
+    let default = w.dev.root.join("etc/httpd/sites/00-site-admin-ip-default.conf");
+    std::fs::remove_file(&default).unwrap();
+    let o = w.dev.run(&["doctor"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).contains("default TLS virtual host"), "{}", stdout(&o));
+    w.dev.ok(&["doctor", "--repair"]);
+    assert!(default.exists());
+    w.dev.ok(&["doctor"]);
     // A second IP site over https cannot be served: refused, nothing changed.
     let before = snapshot(&w.dev.root);
     let f = w.dev.tmp.path().join("ip6.json");
