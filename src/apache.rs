@@ -32,11 +32,29 @@ fn q(p: &Path) -> String {
     format!("\"{}\"", p.display().to_string().replace('"', "\\\""))
 }
 
+/// A hostname as it goes into a URL's authority, a `Host` header or
+/// `ServerName`: an IPv6 address in brackets (`[::1]`), anything else as is.
+pub fn url_host(hostname: &str) -> String {
+    match hostname.parse::<std::net::Ipv6Addr>() {
+        Ok(_) => format!("[{hostname}]"),
+        Err(_) => hostname.to_string(),
+    }
+}
+
 /// Render a site's virtual hosts.
 pub fn render(cfg: &Config, siteid: &str, hostname: &str, tls: &VhostTls) -> String {
     let docroot = cfg.site_docroot(siteid);
     let challenge = cfg.site_wellknown(siteid).join(".well-known/acme-challenge");
-    let names = if hostname == "*" { "    ServerName any-host.invalid\n    ServerAlias *\n".to_string() } else { format!("    ServerName {hostname}\n") };
+    let names = if hostname == "*" {
+        "    ServerName any-host.invalid\n    ServerAlias *\n".to_string()
+    } else if hostname.parse::<std::net::Ipv6Addr>().is_ok() {
+        // `ServerName` takes no IPv6 literal (`::1` reads as a port, `[::1]`
+        // as a wildcard pattern); Apache matches a request for `[::1]` by
+        // the bare address, which `ServerAlias` takes as is.
+        format!("    ServerName {siteid}.ipv6-literal.invalid\n    ServerAlias {hostname}\n")
+    } else {
+        format!("    ServerName {hostname}\n")
+    };
     let challenge_block = format!(
         "    # ACME HTTP-01: served on plain http, never redirected (renewals need it).\n    Alias /.well-known/acme-challenge/ {}\n    <Directory {}>\n        Options None\n        AllowOverride None\n        ForceType text/plain\n        Require all granted\n    </Directory>\n",
         q(&challenge.join("")),
@@ -51,7 +69,8 @@ pub fn render(cfg: &Config, siteid: &str, hostname: &str, tls: &VhostTls) -> Str
             s += &format!("<VirtualHost *:{http_port}>\n{names}{docroot_block}{challenge_block}</VirtualHost>\n");
         }
         VhostTls::Lkc { .. } | VhostTls::Okc { .. } => {
-            let target = if https_port == 443 { format!("https://{hostname}") } else { format!("https://{hostname}:{https_port}") };
+            let authority = url_host(hostname);
+            let target = if https_port == 443 { format!("https://{authority}") } else { format!("https://{authority}:{https_port}") };
             s += &format!(
                 "<VirtualHost *:{http_port}>\n{names}{docroot_block}{challenge_block}    RewriteEngine On\n    RewriteCond %{{REQUEST_URI}} !^/\\.well-known/acme-challenge/\n    RewriteRule ^(.*)$ {target}$1 [R=301,L]\n</VirtualHost>\n"
             );
@@ -72,6 +91,53 @@ pub fn render(cfg: &Config, siteid: &str, hostname: &str, tls: &VhostTls) -> Str
         }
     }
     s
+}
+
+/// The default TLS virtual host of the https port, from the site files in
+/// `sites_dir`: a copy of the TLS vhost of the IP-address site (at most one:
+/// `facts::check_hostname_free`), or None. A client of an address sends no
+/// server name (SNI), so Apache hands it the port's first TLS vhost; that
+/// copy lives in [`Config::default_tls_vhost_file`], which sorts before every
+/// site's file. Binding the vhost to the address instead (`<VirtualHost
+/// [::1]:443>`) would win every connection to that address, and so take the
+/// DNS sites on it away from their own certificates.
+pub fn render_default(cfg: &Config) -> Option<String> {
+    let default = cfg.default_tls_vhost_file();
+    let mut files: Vec<PathBuf> = fs::read_dir(&cfg.apache.sites_dir).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    files.sort();
+    let open = format!("<VirtualHost *:{}>", cfg.apache.https_port);
+    for f in files.iter().filter(|f| **f != default && f.extension().is_some_and(|x| x == "conf")) {
+        let Ok(text) = fs::read_to_string(f) else { continue };
+        // "# site-admin: site <id> (<host>). Generated; ..."
+        let Some(rest) = text.lines().next().and_then(|l| l.strip_prefix("# site-admin: site ")) else { continue };
+        let Some((id, rest)) = rest.split_once(" (") else { continue };
+        let Some((host, _)) = rest.split_once("). ") else { continue };
+        if host.parse::<std::net::IpAddr>().is_err() {
+            continue;
+        }
+        if let Some(at) = text.find(&open) {
+            return Some(format!(
+                "# site-admin: the TLS virtual host of site {id} ({host}), first of port {} so that clients of the address, which send no server name, get its certificate. Generated; changes are overwritten.\n{}",
+                cfg.apache.https_port,
+                &text[at..]
+            ));
+        }
+    }
+    None
+}
+
+/// Is the default TLS vhost file what the site files call for?
+pub fn default_in_line(cfg: &Config) -> bool {
+    fs::read_to_string(cfg.default_tls_vhost_file()).ok() == render_default(cfg)
+}
+
+/// Bring the default TLS vhost file in line (`doctor --repair`: a device
+/// whose IP site was deployed before site-admin kept that file), as one
+/// transaction.
+pub fn repair_default(cfg: &Config, rec: &Recovered, progress: &dyn Fn(&str)) -> std::result::Result<(), ApacheError> {
+    let mut txn = Transaction::begin(cfg, rec)?;
+    txn.sync_default()?;
+    txn.commit(false, progress, &|_| Ok(()))
 }
 
 /// What can go wrong with a change to Apache's configuration. The command
@@ -142,6 +208,30 @@ impl<'a> Transaction<'a> {
         Ok(())
     }
 
+    /// What to run if the transaction is rolled back instead. Journaled at
+    /// once, even before any file changed: the operation may add to the
+    /// store (a lineage) before it writes Apache's files.
+    pub fn set_rollback(&mut self, c: Completion) -> Result<()> {
+        self.index.rollback = Some(c);
+        self.write_index()
+    }
+
+    /// Give the transaction up undecided (the operation failed on its way):
+    /// every file put back, Apache reloaded if it had loaded an interim
+    /// step, the rollback run, the journal dropped.
+    pub fn abort(self, complete: Complete) -> Result<()> {
+        journal::restore(&self.index.saved)?;
+        if self.index.interim {
+            if let Err(e) = reload(self.cfg) {
+                tracing::warn!("reloading Apache on the previous configuration: {e}");
+            }
+        }
+        if let Some(c) = &self.index.rollback {
+            complete(c)?;
+        }
+        journal::finish(self.cfg)
+    }
+
     fn save(&mut self, path: &Path) -> Result<()> {
         if self.index.saved.iter().any(|s| s.path == path) {
             return Ok(());
@@ -188,6 +278,72 @@ impl<'a> Transaction<'a> {
         self.index.saved.is_empty()
     }
 
+    /// Bring the default TLS vhost ([`render_default`]) in line with the
+    /// site files as this transaction left them (part of the transaction).
+    fn sync_default(&mut self) -> Result<()> {
+        let path = self.cfg.default_tls_vhost_file();
+        match render_default(self.cfg) {
+            Some(text) => self.write(&path, text.as_bytes(), 0o644),
+            None => self.remove(&path),
+        }
+    }
+
+    /// Load an interim step of the transaction: `configtest`, then reload
+    /// Apache on it, but keep the journal open and undecided (marked
+    /// `interim`), so the operation goes on in the same transaction and a
+    /// crash before [`Transaction::commit`] decides rolls everything back
+    /// (Apache reloaded on the previous files). On failure every file is put
+    /// back, as by `commit`.
+    pub fn commit_interim(mut self, progress: &dyn Fn(&str)) -> Result<Transaction<'a>, ApacheError> {
+        if self.index.saved.is_empty() {
+            return Ok(self);
+        }
+        self.sync_default()?;
+        progress("checking the Apache configuration");
+        if let Err(said) = run_argv(&self.cfg.apache.configtest) {
+            return Err(self.refused(said, None));
+        }
+        self.index.interim = true;
+        self.write_index()?;
+        crate::fault::point("apache.interim_marked");
+        progress("reloading Apache");
+        if let Err(said) = reload(self.cfg) {
+            journal::restore(&self.index.saved)?;
+            journal::finish(self.cfg)?;
+            return Err(ApacheError::ReloadFailed { said, back: restart(self.cfg) });
+        }
+        crate::fault::point("apache.interim_loaded");
+        Ok(self)
+    }
+
+    /// `configtest` refused the files: put every file back (reloading Apache
+    /// if it had loaded an interim step), run the rollback completion, and
+    /// say whose fault it is.
+    fn refused(self, said: String, complete: Option<Complete>) -> ApacheError {
+        if let Err(e) = journal::restore(&self.index.saved) {
+            return e.into();
+        }
+        // Reload before the journal goes: a crash in between rolls back again.
+        if self.index.interim {
+            if let Err(e) = reload(self.cfg) {
+                tracing::warn!("reloading Apache on the previous configuration: {e}");
+            }
+        }
+        if let (Some(c), Some(complete)) = (&self.index.rollback, complete) {
+            if let Err(e) = complete(c) {
+                return e.into();
+            }
+        }
+        if let Err(e) = journal::finish(self.cfg) {
+            return e.into();
+        }
+        // Whose fault? Test again without our change.
+        match run_argv(&self.cfg.apache.configtest) {
+            Ok(()) => ApacheError::Refused { said },
+            Err(_) => ApacheError::AlreadyBroken { said },
+        }
+    }
+
     /// Run `configtest`; on failure put every file back and fail with what
     /// Apache said; on success record the decision, reload Apache (checking
     /// it still serves), run the completion, and drop the journal. With
@@ -204,16 +360,11 @@ impl<'a> Transaction<'a> {
             }
             return Ok(journal::finish(self.cfg)?);
         }
+        self.sync_default()?;
         crate::fault::point("apache.before_configtest");
         progress("checking the Apache configuration");
         if let Err(said) = run_argv(&self.cfg.apache.configtest) {
-            journal::restore(&self.index.saved)?;
-            journal::finish(self.cfg)?;
-            // Whose fault? Test again without our change.
-            return Err(match run_argv(&self.cfg.apache.configtest) {
-                Ok(()) => ApacheError::Refused { said },
-                Err(_) => ApacheError::AlreadyBroken { said },
-            });
+            return Err(self.refused(said, Some(complete)));
         }
         self.index.decided = true;
         self.write_index()?;
@@ -226,6 +377,9 @@ impl<'a> Transaction<'a> {
             self.index.decided = false;
             self.write_index()?;
             journal::restore(&self.index.saved)?;
+            if let Some(c) = &self.index.rollback {
+                complete(c)?;
+            }
             journal::finish(self.cfg)?;
             return Err(ApacheError::ReloadFailed { said, back: restart(self.cfg) });
         }
@@ -328,7 +482,8 @@ pub enum Recovery {
 }
 
 /// Finish a transaction a crash interrupted: roll it back if `configtest`
-/// had not decided for it, else reload and complete it. Needs the global
+/// had not decided for it (and reload Apache if it had loaded an interim
+/// step of it), else reload and complete it. Needs the global
 /// lock; returns the proof that new transactions may begin.
 pub fn recover(cfg: &Config, _lock: &crate::lock::GlobalLock, complete: Complete) -> Result<(Recovered, Recovery)> {
     let Some(index) = journal::read(cfg)? else {
@@ -346,6 +501,16 @@ pub fn recover(cfg: &Config, _lock: &crate::lock::GlobalLock, complete: Complete
         Recovery::Completed
     } else {
         journal::restore(&index.saved)?;
+        if index.interim {
+            // Apache had loaded an interim step (a renamed site's http vhost
+            // during its provisioning): serve the previous files again.
+            if let Err(said) = reload(cfg) {
+                tracing::warn!("reloading Apache while rolling back an interrupted operation: {said}");
+            }
+        }
+        if let Some(c) = &index.rollback {
+            complete(c)?;
+        }
         journal::finish(cfg)?;
         tracing::warn!("rolled back an interrupted change to the Apache configuration");
         Recovery::RolledBack
@@ -364,5 +529,46 @@ pub fn run_argv(argv: &[String]) -> std::result::Result<(), String> {
             Err(format!("`{}` exited with {}: {}", argv.join(" "), o.status, text.join(" / ")))
         }
         Err(e) => Err(format!("cannot run `{}`: {e}", argv.join(" "))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(root: &Path) -> Config {
+        fs::create_dir_all(root).unwrap();
+        Config::load(root, &crate::config::Overrides::default()).unwrap()
+    }
+
+    #[test]
+    fn an_ipv6_site_is_named_by_alias_and_redirected_in_brackets() {
+        let tmp = std::env::temp_dir().join(format!("sa-apache-render-{}", std::process::id()));
+        let c = cfg(&tmp);
+        let tls = VhostTls::Lkc { fullchain: "/f".into(), privkey: "/k".into() };
+        let text = render(&c, "s1", "::1", &tls);
+        assert!(text.contains("    ServerAlias ::1\n") && !text.contains("ServerName ::1") && !text.contains("ServerName [::1]"), "{text}");
+        assert!(text.contains("RewriteRule ^(.*)$ https://[::1]$1"), "{text}");
+        let v4 = render(&c, "s2", "192.0.2.7", &tls);
+        assert!(v4.contains("    ServerName 192.0.2.7\n") && v4.contains("https://192.0.2.7$1"), "{v4}");
+        assert_eq!(url_host("2001:db8::1"), "[2001:db8::1]");
+        assert_eq!(url_host("a.example"), "a.example");
+        fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn the_ip_sites_tls_vhost_is_the_default() {
+        let tmp = std::env::temp_dir().join(format!("sa-apache-unit-{}", std::process::id()));
+        let c = cfg(&tmp);
+        fs::create_dir_all(&c.apache.sites_dir).unwrap();
+        let tls = VhostTls::Lkc { fullchain: "/f".into(), privkey: "/k".into() };
+        fs::write(c.vhost_file("s1"), render(&c, "s1", "a.example", &tls)).unwrap();
+        fs::write(c.vhost_file("s2"), render(&c, "s2", "::1", &VhostTls::None)).unwrap();
+        assert_eq!(render_default(&c), None, "an IP site on http needs no default");
+        fs::write(c.vhost_file("s2"), render(&c, "s2", "::1", &tls)).unwrap();
+        let d = render_default(&c).unwrap();
+        assert!(d.contains("site s2 (::1)") && d.contains("<VirtualHost *:443>") && d.contains("ServerAlias ::1") && !d.contains("*:80"), "{d}");
+        assert!(c.default_tls_vhost_file().file_name().unwrap().to_str().unwrap() < "s", "sorts before every site's file");
+        fs::remove_dir_all(&tmp).unwrap();
     }
 }

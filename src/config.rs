@@ -384,6 +384,11 @@ impl Config {
             cacrt: self.ssl_dir.join(format!("{siteid}.cacrt")),
         }
     }
+    /// The copy of the IP-address site's TLS virtual host that sorts before
+    /// every site's file, so it is the port's default (see `apache::render_default`).
+    pub fn default_tls_vhost_file(&self) -> PathBuf {
+        self.apache.sites_dir.join("00-site-admin-ip-default.conf")
+    }
     pub fn vhost_file(&self, siteid: &str) -> PathBuf {
         self.apache.sites_dir.join(format!("{siteid}.conf"))
     }

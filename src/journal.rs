@@ -3,7 +3,8 @@
 //! link target) and `index.json` — which files, whether `configtest` has
 //! decided for the new configuration, and the typed [`Completion`] that
 //! finishes the operation once it has. A crash leaves it behind; the next
-//! locked command rolls it back (undecided) or completes it (decided).
+//! locked command rolls it back (undecided; reloading Apache when it had
+//! loaded an interim step) or completes it (decided).
 
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
@@ -49,6 +50,21 @@ pub struct Index {
     pub saved: Vec<Saved>,
     pub decided: bool,
     pub completion: Option<Completion>,
+    /// Apache was reloaded on these files before the operation was decided:
+    /// an interim step (the http vhost under a site's new name that answers
+    /// the challenge while it is provisioned). The operation is not done —
+    /// the old name's LKC is not stashed, the new Site JSON not stored — so
+    /// an undecided interim journal is rolled back: every file put back and
+    /// Apache reloaded on them (the site serves its old name and certificate).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interim: bool,
+    /// What undoes the store side of the operation when it is rolled back
+    /// (after the files): the LKC a deploy unstashed, imported or provisioned
+    /// for a name its site did not serve before is stashed, as no deployed
+    /// site uses it (a later deploy of that name takes it back, no new
+    /// issuance, and `renew` does not try to validate a name nobody serves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Completion>,
 }
 
 /// The journal directory of this configuration.
@@ -191,5 +207,14 @@ mod tests {
         let c = i.completion.unwrap();
         assert_eq!(c.stash, vec!["a.test".to_string()]);
         assert_eq!(c.remove_site.as_deref(), Some("s1"));
+        assert!(!i.interim && i.rollback.is_none());
+    }
+
+    #[test]
+    fn an_interim_journal_keeps_its_rollback() {
+        let i = Index { interim: true, rollback: Some(Completion { stash: vec!["a2.test".into()], ..Default::default() }), ..Default::default() };
+        let back: Index = serde_json::from_slice(&serde_json::to_vec(&i).unwrap()).unwrap();
+        assert!(back.interim && !back.decided);
+        assert_eq!(back.rollback.unwrap().stash, vec!["a2.test".to_string()]);
     }
 }

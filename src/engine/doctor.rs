@@ -98,6 +98,19 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
         let fixed = repair && crate::apache::restart(&ctx.cfg).is_ok();
         add("Apache".into(), format!("does not answer on 127.0.0.1:{}, so no site is served", ctx.cfg.apache.http_port), fixed);
     }
+    // The IP-address site's TLS vhost must be the port's default (clients of
+    // an address send no server name).
+    if !crate::apache::default_in_line(&ctx.cfg) {
+        let fixed = match repair_with {
+            Some(rec) => crate::apache::repair_default(&ctx.cfg, rec, &|m| ctx.progress(m)).is_ok(),
+            None => false,
+        };
+        add(
+            ctx.cfg.default_tls_vhost_file().display().to_string(),
+            "the default TLS virtual host is not the IP-address site's, so clients of its address get another certificate".into(),
+            fixed,
+        );
+    }
     let mut stale = false;
     let mut to_https = Vec::new();
     if apache_up {

@@ -147,6 +147,14 @@ pub fn check_hostname_free(all: &[Site], site: &Site) -> Result<()> {
             let what = if site.hostname == "*" { "a second \"*\" site".to_string() } else { format!("hostname {}", site.hostname) };
             return Err(Error::invalid(format!("site {}: {what} is already used by deployed site {}", site.siteid, other.siteid)));
         }
+        // Clients of an address send no server name: they get the https
+        // port's default vhost, and only one site can be it.
+        if other.siteid != site.siteid && site.is_ip() && other.is_ip() && site.kind() != TlsKind::Http && other.kind() != TlsKind::Http {
+            return Err(Error::invalid(format!(
+                "site {}: hostname {}: Apache can serve only one IP-address site over https (clients of an address send no server name, so they get the port's default TLS virtual host), and deployed site {} ({}) is it; deploy this one without tls, or undeploy that one first",
+                site.siteid, site.hostname, other.siteid, other.hostname
+            )));
+        }
     }
     Ok(())
 }

@@ -3,7 +3,9 @@
 //! The order of effects keeps every usable LKC and Apache's last good
 //! configuration through a failure at any step:
 //! 1. store actions that add (unstash, import, provision; a provision first
-//!    brings up the vhost its fallback serves, so the challenge is answered),
+//!    brings up the vhost its fallback serves, so the challenge is answered,
+//!    as an interim, undecided step of the transaction of 2, whose journal is
+//!    open from before the first of them and says how to roll them back),
 //! 2. one Apache transaction (OKC files + vhost), decided by `configtest`,
 //! 3. stash actions (only once Apache no longer points at those files),
 //! 4. the stored Site JSON, without keys.
@@ -204,13 +206,43 @@ struct VhostChange<'a> {
     /// The LKC it serves got a new version: reload even if no file changed.
     new_certificate: bool,
     completion: Option<Completion>,
+    /// What undoes the store side if the transaction is rolled back.
+    rollback: Option<Completion>,
 }
 
-/// Write the site's vhost (and OKC files) as `change` says, in one transaction.
-fn apply_apache(ctx: &Ctx, rec: &Recovered, site: &Site, change: VhostChange) -> Result<()> {
-    let mut txn = apache::Transaction::begin(&ctx.cfg, rec)?;
-    if let Some(c) = change.completion {
-        txn.set_completion(c)?;
+/// A deploy's Apache transaction while it provisions (see [`provision_now`]).
+struct Interim<'c> {
+    /// The site's vhost answers the challenge for its (new) name already.
+    serves_challenge: bool,
+    /// The deploy's transaction (after an interim http vhost: loaded, undecided).
+    txn: Option<apache::Transaction<'c>>,
+}
+
+/// Write the site's vhost (and OKC files) as `change` says, in one
+/// transaction: `interim`'s (the provisioning's http vhost, whose journal
+/// still holds the files as they were before the deploy) or a new one.
+fn apply_apache<'c>(ctx: &'c Ctx, rec: &Recovered, site: &Site, change: VhostChange, interim: Option<apache::Transaction<'c>>) -> Result<()> {
+    let txn = stage_apache(ctx, rec, site, &change, interim)?;
+    Ok(txn.commit(change.new_certificate, &|m| ctx.progress(&format!("site {}: {m}", site.siteid)), &|c| completion::run(&ctx.cfg, &ctx.store, c))?)
+}
+
+/// The files of [`apply_apache`], written but not yet tested.
+fn stage_apache<'c>(
+    ctx: &'c Ctx,
+    rec: &Recovered,
+    site: &Site,
+    change: &VhostChange,
+    interim: Option<apache::Transaction<'c>>,
+) -> Result<apache::Transaction<'c>> {
+    let mut txn = match interim {
+        Some(t) => t,
+        None => apache::Transaction::begin(&ctx.cfg, rec)?,
+    };
+    if let Some(c) = &change.completion {
+        txn.set_completion(c.clone())?;
+    }
+    if let Some(c) = &change.rollback {
+        txn.set_rollback(c.clone())?;
     }
     let p = ctx.cfg.okc_paths(&site.siteid);
     match change.okc {
@@ -234,7 +266,7 @@ fn apply_apache(ctx: &Ctx, rec: &Recovered, site: &Site, change: VhostChange) ->
     }
     let conf = apache::render(&ctx.cfg, &site.siteid, &site.hostname, &vhost_tls(ctx, site, change.serve));
     txn.write(&ctx.cfg.vhost_file(&site.siteid), conf.as_bytes(), 0o644)?;
-    Ok(txn.commit(change.new_certificate, &|m| ctx.progress(&format!("site {}: {m}", site.siteid)), &|c| completion::run(&ctx.cfg, &ctx.store, c))?)
+    Ok(txn)
 }
 
 /// The account a stash conf names, if this device has it.
@@ -263,7 +295,7 @@ fn deploy_one_with(ctx: &Ctx, rec: &Recovered, site: &Site, account: Option<Stri
     }
     // The site's directories: a deploy that fails takes back the ones it made.
     let made = NewDirs::create(&[ctx.cfg.site_docroot(&site.siteid), ctx.cfg.site_wellknown(&site.siteid)])?;
-    let out = carry_out(ctx, rec, site, account, stored.as_ref(), plan);
+    let out = carry_out(ctx, rec, site, account, stored.as_ref(), &f.current, plan);
     // Kept once a vhost may point at them.
     if out.is_ok() || fsutil::exists_nofollow(&ctx.cfg.vhost_file(&site.siteid)) {
         made.keep();
@@ -307,73 +339,114 @@ impl Drop for NewDirs {
 }
 
 /// Carry out a deploy's plan (the site's directories exist).
-fn carry_out(ctx: &Ctx, rec: &Recovered, site: &Site, account: Option<String>, stored: Option<&Site>, plan: Plan) -> Result<Outcome> {
+fn carry_out(
+    ctx: &Ctx,
+    rec: &Recovered,
+    site: &Site,
+    account: Option<String>,
+    stored: Option<&Site>,
+    current: &decide::Current,
+    plan: Plan,
+) -> Result<Outcome> {
     let mut serve = plan.serve.clone();
     let mut pending = None;
     let mut okc = OkcFiles::Keep;
     let mut stash_later = Vec::new();
     let mut cert_changed = false;
-    for a in &plan.actions {
-        match a {
-            Action::StashLive { host } => stash_later.push(host.clone()),
-            Action::DeleteStash { host } => {
-                ctx.progress(&format!("{host}: deleting the stashed certificate"));
-                ctx.store.delete_stash(host)?;
-            }
-            Action::Unstash { host } => {
-                ctx.progress(&format!("{host}: unstashing the certificate (no new issuance)"));
-                let account = stash_account(ctx, host).or_else(|| provision::resolve_account(ctx));
-                let params = provision::renewal_params(ctx, site, account);
-                ctx.store.unstash(host, &params)?;
-                cert_changed = true;
-            }
-            Action::ImportCarried { host } => {
-                let TlsWish::LetsEncrypt { carried: Some((key, crt)) } = site.tls_wish() else {
-                    return Err(Error::failed("internal: import without a carried certificate"));
-                };
-                ctx.progress(&format!("{host}: importing the certificate carried in the Site JSON"));
-                let account = account.clone().or_else(|| provision::resolve_account(ctx));
-                let params = provision::renewal_params(ctx, site, account);
-                // The bytes came from the Site JSON: material that cannot be
-                // stored is the input's fault.
-                let invalid = |e: StoreError| match e {
-                    StoreError::Unusable { why, .. } => Error::invalid(format!("site {}: tls: {why}", site.siteid)),
-                    e => e.into(),
-                };
-                ctx.store.add_version(host, &NewVersion::from_key_and_fullchain(&key, &crt).map_err(invalid)?, &params).map_err(invalid)?;
-                cert_changed = true;
-            }
-            Action::Provision { host } => {
-                let fallback = plan.on_failure.clone().unwrap_or(Serve::Http);
-                // Apache refusing the challenge vhost is no provisioning
-                // failure: the deploy fails as it is, with no back-off.
-                bring_up_challenge_vhost(ctx, rec, site, stored, host, &fallback)?;
-                let res = provision_now(ctx, site, host);
-                // The site is pending on failure: `renew` retries it, backing off.
-                let mut backoff = crate::backoff::load(&ctx.cfg.state_dir());
-                let before = backoff.clone();
-                match &res {
-                    Ok(()) => backoff.succeeded(host),
-                    Err(e) => backoff.failed(host, &format!("provisioning failed: {e}"), Utc::now(), &crate::backoff::config_fingerprint(&ctx.cfg)),
+    // One Apache transaction carries the whole deploy (docs/design.md,
+    // invariant 5): the http vhost a provisioning brings up under the site's
+    // new name is an interim step of it, loaded by Apache but undecided, and
+    // the final vhost below goes on in the same journal. Rolled back, the
+    // deploy leaves no live lineage that no site uses: the one it unstashes,
+    // imports or provisions for a name the site did not serve before is
+    // stashed (a later deploy takes it back, no new issuance). That is
+    // journaled before the lineage is added, so a crash at any step rolls
+    // back or (once `configtest` decided) completes the whole change.
+    let host = site.hostname.to_string();
+    let adds =
+        plan.actions.iter().any(|a| matches!(a, Action::Unstash { host: h } | Action::ImportCarried { host: h } | Action::Provision { host: h } if *h == host));
+    let served_before = matches!(current, decide::Current::Lkc { host: h } if *h == host);
+    let rollback = (adds && !served_before && !ctx.store.has(&host, Place::Live)).then(|| Completion { stash: vec![host.clone()], ..Default::default() });
+    let mut txn = apache::Transaction::begin(&ctx.cfg, rec)?;
+    if let Some(c) = &rollback {
+        txn.set_rollback(c.clone())?;
+    }
+    let serves_challenge = stored.as_ref().map(|s| s.hostname == site.hostname).unwrap_or(false) && ctx.cfg.vhost_file(&site.siteid).exists();
+    let mut interim = Interim { serves_challenge, txn: Some(txn) };
+    let complete = |c: &Completion| completion::run(&ctx.cfg, &ctx.store, c);
+    let looped = (|| -> Result<()> {
+        for a in &plan.actions {
+            match a {
+                Action::StashLive { host } => stash_later.push(host.clone()),
+                Action::DeleteStash { host } => {
+                    ctx.progress(&format!("{host}: deleting the stashed certificate"));
+                    ctx.store.delete_stash(host)?;
                 }
-                if backoff != before {
-                    if let Err(e) = crate::backoff::save(&ctx.cfg.state_dir(), &backoff) {
-                        tracing::warn!("recording the back-off state: {e}");
+                Action::Unstash { host } => {
+                    ctx.progress(&format!("{host}: unstashing the certificate (no new issuance)"));
+                    let account = stash_account(ctx, host).or_else(|| provision::resolve_account(ctx));
+                    let params = provision::renewal_params(ctx, site, account);
+                    ctx.store.unstash(host, &params)?;
+                    cert_changed = true;
+                }
+                Action::ImportCarried { host } => {
+                    let TlsWish::LetsEncrypt { carried: Some((key, crt)) } = site.tls_wish() else {
+                        return Err(Error::failed("internal: import without a carried certificate"));
+                    };
+                    ctx.progress(&format!("{host}: importing the certificate carried in the Site JSON"));
+                    let account = account.clone().or_else(|| provision::resolve_account(ctx));
+                    let params = provision::renewal_params(ctx, site, account);
+                    // The bytes came from the Site JSON: material that cannot be
+                    // stored is the input's fault.
+                    let invalid = |e: StoreError| match e {
+                        StoreError::Unusable { why, .. } => Error::invalid(format!("site {}: tls: {why}", site.siteid)),
+                        e => e.into(),
+                    };
+                    ctx.store.add_version(host, &NewVersion::from_key_and_fullchain(&key, &crt).map_err(invalid)?, &params).map_err(invalid)?;
+                    cert_changed = true;
+                }
+                Action::Provision { host } => {
+                    let fallback = plan.on_failure.clone().unwrap_or(Serve::Http);
+                    // Apache refusing the challenge vhost is no provisioning
+                    // failure: the deploy fails as it is (undone), with no back-off.
+                    bring_up_challenge_vhost(ctx, rec, site, host, &fallback, &mut interim)?;
+                    let res = provision_now(ctx, site, host);
+                    // The site is pending on failure: `renew` retries it, backing off.
+                    let mut backoff = crate::backoff::load(&ctx.cfg.state_dir());
+                    let before = backoff.clone();
+                    match &res {
+                        Ok(()) => backoff.succeeded(host),
+                        Err(e) => backoff.failed(host, &format!("provisioning failed: {e}"), Utc::now(), &crate::backoff::config_fingerprint(&ctx.cfg)),
+                    }
+                    if backoff != before {
+                        if let Err(e) = crate::backoff::save(&ctx.cfg.state_dir(), &backoff) {
+                            tracing::warn!("recording the back-off state: {e}");
+                        }
+                    }
+                    match res {
+                        Ok(()) => cert_changed = true,
+                        Err(e) => {
+                            pending = Some(e.to_string());
+                            serve = fallback;
+                            break;
+                        }
                     }
                 }
-                match res {
-                    Ok(()) => cert_changed = true,
-                    Err(e) => {
-                        pending = Some(e.to_string());
-                        serve = fallback;
-                        break;
-                    }
-                }
+                Action::RemoveOkc if okc == OkcFiles::Keep => okc = OkcFiles::Remove,
+                Action::RemoveOkc => {}
+                Action::WriteOkc => okc = OkcFiles::Write,
             }
-            Action::RemoveOkc if okc == OkcFiles::Keep => okc = OkcFiles::Remove,
-            Action::RemoveOkc => {}
-            Action::WriteOkc => okc = OkcFiles::Write,
         }
+        Ok(())
+    })();
+    if let Err(e) = looped {
+        // Nothing decided: undo what the deploy did so far.
+        if let Some(t) = interim.txn.take() {
+            if let Err(e2) = t.abort(&complete) {
+                tracing::warn!("site {}: rolling back the failed deploy: {e2}", site.siteid);
+            }
+        }
+        return Err(e);
     }
     crate::fault::point("deploy.before_apache");
     // A lineage renewed behind Apache's back (by certbot, say) is served
@@ -388,19 +461,24 @@ fn carry_out(ctx: &Ctx, rec: &Recovered, site: &Site, account: Option<String>, s
     }
     let completion = Completion { stash: stash_later, store_site: Some(site.without_tls_material()), ..Default::default() };
     let new_certificate = cert_changed && matches!(serve, Serve::Lkc { .. });
-    apply_apache(ctx, rec, site, VhostChange { serve: &serve, okc, new_certificate, completion: Some(completion) })?;
+    let change = VhostChange { serve: &serve, okc, new_certificate, completion: Some(completion), rollback };
+    apply_apache(ctx, rec, site, change, interim.txn)?;
     ctx.install_certbot_hook();
     Ok(Outcome { siteid: site.siteid.clone(), hostname: site.hostname.to_string(), serve, pending, plan })
 }
 
 /// Before provisioning, make sure the site's own vhost answers the challenge
-/// on plain http (the fallback's vhost).
-fn bring_up_challenge_vhost(ctx: &Ctx, rec: &Recovered, site: &Site, stored: Option<&Site>, host: &str, fallback: &Serve) -> Result<()> {
-    let serves_challenge = stored.map(|s| s.hostname == site.hostname).unwrap_or(false) && ctx.cfg.vhost_file(&site.siteid).exists();
-    if !serves_challenge {
+/// on plain http (the fallback's vhost). That vhost is an interim step: its
+/// transaction stays open in `interim` for the deploy to finish
+/// (docs/design.md, invariant 5).
+fn bring_up_challenge_vhost<'c>(ctx: &'c Ctx, rec: &Recovered, site: &Site, host: &str, fallback: &Serve, interim: &mut Interim<'c>) -> Result<()> {
+    if !interim.serves_challenge {
         ctx.progress(&format!("site {}: bringing up its http virtual host for the challenge", site.siteid));
-        apply_apache(ctx, rec, site, VhostChange { serve: fallback, okc: OkcFiles::Keep, new_certificate: false, completion: None })?;
+        let change = VhostChange { serve: fallback, okc: OkcFiles::Keep, new_certificate: false, completion: None, rollback: None };
+        let txn = stage_apache(ctx, rec, site, &change, interim.txn.take())?;
+        interim.txn = Some(txn.commit_interim(&|m| ctx.progress(&format!("site {}: {m}", site.siteid)))?);
         wait_for_vhost(ctx, &site.siteid, host);
+        interim.serves_challenge = true;
     }
     Ok(())
 }
@@ -433,7 +511,7 @@ pub fn wait_for_vhost(ctx: &Ctx, siteid: &str, host: &str) {
     let start = std::time::Instant::now();
     if let Ok(c) = client {
         while start.elapsed() < std::time::Duration::from_secs(5) {
-            if let Ok(r) = c.get(&url).header("Host", host).send() {
+            if let Ok(r) = c.get(&url).header("Host", apache::url_host(host)).send() {
                 if r.status().is_success() && r.text().map(|t| t == token).unwrap_or(false) {
                     break;
                 }

@@ -365,3 +365,80 @@ fn a_hostile_explanation_url_or_problem_detail_cannot_rewrite_the_renewal_conf_o
         assert!(stdout(&o).contains("certbot cannot parse it") && stdout(&o).contains("duplicate section name [renewalparams]"), "{}", stdout(&o));
     }
 }
+
+/// An IPv6 site deploys (Apache needs `ServerName [::1]`, not `::1`): on
+/// http, then with a certificate pebble issues for the address (it validates
+/// on [::1], where the test Apache listens too), served over https on [::1]
+/// to a client that sends no server name, as clients of an address do.
+#[test]
+fn an_ipv6_site_is_served_over_https_with_its_address() {
+    let w = World::with_ipv6();
+    let (id, ip) = (siteid(1), "::1");
+    let rep = w.dev.deploy(&site_json(&id, ip, None));
+    assert_eq!(rep["serving"], "http", "{rep}");
+    let c = reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = c.get(format!("http://[::1]:{}/", w.dev.apache.http_port)).send().unwrap();
+    assert_ne!(r.status().as_u16(), 400, "the http vhost answers for [::1]");
+    let rep = w.dev.deploy(&site_json(&id, ip, le(None)));
+    assert_eq!(rep["pending"], false, "{rep}");
+    let pem = std::fs::read(w.dev.le().join("live").join(ip).join("cert.pem")).unwrap();
+    let info = site_admin::certs::parse_first_cert(&pem).unwrap();
+    assert_eq!(info.names.len(), 1, "{:?}", info.names);
+    assert!(info.covers("::1") && info.covers("0:0:0:0:0:0:0:1"), "the SAN is the address: {:?}", info.names);
+    let live = w.dev.live_serial(ip).unwrap();
+    let start = std::time::Instant::now();
+    while apache::served_serial("::1", w.dev.apache.https_port, "::1").as_deref() != Some(live.as_str()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "https on [::1] serves {:?}, not {live}",
+            apache::served_serial("::1", w.dev.apache.https_port, "::1")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // http redirects to https on the bracketed address.
+    let r = c.get(format!("http://[::1]:{}/x", w.dev.apache.http_port)).send().unwrap();
+    let loc = r.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    assert_eq!(loc, format!("https://[::1]:{}/x", w.dev.apache.https_port));
+    w.dev.ok(&["doctor"]);
+}
+
+/// An IP site's clients send no server name, so Apache hands them the
+/// default (first) TLS vhost of the port: the IP site must be it even when
+/// a DNS site's vhost file sorts before its own — and the DNS site is still
+/// served its own certificate by name.
+#[test]
+fn an_ip_site_is_the_default_tls_vhost_beside_a_dns_site() {
+    let w = World::new();
+    let (dns_id, ip_id, h, ip) = (siteid(1), siteid(2), "dns.example.test", "127.0.0.1");
+    assert!(dns_id < ip_id, "the DNS site's vhost file sorts first");
+    w.dev.deploy(&site_json(&dns_id, h, le(None)));
+    let rep = w.dev.deploy(&site_json(&ip_id, ip, le(None)));
+    assert_eq!(rep["pending"], false, "{rep}");
+    let (dns_live, ip_live) = (w.dev.live_serial(h).unwrap(), w.dev.live_serial(ip).unwrap());
+    w.dev.apache.wait_serial(ip, &ip_live); // no SNI: the default vhost
+    w.dev.apache.wait_serial(h, &dns_live);
+    w.dev.ok(&["doctor"]);
+    // A device whose IP site was deployed before the default file existed:
+    // doctor finds it, and --repair brings it back.
+    let default = w.dev.root.join("etc/httpd/sites/00-site-admin-ip-default.conf");
+    std::fs::remove_file(&default).unwrap();
+    let o = w.dev.run(&["doctor"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).contains("default TLS virtual host"), "{}", stdout(&o));
+    w.dev.ok(&["doctor", "--repair"]);
+    assert!(default.exists());
+    w.dev.ok(&["doctor"]);
+    // A second IP site over https cannot be served: refused, nothing changed.
+    let before = snapshot(&w.dev.root);
+    let f = w.dev.tmp.path().join("ip6.json");
+    std::fs::write(&f, site_json(&siteid(3), "::1", le(None))).unwrap();
+    let o = w.dev.run(&["deploy", "--file", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&ip_id) && stderr(&o).contains("default"), "{}", stderr(&o));
+    assert_eq!(snapshot(&w.dev.root), before);
+    // Once the IP site is undeployed, the DNS site is the default again.
+    w.dev.ok(&["undeploy", "--siteid", &ip_id]);
+    w.dev.apache.wait_serial(ip, &dns_live);
+    w.dev.apache.wait_serial(h, &dns_live);
+    w.dev.ok(&["doctor"]);
+}

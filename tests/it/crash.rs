@@ -289,15 +289,18 @@ fn random_kill_sweep() {
     let w = World::new();
     let d = &w.dev;
     let hosts: Vec<String> = (0..3).map(|i| format!("k{i}.example.test")).collect();
+    // Each site also changes its hostname now and then (kN ↔ kN-b).
+    let renamed: Vec<String> = (0..3).map(|i| format!("k{i}-b.example.test")).collect();
+    let all_hosts: Vec<&String> = hosts.iter().chain(&renamed).collect();
     let runs = 80;
     let mut killed = 0;
     let mut checked = 0;
     for i in 0..runs {
         // The usable LKCs of each host before this run (all live or stashed).
         let before: Vec<(String, String)> =
-            hosts.iter().flat_map(|h| [d.live_serial(h), d.stash_serial(h)].into_iter().flatten().map(move |s| (h.clone(), s))).collect();
+            all_hosts.iter().flat_map(|h| [d.live_serial(h), d.stash_serial(h)].into_iter().flatten().map(move |s| (h.to_string(), s))).collect();
         let k = rng.below(3) as usize;
-        let (sid, host) = (siteid(10 + k as u32), hosts[k].clone());
+        let (sid, host) = (siteid(10 + k as u32), if rng.below(3) == 0 { renamed[k].clone() } else { hosts[k].clone() });
         let args: Vec<String> = match rng.below(4) {
             0 | 1 => {
                 let f = d.tmp.path().join(format!("r{i}.json"));
@@ -316,7 +319,13 @@ fn random_kill_sweep() {
             killed += 1;
         }
         let _ = child.wait();
-        // The next command recovers.
+        // The next command recovers: the same one again, or (half the time)
+        // an unrelated locked one, which must finish or roll back the
+        // interrupted change on its own (a hostname change, say).
+        let other = d.tmp.path().join(format!("plain{i}.json"));
+        std::fs::write(&other, site_json(&siteid(20), "plain.example.test", None)).unwrap();
+        let plain = ["deploy".to_string(), "--file".into(), other.display().to_string()];
+        let args: &[String] = if rng.below(2) == 0 { &plain } else { &args };
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let o = d.run(&argv);
         let benign = o.status.code() == Some(2) && stderr(&o).contains("is not deployed");
@@ -349,4 +358,79 @@ fn random_kill_sweep() {
         d.apache.wait_serial(h, &live);
     }
     doctor_clean(d).unwrap();
+}
+
+/// A hostname change (H → H2, Let's Encrypt both) interrupted at every step,
+/// and then *another* locked command (an unrelated http site's deploy), not
+/// the same deploy again: that command must complete or roll back the
+/// change (invariant 5). Before the interim http vhost was journaled, a kill
+/// while H2 was provisioned left the site stored as H with its vhost on
+/// plain http for H2: the other deploy exited 0 and https for H served
+/// nothing of its own until the next renew.
+#[test]
+fn interrupt_every_step_of_hostname_change() {
+    const H2: &str = "crash2.example.test";
+    let rename = |w: &World| {
+        let f = w.dev.tmp.path().join("renamed.json");
+        std::fs::write(&f, site_json(&id(), H2, le())).unwrap();
+        vec!["deploy".to_string(), "--file".into(), f.display().to_string()]
+    };
+    let steps = {
+        let w = World::new();
+        setup_deployed(&w);
+        let trace = w.dev.tmp.path().join("trace");
+        let args = rename(&w);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = run_env(&w.dev, &argv, &[("SITE_ADMIN_FAULT_TRACE", trace.display().to_string())]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+        let steps: Vec<String> = std::fs::read_to_string(&trace)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let n = seen.entry(l.to_string()).or_insert(0);
+                *n += 1;
+                format!("{l}#{n}")
+            })
+            .collect();
+        steps
+    };
+    assert!(steps.iter().any(|s| s.starts_with("provision.issued")), "the rename provisions: {steps:?}");
+    eprintln!("hostname_change: {} steps: {steps:?}", steps.len());
+    for step in &steps {
+        let w = World::new();
+        let lkc = setup_deployed(&w);
+        let args = rename(&w);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = run_env(&w.dev, &argv, &[("SITE_ADMIN_FAULT", step.clone())]);
+        assert!(o.status.code().is_none(), "at {step}: the fault did not abort ({:?}): {}", o.status, stderr(&o));
+        // The next locked command is another site's deploy.
+        w.dev.deploy(&site_json(&siteid(2), "other.example.test", None));
+        if let Err(e) = doctor_clean(&w.dev) {
+            panic!("hostname change at {step}: {e}");
+        }
+        assert!(configtest_passes(&w.dev), "hostname change at {step}: Apache's configtest fails");
+        if let Err(e) = kept(&w, &lkc) {
+            panic!("hostname change at {step}: {e}");
+        }
+        // Rolled back (still H, its LKC served) or completed (H2, its own).
+        let stored = w.dev.stored_site(&id()).expect("the site is still deployed");
+        let host = stored["hostname"].as_str().unwrap().to_string();
+        assert!(host == H || host == H2, "at {step}: stored as {host}");
+        // Rolled back, no live lineage is left that no site uses (renew
+        // could not validate it): what was issued for H2 is in the stash.
+        if host == H {
+            assert_eq!(w.dev.live_serial(H2), None, "at {step}: rolled back, but live/{H2} is left");
+        }
+        let live = w.dev.live_serial(&host).unwrap_or_else(|| panic!("at {step}: no live LKC for {host}"));
+        let start = std::time::Instant::now();
+        while w.dev.apache.served_serial(&host).as_deref() != Some(live.as_str()) {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "hostname change at {step}: stored as {host}, but Apache serves {:?} for it, not its LKC {live}",
+                w.dev.apache.served_serial(&host)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
 }

@@ -43,6 +43,14 @@ impl Apache {
         Apache { ip: ip.into(), http_port, https_port, dir: dir.into(), conf }
     }
 
+    /// Listen on `ip` (e.g. `[::1]`) too, with the same ports (before start):
+    /// pebble validates an IPv6 site's address there.
+    pub fn also_listen(&self, ip: &str) {
+        let mut text = std::fs::read_to_string(&self.conf).unwrap();
+        text = text.replacen("Listen ", &format!("Listen {ip}:{}\nListen {ip}:{}\nListen ", self.http_port, self.https_port), 1);
+        std::fs::write(&self.conf, text).unwrap();
+    }
+
     /// The argv site-admin runs for `apache.configtest` and `apache.reload`.
     pub fn configtest_argv(&self) -> Vec<String> {
         vec![BIN.into(), "-f".into(), self.conf.display().to_string(), "-t".into()]

@@ -373,6 +373,17 @@ impl World {
         Self::with(pebble::PebbleOptions::default())
     }
 
+    /// A world whose Apache listens on [::1] too (same ports), so pebble
+    /// can validate an IPv6 site's address.
+    pub fn with_ipv6() -> World {
+        let mut dev = Device::new();
+        dev.apache.also_listen("[::1]");
+        let pebble = Pebble::start(&dev.tmp.path().join("pebble"), dev.apache.http_port, PebbleOptions::default());
+        dev.use_pebble(&pebble);
+        dev.apache.start();
+        World { pebble, dev }
+    }
+
     pub fn with(opts: pebble::PebbleOptions) -> World {
         let mut dev = Device::new();
         let pebble = Pebble::start(&dev.tmp.path().join("pebble"), dev.apache.http_port, opts);
