@@ -63,7 +63,17 @@ impl Apache {
     }
 
     pub fn start(&self) {
-        let o = Command::new(BIN).args(["-f", self.conf.to_str().unwrap(), "-k", "start"]).output().unwrap();
+        let mut o = Command::new(BIN).args(["-f", self.conf.to_str().unwrap(), "-k", "start"]).output().unwrap();
+        // A port the harness found free can be taken for a moment by another
+        // socket before Apache binds it: wait and try again, a few times.
+        for _ in 0..5 {
+            let said = format!("{}{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
+            if o.status.success() || !(said.contains("could not bind") || said.contains("Address already in use")) {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            o = Command::new(BIN).args(["-f", self.conf.to_str().unwrap(), "-k", "start"]).output().unwrap();
+        }
         assert!(
             o.status.success(),
             "apache2 did not start: {}{}\n{}",

@@ -22,22 +22,28 @@ pub use apache::Apache;
 pub use pebble::Pebble;
 pub use pebble::PebbleOptions;
 
-/// A free TCP port on 127.0.0.1 (bound and released; a tiny race we accept,
-/// made smaller by handing out ports from a per-process counter range).
+/// A free TCP port on 127.0.0.1 (bound and released), handed out from a
+/// per-process counter so one test process never gives a port twice. The
+/// ports lie below the kernel's ephemeral range (32768–60999 here): an
+/// outgoing connection's local port is taken from that range, and one of
+/// those taking a port between this check and the server's bind is how a test
+/// once failed with `AH00072: could not bind`.
 pub fn free_port() -> u16 {
     use std::sync::atomic::AtomicU16;
+    const LOW: u16 = 20000;
+    const HIGH: u16 = 32000;
     static NEXT: AtomicU16 = AtomicU16::new(0);
     if NEXT.load(Ordering::Relaxed) == 0 {
         // A per-process starting point, so test binaries run one after the
         // other (or side by side) rarely pick the same ports.
         let seed = std::process::id() as u64 ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
-        let base = 20000 + (seed % 380) as u16 * 100;
+        let base = LOW + (seed % ((HIGH - LOW) as u64 / 100)) as u16 * 100;
         let _ = NEXT.compare_exchange(0, base, Ordering::Relaxed, Ordering::Relaxed);
     }
     loop {
         let p = NEXT.fetch_add(1, Ordering::Relaxed);
-        if p > 58000 {
-            NEXT.store(20000, Ordering::Relaxed);
+        if p >= HIGH {
+            NEXT.store(LOW, Ordering::Relaxed);
             continue;
         }
         if TcpListener::bind(("127.0.0.1", p)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok() && TcpListener::bind(("127.0.0.2", p)).is_ok() {
