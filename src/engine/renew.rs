@@ -17,7 +17,6 @@ use crate::site::Site;
 use crate::store::{Material, NewVersion, Place, RenewalParams};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::json;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
@@ -685,23 +684,12 @@ fn run_all_hooks(ctx: &Ctx, report: &Report) -> Vec<hooks::HookRun> {
             runs.push(r);
         }
     }
-    let stdin = serde_json::to_vec(&json!({
-        "event": report.event,
-        "lineages": report.lineages,
-        "renewed_domains": report.renewed_domains,
-        "failed_domains": report.failed_domains,
-        "stash_deleted": report.stash_deleted,
-        "reloaded": report.reloaded,
-        "apache_error": report.apache_error,
-        "not_served": report.not_served,
-        "revocations": report.revocations,
-        "revoked_domains": report.revoked_domains,
-        "revocation_owed": report.revocation_owed,
-        "backing_off_domains": report.backing_off_domains,
-        "incomplete": report.incomplete,
-    }))
-    .unwrap_or_default();
-    for h in hooks::executables(&ctx.cfg.hooks_dir) {
+    let hooks = hooks::executables(&ctx.cfg.hooks_dir);
+    // The hooks' stdin is the report itself, serialized straight to bytes
+    // (no JSON tree per lineage), and only when a hook will read it: over
+    // 10 000 lineages the tree alone took 9 MiB.
+    let stdin = if hooks.is_empty() { Vec::new() } else { serde_json::to_vec(report).unwrap_or_default() };
+    for h in hooks {
         let mut env = vec![
             ("SITE_ADMIN_EVENT", "renew".to_string()),
             ("RENEWED_DOMAINS", report.renewed_domains.join(" ")),
