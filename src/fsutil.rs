@@ -21,11 +21,13 @@ pub fn temp_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!("{TEMP_PREFIX}{}-{n}-{:016x}", std::process::id(), random_u64()))
 }
 
-/// 64 unpredictable bits: from OpenSSL's CSPRNG, else SipHash under the
-/// standard library's random per-process keys.
+/// 64 unpredictable bits: from the system's CSPRNG (ring's, which, unlike
+/// OpenSSL's, initializes nothing), else SipHash under the standard
+/// library's random per-process keys.
 fn random_u64() -> u64 {
+    use ring::rand::SecureRandom;
     let mut b = [0u8; 8];
-    if openssl::rand::rand_bytes(&mut b).is_ok() {
+    if ring::rand::SystemRandom::new().fill(&mut b).is_ok() {
         return u64::from_ne_bytes(b);
     }
     use std::hash::{BuildHasher, Hasher};
