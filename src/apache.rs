@@ -120,13 +120,16 @@ pub struct Recovered {
 pub struct Transaction<'a> {
     cfg: &'a Config,
     index: Index,
+    /// What shows that the reload took effect (not journaled: a crash's
+    /// recovery reloads without proof).
+    proofs: Vec<Proof>,
 }
 
 impl<'a> Transaction<'a> {
     /// Start a transaction, once any interrupted one was recovered.
     pub fn begin(cfg: &'a Config, _recovered: &Recovered) -> Result<Transaction<'a>> {
         journal::start(cfg)?;
-        Ok(Transaction { cfg, index: Index::default() })
+        Ok(Transaction { cfg, index: Index::default(), proofs: Vec::new() })
     }
 
     fn write_index(&self) -> Result<()> {
@@ -188,6 +191,12 @@ impl<'a> Transaction<'a> {
         self.index.saved.is_empty()
     }
 
+    /// Add what shows that Apache serves this transaction's files once it
+    /// reloaded (see [`reload_proven`]).
+    pub fn prove(&mut self, p: Proof) {
+        self.proofs.push(p);
+    }
+
     /// Run `configtest`; on failure put every file back and fail with what
     /// Apache said; on success record the decision, reload Apache (checking
     /// it still serves), run the completion, and drop the journal. With
@@ -197,7 +206,7 @@ impl<'a> Transaction<'a> {
         if self.index.saved.is_empty() {
             if reload_anyway {
                 progress("reloading Apache for the new certificate");
-                reload(self.cfg).map_err(|said| ApacheError::Reload { said })?;
+                reload_proven(self.cfg, &self.proofs).map_err(|said| ApacheError::Reload { said })?;
             }
             if let Some(c) = &self.index.completion {
                 complete(c)?;
@@ -219,7 +228,7 @@ impl<'a> Transaction<'a> {
         self.write_index()?;
         crate::fault::point("apache.decided");
         progress("reloading Apache");
-        if let Err(said) = reload(self.cfg) {
+        if let Err(said) = reload_proven(self.cfg, &self.proofs) {
             // The new configuration passed configtest but Apache could not
             // load it (a key or chain mod_ssl refuses): put the previous one
             // back and bring Apache up on it, so the other sites keep serving.
@@ -238,24 +247,99 @@ impl<'a> Transaction<'a> {
     }
 }
 
-/// How long a graceful reload may take to fail (measured: 13 ms after
-/// `graceful` returned, with an RSA-1024 key): Apache's parent re-reads
-/// its configuration after `graceful` has returned, and exits if mod_ssl
-/// cannot load a key or chain.
+/// How long a graceful reload may take to fail when nothing proves it done
+/// (measured: 13 ms after `graceful` returned, with an RSA-1024 key):
+/// Apache's parent re-reads its configuration after `graceful` has
+/// returned, and exits if mod_ssl cannot load a key or chain. Only a reload
+/// without a [`Proof`] (undeploy, crash recovery) watches this window.
 const RELOAD_SETTLE: Duration = Duration::from_millis(100);
 
-/// Does Apache accept connections on the local http port?
+/// How long a reload may take to serve what was written before it fails.
+pub const RELOAD_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How often the proofs are polled after a reload.
+const PROOF_POLL: Duration = Duration::from_millis(5);
+
+/// How long Apache may refuse connections after a reload before it counts
+/// as stopped (a parent that exited closes its listening sockets for good).
+const DOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// What shows that Apache serves the configuration a reload was for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proof {
+    /// The TLS handshake with this SNI on the https port presents the
+    /// certificate with this serial (lowercase hex, no leading zeros).
+    Serial { host: String, serial: String },
+    /// A probe file written into this challenge directory
+    /// (`.../.well-known/acme-challenge`) is served for this host on the
+    /// http port: the host's vhost answers (an http-only change).
+    Probe { host: String, dir: PathBuf },
+}
+
+/// A probe file, removed when dropped whatever happened.
+struct ProbeFile {
+    path: PathBuf,
+    token: String,
+}
+
+impl ProbeFile {
+    fn write(dir: &Path) -> Option<ProbeFile> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let token = format!("site-admin-probe-{}-{n}-{nanos}", std::process::id());
+        fsutil::create_dir_all_mode(dir, 0o755).ok()?;
+        let path = dir.join(&token);
+        fsutil::atomic_write(&path, token.as_bytes(), 0o644).ok()?;
+        Some(ProbeFile { path, token })
+    }
+}
+
+impl Drop for ProbeFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Does Apache accept connections on the http port of `apache.address`?
 pub fn serving(cfg: &Config) -> bool {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], cfg.apache.http_port));
+    let addr = std::net::SocketAddr::new(cfg.apache.address, cfg.apache.http_port);
     std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+}
+
+/// Is the probe file served for `host` on the http port?
+fn probe_served(cfg: &Config, http: &reqwest::blocking::Client, host: &str, probe: &ProbeFile) -> bool {
+    let url = format!("http://{}/.well-known/acme-challenge/{}", std::net::SocketAddr::new(cfg.apache.address, cfg.apache.http_port), probe.token);
+    match http.get(&url).header("Host", host).send() {
+        Ok(r) if r.status().is_success() => r.text().map(|t| t == probe.token).unwrap_or(false),
+        _ => false,
+    }
 }
 
 /// Ask Apache to read its configuration, then check it still serves. Err
 /// says what went wrong when the reload command failed or Apache, serving
 /// before, stopped serving after it. An Apache that was not running is not
 /// an error (the configuration is valid and is read when Apache starts).
+/// Nothing proves the new configuration is served: see [`reload_proven`].
 pub fn reload(cfg: &Config) -> std::result::Result<(), String> {
+    reload_proven(cfg, &[])
+}
+
+/// [`reload`], done only when Apache serves what was written: every proof
+/// holds (polled every few milliseconds: the serial each host presents, the
+/// probe each vhost answers). A parent that exited (mod_ssl refused a key)
+/// is an error, and so is a proof that does not hold within
+/// [`RELOAD_DEADLINE`] (naming the host). With no proof, Apache is watched
+/// through a short settle window instead.
+pub fn reload_proven(cfg: &Config, proofs: &[Proof]) -> std::result::Result<(), String> {
+    let where_ = std::net::SocketAddr::new(cfg.apache.address, cfg.apache.http_port);
     let was_serving = serving(cfg);
+    if !was_serving {
+        tracing::info!("Apache is not running (nothing answers on {where_}); reloading anyway, and the new configuration is read when it starts");
+    }
+    // The probe files go in before the reload: the new vhost answers at once.
+    let probes: Vec<(usize, Option<ProbeFile>)> =
+        proofs.iter().enumerate().filter_map(|(i, p)| if let Proof::Probe { dir, .. } = p { Some((i, ProbeFile::write(dir))) } else { None }).collect();
     let res = run_argv(&cfg.apache.reload);
     if !was_serving {
         if let Err(said) = res {
@@ -264,22 +348,80 @@ pub fn reload(cfg: &Config) -> std::result::Result<(), String> {
         return Ok(());
     }
     res?;
-    // Watch through the settle time: a parent that exits closes its sockets.
-    let settle = Instant::now();
-    while settle.elapsed() < RELOAD_SETTLE {
-        std::thread::sleep(Duration::from_millis(25));
-        if !serving(cfg) {
-            break;
+    let stopped = || format!("Apache stopped serving on {where_} after the reload (see its error log)");
+    if proofs.is_empty() {
+        // Watch through the settle time: a parent that exits closes its sockets.
+        let settle = Instant::now();
+        while settle.elapsed() < RELOAD_SETTLE {
+            std::thread::sleep(Duration::from_millis(25));
+            if !serving(cfg) {
+                break;
+            }
         }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(2) {
+            if serving(cfg) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        return Err(stopped());
     }
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(2) {
+    // A new connection per probe: a kept-alive one stays with an old child,
+    // which serves the old configuration for as long as it is reused.
+    let http = reqwest::blocking::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(2))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| format!("making the HTTP client for the probe: {e}"))?;
+    let started = Instant::now();
+    let mut pending: Vec<usize> = (0..proofs.len()).collect();
+    let mut last_seen: Vec<Option<String>> = vec![None; proofs.len()];
+    let mut down_since: Option<Instant> = None;
+    loop {
+        pending.retain(|&i| match &proofs[i] {
+            Proof::Serial { host, serial } => {
+                let got = served_serial(cfg, host);
+                let ok = got.as_deref() == Some(serial.as_str());
+                last_seen[i] = got;
+                !ok
+            }
+            Proof::Probe { host, .. } => match probes.iter().find(|(j, _)| *j == i) {
+                Some((_, Some(f))) => !probe_served(cfg, &http, host, f),
+                // The probe file could not be written: liveness only.
+                _ => false,
+            },
+        });
+        if pending.is_empty() {
+            tracing::debug!("Apache serves the new configuration {} ms after the reload returned", started.elapsed().as_millis());
+            return if serving(cfg) { Ok(()) } else { Err(stopped()) };
+        }
         if serving(cfg) {
-            return Ok(());
+            down_since = None;
+        } else if down_since.get_or_insert_with(Instant::now).elapsed() > DOWN_GRACE {
+            return Err(stopped());
         }
-        std::thread::sleep(Duration::from_millis(50));
+        if started.elapsed() > RELOAD_DEADLINE {
+            let what: Vec<String> = pending
+                .iter()
+                .map(|&i| match &proofs[i] {
+                    Proof::Serial { host, serial } => format!(
+                        "{host} is served {} instead of the new certificate (serial {serial})",
+                        last_seen[i].as_deref().map(|s| format!("serial {s}")).unwrap_or_else(|| "no certificate".into())
+                    ),
+                    Proof::Probe { host, .. } => format!("{host} does not answer on plain http from its site's challenge directory"),
+                })
+                .collect();
+            return Err(format!(
+                "Apache did not serve the new configuration within {} s after the reload: {} (asked on {})",
+                RELOAD_DEADLINE.as_secs(),
+                what.join("; "),
+                cfg.apache.address
+            ));
+        }
+        std::thread::sleep(PROOF_POLL);
     }
-    Err(format!("Apache stopped serving on port {} after the reload (see its error log)", cfg.apache.http_port))
 }
 
 /// Bring Apache up again after a reload killed it: `apache.start`, then
@@ -300,13 +442,13 @@ pub fn restart(cfg: &Config) -> std::result::Result<(), String> {
 }
 
 /// The serial (lowercase hex, no leading zeros) of the certificate Apache
-/// serves for `host` (SNI) on the local https port, if it serves one.
+/// serves for `host` (SNI) on the https port of `apache.address`, if it serves one.
 pub fn served_serial(cfg: &Config, host: &str) -> Option<String> {
     use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
     let mut b = SslConnector::builder(SslMethod::tls_client()).ok()?;
     b.set_verify(SslVerifyMode::NONE);
     let conn = b.build().configure().ok()?.verify_hostname(false).use_server_name_indication(true);
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], cfg.apache.https_port));
+    let addr = std::net::SocketAddr::new(cfg.apache.address, cfg.apache.https_port);
     let tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     tcp.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
     tcp.set_write_timeout(Some(Duration::from_secs(3))).ok()?;

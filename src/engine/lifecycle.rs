@@ -234,7 +234,31 @@ fn apply_apache(ctx: &Ctx, rec: &Recovered, site: &Site, change: VhostChange) ->
     }
     let conf = apache::render(&ctx.cfg, &site.siteid, &site.hostname, &vhost_tls(ctx, site, change.serve));
     txn.write(&ctx.cfg.vhost_file(&site.siteid), conf.as_bytes(), 0o644)?;
+    if let Some(p) = proof_for(ctx, &site.siteid, &site.hostname, change.serve) {
+        txn.prove(p);
+    }
     Ok(txn.commit(change.new_certificate, &|m| ctx.progress(&format!("site {}: {m}", site.siteid)), &|c| completion::run(&ctx.cfg, &ctx.store, c))?)
+}
+
+/// What shows that Apache serves a site as `serve` says once it reloaded:
+/// the serial its certificate presents for the host (SNI), or — plain http,
+/// or an IP-address host (no SNI) — its vhost answering a probe file from
+/// the site's challenge directory.
+pub fn proof_for(ctx: &Ctx, siteid: &str, hostname: &str, serve: &Serve) -> Option<apache::Proof> {
+    let probe = || apache::Proof::Probe {
+        host: if hostname == "*" { "site-admin-probe.invalid".into() } else { hostname.to_string() },
+        dir: ctx.cfg.site_wellknown(siteid).join(".well-known/acme-challenge"),
+    };
+    if hostname.parse::<std::net::IpAddr>().is_ok() {
+        return Some(probe());
+    }
+    let serial = match serve {
+        Serve::Nothing => return None,
+        Serve::Http => return Some(probe()),
+        Serve::Lkc { host } => ctx.store.leaf(host, Place::Live)?.serial,
+        Serve::Okc => crate::certs::parse_first_cert(&std::fs::read(ctx.cfg.okc_paths(siteid).crt).ok()?).ok()?.serial,
+    };
+    Some(apache::Proof::Serial { host: hostname.to_string(), serial })
 }
 
 /// The account a stash conf names, if this device has it.
@@ -376,7 +400,7 @@ pub fn wait_for_vhost(ctx: &Ctx, siteid: &str, host: &str) {
     if fsutil::atomic_write(&path, token.as_bytes(), 0o644).is_err() {
         return;
     }
-    let url = format!("http://127.0.0.1:{}/.well-known/acme-challenge/{token}", ctx.cfg.apache.http_port);
+    let url = format!("http://{}/.well-known/acme-challenge/{token}", std::net::SocketAddr::new(ctx.cfg.apache.address, ctx.cfg.apache.http_port));
     let client = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(2)).redirect(reqwest::redirect::Policy::none()).build();
     let start = std::time::Instant::now();
     if let Ok(c) = client {

@@ -343,9 +343,9 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
         let res = match (&locked, switched.is_empty()) {
             (_, true) => {
                 ctx.progress("reloading Apache for the renewed certificates");
-                apache::reload(&ctx.cfg).map_err(|said| format!("reloading Apache: {said}"))
+                apache::reload_proven(&ctx.cfg, &renewed_proofs(ctx, &sites, &renewed)).map_err(|said| format!("reloading Apache: {said}"))
             }
-            (Some(l), false) => switch_to_https(ctx, &l.recovered, &switched).map_err(|e| e.to_string()),
+            (Some(l), false) => switch_to_https_proving(ctx, &l.recovered, &switched, renewed_proofs(ctx, &sites, &renewed)).map_err(|e| e.to_string()),
             (None, false) => Err("internal: no lock for the Apache change".to_string()),
         };
         match res {
@@ -417,11 +417,35 @@ fn lkc_vhost(ctx: &Ctx, s: &Site) -> String {
     apache::render(&ctx.cfg, &s.siteid, &s.hostname, &VhostTls::Lkc { fullchain, privkey })
 }
 
+/// What shows that Apache serves the renewed certificates: the new serial of
+/// each renewed host a site's vhost serves as its LKC (a lineage no vhost
+/// serves proves nothing).
+fn renewed_proofs(ctx: &Ctx, sites: &[Site], renewed: &[String]) -> Vec<apache::Proof> {
+    sites
+        .iter()
+        .filter(|s| s.is_letsencrypt() && renewed.iter().any(|h| h == s.hostname.as_str()))
+        .filter(|s| std::fs::read_to_string(ctx.cfg.vhost_file(&s.siteid)).map(|t| t == lkc_vhost(ctx, s)).unwrap_or(false))
+        .filter_map(|s| super::lifecycle::proof_for(ctx, &s.siteid, &s.hostname, &crate::decide::Serve::Lkc { host: s.hostname.to_string() }))
+        .collect()
+}
+
 /// Point these sites' vhosts at their live certificates (their OKC files
 /// go), in one transaction; it reloads Apache.
 pub fn switch_to_https(ctx: &Ctx, rec: &Recovered, sites: &[&Site]) -> Result<()> {
+    switch_to_https_proving(ctx, rec, sites, Vec::new())
+}
+
+/// [`switch_to_https`]; the reload must also show `proofs` (and each
+/// switched site's certificate).
+fn switch_to_https_proving(ctx: &Ctx, rec: &Recovered, sites: &[&Site], proofs: Vec<apache::Proof>) -> Result<()> {
     let mut txn = apache::Transaction::begin(&ctx.cfg, rec)?;
+    for p in proofs {
+        txn.prove(p);
+    }
     for s in sites {
+        if let Some(p) = super::lifecycle::proof_for(ctx, &s.siteid, &s.hostname, &crate::decide::Serve::Lkc { host: s.hostname.to_string() }) {
+            txn.prove(p);
+        }
         txn.write(&ctx.cfg.vhost_file(&s.siteid), lkc_vhost(ctx, s).as_bytes(), 0o644)?;
         let p = ctx.cfg.okc_paths(&s.siteid);
         txn.remove(&p.key)?;

@@ -56,7 +56,8 @@ pub fn revoke_command(ctx: &Ctx, siteid: &SiteId, reason: &str, no_replace: bool
         let issued = provision::issue(ctx, &rclient, &site)?;
         let params = provision::renewal_params(ctx, &site, Some(account));
         ctx.store.add_version(&host, &NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)?, &params)?;
-        apache::reload(&ctx.cfg).map_err(|said| {
+        let proof = super::lifecycle::proof_for(ctx, &site.siteid, &host, &crate::decide::Serve::Lkc { host: host.to_string() });
+        apache::reload_proven(&ctx.cfg, proof.as_slice()).map_err(|said| {
             Error::failed(format!("{host}: the replacement is on disk but Apache could not be reloaded ({said}); the old certificate is not revoked yet"))
         })?;
         replaced_by = ctx.store.leaf(&host, Place::Live).map(|c| c.serial);

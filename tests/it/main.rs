@@ -16,5 +16,6 @@ mod faults;
 mod fuzz;
 mod lifecycle;
 mod migration;
+mod reload;
 mod renew;
 mod site_json;
