@@ -211,6 +211,21 @@ impl AcmeClient {
         Ok(AcmeClient { http, opts, dir, key, kid: Mutex::new(kid), nonces: Mutex::new(Vec::new()), bad_nonces: Default::default() })
     }
 
+    /// A client of the same server for another account key (`kid`: its
+    /// URL when known), sharing this one's connections and directory: no
+    /// new connection and no second directory request.
+    pub fn with_account(&self, key: AccountKey, kid: Option<String>) -> AcmeClient {
+        AcmeClient {
+            http: self.http.clone(),
+            opts: self.opts.clone(),
+            dir: self.dir.clone(),
+            key,
+            kid: Mutex::new(kid),
+            nonces: Mutex::new(Vec::new()),
+            bad_nonces: Default::default(),
+        }
+    }
+
     pub fn account_url(&self) -> Option<String> {
         self.kid.lock().map(|k| k.clone()).unwrap_or(None)
     }

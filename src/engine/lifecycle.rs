@@ -379,8 +379,8 @@ fn provision_now(ctx: &Ctx, rec: &Recovered, site: &Site, stored: Option<&Site>,
         apply_apache(ctx, rec, site, VhostChange { serve: fallback, okc: OkcFiles::Keep, new_certificate: false, completion: None })?;
         wait_for_vhost(ctx, &site.siteid, host);
     }
-    let (client, account) = provision::client(ctx)?;
-    let issued = provision::issue(ctx, &client, site)?;
+    let session = provision::Session::open(ctx, &ctx.cfg.acme_server)?;
+    let (issued, account) = provision::issue_in(ctx, &session, site)?;
     crate::fault::point("provision.issued");
     let params = provision::renewal_params(ctx, site, Some(account));
     ctx.store.add_version(host, &NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)?, &params)?;

@@ -7,7 +7,6 @@
 use super::ctx::Ctx;
 use super::facts;
 use super::provision;
-use crate::acme::AcmeClient;
 use crate::apache::{self, Recovered, VhostTls};
 use crate::error::{Error, Result};
 use crate::hooks;
@@ -464,10 +463,10 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(Job, JobResult)> {
     if jobs.is_empty() {
         return Vec::new();
     }
-    let mut clients: BTreeMap<String, std::result::Result<(AcmeClient, String), String>> = BTreeMap::new();
+    let mut clients: BTreeMap<String, std::result::Result<provision::Session, String>> = BTreeMap::new();
     for j in &jobs {
         if !clients.contains_key(&j.server) {
-            clients.insert(j.server.clone(), provision::client_for(ctx, &j.server).map_err(|e| e.to_string()));
+            clients.insert(j.server.clone(), provision::Session::open(ctx, &j.server).map_err(|e| e.to_string()));
         }
     }
     let queue = Mutex::new(jobs.into_iter().collect::<VecDeque<Job>>());
@@ -482,7 +481,7 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(Job, JobResult)> {
             sc.spawn(move || {
                 while let Some(job) = next() {
                     let r = match clients.get(&job.server) {
-                        Some(Ok((client, account))) => renew_one(ctx, client, account, &job),
+                        Some(Ok(session)) => renew_one(ctx, session, &job),
                         Some(Err(e)) => Err(e.clone()),
                         None => Err("no ACME client".into()),
                     };
@@ -498,15 +497,16 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(Job, JobResult)> {
     v
 }
 
-fn renew_one(ctx: &Ctx, client: &AcmeClient, account: &str, job: &Job) -> JobResult {
+fn renew_one(ctx: &Ctx, session: &provision::Session, job: &Job) -> JobResult {
     ctx.progress(&format!("{}: {} a certificate", job.host, if job.pending { "provisioning" } else { "renewing" }));
     crate::fsutil::create_dir_all_mode(&job.webroot, 0o755).map_err(|e| e.to_string())?;
-    let profile = provision::order_profile(client, &job.host, job.profile.as_ref())?;
+    let profile = provision::order_profile(&*session.client().map_err(|e| e.to_string())?, &job.host, job.profile.as_ref())?;
     let opts = crate::acme::OrderOptions { profile, replaces: job.replaces.clone() };
-    let issued = client.issue_with(&job.host, &job.webroot, job.key_type, &opts).map_err(|e| e.to_string())?;
+    let (issued, account) =
+        session.run(|c, id| c.issue_with(&job.host, &job.webroot, job.key_type, &opts).map(|i| (i, id.to_string()))).map_err(|e| e.to_string())?;
     let v = NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem).map_err(|e| e.to_string())?;
     let params = RenewalParams {
-        account: Some(account.to_string()),
+        account: Some(account),
         server: job.server.clone(),
         webroot: job.webroot.clone(),
         key_type: job.key_type,

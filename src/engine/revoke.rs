@@ -52,8 +52,8 @@ pub fn revoke_command(ctx: &Ctx, siteid: &SiteId, reason: &str, no_replace: bool
         txn.commit(false, &|m| ctx.progress(&format!("site {siteid}: {m}")), &|_| Ok(()))?;
     } else {
         ctx.progress(&format!("{host}: provisioning a replacement with a new key before revoking serial {}", old.serial));
-        let (rclient, account) = provision::client(ctx)?;
-        let issued = provision::issue(ctx, &rclient, &site)?;
+        let session = provision::Session::open(ctx, &ctx.cfg.acme_server)?;
+        let (issued, account) = provision::issue_in(ctx, &session, &site)?;
         let params = provision::renewal_params(ctx, &site, Some(account));
         ctx.store.add_version(&host, &NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)?, &params)?;
         let proof = super::lifecycle::proof_for(ctx, &site.siteid, &host, &crate::decide::Serve::Lkc { host: host.to_string() });
