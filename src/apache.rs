@@ -74,6 +74,37 @@ pub fn render(cfg: &Config, siteid: &str, hostname: &str, tls: &VhostTls) -> Str
     s
 }
 
+/// The server-wide file (in `apache.sites_dir`, so Apache includes it) with
+/// the stateless HTTP-01 answer of the server's account.
+pub fn acme_conf_file(cfg: &Config) -> PathBuf {
+    cfg.apache.sites_dir.join("site-admin-acme-challenge.conf")
+}
+
+/// The stateless HTTP-01 answer ([RFC 8555 §8.1]: `<token>.<account key
+/// thumbprint>`) for every host, so that a new site's challenge is answered
+/// before its own vhost exists (one reload per new site). A challenge file
+/// that exists (a site's own webroot, certbot's) is served instead.
+///
+/// [RFC 8555 §8.1]: https://www.rfc-editor.org/rfc/rfc8555#section-8.1
+pub fn render_acme_conf(thumbprint: &str) -> String {
+    format!(
+        "# site-admin: the stateless ACME HTTP-01 answer of this device's account, for hosts\n\
+         # no site's vhost serves yet. Generated; changes are overwritten.\n\
+         <IfModule rewrite_module>\n\
+         <LocationMatch \"^/\\.well-known/acme-challenge/(?<tok>[-_A-Za-z0-9]+)$\">\n\
+         \x20   <If \"! -f %{{REQUEST_FILENAME}}\">\n\
+         \x20       Require all granted\n\
+         \x20       # mod_rewrite needs it; only where no file exists, so no link is followed.\n\
+         \x20       Options +FollowSymLinks\n\
+         \x20       ErrorDocument 200 \"%{{env:MATCH_TOK}}.{thumbprint}\"\n\
+         \x20       RewriteEngine On\n\
+         \x20       RewriteRule ^ - [R=200,L]\n\
+         \x20   </If>\n\
+         </LocationMatch>\n\
+         </IfModule>\n"
+    )
+}
+
 /// What can go wrong with a change to Apache's configuration. The command
 /// decides what it means for its exit code (all are failures today).
 #[derive(Debug, thiserror::Error)]

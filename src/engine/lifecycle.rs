@@ -234,6 +234,11 @@ fn apply_apache(ctx: &Ctx, rec: &Recovered, site: &Site, change: VhostChange) ->
     }
     let conf = apache::render(&ctx.cfg, &site.siteid, &site.hostname, &vhost_tls(ctx, site, change.serve));
     txn.write(&ctx.cfg.vhost_file(&site.siteid), conf.as_bytes(), 0o644)?;
+    // The stateless challenge answer of the server's account rides along,
+    // so the next new site needs no vhost (and no reload) for its challenge.
+    if let Some(t) = account_thumbprint(ctx) {
+        txn.write(&apache::acme_conf_file(&ctx.cfg), apache::render_acme_conf(&t).as_bytes(), 0o644)?;
+    }
     if let Some(p) = proof_for(ctx, &site.siteid, &site.hostname, change.serve) {
         txn.prove(p);
     }
@@ -370,21 +375,46 @@ fn deploy_one_with(ctx: &Ctx, rec: &Recovered, site: &Site, account: Option<Stri
     Ok(Outcome { siteid: site.siteid.clone(), hostname: site.hostname.to_string(), serve, pending, plan })
 }
 
-/// Provision with the CA. First make sure the site's own vhost answers the
-/// challenge on plain http (the fallback's vhost), then order.
+/// Provision with the CA. First make sure the challenge is answered on
+/// plain http for the host — by the site's own vhost, or by the stateless
+/// answer Apache gives already (checked with a probe), else by bringing up
+/// the fallback's vhost — then order.
 fn provision_now(ctx: &Ctx, rec: &Recovered, site: &Site, stored: Option<&Site>, host: &str, fallback: &Serve) -> Result<()> {
     let serves_challenge = stored.map(|s| s.hostname == site.hostname).unwrap_or(false) && ctx.cfg.vhost_file(&site.siteid).exists();
-    if !serves_challenge {
+    let session = provision::Session::open(ctx, &ctx.cfg.acme_server)?;
+    if !serves_challenge && !stateless_answer_served(ctx, &session, host) {
         ctx.progress(&format!("site {}: bringing up its http virtual host for the challenge", site.siteid));
         apply_apache(ctx, rec, site, VhostChange { serve: fallback, okc: OkcFiles::Keep, new_certificate: false, completion: None })?;
         wait_for_vhost(ctx, &site.siteid, host);
     }
-    let session = provision::Session::open(ctx, &ctx.cfg.acme_server)?;
     let (issued, account) = provision::issue_in(ctx, &session, site)?;
     crate::fault::point("provision.issued");
     let params = provision::renewal_params(ctx, site, Some(account));
     ctx.store.add_version(host, &NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)?, &params)?;
     Ok(())
+}
+
+/// The thumbprint of the server's stored account, if there is one.
+fn account_thumbprint(ctx: &Ctx) -> Option<String> {
+    accounts::load(&ctx.cfg.letsencrypt_dir, &ctx.cfg.acme_server).ok()??.key.thumbprint().ok()
+}
+
+/// Does Apache already give the stateless challenge answer of the session's
+/// account for `host` on plain http? A probe token is asked for and the
+/// answer must be `<token>.<thumbprint>`.
+fn stateless_answer_served(ctx: &Ctx, session: &provision::Session, host: &str) -> bool {
+    let Some(thumbprint) = session.client().ok().and_then(|c| c.key().thumbprint().ok()) else { return false };
+    let token = format!("site-admin-probe-{}-{}", std::process::id(), Utc::now().timestamp_micros());
+    let url = format!("http://{}/.well-known/acme-challenge/{token}", std::net::SocketAddr::new(ctx.cfg.apache.address, ctx.cfg.apache.http_port));
+    let Ok(c) = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(2)).redirect(reqwest::redirect::Policy::none()).build() else {
+        return false;
+    };
+    let ok = match c.get(&url).header("Host", host).send() {
+        Ok(r) if r.status().is_success() => r.text().map(|t| t == format!("{token}.{thumbprint}")).unwrap_or(false),
+        _ => false,
+    };
+    tracing::debug!(host, ok, "the stateless challenge answer");
+    ok
 }
 
 /// After a graceful reload Apache takes a moment to serve the new vhost: wait

@@ -83,3 +83,24 @@ fn device_b_checks_its_own_apache_not_the_one_on_127_0_0_1() {
     assert!(b.apache.is_running(), "B's Apache was started again");
     b.apache.wait_serial("one.example.test", &serial);
 }
+
+#[test]
+fn a_new_site_is_served_with_exactly_one_reload() {
+    let w = World::new();
+    let d = &w.dev;
+    // The first site registers the account; its deploy writes the stateless
+    // challenge answer of that account for every host.
+    d.deploy(&site_json(&siteid(1), "first.example.test", le()));
+    let reloads = d.tmp.path().join("reloads");
+    set_apache(d, "reload", counting(&reloads, &d.apache.reload_argv()));
+    let h = "second.example.test";
+    let rep = d.deploy(&site_json(&siteid(2), h, le()));
+    assert_eq!(rep["serving"], "letsencrypt", "{rep}");
+    let serial = d.live_serial(h).unwrap();
+    assert_eq!(d.apache.served_serial(h).as_deref(), Some(serial.as_str()), "served when deploy returned");
+    assert_eq!(lines(&reloads), 1, "one reload for a new site");
+    // A challenge file that exists is served, not the stateless answer.
+    let dir = d.root.join("srv/http/wellknown").join(siteid(1)).join(".well-known/acme-challenge");
+    std::fs::write(dir.join("filetoken"), "from-the-file").unwrap();
+    assert_eq!(d.apache.http_get("first.example.test", "/.well-known/acme-challenge/filetoken").2, "from-the-file");
+}
