@@ -255,6 +255,7 @@ impl<'a> Transaction<'a> {
                 Err(_) => ApacheError::AlreadyBroken { said },
             });
         }
+        tracing::debug!("step: configtest passed");
         self.index.decided = true;
         self.write_index()?;
         crate::fault::point("apache.decided");
@@ -379,6 +380,7 @@ pub fn reload_proven(cfg: &Config, proofs: &[Proof]) -> std::result::Result<(), 
         return Ok(());
     }
     res?;
+    tracing::debug!("step: reload command returned");
     let stopped = || format!("Apache stopped serving on {where_} after the reload (see its error log)");
     if proofs.is_empty() {
         // Watch through the settle time: a parent that exits closes its sockets.
@@ -425,7 +427,7 @@ pub fn reload_proven(cfg: &Config, proofs: &[Proof]) -> std::result::Result<(), 
             },
         });
         if pending.is_empty() {
-            tracing::debug!("Apache serves the new configuration {} ms after the reload returned", started.elapsed().as_millis());
+            tracing::debug!("step: proof: Apache serves the new configuration {} ms after the reload returned", started.elapsed().as_millis());
             return if serving(cfg) { Ok(()) } else { Err(stopped()) };
         }
         if serving(cfg) {

@@ -29,10 +29,12 @@ pub fn client(ctx: &Ctx) -> Result<(AcmeClient, String)> {
 /// [`Session`] recovers an account the CA has forgotten.
 pub fn client_for(ctx: &Ctx, server: &str) -> Result<(AcmeClient, String)> {
     tracing::trace!(server, "connecting to the ACME server");
-    match accounts::load(&ctx.cfg.letsencrypt_dir, server)? {
-        Some(acct) => Ok((AcmeClient::connect(options(ctx, server), acct.key.clone(), Some(acct.uri.clone()))?, acct.id)),
-        None => register(ctx, server),
-    }
+    let r = match accounts::load(&ctx.cfg.letsencrypt_dir, server)? {
+        Some(acct) => (AcmeClient::connect(options(ctx, server), acct.key.clone(), Some(acct.uri.clone()))?, acct.id),
+        None => register(ctx, server)?,
+    };
+    tracing::debug!(server, "step: account ready (directory read)");
+    Ok(r)
 }
 
 /// The ACME client of one run for one server, with the account it orders

@@ -514,6 +514,7 @@ fn renew_one(ctx: &Ctx, session: &provision::Session, job: &Job) -> JobResult {
     };
     crate::fault::point("renew.issued");
     ctx.store.add_version(&job.host, &v, &params).map_err(|e| e.to_string())?;
+    tracing::debug!(host = %job.host, "step: written");
     match ctx.store.material(&job.host, Place::Live) {
         Material::Present(kc) => Ok((kc.leaf.not_after, job.replaces.clone())),
         _ => Err("the new version is not readable".into()),
