@@ -372,7 +372,7 @@ pub fn reload_proven(cfg: &Config, proofs: &[Proof]) -> std::result::Result<(), 
     // The probe files go in before the reload: the new vhost answers at once.
     let probes: Vec<(usize, Option<ProbeFile>)> =
         proofs.iter().enumerate().filter_map(|(i, p)| if let Proof::Probe { dir, .. } = p { Some((i, ProbeFile::write(dir))) } else { None }).collect();
-    let res = run_argv(&cfg.apache.reload);
+    let res = ask_reload(cfg);
     if !was_serving {
         if let Err(said) = res {
             tracing::warn!("reloading Apache failed ({said}); it was not running, and the new configuration is read when it starts");
@@ -455,6 +455,37 @@ pub fn reload_proven(cfg: &Config, proofs: &[Proof]) -> std::result::Result<(), 
         }
         std::thread::sleep(PROOF_POLL);
     }
+}
+
+/// Ask Apache for a graceful restart: SIGUSR1 to the parent named by
+/// `apache.pid_file` when that is a running apache2/httpd (what `apachectl
+/// graceful` does once it has parsed the configuration again, which
+/// `configtest` just did), else run `apache.reload`.
+fn ask_reload(cfg: &Config) -> std::result::Result<(), String> {
+    if let Some(pf) = &cfg.apache.pid_file {
+        match apache_parent(pf) {
+            Some(pid) => {
+                tracing::debug!(pid = pid.as_raw_nonzero().get(), "signalling Apache's parent (SIGUSR1, graceful)");
+                return rustix::process::kill_process(pid, rustix::process::Signal::USR1)
+                    .map_err(|e| format!("signalling Apache (pid file {}): {e}", pf.display()));
+            }
+            None => tracing::debug!("{} names no running Apache; running apache.reload", pf.display()),
+        }
+    }
+    run_argv(&cfg.apache.reload)
+}
+
+/// The pid in Apache's PidFile, if that process is an apache2/httpd.
+fn apache_parent(pid_file: &Path) -> Option<rustix::process::Pid> {
+    let raw: i32 = fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    if raw <= 1 {
+        return None;
+    }
+    let comm = fs::read_to_string(format!("/proc/{raw}/comm")).ok()?;
+    if !matches!(comm.trim(), "apache2" | "httpd") {
+        return None;
+    }
+    rustix::process::Pid::from_raw(raw)
 }
 
 /// Bring Apache up again after a reload killed it: `apache.start`, then

@@ -41,6 +41,7 @@ struct RawApache {
     http_port: Option<u16>,
     https_port: Option<u16>,
     address: Option<String>,
+    pid_file: Option<String>,
     configtest: Option<Vec<String>>,
     reload: Option<Vec<String>>,
     start: Option<Vec<String>>,
@@ -80,6 +81,10 @@ pub struct ApacheConfig {
     pub https_port: u16,
     /// The address every check of what Apache serves connects to.
     pub address: std::net::IpAddr,
+    /// Apache's PidFile: when set, a reload signals that parent (SIGUSR1, a
+    /// graceful restart) instead of running `reload`, which parses the
+    /// whole configuration again after `configtest` did.
+    pub pid_file: Option<PathBuf>,
     pub configtest: Vec<String>,
     pub reload: Vec<String>,
     /// argv that starts Apache when a reload made it exit.
@@ -235,7 +240,16 @@ impl Config {
             docroot_dir: p(&raw.docroot_dir, "srv/http/sites"),
             hooks_dir: p(&raw.hooks_dir, "etc/site-admin/hooks.d"),
             lock_file: p(&raw.lock_file, "run/site-admin/site-admin.lock"),
-            apache: ApacheConfig { sites_dir: p(&ap.sites_dir, "etc/httpd/sites"), http_port, https_port, address, configtest, reload, start },
+            apache: ApacheConfig {
+                sites_dir: p(&ap.sites_dir, "etc/httpd/sites"),
+                http_port,
+                https_port,
+                address,
+                pid_file: ap.pid_file.as_deref().map(|f| under(&root, f)),
+                configtest,
+                reload,
+                start,
+            },
             root,
         })
     }

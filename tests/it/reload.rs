@@ -104,3 +104,28 @@ fn a_new_site_is_served_with_exactly_one_reload() {
     std::fs::write(dir.join("filetoken"), "from-the-file").unwrap();
     assert_eq!(d.apache.http_get("first.example.test", "/.well-known/acme-challenge/filetoken").2, "from-the-file");
 }
+
+#[test]
+fn with_apache_pid_file_a_reload_signals_the_parent_instead_of_running_the_reload_command() {
+    let w = World::new();
+    let d = &w.dev;
+    let h = "signalled.example.test";
+    d.deploy(&site_json(&siteid(1), h, le()));
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&d.config).unwrap()).unwrap();
+    cfg["apache"]["pid_file"] = json!(d.apache.dir.join("httpd.pid"));
+    // The reload command would fail: the signal is what reloads.
+    cfg["apache"]["reload"] = json!(["sh", "-c", "echo not this >&2; exit 1"]);
+    std::fs::write(&d.config, cfg.to_string()).unwrap();
+    let (code, rep, err) = renew_json(d, &["--force"]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    let new = d.live_serial(h).unwrap();
+    assert_eq!(d.apache.served_serial(h).as_deref(), Some(new.as_str()), "served when renew returned");
+    // A pid file naming no Apache falls back to the reload command.
+    let fake = d.tmp.path().join("fake.pid");
+    std::fs::write(&fake, format!("{}\n", std::process::id())).unwrap();
+    cfg["apache"]["pid_file"] = json!(fake);
+    std::fs::write(&d.config, cfg.to_string()).unwrap();
+    let (code, rep, _) = renew_json(d, &["--force"]);
+    assert_eq!(code, 1);
+    assert!(rep["apache_error"].as_str().unwrap_or_default().contains("not this"), "{rep}");
+}
