@@ -80,8 +80,8 @@ fn device_b_checks_its_own_apache_not_the_one_on_127_0_0_1() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("127.0.0.2") && stderr(&o).contains("previous configuration was put back"), "{}", stderr(&o));
     assert_eq!(snapshot(&b.root.join("etc/httpd")), vhosts, "the previous configuration is back");
-    assert!(b.apache.is_running(), "B's Apache was started again");
     b.apache.wait_serial("one.example.test", &serial);
+    assert!(b.apache.is_running(), "B's Apache was started again");
 }
 
 #[test]
