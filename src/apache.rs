@@ -339,13 +339,29 @@ pub fn serving(cfg: &Config) -> bool {
     std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
 }
 
+/// GET `path` for `host` on the http port of `apache.address`, over a
+/// new connection (a kept-alive one would stay with an old child, which
+/// serves the old configuration for as long as it is reused): the status
+/// and at most 64 KiB of the body. Plain HTTP/1.0, no TLS roots to load.
+pub fn http_get(cfg: &Config, host: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::new(cfg.apache.address, cfg.apache.http_port);
+    let mut tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    tcp.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
+    let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() };
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: site-admin\r\n\r\n").as_bytes()).ok()?;
+    let mut buf = Vec::new();
+    tcp.take(64 * 1024).read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
 /// Is the probe file served for `host` on the http port?
-fn probe_served(cfg: &Config, http: &reqwest::blocking::Client, host: &str, probe: &ProbeFile) -> bool {
-    let url = format!("http://{}/.well-known/acme-challenge/{}", std::net::SocketAddr::new(cfg.apache.address, cfg.apache.http_port), probe.token);
-    match http.get(&url).header("Host", host).send() {
-        Ok(r) if r.status().is_success() => r.text().map(|t| t == probe.token).unwrap_or(false),
-        _ => false,
-    }
+fn probe_served(cfg: &Config, host: &str, probe: &ProbeFile) -> bool {
+    matches!(http_get(cfg, host, &format!("/.well-known/acme-challenge/{}", probe.token)), Some((200, body)) if body == probe.token)
 }
 
 /// Ask Apache to read its configuration, then check it still serves. Err
@@ -400,14 +416,6 @@ pub fn reload_proven(cfg: &Config, proofs: &[Proof]) -> std::result::Result<(), 
         }
         return Err(stopped());
     }
-    // A new connection per probe: a kept-alive one stays with an old child,
-    // which serves the old configuration for as long as it is reused.
-    let http = reqwest::blocking::Client::builder()
-        .pool_max_idle_per_host(0)
-        .timeout(Duration::from_secs(2))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| format!("making the HTTP client for the probe: {e}"))?;
     let started = Instant::now();
     let mut pending: Vec<usize> = (0..proofs.len()).collect();
     let mut last_seen: Vec<Option<String>> = vec![None; proofs.len()];
@@ -421,7 +429,7 @@ pub fn reload_proven(cfg: &Config, proofs: &[Proof]) -> std::result::Result<(), 
                 !ok
             }
             Proof::Probe { host, .. } => match probes.iter().find(|(j, _)| *j == i) {
-                Some((_, Some(f))) => !probe_served(cfg, &http, host, f),
+                Some((_, Some(f))) => !probe_served(cfg, host, f),
                 // The probe file could not be written: liveness only.
                 _ => false,
             },

@@ -405,14 +405,7 @@ fn account_thumbprint(ctx: &Ctx) -> Option<String> {
 fn stateless_answer_served(ctx: &Ctx, session: &provision::Session, host: &str) -> bool {
     let Some(thumbprint) = session.client().ok().and_then(|c| c.key().thumbprint().ok()) else { return false };
     let token = format!("site-admin-probe-{}-{}", std::process::id(), Utc::now().timestamp_micros());
-    let url = format!("http://{}/.well-known/acme-challenge/{token}", std::net::SocketAddr::new(ctx.cfg.apache.address, ctx.cfg.apache.http_port));
-    let Ok(c) = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(2)).redirect(reqwest::redirect::Policy::none()).build() else {
-        return false;
-    };
-    let ok = match c.get(&url).header("Host", host).send() {
-        Ok(r) if r.status().is_success() => r.text().map(|t| t == format!("{token}.{thumbprint}")).unwrap_or(false),
-        _ => false,
-    };
+    let ok = matches!(apache::http_get(&ctx.cfg, host, &format!("/.well-known/acme-challenge/{token}")), Some((200, body)) if body == format!("{token}.{thumbprint}"));
     tracing::debug!(host, ok, "the stateless challenge answer");
     ok
 }

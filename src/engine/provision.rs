@@ -30,7 +30,7 @@ pub fn client(ctx: &Ctx) -> Result<(AcmeClient, String)> {
 pub fn client_for(ctx: &Ctx, server: &str) -> Result<(AcmeClient, String)> {
     tracing::trace!(server, "connecting to the ACME server");
     let r = match accounts::load(&ctx.cfg.letsencrypt_dir, server)? {
-        Some(acct) => (AcmeClient::connect(options(ctx, server), acct.key.clone(), Some(acct.uri.clone()))?, acct.id),
+        Some(acct) => (ctx.acme_client(server, acct.key.clone(), Some(acct.uri.clone()))?, acct.id),
         None => register(ctx, server)?,
     };
     tracing::debug!(server, "step: account ready (directory read)");
@@ -123,7 +123,7 @@ impl<'a> Session<'a> {
 /// Register a new account with `server` and store it where certbot keeps accounts.
 fn register(ctx: &Ctx, server: &str) -> Result<(AcmeClient, String)> {
     let key = AccountKey::generate().map_err(Error::failed)?;
-    let c = AcmeClient::connect(options(ctx, server), key, None)?;
+    let c = ctx.acme_client(server, key, None)?;
     let id = register_with(ctx, server, &c)?;
     Ok((c, id))
 }
