@@ -140,6 +140,37 @@ pub fn repair_default(cfg: &Config, rec: &Recovered, progress: &dyn Fn(&str)) ->
     txn.commit(false, progress, &|_| Ok(()))
 }
 
+/// The server-wide file (in `apache.sites_dir`, so Apache includes it) with
+/// the stateless HTTP-01 answer of the server's account.
+pub fn acme_conf_file(cfg: &Config) -> PathBuf {
+    cfg.apache.sites_dir.join("site-admin-acme-challenge.conf")
+}
+
+/// The stateless HTTP-01 answer ([RFC 8555 §8.1]: `<token>.<account key
+/// thumbprint>`) for every host, so that a new site's challenge is answered
+/// before its own vhost exists (one reload per new site). A challenge file
+/// that exists (a site's own webroot, certbot's) is served instead.
+///
+/// [RFC 8555 §8.1]: https://www.rfc-editor.org/rfc/rfc8555#section-8.1
+pub fn render_acme_conf(thumbprint: &str) -> String {
+    format!(
+        "# site-admin: the stateless ACME HTTP-01 answer of this device's account, for hosts\n\
+         # no site's vhost serves yet. Generated; changes are overwritten.\n\
+         <IfModule rewrite_module>\n\
+         <LocationMatch \"^/\\.well-known/acme-challenge/(?<tok>[-_A-Za-z0-9]+)$\">\n\
+         \x20   <If \"! -f %{{REQUEST_FILENAME}}\">\n\
+         \x20       Require all granted\n\
+         \x20       # mod_rewrite needs it; only where no file exists, so no link is followed.\n\
+         \x20       Options +FollowSymLinks\n\
+         \x20       ErrorDocument 200 \"%{{env:MATCH_TOK}}.{thumbprint}\"\n\
+         \x20       RewriteEngine On\n\
+         \x20       RewriteRule ^ - [R=200,L]\n\
+         \x20   </If>\n\
+         </LocationMatch>\n\
+         </IfModule>\n"
+    )
+}
+
 /// What can go wrong with a change to Apache's configuration. The command
 /// decides what it means for its exit code (all are failures today).
 #[derive(Debug, thiserror::Error)]
@@ -186,13 +217,16 @@ pub struct Recovered {
 pub struct Transaction<'a> {
     cfg: &'a Config,
     index: Index,
+    /// What shows that the reload took effect (not journaled: a crash's
+    /// recovery reloads without proof).
+    proofs: Vec<Proof>,
 }
 
 impl<'a> Transaction<'a> {
     /// Start a transaction, once any interrupted one was recovered.
     pub fn begin(cfg: &'a Config, _recovered: &Recovered) -> Result<Transaction<'a>> {
         journal::start(cfg)?;
-        Ok(Transaction { cfg, index: Index::default() })
+        Ok(Transaction { cfg, index: Index::default(), proofs: Vec::new() })
     }
 
     fn write_index(&self) -> Result<()> {
@@ -307,11 +341,13 @@ impl<'a> Transaction<'a> {
         self.write_index()?;
         crate::fault::point("apache.interim_marked");
         progress("reloading Apache");
-        if let Err(said) = reload(self.cfg) {
+        if let Err(said) = reload_proven(self.cfg, &self.proofs) {
             journal::restore(&self.index.saved)?;
             journal::finish(self.cfg)?;
             return Err(ApacheError::ReloadFailed { said, back: restart(self.cfg) });
         }
+        // What proved this step proves nothing about the next one.
+        self.proofs.clear();
         crate::fault::point("apache.interim_loaded");
         Ok(self)
     }
@@ -344,6 +380,12 @@ impl<'a> Transaction<'a> {
         }
     }
 
+    /// Add what shows that Apache serves this transaction's files once it
+    /// reloaded (see [`reload_proven`]).
+    pub fn prove(&mut self, p: Proof) {
+        self.proofs.push(p);
+    }
+
     /// Run `configtest`; on failure put every file back and fail with what
     /// Apache said; on success record the decision, reload Apache (checking
     /// it still serves), run the completion, and drop the journal. With
@@ -353,7 +395,7 @@ impl<'a> Transaction<'a> {
         if self.index.saved.is_empty() {
             if reload_anyway {
                 progress("reloading Apache for the new certificate");
-                reload(self.cfg).map_err(|said| ApacheError::Reload { said })?;
+                reload_proven(self.cfg, &self.proofs).map_err(|said| ApacheError::Reload { said })?;
             }
             if let Some(c) = &self.index.completion {
                 complete(c)?;
@@ -366,11 +408,12 @@ impl<'a> Transaction<'a> {
         if let Err(said) = run_argv(&self.cfg.apache.configtest) {
             return Err(self.refused(said, Some(complete)));
         }
+        tracing::debug!("step: configtest passed");
         self.index.decided = true;
         self.write_index()?;
         crate::fault::point("apache.decided");
         progress("reloading Apache");
-        if let Err(said) = reload(self.cfg) {
+        if let Err(said) = reload_proven(self.cfg, &self.proofs) {
             // The new configuration passed configtest but Apache could not
             // load it (a key or chain mod_ssl refuses): put the previous one
             // back and bring Apache up on it, so the other sites keep serving.
@@ -392,25 +435,116 @@ impl<'a> Transaction<'a> {
     }
 }
 
-/// How long a graceful reload may take to fail (measured: 13 ms after
-/// `graceful` returned, with an RSA-1024 key): Apache's parent re-reads
-/// its configuration after `graceful` has returned, and exits if mod_ssl
-/// cannot load a key or chain.
+/// How long a graceful reload may take to fail when nothing proves it done
+/// (measured: 13 ms after `graceful` returned, with an RSA-1024 key):
+/// Apache's parent re-reads its configuration after `graceful` has
+/// returned, and exits if mod_ssl cannot load a key or chain. Only a reload
+/// without a [`Proof`] (undeploy, crash recovery) watches this window.
 const RELOAD_SETTLE: Duration = Duration::from_millis(100);
 
-/// Does Apache accept connections on the local http port?
+/// How long a reload may take to serve what was written before it fails.
+pub const RELOAD_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How often the proofs are polled after a reload.
+const PROOF_POLL: Duration = Duration::from_millis(5);
+
+/// How long Apache may refuse connections after a reload before it counts
+/// as stopped (a parent that exited closes its listening sockets for good).
+const DOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// What shows that Apache serves the configuration a reload was for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proof {
+    /// The TLS handshake with this SNI on the https port presents the
+    /// certificate with this serial (lowercase hex, no leading zeros).
+    Serial { host: String, serial: String },
+    /// A probe file written into this challenge directory
+    /// (`.../.well-known/acme-challenge`) is served for this host on the
+    /// http port: the host's vhost answers (an http-only change).
+    Probe { host: String, dir: PathBuf },
+}
+
+/// A probe file, removed when dropped whatever happened.
+struct ProbeFile {
+    path: PathBuf,
+    token: String,
+}
+
+impl ProbeFile {
+    fn write(dir: &Path) -> Option<ProbeFile> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let token = format!("site-admin-probe-{}-{n}-{nanos}", std::process::id());
+        fsutil::create_dir_all_mode(dir, 0o755).ok()?;
+        let path = dir.join(&token);
+        fsutil::atomic_write(&path, token.as_bytes(), 0o644).ok()?;
+        Some(ProbeFile { path, token })
+    }
+}
+
+impl Drop for ProbeFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Does Apache accept connections on the http port of `apache.address`?
 pub fn serving(cfg: &Config) -> bool {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], cfg.apache.http_port));
+    let addr = std::net::SocketAddr::new(cfg.apache.address, cfg.apache.http_port);
     std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+}
+
+/// GET `path` for `host` on the http port of `apache.address`, over a
+/// new connection (a kept-alive one would stay with an old child, which
+/// serves the old configuration for as long as it is reused): the status
+/// and at most 64 KiB of the body. Plain HTTP/1.0, no TLS roots to load.
+pub fn http_get(cfg: &Config, host: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::new(cfg.apache.address, cfg.apache.http_port);
+    let mut tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    tcp.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
+    let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() };
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: site-admin\r\n\r\n").as_bytes()).ok()?;
+    let mut buf = Vec::new();
+    tcp.take(64 * 1024).read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// Is the probe file served for `host` on the http port?
+fn probe_served(cfg: &Config, host: &str, probe: &ProbeFile) -> bool {
+    matches!(http_get(cfg, host, &format!("/.well-known/acme-challenge/{}", probe.token)), Some((200, body)) if body == probe.token)
 }
 
 /// Ask Apache to read its configuration, then check it still serves. Err
 /// says what went wrong when the reload command failed or Apache, serving
 /// before, stopped serving after it. An Apache that was not running is not
 /// an error (the configuration is valid and is read when Apache starts).
+/// Nothing proves the new configuration is served: see [`reload_proven`].
 pub fn reload(cfg: &Config) -> std::result::Result<(), String> {
+    reload_proven(cfg, &[])
+}
+
+/// [`reload`], done only when Apache serves what was written: every proof
+/// holds (polled every few milliseconds: the serial each host presents, the
+/// probe each vhost answers). A parent that exited (mod_ssl refused a key)
+/// is an error, and so is a proof that does not hold within
+/// [`RELOAD_DEADLINE`] (naming the host). With no proof, Apache is watched
+/// through a short settle window instead.
+pub fn reload_proven(cfg: &Config, proofs: &[Proof]) -> std::result::Result<(), String> {
+    let where_ = std::net::SocketAddr::new(cfg.apache.address, cfg.apache.http_port);
     let was_serving = serving(cfg);
-    let res = run_argv(&cfg.apache.reload);
+    if !was_serving {
+        tracing::info!("Apache is not running (nothing answers on {where_}); reloading anyway, and the new configuration is read when it starts");
+    }
+    // The probe files go in before the reload: the new vhost answers at once.
+    let probes: Vec<(usize, Option<ProbeFile>)> =
+        proofs.iter().enumerate().filter_map(|(i, p)| if let Proof::Probe { dir, .. } = p { Some((i, ProbeFile::write(dir))) } else { None }).collect();
+    let res = ask_reload(cfg);
     if !was_serving {
         if let Err(said) = res {
             tracing::warn!("reloading Apache failed ({said}); it was not running, and the new configuration is read when it starts");
@@ -418,22 +552,113 @@ pub fn reload(cfg: &Config) -> std::result::Result<(), String> {
         return Ok(());
     }
     res?;
-    // Watch through the settle time: a parent that exits closes its sockets.
-    let settle = Instant::now();
-    while settle.elapsed() < RELOAD_SETTLE {
-        std::thread::sleep(Duration::from_millis(25));
-        if !serving(cfg) {
-            break;
+    tracing::debug!("step: reload command returned");
+    let stopped = || format!("Apache stopped serving on {where_} after the reload (see its error log)");
+    if proofs.is_empty() {
+        // Watch through the settle time: a parent that exits closes its sockets.
+        let settle = Instant::now();
+        while settle.elapsed() < RELOAD_SETTLE {
+            std::thread::sleep(Duration::from_millis(25));
+            if !serving(cfg) {
+                break;
+            }
         }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(2) {
+            if serving(cfg) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        return Err(stopped());
     }
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(2) {
+    let started = Instant::now();
+    let mut pending: Vec<usize> = (0..proofs.len()).collect();
+    let mut last_seen: Vec<Option<String>> = vec![None; proofs.len()];
+    let mut down_since: Option<Instant> = None;
+    loop {
+        // One proof at a time, in order: one generation of Apache serves
+        // them all, so while the first does not hold the others are not
+        // asked (50 handshakes a round would slow the restart they wait for).
+        while let Some(&i) = pending.first() {
+            let holds = match &proofs[i] {
+                Proof::Serial { host, serial } => {
+                    let got = served_serial(cfg, host);
+                    let ok = got.as_deref() == Some(serial.as_str());
+                    last_seen[i] = got;
+                    ok
+                }
+                Proof::Probe { host, .. } => match probes.iter().find(|(j, _)| *j == i) {
+                    Some((_, Some(f))) => probe_served(cfg, host, f),
+                    // The probe file could not be written: liveness only.
+                    _ => true,
+                },
+            };
+            if !holds {
+                break;
+            }
+            pending.remove(0);
+        }
+        if pending.is_empty() {
+            tracing::debug!("step: proof: Apache serves the new configuration {} ms after the reload returned", started.elapsed().as_millis());
+            return if serving(cfg) { Ok(()) } else { Err(stopped()) };
+        }
         if serving(cfg) {
-            return Ok(());
+            down_since = None;
+        } else if down_since.get_or_insert_with(Instant::now).elapsed() > DOWN_GRACE {
+            return Err(stopped());
         }
-        std::thread::sleep(Duration::from_millis(50));
+        if started.elapsed() > RELOAD_DEADLINE {
+            let what: Vec<String> = pending
+                .iter()
+                .map(|&i| match &proofs[i] {
+                    Proof::Serial { host, serial } => format!(
+                        "{host} is served {} instead of the new certificate (serial {serial})",
+                        last_seen[i].as_deref().map(|s| format!("serial {s}")).unwrap_or_else(|| "no certificate".into())
+                    ),
+                    Proof::Probe { host, .. } => format!("{host} does not answer on plain http from its site's challenge directory"),
+                })
+                .collect();
+            return Err(format!(
+                "Apache did not serve the new configuration within {} s after the reload: {} (asked on {})",
+                RELOAD_DEADLINE.as_secs(),
+                what.join("; "),
+                cfg.apache.address
+            ));
+        }
+        std::thread::sleep(PROOF_POLL);
     }
-    Err(format!("Apache stopped serving on port {} after the reload (see its error log)", cfg.apache.http_port))
+}
+
+/// Ask Apache for a graceful restart: SIGUSR1 to the parent named by
+/// `apache.pid_file` when that is a running apache2/httpd (what `apachectl
+/// graceful` does once it has parsed the configuration again, which
+/// `configtest` just did), else run `apache.reload`.
+fn ask_reload(cfg: &Config) -> std::result::Result<(), String> {
+    if let Some(pf) = &cfg.apache.pid_file {
+        match apache_parent(pf) {
+            Some(pid) => {
+                tracing::debug!(pid = pid.as_raw_nonzero().get(), "signalling Apache's parent (SIGUSR1, graceful)");
+                return rustix::process::kill_process(pid, rustix::process::Signal::USR1)
+                    .map_err(|e| format!("signalling Apache (pid file {}): {e}", pf.display()));
+            }
+            None => tracing::debug!("{} names no running Apache; running apache.reload", pf.display()),
+        }
+    }
+    run_argv(&cfg.apache.reload)
+}
+
+/// The pid in Apache's PidFile, if that process is an apache2/httpd.
+fn apache_parent(pid_file: &Path) -> Option<rustix::process::Pid> {
+    let raw: i32 = fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    if raw <= 1 {
+        return None;
+    }
+    let comm = fs::read_to_string(format!("/proc/{raw}/comm")).ok()?;
+    if !matches!(comm.trim(), "apache2" | "httpd") {
+        return None;
+    }
+    rustix::process::Pid::from_raw(raw)
 }
 
 /// Bring Apache up again after a reload killed it: `apache.start`, then
@@ -454,17 +679,31 @@ pub fn restart(cfg: &Config) -> std::result::Result<(), String> {
 }
 
 /// The serial (lowercase hex, no leading zeros) of the certificate Apache
-/// serves for `host` (SNI) on the local https port, if it serves one.
+/// serves for `host` (SNI) on the https port of `apache.address`, if it serves one.
 pub fn served_serial(cfg: &Config, host: &str) -> Option<String> {
-    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
-    let mut b = SslConnector::builder(SslMethod::tls_client()).ok()?;
-    b.set_verify(SslVerifyMode::NONE);
-    let conn = b.build().configure().ok()?.verify_hostname(false).use_server_name_indication(true);
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], cfg.apache.https_port));
+    use openssl::ssl::{Ssl, SslContext, SslMethod, SslVerifyMode};
+    // One context for the process, without the system's roots (nothing is
+    // verified: only the serial is read): an SslConnector loads them for
+    // every handshake, ~30 ms, which made a reload's proofs for 50 hosts
+    // take seconds.
+    static CTX: std::sync::OnceLock<Option<SslContext>> = std::sync::OnceLock::new();
+    let ctx = CTX
+        .get_or_init(|| {
+            let mut b = SslContext::builder(SslMethod::tls_client()).ok()?;
+            b.set_verify(SslVerifyMode::NONE);
+            Some(b.build())
+        })
+        .as_ref()?;
+    let mut ssl = Ssl::new(ctx).ok()?;
+    // SNI names a host, never an address (as SslConnector does).
+    if host.parse::<std::net::IpAddr>().is_err() {
+        ssl.set_hostname(host).ok()?;
+    }
+    let addr = std::net::SocketAddr::new(cfg.apache.address, cfg.apache.https_port);
     let tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     tcp.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
     tcp.set_write_timeout(Some(Duration::from_secs(3))).ok()?;
-    let s = conn.connect(host, tcp).ok()?;
+    let s = ssl.connect(tcp).ok()?;
     let cert = s.ssl().peer_certificate()?;
     let hex = cert.serial_number().to_bn().ok()?.to_hex_str().ok()?.to_string().to_lowercase();
     let t = hex.trim_start_matches('0');

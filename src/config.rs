@@ -40,6 +40,8 @@ struct RawApache {
     sites_dir: Option<String>,
     http_port: Option<u16>,
     https_port: Option<u16>,
+    address: Option<String>,
+    pid_file: Option<String>,
     configtest: Option<Vec<String>>,
     reload: Option<Vec<String>>,
     start: Option<Vec<String>>,
@@ -77,6 +79,12 @@ pub struct ApacheConfig {
     pub sites_dir: PathBuf,
     pub http_port: u16,
     pub https_port: u16,
+    /// The address every check of what Apache serves connects to.
+    pub address: std::net::IpAddr,
+    /// Apache's PidFile: when set, a reload signals that parent (SIGUSR1, a
+    /// graceful restart) instead of running `reload`, which parses the
+    /// whole configuration again after `configtest` did.
+    pub pid_file: Option<PathBuf>,
     pub configtest: Vec<String>,
     pub reload: Vec<String>,
     /// argv that starts Apache when a reload made it exit.
@@ -299,6 +307,10 @@ impl Config {
         if http_port == 0 || https_port == 0 || http_port == https_port {
             return Err(bad("apache.http_port/https_port", "must be two different non-zero ports"));
         }
+        let address = match &ap.address {
+            None => std::net::IpAddr::from([127, 0, 0, 1]),
+            Some(a) => a.trim().parse().map_err(|_| bad("apache.address", "must be an IP address Apache listens on (e.g. 127.0.0.1 or ::1)"))?,
+        };
         let acme_server = ov.acme_server.clone().or(raw.acme_server).unwrap_or_else(|| LETSENCRYPT_PRODUCTION.into());
         // The server URL becomes the accounts directory: only a clean one.
         // The value is not repeated: a config error never echoes one.
@@ -361,7 +373,16 @@ impl Config {
             docroot_dir: p(&raw.docroot_dir, "srv/http/sites"),
             hooks_dir: p(&raw.hooks_dir, "etc/site-admin/hooks.d"),
             lock_file: p(&raw.lock_file, "run/site-admin/site-admin.lock"),
-            apache: ApacheConfig { sites_dir: p(&ap.sites_dir, "etc/httpd/sites"), http_port, https_port, configtest, reload, start },
+            apache: ApacheConfig {
+                sites_dir: p(&ap.sites_dir, "etc/httpd/sites"),
+                http_port,
+                https_port,
+                address,
+                pid_file: ap.pid_file.as_deref().map(|f| under(&root, f)),
+                configtest,
+                reload,
+                start,
+            },
             root,
         })
     }
@@ -423,6 +444,17 @@ mod tests {
         assert_eq!(c.acme_server, LETSENCRYPT_PRODUCTION);
         assert_eq!(c.key_type, KeyType::Ecdsa);
         assert_eq!(c.apache.http_port, 80);
+        assert_eq!(c.apache.address.to_string(), "127.0.0.1");
+    }
+
+    #[test]
+    fn apache_address_is_an_ip_address() {
+        let raw: RawConfig = serde_json::from_str(r#"{"apache": {"address": "127.0.0.2"}}"#).unwrap();
+        let c = Config::from_raw("/r".into(), raw, &Overrides::default(), Path::new("x")).unwrap();
+        assert_eq!(c.apache.address.to_string(), "127.0.0.2");
+        let raw: RawConfig = serde_json::from_str(r#"{"apache": {"address": "localhost"}}"#).unwrap();
+        let e = Config::from_raw("/r".into(), raw, &Overrides::default(), Path::new("x")).unwrap_err();
+        assert!(e.to_string().contains("apache.address"), "{e}");
     }
 
     #[test]

@@ -212,6 +212,21 @@ impl AcmeClient {
         Ok(AcmeClient { http, opts, dir, key, kid: Mutex::new(kid), nonces: Mutex::new(Vec::new()), bad_nonces: Default::default() })
     }
 
+    /// A client of the same server for another account key (`kid`: its
+    /// URL when known), sharing this one's connections and directory: no
+    /// new connection and no second directory request.
+    pub fn with_account(&self, key: AccountKey, kid: Option<String>) -> AcmeClient {
+        AcmeClient {
+            http: self.http.clone(),
+            opts: self.opts.clone(),
+            dir: self.dir.clone(),
+            key,
+            kid: Mutex::new(kid),
+            nonces: Mutex::new(Vec::new()),
+            bad_nonces: Default::default(),
+        }
+    }
+
     pub fn account_url(&self) -> Option<String> {
         self.kid.lock().map(|k| k.clone()).unwrap_or(None)
     }
@@ -511,9 +526,11 @@ impl AcmeClient {
         let order_url =
             resp.location.clone().ok_or_else(|| AcmeError::Protocol { url: new_order.clone(), detail: "newOrder answered without a Location".into() })?;
         let mut order: Order = resp.typed(&new_order)?;
+        tracing::debug!(host, "step: order created");
         for a in &order.authorizations {
             self.authorize(a, webroot, deadline)?;
         }
+        tracing::debug!(host, "step: challenge validated");
         // Finalize only once the order is ready (§7.1.6): poll pending → ready.
         let mut backoff = Backoff::default();
         let mut wait = None;
@@ -547,6 +564,7 @@ impl AcmeClient {
                 wait = r.retry_after;
                 order = r.typed(&order_url)?;
             }
+            tracing::debug!(host, "step: finalized");
             let cert_url = order
                 .certificate
                 .clone()
@@ -557,6 +575,7 @@ impl AcmeClient {
             if crate::certs::parse_chain(&fullchain_pem).is_err() {
                 return Err(AcmeError::Protocol { url: cert_url, detail: "certificate is not a PEM chain".into() });
             }
+            tracing::debug!(host, "step: certificate downloaded");
             return Ok(Issued { key_pem, fullchain_pem });
         }
         // An order that was processing or valid before we finalized is not ours to finish.

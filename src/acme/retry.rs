@@ -17,7 +17,9 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(when.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// Exponential backoff: 50 ms, ×1.6 each step, capped at 1 s.
+/// Exponential backoff: 10 ms, ×1.6 each step, capped at 1 s (a CA that
+/// validates or issues in a few milliseconds is seen then, not 50-100 ms
+/// later; one that takes seconds is asked about once more than at 50 ms).
 #[derive(Debug, Clone)]
 pub struct Backoff {
     next: Duration,
@@ -25,7 +27,7 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { next: Duration::from_millis(50) }
+        Backoff { next: Duration::from_millis(10) }
     }
 }
 
@@ -55,8 +57,8 @@ mod tests {
     #[test]
     fn backoff_grows_to_a_cap() {
         let mut b = Backoff::default();
-        assert_eq!(b.next_delay(), Duration::from_millis(50));
-        assert_eq!(b.next_delay(), Duration::from_millis(80));
+        assert_eq!(b.next_delay(), Duration::from_millis(10));
+        assert_eq!(b.next_delay(), Duration::from_millis(16));
         for _ in 0..20 {
             b.next_delay();
         }

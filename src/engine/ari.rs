@@ -60,7 +60,7 @@ pub fn refresh(ctx: &Ctx, candidates: Vec<Candidate>, now: DateTime<Utc>) -> Vec
             Ok(k) => k,
             Err(_) => continue,
         };
-        let client = match AcmeClient::connect(super::provision::options(ctx, &server), key, None) {
+        let client = match ctx.acme_client(&server, key, None) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!("cannot ask {server} for renewal information ({e}); the lifetime rule decides for now");

@@ -16,6 +16,8 @@ pub struct Ctx {
     pub json: bool,
     pub quiet: bool,
     pub lock_timeout: Duration,
+    /// One ACME connection (and directory) per server for the whole run.
+    acme: std::sync::Mutex<std::collections::BTreeMap<String, std::sync::Arc<crate::acme::AcmeClient>>>,
 }
 
 /// The global lock, held, with interrupted operations recovered: the
@@ -28,7 +30,21 @@ pub struct Locked {
 impl Ctx {
     pub fn new(cfg: Config, json: bool, quiet: bool, lock_timeout: Duration) -> Ctx {
         let store = Store::new(cfg.letsencrypt_dir.clone());
-        Ctx { cfg, store, json, quiet, lock_timeout }
+        Ctx { cfg, store, json, quiet, lock_timeout, acme: Default::default() }
+    }
+
+    /// A client of `server` for `key` (`kid`: its account URL when known),
+    /// sharing the run's one connection to that server and its directory,
+    /// which the first call makes.
+    pub fn acme_client(&self, server: &str, key: crate::acme::AccountKey, kid: Option<String>) -> Result<crate::acme::AcmeClient> {
+        let mut m = self.acme.lock().map_err(|_| Error::failed("internal: ACME client cache lock"))?;
+        if let Some(base) = m.get(server) {
+            return Ok(base.with_account(key, kid));
+        }
+        let c = crate::acme::AcmeClient::connect(super::provision::options(self, server), key, kid)?;
+        let base = std::sync::Arc::new(c.with_account(c.key().clone(), None));
+        m.insert(server.to_string(), base);
+        Ok(c)
     }
 
     /// Take the global lock, then finish or roll back what a crash interrupted.

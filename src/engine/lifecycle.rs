@@ -266,7 +266,36 @@ fn stage_apache<'c>(
     }
     let conf = apache::render(&ctx.cfg, &site.siteid, &site.hostname, &vhost_tls(ctx, site, change.serve));
     txn.write(&ctx.cfg.vhost_file(&site.siteid), conf.as_bytes(), 0o644)?;
+    // The stateless challenge answer of the server's account rides along,
+    // so the next new site needs no vhost (and no reload) for its challenge.
+    if let Some(t) = account_thumbprint(ctx) {
+        txn.write(&apache::acme_conf_file(&ctx.cfg), apache::render_acme_conf(&t).as_bytes(), 0o644)?;
+    }
+    if let Some(p) = proof_for(ctx, &site.siteid, &site.hostname, change.serve) {
+        txn.prove(p);
+    }
     Ok(txn)
+}
+
+/// What shows that Apache serves a site as `serve` says once it reloaded:
+/// the serial its certificate presents for the host (SNI), or — plain http,
+/// or an IP-address host (no SNI) — its vhost answering a probe file from
+/// the site's challenge directory.
+pub fn proof_for(ctx: &Ctx, siteid: &str, hostname: &str, serve: &Serve) -> Option<apache::Proof> {
+    let probe = || apache::Proof::Probe {
+        host: if hostname == "*" { "site-admin-probe.invalid".into() } else { hostname.to_string() },
+        dir: ctx.cfg.site_wellknown(siteid).join(".well-known/acme-challenge"),
+    };
+    if hostname.parse::<std::net::IpAddr>().is_ok() {
+        return Some(probe());
+    }
+    let serial = match serve {
+        Serve::Nothing => return None,
+        Serve::Http => return Some(probe()),
+        Serve::Lkc { host } => ctx.store.leaf(host, Place::Live)?.serial,
+        Serve::Okc => crate::certs::parse_first_cert(&std::fs::read(ctx.cfg.okc_paths(siteid).crt).ok()?).ok()?.serial,
+    };
+    Some(apache::Proof::Serial { host: hostname.to_string(), serial })
 }
 
 /// The account a stash conf names, if this device has it.
@@ -409,8 +438,10 @@ fn carry_out(
                     let fallback = plan.on_failure.clone().unwrap_or(Serve::Http);
                     // Apache refusing the challenge vhost is no provisioning
                     // failure: the deploy fails as it is (undone), with no back-off.
-                    bring_up_challenge_vhost(ctx, rec, site, host, &fallback, &mut interim)?;
-                    let res = provision_now(ctx, site, host);
+                    // The CA down is a provisioning failure (pending), not the deploy's.
+                    let session = provision::Session::open(ctx, &ctx.cfg.acme_server);
+                    bring_up_challenge_vhost(ctx, rec, site, host, &fallback, &mut interim, session.as_ref().ok())?;
+                    let res = session.and_then(|s| provision_now(ctx, &s, site, host));
                     // The site is pending on failure: `renew` retries it, backing off.
                     let mut backoff = crate::backoff::load(&ctx.cfg.state_dir());
                     let before = backoff.clone();
@@ -467,12 +498,21 @@ fn carry_out(
     Ok(Outcome { siteid: site.siteid.clone(), hostname: site.hostname.to_string(), serve, pending, plan })
 }
 
-/// Before provisioning, make sure the site's own vhost answers the challenge
-/// on plain http (the fallback's vhost). That vhost is an interim step: its
-/// transaction stays open in `interim` for the deploy to finish
-/// (docs/design.md, invariant 5).
-fn bring_up_challenge_vhost<'c>(ctx: &'c Ctx, rec: &Recovered, site: &Site, host: &str, fallback: &Serve, interim: &mut Interim<'c>) -> Result<()> {
-    if !interim.serves_challenge {
+/// Before provisioning, make sure the challenge is answered on plain http
+/// for the host — by the site's own vhost, or by the stateless answer Apache
+/// gives already (checked with a probe), else by bringing up the fallback's
+/// vhost. That vhost is an interim step: its transaction stays open in
+/// `interim` for the deploy to finish (docs/design.md, invariant 5).
+fn bring_up_challenge_vhost<'c>(
+    ctx: &'c Ctx,
+    rec: &Recovered,
+    site: &Site,
+    host: &str,
+    fallback: &Serve,
+    interim: &mut Interim<'c>,
+    session: Option<&provision::Session>,
+) -> Result<()> {
+    if !interim.serves_challenge && !session.is_some_and(|s| stateless_answer_served(ctx, s, host)) {
         ctx.progress(&format!("site {}: bringing up its http virtual host for the challenge", site.siteid));
         let change = VhostChange { serve: fallback, okc: OkcFiles::Keep, new_certificate: false, completion: None, rollback: None };
         let txn = stage_apache(ctx, rec, site, &change, interim.txn.take())?;
@@ -483,14 +523,29 @@ fn bring_up_challenge_vhost<'c>(ctx: &'c Ctx, rec: &Recovered, site: &Site, host
     Ok(())
 }
 
-/// Provision with the CA (the challenge vhost is up).
-fn provision_now(ctx: &Ctx, site: &Site, host: &str) -> Result<()> {
-    let (client, account) = provision::client(ctx)?;
-    let issued = provision::issue(ctx, &client, site)?;
+/// Provision with the CA (the challenge is answered).
+fn provision_now(ctx: &Ctx, session: &provision::Session, site: &Site, host: &str) -> Result<()> {
+    let (issued, account) = provision::issue_in(ctx, session, site)?;
     crate::fault::point("provision.issued");
     let params = provision::renewal_params(ctx, site, Some(account));
     ctx.store.add_version(host, &NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)?, &params)?;
     Ok(())
+}
+
+/// The thumbprint of the server's stored account, if there is one.
+fn account_thumbprint(ctx: &Ctx) -> Option<String> {
+    accounts::load(&ctx.cfg.letsencrypt_dir, &ctx.cfg.acme_server).ok()??.key.thumbprint().ok()
+}
+
+/// Does Apache already give the stateless challenge answer of the session's
+/// account for `host` on plain http? A probe token is asked for and the
+/// answer must be `<token>.<thumbprint>`.
+fn stateless_answer_served(ctx: &Ctx, session: &provision::Session, host: &str) -> bool {
+    let Some(thumbprint) = session.client().ok().and_then(|c| c.key().thumbprint().ok()) else { return false };
+    let token = format!("site-admin-probe-{}-{}", std::process::id(), Utc::now().timestamp_micros());
+    let ok = matches!(apache::http_get(&ctx.cfg, host, &format!("/.well-known/acme-challenge/{token}")), Some((200, body)) if body == format!("{token}.{thumbprint}"));
+    tracing::debug!(host, ok, "the stateless challenge answer");
+    ok
 }
 
 /// After a graceful reload Apache takes a moment to serve the new vhost: wait
@@ -506,7 +561,7 @@ pub fn wait_for_vhost(ctx: &Ctx, siteid: &str, host: &str) {
     if fsutil::atomic_write(&path, token.as_bytes(), 0o644).is_err() {
         return;
     }
-    let url = format!("http://127.0.0.1:{}/.well-known/acme-challenge/{token}", ctx.cfg.apache.http_port);
+    let url = format!("http://{}/.well-known/acme-challenge/{token}", std::net::SocketAddr::new(ctx.cfg.apache.address, ctx.cfg.apache.http_port));
     let client = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(2)).redirect(reqwest::redirect::Policy::none()).build();
     let start = std::time::Instant::now();
     if let Ok(c) = client {

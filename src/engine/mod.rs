@@ -46,7 +46,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         _ => {}
     }
     let ov = Overrides { config_file: cli.config.clone(), acme_server: cli.acme_server.clone(), acme_ca_bundle: cli.acme_ca_bundle.clone() };
+    tracing::debug!("step: process started");
     let cfg = Config::load(&cli.root, &ov)?;
+    tracing::debug!("step: config read");
     let ctx = Ctx::new(cfg, cli.json, cli.quiet, Duration::from_secs(cli.lock_timeout));
     match cli.command {
         Command::Deploy { file, stdin, dry_run } => {

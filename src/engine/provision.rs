@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::site::{ProfileWish, Site};
 use crate::store::accounts;
 use crate::store::RenewalParams;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Overall deadline for one issuance.
@@ -23,53 +24,115 @@ pub fn client(ctx: &Ctx) -> Result<(AcmeClient, String)> {
     client_for(ctx, &ctx.cfg.acme_server)
 }
 
-/// [`client`] for a given server, with its account resolved before any
-/// order: a stored account is checked with the CA first, and one the CA has
-/// forgotten (a staging reset, a restarted test CA, a cloned device image)
-/// or deactivated is recovered — the same key if the CA still knows it
-/// (`onlyReturnExisting`), else a new registration — and every renewal conf
-/// that named it is repointed, with a warning naming both.
+/// [`client`] for a given server. The stored account is not asked for
+/// before use (the CA says `accountDoesNotExist` on the request itself):
+/// [`Session`] recovers an account the CA has forgotten.
 pub fn client_for(ctx: &Ctx, server: &str) -> Result<(AcmeClient, String)> {
     tracing::trace!(server, "connecting to the ACME server");
-    let le = &ctx.cfg.letsencrypt_dir;
-    if let Some(acct) = accounts::load(le, server)? {
-        let c = AcmeClient::connect(options(ctx, server), acct.key.clone(), Some(acct.uri.clone()))?;
-        match c.check_account() {
-            Ok(()) => return Ok((c, acct.id)),
+    let r = match accounts::load(&ctx.cfg.letsencrypt_dir, server)? {
+        Some(acct) => (ctx.acme_client(server, acct.key.clone(), Some(acct.uri.clone()))?, acct.id),
+        None => register(ctx, server)?,
+    };
+    tracing::debug!(server, "step: account ready (directory read)");
+    Ok(r)
+}
+
+/// The ACME client of one run for one server, with the account it orders
+/// with: one connection for every request, and no request the CA did not
+/// ask for. When the CA answers that it does not know the account
+/// (`accountDoesNotExist` — a staging reset, a restarted test CA, a cloned
+/// device image — or deactivated), on the order or any later request,
+/// [`Session::run`] recovers it once — the same key if the CA still knows
+/// it (`onlyReturnExisting`), else a new registration, and every renewal
+/// conf that named it is repointed, with a warning naming both — and runs
+/// the request again. Shared by the renewal workers: one recovery for all.
+pub struct Session<'a> {
+    ctx: &'a Ctx,
+    server: String,
+    /// The client, its account id, and how often it was recovered.
+    state: Mutex<(Arc<AcmeClient>, String, u32)>,
+}
+
+impl<'a> Session<'a> {
+    /// Connect to `server` with its stored account (or register one).
+    pub fn open(ctx: &'a Ctx, server: &str) -> Result<Session<'a>> {
+        let (c, id) = client_for(ctx, server)?;
+        Ok(Session { ctx, server: server.to_string(), state: Mutex::new((Arc::new(c), id, 0)) })
+    }
+
+    fn current(&self) -> Result<(Arc<AcmeClient>, String, u32)> {
+        let s = self.state.lock().map_err(|_| Error::failed("internal: ACME session lock"))?;
+        Ok((s.0.clone(), s.1.clone(), s.2))
+    }
+
+    /// The client (for what needs no account: the directory's profiles).
+    pub fn client(&self) -> Result<Arc<AcmeClient>> {
+        Ok(self.current()?.0)
+    }
+
+    /// Run `f` with the client and its account id; if the CA says it does
+    /// not know the account, recover it and run `f` once more.
+    pub fn run<T>(&self, f: impl Fn(&AcmeClient, &str) -> std::result::Result<T, crate::acme::AcmeError>) -> Result<T> {
+        let (c, id, generation) = self.current()?;
+        match f(&c, &id) {
             Err(e) if e.account_gone() => {
-                // Same key, maybe known under another URL?
-                let c = AcmeClient::connect(options(ctx, server), acct.key.clone(), None)?;
-                if let Some(uri) = c.find_account()? {
-                    tracing::warn!("the ACME account {} of {server} was gone; the CA still knows its key as {uri}", acct.uri);
-                    accounts::save(le, server, c.key(), &uri, c.terms_of_service())?;
-                    return Ok((c, acct.id));
-                }
-                let (c, id) = register(ctx, server)?;
-                let moved = ctx.store.repoint_account(server, &acct.id, &id)?;
+                tracing::debug!("the ACME server {} says: {e}; recovering the account", self.server);
+                let (c, id) = self.recover(generation)?;
+                Ok(f(&c, &id)?)
+            }
+            r => Ok(r?),
+        }
+    }
+
+    /// Recover the account once (another worker may have done it already).
+    fn recover(&self, generation: u32) -> Result<(Arc<AcmeClient>, String)> {
+        let mut st = self.state.lock().map_err(|_| Error::failed("internal: ACME session lock"))?;
+        if st.2 != generation {
+            return Ok((st.0.clone(), st.1.clone()));
+        }
+        let (ctx, server) = (self.ctx, self.server.as_str());
+        let (old_id, old_uri) = (st.1.clone(), st.0.account_url().unwrap_or_default());
+        // Same key, maybe known under another URL?
+        let c = st.0.with_account(st.0.key().clone(), None);
+        let (c, id) = match c.find_account()? {
+            Some(uri) => {
+                tracing::warn!("the ACME account {old_uri} of {server} was gone; the CA still knows its key as {uri}");
+                accounts::save(&ctx.cfg.letsencrypt_dir, server, c.key(), &uri, c.terms_of_service())?;
+                (c, old_id)
+            }
+            None => {
+                let key = AccountKey::generate().map_err(Error::failed)?;
+                let c = st.0.with_account(key, None);
+                let id = register_with(ctx, server, &c)?;
+                let moved = ctx.store.repoint_account(server, &old_id, &id)?;
                 tracing::warn!(
-                    "the ACME server {server} no longer knows the account {} ({}): registered a new account {id} ({}) and moved {} renewal conf(s) to it{}",
-                    acct.id,
-                    acct.uri,
+                    "the ACME server {server} no longer knows the account {old_id} ({old_uri}): registered a new account {id} ({}) and moved {} renewal conf(s) to it{}",
                     c.account_url().unwrap_or_default(),
                     moved.len(),
                     if moved.is_empty() { String::new() } else { format!(" ({})", moved.join(", ")) }
                 );
-                return Ok((c, id));
+                (c, id)
             }
-            Err(e) => return Err(e.into()),
-        }
+        };
+        let c = Arc::new(c);
+        *st = (c.clone(), id.clone(), generation + 1);
+        Ok((c, id))
     }
-    register(ctx, server)
 }
 
 /// Register a new account with `server` and store it where certbot keeps accounts.
 fn register(ctx: &Ctx, server: &str) -> Result<(AcmeClient, String)> {
     let key = AccountKey::generate().map_err(Error::failed)?;
-    let c = AcmeClient::connect(options(ctx, server), key, None)?;
+    let c = ctx.acme_client(server, key, None)?;
+    let id = register_with(ctx, server, &c)?;
+    Ok((c, id))
+}
+
+/// Register the client's key as a new account; returns its stored id.
+fn register_with(ctx: &Ctx, server: &str, c: &AcmeClient) -> Result<String> {
     ctx.progress(&format!("registering an ACME account with {server}"));
     let uri = c.ensure_account(ctx.cfg.contact_email.as_deref())?;
-    let id = accounts::save(&ctx.cfg.letsencrypt_dir, server, c.key(), &uri, c.terms_of_service())?;
-    Ok((c, id))
+    accounts::save(&ctx.cfg.letsencrypt_dir, server, c.key(), &uri, c.terms_of_service())
 }
 
 /// The account a new lineage's conf names: the one stored for the
@@ -120,10 +183,12 @@ pub fn order_profile(client: &AcmeClient, host: &str, wish: Option<&ProfileWish>
 }
 
 /// Obtain a certificate for the site, answering HTTP-01 from its webroot,
-/// with its profile.
-pub fn issue(ctx: &Ctx, client: &AcmeClient, site: &Site) -> Result<Issued> {
+/// with its profile, in a session: an account the CA forgot is recovered
+/// and the order sent again. Returns the account id that got it too.
+pub fn issue_in(ctx: &Ctx, session: &Session, site: &Site) -> Result<(Issued, String)> {
+    let client = session.client()?;
     let host = &site.hostname;
-    let profile = order_profile(client, host, site.profile_wish(ctx.cfg.acme_profile.as_deref()).as_ref()).map_err(Error::failed)?;
+    let profile = order_profile(&client, host, site.profile_wish(ctx.cfg.acme_profile.as_deref()).as_ref()).map_err(Error::failed)?;
     ctx.progress(&format!(
         "{host}: requesting a certificate from {}{}",
         ctx.cfg.acme_server,
@@ -131,7 +196,8 @@ pub fn issue(ctx: &Ctx, client: &AcmeClient, site: &Site) -> Result<Issued> {
     ));
     let webroot = ctx.cfg.site_wellknown(&site.siteid);
     crate::fsutil::create_dir_all_mode(&webroot, 0o755)?;
-    let issued = client.issue_with(host, &webroot, ctx.cfg.key_type, &OrderOptions { profile, replaces: None })?;
+    let opts = OrderOptions { profile, replaces: None };
+    let issued = session.run(|c, id| c.issue_with(host, &webroot, ctx.cfg.key_type, &opts).map(|i| (i, id.to_string())))?;
     ctx.progress(&format!("{host}: certificate issued"));
     Ok(issued)
 }

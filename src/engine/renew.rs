@@ -7,7 +7,6 @@
 use super::ctx::Ctx;
 use super::facts;
 use super::provision;
-use crate::acme::AcmeClient;
 use crate::apache::{self, Recovered, VhostTls};
 use crate::error::{Error, Result};
 use crate::hooks;
@@ -418,9 +417,9 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
         let res = match (&locked, switched.is_empty()) {
             (_, true) => {
                 ctx.progress("reloading Apache for the renewed certificates");
-                apache::reload(&ctx.cfg).map_err(|said| format!("reloading Apache: {said}"))
+                apache::reload_proven(&ctx.cfg, &renewed_proofs(ctx, &sites, &renewed)).map_err(|said| format!("reloading Apache: {said}"))
             }
-            (Some(l), false) => switch_to_https(ctx, &l.recovered, &switched).map_err(|e| e.to_string()),
+            (Some(l), false) => switch_to_https_proving(ctx, &l.recovered, &switched, renewed_proofs(ctx, &sites, &renewed)).map_err(|e| e.to_string()),
             (None, false) => Err("internal: no lock for the Apache change".to_string()),
         };
         match res {
@@ -586,11 +585,35 @@ fn lkc_vhost(ctx: &Ctx, s: &Site) -> String {
     apache::render(&ctx.cfg, &s.siteid, &s.hostname, &VhostTls::Lkc { fullchain, privkey })
 }
 
+/// What shows that Apache serves the renewed certificates: the new serial of
+/// each renewed host a site's vhost serves as its LKC (a lineage no vhost
+/// serves proves nothing).
+fn renewed_proofs(ctx: &Ctx, sites: &[Site], renewed: &[String]) -> Vec<apache::Proof> {
+    sites
+        .iter()
+        .filter(|s| s.is_letsencrypt() && renewed.iter().any(|h| h == s.hostname.as_str()))
+        .filter(|s| std::fs::read_to_string(ctx.cfg.vhost_file(&s.siteid)).map(|t| t == lkc_vhost(ctx, s)).unwrap_or(false))
+        .filter_map(|s| super::lifecycle::proof_for(ctx, &s.siteid, &s.hostname, &crate::decide::Serve::Lkc { host: s.hostname.to_string() }))
+        .collect()
+}
+
 /// Point these sites' vhosts at their live certificates (their OKC files
 /// go), in one transaction; it reloads Apache.
 pub fn switch_to_https(ctx: &Ctx, rec: &Recovered, sites: &[&Site]) -> Result<()> {
+    switch_to_https_proving(ctx, rec, sites, Vec::new())
+}
+
+/// [`switch_to_https`]; the reload must also show `proofs` (and each
+/// switched site's certificate).
+fn switch_to_https_proving(ctx: &Ctx, rec: &Recovered, sites: &[&Site], proofs: Vec<apache::Proof>) -> Result<()> {
     let mut txn = apache::Transaction::begin(&ctx.cfg, rec)?;
+    for p in proofs {
+        txn.prove(p);
+    }
     for s in sites {
+        if let Some(p) = super::lifecycle::proof_for(ctx, &s.siteid, &s.hostname, &crate::decide::Serve::Lkc { host: s.hostname.to_string() }) {
+            txn.prove(p);
+        }
         txn.write(&ctx.cfg.vhost_file(&s.siteid), lkc_vhost(ctx, s).as_bytes(), 0o644)?;
         let p = ctx.cfg.okc_paths(&s.siteid);
         txn.remove(&p.key)?;
@@ -609,10 +632,10 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(Job, JobResult)> {
     if jobs.is_empty() {
         return Vec::new();
     }
-    let mut clients: BTreeMap<String, std::result::Result<(AcmeClient, String), String>> = BTreeMap::new();
+    let mut clients: BTreeMap<String, std::result::Result<provision::Session, String>> = BTreeMap::new();
     for j in &jobs {
         if !clients.contains_key(&j.server) {
-            clients.insert(j.server.clone(), provision::client_for(ctx, &j.server).map_err(|e| e.to_string()));
+            clients.insert(j.server.clone(), provision::Session::open(ctx, &j.server).map_err(|e| e.to_string()));
         }
     }
     let queue = Mutex::new(jobs.into_iter().collect::<VecDeque<Job>>());
@@ -627,7 +650,7 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(Job, JobResult)> {
             sc.spawn(move || {
                 while let Some(job) = next() {
                     let r = match clients.get(&job.server) {
-                        Some(Ok((client, account))) => renew_one(ctx, client, account, &job),
+                        Some(Ok(session)) => renew_one(ctx, session, &job),
                         Some(Err(e)) => Err(e.clone()),
                         None => Err("no ACME client".into()),
                     };
@@ -643,15 +666,16 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(Job, JobResult)> {
     v
 }
 
-fn renew_one(ctx: &Ctx, client: &AcmeClient, account: &str, job: &Job) -> JobResult {
+fn renew_one(ctx: &Ctx, session: &provision::Session, job: &Job) -> JobResult {
     ctx.progress(&format!("{}: {} a certificate", job.host, if job.pending { "provisioning" } else { "renewing" }));
     crate::fsutil::create_dir_all_mode(&job.webroot, 0o755).map_err(|e| e.to_string())?;
-    let profile = provision::order_profile(client, &job.host, job.profile.as_ref())?;
+    let profile = provision::order_profile(&*session.client().map_err(|e| e.to_string())?, &job.host, job.profile.as_ref())?;
     let opts = crate::acme::OrderOptions { profile, replaces: job.replaces.clone() };
-    let issued = client.issue_with(&job.host, &job.webroot, job.key_type, &opts).map_err(|e| e.to_string())?;
+    let (issued, account) =
+        session.run(|c, id| c.issue_with(&job.host, &job.webroot, job.key_type, &opts).map(|i| (i, id.to_string()))).map_err(|e| e.to_string())?;
     let v = NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem).map_err(|e| e.to_string())?;
     let params = RenewalParams {
-        account: Some(account.to_string()),
+        account: Some(account),
         server: job.server.clone(),
         webroot: job.webroot.clone(),
         key_type: job.key_type,
@@ -659,6 +683,7 @@ fn renew_one(ctx: &Ctx, client: &AcmeClient, account: &str, job: &Job) -> JobRes
     };
     crate::fault::point("renew.issued");
     ctx.store.add_version(&job.host, &v, &params).map_err(|e| e.to_string())?;
+    tracing::debug!(host = %job.host, "step: written");
     match ctx.store.material(&job.host, Place::Live) {
         Material::Present(kc) => Ok((kc.leaf.not_after, job.replaces.clone())),
         _ => Err("the new version is not readable".into()),

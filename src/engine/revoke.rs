@@ -109,11 +109,13 @@ pub fn revoke_command(ctx: &Ctx, siteid: &SiteId, reason: &str, no_replace: bool
         let old = live_serial.clone().unwrap_or_default();
         let owed_msg = format!("serial {old} stays owed a revocation: `site-admin renew` replaces and then revokes it, or run revoke again");
         ctx.progress(&format!("{host}: provisioning a replacement with a new key before revoking serial {old}"));
-        let (rclient, account) = provision::client(ctx).map_err(|e| Error::failed(format!("{host}: no replacement ({e}); {owed_msg}")))?;
-        let issued = provision::issue(ctx, &rclient, &site).map_err(|e| Error::failed(format!("{host}: no replacement ({e}); {owed_msg}")))?;
+        let no_replacement = |e: Error| Error::failed(format!("{host}: no replacement ({e}); {owed_msg}"));
+        let session = provision::Session::open(ctx, &ctx.cfg.acme_server).map_err(no_replacement)?;
+        let (issued, account) = provision::issue_in(ctx, &session, &site).map_err(no_replacement)?;
         let params = provision::renewal_params(ctx, &site, Some(account));
         ctx.store.add_version(&host, &NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)?, &params)?;
-        apache::reload(&ctx.cfg).map_err(|said| {
+        let proof = super::lifecycle::proof_for(ctx, &site.siteid, &host, &crate::decide::Serve::Lkc { host: host.to_string() });
+        apache::reload_proven(&ctx.cfg, proof.as_slice()).map_err(|said| {
             Error::failed(format!(
                 "{host}: the replacement is on disk but Apache could not be reloaded ({said}); the old certificate is not revoked yet; {owed_msg}"
             ))

@@ -366,3 +366,20 @@ fn a_crafted_backup_installs_no_account_outside_the_tree_and_only_those_restored
     assert_eq!(conf_account(&b, h1), account);
     assert!(!b.le().join("accounts/other-ca.example.test").exists(), "an account of a server no lineage uses was installed");
 }
+
+#[test]
+fn an_order_is_not_preceded_by_a_request_for_the_account() {
+    // The CA says accountDoesNotExist on the order itself when it forgot the
+    // account (the test above): asking for the account first is a round trip
+    // it did not ask for.
+    let w = World::new();
+    let h = "direct.example.test";
+    w.dev.deploy(&site_json(&siteid(1), h, le()));
+    let account_gets = || w.pebble.log().matches("POST /my-account/").count();
+    let (before, orders_before) = (account_gets(), orders(&w.pebble));
+    let (code, rep, err) = renew_json(&w.dev, &["--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rep["renewed_domains"], json!([h]));
+    assert_eq!(orders(&w.pebble), orders_before + 1, "one order");
+    assert_eq!(account_gets(), before, "no POST-as-GET of the account before (or after) the order\n{}", w.pebble.log());
+}

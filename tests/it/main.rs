@@ -18,6 +18,7 @@ mod fleet;
 mod fuzz;
 mod lifecycle;
 mod migration;
+mod reload;
 mod renew;
 mod revoke;
 mod site_json;

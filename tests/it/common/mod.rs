@@ -281,7 +281,7 @@ impl Device {
         let cfg = serde_json::json!({
             "contact_email": "admin@example.com",
             "apache": {
-                "http_port": http_port, "https_port": https_port,
+                "http_port": http_port, "https_port": https_port, "address": ip,
                 "configtest": apache.configtest_argv(), "reload": apache.reload_argv(), "start": apache.start_argv()
             }
         });
