@@ -109,6 +109,8 @@ const APACHE_SHAPE: &[(&str, Shape)] = &[
     ("sites_dir", Shape::Str),
     ("http_port", Shape::Port),
     ("https_port", Shape::Port),
+    ("address", Shape::Str),
+    ("pid_file", Shape::Str),
     ("configtest", Shape::Argv),
     ("reload", Shape::Argv),
     ("start", Shape::Argv),
