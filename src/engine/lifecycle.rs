@@ -438,9 +438,16 @@ fn carry_out(
                     let fallback = plan.on_failure.clone().unwrap_or(Serve::Http);
                     // Apache refusing the challenge vhost is no provisioning
                     // failure: the deploy fails as it is (undone), with no back-off.
-                    // The CA down is a provisioning failure (pending), not the deploy's.
-                    let session = provision::Session::open(ctx, &ctx.cfg.acme_server);
-                    bring_up_challenge_vhost(ctx, rec, site, host, &fallback, &mut interim, session.as_ref().ok())?;
+                    // The stateless answer needs the account: with one stored,
+                    // the session is opened first (no registration, nothing
+                    // written); without, only once the challenge vhost is up,
+                    // so a deploy Apache refuses registers nothing. The CA
+                    // down is a provisioning failure (pending), not the deploy's.
+                    let stored = accounts::load(&ctx.cfg.letsencrypt_dir, &ctx.cfg.acme_server).ok().flatten().is_some();
+                    let early = stored.then(|| provision::Session::open(ctx, &ctx.cfg.acme_server));
+                    let ready = early.as_ref().and_then(|r| r.as_ref().ok());
+                    bring_up_challenge_vhost(ctx, rec, site, host, &fallback, &mut interim, ready)?;
+                    let session = early.unwrap_or_else(|| provision::Session::open(ctx, &ctx.cfg.acme_server));
                     let res = session.and_then(|s| provision_now(ctx, &s, site, host));
                     // The site is pending on failure: `renew` retries it, backing off.
                     let mut backoff = crate::backoff::load(&ctx.cfg.state_dir());
