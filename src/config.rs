@@ -240,7 +240,7 @@ pub struct Overrides {
 
 /// A path from the config: relative paths (and every default) are taken
 /// under the root; an absolute path in the config file stays as written.
-fn under(root: &Path, p: &str) -> PathBuf {
+pub(crate) fn under(root: &Path, p: &str) -> PathBuf {
     let path = Path::new(p);
     if path.is_absolute() {
         path.to_path_buf()

@@ -3,6 +3,7 @@
 //! under `--root` like the other keys, and refused naming the key (never
 //! echoing a value) when half set, unknown, or unsafe.
 
+use crate::config::under;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -58,15 +59,6 @@ pub struct FleetConfigError {
 
 fn bad(key: &'static str, why: impl Into<String>) -> FleetConfigError {
     FleetConfigError { key, why: why.into() }
-}
-
-fn under(root: &Path, p: &str) -> PathBuf {
-    let path = Path::new(p);
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        root.join(path)
-    }
 }
 
 /// Is `host` (from a URL) a loopback address or `localhost`?
