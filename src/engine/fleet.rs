@@ -386,7 +386,7 @@ fn sync_account(ctx: &Ctx, fleet: &Fleet, server: &str) -> Result<Option<String>
         let local = match super::ctx::stored_account(ctx, server).map_err(|e| e.to_string())? {
             Some(a) => a,
             None => {
-                let lock = match crate::fleet::lock::acquire(&fleet.etcd, &format!("{}locks/account", fleet.cfg.prefix), &fleet.cfg.device_id, 30)
+                let lock = match crate::fleet::lock::acquire(&fleet.etcd, &format!("{}locks/.account", fleet.cfg.prefix), &fleet.cfg.device_id, 30)
                     .map_err(|e| e.to_string())?
                 {
                     Acquired::Held(l) => l,
