@@ -163,12 +163,7 @@ pub struct Tls {
     pub profile_required: Option<bool>,
 }
 
-/// A certificate profile to ask for, and whether the CA must offer it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProfileWish {
-    pub name: String,
-    pub required: bool,
-}
+pub use crate::model::ProfileWish;
 
 /// Let's Encrypt issues IP-address certificates only with this profile, so
 /// it is an IP site's default.

@@ -7,7 +7,7 @@ use super::jws::{b64, AccountKey};
 use super::retry::{parse_retry_after, Backoff};
 use super::types::{clean, clean_url, Authorization, AuthzStatus, ChallengeStatus, Order, OrderStatus, Problem, ProblemKind};
 use super::AcmeError;
-use crate::config::KeyType;
+use crate::model::KeyType;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -29,22 +29,7 @@ pub struct ClientOptions {
     pub eab: Option<Eab>,
 }
 
-/// An External Account Binding credential ([RFC 8555 §7.3.4]): the key id
-/// and the MAC key (base64url) the CA gave the administrator.
-///
-/// [RFC 8555 §7.3.4]: https://www.rfc-editor.org/rfc/rfc8555#section-7.3.4
-#[derive(Clone)]
-pub struct Eab {
-    pub kid: String,
-    pub hmac_key: Vec<u8>,
-}
-
-impl std::fmt::Debug for Eab {
-    /// Never the key.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Eab {{ kid: {:?}, hmac_key: <{} bytes> }}", self.kid, self.hmac_key.len())
-    }
-}
+pub use crate::model::Eab;
 
 /// The directory resource ([RFC 8555 §7.1.1]).
 ///
