@@ -294,7 +294,7 @@ impl Config {
         if let Err(why) = crate::store::accounts::server_rel(&acme_server) {
             return Err(match &ov.acme_server {
                 Some(_) => Error::invalid(format!("--acme-server: {why}")),
-                None => bad("acme_server", why),
+                None => bad("acme_server", &why.to_string()),
             });
         }
         let acme_ca_bundle = match &ov.acme_ca_bundle {
