@@ -245,7 +245,7 @@ pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<Value>> {
                         row["serial"] = kc.leaf.serial.clone().into();
                         row["issuer"] = kc.leaf.issuer.clone().into();
                     }
-                    Some(Err(e)) => row["problem"] = e.into(),
+                    Some(Err(e)) => row["problem"] = e.to_string().into(),
                     None => row["problem"] = "its files are missing".into(),
                 }
                 rows.push(row);
