@@ -561,7 +561,7 @@ fn send_owed(ctx: &Ctx, owed: &mut revocations::State, not_served: &[String]) ->
         let after = owed.owed.get(&o.serial).cloned().unwrap_or(o);
         out.push(match r {
             Ok(()) => revocation_entry(&after, "revoked", None),
-            Err(e) => revocation_entry(&after, "failed", Some(e)),
+            Err(e) => revocation_entry(&after, "failed", Some(e.to_string())),
         });
     }
     out
