@@ -221,39 +221,44 @@ fn sync_inner(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Resu
         };
         let host = rec.host.to_string();
         seen_hosts.push(host.clone());
-        let open = match rec.open(fleet.store.fleet_key(), fleet.store.prefix()) {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!("{e}");
-                rep.errors.push(KeyError { key, error: e.to_string() });
-                continue;
-            }
-        };
-        let local = usable_local(ctx, &host, now);
-        let lc = local.as_ref().map(|(kc, ok)| Cert { serial: kc.leaf.serial.clone(), not_after: kc.leaf.not_after, usable: *ok });
-        let fc = Cert { serial: open.leaf.serial.clone(), not_after: open.leaf.not_after, usable: open.leaf.not_before <= now && now < open.leaf.not_after };
+        // The certificate alone decides (its key is read only to push it),
+        // and a record is opened only to be taken: a sync with nothing new
+        // parses one leaf per lineage.
+        let leaf = ctx.store.leaf(&host, Place::Live);
+        let lc = leaf.as_ref().map(|c| Cert {
+            serial: c.serial.clone(),
+            not_after: c.not_after,
+            usable: c.not_before <= now && now < c.not_after && c.covers(&host),
+        });
+        let fc = Cert { serial: rec.serial.clone(), not_after: rec.not_after, usable: rec.not_after > now };
         match reconcile(lc.as_ref(), Some(&fc)) {
-            Reconcile::Take => match take(ctx, &open, sites) {
-                Ok(()) => {
-                    ctx.progress(&format!("{host}: took the fleet's certificate (version {}, renewed by {})", rec.version, rec.renewed_by));
-                    rep.taken.push(host);
-                }
-                Err(e) => rep.errors.push(KeyError { key, error: format!("{host}: materializing the fleet's certificate: {e}") }),
-            },
-            Reconcile::Push => {
-                if let Some((kc, _)) = &local {
-                    match push(ctx, fleet, &host, kc, Some((&rec, modrev))) {
-                        Ok(true) => rep.pushed.push(host),
-                        Ok(false) => tracing::info!("{host}: a peer wrote the fleet's record first; the next sync takes it"),
-                        Err(e) => rep.errors.push(KeyError { key, error: e }),
+            Reconcile::Take => {
+                let open = match rec.open(fleet.store.fleet_key(), fleet.store.prefix()) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::warn!("{e}");
+                        rep.errors.push(KeyError { key, error: e.to_string() });
+                        continue;
                     }
+                };
+                match take(ctx, &open, sites) {
+                    Ok(()) => {
+                        ctx.progress(&format!("{host}: took the fleet's certificate (version {}, renewed by {})", rec.version, rec.renewed_by));
+                        rep.taken.push(host);
+                    }
+                    Err(e) => rep.errors.push(KeyError { key, error: format!("{host}: materializing the fleet's certificate: {e}") }),
                 }
             }
-            Reconcile::Keep => {
-                if lc.as_ref().is_some_and(|l| l.serial == fc.serial) {
-                    mark_fleet_managed(ctx, &rec.host.to_string());
-                }
-            }
+            Reconcile::Push => match usable_local(ctx, &host, now) {
+                Some((kc, true)) => match push(ctx, fleet, &host, &kc, Some((&rec, modrev))) {
+                    Ok(true) => rep.pushed.push(host),
+                    Ok(false) => tracing::info!("{host}: a peer wrote the fleet's record first; the next sync takes it"),
+                    Err(e) => rep.errors.push(KeyError { key, error: e }),
+                },
+                _ => tracing::warn!("{host}: this device's certificate is newer than the fleet's but its key does not match; not published"),
+            },
+            // (Its conf said autorenew = False when it was taken or pushed.)
+            Reconcile::Keep => {}
         }
     }
     // This device's certificates the fleet has no record of: push them
