@@ -440,8 +440,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     let mut jobs = plan.jobs;
     if let Some(e) = &fleet_down {
         let below = fleet.as_ref().and_then(|f| f.cfg.isolated_renew_below);
-        let (go, held): (Vec<Job>, Vec<Job>) =
-            jobs.into_iter().partition(|j| below.is_some_and(|d| j.old_not_after.is_some_and(|na| na - now < chrono::Duration::days(d.into()))));
+        let (go, held): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| !j.pending && renewal::isolated_may_order(j.old_not_after, now, below));
         for j in &go {
             tracing::warn!(
                 "{}: the fleet cannot be reached and the certificate expires within fleet.isolated_renew_below: renewing on this device alone",
