@@ -357,6 +357,48 @@ fn push(ctx: &Ctx, fleet: &Fleet, host: &str, kc: &crate::certs::KeyCert, prev: 
     Ok(ok)
 }
 
+// ---------------------------------------------------------------- back-off
+
+/// Merge the fleet's back-off records (`backoff/<host>`) into this
+/// device's: for each host the later next attempt wins, so a lineage whose
+/// order failed on one device is not tried by every other at once. A record
+/// that does not parse is skipped with a warning naming its key.
+pub fn merge_backoff(fleet: &Fleet, local: &mut crate::backoff::State) -> Result<(), String> {
+    let prefix = format!("{}backoff/", fleet.cfg.prefix);
+    for kv in fleet.etcd.get_prefix(&prefix).map_err(|e| e.to_string())?.kvs {
+        let key = kv.key_str();
+        let host = key.trim_start_matches(&prefix).to_string();
+        let Ok(mut f) = serde_json::from_slice::<crate::backoff::Failures>(&kv.value) else {
+            tracing::warn!("fleet: ignoring the back-off record {key} that cannot be read");
+            continue;
+        };
+        if Host::parse(&host).is_err() {
+            tracing::warn!("fleet: ignoring the back-off record {key}: not a host name");
+            continue;
+        }
+        f.last_error = f.last_error.chars().take(2000).map(|c| if c.is_control() { ' ' } else { c }).collect();
+        let later = local.hosts.get(&host).map(|l| f.next_attempt > l.next_attempt).unwrap_or(true);
+        if later {
+            local.hosts.insert(host, f);
+        }
+    }
+    Ok(())
+}
+
+/// Publish the back-off state of `hosts` (a failure, or none any more).
+pub fn publish_backoff(fleet: &Fleet, state: &crate::backoff::State, hosts: &[String]) {
+    for h in hosts {
+        let key = format!("{}backoff/{h}", fleet.cfg.prefix);
+        let r = match state.hosts.get(h) {
+            Some(f) => fleet.etcd.put(&key, &serde_json::to_vec(f).unwrap_or_default(), 0).map(|_| ()),
+            None => fleet.etcd.delete(&key),
+        };
+        if let Err(e) = r {
+            tracing::warn!("fleet: recording the back-off of {h}: {e}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------- account
 
 /// The fleet's ACME account of one server, as stored in etcd (its key sealed).
