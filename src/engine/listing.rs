@@ -1,63 +1,60 @@
 //! The read side: showsite, listsites, backup ("store LKC": the exported Site
 //! JSON carries the live key and full chain, or the OKC), and certificates.
 
+use super::backup_doc::Backup;
 use super::ctx::Ctx;
 use super::facts;
 use super::renew::ts;
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::site::{Site, SiteId, TlsKind};
+use crate::site::{Site, SiteId, Tls, TlsKind};
 use crate::store::{Material, Place};
 use serde_json::{json, Value};
 use std::path::Path;
 
-/// A stored site as exported: with its TLS material unless `notls`.
-pub fn exported(ctx: &Ctx, s: &Site, notls: bool) -> Value {
-    let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+/// A stored site as exported: with its TLS material unless `notls`. A Let's
+/// Encrypt site carries its live key and full chain; an own certificate its
+/// files from `ssl_dir` (the site is exported without `tls` when they are
+/// missing, or with `notls`).
+pub fn exported(ctx: &Ctx, s: &Site, notls: bool) -> Site {
+    let mut site = s.clone();
     match s.kind() {
         TlsKind::Http => {}
         TlsKind::Letsencrypt => {
-            let mut tls = json!({"letsencrypt": true});
+            let mut tls = Tls { letsencrypt: Some(true), ..Tls::default() };
             if !notls {
                 if let Material::Present(kc) = ctx.store.material(&s.hostname, Place::Live) {
-                    tls["key"] = kc.key_pem.into();
-                    tls["crt"] = kc.chain_pem.into();
+                    tls.key = Some(kc.key_pem);
+                    tls.crt = Some(kc.chain_pem);
                 }
             }
-            v["tls"] = tls;
+            site.tls = Some(tls);
         }
         TlsKind::Okc => {
             let p = ctx.cfg.okc_paths(&s.siteid);
             let read = |f: &Path| std::fs::read_to_string(f).ok();
-            match (notls, read(&p.key), read(&p.crt)) {
-                (false, Some(k), Some(c)) => {
-                    let mut tls = json!({"key": k, "crt": c});
-                    if let Some(ca) = read(&p.cacrt) {
-                        tls["cacrt"] = ca.into();
-                    }
-                    v["tls"] = tls;
-                }
-                (true, _, _) => {
-                    if let Some(o) = v.as_object_mut() {
-                        o.remove("tls");
-                    }
-                }
+            site.tls = match (notls, read(&p.key), read(&p.crt)) {
+                (false, Some(k), Some(c)) => Some(Tls { key: Some(k), crt: Some(c), cacrt: read(&p.cacrt), ..Tls::default() }),
+                (true, _, _) => None,
                 _ => {
                     tracing::warn!("site {}: its own certificate files are missing from {}", s.siteid, ctx.cfg.ssl_dir.display());
-                    if let Some(o) = v.as_object_mut() {
-                        o.remove("tls");
-                    }
+                    None
                 }
-            }
+            };
         }
     }
-    v
+    site
+}
+
+/// A document as `--json` prints it.
+fn to_json(doc: &impl serde::Serialize) -> Result<Value> {
+    serde_json::to_value(doc).map_err(|e| Error::failed(e.to_string()))
 }
 
 /// `showsite --siteid`: the Site JSON with its TLS material.
 pub fn showsite(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
     let s = facts::load_stored(&ctx.cfg, siteid)?.ok_or_else(|| Error::invalid(format!("site {siteid} is not deployed")))?;
-    ctx.print_json(&exported(ctx, &s, false))?;
+    ctx.print_json(&to_json(&exported(ctx, &s, false))?)?;
     Ok(0)
 }
 
@@ -65,7 +62,7 @@ pub fn showsite(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
 pub fn listsites(ctx: &Ctx) -> Result<i32> {
     let all = facts::all_stored(&ctx.cfg)?;
     if ctx.json {
-        ctx.print_json(&Value::Array(all.iter().map(|s| exported(ctx, s, false)).collect()))?;
+        ctx.print_json(&to_json(&all.iter().map(|s| exported(ctx, s, false)).collect::<Vec<_>>())?)?;
     } else {
         for s in &all {
             // What the virtual host serves, not what the Site JSON asks for.
@@ -134,15 +131,8 @@ pub fn backup(ctx: &Ctx, ids: &[SiteId], all: bool, out: &Path, notls: bool) -> 
         }
         v
     };
-    let mut doc = json!({
-        "type": "site-admin-backup",
-        "version": 1,
-        "created": chrono::Utc::now().to_rfc3339(),
-        "sites": chosen.iter().map(|s| exported(ctx, s, notls)).collect::<Vec<_>>(),
-    });
-    if !notls {
-        doc["accounts"] = json!(carried_accounts(ctx, &chosen));
-    }
+    let sites = chosen.iter().map(|s| exported(ctx, s, notls)).collect();
+    let doc = Backup::new(chrono::Utc::now(), sites, (!notls).then(|| carried_accounts(ctx, &chosen)));
     let text = serde_json::to_string_pretty(&doc).map_err(|e| Error::failed(e.to_string()))? + "\n";
     let what = if notls { " without keys and certificates" } else { "" };
     if out == Path::new("-") {

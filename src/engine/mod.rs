@@ -7,6 +7,7 @@
 //! none of them imports this one: they share [`ctx::Ctx`].
 
 mod ari;
+mod backup_doc;
 mod completion;
 pub mod ctx;
 pub mod doctor;
