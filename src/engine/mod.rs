@@ -63,7 +63,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Listsites => listing::listsites(&ctx),
         Command::Certificates => listing::certificates(&ctx),
         Command::Renew { force, dry_run } => renew::renew_command(&ctx, force, dry_run),
-        Command::Revoke { siteid, reason, no_replace, serial } => revoke::revoke_command(&ctx, &siteid, &reason, no_replace, serial.as_deref()),
+        Command::Revoke { siteid, reason, no_replace, serial } => revoke::revoke_command(&ctx, &siteid, reason, no_replace, serial.as_deref()),
         Command::Doctor { repair } => doctor::doctor_command(&ctx, repair),
         Command::Completions { .. } | Command::Help { .. } => Ok(0),
     }
