@@ -8,6 +8,7 @@
 
 mod ari;
 mod backup_doc;
+mod cert_row;
 mod completion;
 pub mod ctx;
 pub mod doctor;
