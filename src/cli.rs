@@ -63,6 +63,51 @@ pub enum Shell {
     Fish,
 }
 
+/// The RFC 5280 reasons `revoke --reason` takes (CRLReason), by their
+/// RFC names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RevocationReason {
+    /// No reason given.
+    #[value(name = "unspecified")]
+    Unspecified,
+    /// The key leaked.
+    #[value(name = "keyCompromise")]
+    KeyCompromise,
+    /// Replaced by a new certificate.
+    #[value(name = "superseded")]
+    Superseded,
+    /// The site is gone.
+    #[value(name = "cessationOfOperation")]
+    CessationOfOperation,
+}
+
+impl RevocationReason {
+    /// The RFC 5280 name, as `--reason` takes it and an owed revocation records it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::KeyCompromise => "keyCompromise",
+            Self::Superseded => "superseded",
+            Self::CessationOfOperation => "cessationOfOperation",
+        }
+    }
+
+    /// The reason of a recorded name, if it is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        <Self as clap::ValueEnum>::value_variants().iter().copied().find(|r| r.name() == name)
+    }
+
+    /// The CRLReason code sent to the CA.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Unspecified => 0,
+            Self::KeyCompromise => 1,
+            Self::Superseded => 4,
+            Self::CessationOfOperation => 5,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Deploy or redeploy one site.
@@ -147,9 +192,9 @@ pub enum Command {
         /// The site whose certificate is revoked.
         #[arg(long, value_name = "ID")]
         siteid: SiteId,
-        /// RFC 5280 reason: unspecified, keyCompromise, superseded, cessationOfOperation.
-        #[arg(long, default_value = "superseded", value_name = "R")]
-        reason: String,
+        /// The RFC 5280 reason.
+        #[arg(long, value_enum, default_value = "superseded", value_name = "R")]
+        reason: RevocationReason,
         /// Revoke without a replacement: the site is served on plain http until renew provisions one.
         #[arg(long)]
         no_replace: bool,
@@ -325,6 +370,33 @@ mod tests {
     fn deploy_needs_a_source() {
         assert!(Cli::try_parse_from(["site-admin", "deploy"]).is_err());
         assert!(Cli::try_parse_from(["site-admin", "deploy", "--file", "a", "--stdin"]).is_err());
+    }
+
+    #[test]
+    fn revoke_reasons() {
+        let id = "s".to_string() + &"a".repeat(40);
+        let reason = |r: &[&str]| {
+            let args = [&["site-admin", "revoke", "--siteid", id.as_str()][..], r].concat();
+            Cli::try_parse_from(args).map(|c| match c.command {
+                Command::Revoke { reason, .. } => reason,
+                _ => panic!(),
+            })
+        };
+        assert_eq!(reason(&[]).unwrap(), RevocationReason::Superseded);
+        for (name, code) in [("unspecified", 0), ("keyCompromise", 1), ("superseded", 4), ("cessationOfOperation", 5)] {
+            let r = reason(&["--reason", name]).unwrap();
+            assert_eq!((r.name(), r.code(), RevocationReason::from_name(name)), (name, code, Some(r)));
+        }
+        for bad in ["nonsense", "keycompromise", "key-compromise", "1"] {
+            let e = reason(&["--reason", bad]).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue, "{bad}");
+            assert!(e.to_string().contains("keyCompromise"), "{e}");
+        }
+        assert_eq!(RevocationReason::from_name("nonsense"), None);
+        let mut help = Vec::new();
+        command().find_subcommand_mut("revoke").unwrap().write_long_help(&mut help).unwrap();
+        let help = String::from_utf8(help).unwrap();
+        assert!(["unspecified", "keyCompromise", "superseded", "cessationOfOperation"].iter().all(|r| help.contains(r)), "{help}");
     }
 
     #[test]

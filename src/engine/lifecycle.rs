@@ -10,6 +10,7 @@
 //! 3. stash actions (only once Apache no longer points at those files),
 //! 4. the stored Site JSON, without keys.
 
+use super::backup_doc::Backup;
 use super::completion;
 use super::ctx::Ctx;
 use super::facts;
@@ -643,35 +644,20 @@ pub fn undeploy_command(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
 /// An account a backup carries, with its key loaded (so it was checked).
 pub type CheckedAccount = (accounts::Carried, crate::acme::AccountKey);
 
-/// The Site JSONs of a backup file — `{"sites": [...], "accounts": [...]}`,
-/// a bare array, or one site — and the ACME accounts it carries (each
-/// checked: its key loads and is the one its id names).
+/// The Site JSONs of a backup file (see [`Backup`]: an envelope, a bare
+/// array, or one site) and the ACME accounts it carries, each checked: its
+/// key loads and is the one its id names.
 pub fn read_backup(path: &Path) -> Result<(Vec<Value>, Vec<CheckedAccount>)> {
     let text = fsutil::read_user_file(path).map_err(|e| Error::invalid(format!("backup {}: {e}", path.display())))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| Error::invalid(format!("backup {}: not valid JSON: {e}", path.display())))?;
+    let doc = Backup::read(&text).map_err(|e| Error::invalid(format!("backup {}: {e}", path.display())))?;
     let mut carried = Vec::new();
-    let sites = match v {
-        Value::Array(a) => a,
-        Value::Object(ref o) if o.contains_key("sites") => {
-            if let Some(accts) = o.get("accounts") {
-                let list: Vec<accounts::Carried> =
-                    serde_json::from_value(accts.clone()).map_err(|e| Error::invalid(format!("backup {}: \"accounts\": {e}", path.display())))?;
-                for (i, a) in list.into_iter().enumerate() {
-                    let key = accounts::check_carried(&a).map_err(|why| {
-                        Error::invalid(format!("backup {}: account #{} ({} of {}): {why}", path.display(), i + 1, a.id.escape_debug(), a.server.escape_debug()))
-                    })?;
-                    carried.push((a, key));
-                }
-            }
-            match o.get("sites") {
-                Some(Value::Array(a)) => a.clone(),
-                _ => return Err(Error::invalid(format!("backup {}: \"sites\" must be an array", path.display()))),
-            }
-        }
-        Value::Object(_) => vec![v],
-        _ => return Err(Error::invalid(format!("backup {}: not a site-admin backup", path.display()))),
-    };
-    Ok((sites, carried))
+    for (i, a) in doc.accounts.unwrap_or_default().into_iter().enumerate() {
+        let key = accounts::check_carried(&a).map_err(|why| {
+            Error::invalid(format!("backup {}: account #{} ({} of {}): {why}", path.display(), i + 1, a.id.escape_debug(), a.server.escape_debug()))
+        })?;
+        carried.push((a, key));
+    }
+    Ok((doc.sites, carried))
 }
 
 /// `restore --in FILE [--siteid ...]`: validate everything first, then deploy each.

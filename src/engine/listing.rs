@@ -1,63 +1,61 @@
 //! The read side: showsite, listsites, backup ("store LKC": the exported Site
 //! JSON carries the live key and full chain, or the OKC), and certificates.
 
+use super::backup_doc::Backup;
+use super::cert_row::{CertificateRow, OwedRow, Row, State};
 use super::ctx::Ctx;
 use super::facts;
 use super::renew::ts;
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::site::{Site, SiteId, TlsKind};
+use crate::site::{Site, SiteId, Tls, TlsKind};
 use crate::store::{Material, Place};
 use serde_json::{json, Value};
 use std::path::Path;
 
-/// A stored site as exported: with its TLS material unless `notls`.
-pub fn exported(ctx: &Ctx, s: &Site, notls: bool) -> Value {
-    let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+/// A stored site as exported: with its TLS material unless `notls`. A Let's
+/// Encrypt site carries its live key and full chain; an own certificate its
+/// files from `ssl_dir` (the site is exported without `tls` when they are
+/// missing, or with `notls`).
+pub fn exported(ctx: &Ctx, s: &Site, notls: bool) -> Site {
+    let mut site = s.clone();
     match s.kind() {
         TlsKind::Http => {}
         TlsKind::Letsencrypt => {
-            let mut tls = json!({"letsencrypt": true});
+            let mut tls = Tls { letsencrypt: Some(true), ..Tls::default() };
             if !notls {
                 if let Material::Present(kc) = ctx.store.material(&s.hostname, Place::Live) {
-                    tls["key"] = kc.key_pem.into();
-                    tls["crt"] = kc.chain_pem.into();
+                    tls.key = Some(kc.key_pem);
+                    tls.crt = Some(kc.chain_pem);
                 }
             }
-            v["tls"] = tls;
+            site.tls = Some(tls);
         }
         TlsKind::Okc => {
             let p = ctx.cfg.okc_paths(&s.siteid);
             let read = |f: &Path| std::fs::read_to_string(f).ok();
-            match (notls, read(&p.key), read(&p.crt)) {
-                (false, Some(k), Some(c)) => {
-                    let mut tls = json!({"key": k, "crt": c});
-                    if let Some(ca) = read(&p.cacrt) {
-                        tls["cacrt"] = ca.into();
-                    }
-                    v["tls"] = tls;
-                }
-                (true, _, _) => {
-                    if let Some(o) = v.as_object_mut() {
-                        o.remove("tls");
-                    }
-                }
+            site.tls = match (notls, read(&p.key), read(&p.crt)) {
+                (false, Some(k), Some(c)) => Some(Tls { key: Some(k), crt: Some(c), cacrt: read(&p.cacrt), ..Tls::default() }),
+                (true, _, _) => None,
                 _ => {
                     tracing::warn!("site {}: its own certificate files are missing from {}", s.siteid, ctx.cfg.ssl_dir.display());
-                    if let Some(o) = v.as_object_mut() {
-                        o.remove("tls");
-                    }
+                    None
                 }
-            }
+            };
         }
     }
-    v
+    site
+}
+
+/// A document as `--json` prints it.
+fn to_json(doc: &impl serde::Serialize) -> Result<Value> {
+    serde_json::to_value(doc).map_err(|e| Error::failed(e.to_string()))
 }
 
 /// `showsite --siteid`: the Site JSON with its TLS material.
 pub fn showsite(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
     let s = facts::load_stored(&ctx.cfg, siteid)?.ok_or_else(|| Error::invalid(format!("site {siteid} is not deployed")))?;
-    ctx.print_json(&exported(ctx, &s, false))?;
+    ctx.print_json(&to_json(&exported(ctx, &s, false))?)?;
     Ok(0)
 }
 
@@ -65,7 +63,7 @@ pub fn showsite(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
 pub fn listsites(ctx: &Ctx) -> Result<i32> {
     let all = facts::all_stored(&ctx.cfg)?;
     if ctx.json {
-        ctx.print_json(&Value::Array(all.iter().map(|s| exported(ctx, s, false)).collect()))?;
+        ctx.print_json(&to_json(&all.iter().map(|s| exported(ctx, s, false)).collect::<Vec<_>>())?)?;
     } else {
         for s in &all {
             // What the virtual host serves, not what the Site JSON asks for.
@@ -134,15 +132,8 @@ pub fn backup(ctx: &Ctx, ids: &[SiteId], all: bool, out: &Path, notls: bool) -> 
         }
         v
     };
-    let mut doc = json!({
-        "type": "site-admin-backup",
-        "version": 1,
-        "created": chrono::Utc::now().to_rfc3339(),
-        "sites": chosen.iter().map(|s| exported(ctx, s, notls)).collect::<Vec<_>>(),
-    });
-    if !notls {
-        doc["accounts"] = json!(carried_accounts(ctx, &chosen));
-    }
+    let sites = chosen.iter().map(|s| exported(ctx, s, notls)).collect();
+    let doc = Backup::new(chrono::Utc::now(), sites, (!notls).then(|| carried_accounts(ctx, &chosen)));
     let text = serde_json::to_string_pretty(&doc).map_err(|e| Error::failed(e.to_string()))? + "\n";
     let what = if notls { " without keys and certificates" } else { "" };
     if out == Path::new("-") {
@@ -191,67 +182,62 @@ fn carried_accounts(ctx: &Ctx, sites: &[&Site]) -> Vec<crate::store::accounts::C
 }
 
 /// Every certificate: live and stashed lineages, OKCs, pending sites.
-pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<Value>> {
+pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<CertificateRow>> {
     let sites = facts::all_stored(&ctx.cfg)?;
     let site_of = |host: &str| sites.iter().find(|s| s.hostname == host && s.kind() == TlsKind::Letsencrypt).map(|s| s.siteid.clone());
     let mut rows = Vec::new();
     for l in ctx.store.lineages() {
-        let state = match l.place {
-            Place::Live => "live",
-            Place::Stashed => "stashed",
+        let (state, siteid) = match l.place {
+            Place::Live => (State::Live, site_of(&l.name)),
+            Place::Stashed => (State::Stashed, None),
         };
-        let mut row = json!({"host": l.name, "siteid": if l.place == Place::Live { site_of(&l.name) } else { None }, "state": state, "version": l.version});
+        let mut row = CertificateRow::new(l.name.clone(), siteid, state);
+        row.version = Some(l.version);
         match &l.material {
             Material::Present(kc) => {
                 let rbe = l.conf.as_ref().and_then(|c| c.renew_before_expiry);
-                row["not_before"] = ts(kc.leaf.not_before).into();
-                row["not_after"] = ts(kc.leaf.not_after).into();
-                row["serial"] = kc.leaf.serial.clone().into();
-                row["issuer"] = kc.leaf.issuer.clone().into();
-                row["names"] = json!(kc.leaf.names);
+                row.not_before = Some(kc.leaf.not_before);
+                row.not_after = Some(kc.leaf.not_after);
+                row.serial = Some(kc.leaf.serial.clone());
+                row.issuer = Some(kc.leaf.issuer.clone());
+                row.names = Some(kc.leaf.names.clone());
                 if l.place == Place::Live {
                     let ari = l.conf.as_ref().map(|c| &c.ari);
                     let said = ari.and_then(|a| crate::renewal::ari_facts(a, kc.leaf.ari_id.as_deref()));
                     let (due, by) = crate::renewal::due(kc.leaf.not_before, kc.leaf.not_after, rbe, said.as_ref());
-                    row["due"] = ts(due).into();
-                    row["due_by"] = json!(by);
-                    if let Some((a, b)) = ari.and_then(|a| a.window) {
-                        row["ari_window"] = json!([ts(a), ts(b)]);
-                    }
-                    if let Some(n) = ari.and_then(|a| a.retry_after) {
-                        row["next_ari_check"] = ts(n).into();
-                    }
-                    if let Some(p) = l.conf.as_ref().and_then(|c| c.profile.as_ref()) {
-                        row["profile"] = p.name.clone().into();
-                    }
+                    row.due = Some(due);
+                    row.due_by = Some(by);
+                    row.ari_window = ari.and_then(|a| a.window);
+                    row.next_ari_check = ari.and_then(|a| a.retry_after);
+                    row.profile = l.conf.as_ref().and_then(|c| c.profile.as_ref()).map(|p| p.name.clone());
                 }
                 if !kc.key_matches {
-                    row["problem"] = "the key does not match the certificate".into();
+                    row.problem = Some("the key does not match the certificate".into());
                 }
             }
-            Material::Broken(why) => row["problem"] = why.clone().into(),
-            Material::Absent => row["problem"] = "the renewal conf has no live links".into(),
+            Material::Broken(why) => row.problem = Some(why.clone()),
+            Material::Absent => row.problem = Some("the renewal conf has no live links".into()),
         }
         rows.push(row);
     }
     for s in &sites {
         match s.kind() {
             TlsKind::Okc => {
-                let mut row = json!({"host": s.hostname, "siteid": s.siteid, "state": "okc"});
+                let mut row = CertificateRow::new(s.hostname.to_string(), Some(s.siteid.clone()), State::Okc);
                 match facts::read_okc(&ctx.cfg, &s.siteid) {
                     Some(Ok(kc)) => {
-                        row["not_before"] = ts(kc.leaf.not_before).into();
-                        row["not_after"] = ts(kc.leaf.not_after).into();
-                        row["serial"] = kc.leaf.serial.clone().into();
-                        row["issuer"] = kc.leaf.issuer.clone().into();
+                        row.not_before = Some(kc.leaf.not_before);
+                        row.not_after = Some(kc.leaf.not_after);
+                        row.serial = Some(kc.leaf.serial);
+                        row.issuer = Some(kc.leaf.issuer);
                     }
-                    Some(Err(e)) => row["problem"] = e.to_string().into(),
-                    None => row["problem"] = "its files are missing".into(),
+                    Some(Err(e)) => row.problem = Some(e.to_string()),
+                    None => row.problem = Some("its files are missing".into()),
                 }
                 rows.push(row);
             }
             TlsKind::Letsencrypt if facts::is_pending(&ctx.store, s) => {
-                rows.push(json!({"host": s.hostname, "siteid": s.siteid, "state": "pending"}));
+                rows.push(CertificateRow::new(s.hostname.to_string(), Some(s.siteid.clone()), State::Pending));
             }
             _ => {}
         }
@@ -267,6 +253,7 @@ pub fn certificates(ctx: &Ctx) -> Result<i32> {
     let backoff = crate::backoff_file::load(&ctx.cfg.state_dir());
     let config = crate::backoff_file::config_fingerprint(&ctx.cfg);
     let soon = chrono::Utc::now() + chrono::Duration::days(7);
+    let mut owed_rows = Vec::new();
     // Revocations the CA has not confirmed yet (docs/design.md, "Revocation").
     match crate::revocations::load(&ctx.cfg.state_dir()) {
         Ok(owed) => {
@@ -280,67 +267,63 @@ pub fn certificates(ctx: &Ctx) -> Result<i32> {
                     o.last_error.as_deref().map(|e| format!(", last error: {e}")).unwrap_or_default()
                 );
                 tracing::warn!("{}: {why}; `site-admin renew` retries it", o.host);
-                rows.push(json!({
-                    "host": o.host, "state": "revocation_owed", "serial": o.serial, "reason": o.reason, "since": ts(o.since),
-                    "attempts": o.attempts, "last_error": o.last_error, "problem": why,
-                }));
+                owed_rows.push(OwedRow {
+                    host: o.host.clone(),
+                    state: State::RevocationOwed,
+                    serial: o.serial.clone(),
+                    reason: o.reason.clone(),
+                    since: o.since,
+                    attempts: o.attempts,
+                    last_error: o.last_error.clone(),
+                    problem: why,
+                });
             }
         }
         Err(e) => tracing::error!("{e}"),
     }
     for r in rows.iter_mut() {
-        let host = r.get("host").and_then(Value::as_str).unwrap_or("").to_string();
-        let state = r.get("state").and_then(Value::as_str).unwrap_or("").to_string();
-        if let Some(f) = backoff.hosts.get(&host).filter(|_| state == "live" || state == "pending") {
-            r["failures"] = f.failures.into();
-            r["last_error"] = f.last_error.clone().into();
+        let host = &r.host;
+        if let Some(f) = backoff.hosts.get(host).filter(|_| matches!(r.state, State::Live | State::Pending)) {
+            r.failures = Some(f.failures);
+            r.last_error = Some(f.last_error.clone());
             // The rule `renew` applies: a record that cannot hold does not wait.
             let next = match crate::backoff::verdict(f.next_attempt, f.config.as_deref(), chrono::Utc::now(), &config) {
                 crate::backoff::Verdict::Implausible => {
-                    r["backoff_ignored"] = "its next attempt was recorded while the clock was ahead".into();
+                    r.backoff_ignored = Some("its next attempt was recorded while the clock was ahead".into());
                     "the next renew (the recorded next attempt was written while the clock was ahead)".to_string()
                 }
                 crate::backoff::Verdict::ConfigChanged => {
-                    r["backoff_ignored"] = "the configuration changed since it failed".into();
+                    r.backoff_ignored = Some("the configuration changed since it failed".into());
                     "the next renew (the configuration changed since)".to_string()
                 }
                 _ => {
-                    r["next_attempt"] = ts(f.next_attempt).into();
+                    r.next_attempt = Some(f.next_attempt);
                     ts(f.next_attempt)
                 }
             };
-            tracing::warn!("{host}: its last {} renewal attempt(s) failed ({}); next attempt at {next}", f.failures, f.last_error);
+            tracing::warn!("{}: its last {} renewal attempt(s) failed ({}); next attempt at {next}", r.host, f.failures, f.last_error);
         }
-        let expires = r.get("not_after").and_then(Value::as_str).and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-        if let (Some(na), true) = (expires, state == "live" || state == "okc") {
+        if let (Some(na), true) = (r.not_after, matches!(r.state, State::Live | State::Okc)) {
             if na < soon {
-                tracing::warn!("{host}: its {} certificate expires at {} (within 7 days)", if state == "okc" { "own" } else { "Let's Encrypt" }, ts(na.into()));
+                tracing::warn!(
+                    "{}: its {} certificate expires at {} (within 7 days)",
+                    r.host,
+                    if r.state == State::Okc { "own" } else { "Let's Encrypt" },
+                    ts(na)
+                );
             }
         }
     }
+    let rows: Vec<Row> = rows.into_iter().map(Row::Certificate).chain(owed_rows.into_iter().map(Row::Owed)).collect();
     if ctx.json {
-        ctx.print_json(&Value::Array(rows))?;
+        ctx.print_json(&to_json(&rows)?)?;
         return Ok(0);
     }
     if rows.is_empty() {
         println!("no certificates");
     }
     for r in rows {
-        let g = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
-        let failing = match r.get("failures").and_then(Value::as_u64) {
-            Some(n) => format!("  FAILED {n}x, next attempt {}: {}", g("next_attempt"), g("last_error")),
-            None => String::new(),
-        };
-        let by = r.get("due_by").and_then(Value::as_str).map(|b| format!(" ({b})")).unwrap_or_default();
-        println!(
-            "{:<8} {:<40} site {:<41} expires {:<20} due {:<20}{by}{}{failing}",
-            g("state"),
-            g("host"),
-            g("siteid"),
-            g("not_after"),
-            g("due"),
-            r.get("problem").and_then(Value::as_str).map(|p| format!("  PROBLEM: {p}")).unwrap_or_default()
-        );
+        println!("{}", r.text());
     }
     Ok(0)
 }

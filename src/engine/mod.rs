@@ -7,6 +7,8 @@
 //! none of them imports this one: they share [`ctx::Ctx`].
 
 mod ari;
+mod backup_doc;
+mod cert_row;
 mod completion;
 pub mod ctx;
 pub mod doctor;
@@ -63,7 +65,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Listsites => listing::listsites(&ctx),
         Command::Certificates => listing::certificates(&ctx),
         Command::Renew { force, dry_run } => renew::renew_command(&ctx, force, dry_run),
-        Command::Revoke { siteid, reason, no_replace, serial } => revoke::revoke_command(&ctx, &siteid, &reason, no_replace, serial.as_deref()),
+        Command::Revoke { siteid, reason, no_replace, serial } => revoke::revoke_command(&ctx, &siteid, reason, no_replace, serial.as_deref()),
         Command::Doctor { repair } => doctor::doctor_command(&ctx, repair),
         Command::Sync => fleet::sync_command(&ctx),
         Command::Fleet { what: crate::cli::FleetCommand::Status } => fleet::status_command(&ctx),

@@ -12,6 +12,7 @@
 use super::ctx::Ctx;
 use super::{facts, provision};
 use crate::apache::{self, Recovered, VhostTls};
+use crate::cli::RevocationReason;
 use crate::error::{Error, Result};
 use crate::hooks;
 use crate::renewal::{owed_step, OwedStep};
@@ -19,14 +20,6 @@ use crate::revocations::{self, Owed};
 use crate::site::{Site, SiteId, TlsKind};
 use crate::store::{NewVersion, Place};
 use serde_json::json;
-
-/// The RFC 5280 reasons `--reason` takes, with their CRLReason codes.
-pub const REASONS: [(&str, u8); 4] = [("unspecified", 0), ("keyCompromise", 1), ("superseded", 4), ("cessationOfOperation", 5)];
-
-/// The code of a reason name.
-pub fn reason_code(name: &str) -> Option<u8> {
-    REASONS.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
-}
 
 /// Why one owed revocation could not be sent (it stays owed).
 #[derive(Debug, thiserror::Error)]
@@ -45,10 +38,7 @@ pub enum SendError {
 /// What one revocation came to.
 type Sent = std::result::Result<(), SendError>;
 
-pub fn revoke_command(ctx: &Ctx, siteid: &SiteId, reason: &str, no_replace: bool, serial: Option<&str>) -> Result<i32> {
-    reason_code(reason).ok_or_else(|| {
-        Error::invalid(format!("--reason {reason:?}: not a revocation reason (one of {})", REASONS.iter().map(|r| r.0).collect::<Vec<_>>().join(", ")))
-    })?;
+pub fn revoke_command(ctx: &Ctx, siteid: &SiteId, reason: RevocationReason, no_replace: bool, serial: Option<&str>) -> Result<i32> {
     let wanted = match serial {
         Some(s) => Some(
             revocations::normalize_serial(s)
@@ -170,14 +160,14 @@ pub(super) fn settle(ctx: &Ctx, owed: &mut revocations::State, t: &Owed, r: &Sen
 
 /// A new owed record for the certificate `pem` of `host`, with the server
 /// and account of its lineage (live, else stashed; else the configured server).
-fn new_owed(ctx: &Ctx, host: &str, pem: &str, reason: &str, no_replace: bool) -> Result<Owed> {
+fn new_owed(ctx: &Ctx, host: &str, pem: &str, reason: RevocationReason, no_replace: bool) -> Result<Owed> {
     let info = crate::certs::parse_first_cert(pem.as_bytes()).map_err(|e| Error::failed(format!("{host}: the certificate to revoke cannot be read: {e}")))?;
     let conf = ctx.store.lineage_conf(host, Place::Live).or_else(|| ctx.store.lineage_conf(host, Place::Stashed)).unwrap_or_default();
     Ok(Owed {
         host: host.to_string(),
         serial: info.serial,
         cert_pem: pem.to_string(),
-        reason: reason.to_string(),
+        reason: reason.name().to_string(),
         server: conf.server.unwrap_or_else(|| ctx.cfg.acme_server.clone()),
         account: conf.account,
         no_replace,
@@ -218,7 +208,8 @@ pub(super) fn retire(ctx: &Ctx, rec: &Recovered, site: &Site, host: &str) -> Res
 /// as done.
 pub(super) fn send_owed(ctx: &Ctx, o: &Owed) -> Sent {
     let der = crate::certs::parse_first_cert(o.cert_pem.as_bytes()).map_err(SendError::Unreadable)?.der;
-    let code = reason_code(&o.reason).unwrap_or(0);
+    // A recorded name this version does not know is sent as unspecified (0).
+    let code = RevocationReason::from_name(&o.reason).map_or(0, RevocationReason::code);
     let client = match o.account.as_deref().map(|id| crate::store::accounts::load_id(&ctx.cfg.letsencrypt_dir, &o.server, id)) {
         Some(Ok(Some(a))) => crate::acme::AcmeClient::connect(provision::options(ctx, &o.server), a.key, Some(a.uri))?,
         _ => provision::client_for(ctx, &o.server).map_err(SendError::Setup)?.0,
