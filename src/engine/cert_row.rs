@@ -87,6 +87,12 @@ pub struct CertificateRow {
     pub backoff_ignored: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "secs_opt")]
     pub next_attempt: Option<DateTime<Utc>>,
+    /// Fleet mode: a lineage the fleet shares (left out on a single device).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fleet: bool,
+    /// Fleet mode: the fleet could not be reached at the last sync: why, since when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_error: Option<String>,
 }
 
 impl CertificateRow {
@@ -112,6 +118,8 @@ impl CertificateRow {
             last_error: None,
             backoff_ignored: None,
             next_attempt: None,
+            fleet: false,
+            fleet_error: None,
         }
     }
 }
@@ -148,7 +156,8 @@ impl Row {
                 match r.failures {
                     Some(n) => format!("  FAILED {n}x, next attempt {}: {}", dash(r.next_attempt), r.last_error.as_deref().unwrap_or("-")),
                     None => String::new(),
-                },
+                } + if r.fleet { "  fleet" } else { "" }
+                    + &r.fleet_error.as_deref().map(|e| format!("  FLEET UNREACHABLE: {e}")).unwrap_or_default(),
             ),
             Row::Owed(o) => (o.state, o.host.as_str(), "-", dash(None), dash(None), String::new(), Some(o.problem.as_str()), String::new()),
         };

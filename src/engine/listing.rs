@@ -281,7 +281,20 @@ pub fn certificates(ctx: &Ctx) -> Result<i32> {
         }
         Err(e) => tracing::error!("{e}"),
     }
+    // Fleet mode: every live lineage is the fleet's; a sync that could not
+    // reach it is named on each, with since when.
+    let fleet_error = ctx.cfg.fleet.as_ref().and_then(|_| {
+        let st = super::fleet::load_state(ctx);
+        st.error.map(|e| format!("{e} (since {})", st.since.map(ts).unwrap_or_else(|| "-".into())))
+    });
+    if let Some(e) = &fleet_error {
+        tracing::warn!("the fleet cannot be reached: {e}; this device serves what it has and orders nothing");
+    }
     for r in rows.iter_mut() {
+        if ctx.cfg.fleet.is_some() && r.state == State::Live {
+            r.fleet = true;
+            r.fleet_error = fleet_error.clone();
+        }
         let host = &r.host;
         if let Some(f) = backoff.hosts.get(host).filter(|_| matches!(r.state, State::Live | State::Pending)) {
             r.failures = Some(f.failures);

@@ -287,6 +287,9 @@ fn two_devices_share_one_certificate_and_validate_for_each_other() {
     a.apache.wait_serial(host, &new);
     for d in [&a, &b] {
         d.ok(&["doctor"]);
+        let rows: serde_json::Value = serde_json::from_str(&d.ok(&["--json", "certificates"])).unwrap();
+        assert_eq!(rows[0]["fleet"], true, "{rows}");
+        assert!(rows[0].get("fleet_error").is_none(), "{rows}");
     }
     let st: serde_json::Value = serde_json::from_str(&a.ok(&["--json", "fleet", "status"])).unwrap();
     assert_eq!(st["lineages"][0]["renewed_by"], "dev-b", "{st}");
