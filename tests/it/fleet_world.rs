@@ -56,14 +56,15 @@ fn assert_converged(w: &FleetWorld, hosts: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// Deploy each host on every device with a certificate due now; after a sync
-/// on each, the fleet has every record. The carried serials.
-fn due_everywhere(w: &FleetWorld, hosts: &[&str], days_left: f64) -> Vec<String> {
+/// Deploy each (host, days left) on every device, site ids from `first`,
+/// with a certificate due now; after a sync on each, the fleet has every
+/// record. The carried serials.
+fn due_everywhere(w: &FleetWorld, first: u32, hosts: &[(&str, f64)]) -> Vec<String> {
     let serials: Vec<String> = hosts
         .iter()
         .enumerate()
-        .map(|(n, h)| {
-            let (json, serial) = w.due_site(n as u32 + 1, h, days_left);
+        .map(|(n, (h, days_left))| {
+            let (json, serial) = w.due_site(first + n as u32, h, *days_left);
             w.deploy_everywhere(&json);
             serial
         })
@@ -71,7 +72,7 @@ fn due_everywhere(w: &FleetWorld, hosts: &[&str], days_left: f64) -> Vec<String>
     for i in 0..3 {
         w.sync(i);
     }
-    for (h, s) in hosts.iter().zip(&serials) {
+    for ((h, _), s) in hosts.iter().zip(&serials) {
         let rec = w.status_lineage(0, h).unwrap_or_else(|| panic!("no fleet record of {h} after a sync on every device"));
         assert_eq!(rec["serial"].as_str().map(|x| x.trim_start_matches('0').to_lowercase()).as_deref(), Some(s.as_str()));
         for i in 0..3 {
@@ -79,6 +80,11 @@ fn due_everywhere(w: &FleetWorld, hosts: &[&str], days_left: f64) -> Vec<String>
         }
     }
     serials
+}
+
+/// [`due_everywhere`] for hosts with 5 days left.
+fn due5(w: &FleetWorld, hosts: &[&str]) -> Vec<String> {
+    due_everywhere(w, 1, &hosts.iter().map(|h| (*h, 5.0)).collect::<Vec<_>>())
 }
 
 /// The harness itself, without a fleet: etcd answers, all three Apaches
@@ -124,7 +130,7 @@ fn renew_on_three_devices_at_once_orders_each_due_lineage_exactly_once() {
     let w = FleetWorld::new();
     let hosts: Vec<String> = (0..5).map(|i| format!("due{i}.fleet.test")).collect();
     let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
-    let carried = due_everywhere(&w, &hosts, 5.0);
+    let carried = due5(&w, &hosts);
     let before = w.issued_count();
     for round in 0..2 {
         let runs: Vec<_> = (0..3).map(|i| w.spawn(i, &["--json", "renew"], &[])).collect();
@@ -221,7 +227,7 @@ fn validation_succeeds_on_a_device_other_than_the_orderer() {
 fn holder_killed_at(step: &str) -> (usize, String) {
     let w = FleetWorld::new();
     let h = "killed.fleet.test";
-    let carried = due_everywhere(&w, &[h], 5.0).remove(0);
+    let carried = due5(&w, &[h]).remove(0);
     let before = w.issued_count();
     let o = w.run_env(0, &["--json", "renew"], &[("SITE_ADMIN_FAULT", step)]);
     assert!(!o.status.success() && stderr(&o).contains("fault injected"), "a did not die at {step}: {}{}", stdout(&o), stderr(&o));
@@ -265,7 +271,7 @@ fn a_holder_killed_after_finalize_costs_at_most_one_extra_issuance() {
 fn a_holder_paused_past_the_ttl_cannot_write_and_says_fleet_lock_lost() {
     let w = FleetWorld::new();
     let h = "paused.fleet.test";
-    let carried = due_everywhere(&w, &[h], 5.0).remove(0);
+    let carried = due5(&w, &[h]).remove(0);
     let (pause, trace) = (w.dir.path().join("pause"), w.dir.path().join("trace"));
     std::fs::write(&pause, "").unwrap();
     let a = w.spawn(
@@ -303,7 +309,7 @@ fn a_holder_paused_past_the_ttl_cannot_write_and_says_fleet_lock_lost() {
 fn the_etcd_leader_killed_during_a_renewal_costs_no_duplicate_order() {
     let mut w = FleetWorld::new();
     let hosts = ["l0.fleet.test", "l1.fleet.test", "l2.fleet.test"];
-    due_everywhere(&w, &hosts, 5.0);
+    due5(&w, &hosts);
     let before = w.issued_count();
     let (pause, trace) = (w.dir.path().join("pause"), w.dir.path().join("trace"));
     std::fs::write(&pause, "").unwrap();
@@ -348,8 +354,8 @@ fn the_etcd_leader_killed_during_a_renewal_costs_no_duplicate_order() {
 fn a_device_cut_off_from_etcd_keeps_serving_orders_nothing_and_converges_on_return() {
     let w = FleetWorld::new();
     let (far, near) = ("far.fleet.test", "near.fleet.test");
-    let carried_far = due_everywhere(&w, &[far], 20.0).remove(0);
-    let carried_near = due_everywhere(&w, &[near], 5.0).remove(0);
+    let carried = due_everywhere(&w, 1, &[(far, 20.0), (near, 5.0)]);
+    let (carried_far, carried_near) = (&carried[0], &carried[1]);
     let closed = free_port();
     let mut cut = w.fleet_object(2);
     cut["endpoints"] = json!([format!("http://127.0.0.1:{closed}")]);
@@ -364,8 +370,8 @@ fn a_device_cut_off_from_etcd_keeps_serving_orders_nothing_and_converges_on_retu
     assert_eq!(rep["fleet"]["device"], "dev-c", "{rep}");
     assert!(rep["fleet"]["error"].as_str().is_some_and(|e| !e.is_empty()) && rep["fleet"]["since"].is_string(), "{rep}");
     assert_eq!((w.pebble.log().len(), w.issued_count()), (log, issued), "c talked to the CA while cut off");
-    w.wait_serial(2, far, &carried_far);
-    w.wait_serial(2, near, &carried_near);
+    w.wait_serial(2, far, carried_far);
+    w.wait_serial(2, near, carried_near);
     let o = w.dev(2).run(&["--json", "certificates"]);
     let said = format!("{}{}", stdout(&o), stderr(&o));
     let rows: Value = serde_json::from_str(&stdout(&o)).unwrap_or_else(|e| panic!("{e}: {said}"));
