@@ -177,6 +177,16 @@ fn renew_on_three_devices_at_once_orders_each_due_lineage_exactly_once() {
     for (s, c) in serials.iter().zip(&carried) {
         assert_ne!(s, c, "the fleet still has the carried certificate");
     }
+    // Every device's heartbeat says it serves the fleet's certificates.
+    let st = w.status(2);
+    for id in IDS {
+        let hb = st["devices"].as_array().unwrap().iter().find(|d| d["device"] == id).unwrap_or_else(|| panic!("no heartbeat of {id}: {st}"));
+        for (h, s) in hosts.iter().zip(&serials) {
+            let served =
+                hb["serves"].as_array().unwrap().iter().find(|p| p[0] == *h).and_then(|p| p[1].as_str()).map(|x| x.trim_start_matches('0').to_lowercase());
+            assert_eq!(served.as_deref(), Some(s.as_str()), "{id} {h}: {hb}");
+        }
+    }
     let accounts: Vec<Value> = (0..3).map(|i| w.sync(i)["account"].clone()).collect();
     assert!(accounts[0].is_string() && accounts.iter().all(|a| *a == accounts[0]), "one account for the fleet: {accounts:?}");
     for h in &hosts {
@@ -517,6 +527,11 @@ fn a_second_device_deploying_a_site_the_fleet_serves_orders_nothing() {
     let st = w.status(1);
     let rec = st["lineages"].as_array().unwrap().iter().find(|l| l["host"] == h).unwrap().clone();
     assert_eq!((rec["renewed_by"].as_str(), rec["version"].as_i64()), (Some("dev-a"), Some(1)), "{st}");
+    // `fleet configured` (systemd's ExecCondition for the sync timer).
+    assert_eq!(w.dev(1).run(&["fleet", "configured"]).status.code(), Some(0));
+    w.set_fleet(2, None);
+    let o = w.dev(2).run(&["fleet", "configured"]);
+    assert_eq!((o.status.code(), o.stdout.is_empty()), (Some(1), true), "{}", stderr(&o));
     let renewal = std::fs::read_to_string(w.dev(1).le().join(format!("renewal/{h}.conf"))).unwrap();
     assert!(renewal.contains("autorenew = False"), "certbot must not renew a fleet lineage: {renewal}");
 }
