@@ -527,6 +527,23 @@ fn a_second_device_deploying_a_site_the_fleet_serves_orders_nothing() {
     let st = w.status(1);
     let rec = st["lineages"].as_array().unwrap().iter().find(|l| l["host"] == h).unwrap().clone();
     assert_eq!((rec["renewed_by"].as_str(), rec["version"].as_i64()), (Some("dev-a"), Some(1)), "{st}");
+    // a renews; c, whose fleet key is not the fleet's, cannot open the new
+    // record: its sync names the record's key and changes nothing on c.
+    w.set_dns(h, 0);
+    let (code, rep, err) = w.renew(0, &["--force"]);
+    assert_eq!((code, status_of(&rep, h).as_str()), (0, "renewed"), "{rep}\n{err}");
+    std::fs::write(w.dev(2).root.join(crate::common::fleet::SECRET_FILE), [9u8; 32]).unwrap();
+    let before = snapshot(&w.dev(2).le());
+    let o = w.dev(2).run(&["--json", "sync"]);
+    let said = format!("{}{}", stdout(&o), stderr(&o));
+    // (The account's record or the lineage's, whichever it opens first.)
+    assert!(said.contains(&format!("{PREFIX}lineages/{h}")) || said.contains(&format!("{PREFIX}accounts/")), "the refusal names the record's key: {said}");
+    assert_same(&before, &snapshot(&w.dev(2).le()), "a record sealed with another key changed c");
+    w.wait_serial(2, h, &serial);
+    std::fs::write(w.dev(2).root.join(crate::common::fleet::SECRET_FILE), w.secret).unwrap();
+    let s = w.sync(2);
+    assert_eq!(s["taken"], json!([h]), "{s}");
+
     // `fleet configured` (systemd's ExecCondition for the sync timer).
     assert_eq!(w.dev(1).run(&["fleet", "configured"]).status.code(), Some(0));
     w.set_fleet(2, None);
