@@ -46,8 +46,7 @@
 //!     and fails for nothing but its own errors. A revocation still owed
 //!     (rule 9) fails the pass too, dry run or not, until the CA confirms it.
 
-use crate::config::KeyType;
-use crate::store::{AriState, ProfileWish};
+use crate::model::{AriState, KeyType, ProfileWish};
 use chrono::{DateTime, Duration, Utc};
 use std::path::PathBuf;
 
@@ -194,7 +193,7 @@ pub struct PassFacts {
     pub clock_plausible: bool,
     /// Hosts backing off: their records.
     pub backoff: std::collections::BTreeMap<String, crate::backoff::Failures>,
-    /// [`crate::backoff::config_fingerprint`] of the configuration now.
+    /// [`crate::backoff_file::config_fingerprint`] of the configuration now.
     pub config: String,
 }
 

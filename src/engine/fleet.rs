@@ -386,7 +386,7 @@ fn sync_account(ctx: &Ctx, fleet: &Fleet, server: &str) -> Result<Option<String>
         let local = match super::ctx::stored_account(ctx, server).map_err(|e| e.to_string())? {
             Some(a) => a,
             None => {
-                let lock = match crate::fleet::lock::acquire(&fleet.etcd, &format!("{}locks/account", fleet.cfg.prefix), &fleet.cfg.device_id, 30)
+                let lock = match crate::fleet::lock::acquire(&fleet.etcd, &format!("{}locks/.account", fleet.cfg.prefix), &fleet.cfg.device_id, 30)
                     .map_err(|e| e.to_string())?
                 {
                     Acquired::Held(l) => l,
@@ -444,7 +444,7 @@ fn install_account(ctx: &Ctx, fleet: &Fleet, key: &str, value: &[u8], server: &s
     let plain = fleet.store.fleet_key().open(key, 1, &rec.key).map_err(|e| bad(e.to_string()))?;
     let jwk: serde_json::Value = serde_json::from_slice(&plain).map_err(|_| bad("the sealed key is not a JWK".into()))?;
     let carried = accounts::Carried { server: rec.server, id: rec.id.clone(), uri: rec.uri, key: jwk, terms_of_service: rec.terms_of_service, hosts: vec![] };
-    let k = accounts::check_carried(&carried).map_err(bad)?;
+    let k = accounts::check_carried(&carried).map_err(|e| bad(e.to_string()))?;
     if accounts::install(&ctx.cfg.letsencrypt_dir, &carried, &k).map_err(|e| e.to_string())? {
         ctx.progress(&format!("installed the fleet's ACME account {} of {server}", rec.id));
     }

@@ -262,7 +262,7 @@ fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &
         key_type: ctx.cfg.key_type,
         clock_plausible: crate::decide::clock_plausible(now, &validity),
         backoff: backoff.hosts.clone(),
-        config: crate::backoff::config_fingerprint(&ctx.cfg),
+        config: crate::backoff_file::config_fingerprint(&ctx.cfg),
     };
     Gathered { facts, ari_due, next_ari_check }
 }
@@ -282,7 +282,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     let locked = if dry_run { None } else { Some(ctx.lock("renew")?) };
     let now = Utc::now();
     let sites = facts::all_stored(&ctx.cfg)?;
-    let mut backoff = crate::backoff::load(&ctx.cfg.state_dir());
+    let mut backoff = crate::backoff_file::load(&ctx.cfg.state_dir());
     let backoff_before = backoff.clone();
     let (mut owed, revocation_error) = match revocations::load(&ctx.cfg.state_dir()) {
         Ok(st) => (st, None),
@@ -482,7 +482,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
         entries.push(Entry { host: job.host, siteid: job.siteid, old_not_after: job.old_not_after.map(ts), status });
     }
     if backoff != backoff_before {
-        if let Err(e) = crate::backoff::save(&ctx.cfg.state_dir(), &backoff) {
+        if let Err(e) = crate::backoff_file::save(&ctx.cfg.state_dir(), &backoff) {
             tracing::warn!("recording the back-off state: {e}");
         }
     }
@@ -671,7 +671,7 @@ fn send_owed(ctx: &Ctx, owed: &mut revocations::State, not_served: &[String]) ->
         let after = owed.owed.get(&o.serial).cloned().unwrap_or(o);
         out.push(match r {
             Ok(()) => revocation_entry(&after, "revoked", None),
-            Err(e) => revocation_entry(&after, "failed", Some(e)),
+            Err(e) => revocation_entry(&after, "failed", Some(e.to_string())),
         });
     }
     out
