@@ -310,6 +310,10 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
                     tracing::warn!("fleet: {}: {}", e.key, e.error);
                 }
                 taken = r.taken.clone();
+                // Back-off is the fleet's: a failure on one device holds every device back.
+                if let Err(e) = super::fleet::merge_backoff(f, &mut backoff) {
+                    tracing::warn!("fleet: reading the shared back-off: {e}");
+                }
                 fleet_report = Some(FleetReport { device: r.device, taken: r.taken, pushed: r.pushed, error: None, since: None });
             }
             Err(e) => {
@@ -440,8 +444,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     let mut jobs = plan.jobs;
     if let Some(e) = &fleet_down {
         let below = fleet.as_ref().and_then(|f| f.cfg.isolated_renew_below);
-        let (go, held): (Vec<Job>, Vec<Job>) =
-            jobs.into_iter().partition(|j| below.is_some_and(|d| j.old_not_after.is_some_and(|na| na - now < chrono::Duration::days(d.into()))));
+        let (go, held): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| !j.pending && renewal::isolated_may_order(j.old_not_after, now, below));
         for j in &go {
             tracing::warn!(
                 "{}: the fleet cannot be reached and the certificate expires within fleet.isolated_renew_below: renewing on this device alone",
@@ -480,6 +483,14 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             }
         };
         entries.push(Entry { host: job.host, siteid: job.siteid, old_not_after: job.old_not_after.map(ts), status });
+    }
+    if let Some(f) = fleet_for_jobs {
+        let touched: Vec<String> = entries
+            .iter()
+            .filter(|e| matches!(e.status, Status::Renewed { .. } | Status::Provisioned { .. } | Status::PeerRenewed { .. } | Status::Failed { .. }))
+            .map(|e| e.host.clone())
+            .collect();
+        super::fleet::publish_backoff(f, &backoff, &touched);
     }
     if backoff != backoff_before {
         if let Err(e) = crate::backoff_file::save(&ctx.cfg.state_dir(), &backoff) {
