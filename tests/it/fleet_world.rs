@@ -439,15 +439,16 @@ fn a_device_cut_off_from_etcd_keeps_serving_orders_nothing_and_converges_on_retu
     assert_eq!(serials[1], emergency);
     assert_eq!(w.issued_count(), issued + 3);
 
-    // While cut off, `certificates` marked the fleet's lineages and named the fleet error.
+    // While cut off, `doctor` and `certificates` named the fleet error, and
+    // `certificates` marked the fleet's lineages.
+    let names_error = |said: &str| said.contains(&fleet_error) || said.contains(&format!("127.0.0.1:{closed}"));
+    let said = format!("{}{}", stdout(&doctor), stderr(&doctor));
+    assert!(names_error(&said), "doctor does not name the fleet error ({fleet_error}): {said}");
     let said = format!("{}{}", stdout(&certificates), stderr(&certificates));
+    assert!(names_error(&said), "certificates does not name the fleet error ({fleet_error}): {said}");
     let rows: Value = serde_json::from_str(&stdout(&certificates)).unwrap_or_else(|e| panic!("{e}: {said}"));
     let rows = rows.as_array().cloned().unwrap_or_else(|| rows["certificates"].as_array().cloned().unwrap_or_default());
     assert!(rows.iter().any(|r| r["host"] == far && r["fleet"] == true), "no row of {far} with \"fleet\": true: {said}");
-    let names_error = |said: &str| said.contains(&fleet_error) || said.contains(&format!("127.0.0.1:{closed}"));
-    assert!(names_error(&said), "certificates does not name the fleet error ({fleet_error}): {said}");
-    let said = format!("{}{}", stdout(&doctor), stderr(&doctor));
-    assert!(names_error(&said), "doctor does not name the fleet error ({fleet_error}): {said}");
 }
 
 /// 7. With client TLS and auth: nothing under the prefix holds a private
