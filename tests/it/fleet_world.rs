@@ -190,7 +190,9 @@ fn renew_on_three_devices_at_once_orders_each_due_lineage_exactly_once() {
     let accounts: Vec<Value> = (0..3).map(|i| w.sync(i)["account"].clone()).collect();
     assert!(accounts[0].is_string() && accounts.iter().all(|a| *a == accounts[0]), "one account for the fleet: {accounts:?}");
     for h in &hosts {
-        assert!(w.status_lineage(1, h).unwrap()["lock"].is_null(), "{h}: a lock left behind");
+        let rec = w.status_lineage(1, h).unwrap();
+        assert!(rec["lock"].is_null(), "{h}: a lock left behind: {rec}");
+        assert_eq!(rec["version"], 2, "{h}: the carried version and one renewal: {rec}");
     }
     for d in &w.devices {
         d.ok(&["doctor"]);
@@ -379,6 +381,10 @@ fn the_etcd_leader_killed_during_a_renewal_costs_no_duplicate_order() {
     }
     assert_eq!(w.issued_count() - before, hosts.len());
     assert_converged(&w, &hosts);
+    for h in hosts {
+        assert_eq!(w.status_lineage(1, h).unwrap()["version"], 2, "{h}: published once");
+    }
+    assert_eq!(w.etcd_get_prefix_raw().iter().filter(|(k, _)| k.starts_with(&format!("{PREFIX}lineages/"))).count(), hosts.len());
 }
 
 /// 6. One device cut off from etcd: it keeps serving, sends no ACME request

@@ -203,37 +203,54 @@ impl FleetWorld {
     }
 
     /// Every key and value under the fleet's prefix, read from etcd
-    /// directly (with the root user when auth is on).
+    /// directly (with the root user when auth is on), from the first member
+    /// that answers (a test may have killed some).
     pub fn etcd_get_prefix_raw(&self) -> Vec<(String, Vec<u8>)> {
+        let mut last = String::new();
+        for url in self.etcd.endpoints() {
+            match self.range_prefix(&url) {
+                Ok(kvs) => return kvs,
+                Err(e) => last = format!("{url}: {e}"),
+            }
+        }
+        panic!("no etcd member answered: {last}");
+    }
+
+    fn range_prefix(&self, url: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD;
         let http = self.etcd.raw();
-        let url = &self.etcd.endpoints()[0];
         let mut token = None;
         if self.pki.is_some() {
-            let r: Value =
-                http.post(format!("{url}/v3/auth/authenticate")).json(&json!({"name": "root", "password": ROOT_PASSWORD})).send().unwrap().json().unwrap();
-            token = Some(r["token"].as_str().unwrap_or_else(|| panic!("no token: {r}")).to_string());
+            let r: Value = http
+                .post(format!("{url}/v3/auth/authenticate"))
+                .json(&json!({"name": "root", "password": ROOT_PASSWORD}))
+                .send()
+                .and_then(|r| r.json())
+                .map_err(|e| e.to_string())?;
+            token = Some(r["token"].as_str().ok_or_else(|| format!("no token: {r}"))?.to_string());
         }
         let end = site_admin::fleet::etcd::prefix_end(PREFIX.as_bytes());
         let mut req = http.post(format!("{url}/v3/kv/range")).json(&json!({"key": b64.encode(PREFIX), "range_end": b64.encode(end)}));
         if let Some(t) = &token {
             req = req.header("Authorization", t);
         }
-        let r: Value = req.send().unwrap().json().unwrap();
-        assert!(r.get("error").is_none(), "range: {r}");
-        r["kvs"]
+        let r: Value = req.send().and_then(|r| r.json()).map_err(|e| e.to_string())?;
+        if r.get("error").is_some() {
+            return Err(format!("range: {r}"));
+        }
+        Ok(r["kvs"]
             .as_array()
             .map(|kvs| {
                 kvs.iter()
                     .map(|kv| {
-                        let k = b64.decode(kv["key"].as_str().unwrap()).unwrap();
-                        let v = kv["value"].as_str().map(|v| b64.decode(v).unwrap()).unwrap_or_default();
+                        let k = b64.decode(kv["key"].as_str().unwrap_or_default()).unwrap_or_default();
+                        let v = kv["value"].as_str().map(|v| b64.decode(v).unwrap_or_default()).unwrap_or_default();
                         (String::from_utf8_lossy(&k).into_owned(), v)
                     })
                     .collect()
             })
-            .unwrap_or_default()
+            .unwrap_or_default())
     }
 
     /// What went on in the world, for a failed assertion's message.
