@@ -525,6 +525,7 @@ impl AcmeClient {
             resp.location.clone().ok_or_else(|| AcmeError::Protocol { url: new_order.clone(), detail: "newOrder answered without a Location".into() })?;
         let mut order: Order = resp.typed(&new_order)?;
         tracing::debug!(host, "step: order created");
+        crate::fault::point("acme.ordered");
         for a in &order.authorizations {
             self.authorize(a, webroot, deadline)?;
         }

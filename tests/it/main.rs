@@ -15,6 +15,7 @@ mod certbot;
 mod crash;
 mod faults;
 mod fleet;
+mod fleet_world;
 mod fuzz;
 mod lifecycle;
 mod migration;

@@ -63,6 +63,14 @@ impl Apache {
     }
 
     pub fn start(&self) {
+        if let Err(e) = self.try_start() {
+            panic!("{e}");
+        }
+    }
+
+    /// [`Self::start`], saying why it did not start instead of panicking
+    /// (a world of several devices picks new ports when one is taken).
+    pub fn try_start(&self) -> Result<(), String> {
         let mut o = Command::new(BIN).args(["-f", self.conf.to_str().unwrap(), "-k", "start"]).output().unwrap();
         // A port the harness found free can be taken for a moment by another
         // socket before Apache binds it: wait and try again, a few times.
@@ -74,18 +82,17 @@ impl Apache {
             std::thread::sleep(Duration::from_secs(1));
             o = Command::new(BIN).args(["-f", self.conf.to_str().unwrap(), "-k", "start"]).output().unwrap();
         }
-        assert!(
-            o.status.success(),
-            "apache2 did not start: {}{}\n{}",
-            String::from_utf8_lossy(&o.stderr),
-            String::from_utf8_lossy(&o.stdout),
-            self.error_log()
-        );
+        if !o.status.success() {
+            return Err(format!("apache2 did not start: {}{}\n{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout), self.error_log()));
+        }
         let start = Instant::now();
         while std::net::TcpStream::connect((self.ip.as_str(), self.http_port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(20), "apache2 did not listen\n{}", self.error_log());
+            if start.elapsed() > Duration::from_secs(20) {
+                return Err(format!("apache2 did not listen\n{}", self.error_log()));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     pub fn error_log(&self) -> String {

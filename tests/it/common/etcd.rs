@@ -140,7 +140,7 @@ impl EtcdCluster {
     }
 
     /// A client of the raw gateway (with the root certificate when TLS is on).
-    fn raw(&self) -> reqwest::blocking::Client {
+    pub fn raw(&self) -> reqwest::blocking::Client {
         match &self.tls {
             Some(pki) => pki.http(Some(&pki.client("harness"))),
             None => reqwest::blocking::Client::builder().timeout(Duration::from_secs(3)).build().unwrap(),

@@ -6,6 +6,7 @@
 pub mod a2c;
 pub mod apache;
 pub mod etcd;
+pub mod fleet;
 pub mod pebble;
 
 use std::collections::BTreeMap;
