@@ -229,7 +229,7 @@ fn fleet_findings(ctx: &Ctx, repair: bool) -> Vec<(String, String, bool)> {
     let st = super::fleet::load_state(ctx);
     if let Some(e) = &st.error {
         let since = st.since.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default();
-        out.push(("fleet".to_string(), format!("the fleet cannot be reached since {since}: {e}; this device serves what it has and orders nothing"), false));
+        out.push(("fleet".to_string(), format!("the fleet cannot be used since {since}: {e}; this device serves what it has and orders nothing"), false));
     }
     for s in facts::all_stored(&ctx.cfg).unwrap_or_default().iter().filter(|s| s.is_letsencrypt()) {
         let Some(c) = ctx.store.read_conf(&s.hostname, Place::Live) else { continue };

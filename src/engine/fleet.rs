@@ -87,7 +87,7 @@ pub struct FleetState {
     pub last_sync: Option<DateTime<Utc>>,
     /// The fleet error since then, if any.
     pub error: Option<String>,
-    /// Since when the fleet cannot be reached.
+    /// Since when the fleet cannot be used.
     pub since: Option<DateTime<Utc>>,
     /// The fleet's account id per ACME server (the one every order uses).
     #[serde(default)]
@@ -681,7 +681,7 @@ fn no_fleet(what: &str) -> crate::error::Error {
     crate::error::Error::invalid(format!("{what}: no fleet is configured (the `fleet` object of config.json; docs/design.md, \"Several devices\")"))
 }
 
-/// `site-admin sync`: exit 0, or 1 when the fleet cannot be reached, a
+/// `site-admin sync`: exit 0, or 1 when the fleet cannot be used, a
 /// record cannot be used, or the Apache step failed.
 pub fn sync_command(ctx: &Ctx) -> crate::error::Result<i32> {
     let Some(f) = ctx.fleet()? else { return Err(no_fleet("sync")) };
@@ -691,7 +691,7 @@ pub fn sync_command(ctx: &Ctx) -> crate::error::Result<i32> {
         Ok(r) => r,
         Err(e) => {
             let st = load_state(ctx);
-            tracing::error!("the fleet cannot be reached: {e}; this device keeps serving what it has");
+            tracing::error!("the fleet cannot be used: {e}; this device keeps serving what it has");
             SyncReport { event: "sync", device: f.cfg.device_id.clone(), error: Some(e), since: st.since, ..Default::default() }
         }
     };
@@ -713,7 +713,7 @@ pub fn sync_command(ctx: &Ctx) -> crate::error::Result<i32> {
             rep.pushed.len(),
             rep.errors.len(),
             if rep.reloaded { ", Apache reloaded" } else { "" },
-            rep.error.as_ref().map(|e| format!("; the fleet cannot be reached: {e}")).unwrap_or_default()
+            rep.error.as_ref().map(|e| format!("; the fleet cannot be used: {e}")).unwrap_or_default()
         );
     }
     Ok(if rep.error.is_none() && rep.errors.is_empty() && rep.apache_error.is_none() { 0 } else { 1 })
@@ -727,7 +727,7 @@ pub fn status_command(ctx: &Ctx) -> crate::error::Result<i32> {
         Err(e) => {
             let st = note_error(ctx, &e.to_string());
             return Err(crate::error::Error::failed(format!(
-                "the fleet cannot be reached: {e} (since {})",
+                "the fleet cannot be used: {e} (since {})",
                 st.since.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default()
             )));
         }

@@ -106,7 +106,7 @@ pub fn deploy_command(ctx: &Ctx, text: &str, origin: &str, dry_run: bool) -> Res
     if let Some(f) = ctx.fleet()? {
         let all = facts::all_stored(&ctx.cfg)?;
         if let Err(e) = super::fleet::sync(ctx, &f, &locked.recovered, &all) {
-            tracing::warn!("the fleet cannot be reached ({e}): deploying with what this device has; nothing is ordered without the fleet's lock");
+            tracing::warn!("the fleet cannot be used ({e}): deploying with what this device has; nothing is ordered without the fleet's lock");
         }
     }
     let out = deploy_one(ctx, &locked.recovered, &site)?;
@@ -544,7 +544,7 @@ fn provision_now(ctx: &Ctx, session: &provision::Session, site: &Site, host: &st
     if let Some(f) = ctx.fleet()? {
         // Fleet mode: ordered once for the fleet, under the lineage lock.
         if let Some(e) = super::fleet::load_state(ctx).error {
-            return Err(Error::failed(format!("the fleet cannot be reached ({e}); nothing is ordered without its lock")));
+            return Err(Error::failed(format!("the fleet cannot be used ({e}); nothing is ordered without its lock")));
         }
         let local = ctx.store.leaf(host, Place::Live).map(|c| (c.serial, c.not_after));
         super::fleet::order_exclusive(ctx, &f, host, local, std::slice::from_ref(site), |gate| {

@@ -288,7 +288,7 @@ pub fn certificates(ctx: &Ctx) -> Result<i32> {
         st.error.map(|e| format!("{e} (since {})", st.since.map(ts).unwrap_or_else(|| "-".into())))
     });
     if let Some(e) = &fleet_error {
-        tracing::warn!("the fleet cannot be reached: {e}; this device serves what it has and orders nothing");
+        tracing::warn!("the fleet cannot be used: {e}; this device serves what it has and orders nothing");
     }
     for r in rows.iter_mut() {
         if ctx.cfg.fleet.is_some() && r.state == State::Live {

@@ -68,7 +68,7 @@ pub enum Status {
         new_not_after: String,
         renewed_by: String,
     },
-    /// Fleet mode: due, but the fleet cannot be reached, so it is not
+    /// Fleet mode: due, but the fleet cannot be used, so it is not
     /// ordered without the lock (`fleet.isolated_renew_below` did not apply).
     FleetUnavailable {
         error: String,
@@ -318,7 +318,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             }
             Err(e) => {
                 let st = super::fleet::load_state(ctx);
-                tracing::error!("the fleet cannot be reached: {e}; serving what is on disk, ordering nothing without the fleet's lock");
+                tracing::error!("the fleet cannot be used: {e}; serving what is on disk, ordering nothing without the fleet's lock");
                 fleet_report =
                     Some(FleetReport { device: f.cfg.device_id.clone(), taken: vec![], pushed: vec![], error: Some(e.clone()), since: st.since.map(ts) });
                 fleet_down = Some(e);
@@ -446,17 +446,14 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
         let below = fleet.as_ref().and_then(|f| f.cfg.isolated_renew_below);
         let (go, held): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| !j.pending && renewal::isolated_may_order(j.old_not_after, now, below));
         for j in &go {
-            tracing::warn!(
-                "{}: the fleet cannot be reached and the certificate expires within fleet.isolated_renew_below: renewing on this device alone",
-                j.host
-            );
+            tracing::warn!("{}: the fleet cannot be used and the certificate expires within fleet.isolated_renew_below: renewing on this device alone", j.host);
         }
         for j in held {
             entries.push(Entry {
                 host: j.host,
                 siteid: j.siteid,
                 old_not_after: j.old_not_after.map(ts),
-                status: Status::FleetUnavailable { error: format!("the fleet cannot be reached ({e}); not ordered without its lock") },
+                status: Status::FleetUnavailable { error: format!("the fleet cannot be used ({e}); not ordered without its lock") },
             });
         }
         jobs = go;
@@ -521,7 +518,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     };
     let backing_off: Vec<String> = entries.iter().filter(|e| matches!(e.status, Status::BackingOff { .. })).map(|e| e.host.clone()).collect();
     let incomplete = renewal::outcome(&failed, &backing_off, apache_error.is_some(), dry_run)
-        .or_else(|| fleet_down.as_ref().map(|e| format!("the fleet cannot be reached ({e}): nothing was ordered without its lock")));
+        .or_else(|| fleet_down.as_ref().map(|e| format!("the fleet cannot be used ({e}): nothing was ordered without its lock")));
     let mut report = Report {
         event: "renew",
         dry_run,
