@@ -70,12 +70,17 @@ pub fn name_covers(pattern: &str, host: &str) -> bool {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    let s: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let t = s.trim_start_matches('0');
-    if t.is_empty() {
-        "0".into()
-    } else {
-        t.into()
+    use std::fmt::Write;
+    // One string for the whole serial (it used to be one per byte: 20
+    // allocations per certificate read, on every lineage of a no-op pass).
+    let mut s = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    match s.trim_start_matches('0') {
+        "" => "0".into(),
+        t if t.len() == s.len() => s,
+        t => t.into(),
     }
 }
 

@@ -1,0 +1,13 @@
+//! Link the `site-admin` binary with packed relative relocations (DT_RELR,
+//! glibc ≥ 2.36, binutils ≥ 2.38) on GNU/Linux: the dynamic loader reads
+//! ≈10 KiB of relocations at start instead of ≈260 KiB of `.rela.dyn`, which
+//! every run (a no-op renewal pass included) had resident. Measured in
+//! docs/benchmarks.md, "Where a no-op pass's memory goes".
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    let env = std::env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default();
+    if os == "linux" && env == "gnu" {
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    }
+}
