@@ -3,7 +3,7 @@
 //! prints the rows serialized; the text listing reads the same fields. Every
 //! time is a [`DateTime`], printed in RFC 3339 in whole seconds with `Z`.
 
-use super::renew::ts;
+use super::ts;
 use crate::renewal::DueBy;
 use crate::site::SiteId;
 use chrono::{DateTime, Utc};

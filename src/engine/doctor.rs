@@ -160,7 +160,7 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
     let mut switched = false;
     if let (Some(rec), false) = (repair_with, to_https.is_empty()) {
         let refs: Vec<&crate::site::Site> = to_https.iter().collect();
-        switched = super::renew::switch_to_https(ctx, rec, &refs).is_ok();
+        switched = super::serving::switch_to_https(ctx, rec, &refs).is_ok();
     }
     let mut add = |what: String, problem: String, repaired: bool| out.push(Finding { what, problem, repaired, invariant: inv.get() });
     // 2 and 4: deployed sites.

@@ -700,7 +700,7 @@ pub fn sync_command(ctx: &Ctx) -> crate::error::Result<i32> {
     }
     if rep.error.is_none() {
         let owed = crate::revocations::load(&ctx.cfg.state_dir()).unwrap_or_default();
-        let (reloaded, err) = super::renew::serve_changed(ctx, Some(&locked.recovered), &sites, &rep.taken, &owed, Utc::now());
+        let (reloaded, err) = super::serving::serve_changed(ctx, Some(&locked.recovered), &sites, &rep.taken, &owed, Utc::now());
         rep.reloaded = reloaded;
         rep.apache_error = rep.apache_error.take().or(err);
     }

@@ -184,9 +184,7 @@ fn dry_run_report(ctx: &Ctx, site: &Site) -> Result<i32> {
 fn vhost_tls(ctx: &Ctx, site: &Site, serve: &Serve) -> VhostTls {
     match serve {
         Serve::Nothing | Serve::Http => VhostTls::None,
-        Serve::Lkc { host } => {
-            VhostTls::Lkc { fullchain: ctx.store.live_dir(host).join("fullchain.pem"), privkey: ctx.store.live_dir(host).join("privkey.pem") }
-        }
+        Serve::Lkc { host } => super::serving::lkc_tls(ctx, host),
         Serve::Okc => {
             let p = ctx.cfg.okc_paths(&site.siteid);
             let has_ca = match site.tls_wish() {
@@ -280,31 +278,10 @@ fn stage_apache<'c>(
     if let Some(t) = account_thumbprint(ctx) {
         txn.write(&apache::acme_conf_file(&ctx.cfg), apache::render_acme_conf(&t).as_bytes(), 0o644)?;
     }
-    if let Some(p) = proof_for(ctx, &site.siteid, &site.hostname, change.serve) {
+    if let Some(p) = super::serving::proof_for(ctx, &site.siteid, &site.hostname, change.serve) {
         txn.prove(p);
     }
     Ok(txn)
-}
-
-/// What shows that Apache serves a site as `serve` says once it reloaded:
-/// the serial its certificate presents for the host (SNI), or — plain http,
-/// or an IP-address host (no SNI) — its vhost answering a probe file from
-/// the site's challenge directory.
-pub fn proof_for(ctx: &Ctx, siteid: &str, hostname: &str, serve: &Serve) -> Option<apache::Proof> {
-    let probe = || apache::Proof::Probe {
-        host: if hostname == "*" { "site-admin-probe.invalid".into() } else { hostname.to_string() },
-        dir: ctx.cfg.site_wellknown(siteid).join(".well-known/acme-challenge"),
-    };
-    if hostname.parse::<std::net::IpAddr>().is_ok() {
-        return Some(probe());
-    }
-    let serial = match serve {
-        Serve::Nothing => return None,
-        Serve::Http => return Some(probe()),
-        Serve::Lkc { host } => ctx.store.leaf(host, Place::Live)?.serial,
-        Serve::Okc => crate::certs::parse_first_cert(&std::fs::read(ctx.cfg.okc_paths(siteid).crt).ok()?).ok()?.serial,
-    };
-    Some(apache::Proof::Serial { host: hostname.to_string(), serial })
 }
 
 /// The account a stash conf names, if this device has it.

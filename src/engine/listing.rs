@@ -5,7 +5,7 @@ use super::backup_doc::Backup;
 use super::cert_row::{CertificateRow, OwedRow, Row, State};
 use super::ctx::Ctx;
 use super::facts;
-use super::renew::ts;
+use super::ts;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::site::{Site, SiteId, Tls, TlsKind};

@@ -19,6 +19,7 @@ mod listing;
 mod provision;
 pub mod renew;
 mod revoke;
+mod serving;
 
 use crate::cli::{Cli, Command};
 use crate::config::{Config, Overrides};
@@ -72,4 +73,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Fleet { what: crate::cli::FleetCommand::Configured } => Ok(if ctx.cfg.fleet.is_some() { 0 } else { 1 }),
         Command::Completions { .. } | Command::Help { .. } => Ok(0),
     }
+}
+
+/// RFC 3339 in whole seconds, as every report and listing prints times.
+pub(crate) fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }

@@ -7,7 +7,9 @@
 use super::ctx::Ctx;
 use super::facts;
 use super::provision;
-use crate::apache::{self, Recovered, VhostTls};
+use super::serving::serve_changed;
+use super::ts;
+use crate::apache::Recovered;
 use crate::error::{Error, Result};
 use crate::hooks;
 use crate::renewal::{self, DueBy, Job, LineageFacts, PassFacts, PendingFacts, Skip};
@@ -183,11 +185,6 @@ impl Report {
             if self.apache_error.is_some() { "; the Apache step FAILED" } else { "" },
         )
     }
-}
-
-/// RFC 3339 in whole seconds, as every report and listing prints times.
-pub(super) fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// The facts of one pass, from the store and the stored sites — each conf
@@ -543,41 +540,6 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     finish(ctx, report)
 }
 
-/// The Apache step after certificates changed: every Let's Encrypt site
-/// whose vhost does not serve its usable live certificate goes (back) to
-/// https — a pending site just provisioned, one that fell back to http
-/// while its expired lineage waited, one whose certificate a fleet sync
-/// brought — never one owed a revocation without replacement; one reload,
-/// proven by the `renewed` hosts' new serials. (reloaded, the error).
-pub(super) fn serve_changed(
-    ctx: &Ctx,
-    rec: Option<&Recovered>,
-    sites: &[Site],
-    renewed: &[String],
-    owed: &revocations::State,
-    now: DateTime<Utc>,
-) -> (bool, Option<String>) {
-    let switched: Vec<&Site> = sites.iter().filter(|s| needs_https(ctx, s, now) && !served_owed_no_replace(ctx, owed, &s.hostname)).collect();
-    if renewed.is_empty() && switched.is_empty() {
-        return (false, None);
-    }
-    let res = match (rec, switched.is_empty()) {
-        (_, true) => {
-            ctx.progress("reloading Apache for the renewed certificates");
-            apache::reload_proven(&ctx.cfg, &renewed_proofs(ctx, sites, renewed)).map_err(|said| format!("reloading Apache: {said}"))
-        }
-        (Some(r), false) => switch_to_https_proving(ctx, r, &switched, renewed_proofs(ctx, sites, renewed)).map_err(|e| e.to_string()),
-        (None, false) => Err("internal: no lock for the Apache change".to_string()),
-    };
-    match res {
-        Ok(()) => (true, None),
-        Err(e) => {
-            tracing::error!("{e}; the renewed certificates ({}) are on disk but not served yet", renewed.join(", "));
-            (false, Some(e))
-        }
-    }
-}
-
 /// Log, print, and choose the exit code.
 fn finish(ctx: &Ctx, report: Report) -> Result<i32> {
     for e in &report.lineages {
@@ -637,11 +599,6 @@ fn hosts_of(v: &[RevocationEntry]) -> Vec<String> {
     h
 }
 
-/// Is the live certificate of `host` owed a revocation without replacement?
-fn served_owed_no_replace(ctx: &Ctx, owed: &revocations::State, host: &str) -> bool {
-    ctx.store.leaf(host, Place::Live).and_then(|c| owed.owed.get(&c.serial).map(|o| o.no_replace && o.host == host)).unwrap_or(false)
-}
-
 /// Rule 9: take out of service each served certificate owed a revocation without replacement.
 fn retire_owed(ctx: &Ctx, rec: &Recovered, sites: &[Site], owed: &revocations::State) {
     for o in owed.owed.values() {
@@ -683,63 +640,6 @@ fn send_owed(ctx: &Ctx, owed: &mut revocations::State, not_served: &[String]) ->
         });
     }
     out
-}
-
-/// Does this Let's Encrypt site have a usable live certificate that its
-/// vhost does not serve?
-fn needs_https(ctx: &Ctx, s: &Site, now: DateTime<Utc>) -> bool {
-    if !s.is_letsencrypt() || !ctx.store.has(&s.hostname, Place::Live) {
-        return false;
-    }
-    let usable = match ctx.store.material(&s.hostname, Place::Live) {
-        Material::Present(kc) => facts::candidate(&kc, &s.hostname).usable(&s.hostname, now),
-        _ => false,
-    };
-    usable && std::fs::read_to_string(ctx.cfg.vhost_file(&s.siteid)).map(|t| t != lkc_vhost(ctx, s)).unwrap_or(true)
-}
-
-fn lkc_vhost(ctx: &Ctx, s: &Site) -> String {
-    let (fullchain, privkey) = ctx.store.live_files(&s.hostname);
-    apache::render(&ctx.cfg, &s.siteid, &s.hostname, &VhostTls::Lkc { fullchain, privkey })
-}
-
-/// What shows that Apache serves the renewed certificates: the new serial of
-/// each renewed host a site's vhost serves as its LKC (a lineage no vhost
-/// serves proves nothing).
-fn renewed_proofs(ctx: &Ctx, sites: &[Site], renewed: &[String]) -> Vec<apache::Proof> {
-    sites
-        .iter()
-        .filter(|s| s.is_letsencrypt() && renewed.iter().any(|h| h == s.hostname.as_str()))
-        .filter(|s| std::fs::read_to_string(ctx.cfg.vhost_file(&s.siteid)).map(|t| t == lkc_vhost(ctx, s)).unwrap_or(false))
-        .filter_map(|s| super::lifecycle::proof_for(ctx, &s.siteid, &s.hostname, &crate::decide::Serve::Lkc { host: s.hostname.to_string() }))
-        .collect()
-}
-
-/// Point these sites' vhosts at their live certificates (their OKC files
-/// go), in one transaction; it reloads Apache.
-pub fn switch_to_https(ctx: &Ctx, rec: &Recovered, sites: &[&Site]) -> Result<()> {
-    switch_to_https_proving(ctx, rec, sites, Vec::new())
-}
-
-/// [`switch_to_https`]; the reload must also show `proofs` (and each
-/// switched site's certificate).
-fn switch_to_https_proving(ctx: &Ctx, rec: &Recovered, sites: &[&Site], proofs: Vec<apache::Proof>) -> Result<()> {
-    let mut txn = apache::Transaction::begin(&ctx.cfg, rec)?;
-    for p in proofs {
-        txn.prove(p);
-    }
-    for s in sites {
-        if let Some(p) = super::lifecycle::proof_for(ctx, &s.siteid, &s.hostname, &crate::decide::Serve::Lkc { host: s.hostname.to_string() }) {
-            txn.prove(p);
-        }
-        txn.write(&ctx.cfg.vhost_file(&s.siteid), lkc_vhost(ctx, s).as_bytes(), 0o644)?;
-        let p = ctx.cfg.okc_paths(&s.siteid);
-        txn.remove(&p.key)?;
-        txn.remove(&p.crt)?;
-        txn.remove(&p.cacrt)?;
-        ctx.progress(&format!("site {} ({}): switching to https", s.siteid, s.hostname));
-    }
-    Ok(txn.commit(true, &|m| ctx.progress(m), &|_| Ok(()))?)
 }
 
 /// What one job came to.

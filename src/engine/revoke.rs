@@ -118,7 +118,7 @@ pub fn revoke_command(ctx: &Ctx, siteid: &SiteId, reason: RevocationReason, no_r
         let (issued, account) = provision::issue_in(ctx, &session, &site, None).map_err(no_replacement)?;
         let params = provision::renewal_params(ctx, &site, Some(account));
         ctx.store.add_version(&host, &NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)?, &params)?;
-        let proof = super::lifecycle::proof_for(ctx, &site.siteid, &host, &crate::decide::Serve::Lkc { host: host.to_string() });
+        let proof = super::serving::proof_for(ctx, &site.siteid, &host, &crate::decide::Serve::Lkc { host: host.to_string() });
         apache::reload_proven(&ctx.cfg, proof.as_slice()).map_err(|said| {
             Error::failed(format!(
                 "{host}: the replacement is on disk but Apache could not be reloaded ({said}); the old certificate is not revoked yet; {owed_msg}"
