@@ -157,6 +157,16 @@ pub enum Command {
         #[arg(long, value_name = "HEX")]
         serial: Option<String>,
     },
+    /// Fleet mode: take the fleet's newer certificates, publish this device's newer ones, reload once, say what it serves.
+    #[command(after_help = "Examples:\n  site-admin sync            # what site-admin-sync.timer runs every 5 minutes\n  site-admin --json sync")]
+    Sync,
+    /// Fleet mode: the devices, the lineages and who holds their locks.
+    #[command(after_help = "Examples:\n  site-admin fleet status\n  site-admin --json fleet status\n  site-admin fleet configured && echo fleet mode")]
+    Fleet {
+        /// What to show.
+        #[command(subcommand)]
+        what: FleetCommand,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  site-admin completions bash > /etc/bash_completion.d/site-admin\n  site-admin completions fish > ~/.config/fish/completions/site-admin.fish"
@@ -178,6 +188,17 @@ pub enum Command {
         /// The command.
         command: Option<String>,
     },
+}
+
+/// `site-admin fleet …`.
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Every device's last heartbeat, every lineage with its version, serial, notAfter, renewer and lock holder.
+    #[command(after_help = "Example:\n  site-admin --json fleet status")]
+    Status,
+    /// Exit 0 when a fleet is configured, 1 when not (systemd's ExecCondition of site-admin-sync.service).
+    #[command(after_help = "Example:\n  site-admin fleet configured")]
+    Configured,
 }
 
 /// The clap definition, for help, completions and the man page.

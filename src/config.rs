@@ -71,6 +71,8 @@ struct RawConfig {
     hooks_dir: Option<String>,
     lock_file: Option<String>,
     apache: Option<RawApache>,
+    /// Checked by [`crate::fleet::config::parse`].
+    fleet: Option<serde_json::Value>,
 }
 
 /// Apache-related settings.
@@ -101,6 +103,8 @@ enum Shape {
     Port,
     Argv,
     KeyType,
+    /// Any JSON object, checked key by key by its own parser (`fleet`).
+    AnyObject,
     /// Fields, and which of them are required (the others may be null).
     Object(&'static [(&'static str, Shape)], &'static [&'static str]),
 }
@@ -131,6 +135,7 @@ const CONFIG_SHAPE: &[(&str, Shape)] = &[
     ("hooks_dir", Shape::Str),
     ("lock_file", Shape::Str),
     ("apache", Shape::Object(APACHE_SHAPE, &[])),
+    ("fleet", Shape::AnyObject),
 ];
 
 impl Shape {
@@ -140,6 +145,7 @@ impl Shape {
             Shape::Port => "a port number (0-65535)".into(),
             Shape::Argv => "a list of strings (a program and its arguments)".into(),
             Shape::KeyType => "\"ecdsa\" or \"rsa\"".into(),
+            Shape::AnyObject => "an object".into(),
             Shape::Object(fields, _) => format!("an object with {}", fields.iter().map(|(k, _)| format!("`{k}`")).collect::<Vec<_>>().join(", ")),
         }
     }
@@ -151,6 +157,7 @@ impl Shape {
             Shape::Port => v.as_u64().is_some_and(|n| n <= 65535),
             Shape::Argv => v.as_array().is_some_and(|a| a.iter().all(|x| x.is_string())),
             Shape::KeyType => matches!(v.as_str(), Some("ecdsa" | "rsa")),
+            Shape::AnyObject => v.is_object(),
             Shape::Object(fields, required) => {
                 let Some(map) = v.as_object() else {
                     return Err(if at.is_empty() { "must be a JSON object".into() } else { format!("{at}: must be {}", self.expected()) });
@@ -228,6 +235,8 @@ pub struct Config {
     pub hooks_dir: PathBuf,
     pub lock_file: PathBuf,
     pub apache: ApacheConfig,
+    /// Fleet mode (docs/design.md, "Several devices"): None on a single device.
+    pub fleet: Option<crate::fleet::config::FleetConfig>,
 }
 
 /// What the command line (or its environment variables) says beyond the file.
@@ -238,16 +247,7 @@ pub struct Overrides {
     pub acme_ca_bundle: Option<PathBuf>,
 }
 
-/// A path from the config: relative paths (and every default) are taken
-/// under the root; an absolute path in the config file stays as written.
-pub(crate) fn under(root: &Path, p: &str) -> PathBuf {
-    let path = Path::new(p);
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        root.join(path)
-    }
-}
+pub(crate) use crate::fsutil::under;
 
 impl Config {
     /// Read the config file (default `<root>/etc/site-admin/config.json`; a
@@ -360,7 +360,15 @@ impl Config {
                 return Err(bad("acme_profile", "must be a profile name (letters, digits, - _ .)"));
             }
         }
+        let fleet = match &raw.fleet {
+            None => None,
+            Some(v) => {
+                let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+                Some(crate::fleet::config::parse(v, &root, &host).map_err(|e| Error::invalid(format!("config file {}: {e}", path.display())))?)
+            }
+        };
         Ok(Config {
+            fleet,
             acme_profile: raw.acme_profile,
             config_file: None,
             acme_server,

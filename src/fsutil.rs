@@ -308,6 +308,17 @@ pub fn exists_nofollow(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok()
 }
 
+/// A path from the config: relative paths (and every default) are taken
+/// under the root; an absolute path in the config file stays as written.
+pub fn under(root: &Path, p: &str) -> PathBuf {
+    let path = Path::new(p);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        root.join(path)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -513,6 +513,19 @@ impl Store {
         fsutil::atomic_write(&self.renewal_conf_path(host), c.to_text().as_bytes(), 0o644)
     }
 
+    /// Say in the live lineage's renewal conf whether certbot may renew it
+    /// (`[renewalparams] autorenew`; certbot skips a lineage that says
+    /// False): a fleet's lineages renew through the fleet only.
+    pub fn set_autorenew(&self, host: &str, on: bool) -> Result<()> {
+        let Some(mut c) = self.read_conf(host, Place::Live) else { return Ok(()) };
+        let want = if on { "True" } else { "False" };
+        if c.get(Some("renewalparams"), "autorenew").as_deref() == Some(want) {
+            return Ok(());
+        }
+        c.set(Some("renewalparams"), "autorenew", want);
+        fsutil::atomic_write(&self.renewal_conf_path(host), c.to_text().as_bytes(), 0o644)
+    }
+
     /// Install (or update) certbot's deploy hook with this script text.
     pub fn install_deploy_hook(&self, script: &str) -> Result<()> {
         let dir = self.dir.join("renewal-hooks/deploy");

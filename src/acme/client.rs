@@ -70,12 +70,25 @@ struct Directory {
 /// [RFC 8555 §7.4]: https://www.rfc-editor.org/rfc/rfc8555#section-7.4
 /// [RFC 8738]: https://www.rfc-editor.org/rfc/rfc8738
 /// [RFC 9773 §5]: https://www.rfc-editor.org/rfc/rfc9773#section-5
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct OrderOptions {
     /// The certificate profile to ask for.
     pub profile: Option<String>,
     /// The ARI CertID of the certificate this one replaces.
     pub replaces: Option<String>,
+    /// Asked just before the order is finalized: an error stops the
+    /// issuance there (fleet mode: the lineage lock must still be held).
+    pub gate: Option<Gate>,
+}
+
+/// A check run before finalizing an order ([`OrderOptions::gate`]).
+#[derive(Clone)]
+pub struct Gate(pub std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gate")
+    }
 }
 
 /// A renewal information answer ([RFC 9773 §4.2]).
@@ -547,6 +560,9 @@ impl AcmeClient {
             order = r.typed(&order_url)?;
         }
         if order.status == OrderStatus::Ready {
+            if let Some(g) = &o.gate {
+                (g.0)().map_err(AcmeError::Local)?;
+            }
             let (key_pem, csr_der) = new_key_and_csr(host, key_type)?;
             let r = self.post(&order.finalize.clone(), Some(&json!({"csr": b64(&csr_der)})), Signer::Kid, None, deadline)?;
             wait = r.retry_after;

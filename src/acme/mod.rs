@@ -12,7 +12,7 @@ pub mod jws;
 pub mod retry;
 pub mod types;
 
-pub use client::{AcmeClient, ClientOptions, Eab, Issued, OrderOptions, RenewalInfo};
+pub use client::{AcmeClient, ClientOptions, Eab, Gate, Issued, OrderOptions, RenewalInfo};
 pub use jws::AccountKey;
 pub use types::{Problem, ProblemKind};
 

@@ -18,6 +18,8 @@ pub struct Ctx {
     pub lock_timeout: Duration,
     /// One ACME connection (and directory) per server for the whole run.
     acme: std::sync::Mutex<std::collections::BTreeMap<String, std::sync::Arc<crate::acme::AcmeClient>>>,
+    /// The fleet's client, set up on first use (fleet mode only).
+    fleet: std::sync::OnceLock<std::sync::Arc<super::fleet::Fleet>>,
 }
 
 /// The global lock, held, with interrupted operations recovered: the
@@ -30,7 +32,18 @@ pub struct Locked {
 impl Ctx {
     pub fn new(cfg: Config, json: bool, quiet: bool, lock_timeout: Duration) -> Ctx {
         let store = Store::new(cfg.letsencrypt_dir.clone());
-        Ctx { cfg, store, json, quiet, lock_timeout, acme: Default::default() }
+        Ctx { cfg, store, json, quiet, lock_timeout, acme: Default::default(), fleet: Default::default() }
+    }
+
+    /// The fleet, when one is configured (its key and credentials read on
+    /// first use: a file that cannot be used is an error, exit 2).
+    pub fn fleet(&self) -> Result<Option<std::sync::Arc<super::fleet::Fleet>>> {
+        let Some(fc) = &self.cfg.fleet else { return Ok(None) };
+        if let Some(f) = self.fleet.get() {
+            return Ok(Some(f.clone()));
+        }
+        let f = std::sync::Arc::new(super::fleet::Fleet::open(fc)?);
+        Ok(Some(self.fleet.get_or_init(|| f).clone()))
     }
 
     /// A client of `server` for `key` (`kid`: its account URL when known),
@@ -121,4 +134,15 @@ impl Ctx {
         println!("{}", serde_json::to_string_pretty(v).map_err(|e| Error::failed(e.to_string()))?);
         Ok(())
     }
+}
+
+/// The account this device orders with for `server`: in fleet mode the
+/// fleet's (as the last sync installed it), else the first stored one.
+pub fn stored_account(ctx: &Ctx, server: &str) -> Result<Option<crate::store::accounts::StoredAccount>> {
+    if let Some(id) = super::fleet::fleet_account(ctx, server) {
+        if let Some(a) = crate::store::accounts::load_id(&ctx.cfg.letsencrypt_dir, server, &id)? {
+            return Ok(Some(a));
+        }
+    }
+    crate::store::accounts::load(&ctx.cfg.letsencrypt_dir, server)
 }

@@ -100,6 +100,14 @@ pub fn deploy_command(ctx: &Ctx, text: &str, origin: &str, dry_run: bool) -> Res
         return dry_run_report(ctx, &site);
     }
     let locked = ctx.lock(&format!("deploy {}", site.siteid))?;
+    // Fleet mode: the fleet's certificates first, so a host the fleet has a
+    // usable certificate for is served with it and nothing is ordered.
+    if let Some(f) = ctx.fleet()? {
+        let all = facts::all_stored(&ctx.cfg)?;
+        if let Err(e) = super::fleet::sync(ctx, &f, &locked.recovered, &all) {
+            tracing::warn!("the fleet cannot be reached ({e}): deploying with what this device has; nothing is ordered without the fleet's lock");
+        }
+    }
     let out = deploy_one(ctx, &locked.recovered, &site)?;
     report(ctx, &[out])
 }
@@ -532,7 +540,21 @@ fn bring_up_challenge_vhost<'c>(
 
 /// Provision with the CA (the challenge is answered).
 fn provision_now(ctx: &Ctx, session: &provision::Session, site: &Site, host: &str) -> Result<()> {
-    let (issued, account) = provision::issue_in(ctx, session, site)?;
+    if let Some(f) = ctx.fleet()? {
+        // Fleet mode: ordered once for the fleet, under the lineage lock.
+        if let Some(e) = super::fleet::load_state(ctx).error {
+            return Err(Error::failed(format!("the fleet cannot be reached ({e}); nothing is ordered without its lock")));
+        }
+        let local = ctx.store.leaf(host, Place::Live).map(|c| (c.serial, c.not_after));
+        super::fleet::order_exclusive(ctx, &f, host, local, std::slice::from_ref(site), |gate| {
+            let (issued, account) = provision::issue_in(ctx, session, site, Some(gate)).map_err(|e| e.to_string())?;
+            crate::fault::point("provision.issued");
+            Ok((issued, provision::renewal_params(ctx, site, Some(account))))
+        })
+        .map_err(Error::failed)?;
+        return Ok(());
+    }
+    let (issued, account) = provision::issue_in(ctx, session, site, None)?;
     crate::fault::point("provision.issued");
     let params = provision::renewal_params(ctx, site, Some(account));
     ctx.store.add_version(host, &NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)?, &params)?;
@@ -541,7 +563,7 @@ fn provision_now(ctx: &Ctx, session: &provision::Session, site: &Site, host: &st
 
 /// The thumbprint of the server's stored account, if there is one.
 fn account_thumbprint(ctx: &Ctx) -> Option<String> {
-    accounts::load(&ctx.cfg.letsencrypt_dir, &ctx.cfg.acme_server).ok()??.key.thumbprint().ok()
+    super::ctx::stored_account(ctx, &ctx.cfg.acme_server).ok()??.key.thumbprint().ok()
 }
 
 /// Does Apache already give the stateless challenge answer of the session's

@@ -11,6 +11,7 @@ mod completion;
 pub mod ctx;
 pub mod doctor;
 pub mod facts;
+pub mod fleet;
 mod lifecycle;
 mod listing;
 mod provision;
@@ -64,6 +65,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Renew { force, dry_run } => renew::renew_command(&ctx, force, dry_run),
         Command::Revoke { siteid, reason, no_replace, serial } => revoke::revoke_command(&ctx, &siteid, &reason, no_replace, serial.as_deref()),
         Command::Doctor { repair } => doctor::doctor_command(&ctx, repair),
+        Command::Sync => fleet::sync_command(&ctx),
+        Command::Fleet { what: crate::cli::FleetCommand::Status } => fleet::status_command(&ctx),
+        Command::Fleet { what: crate::cli::FleetCommand::Configured } => Ok(if ctx.cfg.fleet.is_some() { 0 } else { 1 }),
         Command::Completions { .. } | Command::Help { .. } => Ok(0),
     }
 }

@@ -29,7 +29,7 @@ pub fn client(ctx: &Ctx) -> Result<(AcmeClient, String)> {
 /// [`Session`] recovers an account the CA has forgotten.
 pub fn client_for(ctx: &Ctx, server: &str) -> Result<(AcmeClient, String)> {
     tracing::trace!(server, "connecting to the ACME server");
-    let r = match accounts::load(&ctx.cfg.letsencrypt_dir, server)? {
+    let r = match super::ctx::stored_account(ctx, server)? {
         Some(acct) => (ctx.acme_client(server, acct.key.clone(), Some(acct.uri.clone()))?, acct.id),
         None => register(ctx, server)?,
     };
@@ -140,7 +140,7 @@ fn register_with(ctx: &Ctx, server: &str, c: &AcmeClient) -> Result<String> {
 /// registered now. None when the CA cannot be reached: the conf then names
 /// no account, and the renewal that reaches the CA fills it in.
 pub fn resolve_account(ctx: &Ctx) -> Option<String> {
-    match accounts::load(&ctx.cfg.letsencrypt_dir, &ctx.cfg.acme_server) {
+    match super::ctx::stored_account(ctx, &ctx.cfg.acme_server) {
         Ok(Some(a)) => Some(a.id),
         _ => match client(ctx) {
             Ok((_, id)) => Some(id),
@@ -185,7 +185,7 @@ pub fn order_profile(client: &AcmeClient, host: &str, wish: Option<&ProfileWish>
 /// Obtain a certificate for the site, answering HTTP-01 from its webroot,
 /// with its profile, in a session: an account the CA forgot is recovered
 /// and the order sent again. Returns the account id that got it too.
-pub fn issue_in(ctx: &Ctx, session: &Session, site: &Site) -> Result<(Issued, String)> {
+pub fn issue_in(ctx: &Ctx, session: &Session, site: &Site, gate: Option<crate::acme::Gate>) -> Result<(Issued, String)> {
     let client = session.client()?;
     let host = &site.hostname;
     let profile = order_profile(&client, host, site.profile_wish(ctx.cfg.acme_profile.as_deref()).as_ref()).map_err(Error::failed)?;
@@ -196,7 +196,7 @@ pub fn issue_in(ctx: &Ctx, session: &Session, site: &Site) -> Result<(Issued, St
     ));
     let webroot = ctx.cfg.site_wellknown(&site.siteid);
     crate::fsutil::create_dir_all_mode(&webroot, 0o755)?;
-    let opts = OrderOptions { profile, replaces: None };
+    let opts = OrderOptions { profile, replaces: None, gate };
     let issued = session.run(|c, id| c.issue_with(host, &webroot, ctx.cfg.key_type, &opts).map(|i| (i, id.to_string())))?;
     ctx.progress(&format!("{host}: certificate issued"));
     Ok(issued)

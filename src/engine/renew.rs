@@ -63,6 +63,16 @@ pub enum Status {
     Provisioned {
         new_not_after: String,
     },
+    /// Fleet mode: a peer renewed it; its certificate was taken.
+    PeerRenewed {
+        new_not_after: String,
+        renewed_by: String,
+    },
+    /// Fleet mode: due, but the fleet cannot be reached, so it is not
+    /// ordered without the lock (`fleet.isolated_renew_below` did not apply).
+    FleetUnavailable {
+        error: String,
+    },
     Failed {
         error: String,
     },
@@ -81,7 +91,7 @@ pub struct Entry {
 
 impl Entry {
     fn is_success(&self) -> bool {
-        matches!(self.status, Status::Renewed { .. } | Status::Provisioned { .. })
+        matches!(self.status, Status::Renewed { .. } | Status::Provisioned { .. } | Status::PeerRenewed { .. })
     }
 }
 
@@ -127,7 +137,25 @@ pub struct Report {
     pub backing_off_domains: Vec<String>,
     /// Why the pass failed (exit 1), when it did: renewal rule 10.
     pub incomplete: Option<String>,
+    /// Fleet mode: what the sync before the pass did, or the fleet error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetReport>,
     pub hooks: Vec<hooks::HookRun>,
+}
+
+/// The fleet part of a renew report.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetReport {
+    pub device: String,
+    /// Hosts whose fleet certificate the sync took.
+    pub taken: Vec<String>,
+    /// Hosts whose certificate the sync pushed to the fleet.
+    pub pushed: Vec<String>,
+    /// The fleet could not be reached: why, and since when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
 }
 
 impl Report {
@@ -269,6 +297,30 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     if let Some(l) = &locked {
         retire_owed(ctx, &l.recovered, &sites, &owed);
     }
+    // Fleet mode: the fleet's records first (a peer's renewal is taken,
+    // not repeated), read from etcd now — never a cached copy.
+    let fleet = if dry_run { None } else { ctx.fleet()? };
+    let mut fleet_report = None;
+    let mut fleet_down = None;
+    let mut taken = Vec::new();
+    if let (Some(f), Some(l)) = (&fleet, &locked) {
+        match super::fleet::sync(ctx, f, &l.recovered, &sites) {
+            Ok(r) => {
+                for e in &r.errors {
+                    tracing::warn!("fleet: {}: {}", e.key, e.error);
+                }
+                taken = r.taken.clone();
+                fleet_report = Some(FleetReport { device: r.device, taken: r.taken, pushed: r.pushed, error: None, since: None });
+            }
+            Err(e) => {
+                let st = super::fleet::load_state(ctx);
+                tracing::error!("the fleet cannot be reached: {e}; serving what is on disk, ordering nothing without the fleet's lock");
+                fleet_report =
+                    Some(FleetReport { device: f.cfg.device_id.clone(), taken: vec![], pushed: vec![], error: Some(e.clone()), since: st.since.map(ts) });
+                fleet_down = Some(e);
+            }
+        }
+    }
     let Gathered { facts: mut pass, ari_due, mut next_ari_check } = gather(ctx, &sites, now, force, &backoff, &owed);
     // Ask ARI (not in a dry run) only about the lineages whose next check has
     // come, so a pass with every check ahead sends no request.
@@ -358,6 +410,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             revocation_error,
             backing_off_domains: vec![],
             incomplete: None,
+            fleet: None,
             hooks: vec![],
         };
         return finish(ctx, report);
@@ -380,9 +433,39 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             tracing::warn!("{}: the CA asks for an early renewal: {u}", j.host);
         }
     }
-    for (job, res) in run_jobs(ctx, plan.jobs) {
+    // Fleet mode with the fleet out of reach: nothing is ordered without
+    // the lineage lock, unless the emergency rule says the certificate
+    // would expire first (`fleet.isolated_renew_below`); the certificate
+    // renewed so is pushed when the fleet is back (newest usable wins).
+    let mut jobs = plan.jobs;
+    if let Some(e) = &fleet_down {
+        let below = fleet.as_ref().and_then(|f| f.cfg.isolated_renew_below);
+        let (go, held): (Vec<Job>, Vec<Job>) =
+            jobs.into_iter().partition(|j| below.is_some_and(|d| j.old_not_after.is_some_and(|na| na - now < chrono::Duration::days(d.into()))));
+        for j in &go {
+            tracing::warn!(
+                "{}: the fleet cannot be reached and the certificate expires within fleet.isolated_renew_below: renewing on this device alone",
+                j.host
+            );
+        }
+        for j in held {
+            entries.push(Entry {
+                host: j.host,
+                siteid: j.siteid,
+                old_not_after: j.old_not_after.map(ts),
+                status: Status::FleetUnavailable { error: format!("the fleet cannot be reached ({e}); not ordered without its lock") },
+            });
+        }
+        jobs = go;
+    }
+    let fleet_for_jobs = if fleet_down.is_none() { fleet.as_deref() } else { None };
+    for (job, res) in run_jobs(ctx, jobs, fleet_for_jobs, &sites) {
         let status = match res {
-            Ok((na, replaced)) => {
+            Ok(Done { not_after: na, peer: Some(by), .. }) => {
+                backoff.succeeded(&job.host);
+                Status::PeerRenewed { new_not_after: ts(na), renewed_by: by }
+            }
+            Ok(Done { not_after: na, replaced, peer: None }) => {
                 backoff.succeeded(&job.host);
                 if job.pending {
                     Status::Provisioned { new_not_after: ts(na) }
@@ -404,32 +487,18 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
         }
     }
 
-    let renewed: Vec<String> = entries.iter().filter(|e| e.is_success()).map(|e| e.host.clone()).collect();
+    let mut renewed: Vec<String> = entries.iter().filter(|e| e.is_success()).map(|e| e.host.clone()).collect();
+    for h in taken {
+        if !renewed.contains(&h) {
+            renewed.push(h);
+        }
+    }
     let failed: Vec<String> = entries.iter().filter(|e| matches!(e.status, Status::Failed { .. })).map(|e| e.host.clone()).collect();
     // Every Let's Encrypt site whose vhost does not serve its usable live
     // certificate goes (back) to https: a pending site just provisioned, and
     // one that fell back to http while its expired lineage waited for renew.
     // Never one whose certificate is owed a revocation without replacement.
-    let switched: Vec<&Site> = sites.iter().filter(|s| needs_https(ctx, s, now) && !served_owed_no_replace(ctx, &owed, &s.hostname)).collect();
-    let mut reloaded = false;
-    let mut apache_error = None;
-    if !renewed.is_empty() || !switched.is_empty() {
-        let res = match (&locked, switched.is_empty()) {
-            (_, true) => {
-                ctx.progress("reloading Apache for the renewed certificates");
-                apache::reload_proven(&ctx.cfg, &renewed_proofs(ctx, &sites, &renewed)).map_err(|said| format!("reloading Apache: {said}"))
-            }
-            (Some(l), false) => switch_to_https_proving(ctx, &l.recovered, &switched, renewed_proofs(ctx, &sites, &renewed)).map_err(|e| e.to_string()),
-            (None, false) => Err("internal: no lock for the Apache change".to_string()),
-        };
-        match res {
-            Ok(()) => reloaded = true,
-            Err(e) => {
-                tracing::error!("{e}; the renewed certificates ({}) are on disk but not served yet", renewed.join(", "));
-                apache_error = Some(e);
-            }
-        }
-    }
+    let (reloaded, apache_error) = serve_changed(ctx, locked.as_ref().map(|l| &l.recovered), &sites, &renewed, &owed, now);
     ctx.install_certbot_hook();
     let not_served = if apache_error.is_some() { renewed.clone() } else { Vec::new() };
     // Owed revocations, once the replacements are served.
@@ -440,7 +509,8 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
         v
     };
     let backing_off: Vec<String> = entries.iter().filter(|e| matches!(e.status, Status::BackingOff { .. })).map(|e| e.host.clone()).collect();
-    let incomplete = renewal::outcome(&failed, &backing_off, apache_error.is_some(), dry_run);
+    let incomplete = renewal::outcome(&failed, &backing_off, apache_error.is_some(), dry_run)
+        .or_else(|| fleet_down.as_ref().map(|e| format!("the fleet cannot be reached ({e}): nothing was ordered without its lock")));
     let mut report = Report {
         event: "renew",
         dry_run,
@@ -457,11 +527,47 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
         revocation_error,
         backing_off_domains: backing_off,
         incomplete,
+        fleet: fleet_report,
         hooks: Vec::new(),
     };
     // The hooks run whatever happened once renewals began.
     report.hooks = run_all_hooks(ctx, &report);
     finish(ctx, report)
+}
+
+/// The Apache step after certificates changed: every Let's Encrypt site
+/// whose vhost does not serve its usable live certificate goes (back) to
+/// https — a pending site just provisioned, one that fell back to http
+/// while its expired lineage waited, one whose certificate a fleet sync
+/// brought — never one owed a revocation without replacement; one reload,
+/// proven by the `renewed` hosts' new serials. (reloaded, the error).
+pub(super) fn serve_changed(
+    ctx: &Ctx,
+    rec: Option<&Recovered>,
+    sites: &[Site],
+    renewed: &[String],
+    owed: &revocations::State,
+    now: DateTime<Utc>,
+) -> (bool, Option<String>) {
+    let switched: Vec<&Site> = sites.iter().filter(|s| needs_https(ctx, s, now) && !served_owed_no_replace(ctx, owed, &s.hostname)).collect();
+    if renewed.is_empty() && switched.is_empty() {
+        return (false, None);
+    }
+    let res = match (rec, switched.is_empty()) {
+        (_, true) => {
+            ctx.progress("reloading Apache for the renewed certificates");
+            apache::reload_proven(&ctx.cfg, &renewed_proofs(ctx, sites, renewed)).map_err(|said| format!("reloading Apache: {said}"))
+        }
+        (Some(r), false) => switch_to_https_proving(ctx, r, &switched, renewed_proofs(ctx, sites, renewed)).map_err(|e| e.to_string()),
+        (None, false) => Err("internal: no lock for the Apache change".to_string()),
+    };
+    match res {
+        Ok(()) => (true, None),
+        Err(e) => {
+            tracing::error!("{e}; the renewed certificates ({}) are on disk but not served yet", renewed.join(", "));
+            (false, Some(e))
+        }
+    }
 }
 
 /// Log, print, and choose the exit code.
@@ -475,6 +581,10 @@ fn finish(ctx: &Ctx, report: Report) -> Result<i32> {
             Status::NotDue { note: Some(note), .. } => tracing::info!("{}: not due: {note}", e.host),
             Status::NotDue { due, due_by, .. } => tracing::debug!("{}: not due until {due} ({due_by:?})", e.host),
             Status::Failed { error } => tracing::warn!("{}: {error}", e.host),
+            Status::FleetUnavailable { error } => tracing::warn!("{}: due: {error}", e.host),
+            Status::PeerRenewed { new_not_after, renewed_by } => {
+                ctx.progress(&format!("{}: renewed by {renewed_by} (valid until {new_not_after}); taken from the fleet", e.host))
+            }
             Status::BackingOff { failures, next_attempt, .. } => {
                 tracing::info!("{}: failed {failures} time(s) in a row; next attempt at {next_attempt} (--force tries now)", e.host)
             }
@@ -624,11 +734,20 @@ fn switch_to_https_proving(ctx: &Ctx, rec: &Recovered, sites: &[&Site], proofs: 
     Ok(txn.commit(true, &|m| ctx.progress(m), &|_| Ok(()))?)
 }
 
-/// Run the jobs, [`CONCURRENCY`] at a time; one ACME client per server.
-/// What one job came to: the new notAfter and the CertID the order said it replaces.
-type JobResult = std::result::Result<(DateTime<Utc>, Option<String>), String>;
+/// What one job came to.
+struct Done {
+    /// The new notAfter.
+    not_after: DateTime<Utc>,
+    /// The CertID the order said it replaces.
+    replaced: Option<String>,
+    /// Fleet mode: the peer that had renewed it already.
+    peer: Option<String>,
+}
 
-fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(Job, JobResult)> {
+type JobResult = std::result::Result<Done, String>;
+
+/// Run the jobs, [`CONCURRENCY`] at a time; one ACME client per server.
+fn run_jobs(ctx: &Ctx, jobs: Vec<Job>, fleet: Option<&super::fleet::Fleet>, sites: &[Site]) -> Vec<(Job, JobResult)> {
     if jobs.is_empty() {
         return Vec::new();
     }
@@ -650,7 +769,7 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(Job, JobResult)> {
             sc.spawn(move || {
                 while let Some(job) = next() {
                     let r = match clients.get(&job.server) {
-                        Some(Ok(session)) => renew_one(ctx, session, &job),
+                        Some(Ok(session)) => renew_one(ctx, session, &job, fleet, sites),
                         Some(Err(e)) => Err(e.clone()),
                         None => Err("no ACME client".into()),
                     };
@@ -666,11 +785,32 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(Job, JobResult)> {
     v
 }
 
-fn renew_one(ctx: &Ctx, session: &provision::Session, job: &Job) -> JobResult {
+fn renew_one(ctx: &Ctx, session: &provision::Session, job: &Job, fleet: Option<&super::fleet::Fleet>, sites: &[Site]) -> JobResult {
     ctx.progress(&format!("{}: {} a certificate", job.host, if job.pending { "provisioning" } else { "renewing" }));
     crate::fsutil::create_dir_all_mode(&job.webroot, 0o755).map_err(|e| e.to_string())?;
     let profile = provision::order_profile(&*session.client().map_err(|e| e.to_string())?, &job.host, job.profile.as_ref())?;
-    let opts = crate::acme::OrderOptions { profile, replaces: job.replaces.clone() };
+    if let Some(f) = fleet {
+        let local = ctx.store.leaf(&job.host, Place::Live).map(|c| (c.serial, c.not_after));
+        let r = super::fleet::order_exclusive(ctx, f, &job.host, local, sites, |gate| {
+            let opts = crate::acme::OrderOptions { profile, replaces: job.replaces.clone(), gate: Some(gate) };
+            let (issued, account) =
+                session.run(|c, id| c.issue_with(&job.host, &job.webroot, job.key_type, &opts).map(|i| (i, id.to_string()))).map_err(|e| e.to_string())?;
+            crate::fault::point("renew.issued");
+            let params = RenewalParams {
+                account: Some(account),
+                server: job.server.clone(),
+                webroot: job.webroot.clone(),
+                key_type: job.key_type,
+                profile: job.profile.clone(),
+            };
+            Ok((issued, params))
+        })?;
+        return Ok(match r {
+            super::fleet::Exclusive::Issued(na) => Done { not_after: na, replaced: job.replaces.clone(), peer: None },
+            super::fleet::Exclusive::PeerRenewed(na, by) => Done { not_after: na, replaced: None, peer: Some(by) },
+        });
+    }
+    let opts = crate::acme::OrderOptions { profile, replaces: job.replaces.clone(), gate: None };
     let (issued, account) =
         session.run(|c, id| c.issue_with(&job.host, &job.webroot, job.key_type, &opts).map(|i| (i, id.to_string()))).map_err(|e| e.to_string())?;
     let v = NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem).map_err(|e| e.to_string())?;
@@ -685,7 +825,7 @@ fn renew_one(ctx: &Ctx, session: &provision::Session, job: &Job) -> JobResult {
     ctx.store.add_version(&job.host, &v, &params).map_err(|e| e.to_string())?;
     tracing::debug!(host = %job.host, "step: written");
     match ctx.store.material(&job.host, Place::Live) {
-        Material::Present(kc) => Ok((kc.leaf.not_after, job.replaces.clone())),
+        Material::Present(kc) => Ok(Done { not_after: kc.leaf.not_after, replaced: job.replaces.clone(), peer: None }),
         _ => Err("the new version is not readable".into()),
     }
 }

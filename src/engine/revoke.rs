@@ -111,7 +111,7 @@ pub fn revoke_command(ctx: &Ctx, siteid: &SiteId, reason: &str, no_replace: bool
         ctx.progress(&format!("{host}: provisioning a replacement with a new key before revoking serial {old}"));
         let no_replacement = |e: Error| Error::failed(format!("{host}: no replacement ({e}); {owed_msg}"));
         let session = provision::Session::open(ctx, &ctx.cfg.acme_server).map_err(no_replacement)?;
-        let (issued, account) = provision::issue_in(ctx, &session, &site).map_err(no_replacement)?;
+        let (issued, account) = provision::issue_in(ctx, &session, &site, None).map_err(no_replacement)?;
         let params = provision::renewal_params(ctx, &site, Some(account));
         ctx.store.add_version(&host, &NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)?, &params)?;
         let proof = super::lifecycle::proof_for(ctx, &site.siteid, &host, &crate::decide::Serve::Lkc { host: host.to_string() });

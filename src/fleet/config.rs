@@ -3,7 +3,7 @@
 //! under `--root` like the other keys, and refused naming the key (never
 //! echoing a value) when half set, unknown, or unsafe.
 
-use crate::config::under;
+use crate::fsutil::under;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 

@@ -249,3 +249,59 @@ fn records_are_written_once_under_the_lock_and_read_back_by_every_device() {
         assert!(!String::from_utf8_lossy(&kv.value).contains("PRIVATE KEY"), "{}", kv.key_str());
     }
 }
+
+/// Two devices of one fleet behind one name (same ports on 127.0.0.1 and
+/// 127.0.0.2; pebble's DNS decides which one validates): the first deploy
+/// orders once and publishes; the second takes the fleet's certificate and
+/// orders nothing; a renewal on one device validates on the other (the
+/// stateless answer of the fleet's one account) and reaches it by sync.
+#[test]
+fn two_devices_share_one_certificate_and_validate_for_each_other() {
+    use crate::common::{site_json, siteid, two_devices};
+    let t = tempfile::tempdir().unwrap();
+    let cluster = EtcdCluster::start(t.path(), 3);
+    let (pebble, a, b) = two_devices();
+    for (d, name) in [(&a, "dev-a"), (&b, "dev-b")] {
+        join_fleet(d, &cluster, name);
+    }
+    let host = "shared.example";
+    pebble.set_a(host, "127.0.0.1");
+    let site = site_json(&siteid(1), host, Some(serde_json::json!({"letsencrypt": true})));
+    a.deploy(&site);
+    assert_eq!(pebble.issued_count(), 1);
+    let serial = a.live_serial(host).unwrap();
+    b.deploy(&site);
+    assert_eq!(pebble.issued_count(), 1, "the second device ordered nothing");
+    assert_eq!(b.live_serial(host).as_deref(), Some(serial.as_str()));
+    b.apache.wait_serial(host, &serial);
+    let conf = std::fs::read_to_string(b.le().join("renewal").join(format!("{host}.conf"))).unwrap();
+    assert!(conf.contains("autorenew = False"), "{conf}");
+    // B renews; the CA reaches A, which answers with the fleet account's thumbprint.
+    let o = b.run(&["--json", "renew", "--force"]);
+    assert!(o.status.success(), "{}", crate::common::stderr(&o));
+    assert_eq!(pebble.issued_count(), 2);
+    let new = b.live_serial(host).unwrap();
+    assert_ne!(new, serial);
+    a.ok(&["sync"]);
+    assert_eq!(a.live_serial(host).as_deref(), Some(new.as_str()));
+    a.apache.wait_serial(host, &new);
+    let st: serde_json::Value = serde_json::from_str(&a.ok(&["--json", "fleet", "status"])).unwrap();
+    assert_eq!(st["lineages"][0]["renewed_by"], "dev-b", "{st}");
+    assert_eq!(st["lineages"][0]["version"], 2, "{st}");
+    // No private key in the clear anywhere under the prefix.
+    let e = client(&cluster);
+    for kv in e.get_prefix("/site-admin/v1/").unwrap().kvs {
+        assert!(!String::from_utf8_lossy(&kv.value).contains("PRIVATE KEY"), "{}", kv.key_str());
+    }
+}
+
+/// Put `d` in the fleet of `cluster` as `name` (one fleet key for all).
+fn join_fleet(d: &crate::common::Device, cluster: &EtcdCluster, name: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let key = d.root.join("etc/site-admin/fleet.key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&d.config).unwrap()).unwrap();
+    cfg["fleet"] = serde_json::json!({"endpoints": cluster.endpoints(), "device_id": name, "secret_file": "etc/site-admin/fleet.key"});
+    std::fs::write(&d.config, cfg.to_string()).unwrap();
+}

@@ -1,0 +1,715 @@
+//! Fleet mode in the commands (docs/design.md, "Several devices"): the
+//! device's side of the fleet that [`crate::fleet`] stores in etcd.
+//!
+//! - [`sync`]: the fleet's records against this device's certbot tree —
+//!   newer fleet certificates are materialized as the next `archive/`
+//!   version, a newer local one is pushed (the pure rule is
+//!   [`crate::fleet::plan::reconcile`]); the fleet's one ACME account per
+//!   server is installed (so every device gives the same stateless HTTP-01
+//!   answer); this device's heartbeat is written.
+//! - [`order_exclusive`]: one issuance for a host under its lineage lock:
+//!   re-read the record, take what a peer already renewed, else order (the
+//!   lock checked before finalize), publish fenced by the lock, and only
+//!   then write the local tree.
+//! - [`FleetState`]: what this device last heard from the fleet (when it
+//!   synced, the error and since when), in `<state dir>/fleet.json`, for
+//!   `certificates`, `doctor` and the reports.
+
+use super::ctx::Ctx;
+use crate::acme::{Gate, Issued};
+use crate::apache::{self, Recovered};
+use crate::fleet::config::FleetConfig;
+use crate::fleet::etcd::{Compare, Etcd, EtcdError, EtcdOptions, PutRequest, RequestOp, TxnRequest};
+use crate::fleet::plan::{reconcile, Cert, Reconcile};
+use crate::fleet::record::{AriRecord, LineageRecord, Meta, OpenLineage};
+use crate::fleet::store::FleetStore;
+use crate::fleet::{Acquired, FleetKey, LineageLock, LockError};
+use crate::site::{Host, Site};
+use crate::store::{accounts, Material, NewVersion, Place, RenewalParams};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a device waits for a peer's lineage lock before it gives up on
+/// the lineage for this pass (a peer's issuance, or a dead holder's lease
+/// running out: [`crate::fleet::store::LOCK_TTL`] + margin).
+pub const LOCK_WAIT: Duration = Duration::from_secs(75);
+
+/// How long a heartbeat lives without the next sync (three timer periods).
+pub const HEARTBEAT_TTL: i64 = 900;
+
+/// One etcd call's limit.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The fleet, connected (no request made yet).
+pub struct Fleet {
+    /// As configured.
+    pub cfg: FleetConfig,
+    /// The records.
+    pub store: FleetStore,
+    etcd: Arc<Etcd>,
+}
+
+impl Fleet {
+    /// Set up the client: the fleet key and the etcd credentials are read
+    /// now (a file that cannot be used is a configuration error, exit 2).
+    pub fn open(cfg: &FleetConfig) -> crate::error::Result<Fleet> {
+        let bad = |e: String| crate::error::Error::invalid(e);
+        let key = FleetKey::load(&cfg.secret_file).map_err(|e| bad(format!("fleet.secret_file: {e}")))?;
+        let auth = match &cfg.auth {
+            None => None,
+            Some((user, file)) => {
+                let pw = crate::fsutil::read_user_file(file).map_err(|e| bad(format!("fleet.password_file {}: {e}", file.display())))?;
+                Some((user.clone(), pw.trim_end_matches(['\n', '\r']).to_string()))
+            }
+        };
+        let opts = EtcdOptions {
+            endpoints: cfg.endpoints.clone(),
+            ca: cfg.ca.clone(),
+            cert: cfg.cert.as_ref().map(|c| c.0.clone()),
+            key: cfg.cert.as_ref().map(|c| c.1.clone()),
+            auth,
+            timeout: CALL_TIMEOUT,
+        };
+        let etcd = Arc::new(Etcd::new(&opts).map_err(|e| bad(format!("fleet: {e}")))?);
+        Ok(Fleet { store: FleetStore::new(etcd.clone(), &cfg.prefix, key, &cfg.device_id), cfg: cfg.clone(), etcd })
+    }
+}
+
+// ---------------------------------------------------------------- state
+
+/// What this device last heard from the fleet.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FleetState {
+    /// The last sync that reached the fleet.
+    pub last_sync: Option<DateTime<Utc>>,
+    /// The fleet error since then, if any.
+    pub error: Option<String>,
+    /// Since when the fleet cannot be reached.
+    pub since: Option<DateTime<Utc>>,
+    /// The fleet's account id per ACME server (the one every order uses).
+    #[serde(default)]
+    pub accounts: BTreeMap<String, String>,
+}
+
+fn state_path(ctx: &Ctx) -> std::path::PathBuf {
+    ctx.cfg.state_dir().join("fleet.json")
+}
+
+/// Read the state (missing or unreadable: empty).
+pub fn load_state(ctx: &Ctx) -> FleetState {
+    std::fs::read(state_path(ctx)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+}
+
+fn save_state(ctx: &Ctx, s: &FleetState) {
+    let r = crate::fsutil::create_dir_all_mode(&ctx.cfg.state_dir(), 0o755)
+        .and_then(|_| crate::fsutil::atomic_write(&state_path(ctx), &serde_json::to_vec_pretty(s).unwrap_or_default(), 0o600));
+    if let Err(e) = r {
+        tracing::warn!("recording the fleet state: {e}");
+    }
+}
+
+/// Record that the fleet could not be reached; returns the state.
+pub fn note_error(ctx: &Ctx, error: &str) -> FleetState {
+    let mut s = load_state(ctx);
+    s.since = s.since.or(Some(Utc::now()));
+    s.error = Some(error.to_string());
+    save_state(ctx, &s);
+    s
+}
+
+fn note_ok(ctx: &Ctx) {
+    let mut s = load_state(ctx);
+    s.last_sync = Some(Utc::now());
+    s.error = None;
+    s.since = None;
+    save_state(ctx, &s);
+}
+
+/// The fleet's account id for `server`, as last synced (fleet mode only).
+pub fn fleet_account(ctx: &Ctx, server: &str) -> Option<String> {
+    ctx.cfg.fleet.as_ref()?;
+    load_state(ctx).accounts.get(server).cloned()
+}
+
+// ---------------------------------------------------------------- sync
+
+/// What one sync did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncReport {
+    /// The event (`sync`).
+    pub event: &'static str,
+    /// This device.
+    pub device: String,
+    /// Hosts whose fleet certificate was materialized here.
+    pub taken: Vec<String>,
+    /// Hosts whose local certificate was pushed to the fleet.
+    pub pushed: Vec<String>,
+    /// Records that could not be used, by etcd key.
+    pub errors: Vec<KeyError>,
+    /// Apache was reloaded.
+    pub reloaded: bool,
+    /// The Apache step failed: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apache_error: Option<String>,
+    /// The fleet's account for the configured server.
+    pub account: Option<String>,
+    /// The fleet could not be reached: why, and since when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// A record that could not be used.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyError {
+    /// The etcd key (or host).
+    pub key: String,
+    /// Why (no value from the record).
+    pub error: String,
+}
+
+/// Is this certificate usable for `host` now?
+fn usable_local(ctx: &Ctx, host: &str, now: DateTime<Utc>) -> Option<(crate::certs::KeyCert, bool)> {
+    match ctx.store.material(host, Place::Live) {
+        Material::Present(kc) => {
+            let ok = super::facts::candidate(&kc, host).usable(host, now);
+            Some((kc, ok))
+        }
+        _ => None,
+    }
+}
+
+/// Sync with the fleet (the global lock is held): account, lineages,
+/// heartbeat. The Apache step is the caller's ([`SyncReport::taken`]); the
+/// stateless answer's file is written here when the account changed.
+/// `Err`: the fleet could not be reached (recorded in [`FleetState`]).
+pub fn sync(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Result<SyncReport, String> {
+    let r = sync_inner(ctx, fleet, rec, sites);
+    match &r {
+        Ok(_) => note_ok(ctx),
+        Err(e) => {
+            note_error(ctx, e);
+        }
+    }
+    r
+}
+
+fn sync_inner(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Result<SyncReport, String> {
+    let now = Utc::now();
+    let mut rep = SyncReport { event: "sync", device: fleet.cfg.device_id.clone(), ..Default::default() };
+    rep.account = sync_account(ctx, fleet, &ctx.cfg.acme_server)?;
+    if rep.account.is_some() {
+        if let Err(e) = answer_for_fleet_account(ctx, rec) {
+            rep.apache_error = Some(e.clone());
+            tracing::error!("writing the stateless HTTP-01 answer of the fleet's account: {e}");
+        }
+    }
+    let snap = fleet.store.lineages().map_err(|e| e.to_string())?;
+    let mut seen_hosts = Vec::new();
+    for (key, modrev, rec) in snap.lineages {
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("{e}");
+                rep.errors.push(KeyError { key, error: e.to_string() });
+                continue;
+            }
+        };
+        let host = rec.host.to_string();
+        seen_hosts.push(host.clone());
+        let open = match rec.open(fleet.store.fleet_key(), fleet.store.prefix()) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!("{e}");
+                rep.errors.push(KeyError { key, error: e.to_string() });
+                continue;
+            }
+        };
+        let local = usable_local(ctx, &host, now);
+        let lc = local.as_ref().map(|(kc, ok)| Cert { serial: kc.leaf.serial.clone(), not_after: kc.leaf.not_after, usable: *ok });
+        let fc = Cert { serial: open.leaf.serial.clone(), not_after: open.leaf.not_after, usable: open.leaf.not_before <= now && now < open.leaf.not_after };
+        match reconcile(lc.as_ref(), Some(&fc)) {
+            Reconcile::Take => match take(ctx, &open, sites) {
+                Ok(()) => {
+                    ctx.progress(&format!("{host}: took the fleet's certificate (version {}, renewed by {})", rec.version, rec.renewed_by));
+                    rep.taken.push(host);
+                }
+                Err(e) => rep.errors.push(KeyError { key, error: format!("{host}: materializing the fleet's certificate: {e}") }),
+            },
+            Reconcile::Push => {
+                if let Some((kc, _)) = &local {
+                    match push(ctx, fleet, &host, kc, Some((&rec, modrev))) {
+                        Ok(true) => rep.pushed.push(host),
+                        Ok(false) => tracing::info!("{host}: a peer wrote the fleet's record first; the next sync takes it"),
+                        Err(e) => rep.errors.push(KeyError { key, error: e }),
+                    }
+                }
+            }
+            Reconcile::Keep => {
+                if lc.as_ref().is_some_and(|l| l.serial == fc.serial) {
+                    mark_fleet_managed(ctx, &rec.host.to_string());
+                }
+            }
+        }
+    }
+    // This device's certificates the fleet has no record of: push them
+    // (only hosts of sites deployed here, whose lineages site-admin keeps).
+    for s in sites.iter().filter(|s| s.is_letsencrypt() && !seen_hosts.iter().any(|h| h == s.hostname.as_str())) {
+        if let Some((kc, true)) = usable_local(ctx, &s.hostname, now) {
+            match push(ctx, fleet, &s.hostname, &kc, None) {
+                Ok(true) => {
+                    mark_fleet_managed(ctx, &s.hostname);
+                    rep.pushed.push(s.hostname.to_string())
+                }
+                Ok(false) => tracing::info!("{}: a peer wrote the fleet's record first; the next sync takes it", s.hostname),
+                Err(e) => rep.errors.push(KeyError { key: s.hostname.to_string(), error: e }),
+            }
+        }
+    }
+    heartbeat(ctx, fleet, sites)?;
+    Ok(rep)
+}
+
+/// Every device answers HTTP-01 for the fleet's account (the CA may reach
+/// any of them): the server-wide stateless answer with its thumbprint, one
+/// reload when it changed.
+fn answer_for_fleet_account(ctx: &Ctx, rec: &Recovered) -> Result<(), String> {
+    let Some(a) = super::ctx::stored_account(ctx, &ctx.cfg.acme_server).map_err(|e| e.to_string())? else { return Ok(()) };
+    let text = apache::render_acme_conf(&a.key.thumbprint().map_err(|e| e.to_string())?);
+    let file = apache::acme_conf_file(&ctx.cfg);
+    if std::fs::read_to_string(&file).ok().as_deref() == Some(text.as_str()) {
+        return Ok(());
+    }
+    let mut txn = apache::Transaction::begin(&ctx.cfg, rec).map_err(|e| e.to_string())?;
+    txn.write(&file, text.as_bytes(), 0o644).map_err(|e| e.to_string())?;
+    txn.commit(false, &|m| ctx.progress(m), &|_| Ok(())).map_err(|e| e.to_string())
+}
+
+/// Write this device's heartbeat: what each Let's Encrypt site serves.
+fn heartbeat(ctx: &Ctx, fleet: &Fleet, sites: &[Site]) -> Result<(), String> {
+    let serves = sites
+        .iter()
+        .filter(|s| s.is_letsencrypt())
+        .filter_map(|s| ctx.store.leaf(&s.hostname, Place::Live).map(|c| (s.hostname.to_string(), c.serial)))
+        .collect();
+    fleet.store.heartbeat(serves, HEARTBEAT_TTL).map_err(|e| e.to_string())
+}
+
+/// certbot must not renew a fleet lineage behind the fleet's back.
+fn mark_fleet_managed(ctx: &Ctx, host: &str) {
+    if let Err(e) = ctx.store.set_autorenew(host, false) {
+        tracing::warn!("{host}: marking the lineage autorenew = False: {e}");
+    }
+}
+
+/// The renewal parameters a materialized fleet certificate's conf gets:
+/// what this device's conf says, else the site's, else the record's.
+fn params_for(ctx: &Ctx, host: &str, rec: &LineageRecord, sites: &[Site]) -> RenewalParams {
+    let conf = ctx.store.lineage_conf(host, Place::Live).unwrap_or_default();
+    let site = sites.iter().find(|s| s.hostname.as_str() == host);
+    RenewalParams {
+        account: rec.account.clone().or(conf.account),
+        server: rec.server.clone(),
+        webroot: conf.webroot.or_else(|| site.map(|s| ctx.cfg.site_wellknown(&s.siteid))).unwrap_or_else(|| ctx.cfg.wellknown_dir.join("fleet")),
+        key_type: conf.key_type.unwrap_or(ctx.cfg.key_type),
+        profile: conf.profile.or_else(|| site.and_then(|s| s.profile_wish(ctx.cfg.acme_profile.as_deref()))),
+    }
+}
+
+/// Materialize a fleet certificate as the next version of the host's lineage.
+fn take(ctx: &Ctx, open: &OpenLineage, sites: &[Site]) -> Result<(), String> {
+    let host = open.record.host.as_str();
+    let params = params_for(ctx, host, &open.record, sites);
+    let v = NewVersion::from_key_and_fullchain(&open.key_pem, &open.record.fullchain).map_err(|e| e.to_string())?;
+    ctx.store.add_version(host, &v, &params).map_err(|e| e.to_string())?;
+    mark_fleet_managed(ctx, host);
+    Ok(())
+}
+
+/// Publish this device's certificate of `host` if the record is still the
+/// one read (`prev`: it and its mod revision; None: there was none).
+fn push(ctx: &Ctx, fleet: &Fleet, host: &str, kc: &crate::certs::KeyCert, prev: Option<(&LineageRecord, i64)>) -> Result<bool, String> {
+    let conf = ctx.store.lineage_conf(host, Place::Live).unwrap_or_default();
+    let h = Host::parse(host).map_err(|e| format!("{host}: {e}"))?;
+    let version = prev.map(|(r, _)| r.version + 1).unwrap_or(1);
+    let meta = Meta {
+        server: conf.server.unwrap_or_else(|| ctx.cfg.acme_server.clone()),
+        account: conf.account,
+        profile: conf.profile.map(|p| p.name),
+        ari: AriRecord::default(),
+        device: fleet.cfg.device_id.clone(),
+        now: Utc::now(),
+    };
+    let rec = LineageRecord::seal(fleet.store.fleet_key(), fleet.store.prefix(), &h, version, &kc.key_pem, &kc.chain_pem, meta).map_err(|e| e.to_string())?;
+    let ok = fleet.store.push_if_unchanged(&rec, prev.map(|p| p.1).unwrap_or(0)).map_err(|e| e.to_string())?;
+    if ok {
+        ctx.progress(&format!("{host}: published this device's certificate to the fleet (version {version})"));
+    }
+    Ok(ok)
+}
+
+// ---------------------------------------------------------------- account
+
+/// The fleet's ACME account of one server, as stored in etcd (its key sealed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountRecord {
+    schema: u32,
+    server: String,
+    id: String,
+    uri: String,
+    /// The account's private JWK, sealed.
+    key: String,
+    terms_of_service: Option<String>,
+}
+
+fn account_key(fleet: &Fleet, server: &str) -> Result<String, String> {
+    let rel = accounts::server_rel(server).map_err(|why| format!("the ACME server URL: {why}"))?;
+    Ok(format!("{}accounts/{rel}", fleet.cfg.prefix))
+}
+
+/// Make the fleet's account of `server` this device's (installing it, and
+/// the stateless answer of its thumbprint); a fleet without one gets this
+/// device's, or one registered now under the fleet's account lock.
+fn sync_account(ctx: &Ctx, fleet: &Fleet, server: &str) -> Result<Option<String>, String> {
+    let key = account_key(fleet, server)?;
+    for _ in 0..3 {
+        if let Some(kv) = fleet.etcd.get(&key).map_err(|e| e.to_string())? {
+            let id = install_account(ctx, fleet, &key, &kv.value, server)?;
+            return Ok(Some(id));
+        }
+        // None in the fleet: this device's, else register one (once for the fleet).
+        let local = match super::ctx::stored_account(ctx, server).map_err(|e| e.to_string())? {
+            Some(a) => a,
+            None => {
+                let lock = match crate::fleet::lock::acquire(&fleet.etcd, &format!("{}locks/account", fleet.cfg.prefix), &fleet.cfg.device_id, 30)
+                    .map_err(|e| e.to_string())?
+                {
+                    Acquired::Held(l) => l,
+                    Acquired::Busy(_) => {
+                        std::thread::sleep(Duration::from_secs(1));
+                        continue;
+                    }
+                };
+                if fleet.etcd.get(&key).map_err(|e| e.to_string())?.is_some() {
+                    continue;
+                }
+                match super::provision::client_for(ctx, server) {
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!("the fleet has no ACME account for {server} yet and none could be registered ({e}); the next sync tries again");
+                        return Ok(None);
+                    }
+                }
+                drop(lock);
+                match super::ctx::stored_account(ctx, server).map_err(|e| e.to_string())? {
+                    Some(a) => a,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let carried = accounts::export(&ctx.cfg.letsencrypt_dir, server, &local.id).ok_or_else(|| format!("the ACME account {} cannot be read", local.id))?;
+        let sealed = fleet.store.fleet_key().seal(&key, 1, carried.key.to_string().as_bytes()).map_err(|e| e.to_string())?;
+        let rec = AccountRecord {
+            schema: 1,
+            server: server.into(),
+            id: carried.id.clone(),
+            uri: carried.uri,
+            key: sealed,
+            terms_of_service: carried.terms_of_service,
+        };
+        let put = RequestOp::RequestPut(PutRequest { key: key.as_bytes().to_vec(), value: serde_json::to_vec(&rec).unwrap_or_default(), lease: 0 });
+        let t = TxnRequest { compare: vec![Compare::created_at(&key, 0)], success: vec![put], failure: vec![] };
+        if fleet.etcd.txn(&t).map_err(|e| e.to_string())?.succeeded {
+            ctx.progress(&format!("published the ACME account {} of {server} as the fleet's", local.id));
+            remember_account(ctx, server, &local.id);
+            return Ok(Some(local.id));
+        }
+    }
+    Err(format!("the fleet's ACME account of {server} changed while it was read; try again"))
+}
+
+/// Check and install the account record stored at `key`.
+fn install_account(ctx: &Ctx, fleet: &Fleet, key: &str, value: &[u8], server: &str) -> Result<String, String> {
+    let bad = |why: String| format!("fleet record {key}: {why}");
+    let rec: AccountRecord =
+        serde_json::from_slice(value).map_err(|e| bad(format!("cannot be read: {:?} error at line {} column {}", e.classify(), e.line(), e.column())))?;
+    if rec.schema != 1 || rec.server != server {
+        return Err(bad("another schema or another server than its key names".into()));
+    }
+    let plain = fleet.store.fleet_key().open(key, 1, &rec.key).map_err(|e| bad(e.to_string()))?;
+    let jwk: serde_json::Value = serde_json::from_slice(&plain).map_err(|_| bad("the sealed key is not a JWK".into()))?;
+    let carried = accounts::Carried { server: rec.server, id: rec.id.clone(), uri: rec.uri, key: jwk, terms_of_service: rec.terms_of_service, hosts: vec![] };
+    let k = accounts::check_carried(&carried).map_err(bad)?;
+    if accounts::install(&ctx.cfg.letsencrypt_dir, &carried, &k).map_err(|e| e.to_string())? {
+        ctx.progress(&format!("installed the fleet's ACME account {} of {server}", rec.id));
+    }
+    remember_account(ctx, server, &rec.id);
+    Ok(rec.id)
+}
+
+fn remember_account(ctx: &Ctx, server: &str, id: &str) {
+    let mut s = load_state(ctx);
+    if s.accounts.get(server).map(String::as_str) != Some(id) {
+        s.accounts.insert(server.to_string(), id.to_string());
+        save_state(ctx, &s);
+    }
+}
+
+// ---------------------------------------------------------------- issuance
+
+/// What [`order_exclusive`] came to.
+#[derive(Debug)]
+pub enum Exclusive {
+    /// Ordered here, published, written: the new notAfter.
+    Issued(DateTime<Utc>),
+    /// A peer had renewed it: its certificate was taken (notAfter, device).
+    PeerRenewed(DateTime<Utc>, String),
+}
+
+/// Take `host`'s lineage lock, waiting up to [`LOCK_WAIT`] for a peer's.
+fn wait_lock(fleet: &Fleet, host: &Host) -> Result<LineageLock, String> {
+    let until = Instant::now() + LOCK_WAIT;
+    let mut said = false;
+    loop {
+        match fleet.store.lock(host).map_err(|e| format!("the fleet lock of {host}: {e}"))? {
+            Acquired::Held(l) => return Ok(l),
+            Acquired::Busy(holder) => {
+                let who = holder.map(|h| format!("{} (pid {})", h.device, h.pid)).unwrap_or_else(|| "another device".into());
+                if Instant::now() >= until {
+                    return Err(format!("{who} has held the fleet lock of {host} for longer than {} s; the next pass tries again", LOCK_WAIT.as_secs()));
+                }
+                if !said {
+                    tracing::info!("{host}: {who} holds the fleet lock; waiting for it");
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+fn lost(e: LockError) -> String {
+    match e {
+        LockError::Lost { .. } => e.to_string(),
+        LockError::Etcd(e) => format!("fleet lock lost: etcd could not confirm it ({e})"),
+    }
+}
+
+/// Order a certificate for `host` once for the whole fleet: under the
+/// lineage lock, after re-reading the record (a peer's newer certificate
+/// than `local` — this device's serial and notAfter — is taken instead);
+/// `issue` orders (its gate checks the lock before finalize). The record is
+/// published fenced by the lock *before* the local tree is written, so a
+/// holder that lost its lock changes nothing here.
+pub fn order_exclusive(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    host: &str,
+    local: Option<(String, DateTime<Utc>)>,
+    sites: &[Site],
+    issue: impl FnOnce(Gate) -> Result<(Issued, RenewalParams), String>,
+) -> Result<Exclusive, String> {
+    let h = Host::parse(host).map_err(|e| format!("{host}: {e}"))?;
+    let lock = Arc::new(wait_lock(fleet, &h)?);
+    let (rec, seen) = match fleet.store.lineage(&h).map_err(|e| e.to_string())? {
+        Some((r, m)) => (Some(r), m),
+        None => (None, 0),
+    };
+    if let Some(r) = &rec {
+        let newer = match &local {
+            None => true,
+            Some((serial, na)) => &r.serial != serial && r.not_after > *na,
+        };
+        let now = Utc::now();
+        if newer && r.not_after > now {
+            let open = r.open(fleet.store.fleet_key(), fleet.store.prefix()).map_err(|e| e.to_string())?;
+            take(ctx, &open, sites)?;
+            ctx.progress(&format!("{host}: {} renewed it already; took the fleet's certificate", r.renewed_by));
+            return Ok(Exclusive::PeerRenewed(r.not_after, r.renewed_by.clone()));
+        }
+    }
+    lock.check().map_err(lost)?;
+    let l2 = lock.clone();
+    let gate = Gate(Arc::new(move || l2.check().map_err(lost)));
+    let (issued, params) = issue(gate)?;
+    crate::fault::point("fleet.issued");
+    lock.check().map_err(lost)?;
+    let meta = Meta {
+        server: params.server.clone(),
+        account: params.account.clone(),
+        profile: params.profile.as_ref().map(|p| p.name.clone()),
+        ari: AriRecord::default(),
+        device: fleet.cfg.device_id.clone(),
+        now: Utc::now(),
+    };
+    let version = rec.as_ref().map(|r| r.version + 1).unwrap_or(1);
+    let new = LineageRecord::seal(fleet.store.fleet_key(), fleet.store.prefix(), &h, version, &issued.key_pem, &issued.fullchain_pem, meta)
+        .map_err(|e| e.to_string())?;
+    match fleet.store.publish(&lock, &new, seen) {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(format!(
+                "{host}: the fleet's record changed while the lock was held (a push from an isolated device); the certificate just issued is not used, the next sync takes the fleet's"
+            ))
+        }
+        Err(e) => return Err(lost(e)),
+    }
+    crate::fault::point("fleet.published");
+    let v = NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem).map_err(|e| e.to_string())?;
+    ctx.store.add_version(host, &v, &params).map_err(|e| e.to_string())?;
+    mark_fleet_managed(ctx, host);
+    drop(lock);
+    Ok(Exclusive::Issued(new.not_after))
+}
+
+// ---------------------------------------------------------------- status
+
+/// `fleet status`: the devices, the lineages, the locks.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    /// This device.
+    pub device: String,
+    /// Every device's last heartbeat.
+    pub devices: Vec<crate::fleet::store::Heartbeat>,
+    /// Every lineage.
+    pub lineages: Vec<StatusLineage>,
+    /// Records that could not be read.
+    pub errors: Vec<KeyError>,
+}
+
+/// One lineage in [`StatusReport`].
+#[derive(Debug, Serialize)]
+pub struct StatusLineage {
+    /// The host.
+    pub host: String,
+    /// The fleet's version.
+    pub version: u64,
+    /// The serial.
+    pub serial: String,
+    /// notAfter.
+    pub not_after: DateTime<Utc>,
+    /// Who renewed it.
+    pub renewed_by: String,
+    /// When.
+    pub renewed_at: DateTime<Utc>,
+    /// Who holds its lock now.
+    pub lock: Option<crate::fleet::lock::Holder>,
+}
+
+/// Read the fleet's state.
+pub fn status(fleet: &Fleet) -> Result<StatusReport, EtcdError> {
+    let snap = fleet.store.lineages()?;
+    let locks = fleet.etcd.get_prefix(&format!("{}locks/", fleet.cfg.prefix))?;
+    let holder = |host: &str| {
+        let k = format!("{}locks/{host}", fleet.cfg.prefix);
+        locks.kvs.iter().find(|kv| kv.key_str() == k).and_then(|kv| serde_json::from_slice::<crate::fleet::lock::Holder>(&kv.value).ok())
+    };
+    let mut lineages = Vec::new();
+    let mut errors = Vec::new();
+    for (key, _, rec) in snap.lineages {
+        match rec {
+            Ok(r) => lineages.push(StatusLineage {
+                lock: holder(r.host.as_str()),
+                host: r.host.to_string(),
+                version: r.version,
+                serial: r.serial,
+                not_after: r.not_after,
+                renewed_by: r.renewed_by,
+                renewed_at: r.renewed_at,
+            }),
+            Err(e) => errors.push(KeyError { key, error: e.to_string() }),
+        }
+    }
+    Ok(StatusReport { device: fleet.cfg.device_id.clone(), devices: fleet.store.devices()?, lineages, errors })
+}
+
+// ---------------------------------------------------------------- commands
+
+fn no_fleet(what: &str) -> crate::error::Error {
+    crate::error::Error::invalid(format!("{what}: no fleet is configured (the `fleet` object of config.json; docs/design.md, \"Several devices\")"))
+}
+
+/// `site-admin sync`: exit 0, or 1 when the fleet cannot be reached, a
+/// record cannot be used, or the Apache step failed.
+pub fn sync_command(ctx: &Ctx) -> crate::error::Result<i32> {
+    let Some(f) = ctx.fleet()? else { return Err(no_fleet("sync")) };
+    let locked = ctx.lock("sync")?;
+    let sites = super::facts::all_stored(&ctx.cfg)?;
+    let mut rep = match sync(ctx, &f, &locked.recovered, &sites) {
+        Ok(r) => r,
+        Err(e) => {
+            let st = load_state(ctx);
+            tracing::error!("the fleet cannot be reached: {e}; this device keeps serving what it has");
+            SyncReport { event: "sync", device: f.cfg.device_id.clone(), error: Some(e), since: st.since, ..Default::default() }
+        }
+    };
+    for e in &rep.errors {
+        tracing::warn!("fleet: {}: {}", e.key, e.error);
+    }
+    if rep.error.is_none() {
+        let owed = crate::revocations::load(&ctx.cfg.state_dir()).unwrap_or_default();
+        let (reloaded, err) = super::renew::serve_changed(ctx, Some(&locked.recovered), &sites, &rep.taken, &owed, Utc::now());
+        rep.reloaded = reloaded;
+        rep.apache_error = rep.apache_error.take().or(err);
+    }
+    if ctx.json {
+        ctx.print_json(&serde_json::to_value(&rep).map_err(|e| crate::error::Error::failed(e.to_string()))?)?;
+    } else if !ctx.quiet {
+        eprintln!(
+            "sync: {} taken from the fleet, {} published, {} unusable record(s){}{}",
+            rep.taken.len(),
+            rep.pushed.len(),
+            rep.errors.len(),
+            if rep.reloaded { ", Apache reloaded" } else { "" },
+            rep.error.as_ref().map(|e| format!("; the fleet cannot be reached: {e}")).unwrap_or_default()
+        );
+    }
+    Ok(if rep.error.is_none() && rep.errors.is_empty() && rep.apache_error.is_none() { 0 } else { 1 })
+}
+
+/// `site-admin fleet status`.
+pub fn status_command(ctx: &Ctx) -> crate::error::Result<i32> {
+    let Some(f) = ctx.fleet()? else { return Err(no_fleet("fleet status")) };
+    let rep = match status(&f) {
+        Ok(r) => r,
+        Err(e) => {
+            let st = note_error(ctx, &e.to_string());
+            return Err(crate::error::Error::failed(format!(
+                "the fleet cannot be reached: {e} (since {})",
+                st.since.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default()
+            )));
+        }
+    };
+    if ctx.json {
+        ctx.print_json(&serde_json::to_value(&rep).map_err(|e| crate::error::Error::failed(e.to_string()))?)?;
+        return Ok(if rep.errors.is_empty() { 0 } else { 1 });
+    }
+    let t = |d: DateTime<Utc>| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    println!("fleet (this device: {})", rep.device);
+    println!("devices:");
+    for d in &rep.devices {
+        println!("  {:<20} last sync {}  serves {} host(s)", d.device, t(d.at), d.serves.len());
+    }
+    println!("lineages:");
+    for l in &rep.lineages {
+        println!(
+            "  {:<32} v{:<3} serial {}  until {}  renewed by {} at {}{}",
+            l.host,
+            l.version,
+            l.serial,
+            t(l.not_after),
+            l.renewed_by,
+            t(l.renewed_at),
+            l.lock.as_ref().map(|h| format!("  LOCKED by {} (pid {}) since {}", h.device, h.pid, t(h.since))).unwrap_or_default()
+        );
+    }
+    for e in &rep.errors {
+        println!("  unusable: {}: {}", e.key, e.error);
+    }
+    Ok(if rep.errors.is_empty() { 0 } else { 1 })
+}
