@@ -1,20 +1,19 @@
 //! Failures back off (docs/design.md, "When a lineage renews"): after a
 //! failed renewal or provisioning, a lineage or pending site is not tried
 //! again before 1 min, then 10 min, 100 min, and then once a day, counting
-//! consecutive failures; `--force` ignores it. The rule is [`delay`] (pure);
-//! the state is one small JSON file, `<state dir>/backoff.json`, keyed by host.
+//! consecutive failures; `--force` ignores it. The rule is [`delay`]; the
+//! state, keyed by host, is [`State`]. This module is pure and imports no
+//! module that does I/O: the state file (`<state dir>/backoff.json`) and the
+//! configuration's fingerprint are [`crate::backoff_file`]'s.
 //!
 //! Whether a record still holds an attempt back is [`verdict`] (pure): not
 //! when its next attempt lies further ahead than now + the longest step (it
 //! was written while the clock was ahead: the clock-plausibility rule that
 //! protects the stash), and not when the configuration the failure depended
-//! on ([`config_fingerprint`]) has changed since (an administrator fixed it).
+//! on ([`crate::backoff_file::config_fingerprint`]) has changed since (an administrator fixed it).
 
-use crate::error::{Error, Result};
-use crate::fsutil;
 use chrono::{DateTime, Duration, Utc};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 /// The wait after `failures` consecutive failures.
 pub fn delay(failures: u32) -> Duration {
@@ -62,32 +61,7 @@ pub fn verdict(next_attempt: DateTime<Utc>, recorded_config: Option<&str>, now: 
     }
 }
 
-/// A fingerprint of the configuration an issuance depends on: the ACME
-/// server, the CA bundle (path and contents), the contact, the EAB, the
-/// default profile and the key type. A short SHA-256: it names no secret.
-pub fn config_fingerprint(cfg: &crate::config::Config) -> String {
-    let mut parts: Vec<Vec<u8>> = vec![cfg.acme_server.as_bytes().to_vec()];
-    match &cfg.acme_ca_bundle {
-        Some(p) => {
-            parts.push(p.display().to_string().into_bytes());
-            parts.push(std::fs::read(p).unwrap_or_default());
-        }
-        None => parts.extend([Vec::new(), Vec::new()]),
-    }
-    parts.push(cfg.contact_email.clone().unwrap_or_default().into_bytes());
-    match &cfg.acme_eab {
-        Some(e) => {
-            parts.push(e.kid.as_bytes().to_vec());
-            parts.push(e.hmac_key.clone());
-        }
-        None => parts.extend([Vec::new(), Vec::new()]),
-    }
-    parts.push(cfg.acme_profile.clone().unwrap_or_default().into_bytes());
-    parts.push(format!("{:?}", cfg.key_type).into_bytes());
-    fingerprint(&parts)
-}
-
-/// The pure part of [`config_fingerprint`]: each part length-prefixed, hashed.
+/// The pure part of [`crate::backoff_file::config_fingerprint`]: each part length-prefixed, hashed.
 pub fn fingerprint(parts: &[Vec<u8>]) -> String {
     let mut data = b"site-admin backoff config v1".to_vec();
     for p in parts {
@@ -106,7 +80,8 @@ pub struct Failures {
     pub last_error: String,
     pub last_attempt: DateTime<Utc>,
     pub next_attempt: DateTime<Utc>,
-    /// [`config_fingerprint`] of the configuration it failed under.
+    /// [`crate::backoff_file::config_fingerprint`] of the configuration it
+    /// failed under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<String>,
 }
@@ -137,29 +112,6 @@ impl State {
     }
 }
 
-pub fn path(state_dir: &Path) -> PathBuf {
-    state_dir.join("backoff.json")
-}
-
-/// Read the state; a missing file is an empty state, a damaged one is
-/// reported and treated as empty (it only delays retries).
-pub fn load(state_dir: &Path) -> State {
-    let p = path(state_dir);
-    match std::fs::read(&p) {
-        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-            tracing::warn!("ignoring the unreadable back-off state {} ({e})", p.display());
-            State::default()
-        }),
-        Err(_) => State::default(),
-    }
-}
-
-pub fn save(state_dir: &Path, s: &State) -> Result<()> {
-    fsutil::create_dir_all_mode(state_dir, 0o755)?;
-    let data = serde_json::to_vec_pretty(s).map_err(|e| Error::failed(e.to_string()))?;
-    fsutil::atomic_write(&path(state_dir), &data, 0o600)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,10 +138,6 @@ mod tests {
         assert!(s.waiting("a", now + Duration::minutes(10), "c").is_none());
         s.succeeded("a");
         assert!(s.hosts.is_empty());
-        let t = tempfile::tempdir().unwrap();
-        s.failed("b", "z", now, "c");
-        save(t.path(), &s).unwrap();
-        assert_eq!(load(t.path()), s);
     }
 
     #[test]
@@ -227,19 +175,10 @@ mod tests {
     }
 
     #[test]
-    fn the_fingerprint_tells_the_parts_apart_and_names_no_secret() {
+    fn the_fingerprint_tells_the_parts_apart() {
         let a = fingerprint(&[b"ab".to_vec(), b"c".to_vec()]);
         assert_ne!(a, fingerprint(&[b"a".to_vec(), b"bc".to_vec()]));
         assert_eq!(a, fingerprint(&[b"ab".to_vec(), b"c".to_vec()]));
         assert_eq!(a.len(), 24);
-        let root = tempfile::tempdir().unwrap();
-        let mut cfg = crate::config::Config::load(root.path(), &Default::default()).unwrap();
-        let plain = config_fingerprint(&cfg);
-        cfg.acme_eab = Some(crate::acme::Eab { kid: "kid".into(), hmac_key: b"secret".to_vec() });
-        let with_eab = config_fingerprint(&cfg);
-        assert_ne!(plain, with_eab);
-        assert!(!with_eab.contains("secret") && !with_eab.contains("kid"));
-        cfg.contact_email = Some("admin@example.test".into());
-        assert_ne!(config_fingerprint(&cfg), with_eab);
     }
 }

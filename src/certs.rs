@@ -246,7 +246,7 @@ pub fn untrusted_issuer(chain_pem: &str, extra_roots: Option<&std::path::Path>) 
     if leaf.issued(leaf) == openssl::x509::X509VerifyResult::OK && leaf.public_key().and_then(|k| leaf.verify(&k)).unwrap_or(false) {
         return Some("it is self-signed, so it is no Let's Encrypt (ACME-issued) certificate".into());
     }
-    let verdict = (|| -> Result<Result<(), String>, openssl::error::ErrorStack> {
+    let verdict = (|| -> Result<Result<(), openssl::x509::X509VerifyResult>, openssl::error::ErrorStack> {
         let mut b = X509StoreBuilder::new()?;
         b.set_default_paths()?;
         if let Some(path) = extra_roots {
@@ -263,12 +263,13 @@ pub fn untrusted_issuer(chain_pem: &str, extra_roots: Option<&std::path::Path>) 
             chain.push(c.clone())?;
         }
         let mut ctx = X509StoreContext::new()?;
-        ctx.init(&store, leaf, &chain, |c| Ok(if c.verify_cert()? { Ok(()) } else { Err(c.error().error_string().to_string()) }))
+        ctx.init(&store, leaf, &chain, |c| Ok(if c.verify_cert()? { Ok(()) } else { Err(c.error()) }))
     })();
     match verdict {
         Ok(Ok(())) => None,
         Ok(Err(why)) => {
             let issuer = parse_chain(chain_pem).ok().and_then(|c| c.into_iter().next()).map(|c| c.issuer).unwrap_or_default();
+            let why = why.error_string();
             Some(format!("its issuer ({issuer}) is not a CA this device trusts ({why}); a staging or private CA's root belongs in acme_ca_bundle"))
         }
         Err(e) => Some(format!("its chain could not be checked: {e}")),

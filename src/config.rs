@@ -7,32 +7,7 @@ use std::path::{Path, PathBuf};
 /// Let's Encrypt's production directory, the default ACME server.
 pub const LETSENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
 
-/// Certificate key algorithm for new keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyType {
-    /// ECDSA P-256 (the default).
-    Ecdsa,
-    /// RSA 2048.
-    Rsa,
-}
-
-impl KeyType {
-    /// certbot's spelling (`key_type = ecdsa|rsa`).
-    pub fn parse(s: &str) -> Option<KeyType> {
-        match s.trim() {
-            "ecdsa" => Some(KeyType::Ecdsa),
-            "rsa" => Some(KeyType::Rsa),
-            _ => None,
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyType::Ecdsa => "ecdsa",
-            KeyType::Rsa => "rsa",
-        }
-    }
-}
+pub use crate::model::KeyType;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -223,7 +198,7 @@ pub struct Config {
     pub acme_ca_bundle: Option<PathBuf>,
     pub contact_email: Option<String>,
     /// External Account Binding for CAs that require it.
-    pub acme_eab: Option<crate::acme::Eab>,
+    pub acme_eab: Option<crate::model::Eab>,
     /// The profile for sites that name none.
     pub acme_profile: Option<String>,
     pub key_type: KeyType,
@@ -319,7 +294,7 @@ impl Config {
         if let Err(why) = crate::store::accounts::server_rel(&acme_server) {
             return Err(match &ov.acme_server {
                 Some(_) => Error::invalid(format!("--acme-server: {why}")),
-                None => bad("acme_server", why),
+                None => bad("acme_server", &why.to_string()),
             });
         }
         let acme_ca_bundle = match &ov.acme_ca_bundle {
@@ -352,7 +327,7 @@ impl Config {
                 if key.is_empty() {
                     return Err(bad("acme_eab.hmac_key", "is empty"));
                 }
-                Some(crate::acme::Eab { kid: e.kid, hmac_key: key })
+                Some(crate::model::Eab { kid: e.kid, hmac_key: key })
             }
         };
         if let Some(p) = &raw.acme_profile {

@@ -45,9 +45,14 @@
 //!     step make it fail (exit 1), with the reason. A dry run changes nothing
 //!     and fails for nothing but its own errors. A revocation still owed
 //!     (rule 9) fails the pass too, dry run or not, until the CA confirms it.
+//! 12. Fleet mode (docs/design.md, "Several devices"): while the fleet cannot
+//!     be reached nothing is ordered without its lineage lock — except, under
+//!     the opt-in emergency rule `fleet.isolated_renew_below` (days), a
+//!     lineage whose certificate has fewer days left than that
+//!     ([`isolated_may_order`]); a pending site (no certificate to lose) never
+//!     is. The pass then fails (exit 1), naming the fleet error.
 
-use crate::config::KeyType;
-use crate::store::{AriState, ProfileWish};
+use crate::model::{AriState, KeyType, ProfileWish};
 use chrono::{DateTime, Duration, Utc};
 use std::path::PathBuf;
 
@@ -194,7 +199,7 @@ pub struct PassFacts {
     pub clock_plausible: bool,
     /// Hosts backing off: their records.
     pub backoff: std::collections::BTreeMap<String, crate::backoff::Failures>,
-    /// [`crate::backoff::config_fingerprint`] of the configuration now.
+    /// [`crate::backoff_file::config_fingerprint`] of the configuration now.
     pub config: String,
 }
 
@@ -274,6 +279,17 @@ pub fn plan(f: &PassFacts) -> Plan {
         p.jobs = go;
     }
     p
+}
+
+/// Rule 12: may a due job be ordered on this device alone while the fleet
+/// cannot be reached? Only a lineage whose certificate (notAfter
+/// `old_not_after`) has fewer than `below` days left, when the emergency
+/// rule is configured.
+pub fn isolated_may_order(old_not_after: Option<DateTime<Utc>>, now: DateTime<Utc>, below: Option<u32>) -> bool {
+    match (old_not_after, below) {
+        (Some(na), Some(days)) => na - now < Duration::days(days.into()),
+        _ => false,
+    }
 }
 
 /// Rule 10: why a pass fails (exit 1), or None when it succeeds. `failed`:
@@ -625,5 +641,17 @@ mod tests {
         assert!(outcome(&["b".into()], &[], false, false).unwrap().contains("failed: b"));
         assert!(outcome(&[], &[], true, false).unwrap().contains("Apache"));
         assert_eq!(outcome(&["b".into()], &["a".into()], true, true), None, "a dry run");
+    }
+
+    #[test]
+    fn rule12_an_isolated_device_orders_only_what_would_expire_first() {
+        let now = Utc::now();
+        let soon = Some(now + Duration::days(3));
+        let later = Some(now + Duration::days(30));
+        assert!(isolated_may_order(soon, now, Some(7)), "3 days left, the rule says 7");
+        assert!(!isolated_may_order(later, now, Some(7)), "30 days left");
+        assert!(!isolated_may_order(soon, now, None), "the rule is opt-in");
+        assert!(!isolated_may_order(None, now, Some(7)), "a pending site has nothing to lose");
+        assert!(isolated_may_order(Some(now - Duration::days(1)), now, Some(7)), "an expired one renews");
     }
 }

@@ -5,19 +5,20 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// The conversions of a string newtype made only by its `parse`: from and
-/// into `String` (for serde), `FromStr` (for clap), and reading as a `str`.
+/// The conversions of a string newtype made only by its `parse` (which fails
+/// with `$e`): from and into `String` (for serde), `FromStr` (for clap), and
+/// reading as a `str`.
 macro_rules! string_newtype {
-    ($t:ident) => {
+    ($t:ident, $e:ty) => {
         impl std::str::FromStr for $t {
-            type Err = String;
-            fn from_str(s: &str) -> std::result::Result<$t, String> {
+            type Err = $e;
+            fn from_str(s: &str) -> std::result::Result<$t, $e> {
                 $t::parse(s)
             }
         }
         impl TryFrom<String> for $t {
-            type Error = String;
-            fn try_from(s: String) -> std::result::Result<$t, String> {
+            type Error = $e;
+            fn try_from(s: String) -> std::result::Result<$t, $e> {
                 $t::parse(&s)
             }
         }
@@ -57,12 +58,17 @@ macro_rules! string_newtype {
 #[serde(try_from = "String", into = "String")]
 pub struct SiteId(String);
 
+/// A string that is not a site id ([`SiteId::parse`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a site id (\"s\" followed by 40 lowercase hex digits)")]
+pub struct BadSiteId(pub String);
+
 impl SiteId {
-    pub fn parse(s: &str) -> std::result::Result<SiteId, String> {
+    pub fn parse(s: &str) -> std::result::Result<SiteId, BadSiteId> {
         if is_id(s, 's') {
             Ok(SiteId(s.to_string()))
         } else {
-            Err(format!("{s:?} is not a site id (\"s\" followed by 40 lowercase hex digits)"))
+            Err(BadSiteId(s.to_string()))
         }
     }
     pub fn as_str(&self) -> &str {
@@ -70,7 +76,7 @@ impl SiteId {
     }
 }
 
-string_newtype!(SiteId);
+string_newtype!(SiteId, BadSiteId);
 
 /// A site's hostname, parsed: a DNS name (lowercase), an IP address (its
 /// canonical text), or `*` (any host). Made only by [`Host::parse`] (and
@@ -87,8 +93,23 @@ pub enum HostKind {
     Ip(std::net::IpAddr),
 }
 
+/// Why a string is not a [`Host`] ([`Host::parse`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BadHost {
+    /// Longer than a lineage's file names allow.
+    #[error(
+        "{len} characters long; at most {max} fit in certbot's layout (renewal/<hostname>.conf must fit in a file name)",
+        max = MAX_HOSTNAME
+    )]
+    TooLong { len: usize },
+    /// Neither `*`, an IP address nor a DNS name.
+    #[error("{0:?}: not a DNS name")]
+    NotDns(String),
+}
+
 impl Host {
-    pub fn parse(s: &str) -> std::result::Result<Host, String> {
+    pub fn parse(s: &str) -> std::result::Result<Host, BadHost> {
         if s == "*" {
             return Ok(Host(s.into()));
         }
@@ -96,13 +117,10 @@ impl Host {
             return Ok(Host(ip.to_string()));
         }
         if s.len() > MAX_HOSTNAME {
-            return Err(format!(
-                "{} characters long; at most {MAX_HOSTNAME} fit in certbot's layout (renewal/<hostname>.conf must fit in a file name)",
-                s.len()
-            ));
+            return Err(BadHost::TooLong { len: s.len() });
         }
         if !is_dns_name(s) {
-            return Err(format!("{s:?}: not a DNS name"));
+            return Err(BadHost::NotDns(s.to_string()));
         }
         Ok(Host(s.to_ascii_lowercase()))
     }
@@ -118,7 +136,7 @@ impl Host {
     }
 }
 
-string_newtype!(Host);
+string_newtype!(Host, BadHost);
 
 /// One site as the administrator describes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,12 +181,7 @@ pub struct Tls {
     pub profile_required: Option<bool>,
 }
 
-/// A certificate profile to ask for, and whether the CA must offer it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProfileWish {
-    pub name: String,
-    pub required: bool,
-}
+pub use crate::model::ProfileWish;
 
 /// Let's Encrypt issues IP-address certificates only with this profile, so
 /// it is an IP site's default.
@@ -602,6 +615,22 @@ mod tests {
         let e = parse_site(&site(r#","tsl":{"letsencrypt":true}"#), "t").unwrap_err();
         assert!(e.to_string().contains("tsl: unknown key"), "{e}");
         assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn typed_parse_errors_keep_their_messages() {
+        assert_eq!(SiteId::parse("x").unwrap_err(), BadSiteId("x".into()));
+        assert_eq!("x".parse::<SiteId>().unwrap_err().to_string(), r#""x" is not a site id ("s" followed by 40 lowercase hex digits)"#);
+        assert_eq!(Host::parse("a b").unwrap_err().to_string(), r#""a b": not a DNS name"#);
+        let long = format!("{}.example", "a".repeat(300));
+        assert_eq!(Host::parse(&long).unwrap_err(), BadHost::TooLong { len: long.len() });
+        assert_eq!(
+            Host::parse(&long).unwrap_err().to_string(),
+            format!("{} characters long; at most {MAX_HOSTNAME} fit in certbot's layout (renewal/<hostname>.conf must fit in a file name)", long.len())
+        );
+        // serde goes through the same parse and says the same.
+        let e = serde_json::from_str::<Host>(r#""a b""#).unwrap_err().to_string();
+        assert!(e.starts_with(r#""a b": not a DNS name"#), "{e}");
     }
 
     #[test]

@@ -17,9 +17,9 @@
 pub mod accounts;
 
 use crate::certs::KeyCert;
-use crate::config::KeyType;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
+use crate::model::KeyType;
 use crate::renewal_conf::RenewalConf;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -121,25 +121,9 @@ pub struct LineageConf {
     pub ari: AriState,
 }
 
-pub use crate::site::ProfileWish;
+pub use crate::model::ProfileWish;
 
-/// A lineage's ARI state, kept in its renewal conf's `[acme_renewal_info]`
-/// section — where certbot 5 keeps its own `ari_retry_after` (a naive local
-/// time, which certbot honours too) — beside site-admin's own keys.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AriState {
-    /// Not to be asked again before this (`Retry-After` of the last answer).
-    pub retry_after: Option<chrono::DateTime<chrono::Utc>>,
-    /// The CertID the rest is about (a new version invalidates it).
-    pub cert_id: Option<String>,
-    /// The latest suggested window.
-    pub window: Option<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>,
-    /// The moment picked (once) inside that window.
-    pub chosen: Option<chrono::DateTime<chrono::Utc>>,
-    pub explanation_url: Option<String>,
-    /// Whether the lineage's server offers ARI at all (None: not asked yet).
-    pub offered: Option<bool>,
-}
+pub use crate::model::AriState;
 
 const ARI: &str = "acme_renewal_info";
 

@@ -7,7 +7,7 @@ use super::jws::{b64, AccountKey};
 use super::retry::{parse_retry_after, Backoff};
 use super::types::{clean, clean_url, Authorization, AuthzStatus, ChallengeStatus, Order, OrderStatus, Problem, ProblemKind};
 use super::AcmeError;
-use crate::config::KeyType;
+use crate::model::KeyType;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -29,22 +29,7 @@ pub struct ClientOptions {
     pub eab: Option<Eab>,
 }
 
-/// An External Account Binding credential ([RFC 8555 §7.3.4]): the key id
-/// and the MAC key (base64url) the CA gave the administrator.
-///
-/// [RFC 8555 §7.3.4]: https://www.rfc-editor.org/rfc/rfc8555#section-7.3.4
-#[derive(Clone)]
-pub struct Eab {
-    pub kid: String,
-    pub hmac_key: Vec<u8>,
-}
-
-impl std::fmt::Debug for Eab {
-    /// Never the key.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Eab {{ kid: {:?}, hmac_key: <{} bytes> }}", self.kid, self.hmac_key.len())
-    }
-}
+pub use crate::model::Eab;
 
 /// The directory resource ([RFC 8555 §7.1.1]).
 ///
@@ -352,7 +337,7 @@ impl AcmeClient {
             let nonce = self.nonce()?;
             let mut protected = json!({"alg": self.key.alg(), "nonce": nonce, "url": url});
             match signer {
-                Signer::Jwk => protected["jwk"] = self.key.public_jwk().map_err(AcmeError::Local)?,
+                Signer::Jwk => protected["jwk"] = self.key.public_jwk()?,
                 Signer::Kid => {
                     let kid = self.account_url().ok_or_else(|| AcmeError::Local("no ACME account yet".into()))?;
                     protected["kid"] = Value::String(kid);
@@ -362,7 +347,7 @@ impl AcmeClient {
                 Some(v) => b64(v.to_string().as_bytes()),
                 None => String::new(),
             };
-            let body = self.key.sign(&protected, &p).map_err(AcmeError::Local)?;
+            let body = self.key.sign(&protected, &p)?;
             let mut req = self.http.post(url).header("Content-Type", "application/jose+json").body(body.to_string());
             if let Some(a) = accept {
                 req = req.header("Accept", a);
@@ -475,7 +460,7 @@ impl AcmeClient {
     /// The `externalAccountBinding` JWS: HS256 over the account's public JWK.
     fn eab_jws(&self, eab: &Eab, url: &str) -> Result<Value, AcmeError> {
         let protected = b64(json!({"alg": "HS256", "kid": eab.kid, "url": url}).to_string().as_bytes());
-        let payload = b64(self.key.public_jwk().map_err(AcmeError::Local)?.to_string().as_bytes());
+        let payload = b64(self.key.public_jwk()?.to_string().as_bytes());
         let local = |e: openssl::error::ErrorStack| AcmeError::Local(format!("External Account Binding: {e}"));
         let key = openssl::pkey::PKey::hmac(&eab.hmac_key).map_err(local)?;
         let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key).map_err(local)?;
@@ -619,7 +604,7 @@ impl AcmeClient {
         if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             return Err(AcmeError::Protocol { url: url.into(), detail: "challenge token is not base64url".into() });
         }
-        let keyauth = format!("{token}.{}", self.key.thumbprint().map_err(AcmeError::Local)?);
+        let keyauth = format!("{token}.{}", self.key.thumbprint()?);
         let _file = ChallengeFile::write(webroot, token, &keyauth)?;
         if chall.status == ChallengeStatus::Pending {
             self.post(&chall.url, Some(&json!({})), Signer::Kid, None, deadline)?;

@@ -12,12 +12,48 @@ use base64::Engine;
 use openssl::bn::{BigNum, BigNumContext};
 use openssl::ec::{EcGroup, EcKey};
 use openssl::ecdsa::EcdsaSig;
+use openssl::error::ErrorStack;
 use openssl::hash::{hash, MessageDigest};
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
 use openssl::rsa::Rsa;
 use openssl::sign::Signer;
 use serde_json::{json, Value};
+
+/// What can go wrong with an account key, its JWK or a signature. The
+/// messages are the ones users have always seen.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum JwsError {
+    /// Not base64url ([RFC 7515 §2]).
+    ///
+    /// [RFC 7515 §2]: https://www.rfc-editor.org/rfc/rfc7515#section-2
+    #[error("bad base64url: {0}")]
+    Base64(#[from] base64::DecodeError),
+    /// A key component does not fit its fixed width.
+    #[error("key component too large: {0}")]
+    TooLarge(ErrorStack),
+    /// OpenSSL refused (key generation, a component, a signature).
+    #[error("{0}")]
+    OpenSsl(#[from] ErrorStack),
+    /// An EC key on another curve than P-256.
+    #[error("only P-256 EC account keys are supported")]
+    NotP256,
+    /// Neither EC nor RSA.
+    #[error("unsupported account key type")]
+    UnsupportedKey,
+    /// A required JWK member is missing (or not a string).
+    #[error("JWK member {0:?} missing")]
+    MissingMember(String),
+    /// An EC JWK whose `d` does not belong to its `x`, `y`.
+    #[error("EC JWK: private and public parts do not match")]
+    Mismatch,
+    /// A JWK `kty` other than EC or RSA.
+    #[error("unsupported JWK kty {0:?}")]
+    UnsupportedKty(Option<String>),
+}
+
+type Result<T, E = JwsError> = std::result::Result<T, E>;
 
 /// base64url without padding ([RFC 7515 §2]).
 ///
@@ -26,8 +62,8 @@ pub fn b64(data: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(data)
 }
 
-pub fn b64_decode(s: &str) -> Result<Vec<u8>, String> {
-    URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).map_err(|e| format!("bad base64url: {e}"))
+pub fn b64_decode(s: &str) -> Result<Vec<u8>> {
+    Ok(URL_SAFE_NO_PAD.decode(s.trim_end_matches('='))?)
 }
 
 /// An ACME account key.
@@ -43,31 +79,31 @@ impl std::fmt::Debug for AccountKey {
     }
 }
 
-fn padded(n: &openssl::bn::BigNumRef, len: i32) -> Result<Vec<u8>, String> {
-    n.to_vec_padded(len).map_err(|e| format!("key component too large: {e}"))
+fn padded(n: &openssl::bn::BigNumRef, len: i32) -> Result<Vec<u8>> {
+    n.to_vec_padded(len).map_err(JwsError::TooLarge)
 }
 
 impl AccountKey {
     /// A new ECDSA P-256 account key.
-    pub fn generate() -> Result<AccountKey, String> {
-        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).map_err(|e| e.to_string())?;
-        let ec = EcKey::generate(&group).map_err(|e| e.to_string())?;
-        Ok(AccountKey { pkey: PKey::from_ec_key(ec).map_err(|e| e.to_string())? })
+    pub fn generate() -> Result<AccountKey> {
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
+        let ec = EcKey::generate(&group)?;
+        Ok(AccountKey { pkey: PKey::from_ec_key(ec)? })
     }
 
-    pub fn from_pkey(pkey: PKey<Private>) -> Result<AccountKey, String> {
+    pub fn from_pkey(pkey: PKey<Private>) -> Result<AccountKey> {
         let k = AccountKey { pkey };
         match k.pkey.id() {
             openssl::pkey::Id::RSA => Ok(k),
             openssl::pkey::Id::EC => {
-                let ec = k.pkey.ec_key().map_err(|e| e.to_string())?;
+                let ec = k.pkey.ec_key()?;
                 if ec.group().curve_name() == Some(Nid::X9_62_PRIME256V1) {
                     Ok(k)
                 } else {
-                    Err("only P-256 EC account keys are supported".into())
+                    Err(JwsError::NotP256)
                 }
             }
-            _ => Err("unsupported account key type".into()),
+            _ => Err(JwsError::UnsupportedKey),
         }
     }
 
@@ -86,58 +122,57 @@ impl AccountKey {
 
     /// The public JWK with only the required members, in the lexicographic
     /// order RFC 7638 §3.2 asks for (so its serialisation is the thumbprint input).
-    pub fn public_jwk(&self) -> Result<Value, String> {
+    pub fn public_jwk(&self) -> Result<Value> {
         if let Ok(rsa) = self.pkey.rsa() {
             return Ok(json!({"e": b64(&rsa.e().to_vec()), "kty": "RSA", "n": b64(&rsa.n().to_vec())}));
         }
-        let ec = self.pkey.ec_key().map_err(|e| e.to_string())?;
+        let ec = self.pkey.ec_key()?;
         let (x, y) = ec_xy(&ec)?;
         Ok(json!({"crv": "P-256", "kty": "EC", "x": b64(&x), "y": b64(&y)}))
     }
 
     /// The private JWK, as certbot stores it in `private_key.json`.
-    pub fn private_jwk(&self) -> Result<Value, String> {
+    pub fn private_jwk(&self) -> Result<Value> {
         if let Ok(rsa) = self.pkey.rsa() {
             let opt = |b: Option<&openssl::bn::BigNumRef>| b.map(|b| b64(&b.to_vec())).unwrap_or_default();
             return Ok(json!({"kty": "RSA", "n": b64(&rsa.n().to_vec()), "e": b64(&rsa.e().to_vec()), "d": b64(&rsa.d().to_vec()),
                 "p": opt(rsa.p()), "q": opt(rsa.q()), "dp": opt(rsa.dmp1()), "dq": opt(rsa.dmq1()), "qi": opt(rsa.iqmp())}));
         }
-        let ec = self.pkey.ec_key().map_err(|e| e.to_string())?;
+        let ec = self.pkey.ec_key()?;
         let (x, y) = ec_xy(&ec)?;
         let d = padded(ec.private_key(), 32)?;
         Ok(json!({"kty": "EC", "crv": "P-256", "x": b64(&x), "y": b64(&y), "d": b64(&d)}))
     }
 
     /// Load a private JWK (EC P-256 or RSA), as certbot stores it.
-    pub fn from_private_jwk(v: &Value) -> Result<AccountKey, String> {
-        let field = |k: &str| -> Result<BigNum, String> {
-            let s = v.get(k).and_then(Value::as_str).ok_or_else(|| format!("JWK member {k:?} missing"))?;
-            BigNum::from_slice(&b64_decode(s)?).map_err(|e| e.to_string())
+    pub fn from_private_jwk(v: &Value) -> Result<AccountKey> {
+        let field = |k: &str| -> Result<BigNum> {
+            let s = v.get(k).and_then(Value::as_str).ok_or_else(|| JwsError::MissingMember(k.to_string()))?;
+            Ok(BigNum::from_slice(&b64_decode(s)?)?)
         };
         match v.get("kty").and_then(Value::as_str) {
             Some("EC") => {
                 if v.get("crv").and_then(Value::as_str) != Some("P-256") {
-                    return Err("only P-256 EC account keys are supported".into());
+                    return Err(JwsError::NotP256);
                 }
-                let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).map_err(|e| e.to_string())?;
+                let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
                 let (x, y, d) = (field("x")?, field("y")?, field("d")?);
-                let public = EcKey::from_public_key_affine_coordinates(&group, &x, &y).map_err(|e| e.to_string())?;
-                let ec = EcKey::from_private_components(&group, &d, public.public_key()).map_err(|e| e.to_string())?;
-                ec.check_key().map_err(|_| "EC JWK: private and public parts do not match".to_string())?;
-                Ok(AccountKey { pkey: PKey::from_ec_key(ec).map_err(|e| e.to_string())? })
+                let public = EcKey::from_public_key_affine_coordinates(&group, &x, &y)?;
+                let ec = EcKey::from_private_components(&group, &d, public.public_key())?;
+                ec.check_key().map_err(|_| JwsError::Mismatch)?;
+                Ok(AccountKey { pkey: PKey::from_ec_key(ec)? })
             }
             Some("RSA") => {
                 let rsa =
-                    Rsa::from_private_components(field("n")?, field("e")?, field("d")?, field("p")?, field("q")?, field("dp")?, field("dq")?, field("qi")?)
-                        .map_err(|e| e.to_string())?;
-                Ok(AccountKey { pkey: PKey::from_rsa(rsa).map_err(|e| e.to_string())? })
+                    Rsa::from_private_components(field("n")?, field("e")?, field("d")?, field("p")?, field("q")?, field("dp")?, field("dq")?, field("qi")?)?;
+                Ok(AccountKey { pkey: PKey::from_rsa(rsa)? })
             }
-            other => Err(format!("unsupported JWK kty {other:?}")),
+            other => Err(JwsError::UnsupportedKty(other.map(str::to_string))),
         }
     }
 
     /// RFC 7638 thumbprint: base64url(SHA-256(canonical public JWK)).
-    pub fn thumbprint(&self) -> Result<String, String> {
+    pub fn thumbprint(&self) -> Result<String> {
         Ok(thumbprint_of(&self.public_jwk()?))
     }
 
@@ -147,39 +182,39 @@ impl AccountKey {
     ///
     /// [RFC 8555 §6.2]: https://www.rfc-editor.org/rfc/rfc8555#section-6.2
     /// [RFC 7518 §3.4]: https://www.rfc-editor.org/rfc/rfc7518#section-3.4
-    pub fn sign(&self, protected: &Value, payload: &str) -> Result<Value, String> {
+    pub fn sign(&self, protected: &Value, payload: &str) -> Result<Value> {
         let p64 = b64(protected.to_string().as_bytes());
         let input = format!("{p64}.{payload}");
         let sig = self.sign_bytes(input.as_bytes())?;
         Ok(json!({"protected": p64, "payload": payload, "signature": b64(&sig)}))
     }
 
-    pub fn sign_bytes(&self, data: &[u8]) -> Result<Vec<u8>, String> {
+    pub fn sign_bytes(&self, data: &[u8]) -> Result<Vec<u8>> {
         if self.pkey.id() == openssl::pkey::Id::RSA {
-            let mut s = Signer::new(MessageDigest::sha256(), &self.pkey).map_err(|e| e.to_string())?;
-            s.update(data).map_err(|e| e.to_string())?;
-            return s.sign_to_vec().map_err(|e| e.to_string());
+            let mut s = Signer::new(MessageDigest::sha256(), &self.pkey)?;
+            s.update(data)?;
+            return Ok(s.sign_to_vec()?);
         }
-        let ec = self.pkey.ec_key().map_err(|e| e.to_string())?;
-        let digest = hash(MessageDigest::sha256(), data).map_err(|e| e.to_string())?;
-        let sig = EcdsaSig::sign(&digest, &ec).map_err(|e| e.to_string())?;
+        let ec = self.pkey.ec_key()?;
+        let digest = hash(MessageDigest::sha256(), data)?;
+        let sig = EcdsaSig::sign(&digest, &ec)?;
         let mut out = padded(sig.r(), 32)?;
         out.extend(padded(sig.s(), 32)?);
         Ok(out)
     }
 
     /// certbot's account id: MD5 of the public key in SubjectPublicKeyInfo PEM.
-    pub fn certbot_id(&self) -> Result<String, String> {
-        let pem = self.pkey.public_key_to_pem().map_err(|e| e.to_string())?;
-        let d = hash(MessageDigest::md5(), &pem).map_err(|e| e.to_string())?;
+    pub fn certbot_id(&self) -> Result<String> {
+        let pem = self.pkey.public_key_to_pem()?;
+        let d = hash(MessageDigest::md5(), &pem)?;
         Ok(d.iter().map(|b| format!("{b:02x}")).collect())
     }
 }
 
-fn ec_xy(ec: &EcKey<Private>) -> Result<(Vec<u8>, Vec<u8>), String> {
-    let mut ctx = BigNumContext::new().map_err(|e| e.to_string())?;
-    let (mut x, mut y) = (BigNum::new().map_err(|e| e.to_string())?, BigNum::new().map_err(|e| e.to_string())?);
-    ec.public_key().affine_coordinates(ec.group(), &mut x, &mut y, &mut ctx).map_err(|e| e.to_string())?;
+fn ec_xy(ec: &EcKey<Private>) -> Result<(Vec<u8>, Vec<u8>)> {
+    let mut ctx = BigNumContext::new()?;
+    let (mut x, mut y) = (BigNum::new()?, BigNum::new()?);
+    ec.public_key().affine_coordinates(ec.group(), &mut x, &mut y, &mut ctx)?;
     Ok((padded(&x, 32)?, padded(&y, 32)?))
 }
 
@@ -266,5 +301,11 @@ mod tests {
         {
             assert!(AccountKey::from_private_jwk(&v).is_err(), "{v}");
         }
+        // The messages users see (a backup's account, a stored one) are kept.
+        let msg = |v: Value| AccountKey::from_private_jwk(&v).unwrap_err().to_string();
+        assert_eq!(msg(json!({"kty": "oct"})), r#"unsupported JWK kty Some("oct")"#);
+        assert_eq!(msg(json!({"kty": "EC", "crv": "P-384"})), "only P-256 EC account keys are supported");
+        assert_eq!(msg(json!({"kty": "EC", "crv": "P-256", "y": "AA", "d": "AA"})), r#"JWK member "x" missing"#);
+        assert!(msg(json!({"kty": "EC", "crv": "P-256", "x": "!!", "y": "AA", "d": "AA"})).starts_with("bad base64url: "));
     }
 }

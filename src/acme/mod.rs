@@ -13,7 +13,7 @@ pub mod retry;
 pub mod types;
 
 pub use client::{AcmeClient, ClientOptions, Eab, Gate, Issued, OrderOptions, RenewalInfo};
-pub use jws::AccountKey;
+pub use jws::{AccountKey, JwsError};
 pub use types::{Problem, ProblemKind};
 
 use std::fmt;
@@ -39,6 +39,8 @@ pub enum AcmeError {
     Deadline { what: String, asked: Option<Duration>, deadline: Duration },
     /// Local trouble (key generation, writing the challenge file).
     Local(String),
+    /// The account key could not make a JWK or a signature.
+    Jws(JwsError),
 }
 
 impl AcmeError {
@@ -84,11 +86,18 @@ impl fmt::Display for AcmeError {
             ),
             AcmeError::Deadline { what, asked: None, deadline } => write!(f, "gave up waiting for {what}: the deadline of {} s passed", deadline.as_secs()),
             AcmeError::Local(d) => f.write_str(d),
+            AcmeError::Jws(e) => write!(f, "{e}"),
         }
     }
 }
 
 impl std::error::Error for AcmeError {}
+
+impl From<JwsError> for AcmeError {
+    fn from(e: JwsError) -> Self {
+        AcmeError::Jws(e)
+    }
+}
 
 impl From<AcmeError> for crate::error::Error {
     fn from(e: AcmeError) -> Self {

@@ -210,7 +210,39 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
             _ => {}
         }
     }
+    // 8. fleet mode.
+    inv.set(8);
+    for (what, problem, repaired) in fleet_findings(ctx, repair) {
+        add(what, problem, repaired);
+    }
     Ok(out)
+}
+
+/// Invariant 8: in fleet mode, certbot never renews a fleet lineage behind
+/// the fleet's back (`autorenew = False`), and the device reached the fleet
+/// at its last sync (else: the fleet error, and since when).
+fn fleet_findings(ctx: &Ctx, repair: bool) -> Vec<(String, String, bool)> {
+    let mut out = Vec::new();
+    if ctx.cfg.fleet.is_none() {
+        return out;
+    }
+    let st = super::fleet::load_state(ctx);
+    if let Some(e) = &st.error {
+        let since = st.since.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default();
+        out.push(("fleet".to_string(), format!("the fleet cannot be reached since {since}: {e}; this device serves what it has and orders nothing"), false));
+    }
+    for s in facts::all_stored(&ctx.cfg).unwrap_or_default().iter().filter(|s| s.is_letsencrypt()) {
+        let Some(c) = ctx.store.read_conf(&s.hostname, Place::Live) else { continue };
+        if c.get(Some("renewalparams"), "autorenew").as_deref() != Some("False") {
+            let fixed = repair && ctx.store.set_autorenew(&s.hostname, false).is_ok();
+            out.push((
+                format!("renewal/{}.conf", s.hostname),
+                "a fleet lineage without autorenew = False: certbot may renew it behind the fleet's back".into(),
+                fixed,
+            ));
+        }
+    }
+    out
 }
 
 /// Point live/<name> at the newest complete version whose key matches.

@@ -85,15 +85,26 @@ pub fn material_candidate(m: &Material, host: &str) -> Option<Candidate> {
     }
 }
 
+/// Why a deployed site's OKC files cannot be used ([`read_okc`]).
+#[derive(Debug, thiserror::Error)]
+pub enum OkcError {
+    /// The certificate file could not be read.
+    #[error("{}: {}", .path.display(), .source)]
+    Read { path: std::path::PathBuf, source: std::io::Error },
+    /// The files do not parse as a key and its chain.
+    #[error("{0}")]
+    Parse(#[from] crate::certs::PemError),
+}
+
 /// The OKC files of a deployed site, parsed.
-pub fn read_okc(cfg: &Config, siteid: &str) -> Option<std::result::Result<KeyCert, String>> {
+pub fn read_okc(cfg: &Config, siteid: &str) -> Option<std::result::Result<KeyCert, OkcError>> {
     let p = cfg.okc_paths(siteid);
     let key = fs::read_to_string(&p.key).ok()?;
     let crt = match fs::read_to_string(&p.crt) {
         Ok(c) => c,
-        Err(e) => return Some(Err(format!("{}: {e}", p.crt.display()))),
+        Err(source) => return Some(Err(OkcError::Read { path: p.crt, source })),
     };
-    Some(KeyCert::parse(&key, &crt).map_err(|e| e.to_string()))
+    Some(KeyCert::parse(&key, &crt).map_err(OkcError::from))
 }
 
 /// What is deployed now for a stored site, judged for `new_host`.

@@ -221,39 +221,44 @@ fn sync_inner(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Resu
         };
         let host = rec.host.to_string();
         seen_hosts.push(host.clone());
-        let open = match rec.open(fleet.store.fleet_key(), fleet.store.prefix()) {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!("{e}");
-                rep.errors.push(KeyError { key, error: e.to_string() });
-                continue;
-            }
-        };
-        let local = usable_local(ctx, &host, now);
-        let lc = local.as_ref().map(|(kc, ok)| Cert { serial: kc.leaf.serial.clone(), not_after: kc.leaf.not_after, usable: *ok });
-        let fc = Cert { serial: open.leaf.serial.clone(), not_after: open.leaf.not_after, usable: open.leaf.not_before <= now && now < open.leaf.not_after };
+        // The certificate alone decides (its key is read only to push it),
+        // and a record is opened only to be taken: a sync with nothing new
+        // parses one leaf per lineage.
+        let leaf = ctx.store.leaf(&host, Place::Live);
+        let lc = leaf.as_ref().map(|c| Cert {
+            serial: c.serial.clone(),
+            not_after: c.not_after,
+            usable: c.not_before <= now && now < c.not_after && c.covers(&host),
+        });
+        let fc = Cert { serial: rec.serial.clone(), not_after: rec.not_after, usable: rec.not_after > now };
         match reconcile(lc.as_ref(), Some(&fc)) {
-            Reconcile::Take => match take(ctx, &open, sites) {
-                Ok(()) => {
-                    ctx.progress(&format!("{host}: took the fleet's certificate (version {}, renewed by {})", rec.version, rec.renewed_by));
-                    rep.taken.push(host);
-                }
-                Err(e) => rep.errors.push(KeyError { key, error: format!("{host}: materializing the fleet's certificate: {e}") }),
-            },
-            Reconcile::Push => {
-                if let Some((kc, _)) = &local {
-                    match push(ctx, fleet, &host, kc, Some((&rec, modrev))) {
-                        Ok(true) => rep.pushed.push(host),
-                        Ok(false) => tracing::info!("{host}: a peer wrote the fleet's record first; the next sync takes it"),
-                        Err(e) => rep.errors.push(KeyError { key, error: e }),
+            Reconcile::Take => {
+                let open = match rec.open(fleet.store.fleet_key(), fleet.store.prefix()) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::warn!("{e}");
+                        rep.errors.push(KeyError { key, error: e.to_string() });
+                        continue;
                     }
+                };
+                match take(ctx, &open, sites) {
+                    Ok(()) => {
+                        ctx.progress(&format!("{host}: took the fleet's certificate (version {}, renewed by {})", rec.version, rec.renewed_by));
+                        rep.taken.push(host);
+                    }
+                    Err(e) => rep.errors.push(KeyError { key, error: format!("{host}: materializing the fleet's certificate: {e}") }),
                 }
             }
-            Reconcile::Keep => {
-                if lc.as_ref().is_some_and(|l| l.serial == fc.serial) {
-                    mark_fleet_managed(ctx, &rec.host.to_string());
-                }
-            }
+            Reconcile::Push => match usable_local(ctx, &host, now) {
+                Some((kc, true)) => match push(ctx, fleet, &host, &kc, Some((&rec, modrev))) {
+                    Ok(true) => rep.pushed.push(host),
+                    Ok(false) => tracing::info!("{host}: a peer wrote the fleet's record first; the next sync takes it"),
+                    Err(e) => rep.errors.push(KeyError { key, error: e }),
+                },
+                _ => tracing::warn!("{host}: this device's certificate is newer than the fleet's but its key does not match; not published"),
+            },
+            // (Its conf said autorenew = False when it was taken or pushed.)
+            Reconcile::Keep => {}
         }
     }
     // This device's certificates the fleet has no record of: push them
@@ -352,6 +357,48 @@ fn push(ctx: &Ctx, fleet: &Fleet, host: &str, kc: &crate::certs::KeyCert, prev: 
     Ok(ok)
 }
 
+// ---------------------------------------------------------------- back-off
+
+/// Merge the fleet's back-off records (`backoff/<host>`) into this
+/// device's: for each host the later next attempt wins, so a lineage whose
+/// order failed on one device is not tried by every other at once. A record
+/// that does not parse is skipped with a warning naming its key.
+pub fn merge_backoff(fleet: &Fleet, local: &mut crate::backoff::State) -> Result<(), String> {
+    let prefix = format!("{}backoff/", fleet.cfg.prefix);
+    for kv in fleet.etcd.get_prefix(&prefix).map_err(|e| e.to_string())?.kvs {
+        let key = kv.key_str();
+        let host = key.trim_start_matches(&prefix).to_string();
+        let Ok(mut f) = serde_json::from_slice::<crate::backoff::Failures>(&kv.value) else {
+            tracing::warn!("fleet: ignoring the back-off record {key} that cannot be read");
+            continue;
+        };
+        if Host::parse(&host).is_err() {
+            tracing::warn!("fleet: ignoring the back-off record {key}: not a host name");
+            continue;
+        }
+        f.last_error = f.last_error.chars().take(2000).map(|c| if c.is_control() { ' ' } else { c }).collect();
+        let later = local.hosts.get(&host).map(|l| f.next_attempt > l.next_attempt).unwrap_or(true);
+        if later {
+            local.hosts.insert(host, f);
+        }
+    }
+    Ok(())
+}
+
+/// Publish the back-off state of `hosts` (a failure, or none any more).
+pub fn publish_backoff(fleet: &Fleet, state: &crate::backoff::State, hosts: &[String]) {
+    for h in hosts {
+        let key = format!("{}backoff/{h}", fleet.cfg.prefix);
+        let r = match state.hosts.get(h) {
+            Some(f) => fleet.etcd.put(&key, &serde_json::to_vec(f).unwrap_or_default(), 0).map(|_| ()),
+            None => fleet.etcd.delete(&key),
+        };
+        if let Err(e) = r {
+            tracing::warn!("fleet: recording the back-off of {h}: {e}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------- account
 
 /// The fleet's ACME account of one server, as stored in etcd (its key sealed).
@@ -386,7 +433,7 @@ fn sync_account(ctx: &Ctx, fleet: &Fleet, server: &str) -> Result<Option<String>
         let local = match super::ctx::stored_account(ctx, server).map_err(|e| e.to_string())? {
             Some(a) => a,
             None => {
-                let lock = match crate::fleet::lock::acquire(&fleet.etcd, &format!("{}locks/account", fleet.cfg.prefix), &fleet.cfg.device_id, 30)
+                let lock = match crate::fleet::lock::acquire(&fleet.etcd, &format!("{}locks/.account", fleet.cfg.prefix), &fleet.cfg.device_id, 30)
                     .map_err(|e| e.to_string())?
                 {
                     Acquired::Held(l) => l,
@@ -444,7 +491,7 @@ fn install_account(ctx: &Ctx, fleet: &Fleet, key: &str, value: &[u8], server: &s
     let plain = fleet.store.fleet_key().open(key, 1, &rec.key).map_err(|e| bad(e.to_string()))?;
     let jwk: serde_json::Value = serde_json::from_slice(&plain).map_err(|_| bad("the sealed key is not a JWK".into()))?;
     let carried = accounts::Carried { server: rec.server, id: rec.id.clone(), uri: rec.uri, key: jwk, terms_of_service: rec.terms_of_service, hosts: vec![] };
-    let k = accounts::check_carried(&carried).map_err(bad)?;
+    let k = accounts::check_carried(&carried).map_err(|e| bad(e.to_string()))?;
     if accounts::install(&ctx.cfg.letsencrypt_dir, &carried, &k).map_err(|e| e.to_string())? {
         ctx.progress(&format!("installed the fleet's ACME account {} of {server}", rec.id));
     }

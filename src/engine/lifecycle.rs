@@ -458,14 +458,14 @@ fn carry_out(
                     let session = early.unwrap_or_else(|| provision::Session::open(ctx, &ctx.cfg.acme_server));
                     let res = session.and_then(|s| provision_now(ctx, &s, site, host));
                     // The site is pending on failure: `renew` retries it, backing off.
-                    let mut backoff = crate::backoff::load(&ctx.cfg.state_dir());
+                    let mut backoff = crate::backoff_file::load(&ctx.cfg.state_dir());
                     let before = backoff.clone();
                     match &res {
                         Ok(()) => backoff.succeeded(host),
-                        Err(e) => backoff.failed(host, &format!("provisioning failed: {e}"), Utc::now(), &crate::backoff::config_fingerprint(&ctx.cfg)),
+                        Err(e) => backoff.failed(host, &format!("provisioning failed: {e}"), Utc::now(), &crate::backoff_file::config_fingerprint(&ctx.cfg)),
                     }
                     if backoff != before {
-                        if let Err(e) = crate::backoff::save(&ctx.cfg.state_dir(), &backoff) {
+                        if let Err(e) = crate::backoff_file::save(&ctx.cfg.state_dir(), &backoff) {
                             tracing::warn!("recording the back-off state: {e}");
                         }
                     }

@@ -245,7 +245,7 @@ pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<Value>> {
                         row["serial"] = kc.leaf.serial.clone().into();
                         row["issuer"] = kc.leaf.issuer.clone().into();
                     }
-                    Some(Err(e)) => row["problem"] = e.into(),
+                    Some(Err(e)) => row["problem"] = e.to_string().into(),
                     None => row["problem"] = "its files are missing".into(),
                 }
                 rows.push(row);
@@ -264,8 +264,8 @@ pub fn certificates(ctx: &Ctx) -> Result<i32> {
     let mut rows = certificate_rows(ctx)?;
     // Renewal failures and back-off, and what needs attention soon: Let's
     // Encrypt no longer mails before expiry, so site-admin must say so.
-    let backoff = crate::backoff::load(&ctx.cfg.state_dir());
-    let config = crate::backoff::config_fingerprint(&ctx.cfg);
+    let backoff = crate::backoff_file::load(&ctx.cfg.state_dir());
+    let config = crate::backoff_file::config_fingerprint(&ctx.cfg);
     let soon = chrono::Utc::now() + chrono::Duration::days(7);
     // Revocations the CA has not confirmed yet (docs/design.md, "Revocation").
     match crate::revocations::load(&ctx.cfg.state_dir()) {

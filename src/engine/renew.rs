@@ -262,7 +262,7 @@ fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &
         key_type: ctx.cfg.key_type,
         clock_plausible: crate::decide::clock_plausible(now, &validity),
         backoff: backoff.hosts.clone(),
-        config: crate::backoff::config_fingerprint(&ctx.cfg),
+        config: crate::backoff_file::config_fingerprint(&ctx.cfg),
     };
     Gathered { facts, ari_due, next_ari_check }
 }
@@ -282,7 +282,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     let locked = if dry_run { None } else { Some(ctx.lock("renew")?) };
     let now = Utc::now();
     let sites = facts::all_stored(&ctx.cfg)?;
-    let mut backoff = crate::backoff::load(&ctx.cfg.state_dir());
+    let mut backoff = crate::backoff_file::load(&ctx.cfg.state_dir());
     let backoff_before = backoff.clone();
     let (mut owed, revocation_error) = match revocations::load(&ctx.cfg.state_dir()) {
         Ok(st) => (st, None),
@@ -310,6 +310,10 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
                     tracing::warn!("fleet: {}: {}", e.key, e.error);
                 }
                 taken = r.taken.clone();
+                // Back-off is the fleet's: a failure on one device holds every device back.
+                if let Err(e) = super::fleet::merge_backoff(f, &mut backoff) {
+                    tracing::warn!("fleet: reading the shared back-off: {e}");
+                }
                 fleet_report = Some(FleetReport { device: r.device, taken: r.taken, pushed: r.pushed, error: None, since: None });
             }
             Err(e) => {
@@ -440,8 +444,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     let mut jobs = plan.jobs;
     if let Some(e) = &fleet_down {
         let below = fleet.as_ref().and_then(|f| f.cfg.isolated_renew_below);
-        let (go, held): (Vec<Job>, Vec<Job>) =
-            jobs.into_iter().partition(|j| below.is_some_and(|d| j.old_not_after.is_some_and(|na| na - now < chrono::Duration::days(d.into()))));
+        let (go, held): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| !j.pending && renewal::isolated_may_order(j.old_not_after, now, below));
         for j in &go {
             tracing::warn!(
                 "{}: the fleet cannot be reached and the certificate expires within fleet.isolated_renew_below: renewing on this device alone",
@@ -481,8 +484,16 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
         };
         entries.push(Entry { host: job.host, siteid: job.siteid, old_not_after: job.old_not_after.map(ts), status });
     }
+    if let Some(f) = fleet_for_jobs {
+        let touched: Vec<String> = entries
+            .iter()
+            .filter(|e| matches!(e.status, Status::Renewed { .. } | Status::Provisioned { .. } | Status::PeerRenewed { .. } | Status::Failed { .. }))
+            .map(|e| e.host.clone())
+            .collect();
+        super::fleet::publish_backoff(f, &backoff, &touched);
+    }
     if backoff != backoff_before {
-        if let Err(e) = crate::backoff::save(&ctx.cfg.state_dir(), &backoff) {
+        if let Err(e) = crate::backoff_file::save(&ctx.cfg.state_dir(), &backoff) {
             tracing::warn!("recording the back-off state: {e}");
         }
     }
@@ -671,7 +682,7 @@ fn send_owed(ctx: &Ctx, owed: &mut revocations::State, not_served: &[String]) ->
         let after = owed.owed.get(&o.serial).cloned().unwrap_or(o);
         out.push(match r {
             Ok(()) => revocation_entry(&after, "revoked", None),
-            Err(e) => revocation_entry(&after, "failed", Some(e)),
+            Err(e) => revocation_entry(&after, "failed", Some(e.to_string())),
         });
     }
     out

@@ -28,8 +28,22 @@ pub fn reason_code(name: &str) -> Option<u8> {
     REASONS.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
 }
 
+/// Why one owed revocation could not be sent (it stays owed).
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The certificate recorded in the owed list does not parse.
+    #[error("the recorded certificate cannot be read: {0}")]
+    Unreadable(crate::certs::PemError),
+    /// No client for the lineage's server (account, directory).
+    #[error("{0}")]
+    Setup(Error),
+    /// The CA refused, or could not be reached.
+    #[error("{0}")]
+    Acme(#[from] crate::acme::AcmeError),
+}
+
 /// What one revocation came to.
-type Sent = std::result::Result<(), String>;
+type Sent = std::result::Result<(), SendError>;
 
 pub fn revoke_command(ctx: &Ctx, siteid: &SiteId, reason: &str, no_replace: bool, serial: Option<&str>) -> Result<i32> {
     reason_code(reason).ok_or_else(|| {
@@ -149,7 +163,7 @@ pub(super) fn settle(ctx: &Ctx, owed: &mut revocations::State, t: &Owed, r: &Sen
                 ctx.progress(&format!("{}: the revoked certificate left the stash", t.host));
             }
         }
-        Err(e) => owed.failed(&t.serial, e),
+        Err(e) => owed.failed(&t.serial, &e.to_string()),
     }
     revocations::save(&ctx.cfg.state_dir(), owed)
 }
@@ -203,11 +217,11 @@ pub(super) fn retire(ctx: &Ctx, rec: &Recovered, site: &Site, host: &str) -> Res
 /// this device has it (else the server's account). `alreadyRevoked` counts
 /// as done.
 pub(super) fn send_owed(ctx: &Ctx, o: &Owed) -> Sent {
-    let der = crate::certs::parse_first_cert(o.cert_pem.as_bytes()).map_err(|e| format!("the recorded certificate cannot be read: {e}"))?.der;
+    let der = crate::certs::parse_first_cert(o.cert_pem.as_bytes()).map_err(SendError::Unreadable)?.der;
     let code = reason_code(&o.reason).unwrap_or(0);
     let client = match o.account.as_deref().map(|id| crate::store::accounts::load_id(&ctx.cfg.letsencrypt_dir, &o.server, id)) {
-        Some(Ok(Some(a))) => crate::acme::AcmeClient::connect(provision::options(ctx, &o.server), a.key, Some(a.uri)).map_err(|e| e.to_string())?,
-        _ => provision::client_for(ctx, &o.server).map_err(|e| e.to_string())?.0,
+        Some(Ok(Some(a))) => crate::acme::AcmeClient::connect(provision::options(ctx, &o.server), a.key, Some(a.uri))?,
+        _ => provision::client_for(ctx, &o.server).map_err(SendError::Setup)?.0,
     };
     match client.revoke(&der, code) {
         Ok(()) => Ok(()),
@@ -215,7 +229,7 @@ pub(super) fn send_owed(ctx: &Ctx, o: &Owed) -> Sent {
             ctx.progress(&format!("{}: the CA says serial {} is revoked already", o.host, o.serial));
             Ok(())
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -224,7 +238,7 @@ fn finish(ctx: &Ctx, siteid: &SiteId, host: &str, results: Vec<(Owed, Sent)>, re
     let host = host.to_string();
     let first = results.first();
     let all_ok = results.iter().all(|(_, r)| r.is_ok());
-    let first_err = results.iter().find_map(|(t, r)| r.as_ref().err().map(|e| (t.serial.clone(), e.clone())));
+    let first_err = results.iter().find_map(|(t, r)| r.as_ref().err().map(|e| (t.serial.clone(), e.to_string())));
     let revoked_serials: Vec<String> = results.iter().filter(|(_, r)| r.is_ok()).map(|(t, _)| t.serial.clone()).collect();
     let report = json!({
         "event": "revoke",
@@ -235,7 +249,7 @@ fn finish(ctx: &Ctx, siteid: &SiteId, host: &str, results: Vec<(Owed, Sent)>, re
         "revoked": all_ok,
         "error": first_err.as_ref().map(|(_, e)| e.clone()),
         "replaced_by": replaced_by,
-        "revocations": results.iter().map(|(t, r)| json!({"serial": t.serial, "reason": t.reason, "revoked": r.is_ok(), "error": r.as_ref().err()})).collect::<Vec<_>>(),
+        "revocations": results.iter().map(|(t, r)| json!({"serial": t.serial, "reason": t.reason, "revoked": r.is_ok(), "error": r.as_ref().err().map(ToString::to_string)})).collect::<Vec<_>>(),
         "owed": still_owed.iter().map(|o| o.serial.clone()).collect::<Vec<_>>(),
     });
     let stdin = serde_json::to_vec(&report).unwrap_or_default();

@@ -4,12 +4,65 @@
 //! written here names an account certbot can use, and an account certbot
 //! made (EC or RSA) is used here.
 
-use crate::acme::AccountKey;
+use crate::acme::{AccountKey, JwsError};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use serde_json::{json, Value};
 use std::fs;
 use std::path::{Path, PathBuf};
+
+/// Why a directory URL is not one [`server_rel`] maps to a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerUrlError {
+    #[error("contains control characters, spaces or backslashes")]
+    Characters,
+    #[error("not an http(s) URL")]
+    NotHttp,
+    #[error("user information in the URL")]
+    UserInfo,
+    #[error("an unclosed [IPv6 address]")]
+    UnclosedIpv6,
+    #[error("not an IPv6 address in [ ]")]
+    NotIpv6,
+    #[error("junk after the [IPv6 address]")]
+    JunkAfterIpv6,
+    #[error("no usable host name")]
+    NoHost,
+    #[error("not a usable port")]
+    Port,
+    #[error("a . or .. path segment")]
+    DotSegment,
+}
+
+/// An account id that is not a plain name ([`check_id`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the account id {0:?} is not a plain name (letters, digits, - and _)")]
+pub struct BadAccountId(pub String);
+
+/// Why a carried account (from a backup) cannot be installed
+/// ([`check_carried`]).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum CarriedError {
+    #[error("its server is not a usable ACME server URL: {0}")]
+    Server(ServerUrlError),
+    #[error("{0}")]
+    Id(#[from] BadAccountId),
+    #[error("its key is not a usable JWK ({0})")]
+    Key(JwsError),
+    /// Its certbot id could not be computed.
+    #[error("{0}")]
+    KeyId(JwsError),
+    #[error("its id {id} is not its key's ({key_id})")]
+    IdMismatch { id: String, key_id: String },
+    #[error("its account URI is not a URL")]
+    Uri,
+    #[error("its terms_of_service holds control characters")]
+    Terms,
+    #[error("its host {0:?} holds control characters")]
+    Host(String),
+}
 
 /// An account of one server, as stored.
 #[derive(Debug, Clone)]
@@ -30,23 +83,23 @@ pub fn server_dir(letsencrypt_dir: &Path, server: &str) -> Result<PathBuf> {
 }
 
 /// `<netloc><path>` of a clean http(s) URL, or why it is not one.
-pub fn server_rel(server: &str) -> std::result::Result<String, &'static str> {
+pub fn server_rel(server: &str) -> std::result::Result<String, ServerUrlError> {
     if server.chars().any(|c| c.is_control() || c.is_whitespace() || c == '\\') {
-        return Err("contains control characters, spaces or backslashes");
+        return Err(ServerUrlError::Characters);
     }
-    let rest = server.strip_prefix("https://").or_else(|| server.strip_prefix("http://")).ok_or("not an http(s) URL")?;
+    let rest = server.strip_prefix("https://").or_else(|| server.strip_prefix("http://")).ok_or(ServerUrlError::NotHttp)?;
     let rest = rest.split(['?', '#']).next().unwrap_or("");
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     if authority.contains('@') {
-        return Err("user information in the URL");
+        return Err(ServerUrlError::UserInfo);
     }
     let (host, port) = match authority.strip_prefix('[') {
         Some(v6) => {
-            let (addr, after) = v6.split_once(']').ok_or("an unclosed [IPv6 address]")?;
+            let (addr, after) = v6.split_once(']').ok_or(ServerUrlError::UnclosedIpv6)?;
             if addr.parse::<std::net::Ipv6Addr>().is_err() {
-                return Err("not an IPv6 address in [ ]");
+                return Err(ServerUrlError::NotIpv6);
             }
-            (addr, after.strip_prefix(':').map(Some).or_else(|| after.is_empty().then_some(None)).ok_or("junk after the [IPv6 address]")?)
+            (addr, after.strip_prefix(':').map(Some).or_else(|| after.is_empty().then_some(None)).ok_or(ServerUrlError::JunkAfterIpv6)?)
         }
         None => match authority.split_once(':') {
             Some((h, p)) => (h, Some(p)),
@@ -56,24 +109,24 @@ pub fn server_rel(server: &str) -> std::result::Result<String, &'static str> {
     if !authority.starts_with('[')
         && (host.is_empty() || host.split('.').any(|l| l.is_empty() || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')))
     {
-        return Err("no usable host name");
+        return Err(ServerUrlError::NoHost);
     }
     if let Some(p) = port {
         if !matches!(p.parse::<u16>(), Ok(n) if n > 0) || p.starts_with(['+', '0']) {
-            return Err("not a usable port");
+            return Err(ServerUrlError::Port);
         }
     }
     if path.split('/').any(|seg| seg == "." || seg == "..") {
-        return Err("a . or .. path segment");
+        return Err(ServerUrlError::DotSegment);
     }
     Ok(format!("{authority}{path}"))
 }
 
 /// An account id as a directory name: certbot's are the hex MD5 of the key;
 /// anything that is not a plain name (`/`, `..`, control characters) is refused.
-pub fn check_id(id: &str) -> std::result::Result<(), String> {
+pub fn check_id(id: &str) -> std::result::Result<(), BadAccountId> {
     if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(format!("the account id {id:?} is not a plain name (letters, digits, - and _)"));
+        return Err(BadAccountId(id.to_string()));
     }
     Ok(())
 }
@@ -169,23 +222,23 @@ pub fn export(letsencrypt_dir: &Path, server: &str, id: &str) -> Option<Carried>
 
 /// Check a carried account before anything is installed: its key must load
 /// and its id must be that key's certbot id. Returns the key.
-pub fn check_carried(c: &Carried) -> std::result::Result<AccountKey, String> {
-    server_rel(&c.server).map_err(|why| format!("its server is not a usable ACME server URL: {why}"))?;
+pub fn check_carried(c: &Carried) -> std::result::Result<AccountKey, CarriedError> {
+    server_rel(&c.server).map_err(CarriedError::Server)?;
     check_id(&c.id)?;
-    let key = AccountKey::from_private_jwk(&c.key).map_err(|e| format!("its key is not a usable JWK ({e})"))?;
-    let id = key.certbot_id()?;
+    let key = AccountKey::from_private_jwk(&c.key).map_err(CarriedError::Key)?;
+    let id = key.certbot_id().map_err(CarriedError::KeyId)?;
     if id != c.id {
-        return Err(format!("its id {} is not its key's ({id})", c.id));
+        return Err(CarriedError::IdMismatch { id: c.id.clone(), key_id: id });
     }
     if !(c.uri.starts_with("https://") || c.uri.starts_with("http://")) || c.uri.chars().any(|ch| ch.is_control() || ch.is_whitespace()) {
-        return Err("its account URI is not a URL".into());
+        return Err(CarriedError::Uri);
     }
     if c.terms_of_service.as_deref().is_some_and(|t| t.chars().any(char::is_control)) {
-        return Err("its terms_of_service holds control characters".into());
+        return Err(CarriedError::Terms);
     }
     for h in &c.hosts {
         if h.chars().any(char::is_control) {
-            return Err(format!("its host {h:?} holds control characters"));
+            return Err(CarriedError::Host(h.clone()));
         }
     }
     Ok(key)
@@ -295,9 +348,26 @@ mod tests {
         assert_eq!(load_id(t2.path(), "https://ca.test/dir", &id).unwrap().unwrap().uri, "https://ca.test/acct/1");
         let mut bad = c.clone();
         bad.key = json!({"kty": "EC", "crv": "P-256", "x": "garbage"});
-        assert!(check_carried(&bad).is_err());
+        assert!(matches!(check_carried(&bad), Err(CarriedError::Key(_))));
         let mut other = c.clone();
         other.id = "0".repeat(32);
-        assert!(check_carried(&other).unwrap_err().contains("not its key's"));
+        let e = check_carried(&other).unwrap_err();
+        assert!(matches!(e, CarriedError::IdMismatch { .. }));
+        assert!(e.to_string().contains("not its key's"));
+    }
+
+    #[test]
+    fn typed_account_errors_keep_their_messages() {
+        assert_eq!(check_id("a/b").unwrap_err().to_string(), r#"the account id "a/b" is not a plain name (letters, digits, - and _)"#);
+        assert_eq!(server_rel("ftp://x"), Err(ServerUrlError::NotHttp));
+        assert_eq!(server_rel("https://[::1").unwrap_err().to_string(), "an unclosed [IPv6 address]");
+        let mut c =
+            Carried { server: "https://ca.test/dir".into(), id: "a/b".into(), uri: String::new(), key: json!({}), terms_of_service: None, hosts: vec![] };
+        assert_eq!(check_carried(&c).unwrap_err().to_string(), r#"the account id "a/b" is not a plain name (letters, digits, - and _)"#);
+        c.server = "https://u@ca.test/".into();
+        assert_eq!(check_carried(&c).unwrap_err().to_string(), "its server is not a usable ACME server URL: user information in the URL");
+        c.server = "https://ca.test/dir".into();
+        c.id = "abc".into();
+        assert_eq!(check_carried(&c).unwrap_err().to_string(), r#"its key is not a usable JWK (unsupported JWK kty None)"#);
     }
 }

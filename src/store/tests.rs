@@ -10,7 +10,7 @@ fn params(dir: &Path) -> RenewalParams {
         account: Some("acct".into()),
         server: "https://ca.test/dir".into(),
         webroot: dir.join("wk"),
-        key_type: crate::config::KeyType::Ecdsa,
+        key_type: crate::model::KeyType::Ecdsa,
         profile: None,
     }
 }

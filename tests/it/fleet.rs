@@ -285,6 +285,9 @@ fn two_devices_share_one_certificate_and_validate_for_each_other() {
     a.ok(&["sync"]);
     assert_eq!(a.live_serial(host).as_deref(), Some(new.as_str()));
     a.apache.wait_serial(host, &new);
+    for d in [&a, &b] {
+        d.ok(&["doctor"]);
+    }
     let st: serde_json::Value = serde_json::from_str(&a.ok(&["--json", "fleet", "status"])).unwrap();
     assert_eq!(st["lineages"][0]["renewed_by"], "dev-b", "{st}");
     assert_eq!(st["lineages"][0]["version"], 2, "{st}");
