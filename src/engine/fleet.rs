@@ -294,6 +294,15 @@ fn answer_for_fleet_account(ctx: &Ctx, rec: &Recovered) -> Result<(), String> {
     txn.commit(false, &|m| ctx.progress(m), &|_| Ok(())).map_err(|e| e.to_string())
 }
 
+/// Say again what this device serves, after a command changed it (a
+/// deploy, a renewal): a failure is only logged, the next sync says it.
+pub fn beat(ctx: &Ctx, fleet: &Fleet) {
+    let sites = super::facts::all_stored(&ctx.cfg).unwrap_or_default();
+    if let Err(e) = heartbeat(ctx, fleet, &sites) {
+        tracing::warn!("fleet: the heartbeat: {e}");
+    }
+}
+
 /// Write this device's heartbeat: what each Let's Encrypt site serves.
 fn heartbeat(ctx: &Ctx, fleet: &Fleet, sites: &[Site]) -> Result<(), String> {
     let serves = sites

@@ -103,13 +103,19 @@ pub fn deploy_command(ctx: &Ctx, text: &str, origin: &str, dry_run: bool) -> Res
     let locked = ctx.lock(&format!("deploy {}", site.siteid))?;
     // Fleet mode: the fleet's certificates first, so a host the fleet has a
     // usable certificate for is served with it and nothing is ordered.
-    if let Some(f) = ctx.fleet()? {
+    let fleet = ctx.fleet()?;
+    let mut fleet_up = false;
+    if let Some(f) = &fleet {
         let all = facts::all_stored(&ctx.cfg)?;
-        if let Err(e) = super::fleet::sync(ctx, &f, &locked.recovered, &all) {
-            tracing::warn!("the fleet cannot be used ({e}): deploying with what this device has; nothing is ordered without the fleet's lock");
+        match super::fleet::sync(ctx, f, &locked.recovered, &all) {
+            Ok(_) => fleet_up = true,
+            Err(e) => tracing::warn!("the fleet cannot be used ({e}): deploying with what this device has; nothing is ordered without the fleet's lock"),
         }
     }
     let out = deploy_one(ctx, &locked.recovered, &site)?;
+    if let (Some(f), true) = (&fleet, fleet_up) {
+        super::fleet::beat(ctx, f);
+    }
     report(ctx, &[out])
 }
 

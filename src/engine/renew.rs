@@ -504,6 +504,9 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     // one that fell back to http while its expired lineage waited for renew.
     // Never one whose certificate is owed a revocation without replacement.
     let (reloaded, apache_error) = serve_changed(ctx, locked.as_ref().map(|l| &l.recovered), &sites, &renewed, &owed, now);
+    if let (Some(f), false) = (fleet_for_jobs, renewed.is_empty()) {
+        super::fleet::beat(ctx, f);
+    }
     ctx.install_certbot_hook();
     let not_served = if apache_error.is_some() { renewed.clone() } else { Vec::new() };
     // Owed revocations, once the replacements are served.
