@@ -408,6 +408,75 @@ pub fn publish_backoff(fleet: &Fleet, state: &crate::backoff::State, hosts: &[St
     }
 }
 
+// ---------------------------------------------------------------- ARI
+
+/// A lineage's ARI state as the fleet shares it (`ari/<host>`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SharedAri {
+    cert_id: Option<String>,
+    window: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    chosen: Option<DateTime<Utc>>,
+    retry_after: Option<DateTime<Utc>>,
+    explanation_url: Option<String>,
+    offered: Option<bool>,
+}
+
+/// Take the fleet's ARI answers about the certificates this device serves
+/// (rule 5 of [`crate::fleet::plan`]) into their renewal confs, before the
+/// pass reads them: ARI is asked once for the fleet, and the moment picked
+/// inside a window is the same on every device. A record that does not
+/// parse, or names a host that is not one, is skipped with a warning.
+pub fn merge_ari(ctx: &Ctx, fleet: &Fleet) -> Result<usize, String> {
+    let prefix = format!("{}ari/", fleet.cfg.prefix);
+    let mut n = 0;
+    for kv in fleet.etcd.get_prefix(&prefix).map_err(|e| e.to_string())?.kvs {
+        let key = kv.key_str();
+        let host = key.trim_start_matches(&prefix).to_string();
+        let (Ok(sh), true) = (serde_json::from_slice::<SharedAri>(&kv.value), Host::parse(&host).is_ok()) else {
+            tracing::warn!("fleet: ignoring the ARI record {key} that cannot be read");
+            continue;
+        };
+        let clean = |u: Option<String>| u.and_then(|u| crate::acme::types::clean_url(&u));
+        let Some(live) = ctx.store.leaf(&host, Place::Live) else { continue };
+        let Some(conf) = ctx.store.lineage_conf(&host, Place::Live) else { continue };
+        let local = &conf.ari;
+        if !crate::fleet::plan::take_shared_ari(live.ari_id.as_deref(), local.cert_id.as_deref(), local.retry_after, sh.cert_id.as_deref(), sh.retry_after) {
+            continue;
+        }
+        let st = crate::model::AriState {
+            retry_after: sh.retry_after,
+            cert_id: sh.cert_id,
+            window: sh.window,
+            chosen: sh.chosen,
+            explanation_url: clean(sh.explanation_url),
+            offered: sh.offered,
+        };
+        match ctx.store.write_ari(&host, &st) {
+            Ok(()) => n += 1,
+            Err(e) => tracing::warn!("{host}: recording the fleet's ARI state: {e}"),
+        }
+    }
+    Ok(n)
+}
+
+/// Publish the ARI answers this pass got.
+pub fn publish_ari(fleet: &Fleet, answers: &[(String, crate::model::AriState)]) {
+    for (host, st) in answers {
+        let sh = SharedAri {
+            cert_id: st.cert_id.clone(),
+            window: st.window,
+            chosen: st.chosen,
+            retry_after: st.retry_after,
+            explanation_url: st.explanation_url.clone(),
+            offered: st.offered,
+        };
+        if let Err(e) = fleet.etcd.put(&format!("{}ari/{host}", fleet.cfg.prefix), &serde_json::to_vec(&sh).unwrap_or_default(), 0) {
+            tracing::warn!("fleet: publishing the ARI state of {host}: {e}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------- account
 
 /// The fleet's ACME account of one server, as stored in etcd (its key sealed).

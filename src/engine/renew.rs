@@ -311,6 +311,10 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
                 if let Err(e) = super::fleet::merge_backoff(f, &mut backoff) {
                     tracing::warn!("fleet: reading the shared back-off: {e}");
                 }
+                // ARI is asked once for the fleet: a peer's answer is this device's.
+                if let Err(e) = super::fleet::merge_ari(ctx, f) {
+                    tracing::warn!("fleet: reading the shared ARI state: {e}");
+                }
                 fleet_report = Some(FleetReport { device: r.device, taken: r.taken, pushed: r.pushed, error: None, since: None });
             }
             Err(e) => {
@@ -326,7 +330,11 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     // Ask ARI (not in a dry run) only about the lineages whose next check has
     // come, so a pass with every check ahead sends no request.
     if !dry_run && !ari_due.is_empty() {
-        for (host, st) in super::ari::refresh(ctx, ari_due, now) {
+        let answers = super::ari::refresh(ctx, ari_due, now);
+        if let (Some(f), None) = (&fleet, &fleet_down) {
+            super::fleet::publish_ari(f, &answers);
+        }
+        for (host, st) in answers {
             if let Some(t) = st.retry_after {
                 next_ari_check.insert(host.clone(), t);
             }

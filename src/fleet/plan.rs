@@ -13,6 +13,11 @@
 //! 3. The same certificate, or a tie on notAfter: **keep** what the device
 //!    has (ties keep what the device has, as in the decision table).
 //! 4. Neither has a usable one: **keep** (renew provisions it, under the lock).
+//! 5. ARI is asked once for the fleet ([`take_shared_ari`]): the fleet's ARI
+//!    state of a lineage replaces this device's when it is about the
+//!    certificate this device serves and it is newer (a later
+//!    `Retry-After`), or this device has none for that certificate — so one
+//!    device's answer (and the moment it picked in the window) holds for all.
 
 use chrono::{DateTime, Utc};
 
@@ -53,6 +58,23 @@ pub fn reconcile(local: Option<&Cert>, fleet: Option<&Cert>) -> Reconcile {
     }
 }
 
+/// Rule 5: does the fleet's ARI state (about `shared_cert_id`, asked again
+/// not before `shared_retry`) replace this device's (about
+/// `local_cert_id`, `local_retry`) for the certificate it serves
+/// (`live_cert_id`)?
+pub fn take_shared_ari(
+    live_cert_id: Option<&str>,
+    local_cert_id: Option<&str>,
+    local_retry: Option<DateTime<Utc>>,
+    shared_cert_id: Option<&str>,
+    shared_retry: Option<DateTime<Utc>>,
+) -> bool {
+    match (live_cert_id, shared_cert_id) {
+        (Some(live), Some(shared)) if live == shared => local_cert_id != Some(live) || shared_retry > local_retry,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +108,21 @@ mod tests {
     fn rule4_nothing_usable_anywhere_is_left_to_renew() {
         assert_eq!(reconcile(None, None), Reconcile::Keep);
         assert_eq!(reconcile(Some(&c("l", 5, false)), Some(&c("f", 6, false))), Reconcile::Keep);
+    }
+
+    #[test]
+    fn rule5_the_fleets_newer_ari_answer_about_the_served_certificate_is_taken() {
+        let t = |d| Some(Utc.with_ymd_and_hms(2027, 1, d, 0, 0, 0).unwrap());
+        // About the served certificate, asked later than this device: taken.
+        assert!(take_shared_ari(Some("c1"), Some("c1"), t(1), Some("c1"), t(2)));
+        // This device has nothing about it yet: taken.
+        assert!(take_shared_ari(Some("c1"), Some("c0"), t(5), Some("c1"), t(2)));
+        assert!(take_shared_ari(Some("c1"), None, None, Some("c1"), None));
+        // Older, or the same: kept.
+        assert!(!take_shared_ari(Some("c1"), Some("c1"), t(3), Some("c1"), t(2)));
+        assert!(!take_shared_ari(Some("c1"), Some("c1"), t(3), Some("c1"), t(3)));
+        // About another certificate (a renewal not synced yet, or an old one): never.
+        assert!(!take_shared_ari(Some("c1"), Some("c1"), t(1), Some("c2"), t(9)));
+        assert!(!take_shared_ari(None, None, None, Some("c2"), t(9)));
     }
 }
