@@ -311,3 +311,42 @@ fn join_fleet(d: &crate::common::Device, cluster: &EtcdCluster, name: &str) {
     cfg["fleet"] = serde_json::json!({"endpoints": cluster.endpoints(), "device_id": name, "secret_file": "etc/site-admin/fleet.key"});
     std::fs::write(&d.config, cfg.to_string()).unwrap();
 }
+
+/// ARI is asked once for the fleet (against acme2certifier, which offers
+/// ARI): the device that asks publishes the answer, the other takes it at
+/// its next pass and sends no renewalInfo request of its own.
+#[test]
+fn ari_is_asked_once_for_the_whole_fleet() {
+    use crate::common::a2c::{A2c, A2cOptions};
+    use crate::common::{renew_json, site_json, siteid, Device};
+    let t = tempfile::tempdir().unwrap();
+    let cluster = EtcdCluster::start(t.path(), 3);
+    let ca = A2c::start(&t.path().join("a2c"), A2cOptions { renewal_threshold_pctg: 85.0, retry_after: 600, window_secs: None });
+    let devices: Vec<Device> = ["dev-a", "dev-b"]
+        .iter()
+        .map(|name| {
+            let mut d = Device::new();
+            d.env.push(("SITE_ADMIN_ACME_SERVER".into(), ca.directory()));
+            d.apache.start();
+            join_fleet(&d, &cluster, name);
+            d
+        })
+        .collect();
+    let (a, b) = (&devices[0], &devices[1]);
+    let h = "ari-fleet.example.test";
+    let site = site_json(&siteid(1), h, Some(serde_json::json!({"letsencrypt": true})));
+    a.deploy(&site);
+    b.deploy(&site);
+    assert_eq!(a.live_serial(h), b.live_serial(h), "one certificate for the fleet");
+    let asked = || ca.requests().iter().filter(|r| r["path"].as_str().unwrap_or("").contains("renewal-info")).count();
+    let (code, rep, err) = renew_json(a, &[]);
+    assert_eq!((code, rep["lineages"][0]["status"].as_str()), (0, Some("not_due")), "{err}");
+    assert_eq!(asked(), 1);
+    let (code, rep, err) = renew_json(b, &[]);
+    assert_eq!((code, rep["lineages"][0]["status"].as_str()), (0, Some("not_due")), "{err}");
+    assert!(rep["lineages"][0]["next_ari_check"].is_string(), "{rep}");
+    assert_eq!(asked(), 1, "the second device asked ARI again: {:?}", ca.requests());
+    let conf = |d: &Device| std::fs::read_to_string(d.le().join("renewal").join(format!("{h}.conf"))).unwrap();
+    let chosen = |c: &str| c.lines().find(|l| l.contains("chosen")).map(str::to_string);
+    assert!(chosen(&conf(a)).is_some() && chosen(&conf(a)) == chosen(&conf(b)), "one moment in the window for the fleet:\n{}\n{}", conf(a), conf(b));
+}
