@@ -175,6 +175,46 @@ pub fn ari_facts(st: &AriState, cert_id: Option<&str>) -> Option<AriFacts> {
     }
 }
 
+/// Rule 5 (ARI side): is ARI asked about this certificate in this pass? Only
+/// a certificate with a CertID that has not expired (RFC 9773 §4.3: no
+/// renewal information for an expired one) and whose last `Retry-After` has
+/// passed — so a pass with every check ahead sends no request.
+pub fn ari_check_due(cert_id: Option<&str>, not_after: Option<DateTime<Utc>>, retry_after: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    cert_id.is_some() && not_after.is_some_and(|na| na > now) && retry_after.is_none_or(|t| t <= now)
+}
+
+/// Rule 5: the certificate an order names as the one it replaces (ARI
+/// `replaces`): the current one, only when its server is known to offer ARI.
+pub fn replaces(cert_id: Option<&str>, offered: Option<bool>) -> Option<String> {
+    cert_id.filter(|_| offered == Some(true)).map(str::to_string)
+}
+
+/// The facts after this pass's ARI answers: a lineage answered about gets
+/// its new ARI facts and, when the server offers ARI, the CertID its order
+/// replaces. New facts; the gathered ones are not edited.
+pub fn with_ari_answers(f: &PassFacts, answers: &[(String, AriState)]) -> PassFacts {
+    let mut out = f.clone();
+    for (host, st) in answers {
+        if let Some(l) = out.lineages.iter_mut().find(|l| &l.host == host) {
+            l.ari = ari_facts(st, st.cert_id.as_deref());
+            if st.offered == Some(true) {
+                l.replaces = st.cert_id.clone();
+            }
+        }
+    }
+    out
+}
+
+/// Rule 11: the exit code of a pass — 0 only when it is complete, no
+/// revocation is still owed and the owed ones could be read.
+pub fn exit_code(incomplete: bool, revocations_owed: bool, revocation_error: bool) -> i32 {
+    if incomplete || revocations_owed || revocation_error {
+        1
+    } else {
+        0
+    }
+}
+
 /// A Let's Encrypt site without a usable live lineage.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PendingFacts {
@@ -653,5 +693,32 @@ mod tests {
         assert!(!isolated_may_order(soon, now, None), "the rule is opt-in");
         assert!(!isolated_may_order(None, now, Some(7)), "a pending site has nothing to lose");
         assert!(isolated_may_order(Some(now - Duration::days(1)), now, Some(7)), "an expired one renews");
+    }
+
+    #[test]
+    fn rule5_ari_is_asked_only_about_a_live_certificate_whose_retry_after_passed() {
+        let now = Utc::now();
+        let (later, earlier) = (Some(now + Duration::days(1)), Some(now - Duration::days(1)));
+        assert!(ari_check_due(Some("id"), later, None, now));
+        assert!(ari_check_due(Some("id"), later, earlier, now));
+        assert!(!ari_check_due(Some("id"), later, later, now), "Retry-After ahead");
+        assert!(!ari_check_due(Some("id"), earlier, None, now), "expired: RFC 9773 §4.3");
+        assert!(!ari_check_due(None, later, None, now), "no CertID");
+    }
+
+    #[test]
+    fn rule5_replaces_is_named_only_where_ari_is_offered() {
+        assert_eq!(replaces(Some("id"), Some(true)), Some("id".into()));
+        assert_eq!(replaces(Some("id"), Some(false)), None);
+        assert_eq!(replaces(Some("id"), None), None);
+        assert_eq!(replaces(None, Some(true)), None);
+    }
+
+    #[test]
+    fn rule11_the_exit_code_is_0_only_for_a_complete_pass_with_nothing_owed() {
+        assert_eq!(exit_code(false, false, false), 0);
+        assert_eq!(exit_code(true, false, false), 1);
+        assert_eq!(exit_code(false, true, false), 1);
+        assert_eq!(exit_code(false, false, true), 1);
     }
 }

@@ -209,11 +209,9 @@ fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &
             if let Some(t) = conf.ari.retry_after {
                 next_ari_check.insert(name.clone(), t);
             }
-            // RFC 9773 §4.3: no renewal information for an expired certificate.
-            if let (Some(id), Some((_, na))) = (&cert_id, validity) {
-                if na > now && conf.ari.retry_after.map(|t| t <= now).unwrap_or(true) {
-                    ari_due.push(super::ari::Candidate { host: name.clone(), server, cert_id: id.clone(), state: conf.ari.clone() });
-                }
+            if renewal::ari_check_due(cert_id.as_deref(), validity.map(|v| v.1), conf.ari.retry_after, now) {
+                let id = cert_id.clone().unwrap_or_default();
+                ari_due.push(super::ari::Candidate { host: name.clone(), server, cert_id: id, state: conf.ari.clone() });
             }
             LineageFacts {
                 siteid: site.map(|s| s.siteid.to_string()),
@@ -225,7 +223,7 @@ fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &
                 key_type: conf.key_type,
                 profile: conf.profile,
                 ari: renewal::ari_facts(&conf.ari, cert_id.as_deref()),
-                replaces: cert_id.filter(|_| conf.ari.offered == Some(true)),
+                replaces: renewal::replaces(cert_id.as_deref(), conf.ari.offered),
                 revocation_owed: leaf.as_ref().and_then(|c| owed.owed.get(&c.serial)).map(|o| o.host == name && !o.no_replace).unwrap_or(false),
                 host: name,
             }
@@ -326,26 +324,23 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             }
         }
     }
-    let Gathered { facts: mut pass, ari_due, mut next_ari_check } = gather(ctx, &sites, now, force, &backoff, &owed);
+    let Gathered { facts: gathered, ari_due, mut next_ari_check } = gather(ctx, &sites, now, force, &backoff, &owed);
     // Ask ARI (not in a dry run) only about the lineages whose next check has
     // come, so a pass with every check ahead sends no request.
-    if !dry_run && !ari_due.is_empty() {
+    let pass = if !dry_run && !ari_due.is_empty() {
         let answers = super::ari::refresh(ctx, ari_due, now);
         if let (Some(f), None) = (&fleet, &fleet_down) {
             super::fleet::publish_ari(f, &answers);
         }
-        for (host, st) in answers {
+        for (host, st) in &answers {
             if let Some(t) = st.retry_after {
                 next_ari_check.insert(host.clone(), t);
             }
-            if let Some(l) = pass.lineages.iter_mut().find(|l| l.host == host) {
-                l.ari = renewal::ari_facts(&st, st.cert_id.as_deref());
-                if st.offered == Some(true) {
-                    l.replaces = st.cert_id.clone();
-                }
-            }
         }
-    }
+        renewal::with_ari_answers(&gathered, &answers)
+    } else {
+        gathered
+    };
     let plan = renewal::plan(&pass);
 
     let mut entries: Vec<Entry> = plan
@@ -594,8 +589,7 @@ fn finish(ctx: &Ctx, report: Report) -> Result<i32> {
     if let Some(why) = &report.incomplete {
         tracing::error!("renew did not complete: {why}");
     }
-    let ok = report.incomplete.is_none() && report.revocation_owed.is_empty() && report.revocation_error.is_none();
-    Ok(if ok { 0 } else { 1 })
+    Ok(renewal::exit_code(report.incomplete.is_some(), !report.revocation_owed.is_empty(), report.revocation_error.is_some()))
 }
 
 fn revocation_entry(o: &revocations::Owed, status: &'static str, error: Option<String>) -> RevocationEntry {
