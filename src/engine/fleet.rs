@@ -183,22 +183,63 @@ fn usable_local(ctx: &Ctx, host: &str, now: DateTime<Utc>) -> Option<(crate::cer
     }
 }
 
+/// Why a sync did not reach its end.
+#[derive(Debug, Clone)]
+pub struct SyncError {
+    /// etcd could not be reached (or answered that it cannot serve: no
+    /// leader, a minority): the only case the emergency rule
+    /// (`fleet.isolated_renew_below`) applies to.
+    pub unreachable: bool,
+    /// What happened.
+    pub message: String,
+}
+
+impl std::fmt::Display for SyncError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<EtcdError> for SyncError {
+    fn from(e: EtcdError) -> Self {
+        let unreachable = matches!(e, EtcdError::Unreachable(_)) || matches!(e, EtcdError::Refused { http: 503, .. });
+        SyncError { unreachable, message: e.to_string() }
+    }
+}
+
+impl From<String> for SyncError {
+    fn from(message: String) -> Self {
+        SyncError { unreachable: false, message }
+    }
+}
+
+/// A key or value from etcd, fit for a message: control characters
+/// escaped, at most 200 characters.
+pub fn shown(s: &str) -> String {
+    let e: String = s.escape_debug().collect();
+    if e.chars().count() > 200 {
+        format!("{}…", e.chars().take(200).collect::<String>())
+    } else {
+        e
+    }
+}
+
 /// Sync with the fleet (the global lock is held): account, lineages,
 /// heartbeat. The Apache step is the caller's ([`SyncReport::taken`]); the
 /// stateless answer's file is written here when the account changed.
 /// `Err`: the fleet could not be reached (recorded in [`FleetState`]).
-pub fn sync(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Result<SyncReport, String> {
+pub fn sync(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Result<SyncReport, SyncError> {
     let r = sync_inner(ctx, fleet, rec, sites);
     match &r {
         Ok(_) => note_ok(ctx),
         Err(e) => {
-            note_error(ctx, e);
+            note_error(ctx, &e.message);
         }
     }
     r
 }
 
-fn sync_inner(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Result<SyncReport, String> {
+fn sync_inner(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Result<SyncReport, SyncError> {
     let now = Utc::now();
     let mut rep = SyncReport { event: "sync", device: fleet.cfg.device_id.clone(), ..Default::default() };
     rep.account = sync_account(ctx, fleet, &ctx.cfg.acme_server)?;
@@ -208,9 +249,14 @@ fn sync_inner(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Resu
             tracing::error!("writing the stateless HTTP-01 answer of the fleet's account: {e}");
         }
     }
-    let snap = fleet.store.lineages().map_err(|e| e.to_string())?;
+    let snap = fleet.store.lineages()?;
     let mut seen_hosts = Vec::new();
+    // Only the hosts of this device's Let's Encrypt sites: a lineage no site
+    // here uses (undeployed here, or never deployed) is not taken back.
+    let ours = |h: &str| sites.iter().any(|s| s.is_letsencrypt() && s.hostname.as_str() == h);
+    let owed = crate::revocations::load(&ctx.cfg.state_dir()).unwrap_or_default();
     for (key, modrev, rec) in snap.lineages {
+        let key = shown(&key);
         let rec = match rec {
             Ok(r) => r,
             Err(e) => {
@@ -221,16 +267,29 @@ fn sync_inner(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Resu
         };
         let host = rec.host.to_string();
         seen_hosts.push(host.clone());
+        if !ours(&host) {
+            continue;
+        }
+        // A certificate this device owes a revocation is never taken back.
+        if owed.owed.contains_key(&rec.serial) {
+            continue;
+        }
         // The certificate alone decides (its key is read only to push it),
         // and a record is opened only to be taken: a sync with nothing new
         // parses one leaf per lineage.
         let leaf = ctx.store.leaf(&host, Place::Live);
-        let lc = leaf.as_ref().map(|c| Cert {
-            serial: c.serial.clone(),
-            not_after: c.not_after,
-            usable: c.not_before <= now && now < c.not_after && c.covers(&host),
-        });
-        let fc = Cert { serial: rec.serial.clone(), not_after: rec.not_after, usable: rec.not_after > now };
+        if leaf.as_ref().is_some_and(|c| c.serial == rec.serial) {
+            continue;
+        }
+        let lc =
+            leaf.as_ref().map(|c| Cert { serial: c.serial.clone(), issued: c.not_before, usable: c.not_before <= now && now < c.not_after && c.covers(&host) });
+        // Newer means issued later: the record's own certificate says when
+        // (its claims are checked against it when it is opened to be taken).
+        let Ok(fleaf) = crate::certs::parse_first_cert(rec.fullchain.as_bytes()) else {
+            rep.errors.push(KeyError { key, error: "its certificate cannot be read".into() });
+            continue;
+        };
+        let fc = Cert { serial: rec.serial.clone(), issued: fleaf.not_before, usable: fleaf.not_before <= now && now < rec.not_after };
         match reconcile(lc.as_ref(), Some(&fc)) {
             Reconcile::Take => {
                 let open = match rec.open(fleet.store.fleet_key(), fleet.store.prefix()) {
@@ -275,7 +334,9 @@ fn sync_inner(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Resu
             }
         }
     }
-    heartbeat(ctx, fleet, sites)?;
+    if let Err(e) = heartbeat(ctx, fleet, sites) {
+        tracing::warn!("fleet: the heartbeat: {e}");
+    }
     Ok(rep)
 }
 
@@ -372,20 +433,23 @@ fn push(ctx: &Ctx, fleet: &Fleet, host: &str, kc: &crate::certs::KeyCert, prev: 
 /// device's: for each host the later next attempt wins, so a lineage whose
 /// order failed on one device is not tried by every other at once. A record
 /// that does not parse is skipped with a warning naming its key.
-pub fn merge_backoff(fleet: &Fleet, local: &mut crate::backoff::State) -> Result<(), String> {
+pub fn merge_backoff(ctx: &Ctx, fleet: &Fleet, sites: &[Site], local: &mut crate::backoff::State) -> Result<(), String> {
     let prefix = format!("{}backoff/", fleet.cfg.prefix);
     for kv in fleet.etcd.get_prefix(&prefix).map_err(|e| e.to_string())?.kvs {
         let key = kv.key_str();
         let host = key.trim_start_matches(&prefix).to_string();
-        let Ok(mut f) = serde_json::from_slice::<crate::backoff::Failures>(&kv.value) else {
-            tracing::warn!("fleet: ignoring the back-off record {key} that cannot be read");
+        let Ok(f) = serde_json::from_slice::<crate::backoff::Failures>(&kv.value) else {
+            tracing::warn!("fleet: ignoring the back-off record {} that cannot be read", shown(&key));
             continue;
         };
-        if Host::parse(&host).is_err() {
-            tracing::warn!("fleet: ignoring the back-off record {key}: not a host name");
+        if Host::parse(&host).is_err() || f.last_error.len() > 4000 || f.last_error.chars().any(char::is_control) {
+            tracing::warn!("fleet: ignoring the back-off record {}: not a host name, or an error message no site-admin writes", shown(&key));
             continue;
         }
-        f.last_error = f.last_error.chars().take(2000).map(|c| if c.is_control() { ' ' } else { c }).collect();
+        // Only lineages this device has.
+        if !ctx.store.has(&host, Place::Live) && !sites.iter().any(|s| s.hostname.as_str() == host) {
+            continue;
+        }
         let later = local.hosts.get(&host).map(|l| f.next_attempt > l.next_attempt).unwrap_or(true);
         if later {
             local.hosts.insert(host, f);
@@ -434,9 +498,22 @@ pub fn merge_ari(ctx: &Ctx, fleet: &Fleet) -> Result<usize, String> {
         let key = kv.key_str();
         let host = key.trim_start_matches(&prefix).to_string();
         let (Ok(sh), true) = (serde_json::from_slice::<SharedAri>(&kv.value), Host::parse(&host).is_ok()) else {
-            tracing::warn!("fleet: ignoring the ARI record {key} that cannot be read");
+            tracing::warn!("fleet: ignoring the ARI record {} that cannot be read", shown(&key));
             continue;
         };
+        // What no CA answer makes: a Retry-After beyond the longest one kept
+        // (a day), a moment outside its window.
+        let now = Utc::now();
+        let sane = sh.retry_after.is_none_or(|t| t <= now + chrono::Duration::days(1) + chrono::Duration::minutes(5))
+            && match (sh.window, sh.chosen) {
+                (Some((a, b)), Some(c)) => a <= b && a <= c && c <= b,
+                (None, None) => true,
+                _ => false,
+            };
+        if !sane {
+            tracing::warn!("fleet: ignoring the ARI record {}: a Retry-After or a chosen moment no CA answer gives", shown(&key));
+            continue;
+        }
         let clean = |u: Option<String>| u.and_then(|u| crate::acme::types::clean_url(&u));
         let Some(live) = ctx.store.leaf(&host, Place::Live) else { continue };
         let Some(conf) = ctx.store.lineage_conf(&host, Place::Live) else { continue };
@@ -500,10 +577,11 @@ fn account_key(fleet: &Fleet, server: &str) -> Result<String, String> {
 /// Make the fleet's account of `server` this device's (installing it, and
 /// the stateless answer of its thumbprint); a fleet without one gets this
 /// device's, or one registered now under the fleet's account lock.
-fn sync_account(ctx: &Ctx, fleet: &Fleet, server: &str) -> Result<Option<String>, String> {
+fn sync_account(ctx: &Ctx, fleet: &Fleet, server: &str) -> Result<Option<String>, SyncError> {
     let key = account_key(fleet, server)?;
+    let mut account_lock = None;
     for _ in 0..3 {
-        if let Some(kv) = fleet.etcd.get(&key).map_err(|e| e.to_string())? {
+        if let Some(kv) = fleet.etcd.get(&key)? {
             let id = install_account(ctx, fleet, &key, &kv.value, server)?;
             return Ok(Some(id));
         }
@@ -511,16 +589,14 @@ fn sync_account(ctx: &Ctx, fleet: &Fleet, server: &str) -> Result<Option<String>
         let local = match super::ctx::stored_account(ctx, server).map_err(|e| e.to_string())? {
             Some(a) => a,
             None => {
-                let lock = match crate::fleet::lock::acquire(&fleet.etcd, &format!("{}locks/.account", fleet.cfg.prefix), &fleet.cfg.device_id, 30)
-                    .map_err(|e| e.to_string())?
-                {
+                let lock = match crate::fleet::lock::acquire(&fleet.etcd, &format!("{}locks/.account", fleet.cfg.prefix), &fleet.cfg.device_id, 30)? {
                     Acquired::Held(l) => l,
                     Acquired::Busy(_) => {
                         std::thread::sleep(Duration::from_secs(1));
                         continue;
                     }
                 };
-                if fleet.etcd.get(&key).map_err(|e| e.to_string())?.is_some() {
+                if fleet.etcd.get(&key)?.is_some() {
                     continue;
                 }
                 match super::provision::client_for(ctx, server) {
@@ -530,11 +606,10 @@ fn sync_account(ctx: &Ctx, fleet: &Fleet, server: &str) -> Result<Option<String>
                         return Ok(None);
                     }
                 }
-                drop(lock);
-                match super::ctx::stored_account(ctx, server).map_err(|e| e.to_string())? {
-                    Some(a) => a,
-                    None => return Ok(None),
-                }
+                let Some(a) = super::ctx::stored_account(ctx, server).map_err(|e| e.to_string())? else { return Ok(None) };
+                // Published below while the lock is still held.
+                account_lock = Some(lock);
+                a
             }
         };
         let carried = accounts::export(&ctx.cfg.letsencrypt_dir, server, &local.id).ok_or_else(|| format!("the ACME account {} cannot be read", local.id))?;
@@ -549,13 +624,15 @@ fn sync_account(ctx: &Ctx, fleet: &Fleet, server: &str) -> Result<Option<String>
         };
         let put = RequestOp::RequestPut(PutRequest { key: key.as_bytes().to_vec(), value: serde_json::to_vec(&rec).unwrap_or_default(), lease: 0 });
         let t = TxnRequest { compare: vec![Compare::created_at(&key, 0)], success: vec![put], failure: vec![] };
-        if fleet.etcd.txn(&t).map_err(|e| e.to_string())?.succeeded {
+        let done = fleet.etcd.txn(&t)?.succeeded;
+        drop(account_lock.take());
+        if done {
             ctx.progress(&format!("published the ACME account {} of {server} as the fleet's", local.id));
             remember_account(ctx, server, &local.id);
             return Ok(Some(local.id));
         }
     }
-    Err(format!("the fleet's ACME account of {server} changed while it was read; try again"))
+    Err(format!("the fleet's ACME account of {server} changed while it was read; try again").into())
 }
 
 /// Check and install the account record stored at `key`.
@@ -604,7 +681,7 @@ fn wait_lock(fleet: &Fleet, host: &Host) -> Result<LineageLock, String> {
         match fleet.store.lock(host).map_err(|e| format!("the fleet lock of {host}: {e}"))? {
             Acquired::Held(l) => return Ok(l),
             Acquired::Busy(holder) => {
-                let who = holder.map(|h| format!("{} (pid {})", h.device, h.pid)).unwrap_or_else(|| "another device".into());
+                let who = holder.map(|h| format!("{} (pid {})", shown(&h.device), h.pid)).unwrap_or_else(|| "another device".into());
                 if Instant::now() >= until {
                     return Err(format!("{who} has held the fleet lock of {host} for longer than {} s; the next pass tries again", LOCK_WAIT.as_secs()));
                 }
@@ -627,7 +704,7 @@ fn lost(e: LockError) -> String {
 
 /// Order a certificate for `host` once for the whole fleet: under the
 /// lineage lock, after re-reading the record (a peer's newer certificate
-/// than `local` — this device's serial and notAfter — is taken instead);
+/// than `local` — this device's serial and notBefore — is taken instead);
 /// `issue` orders (its gate checks the lock before finalize). The record is
 /// published fenced by the lock *before* the local tree is written, so a
 /// holder that lost its lock changes nothing here.
@@ -646,9 +723,12 @@ pub fn order_exclusive(
         None => (None, 0),
     };
     if let Some(r) = &rec {
-        let newer = match &local {
-            None => true,
-            Some((serial, na)) => &r.serial != serial && r.not_after > *na,
+        // Newer means issued later (a shorter-lived renewal is still newer).
+        let issued = crate::certs::parse_first_cert(r.fullchain.as_bytes()).map(|c| c.not_before).ok();
+        let newer = match (&local, issued) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some((serial, nb)), Some(i)) => &r.serial != serial && i > *nb,
         };
         let now = Utc::now();
         if newer && r.not_after > now {
@@ -677,6 +757,9 @@ pub fn order_exclusive(
         .map_err(|e| e.to_string())?;
     match fleet.store.publish(&lock, &new, seen) {
         Ok(true) => {}
+        // A retried txn whose first attempt was applied fails its compare:
+        // the record holding this very certificate is success.
+        Ok(false) if fleet.store.lineage(&h).ok().flatten().is_some_and(|(r, _)| r.serial == new.serial) => {}
         Ok(false) => {
             return Err(format!(
                 "{host}: the fleet's record changed while the lock was held (a push from an isolated device); the certificate just issued is not used, the next sync takes the fleet's"
@@ -770,7 +853,7 @@ pub fn sync_command(ctx: &Ctx) -> crate::error::Result<i32> {
         Err(e) => {
             let st = load_state(ctx);
             tracing::error!("the fleet cannot be used: {e}; this device keeps serving what it has");
-            SyncReport { event: "sync", device: f.cfg.device_id.clone(), error: Some(e), since: st.since, ..Default::default() }
+            SyncReport { event: "sync", device: f.cfg.device_id.clone(), error: Some(e.message), since: st.since, ..Default::default() }
         }
     };
     for e in &rep.errors {
@@ -803,7 +886,8 @@ pub fn status_command(ctx: &Ctx) -> crate::error::Result<i32> {
     let rep = match status(&f) {
         Ok(r) => r,
         Err(e) => {
-            let st = note_error(ctx, &e.to_string());
+            // Read, not written: `fleet status` takes no lock.
+            let st = load_state(ctx);
             return Err(crate::error::Error::failed(format!(
                 "the fleet cannot be used: {e} (since {})",
                 st.since.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default()
@@ -818,7 +902,7 @@ pub fn status_command(ctx: &Ctx) -> crate::error::Result<i32> {
     println!("fleet (this device: {})", rep.device);
     println!("devices:");
     for d in &rep.devices {
-        println!("  {:<20} last sync {}  serves {} host(s)", d.device, t(d.at), d.serves.len());
+        println!("  {:<20} last sync {}  serves {} host(s)", shown(&d.device), t(d.at), d.serves.len());
     }
     println!("lineages:");
     for l in &rep.lineages {

@@ -106,7 +106,10 @@ pub fn deploy_command(ctx: &Ctx, text: &str, origin: &str, dry_run: bool) -> Res
     let fleet = ctx.fleet()?;
     let mut fleet_up = false;
     if let Some(f) = &fleet {
-        let all = facts::all_stored(&ctx.cfg)?;
+        // The stored sites, with this one as it is being deployed.
+        let mut all = facts::all_stored(&ctx.cfg)?;
+        all.retain(|s| s.siteid != site.siteid);
+        all.push(site.clone());
         match super::fleet::sync(ctx, f, &locked.recovered, &all) {
             Ok(_) => fleet_up = true,
             Err(e) => tracing::warn!("the fleet cannot be used ({e}): deploying with what this device has; nothing is ordered without the fleet's lock"),
@@ -529,7 +532,7 @@ fn provision_now(ctx: &Ctx, session: &provision::Session, site: &Site, host: &st
         if let Some(e) = super::fleet::load_state(ctx).error {
             return Err(Error::failed(format!("the fleet cannot be used ({e}); nothing is ordered without its lock")));
         }
-        let local = ctx.store.leaf(host, Place::Live).map(|c| (c.serial, c.not_after));
+        let local = ctx.store.leaf(host, Place::Live).map(|c| (c.serial, c.not_before));
         super::fleet::order_exclusive(ctx, &f, host, local, std::slice::from_ref(site), |gate| {
             let (issued, account) = provision::issue_in(ctx, session, site, Some(gate)).map_err(|e| e.to_string())?;
             crate::fault::point("provision.issued");

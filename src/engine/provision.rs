@@ -100,6 +100,13 @@ impl<'a> Session<'a> {
                 accounts::save(&ctx.cfg.letsencrypt_dir, server, c.key(), &uri, c.terms_of_service())?;
                 (c, old_id)
             }
+            None if ctx.cfg.fleet.is_some() => {
+                // A new account on one device would leave every other device
+                // answering HTTP-01 for the old one's thumbprint.
+                return Err(Error::failed(format!(
+                    "the ACME server {server} no longer knows the fleet's account {old_id} ({old_uri}); in fleet mode one device does not register a new one alone: delete the fleet's account record (etcd key <fleet.prefix>accounts/...) and run `site-admin sync` on one device, then on the others"
+                )));
+            }
             None => {
                 let key = AccountKey::generate().map_err(Error::failed)?;
                 let c = st.0.with_account(key, None);

@@ -306,7 +306,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
                 }
                 taken = r.taken.clone();
                 // Back-off is the fleet's: a failure on one device holds every device back.
-                if let Err(e) = super::fleet::merge_backoff(f, &mut backoff) {
+                if let Err(e) = super::fleet::merge_backoff(ctx, f, &sites, &mut backoff) {
                     tracing::warn!("fleet: reading the shared back-off: {e}");
                 }
                 // ARI is asked once for the fleet: a peer's answer is this device's.
@@ -318,8 +318,13 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             Err(e) => {
                 let st = super::fleet::load_state(ctx);
                 tracing::error!("the fleet cannot be used: {e}; serving what is on disk, ordering nothing without the fleet's lock");
-                fleet_report =
-                    Some(FleetReport { device: f.cfg.device_id.clone(), taken: vec![], pushed: vec![], error: Some(e.clone()), since: st.since.map(ts) });
+                fleet_report = Some(FleetReport {
+                    device: f.cfg.device_id.clone(),
+                    taken: vec![],
+                    pushed: vec![],
+                    error: Some(e.message.clone()),
+                    since: st.since.map(ts),
+                });
                 fleet_down = Some(e);
             }
         }
@@ -443,7 +448,9 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     // renewed so is pushed when the fleet is back (newest usable wins).
     let mut jobs = plan.jobs;
     if let Some(e) = &fleet_down {
-        let below = fleet.as_ref().and_then(|f| f.cfg.isolated_renew_below);
+        // The emergency rule is for a fleet out of reach, not for one whose
+        // records this device cannot use (a wrong fleet key, a bad record).
+        let below = fleet.as_ref().and_then(|f| f.cfg.isolated_renew_below).filter(|_| e.unreachable);
         let (go, held): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| !j.pending && renewal::isolated_may_order(j.old_not_after, now, below));
         for j in &go {
             tracing::warn!("{}: the fleet cannot be used and the certificate expires within fleet.isolated_renew_below: renewing on this device alone", j.host);
@@ -703,7 +710,7 @@ fn renew_one(ctx: &Ctx, session: &provision::Session, job: &Job, fleet: Option<&
     crate::fsutil::create_dir_all_mode(&job.webroot, 0o755).map_err(|e| e.to_string())?;
     let profile = provision::order_profile(&*session.client().map_err(|e| e.to_string())?, &job.host, job.profile.as_ref())?;
     if let Some(f) = fleet {
-        let local = ctx.store.leaf(&job.host, Place::Live).map(|c| (c.serial, c.not_after));
+        let local = ctx.store.leaf(&job.host, Place::Live).map(|c| (c.serial, c.not_before));
         let r = super::fleet::order_exclusive(ctx, f, &job.host, local, sites, |gate| {
             let opts = crate::acme::OrderOptions { profile, replaces: job.replaces.clone(), gate: Some(gate) };
             let (issued, account) =

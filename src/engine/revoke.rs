@@ -39,6 +39,11 @@ pub enum SendError {
 type Sent = std::result::Result<(), SendError>;
 
 pub fn revoke_command(ctx: &Ctx, siteid: &SiteId, reason: RevocationReason, no_replace: bool, serial: Option<&str>) -> Result<i32> {
+    if no_replace && ctx.cfg.fleet.is_some() {
+        return Err(Error::invalid(format!(
+            "site {siteid}: --no-replace is refused in fleet mode: it would take the certificate out of service on this device alone, while the other devices serve it and sync it back; revoke it with a replacement (without --no-replace), which the fleet takes"
+        )));
+    }
     let wanted = match serial {
         Some(s) => Some(
             revocations::normalize_serial(s)
@@ -115,9 +120,21 @@ pub fn revoke_command(ctx: &Ctx, siteid: &SiteId, reason: RevocationReason, no_r
         ctx.progress(&format!("{host}: provisioning a replacement with a new key before revoking serial {old}"));
         let no_replacement = |e: Error| Error::failed(format!("{host}: no replacement ({e}); {owed_msg}"));
         let session = provision::Session::open(ctx, &ctx.cfg.acme_server).map_err(no_replacement)?;
-        let (issued, account) = provision::issue_in(ctx, &session, &site, None).map_err(no_replacement)?;
-        let params = provision::renewal_params(ctx, &site, Some(account));
-        ctx.store.add_version(&host, &NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)?, &params)?;
+        if let Some(f) = ctx.fleet()? {
+            // Fleet mode: the replacement is the fleet's, ordered under the
+            // lineage lock and published before it is written here.
+            let all = facts::all_stored(&ctx.cfg)?;
+            let local = ctx.store.leaf(&host, Place::Live).map(|c| (c.serial, c.not_before));
+            super::fleet::order_exclusive(ctx, &f, &host, local, &all, |gate| {
+                let (issued, account) = provision::issue_in(ctx, &session, &site, Some(gate)).map_err(|e| e.to_string())?;
+                Ok((issued, provision::renewal_params(ctx, &site, Some(account))))
+            })
+            .map_err(|e| no_replacement(Error::failed(e)))?;
+        } else {
+            let (issued, account) = provision::issue_in(ctx, &session, &site, None).map_err(no_replacement)?;
+            let params = provision::renewal_params(ctx, &site, Some(account));
+            ctx.store.add_version(&host, &NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)?, &params)?;
+        }
         let proof = super::serving::proof_for(ctx, &site.siteid, &host, &crate::decide::Serve::Lkc { host: host.to_string() });
         apache::reload_proven(&ctx.cfg, proof.as_slice()).map_err(|said| {
             Error::failed(format!(

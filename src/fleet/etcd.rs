@@ -617,13 +617,20 @@ impl Etcd {
     /// Every key under `prefix`, read linearizably at one revision, with the
     /// store's revision. A value over [`MAX_VALUE`] is an error naming its key.
     pub fn get_prefix(&self, prefix: &str) -> Result<RangeResponse, EtcdError> {
-        let p = prefix.as_bytes().to_vec();
-        let req = RangeRequest { range_end: prefix_end(&p), key: p, ..Default::default() };
-        let r: RangeResponse = self.call_json("range", "/v3/kv/range", &req)?;
+        let r = self.get_prefix_all(prefix)?;
         for kv in &r.kvs {
             check_size(kv)?;
         }
         Ok(r)
+    }
+
+    /// [`Etcd::get_prefix`], values of any size included (the answer as a
+    /// whole is still bounded): for a caller that refuses an oversized
+    /// value by its key and goes on with the others.
+    pub fn get_prefix_all(&self, prefix: &str) -> Result<RangeResponse, EtcdError> {
+        let p = prefix.as_bytes().to_vec();
+        let req = RangeRequest { range_end: prefix_end(&p), key: p, ..Default::default() };
+        self.call_json("range", "/v3/kv/range", &req)
     }
 
     /// Write a key unconditionally; the store's revision after the write.

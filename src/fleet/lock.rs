@@ -84,6 +84,8 @@ impl std::fmt::Debug for LineageLock {
 
 /// Try once to take the lock at `key` for `ttl` seconds.
 pub fn acquire(etcd: &Arc<Etcd>, key: &str, device: &str, ttl: i64) -> Result<Acquired, EtcdError> {
+    // The lease's age counts from before it was asked for.
+    let asked = Instant::now();
     let lease = etcd.grant(ttl)?;
     let holder = Holder { device: device.to_string(), pid: std::process::id(), since: chrono::Utc::now() };
     let value = serde_json::to_vec(&holder).map_err(|e| EtcdError::Malformed { what: "lock", why: e.to_string() })?;
@@ -106,7 +108,7 @@ pub fn acquire(etcd: &Arc<Etcd>, key: &str, device: &str, ttl: i64) -> Result<Ac
     }
     // The txn created the key, so its create_revision is the txn's revision.
     let token = r.header.revision;
-    let keeper = Arc::new(Keeper { gone: AtomicBool::new(false), last_ok: Mutex::new(Instant::now()), stop: AtomicBool::new(false) });
+    let keeper = Arc::new(Keeper { gone: AtomicBool::new(false), last_ok: Mutex::new(asked), stop: AtomicBool::new(false) });
     let ttl_d = Duration::from_secs(lease.ttl.max(1) as u64);
     let thread = {
         let (etcd, keeper) = (Arc::clone(etcd), Arc::clone(&keeper));
@@ -123,10 +125,12 @@ fn keep_alive(etcd: &Etcd, lease: i64, ttl: Duration, k: &Keeper) {
             std::thread::sleep(Duration::from_millis(50));
             continue;
         }
+        // A keepalive renews the lease as of when it was sent, at the latest.
+        let sent = Instant::now();
         match etcd.keepalive(lease) {
             Ok(Some(_)) => {
                 if let Ok(mut t) = k.last_ok.lock() {
-                    *t = Instant::now();
+                    *t = sent;
                 }
                 next = Instant::now() + every;
             }
@@ -152,13 +156,16 @@ impl LineageLock {
     }
 
     /// Still ours? Fails once the lease is known gone, or when no keepalive
-    /// succeeded for a whole TTL.
+    /// sent in the last TTL minus a margin (a third of the TTL, at least
+    /// 5 s: the step the check guards — a finalize — must end before the
+    /// lease could) succeeded.
     pub fn check(&self) -> Result<(), LockError> {
         if self.keeper.gone.load(Ordering::Relaxed) {
             return Err(self.lost("etcd says its lease has expired"));
         }
         let age = self.keeper.last_ok.lock().map(|t| t.elapsed()).unwrap_or(self.ttl);
-        if age >= self.ttl {
+        let margin = (self.ttl / 3).max(Duration::from_secs(5)).min(self.ttl / 2);
+        if age >= self.ttl - margin {
             return Err(self.lost(&format!("no lease keepalive succeeded for {} s (TTL {} s)", age.as_secs(), self.ttl.as_secs())));
         }
         Ok(())

@@ -1,16 +1,16 @@
 //! What a device does with one host when it meets the fleet's record: the
 //! pure rule of `sync` and of a device coming back from isolation. Newest
-//! usable wins — the decision table's rule for carried certificates, applied
-//! between this device and the fleet.
+//! usable wins — newest by issuance (notBefore), not by notAfter: a renewal
+//! with a shorter lifetime (a short-lived profile) is still the newer one.
 //!
 //! Rules (a test each):
 //! 1. The fleet has a usable certificate and this device has none, or an
-//!    older one (earlier notAfter): **take** it (it becomes the next
+//!    older one (issued earlier): **take** it (it becomes the next
 //!    `archive/` version and `live/` switches).
 //! 2. This device has a usable certificate and the fleet has none, or an
 //!    older one: **push** it (a write that compares the record's revision,
 //!    so a peer's newer write wins the race and the next sync takes it).
-//! 3. The same certificate, or a tie on notAfter: **keep** what the device
+//! 3. The same certificate, or a tie on issuance: **keep** what the device
 //!    has (ties keep what the device has, as in the decision table).
 //! 4. Neither has a usable one: **keep** (renew provisions it, under the lock).
 //! 5. ARI is asked once for the fleet ([`take_shared_ari`]): the fleet's ARI
@@ -26,8 +26,8 @@ use chrono::{DateTime, Utc};
 pub struct Cert {
     /// Its serial.
     pub serial: String,
-    /// Its notAfter.
-    pub not_after: DateTime<Utc>,
+    /// When it was issued (notBefore).
+    pub issued: DateTime<Utc>,
     /// Usable for the host now (parses, key matches, covers it, valid now).
     pub usable: bool,
 }
@@ -52,8 +52,8 @@ pub fn reconcile(local: Option<&Cert>, fleet: Option<&Cert>) -> Reconcile {
         (None, Some(_)) => Reconcile::Take,
         (Some(_), None) => Reconcile::Push,
         (Some(l), Some(f)) if l.serial == f.serial => Reconcile::Keep,
-        (Some(l), Some(f)) if f.not_after > l.not_after => Reconcile::Take,
-        (Some(l), Some(f)) if l.not_after > f.not_after => Reconcile::Push,
+        (Some(l), Some(f)) if f.issued > l.issued => Reconcile::Take,
+        (Some(l), Some(f)) if l.issued > f.issued => Reconcile::Push,
         _ => Reconcile::Keep,
     }
 }
@@ -81,7 +81,7 @@ mod tests {
     use chrono::TimeZone;
 
     fn c(serial: &str, day: u32, usable: bool) -> Cert {
-        Cert { serial: serial.into(), not_after: Utc.with_ymd_and_hms(2027, 1, day, 0, 0, 0).unwrap(), usable }
+        Cert { serial: serial.into(), issued: Utc.with_ymd_and_hms(2027, 1, day, 0, 0, 0).unwrap(), usable }
     }
 
     #[test]

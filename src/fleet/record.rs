@@ -160,7 +160,10 @@ impl LineageRecord {
     }
 
     /// Read the record stored at `key`: bounded, strict, its host the one its key names.
-    pub fn parse(prefix: &str, key: &str, value: &[u8]) -> Result<LineageRecord, RecordError> {
+    pub fn parse(prefix: &str, raw_key: &str, value: &[u8]) -> Result<LineageRecord, RecordError> {
+        // The key as messages show it: whoever wrote it may have put anything there.
+        let shown_key: String = raw_key.escape_debug().take(200).collect();
+        let key = shown_key.as_str();
         if value.len() > MAX_RECORD {
             return Err(RecordError::TooLarge { key: key.into(), size: value.len() });
         }
@@ -170,11 +173,33 @@ impl LineageRecord {
         if r.schema != SCHEMA {
             return Err(invalid(format!("schema {} (this site-admin reads {SCHEMA})", r.schema)));
         }
-        if lineage_key(prefix, &r.host) != key {
+        if lineage_key(prefix, &r.host) != raw_key {
             return Err(invalid("it names another host than its key".into()));
         }
         if r.version == 0 {
             return Err(invalid("version 0".into()));
+        }
+        // What is not sealed is checked: each field is what it claims to be,
+        // so nothing from a record reaches a conf, a request or a message
+        // unless it has the shape of its kind.
+        let word = |v: &str, max: usize| !v.is_empty() && v.len() <= max && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if crate::store::accounts::server_rel(&r.server).is_err() {
+            return Err(invalid("its server is not a usable ACME server URL".into()));
+        }
+        if r.account.as_deref().is_some_and(|a| crate::store::accounts::check_id(a).is_err()) {
+            return Err(invalid("its account is not an account id".into()));
+        }
+        if !word(&r.renewed_by, 64) {
+            return Err(invalid("its renewed_by is not a device id".into()));
+        }
+        if r.serial.is_empty() || r.serial.len() > 40 || !r.serial.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(invalid("its serial is not a serial number".into()));
+        }
+        if r.profile.as_deref().is_some_and(|p| !word(p, 64)) {
+            return Err(invalid("its profile is not a profile name".into()));
+        }
+        if r.cert_id.as_deref().is_some_and(|c| c.len() > 300 || !c.chars().all(|c| c.is_ascii_graphic())) {
+            return Err(invalid("its CertID is not one".into()));
         }
         Ok(r)
     }

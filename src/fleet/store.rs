@@ -74,7 +74,8 @@ impl FleetStore {
 
     /// Every lineage record.
     pub fn lineages(&self) -> Result<Snapshot, EtcdError> {
-        let r = self.etcd.get_prefix(&format!("{}lineages/", self.prefix))?;
+        // One oversized record is refused by its key; it does not hide the others.
+        let r = self.etcd.get_prefix_all(&format!("{}lineages/", self.prefix))?;
         let lineages = r
             .kvs
             .into_iter()
