@@ -308,4 +308,29 @@ mod tests {
         replayed.version = 5;
         assert!(replayed.open(&fk, "/p/").is_err());
     }
+
+    #[test]
+    fn a_records_unsealed_fields_must_have_the_shape_of_their_kind() {
+        let fk = FleetKey::from_bytes([3; 32]);
+        let host = Host::parse("a.example").unwrap();
+        let (k, c) = material(&["a.example"]);
+        let r = LineageRecord::seal(&fk, "/p/", &host, 1, &k, &c, meta()).unwrap();
+        let key = "/p/lineages/a.example";
+        for (field, bad, want) in [
+            ("server", serde_json::json!("file:///etc/passwd"), "server"),
+            ("account", serde_json::json!("../../x"), "account"),
+            ("renewed_by", serde_json::json!("dev\n[evil]"), "renewed_by"),
+            ("serial", serde_json::json!("zz"), "serial"),
+            ("profile", serde_json::json!("a b"), "profile"),
+        ] {
+            let mut v: serde_json::Value = serde_json::from_slice(&r.to_bytes()).unwrap();
+            v[field] = bad;
+            let e = LineageRecord::parse("/p/", key, v.to_string().as_bytes()).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains(key) && !e.contains("evil") && !e.contains("passwd"), "{field}: {e}");
+        }
+        // A key with a newline is shown escaped.
+        let e = LineageRecord::parse("/p/", "/p/lineages/x\ny", b"{").unwrap_err().to_string();
+        assert!(!e.contains('\n'), "{e}");
+    }
+
 }
