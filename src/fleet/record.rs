@@ -332,5 +332,4 @@ mod tests {
         let e = LineageRecord::parse("/p/", "/p/lineages/x\ny", b"{").unwrap_err().to_string();
         assert!(!e.contains('\n'), "{e}");
     }
-
 }

@@ -294,6 +294,15 @@ fn two_devices_share_one_certificate_and_validate_for_each_other() {
     let st: serde_json::Value = serde_json::from_str(&a.ok(&["--json", "fleet", "status"])).unwrap();
     assert_eq!(st["lineages"][0]["renewed_by"], "dev-b", "{st}");
     assert_eq!(st["lineages"][0]["version"], 2, "{st}");
+    // In fleet mode a revocation comes with a replacement the fleet takes.
+    let o = a.run(&["revoke", "--siteid", &siteid(1), "--no-replace"]);
+    assert_eq!(o.status.code(), Some(2), "{}", crate::common::stderr(&o));
+    assert!(crate::common::stderr(&o).contains("fleet mode"), "{}", crate::common::stderr(&o));
+    // A site undeployed on one device is not brought back by its next sync.
+    a.ok(&["undeploy", "--siteid", &siteid(1)]);
+    a.ok(&["sync"]);
+    assert!(a.live_serial(host).is_none(), "the undeployed site's lineage came back");
+    assert_eq!(a.stash_serial(host).as_deref(), Some(new.as_str()));
     // No private key in the clear anywhere under the prefix.
     let e = client(&cluster);
     for kv in e.get_prefix("/site-admin/v1/").unwrap().kvs {
