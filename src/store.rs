@@ -510,9 +510,29 @@ impl Store {
         fsutil::atomic_write(&self.renewal_conf_path(host), c.to_text().as_bytes(), 0o644)
     }
 
+    /// certbot's deploy hooks (`renewal-hooks/deploy/`).
+    pub fn deploy_hooks_dir(&self) -> PathBuf {
+        self.dir.join("renewal-hooks/deploy")
+    }
+
+    /// Is there a `live/` directory (any lineage at all)?
+    pub fn has_lineages(&self) -> bool {
+        self.dir.join("live").is_dir()
+    }
+
+    /// The directories that hold keys, with the mode each must have (0700).
+    pub fn private_dirs(&self) -> Vec<(PathBuf, u32)> {
+        ["live", "archive", "norenewal", "accounts"].iter().map(|d| (self.dir.join(d), 0o700)).collect()
+    }
+
+    /// Where every version of every lineage lives (`archive/`).
+    pub fn archive_root(&self) -> PathBuf {
+        self.dir.join("archive")
+    }
+
     /// Install (or update) certbot's deploy hook with this script text.
     pub fn install_deploy_hook(&self, script: &str) -> Result<()> {
-        let dir = self.dir.join("renewal-hooks/deploy");
+        let dir = self.deploy_hooks_dir();
         fsutil::create_dir_all_mode(&dir, 0o755)?;
         let path = dir.join(CERTBOT_DEPLOY_HOOK);
         let same = fs::symlink_metadata(&path).map(|m| m.is_file()).unwrap_or(false) && fs::read_to_string(&path).map(|t| t == script).unwrap_or(false);

@@ -97,7 +97,7 @@ impl Ctx {
     /// into Apache with this configuration's commands. The hook takes no
     /// lock: certbot holds its own while it runs hooks.
     pub fn install_certbot_hook(&self) {
-        if !self.cfg.letsencrypt_dir.join("live").is_dir() {
+        if !self.store.has_lineages() {
             return;
         }
         let q = |argv: &[String]| argv.iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect::<Vec<_>>().join(" ");

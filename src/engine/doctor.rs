@@ -69,8 +69,7 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
     }
     // 4. modes.
     inv.set(4);
-    for (dir, want) in [("live", 0o700), ("archive", 0o700), ("norenewal", 0o700), ("accounts", 0o700)] {
-        let p = ctx.cfg.letsencrypt_dir.join(dir);
+    for (p, want) in store.private_dirs() {
         if let Some(m) = mode_of(&p) {
             if m != want {
                 let fixed = repair && std::fs::set_permissions(&p, std::fs::Permissions::from_mode(want)).is_ok();
@@ -78,7 +77,7 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
             }
         }
     }
-    for e in walkdir::WalkDir::new(ctx.cfg.letsencrypt_dir.join("archive")).into_iter().filter_map(|e| e.ok()) {
+    for e in walkdir::WalkDir::new(store.archive_root()).into_iter().filter_map(|e| e.ok()) {
         let n = e.file_name().to_string_lossy();
         if n.starts_with("privkey") && e.file_type().is_file() {
             if let Some(m) = mode_of(e.path()) {

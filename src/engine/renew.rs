@@ -755,7 +755,7 @@ fn run_all_hooks(ctx: &Ctx, report: &Report) -> Vec<hooks::HookRun> {
     // certbot's deploy hooks, once per renewed lineage.
     // Our own deploy hook (for certbot's renewals) is not needed here: this
     // run reloads Apache itself.
-    let deploy_hooks: Vec<_> = hooks::executables(&ctx.cfg.letsencrypt_dir.join("renewal-hooks/deploy"))
+    let deploy_hooks: Vec<_> = hooks::executables(&ctx.store.deploy_hooks_dir())
         .into_iter()
         .filter(|h| h.file_name().and_then(|n| n.to_str()) != Some(crate::store::CERTBOT_DEPLOY_HOOK))
         .collect();
