@@ -861,7 +861,10 @@ pub fn sync_command(ctx: &Ctx) -> crate::error::Result<i32> {
     }
     if rep.error.is_none() {
         let owed = crate::revocations::load(&ctx.cfg.state_dir()).unwrap_or_default();
-        let (reloaded, err) = super::serving::serve_changed(ctx, Some(&locked.recovered), &sites, &rep.taken, &owed, Utc::now());
+        // Only what this sync changed: the sites whose certificate it took
+        // (a site on http for another reason is renew's and doctor's).
+        let changed: Vec<Site> = sites.iter().filter(|s| rep.taken.iter().any(|h| h == s.hostname.as_str())).cloned().collect();
+        let (reloaded, err) = super::serving::serve_changed(ctx, Some(&locked.recovered), &changed, &rep.taken, &owed, Utc::now());
         rep.reloaded = reloaded;
         rep.apache_error = rep.apache_error.take().or(err);
     }
