@@ -510,6 +510,12 @@ impl Store {
         fsutil::atomic_write(&self.renewal_conf_path(host), c.to_text().as_bytes(), 0o644)
     }
 
+    /// What `live/<host>/cert.pem` points at (a new version changes it): a
+    /// cheap mark of the live certificate, read without parsing it.
+    pub fn live_mark(&self, host: &str) -> Option<String> {
+        fs::read_link(self.live_dir(host).join("cert.pem")).ok().map(|p| p.display().to_string())
+    }
+
     /// certbot's deploy hooks (`renewal-hooks/deploy/`).
     pub fn deploy_hooks_dir(&self) -> PathBuf {
         self.dir.join("renewal-hooks/deploy")

@@ -92,6 +92,11 @@ pub struct FleetState {
     /// The fleet's account id per ACME server (the one every order uses).
     #[serde(default)]
     pub accounts: BTreeMap<String, String>,
+    /// Per host, the record's mod revision and this device's live
+    /// certificate (its link target) when the last sync reconciled them: a
+    /// sync reads again only the records where either changed.
+    #[serde(default)]
+    pub seen: BTreeMap<String, (i64, Option<String>)>,
 }
 
 fn state_path(ctx: &Ctx) -> std::path::PathBuf {
@@ -120,8 +125,9 @@ pub fn note_error(ctx: &Ctx, error: &str) -> FleetState {
     s
 }
 
-fn note_ok(ctx: &Ctx) {
+fn note_ok(ctx: &Ctx, seen: BTreeMap<String, (i64, Option<String>)>) {
     let mut s = load_state(ctx);
+    s.seen = seen;
     s.last_sync = Some(Utc::now());
     s.error = None;
     s.since = None;
@@ -161,6 +167,9 @@ pub struct SyncReport {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub since: Option<DateTime<Utc>>,
+    /// What to remember as reconciled ([`FleetState::seen`]).
+    #[serde(skip)]
+    seen: BTreeMap<String, (i64, Option<String>)>,
 }
 
 /// A record that could not be used.
@@ -231,7 +240,7 @@ pub fn shown(s: &str) -> String {
 pub fn sync(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Result<SyncReport, SyncError> {
     let r = sync_inner(ctx, fleet, rec, sites);
     match &r {
-        Ok(_) => note_ok(ctx),
+        Ok(rep) => note_ok(ctx, rep.seen.clone()),
         Err(e) => {
             note_error(ctx, &e.message);
         }
@@ -249,14 +258,30 @@ fn sync_inner(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Resu
             tracing::error!("writing the stateless HTTP-01 answer of the fleet's account: {e}");
         }
     }
-    let snap = fleet.store.lineages()?;
+    // Which records changed since the last sync (keys and revisions only);
+    // only those, and those whose local certificate changed, are read.
+    let lineage_prefix = format!("{}lineages/", fleet.cfg.prefix);
+    let revs = fleet.store.lineage_revisions()?;
+    let before = load_state(ctx).seen;
+    let mut processed = Vec::new();
+    let mut errored = std::collections::BTreeSet::new();
     let mut seen_hosts = Vec::new();
     // Only the hosts of this device's Let's Encrypt sites: a lineage no site
     // here uses (undeployed here, or never deployed) is not taken back.
     let ours = |h: &str| sites.iter().any(|s| s.is_letsencrypt() && s.hostname.as_str() == h);
     let owed = crate::revocations::load(&ctx.cfg.state_dir()).unwrap_or_default();
-    for (key, modrev, rec) in snap.lineages {
-        let key = shown(&key);
+    for (raw_key, modrev) in revs {
+        let host = raw_key.strip_prefix(&lineage_prefix).unwrap_or_default().to_string();
+        seen_hosts.push(host.clone());
+        if !ours(&host) {
+            continue;
+        }
+        if before.get(&host) == Some(&(modrev, ctx.store.live_mark(&host))) {
+            processed.push((host, modrev));
+            continue;
+        }
+        let Some((modrev, rec)) = fleet.store.lineage_at(&raw_key)? else { continue };
+        let key = shown(&raw_key);
         let rec = match rec {
             Ok(r) => r,
             Err(e) => {
@@ -265,11 +290,7 @@ fn sync_inner(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Resu
                 continue;
             }
         };
-        let host = rec.host.to_string();
-        seen_hosts.push(host.clone());
-        if !ours(&host) {
-            continue;
-        }
+        processed.push((host.clone(), modrev));
         // A certificate this device owes a revocation is never taken back.
         if owed.owed.contains_key(&rec.serial) {
             continue;
@@ -287,6 +308,7 @@ fn sync_inner(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Resu
         // (its claims are checked against it when it is opened to be taken).
         let Ok(fleaf) = crate::certs::parse_first_cert(rec.fullchain.as_bytes()) else {
             rep.errors.push(KeyError { key, error: "its certificate cannot be read".into() });
+            errored.insert(host);
             continue;
         };
         let fc = Cert { serial: rec.serial.clone(), issued: fleaf.not_before, usable: fleaf.not_before <= now && now < rec.not_after };
@@ -297,6 +319,7 @@ fn sync_inner(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Resu
                     Err(e) => {
                         tracing::warn!("{e}");
                         rep.errors.push(KeyError { key, error: e.to_string() });
+                        errored.insert(host);
                         continue;
                     }
                 };
@@ -305,19 +328,31 @@ fn sync_inner(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Resu
                         ctx.progress(&format!("{host}: took the fleet's certificate (version {}, renewed by {})", rec.version, rec.renewed_by));
                         rep.taken.push(host);
                     }
-                    Err(e) => rep.errors.push(KeyError { key, error: format!("{host}: materializing the fleet's certificate: {e}") }),
+                    Err(e) => {
+                        rep.errors.push(KeyError { key, error: format!("{host}: materializing the fleet's certificate: {e}") });
+                        errored.insert(host);
+                    }
                 }
             }
             Reconcile::Push => match usable_local(ctx, &host, now) {
                 Some((kc, true)) => match push(ctx, fleet, &host, &kc, Some((&rec, modrev))) {
                     Ok(true) => rep.pushed.push(host),
                     Ok(false) => tracing::info!("{host}: a peer wrote the fleet's record first; the next sync takes it"),
-                    Err(e) => rep.errors.push(KeyError { key, error: e }),
+                    Err(e) => {
+                        rep.errors.push(KeyError { key, error: e });
+                        errored.insert(host);
+                    }
                 },
                 _ => tracing::warn!("{host}: this device's certificate is newer than the fleet's but its key does not match; not published"),
             },
             // (Its conf said autorenew = False when it was taken or pushed.)
             Reconcile::Keep => {}
+        }
+    }
+    for (h, m) in processed {
+        if !errored.contains(&h) {
+            let mark = ctx.store.live_mark(&h);
+            rep.seen.insert(h, (m, mark));
         }
     }
     // This device's certificates the fleet has no record of: push them

@@ -180,6 +180,9 @@ pub struct RangeRequest {
     pub limit: i64,
     /// Always false: a linearizable read.
     pub serializable: bool,
+    /// Keys and revisions only, no values.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub keys_only: bool,
 }
 
 /// The answer to a range.
@@ -622,6 +625,14 @@ impl Etcd {
             check_size(kv)?;
         }
         Ok(r)
+    }
+
+    /// The keys under `prefix` with their revisions, no values (a
+    /// linearizable read).
+    pub fn keys_prefix(&self, prefix: &str) -> Result<RangeResponse, EtcdError> {
+        let p = prefix.as_bytes().to_vec();
+        let req = RangeRequest { range_end: prefix_end(&p), key: p, keys_only: true, ..Default::default() };
+        self.call_json("range", "/v3/kv/range", &req)
     }
 
     /// [`Etcd::get_prefix`], values of any size included (the answer as a

@@ -33,6 +33,9 @@ pub struct Heartbeat {
     pub serves: Vec<(String, String)>,
 }
 
+/// One record as read: the record, or why it cannot be used.
+pub type RecordRead = Result<LineageRecord, RecordError>;
+
 /// Every lineage record, read at one revision.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -86,6 +89,18 @@ impl FleetStore {
             })
             .collect();
         Ok(Snapshot { revision: r.header.revision, lineages })
+    }
+
+    /// Every lineage record's key and mod revision, without the records: a
+    /// sync fetches only those that changed since it last looked.
+    pub fn lineage_revisions(&self) -> Result<Vec<(String, i64)>, EtcdError> {
+        Ok(self.etcd.keys_prefix(&format!("{}lineages/", self.prefix))?.kvs.into_iter().map(|kv| (kv.key_str(), kv.mod_revision)).collect())
+    }
+
+    /// The record at `key` (as [`FleetStore::lineages`] lists it) and its mod revision.
+    pub fn lineage_at(&self, key: &str) -> Result<Option<(i64, RecordRead)>, EtcdError> {
+        let r = self.etcd.get_prefix_all(key)?;
+        Ok(r.kvs.into_iter().find(|kv| kv.key_str() == key).map(|kv| (kv.mod_revision, LineageRecord::parse(&self.prefix, key, &kv.value))))
     }
 
     /// One host's record and its mod revision (0: none), read linearizably.
