@@ -97,6 +97,10 @@ pub struct FleetState {
     /// sync reads again only the records where either changed.
     #[serde(default)]
     pub seen: BTreeMap<String, (i64, Option<String>)>,
+    /// Per host, the live link and the serial behind it, as the last
+    /// heartbeat said (so an unchanged certificate is not parsed again).
+    #[serde(default)]
+    pub serving: BTreeMap<String, (String, String)>,
 }
 
 fn state_path(ctx: &Ctx) -> std::path::PathBuf {
@@ -302,8 +306,12 @@ fn sync_inner(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Resu
         if leaf.as_ref().is_some_and(|c| c.serial == rec.serial) {
             continue;
         }
-        let lc =
-            leaf.as_ref().map(|c| Cert { serial: c.serial.clone(), issued: c.not_before, usable: c.not_before <= now && now < c.not_after && c.covers(&host) });
+        let lc = leaf.as_ref().map(|c| Cert {
+            serial: c.serial.clone(),
+            issued: c.not_before,
+            not_after: c.not_after,
+            usable: c.not_before <= now && now < c.not_after && c.covers(&host),
+        });
         // Newer means issued later: the record's own certificate says when
         // (its claims are checked against it when it is opened to be taken).
         let Ok(fleaf) = crate::certs::parse_first_cert(rec.fullchain.as_bytes()) else {
@@ -311,7 +319,8 @@ fn sync_inner(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Resu
             errored.insert(host);
             continue;
         };
-        let fc = Cert { serial: rec.serial.clone(), issued: fleaf.not_before, usable: fleaf.not_before <= now && now < rec.not_after };
+        let fc =
+            Cert { serial: rec.serial.clone(), issued: fleaf.not_before, not_after: rec.not_after, usable: fleaf.not_before <= now && now < rec.not_after };
         match reconcile(lc.as_ref(), Some(&fc)) {
             Reconcile::Take => {
                 let open = match rec.open(fleet.store.fleet_key(), fleet.store.prefix()) {
@@ -401,12 +410,27 @@ pub fn beat(ctx: &Ctx, fleet: &Fleet) {
 
 /// Write this device's heartbeat: what each Let's Encrypt site serves.
 fn heartbeat(ctx: &Ctx, fleet: &Fleet, sites: &[Site]) -> Result<(), String> {
-    let serves = sites
-        .iter()
-        .filter(|s| s.is_letsencrypt())
-        .filter_map(|s| ctx.store.leaf(&s.hostname, Place::Live).map(|c| (s.hostname.to_string(), c.serial)))
-        .collect();
-    fleet.store.heartbeat(serves, HEARTBEAT_TTL).map_err(|e| e.to_string())
+    // A certificate is parsed for its serial only when its live link moved
+    // since the last heartbeat (the serials are kept with their links).
+    let mut st = load_state(ctx);
+    let mut serving = BTreeMap::new();
+    for s in sites.iter().filter(|s| s.is_letsencrypt()) {
+        let Some(mark) = ctx.store.live_mark(&s.hostname) else { continue };
+        let serial = match st.serving.get(s.hostname.as_str()) {
+            Some((m, serial)) if *m == mark => Some(serial.clone()),
+            _ => ctx.store.leaf(&s.hostname, Place::Live).map(|c| c.serial),
+        };
+        if let Some(serial) = serial {
+            serving.insert(s.hostname.to_string(), (mark, serial));
+        }
+    }
+    let serves = serving.iter().map(|(h, (_, serial))| (h.clone(), serial.clone())).collect();
+    let r = fleet.store.heartbeat(serves, HEARTBEAT_TTL).map_err(|e| e.to_string());
+    if st.serving != serving {
+        st.serving = serving;
+        save_state(ctx, &st);
+    }
+    r
 }
 
 /// certbot must not renew a fleet lineage behind the fleet's back.
@@ -739,7 +763,7 @@ fn lost(e: LockError) -> String {
 
 /// Order a certificate for `host` once for the whole fleet: under the
 /// lineage lock, after re-reading the record (a peer's newer certificate
-/// than `local` — this device's serial and notBefore — is taken instead);
+/// than `local` — this device's certificate — is taken instead);
 /// `issue` orders (its gate checks the lock before finalize). The record is
 /// published fenced by the lock *before* the local tree is written, so a
 /// holder that lost its lock changes nothing here.
@@ -747,7 +771,7 @@ pub fn order_exclusive(
     ctx: &Ctx,
     fleet: &Fleet,
     host: &str,
-    local: Option<(String, DateTime<Utc>)>,
+    local: Option<Cert>,
     sites: &[Site],
     issue: impl FnOnce(Gate) -> Result<(Issued, RenewalParams), String>,
 ) -> Result<Exclusive, String> {
@@ -763,7 +787,7 @@ pub fn order_exclusive(
         let newer = match (&local, issued) {
             (_, None) => false,
             (None, Some(_)) => true,
-            (Some((serial, nb)), Some(i)) => &r.serial != serial && i > *nb,
+            (Some(l), Some(i)) => crate::fleet::plan::newer(&Cert { serial: r.serial.clone(), issued: i, not_after: r.not_after, usable: true }, l),
         };
         let now = Utc::now();
         if newer && r.not_after > now {
@@ -959,4 +983,9 @@ pub fn status_command(ctx: &Ctx) -> crate::error::Result<i32> {
         println!("  unusable: {}: {}", e.key, e.error);
     }
     Ok(if rep.errors.is_empty() { 0 } else { 1 })
+}
+
+/// This device's live certificate of `host`, as [`order_exclusive`] compares it.
+pub fn local_cert(ctx: &Ctx, host: &str) -> Option<Cert> {
+    ctx.store.leaf(host, Place::Live).map(|c| Cert { serial: c.serial, issued: c.not_before, not_after: c.not_after, usable: true })
 }

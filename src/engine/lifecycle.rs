@@ -532,7 +532,7 @@ fn provision_now(ctx: &Ctx, session: &provision::Session, site: &Site, host: &st
         if let Some(e) = super::fleet::load_state(ctx).error {
             return Err(Error::failed(format!("the fleet cannot be used ({e}); nothing is ordered without its lock")));
         }
-        let local = ctx.store.leaf(host, Place::Live).map(|c| (c.serial, c.not_before));
+        let local = super::fleet::local_cert(ctx, host);
         super::fleet::order_exclusive(ctx, &f, host, local, std::slice::from_ref(site), |gate| {
             let (issued, account) = provision::issue_in(ctx, session, site, Some(gate)).map_err(|e| e.to_string())?;
             crate::fault::point("provision.issued");

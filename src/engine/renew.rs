@@ -710,7 +710,7 @@ fn renew_one(ctx: &Ctx, session: &provision::Session, job: &Job, fleet: Option<&
     crate::fsutil::create_dir_all_mode(&job.webroot, 0o755).map_err(|e| e.to_string())?;
     let profile = provision::order_profile(&*session.client().map_err(|e| e.to_string())?, &job.host, job.profile.as_ref())?;
     if let Some(f) = fleet {
-        let local = ctx.store.leaf(&job.host, Place::Live).map(|c| (c.serial, c.not_before));
+        let local = super::fleet::local_cert(ctx, &job.host);
         let r = super::fleet::order_exclusive(ctx, f, &job.host, local, sites, |gate| {
             let opts = crate::acme::OrderOptions { profile, replaces: job.replaces.clone(), gate: Some(gate) };
             let (issued, account) =

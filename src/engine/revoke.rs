@@ -124,7 +124,7 @@ pub fn revoke_command(ctx: &Ctx, siteid: &SiteId, reason: RevocationReason, no_r
             // Fleet mode: the replacement is the fleet's, ordered under the
             // lineage lock and published before it is written here.
             let all = facts::all_stored(&ctx.cfg)?;
-            let local = ctx.store.leaf(&host, Place::Live).map(|c| (c.serial, c.not_before));
+            let local = super::fleet::local_cert(ctx, &host);
             super::fleet::order_exclusive(ctx, &f, &host, local, &all, |gate| {
                 let (issued, account) = provision::issue_in(ctx, &session, &site, Some(gate)).map_err(|e| e.to_string())?;
                 Ok((issued, provision::renewal_params(ctx, &site, Some(account))))

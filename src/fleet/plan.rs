@@ -10,8 +10,9 @@
 //! 2. This device has a usable certificate and the fleet has none, or an
 //!    older one: **push** it (a write that compares the record's revision,
 //!    so a peer's newer write wins the race and the next sync takes it).
-//! 3. The same certificate, or a tie on issuance: **keep** what the device
-//!    has (ties keep what the device has, as in the decision table).
+//! 3. The same certificate: **keep** it. Two certificates issued in the same
+//!    second are ordered by notAfter, then serial ([`newer`]), so every
+//!    device makes the same choice and the fleet converges.
 //! 4. Neither has a usable one: **keep** (renew provisions it, under the lock).
 //! 5. ARI is asked once for the fleet ([`take_shared_ari`]): the fleet's ARI
 //!    state of a lineage replaces this device's when it is about the
@@ -28,6 +29,8 @@ pub struct Cert {
     pub serial: String,
     /// When it was issued (notBefore).
     pub issued: DateTime<Utc>,
+    /// Its notAfter (breaks a tie on issuance).
+    pub not_after: DateTime<Utc>,
     /// Usable for the host now (parses, key matches, covers it, valid now).
     pub usable: bool,
 }
@@ -43,6 +46,13 @@ pub enum Reconcile {
     Keep,
 }
 
+/// Is `a` newer than `b`: issued later; on a tie (two certificates issued
+/// in one second) the later notAfter, then the greater serial — one order
+/// every device agrees on, so the fleet converges.
+pub fn newer(a: &Cert, b: &Cert) -> bool {
+    (a.issued, a.not_after, &a.serial) > (b.issued, b.not_after, &b.serial)
+}
+
 /// The rule for one host.
 pub fn reconcile(local: Option<&Cert>, fleet: Option<&Cert>) -> Reconcile {
     let local = local.filter(|c| c.usable);
@@ -52,8 +62,8 @@ pub fn reconcile(local: Option<&Cert>, fleet: Option<&Cert>) -> Reconcile {
         (None, Some(_)) => Reconcile::Take,
         (Some(_), None) => Reconcile::Push,
         (Some(l), Some(f)) if l.serial == f.serial => Reconcile::Keep,
-        (Some(l), Some(f)) if f.issued > l.issued => Reconcile::Take,
-        (Some(l), Some(f)) if l.issued > f.issued => Reconcile::Push,
+        (Some(l), Some(f)) if newer(f, l) => Reconcile::Take,
+        (Some(l), Some(f)) if newer(l, f) => Reconcile::Push,
         _ => Reconcile::Keep,
     }
 }
@@ -81,7 +91,8 @@ mod tests {
     use chrono::TimeZone;
 
     fn c(serial: &str, day: u32, usable: bool) -> Cert {
-        Cert { serial: serial.into(), issued: Utc.with_ymd_and_hms(2027, 1, day, 0, 0, 0).unwrap(), usable }
+        let t = Utc.with_ymd_and_hms(2027, 1, day, 0, 0, 0).unwrap();
+        Cert { serial: serial.into(), issued: t, not_after: t + chrono::Duration::days(90), usable }
     }
 
     #[test]
@@ -99,9 +110,11 @@ mod tests {
     }
 
     #[test]
-    fn rule3_the_same_certificate_or_a_tie_keeps_what_the_device_has() {
+    fn rule3_the_same_certificate_keeps_and_a_tie_is_broken_the_same_way_everywhere() {
         assert_eq!(reconcile(Some(&c("s", 10, true)), Some(&c("s", 10, true))), Reconcile::Keep);
-        assert_eq!(reconcile(Some(&c("l", 10, true)), Some(&c("f", 10, true))), Reconcile::Keep);
+        // Issued in the same second: the greater serial wins, seen from either side.
+        assert_eq!(reconcile(Some(&c("a", 10, true)), Some(&c("b", 10, true))), Reconcile::Take);
+        assert_eq!(reconcile(Some(&c("b", 10, true)), Some(&c("a", 10, true))), Reconcile::Push);
     }
 
     #[test]

@@ -282,8 +282,13 @@ fn two_devices_share_one_certificate_and_validate_for_each_other() {
     assert_eq!(pebble.issued_count(), 2);
     let new = b.live_serial(host).unwrap();
     assert_ne!(new, serial);
-    a.ok(&["sync"]);
-    assert_eq!(a.live_serial(host).as_deref(), Some(new.as_str()));
+    let said = a.ok(&["--json", "sync"]);
+    let nb = |d: &crate::common::Device| {
+        let pem = std::fs::read(d.le().join("live").join(host).join("cert.pem")).unwrap();
+        let c = openssl::x509::X509::from_pem(&pem).unwrap();
+        format!("{} .. {}", c.not_before(), c.not_after())
+    };
+    assert_eq!(a.live_serial(host).as_deref(), Some(new.as_str()), "a: {}, b: {}; sync said {said}", nb(&a), nb(&b));
     a.apache.wait_serial(host, &new);
     for d in [&a, &b] {
         d.ok(&["doctor"]);
