@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
 /// How many renewals run at once.
-pub const CONCURRENCY: usize = 4;
+pub const CONCURRENCY: usize = 3;
 
 /// What happened to one lineage or pending site.
 #[derive(Debug, Clone, Serialize, PartialEq)]
