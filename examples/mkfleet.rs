@@ -17,15 +17,30 @@ fn main() {
         std::process::exit(2);
     }
     let store = Store::new(PathBuf::from(&a[1]));
-    let etcd = Arc::new(Etcd::new(&EtcdOptions { endpoints: vec![a[2].clone()], timeout: std::time::Duration::from_secs(5), ..Default::default() }).unwrap());
+    let etcd = Arc::new(
+        Etcd::new(&EtcdOptions {
+            endpoints: vec![a[2].clone()],
+            timeout: std::time::Duration::from_secs(5),
+            ..Default::default()
+        })
+        .unwrap(),
+    );
     let key = FleetKey::load(std::path::Path::new(&a[4])).unwrap();
     let fleet = FleetStore::new(etcd, &a[3], key.clone(), "bench");
     let mut n = 0;
     for host in store.names_with_conf(Place::Live) {
         let Material::Present(kc) = store.material(&host, Place::Live) else { continue };
         let h = site_admin::site::Host::parse(&host).unwrap();
-        let meta = Meta { server: a[5].clone(), account: None, profile: None, ari: Default::default(), device: "bench".into(), now: chrono::Utc::now() };
-        let rec = LineageRecord::seal(&key, &a[3], &h, 1, &kc.key_pem, &kc.chain_pem, meta).unwrap();
+        let meta = Meta {
+            server: a[5].clone(),
+            account: None,
+            profile: None,
+            ari: Default::default(),
+            device: "bench".into(),
+            now: chrono::Utc::now(),
+        };
+        let rec =
+            LineageRecord::seal(&key, &a[3], &h, 1, &kc.key_pem, &kc.chain_pem, meta).unwrap();
         if fleet.push_if_unchanged(&rec, 0).unwrap() {
             n += 1;
         }

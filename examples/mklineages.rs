@@ -18,7 +18,9 @@ fn main() {
     let n: usize = a[2].parse().expect("count");
     let server = &a[3];
     let key = site_admin::acme::AccountKey::generate().unwrap();
-    let account = site_admin::store::accounts::save(&le, server, &key, &format!("{server}/acct/bench"), None).unwrap();
+    let account =
+        site_admin::store::accounts::save(&le, server, &key, &format!("{server}/acct/bench"), None)
+            .unwrap();
     let store = Store::new(&le);
     let now = time::OffsetDateTime::now_utc();
     let ca_key = rcgen::KeyPair::generate().unwrap();

@@ -60,8 +60,13 @@ pub fn render(cfg: &Config, siteid: &str, hostname: &str, tls: &VhostTls) -> Str
         q(&challenge.join("")),
         q(&challenge)
     );
-    let docroot_block = format!("    DocumentRoot {}\n    <Directory {}>\n        Require all granted\n    </Directory>\n", q(&docroot), q(&docroot));
-    let mut s = format!("# site-admin: site {siteid} ({hostname}). Generated; changes are overwritten.\n");
+    let docroot_block = format!(
+        "    DocumentRoot {}\n    <Directory {}>\n        Require all granted\n    </Directory>\n",
+        q(&docroot),
+        q(&docroot)
+    );
+    let mut s =
+        format!("# site-admin: site {siteid} ({hostname}). Generated; changes are overwritten.\n");
     let http_port = cfg.apache.http_port;
     let https_port = cfg.apache.https_port;
     match tls {
@@ -70,14 +75,26 @@ pub fn render(cfg: &Config, siteid: &str, hostname: &str, tls: &VhostTls) -> Str
         }
         VhostTls::Lkc { .. } | VhostTls::Okc { .. } => {
             let authority = url_host(hostname);
-            let target = if https_port == 443 { format!("https://{authority}") } else { format!("https://{authority}:{https_port}") };
+            let target = if https_port == 443 {
+                format!("https://{authority}")
+            } else {
+                format!("https://{authority}:{https_port}")
+            };
             s += &format!(
                 "<VirtualHost *:{http_port}>\n{names}{docroot_block}{challenge_block}    RewriteEngine On\n    RewriteCond %{{REQUEST_URI}} !^/\\.well-known/acme-challenge/\n    RewriteRule ^(.*)$ {target}$1 [R=301,L]\n</VirtualHost>\n"
             );
             let files = match tls {
-                VhostTls::Lkc { fullchain, privkey } => format!("    SSLCertificateFile {}\n    SSLCertificateKeyFile {}\n", q(fullchain), q(privkey)),
+                VhostTls::Lkc { fullchain, privkey } => format!(
+                    "    SSLCertificateFile {}\n    SSLCertificateKeyFile {}\n",
+                    q(fullchain),
+                    q(privkey)
+                ),
                 VhostTls::Okc { crt, key, cacrt } => {
-                    let mut f = format!("    SSLCertificateFile {}\n    SSLCertificateKeyFile {}\n", q(crt), q(key));
+                    let mut f = format!(
+                        "    SSLCertificateFile {}\n    SSLCertificateKeyFile {}\n",
+                        q(crt),
+                        q(key)
+                    );
                     if let Some(ca) = cacrt {
                         f += &format!("    SSLCACertificateFile {}\n", q(ca));
                     }
@@ -103,13 +120,20 @@ pub fn render(cfg: &Config, siteid: &str, hostname: &str, tls: &VhostTls) -> Str
 /// DNS sites on it away from their own certificates.
 pub fn render_default(cfg: &Config) -> Option<String> {
     let default = cfg.default_tls_vhost_file();
-    let mut files: Vec<PathBuf> = fs::read_dir(&cfg.apache.sites_dir).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    let mut files: Vec<PathBuf> = fs::read_dir(&cfg.apache.sites_dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
     files.sort();
     let open = format!("<VirtualHost *:{}>", cfg.apache.https_port);
     for f in files.iter().filter(|f| **f != default && f.extension().is_some_and(|x| x == "conf")) {
         let Ok(text) = fs::read_to_string(f) else { continue };
         // "# site-admin: site <id> (<host>). Generated; ..."
-        let Some(rest) = text.lines().next().and_then(|l| l.strip_prefix("# site-admin: site ")) else { continue };
+        let Some(rest) = text.lines().next().and_then(|l| l.strip_prefix("# site-admin: site "))
+        else {
+            continue;
+        };
         let Some((id, rest)) = rest.split_once(" (") else { continue };
         let Some((host, _)) = rest.split_once("). ") else { continue };
         if host.parse::<std::net::IpAddr>().is_err() {
@@ -134,7 +158,11 @@ pub fn default_in_line(cfg: &Config) -> bool {
 /// Bring the default TLS vhost file in line (`doctor --repair`: a device
 /// whose IP site was deployed before site-admin kept that file), as one
 /// transaction.
-pub fn repair_default(cfg: &Config, rec: &Recovered, progress: &dyn Fn(&str)) -> std::result::Result<(), ApacheError> {
+pub fn repair_default(
+    cfg: &Config,
+    rec: &Recovered,
+    progress: &dyn Fn(&str),
+) -> std::result::Result<(), ApacheError> {
     let mut txn = Transaction::begin(cfg, rec)?;
     txn.sync_default()?;
     txn.commit(false, progress, &|_| Ok(()))
@@ -272,9 +300,18 @@ impl<'a> Transaction<'a> {
         }
         let n = self.index.saved.len();
         let saved = match journal::previous(path)? {
-            Previous::Link(target) => Saved { path: path.to_path_buf(), copy: None, mode: 0, link: Some(target) },
-            Previous::File { data, mode } => Saved { path: path.to_path_buf(), copy: Some(journal::keep_copy(self.cfg, n, &data)?), mode, link: None },
-            Previous::Missing => Saved { path: path.to_path_buf(), copy: None, mode: 0, link: None },
+            Previous::Link(target) => {
+                Saved { path: path.to_path_buf(), copy: None, mode: 0, link: Some(target) }
+            }
+            Previous::File { data, mode } => Saved {
+                path: path.to_path_buf(),
+                copy: Some(journal::keep_copy(self.cfg, n, &data)?),
+                mode,
+                link: None,
+            },
+            Previous::Missing => {
+                Saved { path: path.to_path_buf(), copy: None, mode: 0, link: None }
+            }
         };
         self.index.saved.push(saved);
         self.write_index()
@@ -284,7 +321,9 @@ impl<'a> Transaction<'a> {
     /// these bytes with this mode already).
     pub fn write(&mut self, path: &Path, data: &[u8], mode: u32) -> Result<()> {
         let unchanged = fs::read(path).map(|d| d == data).unwrap_or(false)
-            && fs::symlink_metadata(path).map(|m| m.is_file() && m.permissions().mode() & 0o7777 == mode).unwrap_or(false);
+            && fs::symlink_metadata(path)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o7777 == mode)
+                .unwrap_or(false);
         if unchanged {
             return Ok(());
         }
@@ -328,7 +367,10 @@ impl<'a> Transaction<'a> {
     /// crash before [`Transaction::commit`] decides rolls everything back
     /// (Apache reloaded on the previous files). On failure every file is put
     /// back, as by `commit`.
-    pub fn commit_interim(mut self, progress: &dyn Fn(&str)) -> Result<Transaction<'a>, ApacheError> {
+    pub fn commit_interim(
+        mut self,
+        progress: &dyn Fn(&str),
+    ) -> Result<Transaction<'a>, ApacheError> {
         if self.index.saved.is_empty() {
             return Ok(self);
         }
@@ -391,11 +433,17 @@ impl<'a> Transaction<'a> {
     /// it still serves), run the completion, and drop the journal. With
     /// `reload_anyway`, Apache is reloaded even when no file of the
     /// transaction changed (a certificate a vhost points at changed under it).
-    pub fn commit(mut self, reload_anyway: bool, progress: &dyn Fn(&str), complete: Complete) -> Result<(), ApacheError> {
+    pub fn commit(
+        mut self,
+        reload_anyway: bool,
+        progress: &dyn Fn(&str),
+        complete: Complete,
+    ) -> Result<(), ApacheError> {
         if self.index.saved.is_empty() {
             if reload_anyway {
                 progress("reloading Apache for the new certificate");
-                reload_proven(self.cfg, &self.proofs).map_err(|said| ApacheError::Reload { said })?;
+                reload_proven(self.cfg, &self.proofs)
+                    .map_err(|said| ApacheError::Reload { said })?;
             }
             if let Some(c) = &self.index.completion {
                 complete(c)?;
@@ -474,7 +522,10 @@ impl ProbeFile {
     fn write(dir: &Path) -> Option<ProbeFile> {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
         let token = format!("site-admin-probe-{}-{n}-{nanos}", std::process::id());
         fsutil::create_dir_all_mode(dir, 0o755).ok()?;
         let path = dir.join(&token);
@@ -505,8 +556,15 @@ pub fn http_get(cfg: &Config, host: &str, path: &str) -> Option<(u16, String)> {
     let mut tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     tcp.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     tcp.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
-    let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() };
-    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: site-admin\r\n\r\n").as_bytes()).ok()?;
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    tcp.write_all(
+        format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: site-admin\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
     let mut buf = Vec::new();
     tcp.take(64 * 1024).read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf);
@@ -542,8 +600,17 @@ pub fn reload_proven(cfg: &Config, proofs: &[Proof]) -> std::result::Result<(), 
         tracing::info!("Apache is not running (nothing answers on {where_}); reloading anyway, and the new configuration is read when it starts");
     }
     // The probe files go in before the reload: the new vhost answers at once.
-    let probes: Vec<(usize, Option<ProbeFile>)> =
-        proofs.iter().enumerate().filter_map(|(i, p)| if let Proof::Probe { dir, .. } = p { Some((i, ProbeFile::write(dir))) } else { None }).collect();
+    let probes: Vec<(usize, Option<ProbeFile>)> = proofs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            if let Proof::Probe { dir, .. } = p {
+                Some((i, ProbeFile::write(dir)))
+            } else {
+                None
+            }
+        })
+        .collect();
     let res = ask_reload(cfg);
     if !was_serving {
         if let Err(said) = res {
@@ -553,7 +620,8 @@ pub fn reload_proven(cfg: &Config, proofs: &[Proof]) -> std::result::Result<(), 
     }
     res?;
     tracing::debug!("step: reload command returned");
-    let stopped = || format!("Apache stopped serving on {where_} after the reload (see its error log)");
+    let stopped =
+        || format!("Apache stopped serving on {where_} after the reload (see its error log)");
     if proofs.is_empty() {
         // Watch through the settle time: a parent that exits closes its sockets.
         let settle = Instant::now();
@@ -600,7 +668,10 @@ pub fn reload_proven(cfg: &Config, proofs: &[Proof]) -> std::result::Result<(), 
             pending.remove(0);
         }
         if pending.is_empty() {
-            tracing::debug!("step: proof: Apache serves the new configuration {} ms after the reload returned", started.elapsed().as_millis());
+            tracing::debug!(
+                "step: proof: Apache serves the new configuration {} ms after the reload returned",
+                started.elapsed().as_millis()
+            );
             return if serving(cfg) { Ok(()) } else { Err(stopped()) };
         }
         if serving(cfg) {
@@ -614,9 +685,14 @@ pub fn reload_proven(cfg: &Config, proofs: &[Proof]) -> std::result::Result<(), 
                 .map(|&i| match &proofs[i] {
                     Proof::Serial { host, serial } => format!(
                         "{host} is served {} instead of the new certificate (serial {serial})",
-                        last_seen[i].as_deref().map(|s| format!("serial {s}")).unwrap_or_else(|| "no certificate".into())
+                        last_seen[i]
+                            .as_deref()
+                            .map(|s| format!("serial {s}"))
+                            .unwrap_or_else(|| "no certificate".into())
                     ),
-                    Proof::Probe { host, .. } => format!("{host} does not answer on plain http from its site's challenge directory"),
+                    Proof::Probe { host, .. } => format!(
+                        "{host} does not answer on plain http from its site's challenge directory"
+                    ),
                 })
                 .collect();
             return Err(format!(
@@ -638,11 +714,16 @@ fn ask_reload(cfg: &Config) -> std::result::Result<(), String> {
     if let Some(pf) = &cfg.apache.pid_file {
         match apache_parent(pf) {
             Some(pid) => {
-                tracing::debug!(pid = pid.as_raw_nonzero().get(), "signalling Apache's parent (SIGUSR1, graceful)");
+                tracing::debug!(
+                    pid = pid.as_raw_nonzero().get(),
+                    "signalling Apache's parent (SIGUSR1, graceful)"
+                );
                 return rustix::process::kill_process(pid, rustix::process::Signal::USR1)
                     .map_err(|e| format!("signalling Apache (pid file {}): {e}", pf.display()));
             }
-            None => tracing::debug!("{} names no running Apache; running apache.reload", pf.display()),
+            None => {
+                tracing::debug!("{} names no running Apache; running apache.reload", pf.display())
+            }
         }
     }
     run_argv(&cfg.apache.reload)
@@ -675,7 +756,11 @@ pub fn restart(cfg: &Config) -> std::result::Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Err(format!("`{}` ran, but Apache does not serve on port {}", cfg.apache.start.join(" "), cfg.apache.http_port))
+    Err(format!(
+        "`{}` ran, but Apache does not serve on port {}",
+        cfg.apache.start.join(" "),
+        cfg.apache.http_port
+    ))
 }
 
 /// The serial (lowercase hex, no leading zeros) of the certificate Apache
@@ -724,7 +809,11 @@ pub enum Recovery {
 /// had not decided for it (and reload Apache if it had loaded an interim
 /// step of it), else reload and complete it. Needs the global
 /// lock; returns the proof that new transactions may begin.
-pub fn recover(cfg: &Config, _lock: &crate::lock::GlobalLock, complete: Complete) -> Result<(Recovered, Recovery)> {
+pub fn recover(
+    cfg: &Config,
+    _lock: &crate::lock::GlobalLock,
+    complete: Complete,
+) -> Result<(Recovered, Recovery)> {
     let Some(index) = journal::read(cfg)? else {
         return Ok((Recovered { _private: () }, Recovery::Nothing));
     };
@@ -736,7 +825,9 @@ pub fn recover(cfg: &Config, _lock: &crate::lock::GlobalLock, complete: Complete
             complete(c)?;
         }
         journal::finish(cfg)?;
-        tracing::warn!("completed an interrupted operation (Apache had accepted its configuration)");
+        tracing::warn!(
+            "completed an interrupted operation (Apache had accepted its configuration)"
+        );
         Recovery::Completed
     } else {
         journal::restore(&index.saved)?;
@@ -744,7 +835,9 @@ pub fn recover(cfg: &Config, _lock: &crate::lock::GlobalLock, complete: Complete
             // Apache had loaded an interim step (a renamed site's http vhost
             // during its provisioning): serve the previous files again.
             if let Err(said) = reload(cfg) {
-                tracing::warn!("reloading Apache while rolling back an interrupted operation: {said}");
+                tracing::warn!(
+                    "reloading Apache while rolling back an interrupted operation: {said}"
+                );
             }
         }
         if let Some(c) = &index.rollback {
@@ -763,7 +856,11 @@ pub fn run_argv(argv: &[String]) -> std::result::Result<(), String> {
     match Command::new(prog).args(args).stdin(std::process::Stdio::null()).output() {
         Ok(o) if o.status.success() => Ok(()),
         Ok(o) => {
-            let text = format!("{}{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stderr),
+                String::from_utf8_lossy(&o.stdout)
+            );
             let text: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
             Err(format!("`{}` exited with {}: {}", argv.join(" "), o.status, text.join(" / ")))
         }
@@ -786,10 +883,18 @@ mod tests {
         let c = cfg(&tmp);
         let tls = VhostTls::Lkc { fullchain: "/f".into(), privkey: "/k".into() };
         let text = render(&c, "s1", "::1", &tls);
-        assert!(text.contains("    ServerAlias ::1\n") && !text.contains("ServerName ::1") && !text.contains("ServerName [::1]"), "{text}");
+        assert!(
+            text.contains("    ServerAlias ::1\n")
+                && !text.contains("ServerName ::1")
+                && !text.contains("ServerName [::1]"),
+            "{text}"
+        );
         assert!(text.contains("RewriteRule ^(.*)$ https://[::1]$1"), "{text}");
         let v4 = render(&c, "s2", "192.0.2.7", &tls);
-        assert!(v4.contains("    ServerName 192.0.2.7\n") && v4.contains("https://192.0.2.7$1"), "{v4}");
+        assert!(
+            v4.contains("    ServerName 192.0.2.7\n") && v4.contains("https://192.0.2.7$1"),
+            "{v4}"
+        );
         assert_eq!(url_host("2001:db8::1"), "[2001:db8::1]");
         assert_eq!(url_host("a.example"), "a.example");
         fs::remove_dir_all(&tmp).unwrap();
@@ -806,8 +911,17 @@ mod tests {
         assert_eq!(render_default(&c), None, "an IP site on http needs no default");
         fs::write(c.vhost_file("s2"), render(&c, "s2", "::1", &tls)).unwrap();
         let d = render_default(&c).unwrap();
-        assert!(d.contains("site s2 (::1)") && d.contains("<VirtualHost *:443>") && d.contains("ServerAlias ::1") && !d.contains("*:80"), "{d}");
-        assert!(c.default_tls_vhost_file().file_name().unwrap().to_str().unwrap() < "s", "sorts before every site's file");
+        assert!(
+            d.contains("site s2 (::1)")
+                && d.contains("<VirtualHost *:443>")
+                && d.contains("ServerAlias ::1")
+                && !d.contains("*:80"),
+            "{d}"
+        );
+        assert!(
+            c.default_tls_vhost_file().file_name().unwrap().to_str().unwrap() < "s",
+            "sorts before every site's file"
+        );
         fs::remove_dir_all(&tmp).unwrap();
     }
 }

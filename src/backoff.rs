@@ -49,7 +49,12 @@ pub enum Verdict {
 
 /// The back-off rule for one record. Pure. A record without a fingerprint
 /// (written before they were kept) counts as the same configuration.
-pub fn verdict(next_attempt: DateTime<Utc>, recorded_config: Option<&str>, now: DateTime<Utc>, config: &str) -> Verdict {
+pub fn verdict(
+    next_attempt: DateTime<Utc>,
+    recorded_config: Option<&str>,
+    now: DateTime<Utc>,
+    config: &str,
+) -> Verdict {
     if next_attempt <= now {
         Verdict::Go
     } else if next_attempt > now + longest() {
@@ -70,7 +75,10 @@ pub fn fingerprint(parts: &[Vec<u8>]) -> String {
     }
     // ring, not OpenSSL: a no-op renew pass then never initializes libcrypto
     // (3.4 MiB of resident pages for one hash).
-    ring::digest::digest(&ring::digest::SHA256, &data).as_ref()[..12].iter().map(|b| format!("{b:02x}")).collect()
+    ring::digest::digest(&ring::digest::SHA256, &data).as_ref()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// One host's record.
@@ -98,7 +106,13 @@ impl State {
     /// in a row (the count saturates, never wraps), and the next attempt.
     pub fn failed(&mut self, host: &str, error: &str, now: DateTime<Utc>, config: &str) {
         let n = self.hosts.get(host).map(|f| f.failures).unwrap_or(0).saturating_add(1);
-        let f = Failures { failures: n, last_error: error.into(), last_attempt: now, next_attempt: now + delay(n), config: Some(config.into()) };
+        let f = Failures {
+            failures: n,
+            last_error: error.into(),
+            last_attempt: now,
+            next_attempt: now + delay(n),
+            config: Some(config.into()),
+        };
         self.hosts.insert(host.into(), f);
     }
     /// A success ends the run of failures.
@@ -108,7 +122,9 @@ impl State {
     /// When `host` may be tried next, if it is backing off at `now` under
     /// the configuration `config` ([`verdict`]).
     pub fn waiting(&self, host: &str, now: DateTime<Utc>, config: &str) -> Option<&Failures> {
-        self.hosts.get(host).filter(|f| verdict(f.next_attempt, f.config.as_deref(), now, config) == Verdict::Wait)
+        self.hosts
+            .get(host)
+            .filter(|f| verdict(f.next_attempt, f.config.as_deref(), now, config) == Verdict::Wait)
     }
 }
 
@@ -157,7 +173,10 @@ mod tests {
         let now = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
         assert_eq!(longest(), Duration::days(1));
         assert_eq!(verdict(now + Duration::days(1), Some("c"), now, "c"), Verdict::Wait);
-        assert_eq!(verdict(now + Duration::days(1) + Duration::seconds(1), Some("c"), now, "c"), Verdict::Implausible);
+        assert_eq!(
+            verdict(now + Duration::days(1) + Duration::seconds(1), Some("c"), now, "c"),
+            Verdict::Implausible
+        );
         assert_eq!(verdict(now + Duration::days(365), None, now, "c"), Verdict::Implausible);
         assert_eq!(verdict(now, Some("c"), now, "c"), Verdict::Go);
         let mut s = State::default();

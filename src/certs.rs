@@ -87,11 +87,16 @@ fn hex(bytes: &[u8]) -> String {
 /// Parse one DER certificate.
 pub fn parse_cert_der(der: &[u8]) -> Result<CertInfo, PemError> {
     use x509_parser::prelude::*;
-    let (rest, cert) = X509Certificate::from_der(der).map_err(|_| PemError("not a valid X.509 certificate (corrupt or truncated)".into()))?;
+    let (rest, cert) = X509Certificate::from_der(der)
+        .map_err(|_| PemError("not a valid X.509 certificate (corrupt or truncated)".into()))?;
     if !rest.is_empty() {
         return Err(PemError("trailing data after the certificate".into()));
     }
-    let ts = |t: ASN1Time| Utc.timestamp_opt(t.timestamp(), 0).single().ok_or_else(|| PemError("certificate date out of range".into()));
+    let ts = |t: ASN1Time| {
+        Utc.timestamp_opt(t.timestamp(), 0)
+            .single()
+            .ok_or_else(|| PemError("certificate date out of range".into()))
+    };
     // Names by subjectAltName only, never the CN (the `tlsserver` and
     // `shortlived` profiles issue certificates without one): DNS names, and
     // IP addresses (RFC 8738) in their text form.
@@ -115,7 +120,9 @@ pub fn parse_cert_der(der: &[u8]) -> Result<CertInfo, PemError> {
         }
     }
     let ari_id = cert.extensions().iter().find_map(|e| match e.parsed_extension() {
-        ParsedExtension::AuthorityKeyIdentifier(aki) => aki.key_identifier.as_ref().map(|k| k.0.to_vec()),
+        ParsedExtension::AuthorityKeyIdentifier(aki) => {
+            aki.key_identifier.as_ref().map(|k| k.0.to_vec())
+        }
         _ => None,
     });
     let ari_id = ari_id.map(|kid| {
@@ -160,7 +167,8 @@ pub fn pem_blocks(text: &str) -> Vec<String> {
 /// The first certificate of a PEM text (a leaf's `cert.pem`), parsed: what
 /// a no-op renewal pass needs, without reading the rest.
 pub fn parse_first_cert(pem: &[u8]) -> Result<CertInfo, PemError> {
-    let (_, p) = x509_parser::pem::parse_x509_pem(pem).map_err(|_| PemError("no PEM CERTIFICATE block found".into()))?;
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem)
+        .map_err(|_| PemError("no PEM CERTIFICATE block found".into()))?;
     parse_cert_der(&p.contents)
 }
 
@@ -173,7 +181,10 @@ pub fn parse_chain(pem: &str) -> Result<Vec<CertInfo>, PemError> {
     for item in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
         let p = item.map_err(|e| PemError(format!("not valid PEM ({e})")))?;
         if p.label != "CERTIFICATE" {
-            return Err(PemError(format!("holds a {} block where a CERTIFICATE was expected", p.label)));
+            return Err(PemError(format!(
+                "holds a {} block where a CERTIFICATE was expected",
+                p.label
+            )));
         }
         out.push(parse_cert_der(&p.contents)?);
     }
@@ -191,14 +202,17 @@ pub fn parse_key(pem: &str) -> Result<PKey<Private>, PemError> {
     if !pem.contains("PRIVATE KEY-----") {
         return Err(PemError("no PEM PRIVATE KEY block found".into()));
     }
-    if pem.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") || pem.contains("Proc-Type: 4,ENCRYPTED") {
+    if pem.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        || pem.contains("Proc-Type: 4,ENCRYPTED")
+    {
         return Err(PemError(
             "is encrypted with a passphrase, which Apache cannot use unattended; give it unencrypted (openssl pkey -in key.pem -out plain.pem)".into(),
         ));
     }
     // Never the library's default passphrase prompt on a terminal: a key
     // that still asks for one gets an empty passphrase and fails.
-    PKey::private_key_from_pem_callback(pem.as_bytes(), |_buf| Ok(0)).map_err(|_| PemError("not a readable private key (truncated or corrupt PEM)".into()))
+    PKey::private_key_from_pem_callback(pem.as_bytes(), |_buf| Ok(0))
+        .map_err(|_| PemError("not a readable private key (truncated or corrupt PEM)".into()))
 }
 
 /// Would OpenSSL, at this system's default security level (the library and
@@ -211,15 +225,18 @@ pub fn check_loadable(key_pem: &str, chain_pem: &str, extra: Option<&str>) -> Re
     use openssl::ssl::{Ssl, SslContext, SslMethod};
     use openssl::x509::X509;
     let why = |what: &str, e: openssl::error::ErrorStack| {
-        let reasons: Vec<String> = e.errors().iter().filter_map(|x| x.reason().map(str::to_string)).collect();
+        let reasons: Vec<String> =
+            e.errors().iter().filter_map(|x| x.reason().map(str::to_string)).collect();
         let r = if reasons.is_empty() { e.to_string() } else { reasons.join(", ") };
         PemError(format!("{what} is refused by OpenSSL at this system's security level ({r}), so Apache would fail to load it"))
     };
     let key = parse_key(key_pem)?;
-    let certs = X509::stack_from_pem(chain_pem.as_bytes()).map_err(|_| PemError("certificate: not valid PEM".into()))?;
+    let certs = X509::stack_from_pem(chain_pem.as_bytes())
+        .map_err(|_| PemError("certificate: not valid PEM".into()))?;
     let mut certs = certs.into_iter();
     let leaf = certs.next().ok_or_else(|| PemError("certificate: empty chain".into()))?;
-    let mut b = SslContext::builder(SslMethod::tls_server()).map_err(|e| PemError(format!("OpenSSL setup: {e}")))?;
+    let mut b = SslContext::builder(SslMethod::tls_server())
+        .map_err(|e| PemError(format!("OpenSSL setup: {e}")))?;
     b.set_certificate(&leaf).map_err(|e| why("the certificate in tls.crt", e))?;
     b.set_private_key(&key).map_err(|e| why("the key in tls.key", e))?;
     b.check_private_key().map_err(|e| why("the key in tls.key", e))?;
@@ -229,7 +246,9 @@ pub fn check_loadable(key_pem: &str, chain_pem: &str, extra: Option<&str>) -> Re
         ssl.add_chain_cert(c).map_err(|e| why("a chain certificate in tls.crt", e))?;
     }
     if let Some(extra) = extra {
-        for c in X509::stack_from_pem(extra.as_bytes()).map_err(|_| PemError("tls.cacrt: not valid PEM".into()))? {
+        for c in X509::stack_from_pem(extra.as_bytes())
+            .map_err(|_| PemError("tls.cacrt: not valid PEM".into()))?
+        {
             ssl.add_chain_cert(c).map_err(|e| why("a certificate in tls.cacrt", e))?;
         }
     }
@@ -248,32 +267,43 @@ pub fn untrusted_issuer(chain_pem: &str, extra_roots: Option<&std::path::Path>) 
     use openssl::x509::{X509StoreContext, X509};
     let certs = X509::stack_from_pem(chain_pem.as_bytes()).ok()?;
     let leaf = certs.first()?;
-    if leaf.issued(leaf) == openssl::x509::X509VerifyResult::OK && leaf.public_key().and_then(|k| leaf.verify(&k)).unwrap_or(false) {
-        return Some("it is self-signed, so it is no Let's Encrypt (ACME-issued) certificate".into());
+    if leaf.issued(leaf) == openssl::x509::X509VerifyResult::OK
+        && leaf.public_key().and_then(|k| leaf.verify(&k)).unwrap_or(false)
+    {
+        return Some(
+            "it is self-signed, so it is no Let's Encrypt (ACME-issued) certificate".into(),
+        );
     }
-    let verdict = (|| -> Result<Result<(), openssl::x509::X509VerifyResult>, openssl::error::ErrorStack> {
-        let mut b = X509StoreBuilder::new()?;
-        b.set_default_paths()?;
-        if let Some(path) = extra_roots {
-            if let Ok(text) = crate::fsutil::read_user_file(path) {
-                for c in X509::stack_from_pem(text.as_bytes()).unwrap_or_default() {
-                    let _ = b.add_cert(c);
+    let verdict =
+        (|| -> Result<Result<(), openssl::x509::X509VerifyResult>, openssl::error::ErrorStack> {
+            let mut b = X509StoreBuilder::new()?;
+            b.set_default_paths()?;
+            if let Some(path) = extra_roots {
+                if let Ok(text) = crate::fsutil::read_user_file(path) {
+                    for c in X509::stack_from_pem(text.as_bytes()).unwrap_or_default() {
+                        let _ = b.add_cert(c);
+                    }
                 }
             }
-        }
-        b.set_flags(X509VerifyFlags::NO_CHECK_TIME)?;
-        let store = b.build();
-        let mut chain = Stack::new()?;
-        for c in certs.iter().skip(1) {
-            chain.push(c.clone())?;
-        }
-        let mut ctx = X509StoreContext::new()?;
-        ctx.init(&store, leaf, &chain, |c| Ok(if c.verify_cert()? { Ok(()) } else { Err(c.error()) }))
-    })();
+            b.set_flags(X509VerifyFlags::NO_CHECK_TIME)?;
+            let store = b.build();
+            let mut chain = Stack::new()?;
+            for c in certs.iter().skip(1) {
+                chain.push(c.clone())?;
+            }
+            let mut ctx = X509StoreContext::new()?;
+            ctx.init(&store, leaf, &chain, |c| {
+                Ok(if c.verify_cert()? { Ok(()) } else { Err(c.error()) })
+            })
+        })();
     match verdict {
         Ok(Ok(())) => None,
         Ok(Err(why)) => {
-            let issuer = parse_chain(chain_pem).ok().and_then(|c| c.into_iter().next()).map(|c| c.issuer).unwrap_or_default();
+            let issuer = parse_chain(chain_pem)
+                .ok()
+                .and_then(|c| c.into_iter().next())
+                .map(|c| c.issuer)
+                .unwrap_or_default();
             let why = why.error_string();
             Some(format!("its issuer ({issuer}) is not a CA this device trusts ({why}); a staging or private CA's root belongs in acme_ca_bundle"))
         }
@@ -304,9 +334,15 @@ impl KeyCert {
     pub fn parse(key_pem: &str, chain_pem: &str) -> Result<KeyCert, PemError> {
         let key = parse_key(key_pem).map_err(|e| PemError(format!("key: {e}")))?;
         let chain = parse_chain(chain_pem).map_err(|e| PemError(format!("certificate: {e}")))?;
-        let leaf = chain.into_iter().next().ok_or_else(|| PemError("certificate: empty chain".into()))?;
+        let leaf =
+            chain.into_iter().next().ok_or_else(|| PemError("certificate: empty chain".into()))?;
         let key_matches = key_matches(&key, &leaf);
-        Ok(KeyCert { key_pem: key_pem.to_string(), chain_pem: chain_pem.to_string(), leaf, key_matches })
+        Ok(KeyCert {
+            key_pem: key_pem.to_string(),
+            chain_pem: chain_pem.to_string(),
+            leaf,
+            key_matches,
+        })
     }
 }
 
@@ -317,7 +353,9 @@ pub(crate) mod testutil {
 
     /// (key PEM, certificate PEM) for `names`, valid from `nb` to `na`.
     pub fn make(names: &[&str], nb: DateTime<Utc>, na: DateTime<Utc>) -> (String, String) {
-        let mut params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
         params.not_before = time::OffsetDateTime::from_unix_timestamp(nb.timestamp()).unwrap();
         params.not_after = time::OffsetDateTime::from_unix_timestamp(na.timestamp()).unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
@@ -341,7 +379,11 @@ mod tests {
     #[test]
     fn key_match_names_and_dates() {
         let now = Utc::now();
-        let (k1, c1) = testutil::make(&["a.example.com", "*.w.example.com"], now - chrono::Duration::days(1), now + chrono::Duration::days(9));
+        let (k1, c1) = testutil::make(
+            &["a.example.com", "*.w.example.com"],
+            now - chrono::Duration::days(1),
+            now + chrono::Duration::days(9),
+        );
         let (k2, _) = testutil::make(&["b.example.com"], now, now + chrono::Duration::days(1));
         let kc = KeyCert::parse(&k1, &c1).unwrap();
         assert!(kc.key_matches);
@@ -370,16 +412,25 @@ mod tests {
         let key = openssl::pkey::PKey::generate_ed25519().unwrap();
         let mut b = openssl::x509::X509::builder().unwrap();
         b.set_version(2).unwrap();
-        b.set_serial_number(&openssl::bn::BigNum::from_hex_str("87654321").unwrap().to_asn1_integer().unwrap()).unwrap();
+        b.set_serial_number(
+            &openssl::bn::BigNum::from_hex_str("87654321").unwrap().to_asn1_integer().unwrap(),
+        )
+        .unwrap();
         b.set_pubkey(&key).unwrap();
         b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap()).unwrap();
         b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(1).unwrap()).unwrap();
-        let kid = [0x69, 0x88, 0x5B, 0x6B, 0x87, 0x46, 0x40, 0x41, 0xE1, 0xB3, 0x7B, 0x84, 0x7B, 0xA0, 0xAE, 0x2C, 0xDE, 0x01, 0xC8, 0xD4];
+        let kid = [
+            0x69, 0x88, 0x5B, 0x6B, 0x87, 0x46, 0x40, 0x41, 0xE1, 0xB3, 0x7B, 0x84, 0x7B, 0xA0,
+            0xAE, 0x2C, 0xDE, 0x01, 0xC8, 0xD4,
+        ];
         let mut aki = vec![0x30, 0x16, 0x80, 0x14];
         aki.extend_from_slice(&kid);
-        let ext =
-            openssl::x509::X509Extension::new_from_der(&Asn1Object::from_str("2.5.29.35").unwrap(), false, &Asn1OctetString::new_from_bytes(&aki).unwrap())
-                .unwrap();
+        let ext = openssl::x509::X509Extension::new_from_der(
+            &Asn1Object::from_str("2.5.29.35").unwrap(),
+            false,
+            &Asn1OctetString::new_from_bytes(&aki).unwrap(),
+        )
+        .unwrap();
         b.append_extension(ext).unwrap();
         b.sign(&key, openssl::hash::MessageDigest::null()).unwrap();
         let info = parse_cert_der(&b.build().to_der().unwrap()).unwrap();
@@ -394,12 +445,22 @@ mod tests {
         assert_eq!(info.names, vec!["a.example.com".to_string()]);
         let mut ipinfo = info.clone();
         ipinfo.names = vec!["127.0.0.1".into(), "::1".into()];
-        assert!(ipinfo.covers("127.0.0.1") && ipinfo.covers("0:0:0:0:0:0:0:1") && !ipinfo.covers("127.0.0.2"));
+        assert!(
+            ipinfo.covers("127.0.0.1")
+                && ipinfo.covers("0:0:0:0:0:0:0:1")
+                && !ipinfo.covers("127.0.0.2")
+        );
     }
 
     #[test]
     fn garbage_is_an_error() {
-        for bad in ["", "   ", "garbage", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "-----BEGIN CERTIFICATE-----\nMIIB"] {
+        for bad in [
+            "",
+            "   ",
+            "garbage",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            "-----BEGIN CERTIFICATE-----\nMIIB",
+        ] {
             assert!(parse_chain(bad).is_err(), "{bad:?}");
             assert!(parse_key(bad).is_err(), "{bad:?}");
         }

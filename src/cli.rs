@@ -28,19 +28,51 @@ lives in certbot's layout; Apache gets one virtual-host file per site.",
 )]
 pub struct Cli {
     /// Prefix of every default path (runs unprivileged in a temporary directory).
-    #[arg(long, env = "SITE_ADMIN_ROOT", default_value = "/", global = true, value_name = "DIR", help_heading = "Global options")]
+    #[arg(
+        long,
+        env = "SITE_ADMIN_ROOT",
+        default_value = "/",
+        global = true,
+        value_name = "DIR",
+        help_heading = "Global options"
+    )]
     pub root: PathBuf,
     /// Config file [default: <root>/etc/site-admin/config.json].
-    #[arg(long, env = "SITE_ADMIN_CONFIG", global = true, value_name = "FILE", help_heading = "Global options")]
+    #[arg(
+        long,
+        env = "SITE_ADMIN_CONFIG",
+        global = true,
+        value_name = "FILE",
+        help_heading = "Global options"
+    )]
     pub config: Option<PathBuf>,
     /// ACME directory URL; overrides the config's acme_server, and moves the lineages renew renews to it.
-    #[arg(long, env = "SITE_ADMIN_ACME_SERVER", global = true, value_name = "URL", help_heading = "Global options")]
+    #[arg(
+        long,
+        env = "SITE_ADMIN_ACME_SERVER",
+        global = true,
+        value_name = "URL",
+        help_heading = "Global options"
+    )]
     pub acme_server: Option<String>,
     /// Extra PEM roots to trust for the ACME server's TLS and the certificates it issues.
-    #[arg(long, env = "SITE_ADMIN_ACME_CA_BUNDLE", global = true, value_name = "PEM", help_heading = "Global options")]
+    #[arg(
+        long,
+        env = "SITE_ADMIN_ACME_CA_BUNDLE",
+        global = true,
+        value_name = "PEM",
+        help_heading = "Global options"
+    )]
     pub acme_ca_bundle: Option<PathBuf>,
     /// Seconds to wait for the global lock before giving up (exit 3).
-    #[arg(long, env = "SITE_ADMIN_LOCK_TIMEOUT", default_value_t = 300, global = true, value_name = "SECS", help_heading = "Global options")]
+    #[arg(
+        long,
+        env = "SITE_ADMIN_LOCK_TIMEOUT",
+        default_value_t = 300,
+        global = true,
+        value_name = "SECS",
+        help_heading = "Global options"
+    )]
     pub lock_timeout: u64,
     /// More log output (-v, -vv).
     #[arg(short, long, action = ArgAction::Count, global = true, conflicts_with = "quiet", help_heading = "Global options")]
@@ -127,14 +159,18 @@ pub enum Command {
         dry_run: bool,
     },
     /// Remove a site (its Let's Encrypt certificate is stashed for a later redeploy).
-    #[command(after_help = "Example:\n  site-admin undeploy --siteid s3f2c9a0b1d4e5f60718293a4b5c6d7e8f9012345")]
+    #[command(
+        after_help = "Example:\n  site-admin undeploy --siteid s3f2c9a0b1d4e5f60718293a4b5c6d7e8f9012345"
+    )]
     Undeploy {
         /// The site to remove ("s" followed by 40 hex digits).
         #[arg(long, value_name = "ID")]
         siteid: SiteId,
     },
     /// Write deployed sites, with their TLS material and ACME accounts, to a backup file (mode 0600).
-    #[command(after_help = "Examples:\n  site-admin backup --all --out /var/backups/sites.json\n  site-admin backup --siteid s3f2... --notls --out - | less")]
+    #[command(
+        after_help = "Examples:\n  site-admin backup --all --out /var/backups/sites.json\n  site-admin backup --siteid s3f2... --notls --out - | less"
+    )]
     Backup {
         /// The sites to back up (one or more).
         #[arg(long, num_args = 1.., required_unless_present = "all", conflicts_with = "all", value_name = "ID")]
@@ -150,7 +186,9 @@ pub enum Command {
         notls: bool,
     },
     /// Deploy the sites of a backup (all, or the named ones): how a site moves to another device.
-    #[command(after_help = "Examples:\n  site-admin restore --in sites.json\n  site-admin restore --in sites.json --siteid s3f2...")]
+    #[command(
+        after_help = "Examples:\n  site-admin restore --in sites.json\n  site-admin restore --in sites.json --siteid s3f2..."
+    )]
     Restore {
         /// The backup file.
         #[arg(long = "in", value_name = "FILE")]
@@ -160,7 +198,9 @@ pub enum Command {
         siteid: Vec<SiteId>,
     },
     /// Print one deployed Site JSON, with its TLS material.
-    #[command(after_help = "Example:\n  site-admin showsite --siteid s3f2c9a0b1d4e5f60718293a4b5c6d7e8f9012345")]
+    #[command(
+        after_help = "Example:\n  site-admin showsite --siteid s3f2c9a0b1d4e5f60718293a4b5c6d7e8f9012345"
+    )]
     Showsite {
         /// The site to show.
         #[arg(long, value_name = "ID")]
@@ -170,7 +210,9 @@ pub enum Command {
     #[command(after_help = "Examples:\n  site-admin listsites\n  site-admin --json listsites")]
     Listsites,
     /// List live, stashed, own (OKC) and pending certificates, with when each is due; warns about trouble.
-    #[command(after_help = "Examples:\n  site-admin certificates\n  site-admin --json certificates")]
+    #[command(
+        after_help = "Examples:\n  site-admin certificates\n  site-admin --json certificates"
+    )]
     Certificates,
     /// Renew what is due, retry pending sites, reload Apache, run the hooks (the timer's entry point).
     #[command(
@@ -203,10 +245,14 @@ pub enum Command {
         serial: Option<String>,
     },
     /// Fleet mode: take the fleet's newer certificates, publish this device's newer ones, reload once, say what it serves.
-    #[command(after_help = "Examples:\n  site-admin sync            # what site-admin-sync.timer runs every 5 minutes\n  site-admin --json sync")]
+    #[command(
+        after_help = "Examples:\n  site-admin sync            # what site-admin-sync.timer runs every 5 minutes\n  site-admin --json sync"
+    )]
     Sync,
     /// Fleet mode: the devices, the lineages and who holds their locks.
-    #[command(after_help = "Examples:\n  site-admin fleet status\n  site-admin --json fleet status\n  site-admin fleet configured && echo fleet mode")]
+    #[command(
+        after_help = "Examples:\n  site-admin fleet status\n  site-admin --json fleet status\n  site-admin fleet configured && echo fleet mode"
+    )]
     Fleet {
         /// What to show.
         #[command(subcommand)]
@@ -300,7 +346,13 @@ pub fn man_page() -> std::io::Result<Vec<u8>> {
 fn roff_escape(s: &str) -> String {
     s.replace('\\', "\\e")
         .lines()
-        .map(|l| if l.starts_with('.') || l.starts_with('\'') { format!("\\&{l}") } else { l.to_string() })
+        .map(|l| {
+            if l.starts_with('.') || l.starts_with('\'') {
+                format!("\\&{l}")
+            } else {
+                l.to_string()
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -349,18 +401,35 @@ mod tests {
     fn completions_and_the_man_page_come_from_the_definition() {
         for sh in [Shell::Bash, Shell::Zsh, Shell::Fish] {
             let s = String::from_utf8(completions(sh)).unwrap();
-            assert!(s.contains("site-admin") && s.contains("renew") && s.contains("siteid"), "{sh:?}");
+            assert!(
+                s.contains("site-admin") && s.contains("renew") && s.contains("siteid"),
+                "{sh:?}"
+            );
         }
         let man = String::from_utf8(man_page().unwrap()).unwrap();
         assert!(man.starts_with(".ie") || man.contains(".TH"), "{}", &man[..200]);
         for sub in command().get_subcommands().filter(|s| s.get_name() != "help") {
-            assert!(man.contains(&format!("SITE-ADMIN {}", sub.get_name().to_uppercase())), "{} missing from the man page", sub.get_name());
+            assert!(
+                man.contains(&format!("SITE-ADMIN {}", sub.get_name().to_uppercase())),
+                "{} missing from the man page",
+                sub.get_name()
+            );
         }
     }
 
     #[test]
     fn flags_anywhere() {
-        let c = Cli::try_parse_from(["site-admin", "deploy", "--file", "x.json", "--root", "/r", "--json", "--dry-run"]).unwrap();
+        let c = Cli::try_parse_from([
+            "site-admin",
+            "deploy",
+            "--file",
+            "x.json",
+            "--root",
+            "/r",
+            "--json",
+            "--dry-run",
+        ])
+        .unwrap();
         assert_eq!(c.root, PathBuf::from("/r"));
         assert!(c.json);
         assert!(matches!(c.command, Command::Deploy { dry_run: true, .. }));
@@ -383,9 +452,17 @@ mod tests {
             })
         };
         assert_eq!(reason(&[]).unwrap(), RevocationReason::Superseded);
-        for (name, code) in [("unspecified", 0), ("keyCompromise", 1), ("superseded", 4), ("cessationOfOperation", 5)] {
+        for (name, code) in [
+            ("unspecified", 0),
+            ("keyCompromise", 1),
+            ("superseded", 4),
+            ("cessationOfOperation", 5),
+        ] {
             let r = reason(&["--reason", name]).unwrap();
-            assert_eq!((r.name(), r.code(), RevocationReason::from_name(name)), (name, code, Some(r)));
+            assert_eq!(
+                (r.name(), r.code(), RevocationReason::from_name(name)),
+                (name, code, Some(r))
+            );
         }
         for bad in ["nonsense", "keycompromise", "key-compromise", "1"] {
             let e = reason(&["--reason", bad]).unwrap_err();
@@ -396,13 +473,19 @@ mod tests {
         let mut help = Vec::new();
         command().find_subcommand_mut("revoke").unwrap().write_long_help(&mut help).unwrap();
         let help = String::from_utf8(help).unwrap();
-        assert!(["unspecified", "keyCompromise", "superseded", "cessationOfOperation"].iter().all(|r| help.contains(r)), "{help}");
+        assert!(
+            ["unspecified", "keyCompromise", "superseded", "cessationOfOperation"]
+                .iter()
+                .all(|r| help.contains(r)),
+            "{help}"
+        );
     }
 
     #[test]
     fn backup_siteids() {
         let (a, b) = ("s".to_string() + &"a".repeat(40), "s".to_string() + &"b".repeat(40));
-        let c = Cli::try_parse_from(["site-admin", "backup", "--siteid", &a, &b, "--out", "f"]).unwrap();
+        let c = Cli::try_parse_from(["site-admin", "backup", "--siteid", &a, &b, "--out", "f"])
+            .unwrap();
         match c.command {
             Command::Backup { siteid, all, .. } => {
                 assert_eq!(siteid, vec![SiteId::parse(&a).unwrap(), SiteId::parse(&b).unwrap()]);

@@ -121,7 +121,10 @@ impl Shape {
             Shape::Argv => "a list of strings (a program and its arguments)".into(),
             Shape::KeyType => "\"ecdsa\" or \"rsa\"".into(),
             Shape::AnyObject => "an object".into(),
-            Shape::Object(fields, _) => format!("an object with {}", fields.iter().map(|(k, _)| format!("`{k}`")).collect::<Vec<_>>().join(", ")),
+            Shape::Object(fields, _) => format!(
+                "an object with {}",
+                fields.iter().map(|(k, _)| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+            ),
         }
     }
 
@@ -135,13 +138,23 @@ impl Shape {
             Shape::AnyObject => v.is_object(),
             Shape::Object(fields, required) => {
                 let Some(map) = v.as_object() else {
-                    return Err(if at.is_empty() { "must be a JSON object".into() } else { format!("{at}: must be {}", self.expected()) });
+                    return Err(if at.is_empty() {
+                        "must be a JSON object".into()
+                    } else {
+                        format!("{at}: must be {}", self.expected())
+                    });
                 };
                 let prefix = if at.is_empty() { String::new() } else { format!("{at}: ") };
                 for (k, x) in map {
                     let Some((_, shape)) = fields.iter().find(|(name, _)| name == k) else {
-                        let names = fields.iter().map(|(k, _)| format!("`{k}`")).collect::<Vec<_>>().join(", ");
-                        return Err(format!("{prefix}unknown field `{k}`, expected one of {names}"));
+                        let names = fields
+                            .iter()
+                            .map(|(k, _)| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        return Err(format!(
+                            "{prefix}unknown field `{k}`, expected one of {names}"
+                        ));
                     };
                     if x.is_null() && !required.contains(&k.as_str()) {
                         continue;
@@ -231,24 +244,36 @@ impl Config {
         let root = if root.is_absolute() {
             root.to_path_buf()
         } else {
-            std::env::current_dir().map_err(|e| Error::failed(format!("current directory: {e}")))?.join(root)
+            std::env::current_dir()
+                .map_err(|e| Error::failed(format!("current directory: {e}")))?
+                .join(root)
         };
         if !root.is_dir() {
-            return Err(Error::invalid(format!("--root {}: no such directory (the root every default path is under)", root.display())));
+            return Err(Error::invalid(format!(
+                "--root {}: no such directory (the root every default path is under)",
+                root.display()
+            )));
         }
         let (path, explicit) = match &ov.config_file {
             Some(p) => (p.clone(), true),
             None => (root.join("etc/site-admin/config.json"), false),
         };
         let raw: RawConfig = match crate::fsutil::read_user_file(&path) {
-            Ok(text) => parse(&text).map_err(|why| Error::invalid(format!("config file {}: {why}", path.display())))?,
-            Err(crate::fsutil::InputError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && !explicit => RawConfig::default(),
+            Ok(text) => parse(&text)
+                .map_err(|why| Error::invalid(format!("config file {}: {why}", path.display())))?,
+            Err(crate::fsutil::InputError::Io(e))
+                if e.kind() == std::io::ErrorKind::NotFound && !explicit =>
+            {
+                RawConfig::default()
+            }
             Err(e) => return Err(Error::invalid(format!("config file {}: {e}", path.display()))),
         };
         if raw.acme_eab.is_some() {
             if let Ok(md) = std::fs::metadata(&path) {
                 use std::os::unix::fs::MetadataExt;
-                if let Some(who) = eab_readers(md.mode(), md.uid(), md.gid(), rustix::process::geteuid().as_raw()) {
+                if let Some(who) =
+                    eab_readers(md.mode(), md.uid(), md.gid(), rustix::process::geteuid().as_raw())
+                {
                     tracing::warn!(
                         "config file {}: it holds acme_eab.hmac_key and {who} can read it (mode {:04o}); make it readable by its owner alone: chmod 600 {}",
                         path.display(),
@@ -264,10 +289,13 @@ impl Config {
     }
 
     fn from_raw(root: PathBuf, raw: RawConfig, ov: &Overrides, path: &Path) -> Result<Config> {
-        let bad = |field: &str, why: &str| Error::invalid(format!("config file {}: {field}: {why}", path.display()));
+        let bad = |field: &str, why: &str| {
+            Error::invalid(format!("config file {}: {field}: {why}", path.display()))
+        };
         let p = |v: &Option<String>, d: &str| under(&root, v.as_deref().unwrap_or(d));
         let ap = raw.apache.unwrap_or_default();
-        let configtest = ap.configtest.unwrap_or_else(|| vec!["apachectl".into(), "configtest".into()]);
+        let configtest =
+            ap.configtest.unwrap_or_else(|| vec!["apachectl".into(), "configtest".into()]);
         let reload = ap.reload.unwrap_or_else(|| vec!["apachectl".into(), "graceful".into()]);
         let start = ap.start.unwrap_or_else(|| vec!["apachectl".into(), "start".into()]);
         if start.is_empty() {
@@ -286,9 +314,18 @@ impl Config {
         }
         let address = match &ap.address {
             None => std::net::IpAddr::from([127, 0, 0, 1]),
-            Some(a) => a.trim().parse().map_err(|_| bad("apache.address", "must be an IP address Apache listens on (e.g. 127.0.0.1 or ::1)"))?,
+            Some(a) => a.trim().parse().map_err(|_| {
+                bad(
+                    "apache.address",
+                    "must be an IP address Apache listens on (e.g. 127.0.0.1 or ::1)",
+                )
+            })?,
         };
-        let acme_server = ov.acme_server.clone().or(raw.acme_server).unwrap_or_else(|| LETSENCRYPT_PRODUCTION.into());
+        let acme_server = ov
+            .acme_server
+            .clone()
+            .or(raw.acme_server)
+            .unwrap_or_else(|| LETSENCRYPT_PRODUCTION.into());
         // The server URL becomes the accounts directory: only a clean one.
         // The value is not repeated: a config error never echoes one.
         if let Err(why) = crate::store::accounts::server_rel(&acme_server) {
@@ -298,14 +335,23 @@ impl Config {
             });
         }
         let acme_ca_bundle = match &ov.acme_ca_bundle {
-            Some(b) => Some(if b.is_absolute() { b.clone() } else { std::env::current_dir().unwrap_or_default().join(b) }),
+            Some(b) => Some(if b.is_absolute() {
+                b.clone()
+            } else {
+                std::env::current_dir().unwrap_or_default().join(b)
+            }),
             None => raw.acme_ca_bundle.as_deref().map(|b| under(&root, b)),
         };
         if let Some(b) = &acme_ca_bundle {
             if !b.is_file() {
                 return Err(match &ov.acme_ca_bundle {
-                    Some(_) => Error::invalid(format!("--acme-ca-bundle {}: no such file", b.display())),
-                    None => bad("acme_ca_bundle", "no such file (a relative path is taken under --root)"),
+                    Some(_) => {
+                        Error::invalid(format!("--acme-ca-bundle {}: no such file", b.display()))
+                    }
+                    None => bad(
+                        "acme_ca_bundle",
+                        "no such file (a relative path is taken under --root)",
+                    ),
                 });
             }
         }
@@ -323,7 +369,12 @@ impl Config {
                 }
                 let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
                     .decode(e.hmac_key.trim().trim_end_matches('='))
-                    .map_err(|_| bad("acme_eab.hmac_key", "not base64url (the MAC key exactly as the CA shows it)"))?;
+                    .map_err(|_| {
+                        bad(
+                            "acme_eab.hmac_key",
+                            "not base64url (the MAC key exactly as the CA shows it)",
+                        )
+                    })?;
                 if key.is_empty() {
                     return Err(bad("acme_eab.hmac_key", "is empty"));
                 }
@@ -331,17 +382,21 @@ impl Config {
             }
         };
         if let Some(p) = &raw.acme_profile {
-            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
                 return Err(bad("acme_profile", "must be a profile name (letters, digits, - _ .)"));
             }
         }
-        let fleet = match &raw.fleet {
-            None => None,
-            Some(v) => {
-                let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
-                Some(crate::fleet::config::parse(v, &root, &host).map_err(|e| Error::invalid(format!("config file {}: {e}", path.display())))?)
-            }
-        };
+        let fleet =
+            match &raw.fleet {
+                None => None,
+                Some(v) => {
+                    let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+                    Some(crate::fleet::config::parse(v, &root, &host).map_err(|e| {
+                        Error::invalid(format!("config file {}: {e}", path.display()))
+                    })?)
+                }
+            };
         Ok(Config {
             fleet,
             acme_profile: raw.acme_profile,
@@ -404,7 +459,10 @@ impl Config {
     }
     /// State dir for site-admin's own bookkeeping (the operation journal).
     pub fn state_dir(&self) -> PathBuf {
-        self.sites_dir.parent().map(|p| p.to_path_buf()).unwrap_or_else(|| self.root.join("var/lib/site-admin"))
+        self.sites_dir
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_else(|| self.root.join("var/lib/site-admin"))
     }
 }
 
@@ -422,7 +480,13 @@ mod tests {
 
     #[test]
     fn defaults_are_under_root() {
-        let c = Config::from_raw("/r".into(), RawConfig::default(), &Overrides::default(), Path::new("x")).unwrap();
+        let c = Config::from_raw(
+            "/r".into(),
+            RawConfig::default(),
+            &Overrides::default(),
+            Path::new("x"),
+        )
+        .unwrap();
         assert_eq!(c.letsencrypt_dir, PathBuf::from("/r/etc/letsencrypt"));
         assert_eq!(c.apache.sites_dir, PathBuf::from("/r/etc/httpd/sites"));
         assert_eq!(c.lock_file, PathBuf::from("/r/run/site-admin/site-admin.lock"));
@@ -434,11 +498,14 @@ mod tests {
 
     #[test]
     fn apache_address_is_an_ip_address() {
-        let raw: RawConfig = serde_json::from_str(r#"{"apache": {"address": "127.0.0.2"}}"#).unwrap();
+        let raw: RawConfig =
+            serde_json::from_str(r#"{"apache": {"address": "127.0.0.2"}}"#).unwrap();
         let c = Config::from_raw("/r".into(), raw, &Overrides::default(), Path::new("x")).unwrap();
         assert_eq!(c.apache.address.to_string(), "127.0.0.2");
-        let raw: RawConfig = serde_json::from_str(r#"{"apache": {"address": "localhost"}}"#).unwrap();
-        let e = Config::from_raw("/r".into(), raw, &Overrides::default(), Path::new("x")).unwrap_err();
+        let raw: RawConfig =
+            serde_json::from_str(r#"{"apache": {"address": "localhost"}}"#).unwrap();
+        let e =
+            Config::from_raw("/r".into(), raw, &Overrides::default(), Path::new("x")).unwrap_err();
         assert!(e.to_string().contains("apache.address"), "{e}");
     }
 
@@ -452,24 +519,52 @@ mod tests {
     fn a_wrong_value_is_named_by_its_key_and_never_repeated() {
         let secret = "c2VjcmV0LW1hYy1rZXk";
         for (doc, want) in [
-            (format!(r#"{{"acme_eab": "{secret}"}}"#), "acme_eab: must be an object with `kid`, `hmac_key`"),
-            (format!(r#"{{"acme_eab": {{"kid": "k", "hmac_key": ["{secret}"]}}}}"#), "acme_eab.hmac_key: must be a string"),
-            (format!(r#"{{"acme_eab": {{"kid": 7, "hmac_key": "{secret}"}}}}"#), "acme_eab.kid: must be a string"),
+            (
+                format!(r#"{{"acme_eab": "{secret}"}}"#),
+                "acme_eab: must be an object with `kid`, `hmac_key`",
+            ),
+            (
+                format!(r#"{{"acme_eab": {{"kid": "k", "hmac_key": ["{secret}"]}}}}"#),
+                "acme_eab.hmac_key: must be a string",
+            ),
+            (
+                format!(r#"{{"acme_eab": {{"kid": 7, "hmac_key": "{secret}"}}}}"#),
+                "acme_eab.kid: must be a string",
+            ),
             (format!(r#"{{"key_type": "{secret}"}}"#), "key_type: must be \"ecdsa\" or \"rsa\""),
             (format!(r#"{{"contact_email": ["{secret}"]}}"#), "contact_email: must be a string"),
-            (format!(r#"{{"apache": {{"http_port": "{secret}"}}}}"#), "apache.http_port: must be a port number"),
-            (r#"{"apache": {"https_port": 7654321}}"#.to_string(), "apache.https_port: must be a port number"),
-            (format!(r#"{{"apache": {{"reload": ["x", {{"{secret}": 1}}]}}}}"#), "apache.reload: must be a list of strings"),
+            (
+                format!(r#"{{"apache": {{"http_port": "{secret}"}}}}"#),
+                "apache.http_port: must be a port number",
+            ),
+            (
+                r#"{"apache": {"https_port": 7654321}}"#.to_string(),
+                "apache.https_port: must be a port number",
+            ),
+            (
+                format!(r#"{{"apache": {{"reload": ["x", {{"{secret}": 1}}]}}}}"#),
+                "apache.reload: must be a list of strings",
+            ),
             (format!(r#"{{"apache": "{secret}"}}"#), "apache: must be an object"),
             (format!(r#"["{secret}"]"#), "must be a JSON object"),
-            (format!(r#"{{"acme_eab": {{"hmac_key": "{secret}"}}}}"#), "acme_eab: missing field `kid`"),
+            (
+                format!(r#"{{"acme_eab": {{"hmac_key": "{secret}"}}}}"#),
+                "acme_eab: missing field `kid`",
+            ),
             (format!(r#"{{"acme_eab": {{"kid": "k", "hmac_key": "{secret}"#), "EOF while parsing"),
         ] {
             let e = parse(&doc).map(|_| ()).unwrap_err();
             assert!(e.contains(want), "{doc}: {e}");
-            assert!(!e.contains(secret) && !e.contains("7654321"), "{doc}: the message repeats the value: {e}");
+            assert!(
+                !e.contains(secret) && !e.contains("7654321"),
+                "{doc}: the message repeats the value: {e}"
+            );
         }
-        let e = parse(&format!(r#"{{"acme_eab": {{"kid": "k", "hmac_key": "{secret}"}}, "acme_eab": null}}"#)).map(|_| ()).unwrap_err();
+        let e = parse(&format!(
+            r#"{{"acme_eab": {{"kid": "k", "hmac_key": "{secret}"}}, "acme_eab": null}}"#
+        ))
+        .map(|_| ())
+        .unwrap_err();
         assert!(e.contains("duplicate field `acme_eab`") && !e.contains(secret), "{e}");
         assert!(parse(r#"{"acme_profile": null, "apache": {"http_port": 8080, "start": ["a", "b"]}, "key_type": "rsa"}"#).is_ok());
     }

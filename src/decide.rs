@@ -264,9 +264,14 @@ pub fn decide(f: &Facts) -> Result<Plan, Refusal> {
                 return Err(Refusal("tls.key does not match the certificate in tls.crt".into()));
             }
             if !okc.covers_host {
-                warnings.push(format!("the own certificate in tls.crt does not cover {h}; browsers will warn"));
+                warnings.push(format!(
+                    "the own certificate in tls.crt does not cover {h}; browsers will warn"
+                ));
             } else if okc.not_after <= f.now {
-                warnings.push(format!("the own certificate in tls.crt expired at {}; browsers will warn", fmt_date(okc.not_after)));
+                warnings.push(format!(
+                    "the own certificate in tls.crt expired at {}; browsers will warn",
+                    fmt_date(okc.not_after)
+                ));
             } else if okc.not_before > f.now + clock_skew() {
                 warnings.push(format!("the own certificate in tls.crt is not valid until {}; browsers will warn until then", fmt_date(okc.not_before)));
             }
@@ -288,7 +293,9 @@ pub fn decide(f: &Facts) -> Result<Plan, Refusal> {
             if let Some(live) = &f.live {
                 match live.problem(h, now) {
                     None => cands.push((Source::Live, live.clone())),
-                    Some(p) => reasons.push(format!("the live certificate of {h} is not usable: {p}")),
+                    Some(p) => {
+                        reasons.push(format!("the live certificate of {h} is not usable: {p}"))
+                    }
                 }
             }
             let mut stash_present_usable = false;
@@ -300,9 +307,14 @@ pub fn decide(f: &Facts) -> Result<Plan, Refusal> {
                     ));
                 } else if st.not_after <= now {
                     actions.push(Action::DeleteStash { host: h.into() });
-                    reasons.push(format!("the stashed certificate of {h} expired at {}: deleted", fmt_date(st.not_after)));
+                    reasons.push(format!(
+                        "the stashed certificate of {h} expired at {}: deleted",
+                        fmt_date(st.not_after)
+                    ));
                 } else if let Some(p) = st.problem(h, now) {
-                    warnings.push(format!("the stashed certificate of {h} is not usable and is left alone: {p}"));
+                    warnings.push(format!(
+                        "the stashed certificate of {h} is not usable and is left alone: {p}"
+                    ));
                 } else {
                     stash_present_usable = true;
                     cands.push((Source::Stash, st.clone()));
@@ -311,35 +323,55 @@ pub fn decide(f: &Facts) -> Result<Plan, Refusal> {
             if let Some(c) = carried {
                 match c.problem(h, now) {
                     None => cands.push((Source::Json, c.clone())),
-                    Some(p) => warnings.push(format!("the Let's Encrypt certificate in the Site JSON is ignored: {p}")),
+                    Some(p) => warnings.push(format!(
+                        "the Let's Encrypt certificate in the Site JSON is ignored: {p}"
+                    )),
                 }
             }
             // Newest wins; ties keep what the device has (order above).
-            let chosen = cands.iter().fold(None::<(Source, &Candidate)>, |best, (s, c)| match best {
-                Some((_, b)) if b.not_after >= c.not_after => best,
-                _ => Some((*s, c)),
-            });
+            let chosen =
+                cands.iter().fold(None::<(Source, &Candidate)>, |best, (s, c)| match best {
+                    Some((_, b)) if b.not_after >= c.not_after => best,
+                    _ => Some((*s, c)),
+                });
             let others: Vec<String> = cands
                 .iter()
                 .filter(|(s, _)| Some(*s) != chosen.map(|c| c.0))
                 .map(|(s, c)| format!("{} until {}", source_name(*s), fmt_date(c.not_after)))
                 .collect();
-            let vs = if others.is_empty() { String::new() } else { format!(" (over the {})", others.join(", ")) };
+            let vs = if others.is_empty() {
+                String::new()
+            } else {
+                format!(" (over the {})", others.join(", "))
+            };
             match chosen {
                 Some((Source::Live, c)) => {
-                    reasons.push(format!("keep the live certificate, valid until {}{vs}", fmt_date(c.not_after)));
+                    reasons.push(format!(
+                        "keep the live certificate, valid until {}{vs}",
+                        fmt_date(c.not_after)
+                    ));
                 }
                 Some((Source::Stash, c)) => {
                     actions.push(Action::Unstash { host: h.into() });
-                    reasons.push(format!("unstash the stashed certificate, valid until {}{vs}; no new issuance", fmt_date(c.not_after)));
+                    reasons.push(format!(
+                        "unstash the stashed certificate, valid until {}{vs}; no new issuance",
+                        fmt_date(c.not_after)
+                    ));
                 }
                 Some((Source::Json, c)) => {
                     if stash_present_usable {
                         actions.push(Action::DeleteStash { host: h.into() });
                     }
                     actions.push(Action::ImportCarried { host: h.into() });
-                    let how = if f.live.is_some() { "as the next version of the live lineage" } else { "as a new lineage under renewal" };
-                    reasons.push(format!("use the certificate carried in the Site JSON, valid until {}{vs}, {how}", fmt_date(c.not_after)));
+                    let how = if f.live.is_some() {
+                        "as the next version of the live lineage"
+                    } else {
+                        "as a new lineage under renewal"
+                    };
+                    reasons.push(format!(
+                        "use the certificate carried in the Site JSON, valid until {}{vs}, {how}",
+                        fmt_date(c.not_after)
+                    ));
                 }
                 None => {
                     actions.push(Action::Provision { host: h.into() });
@@ -352,12 +384,22 @@ pub fn decide(f: &Facts) -> Result<Plan, Refusal> {
                             Serve::Okc
                         }
                         _ => {
-                            let what = if deployed_lkc_here { "renew the expired live certificate now" } else { "provision one now" };
+                            let what = if deployed_lkc_here {
+                                "renew the expired live certificate now"
+                            } else {
+                                "provision one now"
+                            };
                             reasons.push(format!("no usable Let's Encrypt certificate: {what}; if that fails, serve http and retry at the next renew"));
                             Serve::Http
                         }
                     };
-                    return Ok(plan(actions, Serve::Lkc { host: h.into() }, Some(fallback), reasons, warnings));
+                    return Ok(plan(
+                        actions,
+                        Serve::Lkc { host: h.into() },
+                        Some(fallback),
+                        reasons,
+                        warnings,
+                    ));
                 }
             }
             if deployed_okc {
@@ -376,7 +418,13 @@ fn source_name(s: Source) -> &'static str {
     }
 }
 
-fn plan(actions: Vec<Action>, serve: Serve, on_failure: Option<Serve>, reasons: Vec<String>, warnings: Vec<String>) -> Plan {
+fn plan(
+    actions: Vec<Action>,
+    serve: Serve,
+    on_failure: Option<Serve>,
+    reasons: Vec<String>,
+    warnings: Vec<String>,
+) -> Plan {
     Plan { actions, serve, on_failure, reason: reasons.join("; "), warnings }
 }
 

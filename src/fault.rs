@@ -25,12 +25,17 @@ static HITS: AtomicU32 = AtomicU32::new(0);
 
 fn setting() -> &'static Setting {
     SETTING.get_or_init(|| {
-        let step = std::env::var("SITE_ADMIN_FAULT").ok().filter(|s| !s.is_empty()).map(|s| match s.rsplit_once('#') {
-            Some((name, n)) => (name.to_string(), n.parse().unwrap_or(1)),
-            None => (s, 1),
-        });
+        let step =
+            std::env::var("SITE_ADMIN_FAULT").ok().filter(|s| !s.is_empty()).map(|s| {
+                match s.rsplit_once('#') {
+                    Some((name, n)) => (name.to_string(), n.parse().unwrap_or(1)),
+                    None => (s, 1),
+                }
+            });
         let trace = std::env::var_os("SITE_ADMIN_FAULT_TRACE").map(Into::into);
-        let pause = std::env::var("SITE_ADMIN_FAULT_PAUSE").ok().and_then(|s| s.split_once(':').map(|(a, b)| (a.to_string(), b.into())));
+        let pause = std::env::var("SITE_ADMIN_FAULT_PAUSE")
+            .ok()
+            .and_then(|s| s.split_once(':').map(|(a, b)| (a.to_string(), b.into())));
         Setting { step, trace, pause }
     })
 }
@@ -45,7 +50,8 @@ pub fn point(step: &str) {
     }
     if let Some((name, file)) = &s.pause {
         let start = std::time::Instant::now();
-        while name == step && file.exists() && start.elapsed() < std::time::Duration::from_secs(120) {
+        while name == step && file.exists() && start.elapsed() < std::time::Duration::from_secs(120)
+        {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }

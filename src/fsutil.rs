@@ -33,7 +33,12 @@ fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
     h.finish()
 }
 
@@ -88,7 +93,8 @@ pub fn resolve_guarded(path: &Path) -> Result<PathBuf, String> {
                         cur.display()
                     ));
                 }
-                let target = fs::read_link(&next).map_err(|e| format!("{}: {e}", next.display()))?;
+                let target =
+                    fs::read_link(&next).map_err(|e| format!("{}: {e}", next.display()))?;
                 if target.is_absolute() {
                     cur = PathBuf::from("/");
                 }
@@ -159,7 +165,11 @@ pub fn read_limited(r: impl std::io::Read) -> Result<String, InputError> {
 /// never a device or FIFO (which could block or never end), at most
 /// [`INPUT_LIMIT`] bytes.
 pub fn read_user_file(path: &Path) -> Result<String, InputError> {
-    let f = OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32).open(path).map_err(InputError::Io)?;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(InputError::Io)?;
     let md = f.metadata().map_err(InputError::Io)?;
     if !md.is_file() {
         return Err(InputError::NotRegular(kind_of(&md.file_type())));
@@ -185,10 +195,19 @@ pub fn user_output_target(path: &Path) -> Result<PathBuf, String> {
         Ok(md) if md.is_file() => Ok(resolved),
         Ok(md) if md.file_type().is_symlink() => match fs::metadata(&resolved) {
             Ok(t) if t.is_file() => Ok(resolved),
-            Ok(t) => Err(format!("is a symlink to {}; give a regular file, or - for standard output", kind_of(&t.file_type()))),
-            Err(_) => Err("is a symlink that points nowhere; give a regular file, or - for standard output".into()),
+            Ok(t) => Err(format!(
+                "is a symlink to {}; give a regular file, or - for standard output",
+                kind_of(&t.file_type())
+            )),
+            Err(_) => Err(
+                "is a symlink that points nowhere; give a regular file, or - for standard output"
+                    .into(),
+            ),
         },
-        Ok(md) => Err(format!("is {}; give a regular file, or - for standard output", kind_of(&md.file_type()))),
+        Ok(md) => Err(format!(
+            "is {}; give a regular file, or - for standard output",
+            kind_of(&md.file_type())
+        )),
     }
 }
 
@@ -240,7 +259,8 @@ pub fn create_dir_all_mode(dir: &Path, mode: u32) -> Result<()> {
         }
     }
     match fs::create_dir(dir) {
-        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(mode)).io_ctx("setting mode of", dir),
+        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+            .io_ctx("setting mode of", dir),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
         Err(e) => Err(e).io_ctx("creating directory", dir),
     }
@@ -251,7 +271,8 @@ pub fn ensure_dir_mode(dir: &Path, mode: u32) -> Result<()> {
     create_dir_all_mode(dir, mode)?;
     let cur = fs::metadata(dir).io_ctx("reading", dir)?.permissions().mode() & 0o7777;
     if cur != mode {
-        fs::set_permissions(dir, fs::Permissions::from_mode(mode)).io_ctx("setting mode of", dir)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+            .io_ctx("setting mode of", dir)?;
     }
     Ok(())
 }
@@ -334,7 +355,8 @@ mod tests {
         let (_, random) = rest.split_once('-').expect("a random part after the counter");
         assert_eq!(random.len(), 16, "{name}");
         assert!(random.bytes().all(|c| c.is_ascii_hexdigit()), "{name}");
-        let other = b.file_name().unwrap().to_str().unwrap().rsplit('-').next().unwrap().to_string();
+        let other =
+            b.file_name().unwrap().to_str().unwrap().rsplit('-').next().unwrap().to_string();
         assert_ne!(random, other, "two names share their random part");
     }
 
@@ -368,7 +390,11 @@ mod tests {
         let link = shared.join("out.json");
         std::os::unix::fs::symlink(&victim, &link).unwrap();
         let canon = fs::canonicalize(t.path()).unwrap();
-        assert_eq!(resolve_guarded(&link).unwrap(), canon.join("victim"), "the caller's own link is followed");
+        assert_eq!(
+            resolve_guarded(&link).unwrap(),
+            canon.join("victim"),
+            "the caller's own link is followed"
+        );
         assert_eq!(resolve_guarded(&shared.join("sub/../out.json")).unwrap(), canon.join("victim"));
         if rustix::process::geteuid().is_root() {
             std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
@@ -378,7 +404,9 @@ mod tests {
             let dirlink = shared.join("d");
             std::os::unix::fs::symlink(t.path(), &dirlink).unwrap();
             std::os::unix::fs::lchown(&dirlink, Some(65534), Some(65534)).unwrap();
-            assert!(resolve_guarded(&dirlink.join("new.json")).unwrap_err().contains("not followed"));
+            assert!(resolve_guarded(&dirlink.join("new.json"))
+                .unwrap_err()
+                .contains("not followed"));
         }
     }
 }

@@ -37,10 +37,13 @@ pub fn executables(dir: &Path) -> Vec<PathBuf> {
             rd.filter_map(|e| e.ok())
                 .map(|e| e.path())
                 .filter(|p| {
-                    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let name =
+                        p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                     !name.ends_with('~')
                         && !name.starts_with('.')
-                        && std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+                        && std::fs::metadata(p)
+                            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                            .unwrap_or(false)
                 })
                 .collect()
         })
@@ -56,7 +59,10 @@ pub fn run_hook(path: &Path, env: &[(&str, String)], stdin: &[u8], limit: Durati
     // Its own process group, so that on timeout its children die with it
     // (and release the output pipes we read).
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str()))).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return HookRun { hook, ok: false, error: Some(format!("cannot run: {e}")) },
@@ -76,7 +82,10 @@ pub fn run_hook(path: &Path, env: &[(&str, String)], stdin: &[u8], limit: Durati
     // keeps the pipes open, maybe for good) and forward nothing more.
     let stop = Arc::new(AtomicBool::new(false));
     let (done_tx, done_rx) = mpsc::channel::<()>();
-    for r in [out.map(|o| Box::new(o) as Box<dyn Read + Send>), err.map(|e| Box::new(e) as Box<dyn Read + Send>)] {
+    for r in [
+        out.map(|o| Box::new(o) as Box<dyn Read + Send>),
+        err.map(|e| Box::new(e) as Box<dyn Read + Send>),
+    ] {
         let (name, stop, done) = (name.clone(), stop.clone(), done_tx.clone());
         std::thread::spawn(move || {
             forward(r, &name, &stop);
@@ -90,7 +99,8 @@ pub fn run_hook(path: &Path, env: &[(&str, String)], stdin: &[u8], limit: Durati
             Ok(Some(s)) => break Some(s),
             Ok(None) if start.elapsed() > limit => {
                 if let Some(pgid) = rustix::process::Pid::from_raw(child.id() as i32) {
-                    let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+                    let _ =
+                        rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
                 }
                 let _ = child.kill();
                 let _ = child.wait();
@@ -117,7 +127,11 @@ pub fn run_hook(path: &Path, env: &[(&str, String)], stdin: &[u8], limit: Durati
     match status {
         Some(s) if s.success() => HookRun { hook, ok: true, error: None },
         Some(s) => HookRun { hook, ok: false, error: Some(format!("exited with {s}")) },
-        None => HookRun { hook, ok: false, error: Some(format!("killed after the time limit of {} s", limit.as_secs())) },
+        None => HookRun {
+            hook,
+            ok: false,
+            error: Some(format!("killed after the time limit of {} s", limit.as_secs())),
+        },
     }
 }
 
@@ -153,9 +167,25 @@ mod tests {
         script(t.path(), "c~", "exit 0");
         std::fs::write(t.path().join("d"), "not executable").unwrap();
         let hooks = executables(t.path());
-        assert_eq!(hooks.iter().map(|p| p.file_name().unwrap().to_str().unwrap()).collect::<Vec<_>>(), vec!["a", "b"]);
-        let runs: Vec<HookRun> = hooks.iter().map(|h| run_hook(h, &[("RENEWED_DOMAINS", "x.test y.test".into())], b"{\"r\":1}", HOOK_TIME_LIMIT)).collect();
-        assert!(!runs[0].ok && runs[0].error.as_deref() == Some("exited with exit status: 3"), "{runs:?}");
+        assert_eq!(
+            hooks.iter().map(|p| p.file_name().unwrap().to_str().unwrap()).collect::<Vec<_>>(),
+            vec!["a", "b"]
+        );
+        let runs: Vec<HookRun> = hooks
+            .iter()
+            .map(|h| {
+                run_hook(
+                    h,
+                    &[("RENEWED_DOMAINS", "x.test y.test".into())],
+                    b"{\"r\":1}",
+                    HOOK_TIME_LIMIT,
+                )
+            })
+            .collect();
+        assert!(
+            !runs[0].ok && runs[0].error.as_deref() == Some("exited with exit status: 3"),
+            "{runs:?}"
+        );
         assert!(runs[1].ok);
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "a\nb x.test y.test {\"r\":1}\n");
         let slow = script(t.path(), "slow", "sleep 30");
@@ -171,7 +201,11 @@ mod tests {
         let start = Instant::now();
         let r = run_hook(&h, &[], b"", HOOK_TIME_LIMIT);
         let took = start.elapsed();
-        if let Some(p) = std::fs::read_to_string(&pid).ok().and_then(|t| t.trim().parse().ok()).and_then(rustix::process::Pid::from_raw) {
+        if let Some(p) = std::fs::read_to_string(&pid)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .and_then(rustix::process::Pid::from_raw)
+        {
             let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
         }
         assert!(r.ok, "{r:?}");

@@ -81,7 +81,10 @@ fn index_path(cfg: &Config) -> PathBuf {
 pub fn start(cfg: &Config) -> Result<PathBuf> {
     let d = dir(cfg);
     if index_path(cfg).exists() {
-        return Err(Error::failed(format!("an interrupted Apache change in {} was not recovered", d.display())));
+        return Err(Error::failed(format!(
+            "an interrupted Apache change in {} was not recovered",
+            d.display()
+        )));
     }
     fsutil::create_dir_all_mode(&d, 0o700)?;
     fsutil::ensure_dir_mode(&d, 0o700)?;
@@ -149,7 +152,8 @@ pub fn damaged(cfg: &Config) -> bool {
 /// readable index nobody knows which file each copy belongs to.
 pub fn set_aside(cfg: &Config) -> Result<PathBuf> {
     let d = dir(cfg);
-    let to = d.with_file_name(format!("apache.damaged-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")));
+    let to =
+        d.with_file_name(format!("apache.damaged-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")));
     fsutil::rename_durable(&d, &to)?;
     Ok(to)
 }
@@ -212,7 +216,11 @@ mod tests {
 
     #[test]
     fn an_interim_journal_keeps_its_rollback() {
-        let i = Index { interim: true, rollback: Some(Completion { stash: vec!["a2.test".into()], ..Default::default() }), ..Default::default() };
+        let i = Index {
+            interim: true,
+            rollback: Some(Completion { stash: vec!["a2.test".into()], ..Default::default() }),
+            ..Default::default()
+        };
         let back: Index = serde_json::from_slice(&serde_json::to_vec(&i).unwrap()).unwrap();
         assert!(back.interim && !back.decided);
         assert_eq!(back.rollback.unwrap().stash, vec!["a2.test".to_string()]);

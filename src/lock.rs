@@ -66,7 +66,10 @@ fn open_private(path: &Path) -> Result<File> {
         })?;
     let md = f.metadata().io_ctx("reading", path)?;
     if !md.is_file() {
-        return Err(Error::failed(format!("the lock file {} is not a regular file; remove it", path.display())));
+        return Err(Error::failed(format!(
+            "the lock file {} is not a regular file; remove it",
+            path.display()
+        )));
     }
     let me = rustix::process::geteuid().as_raw();
     if md.uid() != me {
@@ -77,7 +80,8 @@ fn open_private(path: &Path) -> Result<File> {
         )));
     }
     if md.mode() & 0o7777 != 0o600 {
-        f.set_permissions(std::fs::Permissions::from_mode(0o600)).io_ctx("setting mode of", path)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .io_ctx("setting mode of", path)?;
     }
     Ok(f)
 }
@@ -112,7 +116,12 @@ fn try_certbot_lock(path: &Path) -> Result<Option<File>> {
 impl GlobalLock {
     /// Take both locks within `timeout`. `what` (the command) is written
     /// into the lock file so a waiter can say who holds it.
-    pub fn acquire(lock_file: &Path, letsencrypt_dir: &Path, timeout: Duration, what: &str) -> Result<GlobalLock> {
+    pub fn acquire(
+        lock_file: &Path,
+        letsencrypt_dir: &Path,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<GlobalLock> {
         let deadline = Instant::now() + timeout;
         if let Some(p) = lock_file.parent() {
             fsutil::create_dir_all_mode(p, 0o755)?;
@@ -126,7 +135,11 @@ impl GlobalLock {
                 Err(std::fs::TryLockError::Error(e)) => return Err(e).io_ctx("locking", lock_file),
                 Err(_) if Instant::now() < deadline => {
                     if !told {
-                        tracing::info!("waiting for the global lock {} (held by {})", lock_file.display(), holder(lock_file));
+                        tracing::info!(
+                            "waiting for the global lock {} (held by {})",
+                            lock_file.display(),
+                            holder(lock_file)
+                        );
                         told = true;
                     }
                     std::thread::sleep(Duration::from_millis(50));
@@ -154,10 +167,17 @@ impl GlobalLock {
                 break f;
             }
             if Instant::now() >= deadline {
-                return Err(Error::Lock(format!("certbot holds its lock {}; gave up after {} s (--lock-timeout)", cb.display(), timeout.as_secs())));
+                return Err(Error::Lock(format!(
+                    "certbot holds its lock {}; gave up after {} s (--lock-timeout)",
+                    cb.display(),
+                    timeout.as_secs()
+                )));
             }
             if !told {
-                tracing::info!("waiting for a running certbot to finish (it holds {})", cb.display());
+                tracing::info!(
+                    "waiting for a running certbot to finish (it holds {})",
+                    cb.display()
+                );
                 told = true;
             }
             std::thread::sleep(Duration::from_millis(50));

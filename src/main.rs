@@ -8,16 +8,25 @@ fn main() {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
                 e.exit();
             }
             let _ = e.print();
             // A script asked for JSON: it gets its error object too.
             if std::env::args_os().any(|a| a == "--json") {
                 let text = e.render().to_string();
-                let first: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+                let first: Vec<&str> =
+                    text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
                 let msg = first.join(" ").trim_start_matches("error: ").to_string();
-                println!("{}", serde_json::json!({"error": {"kind": "usage", "message": msg, "exit": 2}}));
+                println!(
+                    "{}",
+                    serde_json::json!({"error": {"kind": "usage", "message": msg, "exit": 2}})
+                );
             }
             std::process::exit(2);
         }
@@ -50,7 +59,10 @@ fn main() {
         Err(e) => {
             eprintln!("site-admin: {e}");
             if json {
-                println!("{}", serde_json::json!({"error": {"kind": e.kind_name(), "message": e.to_string(), "exit": e.exit_code()}}));
+                println!(
+                    "{}",
+                    serde_json::json!({"error": {"kind": e.kind_name(), "message": e.to_string(), "exit": e.exit_code()}})
+                );
             }
             std::process::exit(e.exit_code());
         }

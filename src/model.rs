@@ -100,12 +100,30 @@ mod tests {
                 let rest = &line[i + "crate::".len()..];
                 if rest.starts_with('{') {
                     let group = &rest[1..rest.find('}').unwrap_or(rest.len())];
-                    out.extend(group.split(',').map(|p| p.trim().split("::").next().unwrap_or("").to_string()));
+                    out.extend(
+                        group
+                            .split(',')
+                            .map(|p| p.trim().split("::").next().unwrap_or("").to_string()),
+                    );
                 } else {
-                    out.push(rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next().unwrap_or("").to_string());
+                    out.push(
+                        rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                            .next()
+                            .unwrap_or("")
+                            .to_string(),
+                    );
                 }
             }
-            for io in ["std::fs", "std::net", "std::process", "std::io", "std::env", "tracing::", "openssl::", "reqwest::"] {
+            for io in [
+                "std::fs",
+                "std::net",
+                "std::process",
+                "std::io",
+                "std::env",
+                "tracing::",
+                "openssl::",
+                "reqwest::",
+            ] {
                 if line.contains(io) {
                     out.push(io.to_string());
                 }
@@ -119,14 +137,20 @@ mod tests {
         let floor: Vec<&str> = GROUND_FLOOR.iter().map(|(n, _)| *n).collect();
         for (name, src) in GROUND_FLOOR {
             for used in uses(src) {
-                assert!(floor.contains(&used.as_str()), "{name} uses {used}: the pure cores import no module that does I/O");
+                assert!(
+                    floor.contains(&used.as_str()),
+                    "{name} uses {used}: the pure cores import no module that does I/O"
+                );
             }
         }
     }
 
     #[test]
     fn the_check_sees_a_use_of_an_io_module() {
-        assert_eq!(uses("use crate::config::KeyType;\nuse crate::{store::AriState, model};\n"), ["config", "store", "model"]);
+        assert_eq!(
+            uses("use crate::config::KeyType;\nuse crate::{store::AriState, model};\n"),
+            ["config", "store", "model"]
+        );
         assert_eq!(uses("let t = std::fs::read(p);\n// crate::apache in a comment\n#[cfg(test)]\nuse crate::lock;"), ["std::fs"]);
     }
 }

@@ -59,7 +59,11 @@ use std::path::PathBuf;
 /// When a certificate becomes due: `renew_before_expiry` before notAfter when
 /// set; else when a third of its lifetime is left (half, for lifetimes of ten
 /// days or less) — certbot's rule.
-pub fn due_at(not_before: DateTime<Utc>, not_after: DateTime<Utc>, renew_before_expiry: Option<Duration>) -> DateTime<Utc> {
+pub fn due_at(
+    not_before: DateTime<Utc>,
+    not_after: DateTime<Utc>,
+    renew_before_expiry: Option<Duration>,
+) -> DateTime<Utc> {
     if let Some(d) = renew_before_expiry {
         return not_after - d;
     }
@@ -158,7 +162,12 @@ pub fn due_of(l: &LineageFacts) -> Option<(DateTime<Utc>, DueBy)> {
 
 /// The same for a certificate's dates, its conf's `renew_before_expiry` and
 /// what ARI said: the earlier of ARI's chosen moment and the backstop.
-pub fn due(not_before: DateTime<Utc>, not_after: DateTime<Utc>, renew_before_expiry: Option<Duration>, ari: Option<&AriFacts>) -> (DateTime<Utc>, DueBy) {
+pub fn due(
+    not_before: DateTime<Utc>,
+    not_after: DateTime<Utc>,
+    renew_before_expiry: Option<Duration>,
+    ari: Option<&AriFacts>,
+) -> (DateTime<Utc>, DueBy) {
     let backstop = due_at(not_before, not_after, renew_before_expiry);
     match ari.map(|a| a.chosen.max(not_before + ari_min_age(not_before, not_after))) {
         Some(at) if at < backstop => (at, DueBy::Ari),
@@ -170,7 +179,9 @@ pub fn due(not_before: DateTime<Utc>, not_after: DateTime<Utc>, renew_before_exp
 /// about this very certificate (CertID `cert_id`).
 pub fn ari_facts(st: &AriState, cert_id: Option<&str>) -> Option<AriFacts> {
     match (&st.window, st.chosen, &st.cert_id) {
-        (Some(w), Some(chosen), Some(id)) if Some(id.as_str()) == cert_id => Some(AriFacts { window: *w, chosen, explanation_url: st.explanation_url.clone() }),
+        (Some(w), Some(chosen), Some(id)) if Some(id.as_str()) == cert_id => {
+            Some(AriFacts { window: *w, chosen, explanation_url: st.explanation_url.clone() })
+        }
         _ => None,
     }
 }
@@ -179,8 +190,15 @@ pub fn ari_facts(st: &AriState, cert_id: Option<&str>) -> Option<AriFacts> {
 /// a certificate with a CertID that has not expired (RFC 9773 §4.3: no
 /// renewal information for an expired one) and whose last `Retry-After` has
 /// passed — so a pass with every check ahead sends no request.
-pub fn ari_check_due(cert_id: Option<&str>, not_after: Option<DateTime<Utc>>, retry_after: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
-    cert_id.is_some() && not_after.is_some_and(|na| na > now) && retry_after.is_none_or(|t| t <= now)
+pub fn ari_check_due(
+    cert_id: Option<&str>,
+    not_after: Option<DateTime<Utc>>,
+    retry_after: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> bool {
+    cert_id.is_some()
+        && not_after.is_some_and(|na| na > now)
+        && retry_after.is_none_or(|t| t <= now)
 }
 
 /// Rule 5: the certificate an order names as the one it replaces (ARI
@@ -309,7 +327,11 @@ pub fn plan(f: &PassFacts) -> Plan {
             };
             match crate::backoff::verdict(b.next_attempt, b.config.as_deref(), f.now, &f.config) {
                 Verdict::Go => go.push(j),
-                Verdict::Wait => p.skipped.push((j.host, j.siteid, Skip::BackingOff { failures: b.failures, next_attempt: b.next_attempt })),
+                Verdict::Wait => p.skipped.push((
+                    j.host,
+                    j.siteid,
+                    Skip::BackingOff { failures: b.failures, next_attempt: b.next_attempt },
+                )),
                 v @ (Verdict::Implausible | Verdict::ConfigChanged) => {
                     p.ignored_backoff.push((j.host.clone(), v, b.next_attempt));
                     go.push(j);
@@ -325,7 +347,11 @@ pub fn plan(f: &PassFacts) -> Plan {
 /// cannot be reached? Only a lineage whose certificate (notAfter
 /// `old_not_after`) has fewer than `below` days left, when the emergency
 /// rule is configured.
-pub fn isolated_may_order(old_not_after: Option<DateTime<Utc>>, now: DateTime<Utc>, below: Option<u32>) -> bool {
+pub fn isolated_may_order(
+    old_not_after: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    below: Option<u32>,
+) -> bool {
     match (old_not_after, below) {
         (Some(na), Some(days)) => na - now < Duration::days(days.into()),
         _ => false,
@@ -336,7 +362,12 @@ pub fn isolated_may_order(old_not_after: Option<DateTime<Utc>>, now: DateTime<Ut
 /// the hosts whose renewal or provisioning failed (or that cannot be
 /// renewed); `backing_off`: the due lineages and pending sites left for
 /// later; `apache_error`: the Apache step failed.
-pub fn outcome(failed: &[String], backing_off: &[String], apache_error: bool, dry_run: bool) -> Option<String> {
+pub fn outcome(
+    failed: &[String],
+    backing_off: &[String],
+    apache_error: bool,
+    dry_run: bool,
+) -> Option<String> {
     if dry_run {
         return None;
     }
@@ -357,7 +388,10 @@ fn plan_ignoring_backoff(f: &PassFacts) -> Plan {
     let mut p = Plan::default();
     for l in &f.lineages {
         if !l.has_links {
-            let why = format!("renewal/{h}.conf has no live/{h} links (see site-admin doctor)", h = l.host);
+            let why = format!(
+                "renewal/{h}.conf has no live/{h} links (see site-admin doctor)",
+                h = l.host
+            );
             p.skipped.push((l.host.clone(), l.siteid.clone(), Skip::Broken { why }));
             continue;
         }
@@ -365,8 +399,13 @@ fn plan_ignoring_backoff(f: &PassFacts) -> Plan {
         let is_due = f.force || l.revocation_owed || due.map(|(d, _)| f.now >= d).unwrap_or(true);
         if !is_due {
             if let (Some((d, by)), Some((_, na))) = (due, l.validity) {
-                let ari_held = by == DueBy::Ari && l.ari.as_ref().is_some_and(|a| a.chosen <= f.now);
-                p.skipped.push((l.host.clone(), l.siteid.clone(), Skip::NotDue { due: d, due_by: by, not_after: na, ari_held }));
+                let ari_held =
+                    by == DueBy::Ari && l.ari.as_ref().is_some_and(|a| a.chosen <= f.now);
+                p.skipped.push((
+                    l.host.clone(),
+                    l.siteid.clone(),
+                    Skip::NotDue { due: d, due_by: by, not_after: na, ari_held },
+                ));
             }
             continue;
         }
@@ -468,7 +507,13 @@ mod tests {
         }
     }
     fn failures(n: u32, next_attempt: DateTime<Utc>) -> crate::backoff::Failures {
-        crate::backoff::Failures { failures: n, last_error: "x".into(), last_attempt: now(), next_attempt, config: Some("cfg".into()) }
+        crate::backoff::Failures {
+            failures: n,
+            last_error: "x".into(),
+            last_attempt: now(),
+            next_attempt,
+            config: Some("cfg".into()),
+        }
     }
 
     #[test]
@@ -476,7 +521,10 @@ mod tests {
         let nb = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
         assert_eq!(due_at(nb, nb + Duration::days(90), None), nb + Duration::days(60));
         assert_eq!(due_at(nb, nb + Duration::days(6), None), nb + Duration::days(3));
-        assert_eq!(due_at(nb, nb + Duration::days(90), Some(Duration::days(10))), nb + Duration::days(80));
+        assert_eq!(
+            due_at(nb, nb + Duration::days(90), Some(Duration::days(10))),
+            nb + Duration::days(80)
+        );
         assert_eq!(due_at(nb, nb + Duration::seconds(300), None), nb + Duration::seconds(150));
     }
 
@@ -494,8 +542,11 @@ mod tests {
     fn rule_1_an_ari_window_in_the_past_makes_it_due_although_the_backstop_does_not() {
         let mut l = lineage("ari", 10);
         let past = now() - Duration::days(1);
-        l.ari =
-            Some(AriFacts { window: (past - Duration::hours(1), past), chosen: past - Duration::minutes(30), explanation_url: Some("https://ca/why".into()) });
+        l.ari = Some(AriFacts {
+            window: (past - Duration::hours(1), past),
+            chosen: past - Duration::minutes(30),
+            explanation_url: Some("https://ca/why".into()),
+        });
         let p = plan(&facts(vec![l.clone()]));
         assert_eq!(p.jobs.len(), 1);
         assert_eq!(p.jobs[0].due_by, DueBy::Ari);
@@ -503,10 +554,18 @@ mod tests {
         assert_eq!(p.jobs[0].ari_explanation.as_deref(), Some("https://ca/why"));
         // A window ahead: not due, and it says so.
         let ahead = now() + Duration::days(5);
-        l.ari = Some(AriFacts { window: (ahead, ahead + Duration::days(1)), chosen: ahead + Duration::hours(2), explanation_url: None });
+        l.ari = Some(AriFacts {
+            window: (ahead, ahead + Duration::days(1)),
+            chosen: ahead + Duration::hours(2),
+            explanation_url: None,
+        });
         let p = plan(&facts(vec![l]));
         assert!(p.jobs.is_empty());
-        assert!(matches!(p.skipped[0].2, Skip::NotDue { due_by: DueBy::Ari, .. }), "{:?}", p.skipped);
+        assert!(
+            matches!(p.skipped[0].2, Skip::NotDue { due_by: DueBy::Ari, .. }),
+            "{:?}",
+            p.skipped
+        );
     }
 
     #[test]
@@ -576,7 +635,12 @@ mod tests {
     #[test]
     fn rule_6_pending_sites_are_provisioned() {
         let mut f = facts(vec![]);
-        f.pending = vec![PendingFacts { host: "p".into(), siteid: "s2".into(), webroot: "/wk/s2".into(), profile: None }];
+        f.pending = vec![PendingFacts {
+            host: "p".into(),
+            siteid: "s2".into(),
+            webroot: "/wk/s2".into(),
+            profile: None,
+        }];
         let p = plan(&f);
         assert_eq!(p.jobs.len(), 1);
         assert!(p.jobs[0].pending);
@@ -586,14 +650,25 @@ mod tests {
     #[test]
     fn rule_8_a_backing_off_job_waits_unless_forced() {
         let mut f = facts(vec![lineage("due", 70), lineage("other", 70)]);
-        f.pending = vec![PendingFacts { host: "p".into(), siteid: "s2".into(), webroot: "/wk/s2".into(), profile: None }];
+        f.pending = vec![PendingFacts {
+            host: "p".into(),
+            siteid: "s2".into(),
+            webroot: "/wk/s2".into(),
+            profile: None,
+        }];
         f.backoff.insert("due".into(), failures(2, now() + Duration::minutes(5)));
         f.backoff.insert("p".into(), failures(1, now() + Duration::seconds(30)));
         f.backoff.insert("other".into(), failures(3, now() - Duration::seconds(1)));
         let p = plan(&f);
         assert_eq!(p.jobs.iter().map(|j| j.host.as_str()).collect::<Vec<_>>(), vec!["other"]);
-        assert!(p.skipped.iter().any(|(h, _, s)| h == "due" && matches!(s, Skip::BackingOff { failures: 2, .. })));
-        assert!(p.skipped.iter().any(|(h, _, s)| h == "p" && matches!(s, Skip::BackingOff { failures: 1, .. })));
+        assert!(p
+            .skipped
+            .iter()
+            .any(|(h, _, s)| h == "due" && matches!(s, Skip::BackingOff { failures: 2, .. })));
+        assert!(p
+            .skipped
+            .iter()
+            .any(|(h, _, s)| h == "p" && matches!(s, Skip::BackingOff { failures: 1, .. })));
         f.force = true;
         assert_eq!(plan(&f).jobs.len(), 3);
     }
@@ -603,7 +678,10 @@ mod tests {
         let mut l = lineage("owed", 1);
         l.revocation_owed = true;
         let p = plan(&facts(vec![l, lineage("fresh", 1)]));
-        assert_eq!(p.jobs.iter().map(|j| (j.host.as_str(), j.due_by)).collect::<Vec<_>>(), vec![("owed", DueBy::Revocation)]);
+        assert_eq!(
+            p.jobs.iter().map(|j| (j.host.as_str(), j.due_by)).collect::<Vec<_>>(),
+            vec![("owed", DueBy::Revocation)]
+        );
         // Served and to be replaced: the revocation waits for the replacement.
         assert_eq!(owed_step("ab", Some("ab"), false), OwedStep::WaitForReplacement);
         // Served and owed without replacement: out of service first, never back.
@@ -616,7 +694,10 @@ mod tests {
     #[test]
     fn rule_7_expired_stash_goes_unless_the_clock_cannot_be_right() {
         let mut f = facts(vec![]);
-        f.stash = vec![("old".into(), now() - Duration::days(1)), ("ok".into(), now() + Duration::days(1))];
+        f.stash = vec![
+            ("old".into(), now() - Duration::days(1)),
+            ("ok".into(), now() + Duration::days(1)),
+        ];
         assert_eq!(plan(&f).delete_stash, vec!["old".to_string()]);
         f.clock_plausible = false;
         let p = plan(&f);
@@ -631,36 +712,66 @@ mod tests {
         f.backoff.insert("ok".into(), failures(4, now() + Duration::hours(23)));
         let p = plan(&f);
         assert_eq!(p.jobs.iter().map(|j| j.host.as_str()).collect::<Vec<_>>(), vec!["due"]);
-        assert_eq!(p.ignored_backoff, vec![("due".to_string(), crate::backoff::Verdict::Implausible, now() + Duration::days(365))]);
+        assert_eq!(
+            p.ignored_backoff,
+            vec![(
+                "due".to_string(),
+                crate::backoff::Verdict::Implausible,
+                now() + Duration::days(365)
+            )]
+        );
         assert!(matches!(p.skipped[0].2, Skip::BackingOff { failures: 4, .. }));
     }
 
     #[test]
     fn rule_8_a_failure_under_another_configuration_does_not_wait() {
         let mut f = facts(vec![lineage("due", 70)]);
-        f.pending = vec![PendingFacts { host: "p".into(), siteid: "s2".into(), webroot: "/wk/s2".into(), profile: None }];
+        f.pending = vec![PendingFacts {
+            host: "p".into(),
+            siteid: "s2".into(),
+            webroot: "/wk/s2".into(),
+            profile: None,
+        }];
         f.backoff.insert("due".into(), failures(3, now() + Duration::minutes(50)));
         f.backoff.insert("p".into(), failures(1, now() + Duration::seconds(30)));
         f.config = "fixed".into();
         let p = plan(&f);
         assert_eq!(p.jobs.len(), 2);
-        assert!(p.ignored_backoff.iter().all(|(_, v, _)| *v == crate::backoff::Verdict::ConfigChanged));
+        assert!(p
+            .ignored_backoff
+            .iter()
+            .all(|(_, v, _)| *v == crate::backoff::Verdict::ConfigChanged));
         assert_eq!(p.ignored_backoff.len(), 2);
     }
 
     #[test]
     fn rule_10_ari_renews_no_certificate_younger_than_a_day_or_a_tenth_of_its_life() {
         assert_eq!(ari_min_age(now(), now() + Duration::days(90)), Duration::days(1));
-        assert_eq!(ari_min_age(now(), now() + Duration::days(6)), Duration::hours(14) + Duration::minutes(24));
+        assert_eq!(
+            ari_min_age(now(), now() + Duration::days(6)),
+            Duration::hours(14) + Duration::minutes(24)
+        );
         // Issued an hour ago, its ARI window already past.
         let mut l = lineage("young", 0);
         let nb = now() - Duration::hours(1);
         l.validity = Some((nb, nb + Duration::days(90)));
         let past = now() - Duration::days(2);
-        l.ari = Some(AriFacts { window: (past, past + Duration::hours(1)), chosen: past, explanation_url: None });
+        l.ari = Some(AriFacts {
+            window: (past, past + Duration::hours(1)),
+            chosen: past,
+            explanation_url: None,
+        });
         let p = plan(&facts(vec![l.clone()]));
         assert!(p.jobs.is_empty(), "{:?}", p.jobs);
-        assert_eq!(p.skipped[0].2, Skip::NotDue { due: nb + Duration::days(1), due_by: DueBy::Ari, not_after: nb + Duration::days(90), ari_held: true });
+        assert_eq!(
+            p.skipped[0].2,
+            Skip::NotDue {
+                due: nb + Duration::days(1),
+                due_by: DueBy::Ari,
+                not_after: nb + Duration::days(90),
+                ari_held: true
+            }
+        );
         // A day old: ARI renews it.
         let nb = now() - Duration::days(1);
         l.validity = Some((nb, nb + Duration::days(90)));
@@ -692,7 +803,10 @@ mod tests {
         assert!(!isolated_may_order(later, now, Some(7)), "30 days left");
         assert!(!isolated_may_order(soon, now, None), "the rule is opt-in");
         assert!(!isolated_may_order(None, now, Some(7)), "a pending site has nothing to lose");
-        assert!(isolated_may_order(Some(now - Duration::days(1)), now, Some(7)), "an expired one renews");
+        assert!(
+            isolated_may_order(Some(now - Duration::days(1)), now, Some(7)),
+            "an expired one renews"
+        );
     }
 
     #[test]

@@ -116,11 +116,19 @@ impl RenewalConf {
             (_, Some(i)) => self.lines.insert(i + 1, new_line),
             (None, None) => {
                 // Top level comes before any header.
-                let first_header = self.lines.iter().position(|l| header_name(l).is_some()).unwrap_or(self.lines.len());
+                let first_header = self
+                    .lines
+                    .iter()
+                    .position(|l| header_name(l).is_some())
+                    .unwrap_or(self.lines.len());
                 self.lines.insert(first_header, new_line);
             }
             (Some(s), None) => {
-                let header = if s == "webroot_map" { "[[webroot_map]]".to_string() } else { format!("[{s}]") };
+                let header = if s == "webroot_map" {
+                    "[[webroot_map]]".to_string()
+                } else {
+                    format!("[{s}]")
+                };
                 if s == "webroot_map" && !self.has_section("renewalparams") {
                     self.lines.push("[renewalparams]".into());
                 }
@@ -137,7 +145,9 @@ impl RenewalConf {
         for l in &self.lines {
             if let Some(h) = header_name(l) {
                 cur = Some(h);
-            } else if cur.as_deref() == section && split_kv(l).map(|(k, _)| k == key).unwrap_or(false) {
+            } else if cur.as_deref() == section
+                && split_kv(l).map(|(k, _)| k == key).unwrap_or(false)
+            {
                 continue;
             }
             keep.push(l.clone());
@@ -174,7 +184,10 @@ fn one_line(v: &str) -> String {
     if !v.chars().any(bad) {
         return v.to_string();
     }
-    tracing::warn!("a renewal-conf value held control characters; they are written escaped: {}", v.escape_default());
+    tracing::warn!(
+        "a renewal-conf value held control characters; they are written escaped: {}",
+        v.escape_default()
+    );
     v.chars().map(|c| if bad(c) { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
@@ -216,7 +229,9 @@ pub fn certbot_parse_error(text: &str) -> Option<String> {
                 return Some(format!("line {n}: section [{name}] is nested too deep"));
             }
             stack.truncate(depth);
-            let Some(parent) = stack.last_mut() else { return Some(format!("line {n}: a section without a parent")) };
+            let Some(parent) = stack.last_mut() else {
+                return Some(format!("line {n}: a section without a parent"));
+            };
             if !parent.1.insert(name.clone()) {
                 return Some(format!("line {n}: duplicate section name [{name}]"));
             }
@@ -231,7 +246,9 @@ pub fn certbot_parse_error(text: &str) -> Option<String> {
             return Some(format!("line {n}: not a usable key"));
         }
         if !value_parses(v.trim()) {
-            return Some(format!("line {n}: the value of {k} is not one ConfigObj reads (unbalanced quotes?)"));
+            return Some(format!(
+                "line {n}: the value of {k} is not one ConfigObj reads (unbalanced quotes?)"
+            ));
         }
         if let Some(cur) = stack.last_mut() {
             if !cur.1.insert(unquote(k)) {
@@ -250,10 +267,19 @@ fn section_header(line: &str) -> Option<(usize, String)> {
         return None;
     }
     let line = &line[..=end];
-    let open = line.chars().take_while(|c| *c == '[' || c.is_whitespace()).filter(|c| *c == '[').count();
-    let close = line.chars().rev().take_while(|c| *c == ']' || c.is_whitespace()).filter(|c| *c == ']').count();
-    let name = line.trim_start_matches(|c: char| c == '[' || c.is_whitespace()).trim_end_matches(|c: char| c == ']' || c.is_whitespace());
-    (open == close && !name.is_empty() && !name.contains(['[', ']'])).then(|| (open, name.to_string()))
+    let open =
+        line.chars().take_while(|c| *c == '[' || c.is_whitespace()).filter(|c| *c == '[').count();
+    let close = line
+        .chars()
+        .rev()
+        .take_while(|c| *c == ']' || c.is_whitespace())
+        .filter(|c| *c == ']')
+        .count();
+    let name = line
+        .trim_start_matches(|c: char| c == '[' || c.is_whitespace())
+        .trim_end_matches(|c: char| c == ']' || c.is_whitespace());
+    (open == close && !name.is_empty() && !name.contains(['[', ']']))
+        .then(|| (open, name.to_string()))
 }
 
 /// Does ConfigObj read this single-line value: empty, or a comma-separated
@@ -308,7 +334,9 @@ fn unquote(v: &str) -> String {
             return v[3..v.len() - 3].to_string();
         }
     }
-    if v.len() >= 2 && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\''))) {
+    if v.len() >= 2
+        && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\'')))
+    {
         v[1..v.len() - 1].to_string()
     } else {
         v.to_string()
@@ -375,7 +403,11 @@ mod tests {
     #[test]
     fn no_value_adds_a_line_and_certbot_still_parses_it() {
         let mut c = RenewalConf::parse(CERTBOT);
-        c.set(Some("acme_renewal_info"), "site_admin_explanation_url", "https://x/\n[renewalparams]\npre_hook = touch /tmp/owned\r\u{2028}");
+        c.set(
+            Some("acme_renewal_info"),
+            "site_admin_explanation_url",
+            "https://x/\n[renewalparams]\npre_hook = touch /tmp/owned\r\u{2028}",
+        );
         c.set(Some("renewalparams"), "odd\nkey", "v");
         let t = c.to_text();
         assert_eq!(t.lines().count(), CERTBOT.lines().count() + 2, "{t}");
@@ -389,7 +421,8 @@ mod tests {
             c.set(Some("acme_renewal_info"), "site_admin_x", v);
             let t = c.to_text();
             assert_eq!(certbot_parse_error(&t), None, "{v:?}: {t}");
-            let back = RenewalConf::parse(&t).get(Some("acme_renewal_info"), "site_admin_x").unwrap();
+            let back =
+                RenewalConf::parse(&t).get(Some("acme_renewal_info"), "site_admin_x").unwrap();
             assert!(back == v || v.contains("'''"), "{v:?} read back as {back:?}");
         }
         assert_eq!(certbot_parse_error(CERTBOT), None);
@@ -398,15 +431,27 @@ mod tests {
     #[test]
     fn confs_certbot_cannot_parse_are_named() {
         let bad = |extra: &str| certbot_parse_error(&format!("{CERTBOT}{extra}"));
-        assert!(bad("[renewalparams]\npre_hook = x\n").unwrap().contains("duplicate section name [renewalparams]"));
-        assert!(bad("ari_retry_after = 2027-01-01T00:00:00\n").unwrap().contains("duplicate key ari_retry_after"));
+        assert!(bad("[renewalparams]\npre_hook = x\n")
+            .unwrap()
+            .contains("duplicate section name [renewalparams]"));
+        assert!(bad("ari_retry_after = 2027-01-01T00:00:00\n")
+            .unwrap()
+            .contains("duplicate key ari_retry_after"));
         assert!(bad("just words\n").unwrap().contains("line 19: neither"));
         assert!(bad("[broken\n").unwrap().contains("unbalanced"));
         assert!(bad("[[[deep]]]\n").unwrap().contains("too deep"));
         assert!(bad("k = \"open\n").unwrap().contains("value of k"));
         assert!(bad("k = a,\"b\n").is_some());
         assert!(bad("= v\n").is_some());
-        for fine in ["k = \"a\" # c\n", "k = 'a,b', c,\n", "k = ,\n", "k =\n", "k = a \"b\" c\n", "k = https://x/#frag\n", "[other] # c\n[[sub]]\nk = v\n"] {
+        for fine in [
+            "k = \"a\" # c\n",
+            "k = 'a,b', c,\n",
+            "k = ,\n",
+            "k =\n",
+            "k = a \"b\" c\n",
+            "k = https://x/#frag\n",
+            "[other] # c\n[[sub]]\nk = v\n",
+        ] {
             assert_eq!(bad(fine), None, "{fine:?}");
         }
         // Sections nest per parent: the same subsection name under two parents is fine.

@@ -79,9 +79,12 @@ pub fn normalize_serial(s: &str) -> Option<String> {
 pub fn load(state_dir: &Path) -> Result<State> {
     let p = path(state_dir);
     match std::fs::read(&p) {
-        Ok(b) => {
-            serde_json::from_slice(&b).map_err(|e| Error::failed(format!("the owed revocations in {} cannot be read ({e}); fix or move it aside", p.display())))
-        }
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+            Error::failed(format!(
+                "the owed revocations in {} cannot be read ({e}); fix or move it aside",
+                p.display()
+            ))
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
         Err(e) => Err(Error::failed(format!("reading {}: {e}", p.display()))),
     }
@@ -119,7 +122,10 @@ mod tests {
         s.owed.insert("b2".into(), owed("h", "b2", 2));
         s.owed.insert("a1".into(), owed("h", "a1", 3));
         s.owed.insert("c3".into(), owed("other", "c3", 1));
-        assert_eq!(s.of_host("h").iter().map(|o| o.serial.as_str()).collect::<Vec<_>>(), vec!["b2", "a1"]);
+        assert_eq!(
+            s.of_host("h").iter().map(|o| o.serial.as_str()).collect::<Vec<_>>(),
+            vec!["b2", "a1"]
+        );
         s.failed("a1", "403");
         assert_eq!((s.owed["a1"].attempts, s.owed["a1"].last_error.as_deref()), (1, Some("403")));
         let t = tempfile::tempdir().unwrap();

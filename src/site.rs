@@ -228,7 +228,11 @@ impl Site {
                     _ => None,
                 },
             },
-            Some(t) => TlsWish::Other { key: t.key.clone().unwrap_or_default(), crt: t.crt.clone().unwrap_or_default(), cacrt: t.cacrt.clone() },
+            Some(t) => TlsWish::Other {
+                key: t.key.clone().unwrap_or_default(),
+                crt: t.crt.clone().unwrap_or_default(),
+                cacrt: t.cacrt.clone(),
+            },
         }
     }
 
@@ -265,7 +269,12 @@ impl Site {
         let mut s = self.clone();
         if let Some(t) = &mut s.tls {
             if t.letsencrypt == Some(true) {
-                *t = Tls { letsencrypt: Some(true), profile: t.profile.clone(), profile_required: t.profile_required, ..Default::default() };
+                *t = Tls {
+                    letsencrypt: Some(true),
+                    profile: t.profile.clone(),
+                    profile_required: t.profile_required,
+                    ..Default::default()
+                };
             } else {
                 // An OKC's material lives in ssl_dir; at rest only the fact remains.
                 *t = Tls { letsencrypt: Some(false), ..Default::default() };
@@ -291,7 +300,8 @@ impl std::ops::Deref for AtRest {
 /// Parse and validate one Site JSON document. `origin` names where it came
 /// from (a file name) for the error message.
 pub fn parse_site(text: &str, origin: &str) -> Result<Site> {
-    let v: Value = serde_json::from_str(text).map_err(|e| Error::invalid(format!("{origin}: not valid JSON: {e}")))?;
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| Error::invalid(format!("{origin}: not valid JSON: {e}")))?;
     site_from_value(&v).map_err(|e| e.context(origin))
 }
 
@@ -310,7 +320,8 @@ pub fn site_from_value(v: &Value) -> Result<Site> {
     let obj = v.as_object().ok_or_else(|| Error::invalid("Site JSON: must be a JSON object"))?;
     let siteid_hint = obj.get("siteid").and_then(Value::as_str).unwrap_or("?");
     validate(obj).map_err(|e| e.context(format!("site {siteid_hint}")))?;
-    let site: Site = serde_json::from_value(v.clone()).map_err(|e| Error::invalid(format!("site {siteid_hint}: {e}")))?;
+    let site: Site = serde_json::from_value(v.clone())
+        .map_err(|e| Error::invalid(format!("site {siteid_hint}: {e}")))?;
     Ok(site)
 }
 
@@ -329,7 +340,10 @@ fn req_str<'a>(obj: &'a Map<String, Value>, key: &str, field: &str) -> Result<&'
 fn check_keys(obj: &Map<String, Value>, allowed: &[&str], prefix: &str) -> Result<()> {
     for k in obj.keys() {
         if !allowed.contains(&k.as_str()) {
-            return Err(bad(&format!("{prefix}{k}"), format!("unknown key (allowed: {})", allowed.join(", "))));
+            return Err(bad(
+                &format!("{prefix}{k}"),
+                format!("unknown key (allowed: {})", allowed.join(", ")),
+            ));
         }
     }
     Ok(())
@@ -341,7 +355,9 @@ pub const MAX_HOSTNAME: usize = 250;
 
 /// `s` followed by 40 lowercase hex digits (and `a` for appconfig ids).
 pub fn is_id(s: &str, prefix: char) -> bool {
-    s.len() == 41 && s.starts_with(prefix) && s[1..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 41
+        && s.starts_with(prefix)
+        && s[1..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A DNS host name: labels of letters, digits and hyphens, 1..=63 long,
@@ -349,8 +365,13 @@ pub fn is_id(s: &str, prefix: char) -> bool {
 pub fn is_dns_name(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 253
-        && h.split('.')
-            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && !l.starts_with('-') && !l.ends_with('-'))
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
 }
 
 /// Why Let's Encrypt cannot issue for this (valid DNS) name, if it cannot.
@@ -426,7 +447,12 @@ pub fn ip_refused_by(site: &Site, server: &str) -> Option<String> {
 
 pub fn looks_like_email(e: &str) -> bool {
     match e.split_once('@') {
-        Some((local, domain)) => !local.is_empty() && !domain.is_empty() && !e.chars().any(|c| c.is_whitespace() || c.is_control()) && !domain.contains('@'),
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !e.chars().any(|c| c.is_whitespace() || c.is_control())
+                && !domain.contains('@')
+        }
         None => false,
     }
 }
@@ -458,8 +484,13 @@ fn validate(obj: &Map<String, Value>) -> Result<()> {
         Some(Value::Object(a)) => {
             check_keys(a, &["userid", "username", "email", "credential"], "admin.")?;
             let userid = req_str(a, "userid", "admin.userid")?;
-            if userid.is_empty() || !userid.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
-                return Err(bad("admin.userid", format!("{userid:?}: only lowercase letters and digits")));
+            if userid.is_empty()
+                || !userid.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            {
+                return Err(bad(
+                    "admin.userid",
+                    format!("{userid:?}: only lowercase letters and digits"),
+                ));
             }
             let username = req_str(a, "username", "admin.username")?;
             if username.trim().is_empty() {
@@ -480,7 +511,11 @@ fn validate(obj: &Map<String, Value>) -> Result<()> {
 
     if let Some(tls) = obj.get("tls") {
         let t = tls.as_object().ok_or_else(|| bad("tls", "must be an object"))?;
-        check_keys(t, &["letsencrypt", "key", "crt", "cacrt", "profile", "profile_required"], "tls.")?;
+        check_keys(
+            t,
+            &["letsencrypt", "key", "crt", "cacrt", "profile", "profile_required"],
+            "tls.",
+        )?;
         if hostname == "*" {
             return Err(bad("tls", "a site with hostname \"*\" (any host) cannot use TLS"));
         }
@@ -492,14 +527,24 @@ fn validate(obj: &Map<String, Value>) -> Result<()> {
         let key = pem_field(t, "key")?;
         let crt = pem_field(t, "crt")?;
         let cacrt = pem_field(t, "cacrt")?;
-        let profile_name_ok = |p: &str| !p.is_empty() && p.len() <= 64 && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        let profile_name_ok = |p: &str| {
+            !p.is_empty()
+                && p.len() <= 64
+                && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        };
         match t.get("profile") {
             None => {}
             Some(Value::String(p)) if profile_name_ok(p) && !le => {
-                return Err(bad("tls.profile", "only with \"letsencrypt\": true (it names an ACME certificate profile)"));
+                return Err(bad(
+                    "tls.profile",
+                    "only with \"letsencrypt\": true (it names an ACME certificate profile)",
+                ));
             }
             Some(Value::String(p)) if profile_name_ok(p) => {}
-            Some(_) => return Err(bad("tls.profile", "must be a profile name (letters, digits, - _ .), as the CA's directory lists them")),
+            Some(_) => return Err(bad(
+                "tls.profile",
+                "must be a profile name (letters, digits, - _ .), as the CA's directory lists them",
+            )),
         }
         match t.get("profile_required") {
             None => {}
@@ -512,10 +557,16 @@ fn validate(obj: &Map<String, Value>) -> Result<()> {
                 return Err(bad("hostname", format!("{hostname:?} with tls.letsencrypt: {why}")));
             }
             if cacrt.is_some() {
-                return Err(bad("tls.cacrt", "not allowed with letsencrypt (the chain belongs in tls.crt)"));
+                return Err(bad(
+                    "tls.cacrt",
+                    "not allowed with letsencrypt (the chain belongs in tls.crt)",
+                ));
             }
             if key.is_some() != crt.is_some() {
-                return Err(bad(if key.is_some() { "tls.crt" } else { "tls.key" }, "missing: a carried Let's Encrypt certificate needs both key and crt"));
+                return Err(bad(
+                    if key.is_some() { "tls.crt" } else { "tls.key" },
+                    "missing: a carried Let's Encrypt certificate needs both key and crt",
+                ));
             }
             // Carried material must be readable; whether it is usable (host,
             // key match, expiry) is judged at deploy time, with a warning.
@@ -525,7 +576,10 @@ fn validate(obj: &Map<String, Value>) -> Result<()> {
             }
         } else {
             if key.is_none() {
-                return Err(bad("tls.key", "missing: tls needs either \"letsencrypt\": true or a key and crt"));
+                return Err(bad(
+                    "tls.key",
+                    "missing: tls needs either \"letsencrypt\": true or a key and crt",
+                ));
             }
             if crt.is_none() {
                 return Err(bad("tls.crt", "missing: an own certificate needs both key and crt"));
@@ -539,7 +593,8 @@ fn validate(obj: &Map<String, Value>) -> Result<()> {
             if !crate::certs::key_matches(&k, &chain[0]) {
                 return Err(bad("tls.key", "does not match the certificate in tls.crt"));
             }
-            crate::certs::check_loadable(&key, &crt, cacrt.as_deref()).map_err(|e| bad("tls", e))?;
+            crate::certs::check_loadable(&key, &crt, cacrt.as_deref())
+                .map_err(|e| bad("tls", e))?;
         }
     }
 
@@ -548,17 +603,30 @@ fn validate(obj: &Map<String, Value>) -> Result<()> {
         let mut seen = std::collections::HashSet::new();
         for (i, ac) in arr.iter().enumerate() {
             let f = |k: &str| format!("appconfigs[{i}].{k}");
-            let a = ac.as_object().ok_or_else(|| bad(&format!("appconfigs[{i}]"), "must be an object"))?;
-            check_keys(a, &["appconfigid", "appid", "context", "isdefault", "customizationpoints"], &format!("appconfigs[{i}]."))?;
+            let a = ac
+                .as_object()
+                .ok_or_else(|| bad(&format!("appconfigs[{i}]"), "must be an object"))?;
+            check_keys(
+                a,
+                &["appconfigid", "appid", "context", "isdefault", "customizationpoints"],
+                &format!("appconfigs[{i}]."),
+            )?;
             let id = req_str(a, "appconfigid", &f("appconfigid"))?;
             if !is_id(id, 'a') {
-                return Err(bad(&f("appconfigid"), format!("{id:?} is not \"a\" followed by 40 lowercase hex digits")));
+                return Err(bad(
+                    &f("appconfigid"),
+                    format!("{id:?} is not \"a\" followed by 40 lowercase hex digits"),
+                ));
             }
             if !seen.insert(id.to_string()) {
                 return Err(bad(&f("appconfigid"), format!("{id} appears twice")));
             }
             let appid = req_str(a, "appid", &f("appid"))?;
-            if appid.is_empty() || !appid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
+            if appid.is_empty()
+                || !appid
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            {
                 return Err(bad(&f("appid"), format!("{appid:?}: not a package name")));
             }
             if let Some(c) = a.get("context") {
@@ -567,10 +635,15 @@ fn validate(obj: &Map<String, Value>) -> Result<()> {
                     || (c.starts_with('/')
                         && c[1..].split('/').all(|seg| {
                             seg.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-                                && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
+                                && seg
+                                    .bytes()
+                                    .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
                         }));
                 if !ok {
-                    return Err(bad(&f("context"), format!("{c:?}: must be empty or a path like /blog")));
+                    return Err(bad(
+                        &f("context"),
+                        format!("{c:?}: must be empty or a path like /blog"),
+                    ));
                 }
             }
             if let Some(d) = a.get("isdefault") {
@@ -595,7 +668,9 @@ mod tests {
     const ID: &str = "s3f2c9a0b1d4e5f60718293a4b5c6d7e8f9012345";
 
     fn site(extra: &str) -> String {
-        format!(r#"{{"siteid":"{ID}","hostname":"blog.example.com","admin":{{"userid":"admin","username":"A","email":"a@example.com"}}{extra}}}"#)
+        format!(
+            r#"{{"siteid":"{ID}","hostname":"blog.example.com","admin":{{"userid":"admin","username":"A","email":"a@example.com"}}{extra}}}"#
+        )
     }
 
     #[test]
@@ -620,7 +695,10 @@ mod tests {
     #[test]
     fn typed_parse_errors_keep_their_messages() {
         assert_eq!(SiteId::parse("x").unwrap_err(), BadSiteId("x".into()));
-        assert_eq!("x".parse::<SiteId>().unwrap_err().to_string(), r#""x" is not a site id ("s" followed by 40 lowercase hex digits)"#);
+        assert_eq!(
+            "x".parse::<SiteId>().unwrap_err().to_string(),
+            r#""x" is not a site id ("s" followed by 40 lowercase hex digits)"#
+        );
         assert_eq!(Host::parse("a b").unwrap_err().to_string(), r#""a b": not a DNS name"#);
         let long = format!("{}.example", "a".repeat(300));
         assert_eq!(Host::parse(&long).unwrap_err(), BadHost::TooLong { len: long.len() });
@@ -645,7 +723,10 @@ mod tests {
 
     #[test]
     fn public_names() {
-        assert!(not_public_reason("10.0.0.1").is_none(), "an IP literal is judged by the CA that is asked");
+        assert!(
+            not_public_reason("10.0.0.1").is_none(),
+            "an IP literal is judged by the CA that is asked"
+        );
         let ip = |h: &str| {
             parse_site(
                 &format!(
@@ -656,13 +737,18 @@ mod tests {
             .unwrap()
         };
         let le = crate::config::LETSENCRYPT_PRODUCTION;
-        assert!(ip_refused_by(&ip("10.1.2.3"), le).unwrap().contains("not a globally reachable address"));
+        assert!(ip_refused_by(&ip("10.1.2.3"), le)
+            .unwrap()
+            .contains("not a globally reachable address"));
         assert!(ip_refused_by(&ip("127.0.0.1"), le).is_some());
         assert!(ip_refused_by(&ip("fd00::1"), le).is_some());
         assert!(ip_refused_by(&ip("192.0.2.7"), le).is_some());
         assert!(ip_refused_by(&ip("93.184.216.34"), le).is_none());
         assert!(ip_refused_by(&ip("2606:4700::1111"), le).is_none());
-        assert!(ip_refused_by(&ip("127.0.0.1"), "https://127.0.0.1:14000/dir").is_none(), "a private CA may issue for it");
+        assert!(
+            ip_refused_by(&ip("127.0.0.1"), "https://127.0.0.1:14000/dir").is_none(),
+            "a private CA may issue for it"
+        );
         assert_eq!(ip("127.0.0.1").profile_wish(None).unwrap().name, "shortlived");
         assert!(!ip("127.0.0.1").profile_wish(None).unwrap().required);
         assert!(not_public_reason("box.local").is_some());

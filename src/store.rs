@@ -144,7 +144,10 @@ impl AriState {
         AriState {
             retry_after: g("ari_retry_after").and_then(|v| naive_local(&v).or_else(|| utc(&v))),
             cert_id: g("site_admin_cert_id"),
-            window: match (g("site_admin_window_start").and_then(|v| utc(&v)), g("site_admin_window_end").and_then(|v| utc(&v))) {
+            window: match (
+                g("site_admin_window_start").and_then(|v| utc(&v)),
+                g("site_admin_window_end").and_then(|v| utc(&v)),
+            ) {
                 (Some(a), Some(b)) => Some((a, b)),
                 _ => None,
             },
@@ -155,13 +158,21 @@ impl AriState {
     }
 
     fn to_pairs(&self) -> Vec<(String, String)> {
-        let t = |d: &chrono::DateTime<chrono::Utc>| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let t = |d: &chrono::DateTime<chrono::Utc>| {
+            d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        };
         let mut v = Vec::new();
         if let Some(r) = &self.retry_after {
-            v.push(("ari_retry_after".into(), r.with_timezone(&chrono::Local).format("%Y-%m-%dT%H:%M:%S").to_string()));
+            v.push((
+                "ari_retry_after".into(),
+                r.with_timezone(&chrono::Local).format("%Y-%m-%dT%H:%M:%S").to_string(),
+            ));
         }
         if let Some(o) = self.offered {
-            v.push(("site_admin_ari_offered".into(), if o { "True".into() } else { "False".into() }));
+            v.push((
+                "site_admin_ari_offered".into(),
+                if o { "True".into() } else { "False".into() },
+            ));
         }
         if let Some(id) = &self.cert_id {
             v.push(("site_admin_cert_id".into(), id.clone()));
@@ -188,13 +199,19 @@ impl LineageConf {
             .into_iter()
             .find(|(k, _)| k == host)
             .map(|(_, v)| PathBuf::from(v))
-            .or_else(|| rp("webroot_path").and_then(|w| w.split(',').map(str::trim).find(|p| !p.is_empty()).map(PathBuf::from)));
+            .or_else(|| {
+                rp("webroot_path").and_then(|w| {
+                    w.split(',').map(str::trim).find(|p| !p.is_empty()).map(PathBuf::from)
+                })
+            });
         LineageConf {
             account: rp("account"),
             server: rp("server"),
             webroot,
             key_type: rp("key_type").and_then(|k| KeyType::parse(&k)),
-            renew_before_expiry: c.get(None, "renew_before_expiry").and_then(|s| crate::renewal_conf::parse_interval(&s)),
+            renew_before_expiry: c
+                .get(None, "renew_before_expiry")
+                .and_then(|s| crate::renewal_conf::parse_interval(&s)),
             profile: match (rp("required_profile"), rp("preferred_profile")) {
                 (Some(name), _) => Some(ProfileWish { name, required: true }),
                 (None, Some(name)) => Some(ProfileWish { name, required: false }),
@@ -216,12 +233,23 @@ pub struct NewVersion {
 
 impl NewVersion {
     /// Split a full chain (leaf first) into cert and chain.
-    pub fn from_key_and_fullchain(key_pem: &str, fullchain: &str) -> Result<NewVersion, StoreError> {
+    pub fn from_key_and_fullchain(
+        key_pem: &str,
+        fullchain: &str,
+    ) -> Result<NewVersion, StoreError> {
         let blocks = crate::certs::pem_blocks(fullchain);
         if blocks.is_empty() {
-            return Err(StoreError::Unusable { host: "certificate".into(), why: "no PEM CERTIFICATE block".into() });
+            return Err(StoreError::Unusable {
+                host: "certificate".into(),
+                why: "no PEM CERTIFICATE block".into(),
+            });
         }
-        Ok(NewVersion { key_pem: ensure_nl(key_pem), cert_pem: blocks[0].clone(), chain_pem: blocks[1..].concat(), fullchain_pem: blocks.concat() })
+        Ok(NewVersion {
+            key_pem: ensure_nl(key_pem),
+            cert_pem: blocks[0].clone(),
+            chain_pem: blocks[1..].concat(),
+            fullchain_pem: blocks.concat(),
+        })
     }
 }
 
@@ -315,7 +343,8 @@ impl Store {
     /// The archive version a link in `dir` names (`../../archive/<host>/<kind>N.pem`).
     fn link_version_of(dir: &Path, kind: &str) -> Option<(PathBuf, u32)> {
         let target = fs::read_link(dir.join(format!("{kind}.pem"))).ok()?;
-        let n = target.file_name()?.to_str()?.strip_prefix(kind)?.strip_suffix(".pem")?.parse().ok()?;
+        let n =
+            target.file_name()?.to_str()?.strip_prefix(kind)?.strip_suffix(".pem")?.parse().ok()?;
         Some((dir.join(target), n))
     }
 
@@ -324,7 +353,9 @@ impl Store {
         if !fsutil::exists_nofollow(&dir) {
             return Material::Absent;
         }
-        if let (Some((kp, kn)), Some((cp, cn))) = (Self::link_version_of(&dir, "privkey"), Self::link_version_of(&dir, "fullchain")) {
+        if let (Some((kp, kn)), Some((cp, cn))) =
+            (Self::link_version_of(&dir, "privkey"), Self::link_version_of(&dir, "fullchain"))
+        {
             if kn == cn {
                 if let (Ok(key), Ok(chain)) = (fs::read_to_string(&kp), fs::read_to_string(&cp)) {
                     return match KeyCert::parse(&key, &chain) {
@@ -336,11 +367,15 @@ impl Store {
         }
         let key = match fs::read_to_string(dir.join("privkey.pem")) {
             Ok(k) => k,
-            Err(e) => return Material::Broken(format!("{}: {e}", dir.join("privkey.pem").display())),
+            Err(e) => {
+                return Material::Broken(format!("{}: {e}", dir.join("privkey.pem").display()))
+            }
         };
         let chain = match fs::read_to_string(dir.join("fullchain.pem")) {
             Ok(k) => k,
-            Err(e) => return Material::Broken(format!("{}: {e}", dir.join("fullchain.pem").display())),
+            Err(e) => {
+                return Material::Broken(format!("{}: {e}", dir.join("fullchain.pem").display()))
+            }
         };
         match KeyCert::parse(&key, &chain) {
             Ok(kc) => Material::Present(kc),
@@ -369,7 +404,11 @@ impl Store {
                 rd.filter_map(|e| e.ok())
                     .filter_map(|e| {
                         let n = e.file_name().to_string_lossy().into_owned();
-                        KINDS.iter().find_map(|k| n.strip_prefix(k).and_then(|r| r.strip_suffix(".pem")).and_then(|d| d.parse().ok()))
+                        KINDS.iter().find_map(|k| {
+                            n.strip_prefix(k)
+                                .and_then(|r| r.strip_suffix(".pem"))
+                                .and_then(|d| d.parse().ok())
+                        })
                     })
                     .collect()
             })
@@ -382,7 +421,10 @@ impl Store {
     /// Versions whose four files all exist.
     pub fn complete_versions(&self, host: &str) -> Vec<u32> {
         let a = self.archive_dir(host);
-        self.archive_versions(host).into_iter().filter(|n| KINDS.iter().all(|k| a.join(format!("{k}{n}.pem")).is_file())).collect()
+        self.archive_versions(host)
+            .into_iter()
+            .filter(|n| KINDS.iter().all(|k| a.join(format!("{k}{n}.pem")).is_file()))
+            .collect()
     }
 
     fn ensure_top_dirs(&self) -> Result<()> {
@@ -404,15 +446,26 @@ impl Store {
     /// Add a version to the lineage of `host` (creating the lineage if it has
     /// none), switch `live/<host>` to it, and write its renewal conf (keeping
     /// what an existing conf holds that we do not set). Returns N.
-    pub fn add_version(&self, host: &str, v: &NewVersion, params: &RenewalParams) -> Result<u32, StoreError> {
+    pub fn add_version(
+        &self,
+        host: &str,
+        v: &NewVersion,
+        params: &RenewalParams,
+    ) -> Result<u32, StoreError> {
         // Refuse material that would not serve: never write a mismatched pair.
-        let kc = KeyCert::parse(&v.key_pem, &v.fullchain_pem).map_err(|e| StoreError::Unusable { host: host.into(), why: e.to_string() })?;
+        let kc = KeyCert::parse(&v.key_pem, &v.fullchain_pem)
+            .map_err(|e| StoreError::Unusable { host: host.into(), why: e.to_string() })?;
         if !kc.key_matches {
-            return Err(StoreError::Unusable { host: host.into(), why: "the private key does not match the certificate".into() });
+            return Err(StoreError::Unusable {
+                host: host.into(),
+                why: "the private key does not match the certificate".into(),
+            });
         }
         self.ensure_top_dirs()?;
         let archive = self.archive_dir(host);
-        let new_lineage = !fsutil::exists_nofollow(&archive) && !self.has(host, Place::Live) && !self.has(host, Place::Stashed);
+        let new_lineage = !fsutil::exists_nofollow(&archive)
+            && !self.has(host, Place::Live)
+            && !self.has(host, Place::Stashed);
         let res = self.write_version(host, v, params);
         if res.is_err() && new_lineage && !self.has(host, Place::Live) {
             // A failed new lineage leaves nothing behind (no orphan archive,
@@ -428,7 +481,12 @@ impl Store {
         fsutil::ensure_dir_mode(&archive, 0o755)?;
         // N+1 over every file present, so a half-written N never becomes live.
         let n = self.archive_versions(host).last().copied().unwrap_or(0) + 1;
-        for (kind, data) in [("cert", &v.cert_pem), ("chain", &v.chain_pem), ("fullchain", &v.fullchain_pem), ("privkey", &v.key_pem)] {
+        for (kind, data) in [
+            ("cert", &v.cert_pem),
+            ("chain", &v.chain_pem),
+            ("fullchain", &v.fullchain_pem),
+            ("privkey", &v.key_pem),
+        ] {
             let mode = if kind == "privkey" { 0o600 } else { 0o644 };
             fsutil::atomic_write(&archive.join(format!("{kind}{n}.pem")), data.as_bytes(), mode)?;
             crate::fault::point(&format!("store.wrote_{kind}"));
@@ -454,10 +512,15 @@ impl Store {
         fsutil::remove_dir_all_if_exists(&tmp)?;
         fs::create_dir(&tmp).io_ctx("creating", &tmp)?;
         // Exactly 0755, whatever the umask.
-        fs::set_permissions(&tmp, <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755)).io_ctx("setting mode of", &tmp)?;
+        fs::set_permissions(
+            &tmp,
+            <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+        )
+        .io_ctx("setting mode of", &tmp)?;
         for k in KINDS {
             let target = PathBuf::from(format!("../../archive/{host}/{k}{n}.pem"));
-            std::os::unix::fs::symlink(&target, tmp.join(format!("{k}.pem"))).io_ctx("linking", &tmp)?;
+            std::os::unix::fs::symlink(&target, tmp.join(format!("{k}.pem")))
+                .io_ctx("linking", &tmp)?;
         }
         fsutil::atomic_write(&tmp.join("README"), lineage_readme().as_bytes(), 0o644)?;
         fsutil::fsync_dir(&tmp)?;
@@ -480,7 +543,8 @@ impl Store {
                 let Some(lc) = self.lineage_conf(&host, place) else { continue };
                 if lc.account.as_deref() == Some(old) && lc.server.as_deref() == Some(server) {
                     let path = self.conf_path(&host, place);
-                    let mut c = self.read_conf(&host, place).unwrap_or_else(|| RenewalConf::parse(""));
+                    let mut c =
+                        self.read_conf(&host, place).unwrap_or_else(|| RenewalConf::parse(""));
                     c.set(Some("renewalparams"), "account", new);
                     fsutil::atomic_write(&path, c.to_text().as_bytes(), 0o644)?;
                     done.push(host);
@@ -528,7 +592,10 @@ impl Store {
 
     /// The directories that hold keys, with the mode each must have (0700).
     pub fn private_dirs(&self) -> Vec<(PathBuf, u32)> {
-        ["live", "archive", "norenewal", "accounts"].iter().map(|d| (self.dir.join(d), 0o700)).collect()
+        ["live", "archive", "norenewal", "accounts"]
+            .iter()
+            .map(|d| (self.dir.join(d), 0o700))
+            .collect()
     }
 
     /// Where every version of every lineage lives (`archive/`).
@@ -541,7 +608,8 @@ impl Store {
         let dir = self.deploy_hooks_dir();
         fsutil::create_dir_all_mode(&dir, 0o755)?;
         let path = dir.join(CERTBOT_DEPLOY_HOOK);
-        let same = fs::symlink_metadata(&path).map(|m| m.is_file()).unwrap_or(false) && fs::read_to_string(&path).map(|t| t == script).unwrap_or(false);
+        let same = fs::symlink_metadata(&path).map(|m| m.is_file()).unwrap_or(false)
+            && fs::read_to_string(&path).map(|t| t == script).unwrap_or(false);
         if !same {
             fsutil::atomic_write(&path, script.as_bytes(), 0o755)?;
         }
@@ -553,7 +621,9 @@ impl Store {
         let path = self.conf_path(host, place);
         let mut c = match fs::read_to_string(&path) {
             Ok(t) => RenewalConf::parse(&t),
-            Err(_) => RenewalConf::parse("# renewal configuration written by site-admin, readable by certbot"),
+            Err(_) => RenewalConf::parse(
+                "# renewal configuration written by site-admin, readable by certbot",
+            ),
         };
         let live = self.live_dir(host);
         let s = |p: &Path| p.display().to_string();
@@ -573,7 +643,11 @@ impl Store {
         c.remove(Some("renewalparams"), "preferred_profile");
         c.remove(Some("renewalparams"), "required_profile");
         if let Some(w) = &p.profile {
-            c.set(Some("renewalparams"), if w.required { "required_profile" } else { "preferred_profile" }, &w.name);
+            c.set(
+                Some("renewalparams"),
+                if w.required { "required_profile" } else { "preferred_profile" },
+                &w.name,
+            );
         }
         // A new current certificate: what ARI said is about the old one.
         c.replace_section(ARI, &[]);
@@ -652,12 +726,19 @@ impl Store {
         if self.has(host, Place::Live) {
             let kc = match self.material(host, Place::Stashed) {
                 Material::Present(kc) => kc,
-                Material::Broken(why) => return Err(stash(format!("the stashed certificate is unreadable: {why}"))),
-                Material::Absent => return Err(stash("the stashed certificate disappeared".into())),
+                Material::Broken(why) => {
+                    return Err(stash(format!("the stashed certificate is unreadable: {why}")))
+                }
+                Material::Absent => {
+                    return Err(stash("the stashed certificate disappeared".into()))
+                }
             };
-            let v = NewVersion::from_key_and_fullchain(&kc.key_pem, &kc.chain_pem).map_err(|e| stash(format!("the stashed certificate is damaged: {e}")))?;
+            let v = NewVersion::from_key_and_fullchain(&kc.key_pem, &kc.chain_pem)
+                .map_err(|e| stash(format!("the stashed certificate is damaged: {e}")))?;
             self.add_version(host, &v, params).map_err(|e| match e {
-                StoreError::Unusable { why, .. } => stash(format!("the stashed certificate is damaged: {why}")),
+                StoreError::Unusable { why, .. } => {
+                    stash(format!("the stashed certificate is damaged: {why}"))
+                }
                 e => e,
             })?;
             return Ok(self.remove_links(host, Place::Stashed)?);
@@ -711,7 +792,9 @@ impl Store {
         if let Ok(rd) = fs::read_dir(self.dir.join("live")) {
             for e in rd.filter_map(|e| e.ok()) {
                 let n = e.file_name().to_string_lossy().into_owned();
-                if (n.starts_with(fsutil::TEMP_PREFIX) && n.ends_with(".new")) || (n.starts_with('.') && n.contains(".new-")) {
+                if (n.starts_with(fsutil::TEMP_PREFIX) && n.ends_with(".new"))
+                    || (n.starts_with('.') && n.contains(".new-"))
+                {
                     fsutil::remove_dir_all_if_exists(&e.path())?;
                     done.push(format!("removed the unfinished link directory live/{n}"));
                 }
@@ -719,9 +802,18 @@ impl Store {
         }
         for (from, to) in [(Place::Live, Place::Stashed), (Place::Stashed, Place::Live)] {
             for host in self.names_with_conf(from) {
-                if !self.has(&host, from) && self.has(&host, to) && !self.conf_path(&host, to).exists() {
-                    fsutil::rename_durable(&self.conf_path(&host, from), &self.conf_path(&host, to))?;
-                    done.push(format!("{host}: finished an interrupted {} (moved its renewal conf)", if to == Place::Stashed { "stash" } else { "unstash" }));
+                if !self.has(&host, from)
+                    && self.has(&host, to)
+                    && !self.conf_path(&host, to).exists()
+                {
+                    fsutil::rename_durable(
+                        &self.conf_path(&host, from),
+                        &self.conf_path(&host, to),
+                    )?;
+                    done.push(format!(
+                        "{host}: finished an interrupted {} (moved its renewal conf)",
+                        if to == Place::Stashed { "stash" } else { "unstash" }
+                    ));
                 }
             }
         }
@@ -734,7 +826,9 @@ impl Store {
             }
             if let Some(n) = self.newest_matching_version(&host) {
                 self.link_version(&host, n)?;
-                done.push(format!("{host}: finished an interrupted new lineage (linked version {n})"));
+                done.push(format!(
+                    "{host}: finished an interrupted new lineage (linked version {n})"
+                ));
             }
         }
         Ok(done)
@@ -756,7 +850,13 @@ impl Store {
             Place::Live => self.dir.join("renewal"),
             Place::Stashed => self.dir.join("norenewal"),
         };
-        sorted_names(&dir, |t, n| if t.is_file() { n.strip_suffix(".conf").map(str::to_string) } else { None })
+        sorted_names(&dir, |t, n| {
+            if t.is_file() {
+                n.strip_suffix(".conf").map(str::to_string)
+            } else {
+                None
+            }
+        })
     }
 
     /// Names of lineages with links in `place` (a conf or not).
@@ -792,8 +892,13 @@ impl Store {
 
 /// The entries of `dir` that `pick` maps to a name, sorted; none if `dir` is missing.
 fn sorted_names(dir: &Path, pick: impl Fn(fs::FileType, &str) -> Option<String>) -> Vec<String> {
-    let mut v: Vec<String> =
-        fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| pick(e.file_type().ok()?, e.file_name().to_str()?)).collect()).unwrap_or_default();
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| pick(e.file_type().ok()?, e.file_name().to_str()?))
+                .collect()
+        })
+        .unwrap_or_default();
     v.sort();
     v
 }
@@ -805,7 +910,9 @@ fn lineage_readme() -> String {
 /// Atomically exchange two directory entries (Linux `renameat2(RENAME_EXCHANGE)`).
 fn exchange(a: &Path, b: &Path) -> Result<()> {
     use rustix::fs::{renameat_with, RenameFlags, CWD};
-    renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE).map_err(std::io::Error::from).io_ctx("switching", b)
+    renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE)
+        .map_err(std::io::Error::from)
+        .io_ctx("switching", b)
 }
 
 #[cfg(test)]

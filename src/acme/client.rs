@@ -5,7 +5,10 @@
 
 use super::jws::{b64, AccountKey};
 use super::retry::{parse_retry_after, Backoff};
-use super::types::{clean, clean_url, Authorization, AuthzStatus, ChallengeStatus, Order, OrderStatus, Problem, ProblemKind};
+use super::types::{
+    clean, clean_url, Authorization, AuthzStatus, ChallengeStatus, Order, OrderStatus, Problem,
+    ProblemKind,
+};
 use super::AcmeError;
 use crate::model::KeyType;
 use serde_json::{json, Value};
@@ -104,11 +107,15 @@ struct Response {
 
 impl Response {
     fn json(&self, url: &str) -> Result<Value, AcmeError> {
-        serde_json::from_slice(&self.body).map_err(|e| AcmeError::Protocol { url: url.into(), detail: format!("not JSON: {e}") })
+        serde_json::from_slice(&self.body)
+            .map_err(|e| AcmeError::Protocol { url: url.into(), detail: format!("not JSON: {e}") })
     }
     /// The body as a typed resource.
     fn typed<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, AcmeError> {
-        serde_json::from_slice(&self.body).map_err(|e| AcmeError::Protocol { url: url.into(), detail: format!("not the expected resource: {e}") })
+        serde_json::from_slice(&self.body).map_err(|e| AcmeError::Protocol {
+            url: url.into(),
+            detail: format!("not the expected resource: {e}"),
+        })
     }
 }
 
@@ -129,16 +136,23 @@ pub struct AcmeClient {
 /// [RFC 8555 §6.7]: https://www.rfc-editor.org/rfc/rfc8555#section-6.7
 pub fn problem_of(url: &str, status: u16, body: &[u8]) -> AcmeError {
     match serde_json::from_slice::<Problem>(body) {
-        Ok(problem) if !problem.ptype.is_empty() => AcmeError::Problem { url: url.into(), status, problem },
+        Ok(problem) if !problem.ptype.is_empty() => {
+            AcmeError::Problem { url: url.into(), status, problem }
+        }
         _ => {
-            let text: String = String::from_utf8_lossy(&body[..body.len().min(200)]).chars().filter(|c| !c.is_control()).collect();
+            let text: String = String::from_utf8_lossy(&body[..body.len().min(200)])
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect();
             AcmeError::Protocol { url: url.into(), detail: format!("HTTP {status}: {text}") }
         }
     }
 }
 
 fn str_field<'a>(v: &'a Value, k: &str, url: &str) -> Result<&'a str, AcmeError> {
-    v.get(k).and_then(Value::as_str).ok_or_else(|| AcmeError::Protocol { url: url.into(), detail: format!("missing {k:?}") })
+    v.get(k)
+        .and_then(Value::as_str)
+        .ok_or_else(|| AcmeError::Protocol { url: url.into(), detail: format!("missing {k:?}") })
 }
 
 /// Build the HTTP client: system roots plus the extra bundle.
@@ -148,11 +162,19 @@ pub fn http_client(ca_bundle: Option<&Path>) -> Result<reqwest::blocking::Client
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30));
     if let Some(path) = ca_bundle {
-        let pem = crate::fsutil::read_user_file(path).map_err(|e| AcmeError::Local(format!("the ACME CA bundle {}: {e}", path.display())))?;
-        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
-            .map_err(|e| AcmeError::Local(format!("the ACME CA bundle {} is not PEM certificates: {e}", path.display())))?;
+        let pem = crate::fsutil::read_user_file(path)
+            .map_err(|e| AcmeError::Local(format!("the ACME CA bundle {}: {e}", path.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| {
+            AcmeError::Local(format!(
+                "the ACME CA bundle {} is not PEM certificates: {e}",
+                path.display()
+            ))
+        })?;
         if certs.is_empty() {
-            return Err(AcmeError::Local(format!("the ACME CA bundle {} holds no certificate", path.display())));
+            return Err(AcmeError::Local(format!(
+                "the ACME CA bundle {} holds no certificate",
+                path.display()
+            )));
         }
         for c in certs {
             b = b.add_root_certificate(c);
@@ -181,7 +203,11 @@ impl AcmeClient {
     /// `kid` is the account URL when the account exists already.
     ///
     /// [RFC 8555 §7.1.1]: https://www.rfc-editor.org/rfc/rfc8555#section-7.1.1
-    pub fn connect(opts: ClientOptions, key: AccountKey, kid: Option<String>) -> Result<AcmeClient, AcmeError> {
+    pub fn connect(
+        opts: ClientOptions,
+        key: AccountKey,
+        kid: Option<String>,
+    ) -> Result<AcmeClient, AcmeError> {
         let http = http_client(opts.ca_bundle.as_deref())?;
         tracing::trace!("HTTP client ready");
         let url = opts.directory.clone();
@@ -192,7 +218,10 @@ impl AcmeClient {
         if status != 200 {
             return Err(problem_of(&url, status, &body));
         }
-        let v: Value = serde_json::from_slice(&body).map_err(|e| AcmeError::Protocol { url: url.clone(), detail: format!("directory is not JSON: {e}") })?;
+        let v: Value = serde_json::from_slice(&body).map_err(|e| AcmeError::Protocol {
+            url: url.clone(),
+            detail: format!("directory is not JSON: {e}"),
+        })?;
         let dir = Directory {
             // The CA's strings, made safe for a log line once, here (types::clean).
             new_nonce: clean(str_field(&v, "newNonce", &url)?),
@@ -200,14 +229,27 @@ impl AcmeClient {
             new_order: clean(str_field(&v, "newOrder", &url)?),
             revoke_cert: v.get("revokeCert").and_then(Value::as_str).map(clean),
             terms_of_service: v.pointer("/meta/termsOfService").and_then(Value::as_str).map(clean),
-            renewal_info: v.get("renewalInfo").and_then(Value::as_str).map(|u| clean(u.trim_end_matches('/'))),
+            renewal_info: v
+                .get("renewalInfo")
+                .and_then(Value::as_str)
+                .map(|u| clean(u.trim_end_matches('/'))),
             profiles: v
                 .pointer("/meta/profiles")
                 .and_then(Value::as_object)
-                .map(|o| o.iter().map(|(k, d)| (clean(k), clean(d.as_str().unwrap_or("")))).collect())
+                .map(|o| {
+                    o.iter().map(|(k, d)| (clean(k), clean(d.as_str().unwrap_or("")))).collect()
+                })
                 .unwrap_or_default(),
         };
-        Ok(AcmeClient { http, opts, dir, key, kid: Mutex::new(kid), nonces: Mutex::new(Vec::new()), bad_nonces: Default::default() })
+        Ok(AcmeClient {
+            http,
+            opts,
+            dir,
+            key,
+            kid: Mutex::new(kid),
+            nonces: Mutex::new(Vec::new()),
+            bad_nonces: Default::default(),
+        })
     }
 
     /// A client of the same server for another account key (`kid`: its
@@ -262,37 +304,56 @@ impl AcmeClient {
     ///
     /// [RFC 9773 §4.1]: https://www.rfc-editor.org/rfc/rfc9773#section-4.1
     pub fn renewal_info(&self, cert_id: &str) -> Result<RenewalInfo, AcmeError> {
-        let base = self
-            .dir
-            .renewal_info
-            .clone()
-            .ok_or_else(|| AcmeError::Protocol { url: self.opts.directory.clone(), detail: "the directory offers no renewalInfo".into() })?;
+        let base = self.dir.renewal_info.clone().ok_or_else(|| AcmeError::Protocol {
+            url: self.opts.directory.clone(),
+            detail: "the directory offers no renewalInfo".into(),
+        })?;
         let url = format!("{base}/{cert_id}");
-        let resp = self.http.get(&url).timeout(Duration::from_secs(10)).send().map_err(|e| connect_err(&url, e))?;
+        let resp = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .map_err(|e| connect_err(&url, e))?;
         let status = resp.status().as_u16();
-        let retry_after = resp.headers().get("retry-after").and_then(|h| h.to_str().ok()).and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|h| h.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
         let body = resp.bytes().map_err(|e| connect_err(&url, e))?;
         if status != 200 {
             return Err(problem_of(&url, status, &body));
         }
-        let v: Value =
-            serde_json::from_slice(&body).map_err(|e| AcmeError::Protocol { url: url.clone(), detail: format!("renewal information is not JSON: {e}") })?;
+        let v: Value = serde_json::from_slice(&body).map_err(|e| AcmeError::Protocol {
+            url: url.clone(),
+            detail: format!("renewal information is not JSON: {e}"),
+        })?;
         let when = |k: &str| {
             v.pointer(&format!("/suggestedWindow/{k}"))
                 .and_then(Value::as_str)
                 .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
                 .map(|t| t.with_timezone(&chrono::Utc))
-                .ok_or_else(|| AcmeError::Protocol { url: url.clone(), detail: format!("renewal information without a suggestedWindow {k}") })
+                .ok_or_else(|| AcmeError::Protocol {
+                    url: url.clone(),
+                    detail: format!("renewal information without a suggestedWindow {k}"),
+                })
         };
         let (start, end) = (when("start")?, when("end")?);
         if end < start {
-            return Err(AcmeError::Protocol { url, detail: "the suggested window ends before it starts".into() });
+            return Err(AcmeError::Protocol {
+                url,
+                detail: "the suggested window ends before it starts".into(),
+            });
         }
         // Kept in the renewal conf and logged: only a plain URL (types::clean_url).
         let explanation_url = v.get("explanationURL").and_then(Value::as_str).and_then(|u| {
             let kept = clean_url(u);
             if kept.is_none() {
-                tracing::warn!("{url}: ignoring an explanationURL that is not a plain URL: {}", clean(u));
+                tracing::warn!(
+                    "{url}: ignoring an explanationURL that is not a plain URL: {}",
+                    clean(u)
+                );
             }
             kept
         });
@@ -313,7 +374,10 @@ impl AcmeClient {
             .get("replay-nonce")
             .and_then(|h| h.to_str().ok())
             .map(str::to_string)
-            .ok_or_else(|| AcmeError::Protocol { url: url.clone(), detail: "no Replay-Nonce header".into() })
+            .ok_or_else(|| AcmeError::Protocol {
+                url: url.clone(),
+                detail: "no Replay-Nonce header".into(),
+            })
     }
 
     fn keep_nonce(&self, headers: &reqwest::header::HeaderMap) {
@@ -331,7 +395,14 @@ impl AcmeClient {
     ///
     /// [RFC 8555 §6.2]: https://www.rfc-editor.org/rfc/rfc8555#section-6.2
     /// [RFC 8555 §6.3]: https://www.rfc-editor.org/rfc/rfc8555#section-6.3
-    fn post(&self, url: &str, payload: Option<&Value>, signer: Signer, accept: Option<&str>, deadline: Instant) -> Result<Response, AcmeError> {
+    fn post(
+        &self,
+        url: &str,
+        payload: Option<&Value>,
+        signer: Signer,
+        accept: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Response, AcmeError> {
         let mut bad_nonces = 0;
         loop {
             let nonce = self.nonce()?;
@@ -339,7 +410,9 @@ impl AcmeClient {
             match signer {
                 Signer::Jwk => protected["jwk"] = self.key.public_jwk()?,
                 Signer::Kid => {
-                    let kid = self.account_url().ok_or_else(|| AcmeError::Local("no ACME account yet".into()))?;
+                    let kid = self
+                        .account_url()
+                        .ok_or_else(|| AcmeError::Local("no ACME account yet".into()))?;
                     protected["kid"] = Value::String(kid);
                 }
             }
@@ -348,7 +421,11 @@ impl AcmeClient {
                 None => String::new(),
             };
             let body = self.key.sign(&protected, &p)?;
-            let mut req = self.http.post(url).header("Content-Type", "application/jose+json").body(body.to_string());
+            let mut req = self
+                .http
+                .post(url)
+                .header("Content-Type", "application/jose+json")
+                .body(body.to_string());
             if let Some(a) = accept {
                 req = req.header("Accept", a);
             }
@@ -356,9 +433,11 @@ impl AcmeClient {
             tracing::trace!(url, status = resp.status().as_u16(), "ACME response");
             self.keep_nonce(resp.headers());
             let status = resp.status().as_u16();
-            let header = |n: &str| resp.headers().get(n).and_then(|h| h.to_str().ok()).map(str::to_string);
+            let header =
+                |n: &str| resp.headers().get(n).and_then(|h| h.to_str().ok()).map(str::to_string);
             let location = header("location");
-            let retry_after = header("retry-after").and_then(|v| parse_retry_after(&v, SystemTime::now()));
+            let retry_after =
+                header("retry-after").and_then(|v| parse_retry_after(&v, SystemTime::now()));
             let bytes = resp.bytes().map_err(|e| connect_err(url, e))?.to_vec();
             if status < 400 {
                 return Ok(Response { status, location, retry_after, body: bytes });
@@ -378,7 +457,11 @@ impl AcmeClient {
                         continue;
                     }
                     tracing::warn!("the ACME server asks to retry in {} s: {err}", wait.as_secs());
-                    return Err(AcmeError::Deadline { what: format!("the request to {url}"), asked: Some(wait), deadline: self.opts.deadline });
+                    return Err(AcmeError::Deadline {
+                        what: format!("the request to {url}"),
+                        asked: Some(wait),
+                        deadline: self.opts.deadline,
+                    });
                 }
             }
             return Err(err);
@@ -412,7 +495,10 @@ impl AcmeClient {
             tracing::info!("agreeing to the terms of service of {}: {tos}", self.opts.directory);
         }
         let resp = self.post(&url, Some(&payload), Signer::Jwk, None, self.deadline())?;
-        let kid = resp.location.ok_or_else(|| AcmeError::Protocol { url: url.clone(), detail: "newAccount answered without a Location".into() })?;
+        let kid = resp.location.ok_or_else(|| AcmeError::Protocol {
+            url: url.clone(),
+            detail: "newAccount answered without a Location".into(),
+        })?;
         self.set_account_url(&kid);
         Ok(kid)
     }
@@ -423,9 +509,18 @@ impl AcmeClient {
     /// [RFC 8555 §7.3.1]: https://www.rfc-editor.org/rfc/rfc8555#section-7.3.1
     pub fn find_account(&self) -> Result<Option<String>, AcmeError> {
         let url = self.dir.new_account.clone();
-        match self.post(&url, Some(&json!({"onlyReturnExisting": true})), Signer::Jwk, None, self.deadline()) {
+        match self.post(
+            &url,
+            Some(&json!({"onlyReturnExisting": true})),
+            Signer::Jwk,
+            None,
+            self.deadline(),
+        ) {
             Ok(r) => {
-                let kid = r.location.ok_or_else(|| AcmeError::Protocol { url, detail: "newAccount answered without a Location".into() })?;
+                let kid = r.location.ok_or_else(|| AcmeError::Protocol {
+                    url,
+                    detail: "newAccount answered without a Location".into(),
+                })?;
                 self.set_account_url(&kid);
                 Ok(Some(kid))
             }
@@ -439,13 +534,18 @@ impl AcmeClient {
     ///
     /// [RFC 8555 §7.3.2]: https://www.rfc-editor.org/rfc/rfc8555#section-7.3.2
     pub fn check_account(&self) -> Result<(), AcmeError> {
-        let kid = self.account_url().ok_or_else(|| AcmeError::Local("no ACME account yet".into()))?;
+        let kid =
+            self.account_url().ok_or_else(|| AcmeError::Local("no ACME account yet".into()))?;
         let r = self.post(&kid, None, Signer::Kid, None, self.deadline())?;
         match r.json(&kid)?.get("status").and_then(Value::as_str) {
             Some("deactivated") | Some("revoked") => Err(AcmeError::Problem {
                 url: kid,
                 status: r.status,
-                problem: Problem { ptype: "urn:ietf:params:acme:error:unauthorized".into(), detail: "the account is deactivated".into(), subproblems: vec![] },
+                problem: Problem {
+                    ptype: "urn:ietf:params:acme:error:unauthorized".into(),
+                    detail: "the account is deactivated".into(),
+                    subproblems: vec![],
+                },
             }),
             _ => Ok(()),
         }
@@ -459,11 +559,15 @@ impl AcmeClient {
 
     /// The `externalAccountBinding` JWS: HS256 over the account's public JWK.
     fn eab_jws(&self, eab: &Eab, url: &str) -> Result<Value, AcmeError> {
-        let protected = b64(json!({"alg": "HS256", "kid": eab.kid, "url": url}).to_string().as_bytes());
+        let protected =
+            b64(json!({"alg": "HS256", "kid": eab.kid, "url": url}).to_string().as_bytes());
         let payload = b64(self.key.public_jwk()?.to_string().as_bytes());
-        let local = |e: openssl::error::ErrorStack| AcmeError::Local(format!("External Account Binding: {e}"));
+        let local = |e: openssl::error::ErrorStack| {
+            AcmeError::Local(format!("External Account Binding: {e}"))
+        };
         let key = openssl::pkey::PKey::hmac(&eab.hmac_key).map_err(local)?;
-        let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key).map_err(local)?;
+        let mut signer = openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key)
+            .map_err(local)?;
         signer.update(format!("{protected}.{payload}").as_bytes()).map_err(local)?;
         let sig = signer.sign_to_vec().map_err(local)?;
         Ok(json!({"protected": protected, "payload": payload, "signature": b64(&sig)}))
@@ -474,12 +578,17 @@ impl AcmeClient {
     ///
     /// [RFC 8555 §7.6]: https://www.rfc-editor.org/rfc/rfc8555#section-7.6
     pub fn revoke(&self, cert_der: &[u8], reason: u8) -> Result<(), AcmeError> {
-        let url = self
-            .dir
-            .revoke_cert
-            .clone()
-            .ok_or_else(|| AcmeError::Protocol { url: self.opts.directory.clone(), detail: "the directory offers no revokeCert".into() })?;
-        self.post(&url, Some(&json!({"certificate": b64(cert_der), "reason": reason})), Signer::Kid, None, self.deadline())?;
+        let url = self.dir.revoke_cert.clone().ok_or_else(|| AcmeError::Protocol {
+            url: self.opts.directory.clone(),
+            detail: "the directory offers no revokeCert".into(),
+        })?;
+        self.post(
+            &url,
+            Some(&json!({"certificate": b64(cert_der), "reason": reason})),
+            Signer::Kid,
+            None,
+            self.deadline(),
+        )?;
         Ok(())
     }
 
@@ -491,7 +600,12 @@ impl AcmeClient {
     /// the full chain.
     ///
     /// [RFC 8555 §7.4]: https://www.rfc-editor.org/rfc/rfc8555#section-7.4
-    pub fn issue(&self, host: &str, webroot: &Path, key_type: KeyType) -> Result<Issued, AcmeError> {
+    pub fn issue(
+        &self,
+        host: &str,
+        webroot: &Path,
+        key_type: KeyType,
+    ) -> Result<Issued, AcmeError> {
         self.issue_with(host, webroot, key_type, &OrderOptions::default())
     }
 
@@ -501,7 +615,13 @@ impl AcmeClient {
     /// is retried once without it.
     ///
     /// [RFC 8738]: https://www.rfc-editor.org/rfc/rfc8738
-    pub fn issue_with(&self, host: &str, webroot: &Path, key_type: KeyType, o: &OrderOptions) -> Result<Issued, AcmeError> {
+    pub fn issue_with(
+        &self,
+        host: &str,
+        webroot: &Path,
+        key_type: KeyType,
+        o: &OrderOptions,
+    ) -> Result<Issued, AcmeError> {
         let deadline = self.deadline();
         let what = format!("the order for {host}");
         let new_order = self.dir.new_order.clone();
@@ -521,8 +641,10 @@ impl AcmeClient {
             }
             r => r?,
         };
-        let order_url =
-            resp.location.clone().ok_or_else(|| AcmeError::Protocol { url: new_order.clone(), detail: "newOrder answered without a Location".into() })?;
+        let order_url = resp.location.clone().ok_or_else(|| AcmeError::Protocol {
+            url: new_order.clone(),
+            detail: "newOrder answered without a Location".into(),
+        })?;
         let mut order: Order = resp.typed(&new_order)?;
         tracing::debug!(host, "step: order created");
         crate::fault::point("acme.ordered");
@@ -538,7 +660,12 @@ impl AcmeClient {
                 OrderStatus::Ready | OrderStatus::Processing | OrderStatus::Valid => break,
                 OrderStatus::Pending => {}
                 OrderStatus::Invalid => return Err(order_failed(&what, &order)),
-                OrderStatus::Unknown => return Err(AcmeError::Protocol { url: order_url.clone(), detail: "the order is in an unknown state".into() }),
+                OrderStatus::Unknown => {
+                    return Err(AcmeError::Protocol {
+                        url: order_url.clone(),
+                        detail: "the order is in an unknown state".into(),
+                    })
+                }
             }
             self.sleep_until_next(&mut backoff, wait, deadline, &what)?;
             let r = self.post(&order_url, None, Signer::Kid, None, deadline)?;
@@ -550,7 +677,13 @@ impl AcmeClient {
                 (g.0)().map_err(AcmeError::Local)?;
             }
             let (key_pem, csr_der) = new_key_and_csr(host, key_type)?;
-            let r = self.post(&order.finalize.clone(), Some(&json!({"csr": b64(&csr_der)})), Signer::Kid, None, deadline)?;
+            let r = self.post(
+                &order.finalize.clone(),
+                Some(&json!({"csr": b64(&csr_der)})),
+                Signer::Kid,
+                None,
+                deadline,
+            )?;
             wait = r.retry_after;
             order = r.typed(&order_url)?;
             let mut backoff = Backoff::default();
@@ -559,7 +692,12 @@ impl AcmeClient {
                     OrderStatus::Valid => break,
                     OrderStatus::Processing | OrderStatus::Ready => {}
                     OrderStatus::Invalid => return Err(order_failed(&what, &order)),
-                    s => return Err(AcmeError::Protocol { url: order_url.clone(), detail: format!("after finalize the order is {s}") }),
+                    s => {
+                        return Err(AcmeError::Protocol {
+                            url: order_url.clone(),
+                            detail: format!("after finalize the order is {s}"),
+                        })
+                    }
                 }
                 self.sleep_until_next(&mut backoff, wait, deadline, &what)?;
                 let r = self.post(&order_url, None, Signer::Kid, None, deadline)?;
@@ -567,21 +705,35 @@ impl AcmeClient {
                 order = r.typed(&order_url)?;
             }
             tracing::debug!(host, "step: finalized");
-            let cert_url = order
-                .certificate
-                .clone()
-                .ok_or_else(|| AcmeError::Protocol { url: order_url.clone(), detail: "a valid order without a certificate URL".into() })?;
-            let r = self.post(&cert_url, None, Signer::Kid, Some("application/pem-certificate-chain"), deadline)?;
-            let fullchain_pem =
-                String::from_utf8(r.body).map_err(|_| AcmeError::Protocol { url: cert_url.clone(), detail: "certificate is not text".into() })?;
+            let cert_url = order.certificate.clone().ok_or_else(|| AcmeError::Protocol {
+                url: order_url.clone(),
+                detail: "a valid order without a certificate URL".into(),
+            })?;
+            let r = self.post(
+                &cert_url,
+                None,
+                Signer::Kid,
+                Some("application/pem-certificate-chain"),
+                deadline,
+            )?;
+            let fullchain_pem = String::from_utf8(r.body).map_err(|_| AcmeError::Protocol {
+                url: cert_url.clone(),
+                detail: "certificate is not text".into(),
+            })?;
             if crate::certs::parse_chain(&fullchain_pem).is_err() {
-                return Err(AcmeError::Protocol { url: cert_url, detail: "certificate is not a PEM chain".into() });
+                return Err(AcmeError::Protocol {
+                    url: cert_url,
+                    detail: "certificate is not a PEM chain".into(),
+                });
             }
             tracing::debug!(host, "step: certificate downloaded");
             return Ok(Issued { key_pem, fullchain_pem });
         }
         // An order that was processing or valid before we finalized is not ours to finish.
-        Err(AcmeError::Protocol { url: order_url, detail: format!("the new order is already {} before it was finalized", order.status) })
+        Err(AcmeError::Protocol {
+            url: order_url,
+            detail: format!("the new order is already {} before it was finalized", order.status),
+        })
     }
 
     /// Satisfy one authorization ([RFC 8555 §7.5]) with HTTP-01 ([RFC 8555 §8.3]).
@@ -594,16 +746,27 @@ impl AcmeClient {
         match authz.status {
             AuthzStatus::Valid => return Ok(()),
             AuthzStatus::Pending => {}
-            s => return Err(AcmeError::Invalid { what: format!("the authorization for {ident}"), detail: format!("it is {s}") }),
+            s => {
+                return Err(AcmeError::Invalid {
+                    what: format!("the authorization for {ident}"),
+                    detail: format!("it is {s}"),
+                })
+            }
         }
-        let chall = authz
-            .challenges
-            .iter()
-            .find(|c| c.kind == "http-01")
-            .ok_or_else(|| AcmeError::Protocol { url: url.into(), detail: format!("no http-01 challenge offered for {ident}") })?;
+        let chall = authz.challenges.iter().find(|c| c.kind == "http-01").ok_or_else(|| {
+            AcmeError::Protocol {
+                url: url.into(),
+                detail: format!("no http-01 challenge offered for {ident}"),
+            }
+        })?;
         let token = &chall.token;
-        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return Err(AcmeError::Protocol { url: url.into(), detail: "challenge token is not base64url".into() });
+        if token.is_empty()
+            || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(AcmeError::Protocol {
+                url: url.into(),
+                detail: "challenge token is not base64url".into(),
+            });
         }
         let keyauth = format!("{token}.{}", self.key.thumbprint()?);
         let _file = ChallengeFile::write(webroot, token, &keyauth)?;
@@ -620,19 +783,36 @@ impl AcmeClient {
                 AuthzStatus::Valid => return Ok(()),
                 AuthzStatus::Pending => {}
                 s => {
-                    let detail =
-                        a.challenges.iter().find_map(|c| c.error.as_ref()).map(|p| p.to_string()).unwrap_or_else(|| format!("the authorization is {s}"));
-                    return Err(AcmeError::Invalid { what: format!("HTTP-01 validation of {ident}"), detail });
+                    let detail = a
+                        .challenges
+                        .iter()
+                        .find_map(|c| c.error.as_ref())
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| format!("the authorization is {s}"));
+                    return Err(AcmeError::Invalid {
+                        what: format!("HTTP-01 validation of {ident}"),
+                        detail,
+                    });
                 }
             }
             self.sleep_until_next(&mut backoff, wait, deadline, &what)?;
         }
     }
 
-    fn sleep_until_next(&self, backoff: &mut Backoff, hint: Option<Duration>, deadline: Instant, what: &str) -> Result<(), AcmeError> {
+    fn sleep_until_next(
+        &self,
+        backoff: &mut Backoff,
+        hint: Option<Duration>,
+        deadline: Instant,
+        what: &str,
+    ) -> Result<(), AcmeError> {
         let d = hint.unwrap_or_else(|| backoff.next_delay());
         if Instant::now() + d > deadline {
-            return Err(AcmeError::Deadline { what: what.into(), asked: hint, deadline: self.opts.deadline });
+            return Err(AcmeError::Deadline {
+                what: what.into(),
+                asked: hint,
+                deadline: self.opts.deadline,
+            });
         }
         std::thread::sleep(d);
         Ok(())
@@ -647,7 +827,14 @@ enum Signer {
 }
 
 fn order_failed(what: &str, order: &Order) -> AcmeError {
-    AcmeError::Invalid { what: what.into(), detail: order.error.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "the order became invalid".into()) }
+    AcmeError::Invalid {
+        what: what.into(),
+        detail: order
+            .error
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "the order became invalid".into()),
+    }
 }
 
 /// The challenge file; removed when dropped, whatever happened.
@@ -658,9 +845,11 @@ struct ChallengeFile {
 impl ChallengeFile {
     fn write(webroot: &Path, token: &str, keyauth: &str) -> Result<ChallengeFile, AcmeError> {
         let dir = webroot.join(".well-known/acme-challenge");
-        crate::fsutil::create_dir_all_mode(&dir, 0o755).map_err(|e| AcmeError::Local(e.to_string()))?;
+        crate::fsutil::create_dir_all_mode(&dir, 0o755)
+            .map_err(|e| AcmeError::Local(e.to_string()))?;
         let path = dir.join(token);
-        crate::fsutil::atomic_write(&path, keyauth.as_bytes(), 0o644).map_err(|e| AcmeError::Local(e.to_string()))?;
+        crate::fsutil::atomic_write(&path, keyauth.as_bytes(), 0o644)
+            .map_err(|e| AcmeError::Local(e.to_string()))?;
         Ok(ChallengeFile { path })
     }
 }
@@ -674,15 +863,24 @@ impl Drop for ChallengeFile {
 /// A new certificate key (ECDSA P-256 or RSA 2048, by openssl) and a CSR for
 /// `host` made by rcgen with it. Returns the key as PKCS#8 PEM and the CSR DER.
 pub fn new_key_and_csr(host: &str, key_type: KeyType) -> Result<(String, Vec<u8>), AcmeError> {
-    let local = |e: &dyn std::fmt::Display| AcmeError::Local(format!("making the certificate key: {e}"));
+    let local =
+        |e: &dyn std::fmt::Display| AcmeError::Local(format!("making the certificate key: {e}"));
     let pkey = match key_type {
         KeyType::Ecdsa => {
-            let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).map_err(|e| local(&e))?;
-            openssl::pkey::PKey::from_ec_key(openssl::ec::EcKey::generate(&group).map_err(|e| local(&e))?).map_err(|e| local(&e))?
+            let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1)
+                .map_err(|e| local(&e))?;
+            openssl::pkey::PKey::from_ec_key(
+                openssl::ec::EcKey::generate(&group).map_err(|e| local(&e))?,
+            )
+            .map_err(|e| local(&e))?
         }
-        KeyType::Rsa => openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).map_err(|e| local(&e))?).map_err(|e| local(&e))?,
+        KeyType::Rsa => {
+            openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).map_err(|e| local(&e))?)
+                .map_err(|e| local(&e))?
+        }
     };
-    let pem = String::from_utf8(pkey.private_key_to_pem_pkcs8().map_err(|e| local(&e))?).map_err(|e| local(&e))?;
+    let pem = String::from_utf8(pkey.private_key_to_pem_pkcs8().map_err(|e| local(&e))?)
+        .map_err(|e| local(&e))?;
     let kp = rcgen::KeyPair::from_pem(&pem).map_err(|e| local(&e))?;
     // The name only in the subjectAltName (DNS or IP), no CN: what the
     // `tlsserver` and `shortlived` profiles issue, and what RFC 8738 asks.
@@ -713,8 +911,11 @@ mod tests {
 
     #[test]
     fn csrs_name_the_host_only_in_the_san_dns_or_ip() {
-        for (host, want) in [("a.example.com", "DNS:a.example.com"), ("127.0.0.1", "IP Address:127.0.0.1"), ("2001:db8::1", "IP Address:2001:DB8:0:0:0:0:0:1")]
-        {
+        for (host, want) in [
+            ("a.example.com", "DNS:a.example.com"),
+            ("127.0.0.1", "IP Address:127.0.0.1"),
+            ("2001:db8::1", "IP Address:2001:DB8:0:0:0:0:0:1"),
+        ] {
             let (_, der) = new_key_and_csr(host, KeyType::Ecdsa).unwrap();
             let req = openssl::x509::X509Req::from_der(&der).unwrap();
             assert_eq!(req.subject_name().entries().count(), 0, "{host}: no CN");

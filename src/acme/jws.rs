@@ -124,7 +124,9 @@ impl AccountKey {
     /// order RFC 7638 §3.2 asks for (so its serialisation is the thumbprint input).
     pub fn public_jwk(&self) -> Result<Value> {
         if let Ok(rsa) = self.pkey.rsa() {
-            return Ok(json!({"e": b64(&rsa.e().to_vec()), "kty": "RSA", "n": b64(&rsa.n().to_vec())}));
+            return Ok(
+                json!({"e": b64(&rsa.e().to_vec()), "kty": "RSA", "n": b64(&rsa.n().to_vec())}),
+            );
         }
         let ec = self.pkey.ec_key()?;
         let (x, y) = ec_xy(&ec)?;
@@ -134,9 +136,13 @@ impl AccountKey {
     /// The private JWK, as certbot stores it in `private_key.json`.
     pub fn private_jwk(&self) -> Result<Value> {
         if let Ok(rsa) = self.pkey.rsa() {
-            let opt = |b: Option<&openssl::bn::BigNumRef>| b.map(|b| b64(&b.to_vec())).unwrap_or_default();
-            return Ok(json!({"kty": "RSA", "n": b64(&rsa.n().to_vec()), "e": b64(&rsa.e().to_vec()), "d": b64(&rsa.d().to_vec()),
-                "p": opt(rsa.p()), "q": opt(rsa.q()), "dp": opt(rsa.dmp1()), "dq": opt(rsa.dmq1()), "qi": opt(rsa.iqmp())}));
+            let opt = |b: Option<&openssl::bn::BigNumRef>| {
+                b.map(|b| b64(&b.to_vec())).unwrap_or_default()
+            };
+            return Ok(
+                json!({"kty": "RSA", "n": b64(&rsa.n().to_vec()), "e": b64(&rsa.e().to_vec()), "d": b64(&rsa.d().to_vec()),
+                "p": opt(rsa.p()), "q": opt(rsa.q()), "dp": opt(rsa.dmp1()), "dq": opt(rsa.dmq1()), "qi": opt(rsa.iqmp())}),
+            );
         }
         let ec = self.pkey.ec_key()?;
         let (x, y) = ec_xy(&ec)?;
@@ -147,7 +153,10 @@ impl AccountKey {
     /// Load a private JWK (EC P-256 or RSA), as certbot stores it.
     pub fn from_private_jwk(v: &Value) -> Result<AccountKey> {
         let field = |k: &str| -> Result<BigNum> {
-            let s = v.get(k).and_then(Value::as_str).ok_or_else(|| JwsError::MissingMember(k.to_string()))?;
+            let s = v
+                .get(k)
+                .and_then(Value::as_str)
+                .ok_or_else(|| JwsError::MissingMember(k.to_string()))?;
             Ok(BigNum::from_slice(&b64_decode(s)?)?)
         };
         match v.get("kty").and_then(Value::as_str) {
@@ -163,8 +172,16 @@ impl AccountKey {
                 Ok(AccountKey { pkey: PKey::from_ec_key(ec)? })
             }
             Some("RSA") => {
-                let rsa =
-                    Rsa::from_private_components(field("n")?, field("e")?, field("d")?, field("p")?, field("q")?, field("dp")?, field("dq")?, field("qi")?)?;
+                let rsa = Rsa::from_private_components(
+                    field("n")?,
+                    field("e")?,
+                    field("d")?,
+                    field("p")?,
+                    field("q")?,
+                    field("dp")?,
+                    field("dq")?,
+                    field("qi")?,
+                )?;
                 Ok(AccountKey { pkey: PKey::from_rsa(rsa)? })
             }
             other => Err(JwsError::UnsupportedKty(other.map(str::to_string))),
@@ -232,7 +249,10 @@ fn canonical(v: &Value) -> String {
         Value::Object(m) => {
             let mut keys: Vec<&String> = m.keys().collect();
             keys.sort();
-            let parts: Vec<String> = keys.iter().map(|k| format!("{}:{}", Value::String((*k).clone()), canonical(&m[*k]))).collect();
+            let parts: Vec<String> = keys
+                .iter()
+                .map(|k| format!("{}:{}", Value::String((*k).clone()), canonical(&m[*k])))
+                .collect();
             format!("{{{}}}", parts.join(","))
         }
         other => other.to_string(),
@@ -288,7 +308,8 @@ mod tests {
 
     #[test]
     fn rsa_jwk_round_trip_and_sign() {
-        let k = AccountKey::from_pkey(PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap()).unwrap();
+        let k =
+            AccountKey::from_pkey(PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap()).unwrap();
         assert_eq!(k.alg(), "RS256");
         let back = AccountKey::from_private_jwk(&k.private_jwk().unwrap()).unwrap();
         assert_eq!(back.thumbprint().unwrap(), k.thumbprint().unwrap());
@@ -297,15 +318,26 @@ mod tests {
 
     #[test]
     fn bad_jwks_are_errors() {
-        for v in [json!({}), json!({"kty": "EC", "crv": "P-384"}), json!({"kty": "EC", "crv": "P-256", "x": "!!", "y": "AA", "d": "AA"}), json!({"kty": "oct"})]
-        {
+        for v in [
+            json!({}),
+            json!({"kty": "EC", "crv": "P-384"}),
+            json!({"kty": "EC", "crv": "P-256", "x": "!!", "y": "AA", "d": "AA"}),
+            json!({"kty": "oct"}),
+        ] {
             assert!(AccountKey::from_private_jwk(&v).is_err(), "{v}");
         }
         // The messages users see (a backup's account, a stored one) are kept.
         let msg = |v: Value| AccountKey::from_private_jwk(&v).unwrap_err().to_string();
         assert_eq!(msg(json!({"kty": "oct"})), r#"unsupported JWK kty Some("oct")"#);
-        assert_eq!(msg(json!({"kty": "EC", "crv": "P-384"})), "only P-256 EC account keys are supported");
-        assert_eq!(msg(json!({"kty": "EC", "crv": "P-256", "y": "AA", "d": "AA"})), r#"JWK member "x" missing"#);
-        assert!(msg(json!({"kty": "EC", "crv": "P-256", "x": "!!", "y": "AA", "d": "AA"})).starts_with("bad base64url: "));
+        assert_eq!(
+            msg(json!({"kty": "EC", "crv": "P-384"})),
+            "only P-256 EC account keys are supported"
+        );
+        assert_eq!(
+            msg(json!({"kty": "EC", "crv": "P-256", "y": "AA", "d": "AA"})),
+            r#"JWK member "x" missing"#
+        );
+        assert!(msg(json!({"kty": "EC", "crv": "P-256", "x": "!!", "y": "AA", "d": "AA"}))
+            .starts_with("bad base64url: "));
     }
 }

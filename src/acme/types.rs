@@ -17,7 +17,9 @@ pub fn clean(s: &str) -> String {
     if !s.chars().any(needs_escape) {
         return s.to_string();
     }
-    s.chars().map(|c| if needs_escape(c) { c.escape_default().to_string() } else { c.to_string() }).collect()
+    s.chars()
+        .map(|c| if needs_escape(c) { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
 }
 
 fn needs_escape(c: char) -> bool {
@@ -175,13 +177,22 @@ impl fmt::Display for Problem {
     /// One sentence: the short type name and the detail, then subproblems.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let short = self.ptype.rsplit(':').next().unwrap_or(&self.ptype);
-        write!(f, "{short}: {}", if self.detail.is_empty() { "(no detail)" } else { &self.detail })?;
+        write!(
+            f,
+            "{short}: {}",
+            if self.detail.is_empty() { "(no detail)" } else { &self.detail }
+        )?;
         if !self.subproblems.is_empty() {
             let subs: Vec<String> = self
                 .subproblems
                 .iter()
                 .map(|s| {
-                    format!("{}: {} {}", s.identifier.as_ref().map(|i| i.value.as_str()).unwrap_or("?"), s.ptype.rsplit(':').next().unwrap_or(""), s.detail)
+                    format!(
+                        "{}: {} {}",
+                        s.identifier.as_ref().map(|i| i.value.as_str()).unwrap_or("?"),
+                        s.ptype.rsplit(':').next().unwrap_or(""),
+                        s.detail
+                    )
                 })
                 .collect();
             write!(f, " [{}]", subs.join("; "))?;
@@ -228,7 +239,9 @@ mod tests {
 
     #[test]
     fn states_parse_and_unknown_ones_do_not_fail() {
-        let o: Order = serde_json::from_str(r#"{"status":"ready","finalize":"u","authorizations":["a"]}"#).unwrap();
+        let o: Order =
+            serde_json::from_str(r#"{"status":"ready","finalize":"u","authorizations":["a"]}"#)
+                .unwrap();
         assert_eq!(o.status, OrderStatus::Ready);
         let o: Order = serde_json::from_str(r#"{"status":"frozen","finalize":"u"}"#).unwrap();
         assert_eq!(o.status, OrderStatus::Unknown);
@@ -243,8 +256,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.to_string(), "rejectedIdentifier: no [a.test: dns NXDOMAIN]");
-        assert_eq!(ProblemKind::of("urn:ietf:params:acme:error:accountDoesNotExist"), ProblemKind::AccountDoesNotExist);
-        assert_eq!(ProblemKind::of("urn:ietf:params:acme:error:connection"), ProblemKind::Validation);
+        assert_eq!(
+            ProblemKind::of("urn:ietf:params:acme:error:accountDoesNotExist"),
+            ProblemKind::AccountDoesNotExist
+        );
+        assert_eq!(
+            ProblemKind::of("urn:ietf:params:acme:error:connection"),
+            ProblemKind::Validation
+        );
         assert_eq!(ProblemKind::of("about:blank"), ProblemKind::Other);
     }
 
@@ -258,10 +277,23 @@ mod tests {
         assert!(!shown.chars().any(|c| c.is_control() || c == '\u{2028}'), "{shown}");
         assert!(shown.contains("bad\\r\\npre_hook = rm -rf /\\u{1b}[2J\\u{2028}x"), "{shown}");
         let o: Order = serde_json::from_str(r#"{"status":"ready","finalize":"u\nv","authorizations":["a\tb"],"certificate":"c\rd"}"#).unwrap();
-        assert_eq!((o.finalize.as_str(), o.authorizations[0].as_str(), o.certificate.as_deref()), ("u\\nv", "a\\tb", Some("c\\rd")));
+        assert_eq!(
+            (o.finalize.as_str(), o.authorizations[0].as_str(), o.certificate.as_deref()),
+            ("u\\nv", "a\\tb", Some("c\\rd"))
+        );
         assert_eq!(clean("plain"), "plain");
-        assert_eq!(clean_url("https://ca.test/why?a=1#frag").as_deref(), Some("https://ca.test/why?a=1"));
-        for bad in ["https://ca.test/\n[renewalparams]", "https://ca.test/ x", "\"https://ca.test/", "https://ca.test/a,b", "ftp://x", "https://ca.test/é"] {
+        assert_eq!(
+            clean_url("https://ca.test/why?a=1#frag").as_deref(),
+            Some("https://ca.test/why?a=1")
+        );
+        for bad in [
+            "https://ca.test/\n[renewalparams]",
+            "https://ca.test/ x",
+            "\"https://ca.test/",
+            "https://ca.test/a,b",
+            "ftp://x",
+            "https://ca.test/é",
+        ] {
             assert_eq!(clean_url(bad), None, "{bad:?}");
         }
     }

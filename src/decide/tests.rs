@@ -10,13 +10,28 @@ fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 22, 12, 0, 0).unwrap()
 }
 fn good(days: i64) -> Candidate {
-    Candidate { not_before: now() - Duration::days(30), not_after: now() + Duration::days(days), key_matches: true, covers_host: true, not_lkc: None }
+    Candidate {
+        not_before: now() - Duration::days(30),
+        not_after: now() + Duration::days(days),
+        key_matches: true,
+        covers_host: true,
+        not_lkc: None,
+    }
 }
 fn expired() -> Candidate {
     good(-1)
 }
 fn facts(wish: Wish, current: Current) -> Facts {
-    Facts { event: Event::Deploy, hostname: H.into(), wish, current, live: None, stash: None, now: now(), clock_plausible: true }
+    Facts {
+        event: Event::Deploy,
+        hostname: H.into(),
+        wish,
+        current,
+        live: None,
+        stash: None,
+        now: now(),
+        clock_plausible: true,
+    }
 }
 fn http() -> Current {
     Current::Http { host: H.into() }
@@ -172,7 +187,10 @@ fn le_with_lkc__not_deployed__newer_stash_wins() {
 fn le_with_lkc__not_deployed__newer_json_wins_and_deletes_stash() {
     let mut f = facts(le(Some(good(80))), Current::NotDeployed);
     f.stash = Some(good(70));
-    assert_eq!(run(f).actions, vec![Action::DeleteStash { host: host() }, Action::ImportCarried { host: host() }]);
+    assert_eq!(
+        run(f).actions,
+        vec![Action::DeleteStash { host: host() }, Action::ImportCarried { host: host() }]
+    );
 }
 
 #[test]
@@ -264,7 +282,11 @@ fn okc__an_own_certificate_not_valid_yet_warns_as_an_expired_one_does() {
     okc.not_before = now() + Duration::days(3);
     let p = run(facts(Wish::Okc { okc }, Current::NotDeployed));
     assert_eq!(p.actions, vec![Action::WriteOkc]);
-    assert!(p.warnings.iter().any(|w| w.contains("tls.crt is not valid until 2026-11-25")), "{:?}", p.warnings);
+    assert!(
+        p.warnings.iter().any(|w| w.contains("tls.crt is not valid until 2026-11-25")),
+        "{:?}",
+        p.warnings
+    );
     // Within the clock skew: no warning.
     let mut okc = good(300);
     okc.not_before = now() + Duration::minutes(4);
@@ -280,7 +302,10 @@ fn rule_expired_stash_is_deleted_never_unstashed() {
     let mut f = facts(le(None), http());
     f.stash = Some(expired());
     let p = run(f);
-    assert_eq!(p.actions, vec![Action::DeleteStash { host: host() }, Action::Provision { host: host() }]);
+    assert_eq!(
+        p.actions,
+        vec![Action::DeleteStash { host: host() }, Action::Provision { host: host() }]
+    );
 }
 
 #[test]
@@ -294,14 +319,16 @@ fn rule_mismatched_stash_is_left_alone() {
 
 #[test]
 fn rule_json_lkc_for_wrong_host_is_ignored_with_warning() {
-    let p = run(facts(le(Some(Candidate { covers_host: false, ..good(50) })), Current::NotDeployed));
+    let p =
+        run(facts(le(Some(Candidate { covers_host: false, ..good(50) })), Current::NotDeployed));
     assert_eq!(p.actions, vec![Action::Provision { host: host() }]);
     assert!(p.warnings[0].contains("does not cover"), "{:?}", p.warnings);
 }
 
 #[test]
 fn rule_json_lkc_with_mismatched_key_is_ignored_with_warning() {
-    let p = run(facts(le(Some(Candidate { key_matches: false, ..good(50) })), Current::NotDeployed));
+    let p =
+        run(facts(le(Some(Candidate { key_matches: false, ..good(50) })), Current::NotDeployed));
     assert_eq!(p.actions, vec![Action::Provision { host: host() }]);
     assert!(p.warnings[0].contains("does not match"), "{:?}", p.warnings);
 }
@@ -317,13 +344,19 @@ fn rule_expired_json_lkc_is_ignored_with_warning() {
 
 #[test]
 fn rule_mismatched_okc_is_refused() {
-    let r = decide(&facts(Wish::Okc { okc: Candidate { key_matches: false, ..good(50) } }, Current::NotDeployed));
+    let r = decide(&facts(
+        Wish::Okc { okc: Candidate { key_matches: false, ..good(50) } },
+        Current::NotDeployed,
+    ));
     assert!(r.is_err());
 }
 
 #[test]
 fn rule_okc_for_other_host_is_deployed_with_warning() {
-    let p = run(facts(Wish::Okc { okc: Candidate { covers_host: false, ..good(50) } }, Current::NotDeployed));
+    let p = run(facts(
+        Wish::Okc { okc: Candidate { covers_host: false, ..good(50) } },
+        Current::NotDeployed,
+    ));
     assert_eq!(p.serve, Serve::Okc);
     assert_eq!(p.warnings.len(), 1);
 }
@@ -333,7 +366,13 @@ fn rule_hostname_change_stashes_old_host_first() {
     let mut f = facts(le(None), Current::Lkc { host: "old.example.com".into() });
     f.stash = Some(good(30));
     let p = run(f);
-    assert_eq!(p.actions, vec![Action::StashLive { host: "old.example.com".into() }, Action::Unstash { host: host() }]);
+    assert_eq!(
+        p.actions,
+        vec![
+            Action::StashLive { host: "old.example.com".into() },
+            Action::Unstash { host: host() }
+        ]
+    );
 }
 
 #[test]
@@ -379,7 +418,10 @@ fn undeploy__http_has_nothing_to_keep() {
 
 #[test]
 fn rule_a_carried_certificate_not_valid_yet_loses_to_the_live_one() {
-    let mut f = facts(le(Some(Candidate { not_before: now() + Duration::hours(2), ..good(300) })), lkc_cur());
+    let mut f = facts(
+        le(Some(Candidate { not_before: now() + Duration::hours(2), ..good(300) })),
+        lkc_cur(),
+    );
     f.live = Some(good(30));
     let p = run(f);
     assert_eq!(p.actions, vec![]);
@@ -388,13 +430,19 @@ fn rule_a_carried_certificate_not_valid_yet_loses_to_the_live_one() {
 
 #[test]
 fn rule_a_few_minutes_of_clock_skew_are_allowed() {
-    let f = facts(le(Some(Candidate { not_before: now() + Duration::minutes(3), ..good(80) })), Current::NotDeployed);
+    let f = facts(
+        le(Some(Candidate { not_before: now() + Duration::minutes(3), ..good(80) })),
+        Current::NotDeployed,
+    );
     assert_eq!(run(f).actions, vec![Action::ImportCarried { host: host() }]);
 }
 
 #[test]
 fn rule_a_carried_certificate_that_is_no_lkc_is_ignored_with_a_warning() {
-    let mut f = facts(le(Some(Candidate { not_lkc: Some("it is self-signed".into()), ..good(300) })), lkc_cur());
+    let mut f = facts(
+        le(Some(Candidate { not_lkc: Some("it is self-signed".into()), ..good(300) })),
+        lkc_cur(),
+    );
     f.live = Some(good(30));
     let p = run(f);
     assert_eq!(p.actions, vec![]);

@@ -22,7 +22,9 @@ fn retry_later() -> Duration {
 
 /// A `Retry-After` is honoured, within reason (1 minute to 1 day).
 fn clamp(d: std::time::Duration) -> Duration {
-    Duration::from_std(d).unwrap_or_else(|_| Duration::days(1)).clamp(Duration::minutes(1), Duration::days(1))
+    Duration::from_std(d)
+        .unwrap_or_else(|_| Duration::days(1))
+        .clamp(Duration::minutes(1), Duration::days(1))
 }
 
 /// A moment picked uniformly at random inside `[start, end]`.
@@ -32,7 +34,8 @@ pub fn pick(start: DateTime<Utc>, end: DateTime<Utc>) -> DateTime<Utc> {
         return start;
     }
     let mut b = [0u8; 8];
-    let r = if openssl::rand::rand_bytes(&mut b).is_ok() { u64::from_le_bytes(b) } else { span / 2 };
+    let r =
+        if openssl::rand::rand_bytes(&mut b).is_ok() { u64::from_le_bytes(b) } else { span / 2 };
     start + Duration::seconds((r % (span + 1)) as i64)
 }
 
@@ -49,7 +52,11 @@ pub struct Candidate {
 /// Ask ARI about these lineages (grouped by server, a bounded number at a
 /// time); record what it said (or that it could not say) in each lineage's
 /// conf. Returns the new state of each.
-pub fn refresh(ctx: &Ctx, candidates: Vec<Candidate>, now: DateTime<Utc>) -> Vec<(String, AriState)> {
+pub fn refresh(
+    ctx: &Ctx,
+    candidates: Vec<Candidate>,
+    now: DateTime<Utc>,
+) -> Vec<(String, AriState)> {
     let mut by_server: BTreeMap<String, Vec<(String, String, AriState)>> = BTreeMap::new();
     for c in candidates {
         by_server.entry(c.server).or_default().push((c.host, c.cert_id, c.state));
@@ -75,7 +82,12 @@ pub fn refresh(ctx: &Ctx, candidates: Vec<Candidate>, now: DateTime<Utc>) -> Vec
         };
         if !client.offers_renewal_info() {
             for (host, id, st) in lineages {
-                let st = AriState { offered: Some(false), cert_id: Some(id), retry_after: Some(now + retry_later()), ..st };
+                let st = AriState {
+                    offered: Some(false),
+                    cert_id: Some(id),
+                    retry_after: Some(now + retry_later()),
+                    ..st
+                };
                 write(ctx, &host, &st);
                 push(&done, host, st);
             }
@@ -104,13 +116,20 @@ fn push(done: &Mutex<Vec<(String, AriState)>>, host: String, st: AriState) {
 }
 
 /// One renewal-information request, and the state it leaves.
-fn ask(client: &AcmeClient, host: &str, id: &str, mut st: AriState, now: DateTime<Utc>) -> AriState {
+fn ask(
+    client: &AcmeClient,
+    host: &str,
+    id: &str,
+    mut st: AriState,
+    now: DateTime<Utc>,
+) -> AriState {
     st.offered = Some(true);
     match client.renewal_info(id) {
         Ok(info) => {
             let window = (info.start, info.end);
             // Picked once per window (and certificate).
-            if st.window != Some(window) || st.cert_id.as_deref() != Some(id) || st.chosen.is_none() {
+            if st.window != Some(window) || st.cert_id.as_deref() != Some(id) || st.chosen.is_none()
+            {
                 st.chosen = Some(pick(info.start, info.end));
             }
             st.window = Some(window);
@@ -123,7 +142,9 @@ fn ask(client: &AcmeClient, host: &str, id: &str, mut st: AriState, now: DateTim
             tracing::debug!("{host}: ARI window {} .. {}", info.start, info.end);
         }
         Err(e) => {
-            tracing::warn!("{host}: renewal information could not be had ({e}); the lifetime rule decides");
+            tracing::warn!(
+                "{host}: renewal information could not be had ({e}); the lifetime rule decides"
+            );
             st.cert_id = Some(id.to_string());
             st.window = None;
             st.chosen = None;

@@ -28,13 +28,23 @@ pub const VERSION: u32 = 1;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(bound(deserialize = "S: DeserializeOwned"))]
 pub struct Backup<S> {
-    #[serde(rename = "type", default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "type",
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub kind: Option<String>,
     #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
     /// Written as `DateTime::to_rfc3339` (fractional seconds, `+00:00`), as
     /// every backup so far.
-    #[serde(default, deserialize_with = "lenient", serialize_with = "rfc3339", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        serialize_with = "rfc3339",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub created: Option<DateTime<Utc>>,
     #[serde(deserialize_with = "sites")]
     pub sites: Vec<S>,
@@ -48,7 +58,13 @@ pub struct Backup<S> {
 impl<S> Backup<S> {
     /// A new backup of `sites`, created `now`; `accounts` is `None` for `--notls`.
     pub fn new(now: DateTime<Utc>, sites: Vec<S>, accounts: Option<Vec<Carried>>) -> Self {
-        Backup { kind: Some(KIND.into()), version: Some(VERSION), created: Some(now), sites, accounts }
+        Backup {
+            kind: Some(KIND.into()),
+            version: Some(VERSION),
+            created: Some(now),
+            sites,
+            accounts,
+        }
     }
 
     /// Sites without an envelope: no header, no accounts.
@@ -77,7 +93,9 @@ impl Backup<Value> {
         let v: Value = serde_json::from_str(text).map_err(ReadError::NotJson)?;
         match v {
             Value::Array(sites) => Ok(Backup::bare(sites)),
-            Value::Object(ref o) if o.contains_key("sites") => Backup::deserialize(&v).map_err(ReadError::Envelope),
+            Value::Object(ref o) if o.contains_key("sites") => {
+                Backup::deserialize(&v).map_err(ReadError::Envelope)
+            }
             Value::Object(_) => Ok(Backup::bare(vec![v])),
             _ => Err(ReadError::NotBackup),
         }
@@ -91,14 +109,18 @@ fn lenient<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Optio
 
 fn sites<'de, D: Deserializer<'de>, S: DeserializeOwned>(d: D) -> Result<Vec<S>, D::Error> {
     match Value::deserialize(d)? {
-        Value::Array(a) => a.into_iter().map(|s| S::deserialize(s).map_err(D::Error::custom)).collect(),
+        Value::Array(a) => {
+            a.into_iter().map(|s| S::deserialize(s).map_err(D::Error::custom)).collect()
+        }
         _ => Err(D::Error::custom("\"sites\" must be an array")),
     }
 }
 
 fn accounts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Carried>>, D::Error> {
     let v = Value::deserialize(d)?;
-    Vec::<Carried>::deserialize(v).map(Some).map_err(|e| D::Error::custom(format!("\"accounts\": {e}")))
+    Vec::<Carried>::deserialize(v)
+        .map(Some)
+        .map_err(|e| D::Error::custom(format!("\"accounts\": {e}")))
 }
 
 fn rfc3339<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
@@ -119,7 +141,9 @@ mod tests {
 
     #[test]
     fn writes_the_envelope_as_backup_always_has() {
-        let now = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.123456789Z").unwrap().with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.123456789Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let a: Carried = serde_json::from_value(carried()).unwrap();
         let doc = Backup::new(now, vec![json!({"siteid": "s1"})], Some(vec![a]));
         let old = json!({
@@ -129,11 +153,17 @@ mod tests {
             "sites": [{"siteid": "s1"}],
             "accounts": [carried()],
         });
-        assert_eq!(serde_json::to_string_pretty(&doc).unwrap(), serde_json::to_string_pretty(&old).unwrap());
+        assert_eq!(
+            serde_json::to_string_pretty(&doc).unwrap(),
+            serde_json::to_string_pretty(&old).unwrap()
+        );
         let notls = Backup::new(now, Vec::<Value>::new(), None);
         assert_eq!(
             serde_json::to_string(&notls).unwrap(),
-            format!(r#"{{"type":"site-admin-backup","version":1,"created":"{}","sites":[]}}"#, now.to_rfc3339())
+            format!(
+                r#"{{"type":"site-admin-backup","version":1,"created":"{}","sites":[]}}"#,
+                now.to_rfc3339()
+            )
         );
     }
 
@@ -144,7 +174,10 @@ mod tests {
         let doc = Backup::new(now, vec![json!({"siteid": "s1"})], Some(vec![a]));
         let text = serde_json::to_string(&doc).unwrap();
         let back = Backup::read(&text).unwrap();
-        assert_eq!((back.kind.as_deref(), back.version, back.created), (Some(KIND), Some(VERSION), Some(now)));
+        assert_eq!(
+            (back.kind.as_deref(), back.version, back.created),
+            (Some(KIND), Some(VERSION), Some(now))
+        );
         assert_eq!(serde_json::to_string(&back).unwrap(), text);
     }
 
@@ -167,13 +200,21 @@ mod tests {
         assert_eq!(msg("\"x\""), "not a site-admin backup");
         assert_eq!(msg(r#"{"sites": {"a": 1}}"#), "\"sites\" must be an array");
         assert_eq!(msg(r#"{"sites": null}"#), "\"sites\" must be an array");
-        assert_eq!(msg(r#"{"sites": [], "accounts": null}"#), "\"accounts\": invalid type: null, expected a sequence");
+        assert_eq!(
+            msg(r#"{"sites": [], "accounts": null}"#),
+            "\"accounts\": invalid type: null, expected a sequence"
+        );
         assert!(
-            msg(r#"{"sites": [], "accounts": [{"id": "x"}]}"#).starts_with("\"accounts\": missing field"),
+            msg(r#"{"sites": [], "accounts": [{"id": "x"}]}"#)
+                .starts_with("\"accounts\": missing field"),
             "{}",
             msg(r#"{"sites": [], "accounts": [{"id": "x"}]}"#)
         );
         let unknown = json!({"sites": [], "accounts": [{"nope": 1}]}).to_string();
-        assert!(msg(&unknown).starts_with("\"accounts\": unknown field `nope`"), "{}", msg(&unknown));
+        assert!(
+            msg(&unknown).starts_with("\"accounts\": unknown field `nope`"),
+            "{}",
+            msg(&unknown)
+        );
     }
 }

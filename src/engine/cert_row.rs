@@ -154,12 +154,28 @@ impl Row {
                 r.due_by.map(|b| format!(" ({})", due_by_name(b))).unwrap_or_default(),
                 r.problem.as_deref(),
                 match r.failures {
-                    Some(n) => format!("  FAILED {n}x, next attempt {}: {}", dash(r.next_attempt), r.last_error.as_deref().unwrap_or("-")),
+                    Some(n) => format!(
+                        "  FAILED {n}x, next attempt {}: {}",
+                        dash(r.next_attempt),
+                        r.last_error.as_deref().unwrap_or("-")
+                    ),
                     None => String::new(),
                 } + if r.fleet { "  fleet" } else { "" }
-                    + &r.fleet_error.as_deref().map(|e| format!("  FLEET UNREACHABLE: {e}")).unwrap_or_default(),
+                    + &r.fleet_error
+                        .as_deref()
+                        .map(|e| format!("  FLEET UNREACHABLE: {e}"))
+                        .unwrap_or_default(),
             ),
-            Row::Owed(o) => (o.state, o.host.as_str(), "-", dash(None), dash(None), String::new(), Some(o.problem.as_str()), String::new()),
+            Row::Owed(o) => (
+                o.state,
+                o.host.as_str(),
+                "-",
+                dash(None),
+                dash(None),
+                String::new(),
+                Some(o.problem.as_str()),
+                String::new(),
+            ),
         };
         let problem = problem.map(|p| format!("  PROBLEM: {p}")).unwrap_or_default();
         format!("{:<8} {host:<40} site {siteid:<41} expires {expires:<20} due {due:<20}{by}{problem}{failing}", state.name())
@@ -179,7 +195,10 @@ fn secs_opt<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::
     t.map(ts).serialize(s)
 }
 
-fn secs_pair_opt<S: Serializer>(t: &Option<(DateTime<Utc>, DateTime<Utc>)>, s: S) -> Result<S::Ok, S::Error> {
+fn secs_pair_opt<S: Serializer>(
+    t: &Option<(DateTime<Utc>, DateTime<Utc>)>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     t.map(|(a, b)| [ts(a), ts(b)]).serialize(s)
 }
 
@@ -229,7 +248,10 @@ mod tests {
     fn pending_okc_and_owed_rows_leave_out_what_they_lack() {
         let id = SiteId::parse(&format!("s{}", "1".repeat(40))).unwrap();
         let p = CertificateRow::new("p.example", Some(id.clone()), State::Pending);
-        assert_eq!(serde_json::to_value(Row::Certificate(p)).unwrap(), json!({"host": "p.example", "siteid": id.as_str(), "state": "pending"}));
+        assert_eq!(
+            serde_json::to_value(Row::Certificate(p)).unwrap(),
+            json!({"host": "p.example", "siteid": id.as_str(), "state": "pending"})
+        );
         let mut o = CertificateRow::new("o.example", Some(id.clone()), State::Okc);
         o.problem = Some("its files are missing".into());
         assert_eq!(
@@ -238,7 +260,10 @@ mod tests {
         );
         let mut l = CertificateRow::new("l.example", None, State::Stashed);
         l.version = Some(None);
-        assert_eq!(serde_json::to_string(&Row::Certificate(l)).unwrap(), r#"{"host":"l.example","siteid":null,"state":"stashed","version":null}"#);
+        assert_eq!(
+            serde_json::to_string(&Row::Certificate(l)).unwrap(),
+            r#"{"host":"l.example","siteid":null,"state":"stashed","version":null}"#
+        );
         let owed = Row::Owed(OwedRow {
             host: "r.example".into(),
             state: State::RevocationOwed,

@@ -17,7 +17,9 @@ pub struct Ctx {
     pub quiet: bool,
     pub lock_timeout: Duration,
     /// One ACME connection (and directory) per server for the whole run.
-    acme: std::sync::Mutex<std::collections::BTreeMap<String, std::sync::Arc<crate::acme::AcmeClient>>>,
+    acme: std::sync::Mutex<
+        std::collections::BTreeMap<String, std::sync::Arc<crate::acme::AcmeClient>>,
+    >,
     /// The fleet's client, set up on first use (fleet mode only).
     fleet: std::sync::OnceLock<std::sync::Arc<super::fleet::Fleet>>,
 }
@@ -32,7 +34,15 @@ pub struct Locked {
 impl Ctx {
     pub fn new(cfg: Config, json: bool, quiet: bool, lock_timeout: Duration) -> Ctx {
         let store = Store::new(cfg.letsencrypt_dir.clone());
-        Ctx { cfg, store, json, quiet, lock_timeout, acme: Default::default(), fleet: Default::default() }
+        Ctx {
+            cfg,
+            store,
+            json,
+            quiet,
+            lock_timeout,
+            acme: Default::default(),
+            fleet: Default::default(),
+        }
     }
 
     /// The fleet, when one is configured (its key and credentials read on
@@ -49,12 +59,19 @@ impl Ctx {
     /// A client of `server` for `key` (`kid`: its account URL when known),
     /// sharing the run's one connection to that server and its directory,
     /// which the first call makes.
-    pub fn acme_client(&self, server: &str, key: crate::acme::AccountKey, kid: Option<String>) -> Result<crate::acme::AcmeClient> {
-        let mut m = self.acme.lock().map_err(|_| Error::failed("internal: ACME client cache lock"))?;
+    pub fn acme_client(
+        &self,
+        server: &str,
+        key: crate::acme::AccountKey,
+        kid: Option<String>,
+    ) -> Result<crate::acme::AcmeClient> {
+        let mut m =
+            self.acme.lock().map_err(|_| Error::failed("internal: ACME client cache lock"))?;
         if let Some(base) = m.get(server) {
             return Ok(base.with_account(key, kid));
         }
-        let c = crate::acme::AcmeClient::connect(super::provision::options(self, server), key, kid)?;
+        let c =
+            crate::acme::AcmeClient::connect(super::provision::options(self, server), key, kid)?;
         let base = std::sync::Arc::new(c.with_account(c.key().clone(), None));
         m.insert(server.to_string(), base);
         Ok(c)
@@ -62,7 +79,12 @@ impl Ctx {
 
     /// Take the global lock, then finish or roll back what a crash interrupted.
     pub fn lock(&self, what: &str) -> Result<Locked> {
-        let l = GlobalLock::acquire(&self.cfg.lock_file, &self.cfg.letsencrypt_dir, self.lock_timeout, what)?;
+        let l = GlobalLock::acquire(
+            &self.cfg.lock_file,
+            &self.cfg.letsencrypt_dir,
+            self.lock_timeout,
+            what,
+        )?;
         let recovered = self.recover(&l)?;
         Ok(Locked { recovered, _lock: l })
     }
@@ -70,7 +92,12 @@ impl Ctx {
     /// The lock for `doctor --repair`: a damaged Apache journal (which makes
     /// every other command stop) is moved aside first, and said so.
     pub fn lock_for_repair(&self) -> Result<(Locked, Vec<String>)> {
-        let l = GlobalLock::acquire(&self.cfg.lock_file, &self.cfg.letsencrypt_dir, self.lock_timeout, "doctor --repair")?;
+        let l = GlobalLock::acquire(
+            &self.cfg.lock_file,
+            &self.cfg.letsencrypt_dir,
+            self.lock_timeout,
+            "doctor --repair",
+        )?;
         let mut did = Vec::new();
         if crate::journal::damaged(&self.cfg) {
             let to = crate::journal::set_aside(&self.cfg)?;
@@ -88,7 +115,8 @@ impl Ctx {
         for what in self.store.recover()? {
             tracing::warn!("{what}");
         }
-        let (recovered, _) = apache::recover(&self.cfg, lock, &|c| completion::run(&self.cfg, &self.store, c))?;
+        let (recovered, _) =
+            apache::recover(&self.cfg, lock, &|c| completion::run(&self.cfg, &self.store, c))?;
         Ok(recovered)
     }
 
@@ -100,7 +128,12 @@ impl Ctx {
         if !self.store.has_lineages() {
             return;
         }
-        let q = |argv: &[String]| argv.iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect::<Vec<_>>().join(" ");
+        let q = |argv: &[String]| {
+            argv.iter()
+                .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         let script = format!(
             "#!/bin/sh\n# Installed by site-admin: certbot runs this after it renews a certificate, so that\n# Apache serves the new one. site-admin rewrites it from its configuration.\n{} >/dev/null 2>&1 || {{ echo \"site-admin: Apache's configuration test failed; not reloading\" >&2; exit 1; }}\nexec {}\n",
             q(&self.cfg.apache.configtest),
@@ -138,7 +171,10 @@ impl Ctx {
 
 /// The account this device orders with for `server`: in fleet mode the
 /// fleet's (as the last sync installed it), else the first stored one.
-pub fn stored_account(ctx: &Ctx, server: &str) -> Result<Option<crate::store::accounts::StoredAccount>> {
+pub fn stored_account(
+    ctx: &Ctx,
+    server: &str,
+) -> Result<Option<crate::store::accounts::StoredAccount>> {
     if let Some(id) = super::fleet::fleet_account(ctx, server) {
         if let Some(a) = crate::store::accounts::load_id(&ctx.cfg.letsencrypt_dir, server, &id)? {
             return Ok(Some(a));

@@ -32,7 +32,9 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
     let repair = repair_with.is_some();
     let mut out = Vec::new();
     let inv = std::cell::Cell::new(1u8);
-    let mut add = |what: String, problem: String, repaired: bool| out.push(Finding { what, problem, repaired, invariant: inv.get() });
+    let mut add = |what: String, problem: String, repaired: bool| {
+        out.push(Finding { what, problem, repaired, invariant: inv.get() })
+    };
     let store = &ctx.store;
     // 1. live links resolve and keys match; the same for the stash.
     for place in [Place::Live, Place::Stashed] {
@@ -44,27 +46,47 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
             match store.material(&name, place) {
                 Material::Present(kc) if kc.key_matches => {}
                 Material::Present(_) => {
-                    let fixed = repair && place == Place::Live && relink_newest_matching(ctx, &name);
+                    let fixed =
+                        repair && place == Place::Live && relink_newest_matching(ctx, &name);
                     add(label, "privkey.pem does not match cert.pem".into(), fixed);
                 }
                 Material::Broken(why) => {
-                    let fixed = repair && place == Place::Live && relink_newest_matching(ctx, &name);
+                    let fixed =
+                        repair && place == Place::Live && relink_newest_matching(ctx, &name);
                     add(label, format!("unreadable: {why}"), fixed);
                 }
                 Material::Absent => {}
             }
             if place == Place::Live && !store.renewal_conf_path(&name).exists() {
-                add(format!("renewal/{name}.conf"), "missing: the lineage is not under renewal".into(), false);
+                add(
+                    format!("renewal/{name}.conf"),
+                    "missing: the lineage is not under renewal".into(),
+                    false,
+                );
             }
         }
     }
     for name in store.names_with_conf(Place::Live) {
         if !store.has(&name, Place::Live) && !store.has(&name, Place::Stashed) {
-            add(format!("renewal/{name}.conf"), format!("its live/{name} links are missing, so certbot skips it as broken"), false);
+            add(
+                format!("renewal/{name}.conf"),
+                format!("its live/{name} links are missing, so certbot skips it as broken"),
+                false,
+            );
         }
         // certbot reads it with ConfigObj and skips a conf it cannot parse.
-        if let Some(why) = std::fs::read_to_string(store.renewal_conf_path(&name)).ok().and_then(|t| crate::renewal_conf::certbot_parse_error(&t)) {
-            add(format!("renewal/{name}.conf"), format!("certbot cannot parse it ({}), so it skips this lineage", why.escape_debug()), false);
+        if let Some(why) = std::fs::read_to_string(store.renewal_conf_path(&name))
+            .ok()
+            .and_then(|t| crate::renewal_conf::certbot_parse_error(&t))
+        {
+            add(
+                format!("renewal/{name}.conf"),
+                format!(
+                    "certbot cannot parse it ({}), so it skips this lineage",
+                    why.escape_debug()
+                ),
+                false,
+            );
         }
     }
     // 4. modes.
@@ -72,7 +94,8 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
     for (p, want) in store.private_dirs() {
         if let Some(m) = mode_of(&p) {
             if m != want {
-                let fixed = repair && std::fs::set_permissions(&p, std::fs::Permissions::from_mode(want)).is_ok();
+                let fixed = repair
+                    && std::fs::set_permissions(&p, std::fs::Permissions::from_mode(want)).is_ok();
                 add(p.display().to_string(), format!("mode {m:o}, should be {want:o}"), fixed);
             }
         }
@@ -82,8 +105,17 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
         if n.starts_with("privkey") && e.file_type().is_file() {
             if let Some(m) = mode_of(e.path()) {
                 if m & 0o077 != 0 {
-                    let fixed = repair && std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o600)).is_ok();
-                    add(e.path().display().to_string(), format!("private key mode {m:o}, should be 600"), fixed);
+                    let fixed = repair
+                        && std::fs::set_permissions(
+                            e.path(),
+                            std::fs::Permissions::from_mode(0o600),
+                        )
+                        .is_ok();
+                    add(
+                        e.path().display().to_string(),
+                        format!("private key mode {m:o}, should be 600"),
+                        fixed,
+                    );
                 }
             }
         }
@@ -95,7 +127,14 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
     let apache_up = crate::apache::serving(&ctx.cfg);
     if !sites.is_empty() && !apache_up {
         let fixed = repair && crate::apache::restart(&ctx.cfg).is_ok();
-        add("Apache".into(), format!("does not answer on 127.0.0.1:{}, so no site is served", ctx.cfg.apache.http_port), fixed);
+        add(
+            "Apache".into(),
+            format!(
+                "does not answer on 127.0.0.1:{}, so no site is served",
+                ctx.cfg.apache.http_port
+            ),
+            fixed,
+        );
     }
     // The IP-address site's TLS vhost must be the port's default (clients of
     // an address send no server name).
@@ -115,15 +154,26 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
     if apache_up {
         for s in &sites {
             let file_serial = match s.kind() {
-                TlsKind::Letsencrypt if !facts::is_pending(store, s) => store.leaf(&s.hostname, Place::Live).map(|c| c.serial),
-                TlsKind::Okc => facts::read_okc(&ctx.cfg, &s.siteid).and_then(|r| r.ok()).map(|kc| kc.leaf.serial),
+                TlsKind::Letsencrypt if !facts::is_pending(store, s) => {
+                    store.leaf(&s.hostname, Place::Live).map(|c| c.serial)
+                }
+                TlsKind::Okc => facts::read_okc(&ctx.cfg, &s.siteid)
+                    .and_then(|r| r.ok())
+                    .map(|kc| kc.leaf.serial),
                 _ => None,
             };
             let Some(want) = file_serial else { continue };
             let vhost = std::fs::read_to_string(ctx.cfg.vhost_file(&s.siteid)).unwrap_or_default();
-            if s.kind() == TlsKind::Letsencrypt && !vhost.contains(&store.live_dir(&s.hostname).join("fullchain.pem").display().to_string()) {
-                let usable =
-                    store.material(&s.hostname, Place::Live).keycert().map(|kc| facts::candidate(kc, &s.hostname).usable(&s.hostname, now)).unwrap_or(false);
+            if s.kind() == TlsKind::Letsencrypt
+                && !vhost.contains(
+                    &store.live_dir(&s.hostname).join("fullchain.pem").display().to_string(),
+                )
+            {
+                let usable = store
+                    .material(&s.hostname, Place::Live)
+                    .keycert()
+                    .map(|kc| facts::candidate(kc, &s.hostname).usable(&s.hostname, now))
+                    .unwrap_or(false);
                 if usable && facts::owed_no_replace(&ctx.cfg, store, &s.hostname) {
                     add(
                         format!("site {} ({})", s.siteid, s.hostname),
@@ -161,19 +211,30 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
         let refs: Vec<&crate::site::Site> = to_https.iter().collect();
         switched = super::serving::switch_to_https(ctx, rec, &refs).is_ok();
     }
-    let mut add = |what: String, problem: String, repaired: bool| out.push(Finding { what, problem, repaired, invariant: inv.get() });
+    let mut add = |what: String, problem: String, repaired: bool| {
+        out.push(Finding { what, problem, repaired, invariant: inv.get() })
+    };
     // 2 and 4: deployed sites.
     for s in sites {
         let label = format!("site {} ({})", s.siteid, s.hostname);
         inv.set(4);
         if let Some(m) = mode_of(&ctx.cfg.stored_site(&s.siteid)) {
             if m != 0o600 {
-                let fixed = repair && std::fs::set_permissions(ctx.cfg.stored_site(&s.siteid), std::fs::Permissions::from_mode(0o600)).is_ok();
+                let fixed = repair
+                    && std::fs::set_permissions(
+                        ctx.cfg.stored_site(&s.siteid),
+                        std::fs::Permissions::from_mode(0o600),
+                    )
+                    .is_ok();
                 add(label.clone(), format!("stored Site JSON mode {m:o}, should be 600"), fixed);
             }
         }
         if s.tls.as_ref().map(|t| t.key.is_some() || t.crt.is_some()).unwrap_or(false) {
-            add(label.clone(), "the stored Site JSON holds key or certificate material".into(), false);
+            add(
+                label.clone(),
+                "the stored Site JSON holds key or certificate material".into(),
+                false,
+            );
         }
         inv.set(2);
         let vhost = ctx.cfg.vhost_file(&s.siteid);
@@ -198,12 +259,21 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
                 Some(Ok(kc)) if kc.key_matches => {
                     let key = ctx.cfg.okc_paths(&s.siteid).key;
                     if mode_of(&key).map(|m| m & 0o077 != 0).unwrap_or(false) {
-                        let fixed = repair && std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).is_ok();
+                        let fixed = repair
+                            && std::fs::set_permissions(
+                                &key,
+                                std::fs::Permissions::from_mode(0o600),
+                            )
+                            .is_ok();
                         add(label.clone(), "its own key file is readable by others".into(), fixed);
                     }
                 }
-                Some(Ok(_)) => add(label.clone(), "its own key does not match its certificate".into(), false),
-                Some(Err(e)) => add(label.clone(), format!("its own certificate is unreadable: {e}"), false),
+                Some(Ok(_)) => {
+                    add(label.clone(), "its own key does not match its certificate".into(), false)
+                }
+                Some(Err(e)) => {
+                    add(label.clone(), format!("its own certificate is unreadable: {e}"), false)
+                }
                 None => add(label.clone(), "its own certificate files are missing".into(), false),
             },
             _ => {}
@@ -227,7 +297,10 @@ fn fleet_findings(ctx: &Ctx, repair: bool) -> Vec<(String, String, bool)> {
     }
     let st = super::fleet::load_state(ctx);
     if let Some(e) = &st.error {
-        let since = st.since.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default();
+        let since = st
+            .since
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default();
         out.push(("fleet".to_string(), format!("the fleet cannot be used since {since}: {e}; this device serves what it has and orders nothing"), false));
     }
     for s in facts::all_stored(&ctx.cfg).unwrap_or_default().iter().filter(|s| s.is_letsencrypt()) {
@@ -264,7 +337,10 @@ pub fn doctor_command(ctx: &Ctx, repair: bool) -> Result<i32> {
     } else {
         (None, Vec::new())
     };
-    let mut findings: Vec<Finding> = did.into_iter().map(|d| Finding { what: "journal".into(), problem: d, repaired: true, invariant: 5 }).collect();
+    let mut findings: Vec<Finding> = did
+        .into_iter()
+        .map(|d| Finding { what: "journal".into(), problem: d, repaired: true, invariant: 5 })
+        .collect();
     if !repair && crate::journal::damaged(&ctx.cfg) {
         findings.push(Finding {
             what: "journal".into(),
@@ -283,7 +359,12 @@ pub fn doctor_command(ctx: &Ctx, repair: bool) -> Result<i32> {
     // certificate: only what is still wrong is reported.
     let mut lock_error = None;
     if !repair && checked.iter().any(|f| !f.repaired) {
-        match crate::lock::GlobalLock::acquire(&ctx.cfg.lock_file, &ctx.cfg.letsencrypt_dir, ctx.lock_timeout, "doctor") {
+        match crate::lock::GlobalLock::acquire(
+            &ctx.cfg.lock_file,
+            &ctx.cfg.letsencrypt_dir,
+            ctx.lock_timeout,
+            "doctor",
+        ) {
             Ok(_held) => {
                 let start = std::time::Instant::now();
                 loop {
@@ -308,7 +389,13 @@ pub fn doctor_command(ctx: &Ctx, repair: bool) -> Result<i32> {
         ctx.print_json(&json!({"ok": open == 0, "findings": findings}))?;
     } else {
         for f in &findings {
-            println!("{}: {} (invariant {}){}", f.what, f.problem, f.invariant, if f.repaired { " (repaired)" } else { "" });
+            println!(
+                "{}: {} (invariant {}){}",
+                f.what,
+                f.problem,
+                f.invariant,
+                if f.repaired { " (repaired)" } else { "" }
+            );
         }
         if findings.is_empty() {
             println!("doctor: every invariant holds");

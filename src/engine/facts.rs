@@ -14,7 +14,9 @@ use std::fs;
 pub fn load_stored(cfg: &Config, siteid: &str) -> Result<Option<Site>> {
     let path = cfg.stored_site(siteid);
     match fs::read_to_string(&path) {
-        Ok(t) => serde_json::from_str(&t).map(Some).map_err(|e| Error::failed(format!("stored site {}: {e}", path.display()))),
+        Ok(t) => serde_json::from_str(&t)
+            .map(Some)
+            .map_err(|e| Error::failed(format!("stored site {}: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::failed(format!("reading {}: {e}", path.display()))),
     }
@@ -30,7 +32,9 @@ pub fn all_stored(cfg: &Config) -> Result<Vec<Site>> {
     };
     let mut ids: Vec<String> = rd
         .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).map(str::to_string))
+        .filter_map(|e| {
+            e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).map(str::to_string)
+        })
         .filter(|id| crate::site::is_id(id, 's'))
         .collect();
     ids.sort();
@@ -44,7 +48,13 @@ pub fn all_stored(cfg: &Config) -> Result<Vec<Site>> {
 
 /// The decision core's view of a key + certificate, judged against `host`.
 pub fn candidate(kc: &KeyCert, host: &str) -> Candidate {
-    Candidate { not_before: kc.leaf.not_before, not_after: kc.leaf.not_after, key_matches: kc.key_matches, covers_host: kc.leaf.covers(host), not_lkc: None }
+    Candidate {
+        not_before: kc.leaf.not_before,
+        not_after: kc.leaf.not_after,
+        key_matches: kc.key_matches,
+        covers_host: kc.leaf.covers(host),
+        not_lkc: None,
+    }
 }
 
 /// A certificate carried as `letsencrypt: true`: also judged on whether a
@@ -53,14 +63,24 @@ pub fn carried_candidate(cfg: &Config, kc: &KeyCert, host: &str) -> Candidate {
     let mut c = candidate(kc, host);
     if c.key_matches {
         c.not_lkc = crate::certs::untrusted_issuer(&kc.chain_pem, cfg.acme_ca_bundle.as_deref())
-            .or_else(|| crate::certs::check_loadable(&kc.key_pem, &kc.chain_pem, None).err().map(|e| e.to_string()));
+            .or_else(|| {
+                crate::certs::check_loadable(&kc.key_pem, &kc.chain_pem, None)
+                    .err()
+                    .map(|e| e.to_string())
+            });
     }
     c
 }
 
 /// A present but unreadable lineage: never usable.
 fn broken_candidate() -> Candidate {
-    Candidate { not_before: DateTime::<Utc>::UNIX_EPOCH, not_after: DateTime::<Utc>::UNIX_EPOCH, key_matches: false, covers_host: false, not_lkc: None }
+    Candidate {
+        not_before: DateTime::<Utc>::UNIX_EPOCH,
+        not_after: DateTime::<Utc>::UNIX_EPOCH,
+        key_matches: false,
+        covers_host: false,
+        not_lkc: None,
+    }
 }
 
 /// The (notBefore, notAfter) of every live and stashed certificate, for
@@ -142,25 +162,41 @@ pub fn is_pending(store: &Store, s: &Site) -> bool {
 /// certificate was taken out of service)?
 pub fn owed_no_replace(cfg: &Config, store: &Store, host: &str) -> bool {
     let Some(serial) = store.leaf(host, Place::Live).map(|c| c.serial) else { return false };
-    crate::revocations::load(&cfg.state_dir()).map(|st| st.owed.get(&serial).map(|o| o.no_replace && o.host == host).unwrap_or(false)).unwrap_or(false)
+    crate::revocations::load(&cfg.state_dir())
+        .map(|st| st.owed.get(&serial).map(|o| o.no_replace && o.host == host).unwrap_or(false))
+        .unwrap_or(false)
 }
 
 /// Is the stashed certificate of `host` owed a revocation?
 fn stash_owed(cfg: &Config, store: &Store, host: &str) -> bool {
     let Some(serial) = store.leaf(host, Place::Stashed).map(|c| c.serial) else { return false };
-    crate::revocations::load(&cfg.state_dir()).map(|st| st.owed.contains_key(&serial)).unwrap_or(false)
+    crate::revocations::load(&cfg.state_dir())
+        .map(|st| st.owed.contains_key(&serial))
+        .unwrap_or(false)
 }
 
 /// Refuse a hostname that another deployed site uses (docs/design.md).
 pub fn check_hostname_free(all: &[Site], site: &Site) -> Result<()> {
     for other in all {
         if other.siteid != site.siteid && other.hostname.eq_ignore_ascii_case(&site.hostname) {
-            let what = if site.hostname == "*" { "a second \"*\" site".to_string() } else { format!("hostname {}", site.hostname) };
-            return Err(Error::invalid(format!("site {}: {what} is already used by deployed site {}", site.siteid, other.siteid)));
+            let what = if site.hostname == "*" {
+                "a second \"*\" site".to_string()
+            } else {
+                format!("hostname {}", site.hostname)
+            };
+            return Err(Error::invalid(format!(
+                "site {}: {what} is already used by deployed site {}",
+                site.siteid, other.siteid
+            )));
         }
         // Clients of an address send no server name: they get the https
         // port's default vhost, and only one site can be it.
-        if other.siteid != site.siteid && site.is_ip() && other.is_ip() && site.kind() != TlsKind::Http && other.kind() != TlsKind::Http {
+        if other.siteid != site.siteid
+            && site.is_ip()
+            && other.is_ip()
+            && site.kind() != TlsKind::Http
+            && other.kind() != TlsKind::Http
+        {
             return Err(Error::invalid(format!(
                 "site {}: hostname {}: Apache can serve only one IP-address site over https (clients of an address send no server name, so they get the port's default TLS virtual host), and deployed site {} ({}) is it; deploy this one without tls, or undeploy that one first",
                 site.siteid, site.hostname, other.siteid, other.hostname
@@ -171,25 +207,51 @@ pub fn check_hostname_free(all: &[Site], site: &Site) -> Result<()> {
 }
 
 /// Everything [`crate::decide::decide`] needs for this event.
-pub fn gather(cfg: &Config, store: &Store, site: &Site, stored: Option<&Site>, event: Event, now: DateTime<Utc>) -> Facts {
+pub fn gather(
+    cfg: &Config,
+    store: &Store,
+    site: &Site,
+    stored: Option<&Site>,
+    event: Event,
+    now: DateTime<Utc>,
+) -> Facts {
     let h = &site.hostname;
     let wish = match site.tls_wish() {
         TlsWish::None => Wish::Http,
-        TlsWish::LetsEncrypt { carried } => {
-            Wish::LetsEncrypt { carried: carried.and_then(|(k, c)| KeyCert::parse(&k, &c).ok()).map(|kc| carried_candidate(cfg, &kc, h)) }
-        }
-        TlsWish::Other { key, crt, .. } => Wish::Okc { okc: KeyCert::parse(&key, &crt).map(|kc| candidate(&kc, h)).unwrap_or_else(|_| broken_candidate()) },
+        TlsWish::LetsEncrypt { carried } => Wish::LetsEncrypt {
+            carried: carried
+                .and_then(|(k, c)| KeyCert::parse(&k, &c).ok())
+                .map(|kc| carried_candidate(cfg, &kc, h)),
+        },
+        TlsWish::Other { key, crt, .. } => Wish::Okc {
+            okc: KeyCert::parse(&key, &crt)
+                .map(|kc| candidate(&kc, h))
+                .unwrap_or_else(|_| broken_candidate()),
+        },
     };
     let (live, stash) = if h == "*" {
         (None, None)
     } else {
-        (material_candidate(&store.material(h, Place::Live), h), material_candidate(&store.material(h, Place::Stashed), h))
+        (
+            material_candidate(&store.material(h, Place::Live), h),
+            material_candidate(&store.material(h, Place::Stashed), h),
+        )
     };
     // A live certificate owed a revocation without replacement is never
     // served again (docs/design.md, "Revocation"): not usable.
     let live = if owed_no_replace(cfg, store, h) { Some(broken_candidate()) } else { live };
     // Nor is a stashed one whose revocation is owed ever taken back.
-    let stash = if stash.is_some() && stash_owed(cfg, store, h) { Some(broken_candidate()) } else { stash };
+    let stash =
+        if stash.is_some() && stash_owed(cfg, store, h) { Some(broken_candidate()) } else { stash };
     let clock_plausible = crate::decide::clock_plausible(now, &device_validity(store));
-    Facts { event, hostname: h.to_string(), wish, current: current_of(cfg, store, stored, h), live, stash, now, clock_plausible }
+    Facts {
+        event,
+        hostname: h.to_string(),
+        wish,
+        current: current_of(cfg, store, stored, h),
+        live,
+        stash,
+        now,
+        clock_plausible,
+    }
 }

@@ -19,7 +19,9 @@ use super::ctx::Ctx;
 use crate::acme::{Gate, Issued};
 use crate::apache::{self, Recovered};
 use crate::fleet::config::FleetConfig;
-use crate::fleet::etcd::{Compare, Etcd, EtcdError, EtcdOptions, PutRequest, RequestOp, TxnRequest};
+use crate::fleet::etcd::{
+    Compare, Etcd, EtcdError, EtcdOptions, PutRequest, RequestOp, TxnRequest,
+};
 use crate::fleet::plan::{reconcile, Cert, Reconcile};
 use crate::fleet::record::{AriRecord, LineageRecord, Meta, OpenLineage};
 use crate::fleet::store::FleetStore;
@@ -57,11 +59,13 @@ impl Fleet {
     /// now (a file that cannot be used is a configuration error, exit 2).
     pub fn open(cfg: &FleetConfig) -> crate::error::Result<Fleet> {
         let bad = |e: String| crate::error::Error::invalid(e);
-        let key = FleetKey::load(&cfg.secret_file).map_err(|e| bad(format!("fleet.secret_file: {e}")))?;
+        let key =
+            FleetKey::load(&cfg.secret_file).map_err(|e| bad(format!("fleet.secret_file: {e}")))?;
         let auth = match &cfg.auth {
             None => None,
             Some((user, file)) => {
-                let pw = crate::fsutil::read_user_file(file).map_err(|e| bad(format!("fleet.password_file {}: {e}", file.display())))?;
+                let pw = crate::fsutil::read_user_file(file)
+                    .map_err(|e| bad(format!("fleet.password_file {}: {e}", file.display())))?;
                 Some((user.clone(), pw.trim_end_matches(['\n', '\r']).to_string()))
             }
         };
@@ -74,7 +78,11 @@ impl Fleet {
             timeout: CALL_TIMEOUT,
         };
         let etcd = Arc::new(Etcd::new(&opts).map_err(|e| bad(format!("fleet: {e}")))?);
-        Ok(Fleet { store: FleetStore::new(etcd.clone(), &cfg.prefix, key, &cfg.device_id), cfg: cfg.clone(), etcd })
+        Ok(Fleet {
+            store: FleetStore::new(etcd.clone(), &cfg.prefix, key, &cfg.device_id),
+            cfg: cfg.clone(),
+            etcd,
+        })
     }
 }
 
@@ -109,12 +117,20 @@ fn state_path(ctx: &Ctx) -> std::path::PathBuf {
 
 /// Read the state (missing or unreadable: empty).
 pub fn load_state(ctx: &Ctx) -> FleetState {
-    std::fs::read(state_path(ctx)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    std::fs::read(state_path(ctx))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
 }
 
 fn save_state(ctx: &Ctx, s: &FleetState) {
-    let r = crate::fsutil::create_dir_all_mode(&ctx.cfg.state_dir(), 0o755)
-        .and_then(|_| crate::fsutil::atomic_write(&state_path(ctx), &serde_json::to_vec_pretty(s).unwrap_or_default(), 0o600));
+    let r = crate::fsutil::create_dir_all_mode(&ctx.cfg.state_dir(), 0o755).and_then(|_| {
+        crate::fsutil::atomic_write(
+            &state_path(ctx),
+            &serde_json::to_vec_pretty(s).unwrap_or_default(),
+            0o600,
+        )
+    });
     if let Err(e) = r {
         tracing::warn!("recording the fleet state: {e}");
     }
@@ -186,7 +202,11 @@ pub struct KeyError {
 }
 
 /// Is this certificate usable for `host` now?
-fn usable_local(ctx: &Ctx, host: &str, now: DateTime<Utc>) -> Option<(crate::certs::KeyCert, bool)> {
+fn usable_local(
+    ctx: &Ctx,
+    host: &str,
+    now: DateTime<Utc>,
+) -> Option<(crate::certs::KeyCert, bool)> {
     match ctx.store.material(host, Place::Live) {
         Material::Present(kc) => {
             let ok = super::facts::candidate(&kc, host).usable(host, now);
@@ -215,7 +235,8 @@ impl std::fmt::Display for SyncError {
 
 impl From<EtcdError> for SyncError {
     fn from(e: EtcdError) -> Self {
-        let unreachable = matches!(e, EtcdError::Unreachable(_)) || matches!(e, EtcdError::Refused { http: 503, .. });
+        let unreachable = matches!(e, EtcdError::Unreachable(_))
+            || matches!(e, EtcdError::Refused { http: 503, .. });
         SyncError { unreachable, message: e.to_string() }
     }
 }
@@ -241,7 +262,12 @@ pub fn shown(s: &str) -> String {
 /// heartbeat. The Apache step is the caller's ([`SyncReport::taken`]); the
 /// stateless answer's file is written here when the account changed.
 /// `Err`: the fleet could not be reached (recorded in [`FleetState`]).
-pub fn sync(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Result<SyncReport, SyncError> {
+pub fn sync(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    rec: &Recovered,
+    sites: &[Site],
+) -> Result<SyncReport, SyncError> {
     let r = sync_inner(ctx, fleet, rec, sites);
     match &r {
         Ok(rep) => note_ok(ctx, rep.seen.clone()),
@@ -252,9 +278,15 @@ pub fn sync(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Result
     r
 }
 
-fn sync_inner(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Result<SyncReport, SyncError> {
+fn sync_inner(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    rec: &Recovered,
+    sites: &[Site],
+) -> Result<SyncReport, SyncError> {
     let now = Utc::now();
-    let mut rep = SyncReport { event: "sync", device: fleet.cfg.device_id.clone(), ..Default::default() };
+    let mut rep =
+        SyncReport { event: "sync", device: fleet.cfg.device_id.clone(), ..Default::default() };
     rep.account = sync_account(ctx, fleet, &ctx.cfg.acme_server)?;
     if rep.account.is_some() {
         if let Err(e) = answer_for_fleet_account(ctx, rec) {
@@ -319,8 +351,12 @@ fn sync_inner(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Resu
             errored.insert(host);
             continue;
         };
-        let fc =
-            Cert { serial: rec.serial.clone(), issued: fleaf.not_before, not_after: rec.not_after, usable: fleaf.not_before <= now && now < rec.not_after };
+        let fc = Cert {
+            serial: rec.serial.clone(),
+            issued: fleaf.not_before,
+            not_after: rec.not_after,
+            usable: fleaf.not_before <= now && now < rec.not_after,
+        };
         match reconcile(lc.as_ref(), Some(&fc)) {
             Reconcile::Take => {
                 let open = match rec.open(fleet.store.fleet_key(), fleet.store.prefix()) {
@@ -366,14 +402,20 @@ fn sync_inner(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Resu
     }
     // This device's certificates the fleet has no record of: push them
     // (only hosts of sites deployed here, whose lineages site-admin keeps).
-    for s in sites.iter().filter(|s| s.is_letsencrypt() && !seen_hosts.iter().any(|h| h == s.hostname.as_str())) {
+    for s in sites
+        .iter()
+        .filter(|s| s.is_letsencrypt() && !seen_hosts.iter().any(|h| h == s.hostname.as_str()))
+    {
         if let Some((kc, true)) = usable_local(ctx, &s.hostname, now) {
             match push(ctx, fleet, &s.hostname, &kc, None) {
                 Ok(true) => {
                     mark_fleet_managed(ctx, &s.hostname);
                     rep.pushed.push(s.hostname.to_string())
                 }
-                Ok(false) => tracing::info!("{}: a peer wrote the fleet's record first; the next sync takes it", s.hostname),
+                Ok(false) => tracing::info!(
+                    "{}: a peer wrote the fleet's record first; the next sync takes it",
+                    s.hostname
+                ),
                 Err(e) => rep.errors.push(KeyError { key: s.hostname.to_string(), error: e }),
             }
         }
@@ -388,7 +430,11 @@ fn sync_inner(ctx: &Ctx, fleet: &Fleet, rec: &Recovered, sites: &[Site]) -> Resu
 /// any of them): the server-wide stateless answer with its thumbprint, one
 /// reload when it changed.
 fn answer_for_fleet_account(ctx: &Ctx, rec: &Recovered) -> Result<(), String> {
-    let Some(a) = super::ctx::stored_account(ctx, &ctx.cfg.acme_server).map_err(|e| e.to_string())? else { return Ok(()) };
+    let Some(a) =
+        super::ctx::stored_account(ctx, &ctx.cfg.acme_server).map_err(|e| e.to_string())?
+    else {
+        return Ok(());
+    };
     let text = apache::render_acme_conf(&a.key.thumbprint().map_err(|e| e.to_string())?);
     let file = apache::acme_conf_file(&ctx.cfg);
     if std::fs::read_to_string(&file).ok().as_deref() == Some(text.as_str()) {
@@ -448,9 +494,14 @@ fn params_for(ctx: &Ctx, host: &str, rec: &LineageRecord, sites: &[Site]) -> Ren
     RenewalParams {
         account: rec.account.clone().or(conf.account),
         server: rec.server.clone(),
-        webroot: conf.webroot.or_else(|| site.map(|s| ctx.cfg.site_wellknown(&s.siteid))).unwrap_or_else(|| ctx.cfg.wellknown_dir.join("fleet")),
+        webroot: conf
+            .webroot
+            .or_else(|| site.map(|s| ctx.cfg.site_wellknown(&s.siteid)))
+            .unwrap_or_else(|| ctx.cfg.wellknown_dir.join("fleet")),
         key_type: conf.key_type.unwrap_or(ctx.cfg.key_type),
-        profile: conf.profile.or_else(|| site.and_then(|s| s.profile_wish(ctx.cfg.acme_profile.as_deref()))),
+        profile: conf
+            .profile
+            .or_else(|| site.and_then(|s| s.profile_wish(ctx.cfg.acme_profile.as_deref()))),
     }
 }
 
@@ -458,7 +509,8 @@ fn params_for(ctx: &Ctx, host: &str, rec: &LineageRecord, sites: &[Site]) -> Ren
 fn take(ctx: &Ctx, open: &OpenLineage, sites: &[Site]) -> Result<(), String> {
     let host = open.record.host.as_str();
     let params = params_for(ctx, host, &open.record, sites);
-    let v = NewVersion::from_key_and_fullchain(&open.key_pem, &open.record.fullchain).map_err(|e| e.to_string())?;
+    let v = NewVersion::from_key_and_fullchain(&open.key_pem, &open.record.fullchain)
+        .map_err(|e| e.to_string())?;
     ctx.store.add_version(host, &v, &params).map_err(|e| e.to_string())?;
     mark_fleet_managed(ctx, host);
     Ok(())
@@ -466,7 +518,13 @@ fn take(ctx: &Ctx, open: &OpenLineage, sites: &[Site]) -> Result<(), String> {
 
 /// Publish this device's certificate of `host` if the record is still the
 /// one read (`prev`: it and its mod revision; None: there was none).
-fn push(ctx: &Ctx, fleet: &Fleet, host: &str, kc: &crate::certs::KeyCert, prev: Option<(&LineageRecord, i64)>) -> Result<bool, String> {
+fn push(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    host: &str,
+    kc: &crate::certs::KeyCert,
+    prev: Option<(&LineageRecord, i64)>,
+) -> Result<bool, String> {
     let conf = ctx.store.lineage_conf(host, Place::Live).unwrap_or_default();
     let h = Host::parse(host).map_err(|e| format!("{host}: {e}"))?;
     let version = prev.map(|(r, _)| r.version + 1).unwrap_or(1);
@@ -478,10 +536,24 @@ fn push(ctx: &Ctx, fleet: &Fleet, host: &str, kc: &crate::certs::KeyCert, prev: 
         device: fleet.cfg.device_id.clone(),
         now: Utc::now(),
     };
-    let rec = LineageRecord::seal(fleet.store.fleet_key(), fleet.store.prefix(), &h, version, &kc.key_pem, &kc.chain_pem, meta).map_err(|e| e.to_string())?;
-    let ok = fleet.store.push_if_unchanged(&rec, prev.map(|p| p.1).unwrap_or(0)).map_err(|e| e.to_string())?;
+    let rec = LineageRecord::seal(
+        fleet.store.fleet_key(),
+        fleet.store.prefix(),
+        &h,
+        version,
+        &kc.key_pem,
+        &kc.chain_pem,
+        meta,
+    )
+    .map_err(|e| e.to_string())?;
+    let ok = fleet
+        .store
+        .push_if_unchanged(&rec, prev.map(|p| p.1).unwrap_or(0))
+        .map_err(|e| e.to_string())?;
     if ok {
-        ctx.progress(&format!("{host}: published this device's certificate to the fleet (version {version})"));
+        ctx.progress(&format!(
+            "{host}: published this device's certificate to the fleet (version {version})"
+        ));
     }
     Ok(ok)
 }
@@ -492,21 +564,33 @@ fn push(ctx: &Ctx, fleet: &Fleet, host: &str, kc: &crate::certs::KeyCert, prev: 
 /// device's: for each host the later next attempt wins, so a lineage whose
 /// order failed on one device is not tried by every other at once. A record
 /// that does not parse is skipped with a warning naming its key.
-pub fn merge_backoff(ctx: &Ctx, fleet: &Fleet, sites: &[Site], local: &mut crate::backoff::State) -> Result<(), String> {
+pub fn merge_backoff(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    sites: &[Site],
+    local: &mut crate::backoff::State,
+) -> Result<(), String> {
     let prefix = format!("{}backoff/", fleet.cfg.prefix);
     for kv in fleet.etcd.get_prefix(&prefix).map_err(|e| e.to_string())?.kvs {
         let key = kv.key_str();
         let host = key.trim_start_matches(&prefix).to_string();
         let Ok(f) = serde_json::from_slice::<crate::backoff::Failures>(&kv.value) else {
-            tracing::warn!("fleet: ignoring the back-off record {} that cannot be read", shown(&key));
+            tracing::warn!(
+                "fleet: ignoring the back-off record {} that cannot be read",
+                shown(&key)
+            );
             continue;
         };
-        if Host::parse(&host).is_err() || f.last_error.len() > 4000 || f.last_error.chars().any(char::is_control) {
+        if Host::parse(&host).is_err()
+            || f.last_error.len() > 4000
+            || f.last_error.chars().any(char::is_control)
+        {
             tracing::warn!("fleet: ignoring the back-off record {}: not a host name, or an error message no site-admin writes", shown(&key));
             continue;
         }
         // Only lineages this device has.
-        if !ctx.store.has(&host, Place::Live) && !sites.iter().any(|s| s.hostname.as_str() == host) {
+        if !ctx.store.has(&host, Place::Live) && !sites.iter().any(|s| s.hostname.as_str() == host)
+        {
             continue;
         }
         let later = local.hosts.get(&host).map(|l| f.next_attempt > l.next_attempt).unwrap_or(true);
@@ -522,7 +606,9 @@ pub fn publish_backoff(fleet: &Fleet, state: &crate::backoff::State, hosts: &[St
     for h in hosts {
         let key = format!("{}backoff/{h}", fleet.cfg.prefix);
         let r = match state.hosts.get(h) {
-            Some(f) => fleet.etcd.put(&key, &serde_json::to_vec(f).unwrap_or_default(), 0).map(|_| ()),
+            Some(f) => {
+                fleet.etcd.put(&key, &serde_json::to_vec(f).unwrap_or_default(), 0).map(|_| ())
+            }
             None => fleet.etcd.delete(&key),
         };
         if let Err(e) = r {
@@ -556,14 +642,18 @@ pub fn merge_ari(ctx: &Ctx, fleet: &Fleet) -> Result<usize, String> {
     for kv in fleet.etcd.get_prefix(&prefix).map_err(|e| e.to_string())?.kvs {
         let key = kv.key_str();
         let host = key.trim_start_matches(&prefix).to_string();
-        let (Ok(sh), true) = (serde_json::from_slice::<SharedAri>(&kv.value), Host::parse(&host).is_ok()) else {
+        let (Ok(sh), true) =
+            (serde_json::from_slice::<SharedAri>(&kv.value), Host::parse(&host).is_ok())
+        else {
             tracing::warn!("fleet: ignoring the ARI record {} that cannot be read", shown(&key));
             continue;
         };
         // What no CA answer makes: a Retry-After beyond the longest one kept
         // (a day), a moment outside its window.
         let now = Utc::now();
-        let sane = sh.retry_after.is_none_or(|t| t <= now + chrono::Duration::days(1) + chrono::Duration::minutes(5))
+        let sane = sh
+            .retry_after
+            .is_none_or(|t| t <= now + chrono::Duration::days(1) + chrono::Duration::minutes(5))
             && match (sh.window, sh.chosen) {
                 (Some((a, b)), Some(c)) => a <= b && a <= c && c <= b,
                 (None, None) => true,
@@ -577,7 +667,13 @@ pub fn merge_ari(ctx: &Ctx, fleet: &Fleet) -> Result<usize, String> {
         let Some(live) = ctx.store.leaf(&host, Place::Live) else { continue };
         let Some(conf) = ctx.store.lineage_conf(&host, Place::Live) else { continue };
         let local = &conf.ari;
-        if !crate::fleet::plan::take_shared_ari(live.ari_id.as_deref(), local.cert_id.as_deref(), local.retry_after, sh.cert_id.as_deref(), sh.retry_after) {
+        if !crate::fleet::plan::take_shared_ari(
+            live.ari_id.as_deref(),
+            local.cert_id.as_deref(),
+            local.retry_after,
+            sh.cert_id.as_deref(),
+            sh.retry_after,
+        ) {
             continue;
         }
         let st = crate::model::AriState {
@@ -607,7 +703,11 @@ pub fn publish_ari(fleet: &Fleet, answers: &[(String, crate::model::AriState)]) 
             explanation_url: st.explanation_url.clone(),
             offered: st.offered,
         };
-        if let Err(e) = fleet.etcd.put(&format!("{}ari/{host}", fleet.cfg.prefix), &serde_json::to_vec(&sh).unwrap_or_default(), 0) {
+        if let Err(e) = fleet.etcd.put(
+            &format!("{}ari/{host}", fleet.cfg.prefix),
+            &serde_json::to_vec(&sh).unwrap_or_default(),
+            0,
+        ) {
             tracing::warn!("fleet: publishing the ARI state of {host}: {e}");
         }
     }
@@ -648,7 +748,12 @@ fn sync_account(ctx: &Ctx, fleet: &Fleet, server: &str) -> Result<Option<String>
         let local = match super::ctx::stored_account(ctx, server).map_err(|e| e.to_string())? {
             Some(a) => a,
             None => {
-                let lock = match crate::fleet::lock::acquire(&fleet.etcd, &format!("{}locks/.account", fleet.cfg.prefix), &fleet.cfg.device_id, 30)? {
+                let lock = match crate::fleet::lock::acquire(
+                    &fleet.etcd,
+                    &format!("{}locks/.account", fleet.cfg.prefix),
+                    &fleet.cfg.device_id,
+                    30,
+                )? {
                     Acquired::Held(l) => l,
                     Acquired::Busy(_) => {
                         std::thread::sleep(Duration::from_secs(1));
@@ -665,14 +770,22 @@ fn sync_account(ctx: &Ctx, fleet: &Fleet, server: &str) -> Result<Option<String>
                         return Ok(None);
                     }
                 }
-                let Some(a) = super::ctx::stored_account(ctx, server).map_err(|e| e.to_string())? else { return Ok(None) };
+                let Some(a) = super::ctx::stored_account(ctx, server).map_err(|e| e.to_string())?
+                else {
+                    return Ok(None);
+                };
                 // Published below while the lock is still held.
                 account_lock = Some(lock);
                 a
             }
         };
-        let carried = accounts::export(&ctx.cfg.letsencrypt_dir, server, &local.id).ok_or_else(|| format!("the ACME account {} cannot be read", local.id))?;
-        let sealed = fleet.store.fleet_key().seal(&key, 1, carried.key.to_string().as_bytes()).map_err(|e| e.to_string())?;
+        let carried = accounts::export(&ctx.cfg.letsencrypt_dir, server, &local.id)
+            .ok_or_else(|| format!("the ACME account {} cannot be read", local.id))?;
+        let sealed = fleet
+            .store
+            .fleet_key()
+            .seal(&key, 1, carried.key.to_string().as_bytes())
+            .map_err(|e| e.to_string())?;
         let rec = AccountRecord {
             schema: 1,
             server: server.into(),
@@ -681,12 +794,23 @@ fn sync_account(ctx: &Ctx, fleet: &Fleet, server: &str) -> Result<Option<String>
             key: sealed,
             terms_of_service: carried.terms_of_service,
         };
-        let put = RequestOp::RequestPut(PutRequest { key: key.as_bytes().to_vec(), value: serde_json::to_vec(&rec).unwrap_or_default(), lease: 0 });
-        let t = TxnRequest { compare: vec![Compare::created_at(&key, 0)], success: vec![put], failure: vec![] };
+        let put = RequestOp::RequestPut(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: serde_json::to_vec(&rec).unwrap_or_default(),
+            lease: 0,
+        });
+        let t = TxnRequest {
+            compare: vec![Compare::created_at(&key, 0)],
+            success: vec![put],
+            failure: vec![],
+        };
         let done = fleet.etcd.txn(&t)?.succeeded;
         drop(account_lock.take());
         if done {
-            ctx.progress(&format!("published the ACME account {} of {server} as the fleet's", local.id));
+            ctx.progress(&format!(
+                "published the ACME account {} of {server} as the fleet's",
+                local.id
+            ));
             remember_account(ctx, server, &local.id);
             return Ok(Some(local.id));
         }
@@ -695,16 +819,36 @@ fn sync_account(ctx: &Ctx, fleet: &Fleet, server: &str) -> Result<Option<String>
 }
 
 /// Check and install the account record stored at `key`.
-fn install_account(ctx: &Ctx, fleet: &Fleet, key: &str, value: &[u8], server: &str) -> Result<String, String> {
+fn install_account(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    key: &str,
+    value: &[u8],
+    server: &str,
+) -> Result<String, String> {
     let bad = |why: String| format!("fleet record {key}: {why}");
-    let rec: AccountRecord =
-        serde_json::from_slice(value).map_err(|e| bad(format!("cannot be read: {:?} error at line {} column {}", e.classify(), e.line(), e.column())))?;
+    let rec: AccountRecord = serde_json::from_slice(value).map_err(|e| {
+        bad(format!(
+            "cannot be read: {:?} error at line {} column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
     if rec.schema != 1 || rec.server != server {
         return Err(bad("another schema or another server than its key names".into()));
     }
     let plain = fleet.store.fleet_key().open(key, 1, &rec.key).map_err(|e| bad(e.to_string()))?;
-    let jwk: serde_json::Value = serde_json::from_slice(&plain).map_err(|_| bad("the sealed key is not a JWK".into()))?;
-    let carried = accounts::Carried { server: rec.server, id: rec.id.clone(), uri: rec.uri, key: jwk, terms_of_service: rec.terms_of_service, hosts: vec![] };
+    let jwk: serde_json::Value =
+        serde_json::from_slice(&plain).map_err(|_| bad("the sealed key is not a JWK".into()))?;
+    let carried = accounts::Carried {
+        server: rec.server,
+        id: rec.id.clone(),
+        uri: rec.uri,
+        key: jwk,
+        terms_of_service: rec.terms_of_service,
+        hosts: vec![],
+    };
     let k = accounts::check_carried(&carried).map_err(|e| bad(e.to_string()))?;
     if accounts::install(&ctx.cfg.letsencrypt_dir, &carried, &k).map_err(|e| e.to_string())? {
         ctx.progress(&format!("installed the fleet's ACME account {} of {server}", rec.id));
@@ -740,7 +884,9 @@ fn wait_lock(fleet: &Fleet, host: &Host) -> Result<LineageLock, String> {
         match fleet.store.lock(host).map_err(|e| format!("the fleet lock of {host}: {e}"))? {
             Acquired::Held(l) => return Ok(l),
             Acquired::Busy(holder) => {
-                let who = holder.map(|h| format!("{} (pid {})", shown(&h.device), h.pid)).unwrap_or_else(|| "another device".into());
+                let who = holder
+                    .map(|h| format!("{} (pid {})", shown(&h.device), h.pid))
+                    .unwrap_or_else(|| "another device".into());
                 if Instant::now() >= until {
                     return Err(format!("{who} has held the fleet lock of {host} for longer than {} s; the next pass tries again", LOCK_WAIT.as_secs()));
                 }
@@ -783,17 +929,25 @@ pub fn order_exclusive(
     };
     if let Some(r) = &rec {
         // Newer means issued later (a shorter-lived renewal is still newer).
-        let issued = crate::certs::parse_first_cert(r.fullchain.as_bytes()).map(|c| c.not_before).ok();
+        let issued =
+            crate::certs::parse_first_cert(r.fullchain.as_bytes()).map(|c| c.not_before).ok();
         let newer = match (&local, issued) {
             (_, None) => false,
             (None, Some(_)) => true,
-            (Some(l), Some(i)) => crate::fleet::plan::newer(&Cert { serial: r.serial.clone(), issued: i, not_after: r.not_after, usable: true }, l),
+            (Some(l), Some(i)) => crate::fleet::plan::newer(
+                &Cert { serial: r.serial.clone(), issued: i, not_after: r.not_after, usable: true },
+                l,
+            ),
         };
         let now = Utc::now();
         if newer && r.not_after > now {
-            let open = r.open(fleet.store.fleet_key(), fleet.store.prefix()).map_err(|e| e.to_string())?;
+            let open =
+                r.open(fleet.store.fleet_key(), fleet.store.prefix()).map_err(|e| e.to_string())?;
             take(ctx, &open, sites)?;
-            ctx.progress(&format!("{host}: {} renewed it already; took the fleet's certificate", r.renewed_by));
+            ctx.progress(&format!(
+                "{host}: {} renewed it already; took the fleet's certificate",
+                r.renewed_by
+            ));
             return Ok(Exclusive::PeerRenewed(r.not_after, r.renewed_by.clone()));
         }
     }
@@ -812,8 +966,16 @@ pub fn order_exclusive(
         now: Utc::now(),
     };
     let version = rec.as_ref().map(|r| r.version + 1).unwrap_or(1);
-    let new = LineageRecord::seal(fleet.store.fleet_key(), fleet.store.prefix(), &h, version, &issued.key_pem, &issued.fullchain_pem, meta)
-        .map_err(|e| e.to_string())?;
+    let new = LineageRecord::seal(
+        fleet.store.fleet_key(),
+        fleet.store.prefix(),
+        &h,
+        version,
+        &issued.key_pem,
+        &issued.fullchain_pem,
+        meta,
+    )
+    .map_err(|e| e.to_string())?;
     match fleet.store.publish(&lock, &new, seen) {
         Ok(true) => {}
         // A retried txn whose first attempt was applied fails its compare:
@@ -827,7 +989,8 @@ pub fn order_exclusive(
         Err(e) => return Err(lost(e)),
     }
     crate::fault::point("fleet.published");
-    let v = NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem).map_err(|e| e.to_string())?;
+    let v = NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)
+        .map_err(|e| e.to_string())?;
     ctx.store.add_version(host, &v, &params).map_err(|e| e.to_string())?;
     mark_fleet_managed(ctx, host);
     drop(lock);
@@ -874,7 +1037,11 @@ pub fn status(fleet: &Fleet) -> Result<StatusReport, EtcdError> {
     let locks = fleet.etcd.get_prefix(&format!("{}locks/", fleet.cfg.prefix))?;
     let holder = |host: &str| {
         let k = format!("{}locks/{host}", fleet.cfg.prefix);
-        locks.kvs.iter().find(|kv| kv.key_str() == k).and_then(|kv| serde_json::from_slice::<crate::fleet::lock::Holder>(&kv.value).ok())
+        locks
+            .kvs
+            .iter()
+            .find(|kv| kv.key_str() == k)
+            .and_then(|kv| serde_json::from_slice::<crate::fleet::lock::Holder>(&kv.value).ok())
     };
     let mut lineages = Vec::new();
     let mut errors = Vec::new();
@@ -892,7 +1059,12 @@ pub fn status(fleet: &Fleet) -> Result<StatusReport, EtcdError> {
             Err(e) => errors.push(KeyError { key, error: e.to_string() }),
         }
     }
-    Ok(StatusReport { device: fleet.cfg.device_id.clone(), devices: fleet.store.devices()?, lineages, errors })
+    Ok(StatusReport {
+        device: fleet.cfg.device_id.clone(),
+        devices: fleet.store.devices()?,
+        lineages,
+        errors,
+    })
 }
 
 // ---------------------------------------------------------------- commands
@@ -912,7 +1084,13 @@ pub fn sync_command(ctx: &Ctx) -> crate::error::Result<i32> {
         Err(e) => {
             let st = load_state(ctx);
             tracing::error!("the fleet cannot be used: {e}; this device keeps serving what it has");
-            SyncReport { event: "sync", device: f.cfg.device_id.clone(), error: Some(e.message), since: st.since, ..Default::default() }
+            SyncReport {
+                event: "sync",
+                device: f.cfg.device_id.clone(),
+                error: Some(e.message),
+                since: st.since,
+                ..Default::default()
+            }
         }
     };
     for e in &rep.errors {
@@ -922,13 +1100,26 @@ pub fn sync_command(ctx: &Ctx) -> crate::error::Result<i32> {
         let owed = crate::revocations::load(&ctx.cfg.state_dir()).unwrap_or_default();
         // Only what this sync changed: the sites whose certificate it took
         // (a site on http for another reason is renew's and doctor's).
-        let changed: Vec<Site> = sites.iter().filter(|s| rep.taken.iter().any(|h| h == s.hostname.as_str())).cloned().collect();
-        let (reloaded, err) = super::serving::serve_changed(ctx, Some(&locked.recovered), &changed, &rep.taken, &owed, Utc::now());
+        let changed: Vec<Site> = sites
+            .iter()
+            .filter(|s| rep.taken.iter().any(|h| h == s.hostname.as_str()))
+            .cloned()
+            .collect();
+        let (reloaded, err) = super::serving::serve_changed(
+            ctx,
+            Some(&locked.recovered),
+            &changed,
+            &rep.taken,
+            &owed,
+            Utc::now(),
+        );
         rep.reloaded = reloaded;
         rep.apache_error = rep.apache_error.take().or(err);
     }
     if ctx.json {
-        ctx.print_json(&serde_json::to_value(&rep).map_err(|e| crate::error::Error::failed(e.to_string()))?)?;
+        ctx.print_json(
+            &serde_json::to_value(&rep).map_err(|e| crate::error::Error::failed(e.to_string()))?,
+        )?;
     } else if !ctx.quiet {
         eprintln!(
             "sync: {} taken from the fleet, {} published, {} unusable record(s){}{}",
@@ -936,10 +1127,17 @@ pub fn sync_command(ctx: &Ctx) -> crate::error::Result<i32> {
             rep.pushed.len(),
             rep.errors.len(),
             if rep.reloaded { ", Apache reloaded" } else { "" },
-            rep.error.as_ref().map(|e| format!("; the fleet cannot be used: {e}")).unwrap_or_default()
+            rep.error
+                .as_ref()
+                .map(|e| format!("; the fleet cannot be used: {e}"))
+                .unwrap_or_default()
         );
     }
-    Ok(if rep.error.is_none() && rep.errors.is_empty() && rep.apache_error.is_none() { 0 } else { 1 })
+    Ok(if rep.error.is_none() && rep.errors.is_empty() && rep.apache_error.is_none() {
+        0
+    } else {
+        1
+    })
 }
 
 /// `site-admin fleet status`.
@@ -952,19 +1150,28 @@ pub fn status_command(ctx: &Ctx) -> crate::error::Result<i32> {
             let st = load_state(ctx);
             return Err(crate::error::Error::failed(format!(
                 "the fleet cannot be used: {e} (since {})",
-                st.since.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default()
+                st.since
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default()
             )));
         }
     };
     if ctx.json {
-        ctx.print_json(&serde_json::to_value(&rep).map_err(|e| crate::error::Error::failed(e.to_string()))?)?;
+        ctx.print_json(
+            &serde_json::to_value(&rep).map_err(|e| crate::error::Error::failed(e.to_string()))?,
+        )?;
         return Ok(if rep.errors.is_empty() { 0 } else { 1 });
     }
     let t = |d: DateTime<Utc>| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     println!("fleet (this device: {})", rep.device);
     println!("devices:");
     for d in &rep.devices {
-        println!("  {:<20} last sync {}  serves {} host(s)", shown(&d.device), t(d.at), d.serves.len());
+        println!(
+            "  {:<20} last sync {}  serves {} host(s)",
+            shown(&d.device),
+            t(d.at),
+            d.serves.len()
+        );
     }
     println!("lineages:");
     for l in &rep.lineages {
@@ -976,7 +1183,10 @@ pub fn status_command(ctx: &Ctx) -> crate::error::Result<i32> {
             t(l.not_after),
             l.renewed_by,
             t(l.renewed_at),
-            l.lock.as_ref().map(|h| format!("  LOCKED by {} (pid {}) since {}", h.device, h.pid, t(h.since))).unwrap_or_default()
+            l.lock
+                .as_ref()
+                .map(|h| format!("  LOCKED by {} (pid {}) since {}", h.device, h.pid, t(h.since)))
+                .unwrap_or_default()
         );
     }
     for e in &rep.errors {
@@ -987,5 +1197,10 @@ pub fn status_command(ctx: &Ctx) -> crate::error::Result<i32> {
 
 /// This device's live certificate of `host`, as [`order_exclusive`] compares it.
 pub fn local_cert(ctx: &Ctx, host: &str) -> Option<Cert> {
-    ctx.store.leaf(host, Place::Live).map(|c| Cert { serial: c.serial, issued: c.not_before, not_after: c.not_after, usable: true })
+    ctx.store.leaf(host, Place::Live).map(|c| Cert {
+        serial: c.serial,
+        issued: c.not_before,
+        not_after: c.not_after,
+        usable: true,
+    })
 }

@@ -31,11 +31,13 @@ use std::path::Path;
 /// Read the Site JSON text from a file or stdin.
 pub fn read_input(file: Option<&Path>, stdin: bool) -> Result<(String, String)> {
     if stdin {
-        let s = fsutil::read_limited(std::io::stdin().lock()).map_err(|e| Error::invalid(format!("--stdin: the Site JSON {e}")))?;
+        let s = fsutil::read_limited(std::io::stdin().lock())
+            .map_err(|e| Error::invalid(format!("--stdin: the Site JSON {e}")))?;
         return Ok((s, "<stdin>".into()));
     }
     let f = file.ok_or_else(|| Error::invalid("deploy needs --file or --stdin"))?;
-    let text = fsutil::read_user_file(f).map_err(|e| Error::invalid(format!("--file {}: {e}", f.display())))?;
+    let text = fsutil::read_user_file(f)
+        .map_err(|e| Error::invalid(format!("--file {}: {e}", f.display())))?;
     Ok((text, f.display().to_string()))
 }
 
@@ -87,7 +89,9 @@ fn describe_action(a: &Action) -> String {
         Action::StashLive { host } => format!("stash the Let's Encrypt certificate of {host}"),
         Action::DeleteStash { host } => format!("delete the stashed certificate of {host}"),
         Action::Unstash { host } => format!("unstash the certificate of {host} (no new issuance)"),
-        Action::ImportCarried { host } => format!("import the certificate carried in the Site JSON for {host}"),
+        Action::ImportCarried { host } => {
+            format!("import the certificate carried in the Site JSON for {host}")
+        }
         Action::Provision { host } => format!("obtain a certificate for {host} from the CA now"),
         Action::RemoveOkc => "remove the old own certificate files".into(),
         Action::WriteOkc => "write the own certificate files".into(),
@@ -149,7 +153,8 @@ fn dry_run_report(ctx: &Ctx, site: &Site) -> Result<i32> {
     facts::check_hostname_free(&all, site)?;
     let stored = all.iter().find(|s| s.siteid == site.siteid);
     let f = facts::gather(&ctx.cfg, &ctx.store, site, stored, Event::Deploy, Utc::now());
-    let plan = decide::decide(&f).map_err(|r| Error::invalid(format!("site {}: {}", site.siteid, r.0)))?;
+    let plan =
+        decide::decide(&f).map_err(|r| Error::invalid(format!("site {}: {}", site.siteid, r.0)))?;
     if ctx.json {
         ctx.print_json(&json!({
             "dry_run": true,
@@ -167,20 +172,31 @@ fn dry_run_report(ctx: &Ctx, site: &Site) -> Result<i32> {
         let cur = match &f.current {
             decide::Current::NotDeployed => "not deployed".to_string(),
             decide::Current::Http { host } => format!("deployed on http as {host}"),
-            decide::Current::Okc { host, .. } => format!("deployed with its own certificate as {host}"),
-            decide::Current::Lkc { host } => format!("deployed with the Let's Encrypt certificate of {host}"),
+            decide::Current::Okc { host, .. } => {
+                format!("deployed with its own certificate as {host}")
+            }
+            decide::Current::Lkc { host } => {
+                format!("deployed with the Let's Encrypt certificate of {host}")
+            }
         };
         println!("site {} ({}) — dry run, nothing changed", site.siteid, site.hostname);
         println!("  now:        {cur}");
         println!("  will serve: {}", describe_serve(&plan.serve));
         if let Some(fb) = &plan.on_failure {
-            println!("  if the CA cannot issue: {} (the site stays pending; renew retries)", describe_serve(fb));
+            println!(
+                "  if the CA cannot issue: {} (the site stays pending; renew retries)",
+                describe_serve(fb)
+            );
         }
         if plan.actions.is_empty() {
             println!("  steps:      none");
         }
         for (i, a) in plan.actions.iter().enumerate() {
-            println!("  {} {}", if i == 0 { "steps:     " } else { "           " }, describe_action(a));
+            println!(
+                "  {} {}",
+                if i == 0 { "steps:     " } else { "           " },
+                describe_action(a)
+            );
         }
         println!("  why:        {}", plan.reason);
         for w in &plan.warnings {
@@ -200,7 +216,11 @@ fn vhost_tls(ctx: &Ctx, site: &Site, serve: &Serve) -> VhostTls {
                 TlsWish::Other { cacrt, .. } => cacrt.is_some(),
                 _ => p.cacrt.exists(),
             };
-            VhostTls::Okc { crt: p.crt, key: p.key, cacrt: if has_ca { Some(p.cacrt) } else { None } }
+            VhostTls::Okc {
+                crt: p.crt,
+                key: p.key,
+                cacrt: if has_ca { Some(p.cacrt) } else { None },
+            }
         }
     }
 }
@@ -237,9 +257,19 @@ struct Interim<'c> {
 /// Write the site's vhost (and OKC files) as `change` says, in one
 /// transaction: `interim`'s (the provisioning's http vhost, whose journal
 /// still holds the files as they were before the deploy) or a new one.
-fn apply_apache<'c>(ctx: &'c Ctx, rec: &Recovered, site: &Site, change: VhostChange, interim: Option<apache::Transaction<'c>>) -> Result<()> {
+fn apply_apache<'c>(
+    ctx: &'c Ctx,
+    rec: &Recovered,
+    site: &Site,
+    change: VhostChange,
+    interim: Option<apache::Transaction<'c>>,
+) -> Result<()> {
     let txn = stage_apache(ctx, rec, site, &change, interim)?;
-    Ok(txn.commit(change.new_certificate, &|m| ctx.progress(&format!("site {}: {m}", site.siteid)), &|c| completion::run(&ctx.cfg, &ctx.store, c))?)
+    Ok(txn.commit(
+        change.new_certificate,
+        &|m| ctx.progress(&format!("site {}: {m}", site.siteid)),
+        &|c| completion::run(&ctx.cfg, &ctx.store, c),
+    )?)
 }
 
 /// The files of [`apply_apache`], written but not yet tested.
@@ -280,12 +310,17 @@ fn stage_apache<'c>(
         }
         OkcFiles::Remove | OkcFiles::Keep => {}
     }
-    let conf = apache::render(&ctx.cfg, &site.siteid, &site.hostname, &vhost_tls(ctx, site, change.serve));
+    let conf =
+        apache::render(&ctx.cfg, &site.siteid, &site.hostname, &vhost_tls(ctx, site, change.serve));
     txn.write(&ctx.cfg.vhost_file(&site.siteid), conf.as_bytes(), 0o644)?;
     // The stateless challenge answer of the server's account rides along,
     // so the next new site needs no vhost (and no reload) for its challenge.
     if let Some(t) = account_thumbprint(ctx) {
-        txn.write(&apache::acme_conf_file(&ctx.cfg), apache::render_acme_conf(&t).as_bytes(), 0o644)?;
+        txn.write(
+            &apache::acme_conf_file(&ctx.cfg),
+            apache::render_acme_conf(&t).as_bytes(),
+            0o644,
+        )?;
     }
     if let Some(p) = super::serving::proof_for(ctx, &site.siteid, &site.hostname, change.serve) {
         txn.prove(p);
@@ -297,7 +332,9 @@ fn stage_apache<'c>(
 fn stash_account(ctx: &Ctx, host: &str) -> Option<String> {
     let c = ctx.store.lineage_conf(host, Place::Stashed)?;
     let (acct, server) = (c.account?, c.server?);
-    (server == ctx.cfg.acme_server && crate::store::accounts::exists(&ctx.cfg.letsencrypt_dir, &server, &acct)).then_some(acct)
+    (server == ctx.cfg.acme_server
+        && crate::store::accounts::exists(&ctx.cfg.letsencrypt_dir, &server, &acct))
+    .then_some(acct)
 }
 
 /// Deploy one validated site (the lock is held).
@@ -307,18 +344,27 @@ pub fn deploy_one(ctx: &Ctx, rec: &Recovered, site: &Site) -> Result<Outcome> {
 
 /// [`deploy_one`]; a carried certificate's lineage names `account` (the
 /// account a backup carried for it) when given.
-fn deploy_one_with(ctx: &Ctx, rec: &Recovered, site: &Site, account: Option<String>) -> Result<Outcome> {
+fn deploy_one_with(
+    ctx: &Ctx,
+    rec: &Recovered,
+    site: &Site,
+    account: Option<String>,
+) -> Result<Outcome> {
     let all = facts::all_stored(&ctx.cfg)?;
     facts::check_hostname_free(&all, site)?;
     let stored = all.iter().find(|s| s.siteid == site.siteid).cloned();
     let f = facts::gather(&ctx.cfg, &ctx.store, site, stored.as_ref(), Event::Deploy, Utc::now());
-    let plan = decide::decide(&f).map_err(|r| Error::invalid(format!("site {}: {}", site.siteid, r.0)))?;
+    let plan =
+        decide::decide(&f).map_err(|r| Error::invalid(format!("site {}: {}", site.siteid, r.0)))?;
     ctx.progress(&format!("site {} ({}): {}", site.siteid, site.hostname, plan.reason));
     for w in &plan.warnings {
         tracing::warn!("site {} ({}): {w}", site.siteid, site.hostname);
     }
     // The site's directories: a deploy that fails takes back the ones it made.
-    let made = NewDirs::create(&[ctx.cfg.site_docroot(&site.siteid), ctx.cfg.site_wellknown(&site.siteid)])?;
+    let made = NewDirs::create(&[
+        ctx.cfg.site_docroot(&site.siteid),
+        ctx.cfg.site_wellknown(&site.siteid),
+    ])?;
     let out = carry_out(ctx, rec, site, account, stored.as_ref(), &f.current, plan);
     // Kept once a vhost may point at them.
     if out.is_ok() || fsutil::exists_nofollow(&ctx.cfg.vhost_file(&site.siteid)) {
@@ -390,12 +436,14 @@ fn carry_out(
     let adds =
         plan.actions.iter().any(|a| matches!(a, Action::Unstash { host: h } | Action::ImportCarried { host: h } | Action::Provision { host: h } if *h == host));
     let served_before = matches!(current, decide::Current::Lkc { host: h } if *h == host);
-    let rollback = (adds && !served_before && !ctx.store.has(&host, Place::Live)).then(|| Completion { stash: vec![host.clone()], ..Default::default() });
+    let rollback = (adds && !served_before && !ctx.store.has(&host, Place::Live))
+        .then(|| Completion { stash: vec![host.clone()], ..Default::default() });
     let mut txn = apache::Transaction::begin(&ctx.cfg, rec)?;
     if let Some(c) = &rollback {
         txn.set_rollback(c.clone())?;
     }
-    let serves_challenge = stored.as_ref().map(|s| s.hostname == site.hostname).unwrap_or(false) && ctx.cfg.vhost_file(&site.siteid).exists();
+    let serves_challenge = stored.as_ref().map(|s| s.hostname == site.hostname).unwrap_or(false)
+        && ctx.cfg.vhost_file(&site.siteid).exists();
     let mut interim = Interim { serves_challenge, txn: Some(txn) };
     let complete = |c: &Completion| completion::run(&ctx.cfg, &ctx.store, c);
     let looped = (|| -> Result<()> {
@@ -408,25 +456,38 @@ fn carry_out(
                 }
                 Action::Unstash { host } => {
                     ctx.progress(&format!("{host}: unstashing the certificate (no new issuance)"));
-                    let account = stash_account(ctx, host).or_else(|| provision::resolve_account(ctx));
+                    let account =
+                        stash_account(ctx, host).or_else(|| provision::resolve_account(ctx));
                     let params = provision::renewal_params(ctx, site, account);
                     ctx.store.unstash(host, &params)?;
                     cert_changed = true;
                 }
                 Action::ImportCarried { host } => {
                     let TlsWish::LetsEncrypt { carried: Some((key, crt)) } = site.tls_wish() else {
-                        return Err(Error::failed("internal: import without a carried certificate"));
+                        return Err(Error::failed(
+                            "internal: import without a carried certificate",
+                        ));
                     };
-                    ctx.progress(&format!("{host}: importing the certificate carried in the Site JSON"));
+                    ctx.progress(&format!(
+                        "{host}: importing the certificate carried in the Site JSON"
+                    ));
                     let account = account.clone().or_else(|| provision::resolve_account(ctx));
                     let params = provision::renewal_params(ctx, site, account);
                     // The bytes came from the Site JSON: material that cannot be
                     // stored is the input's fault.
                     let invalid = |e: StoreError| match e {
-                        StoreError::Unusable { why, .. } => Error::invalid(format!("site {}: tls: {why}", site.siteid)),
+                        StoreError::Unusable { why, .. } => {
+                            Error::invalid(format!("site {}: tls: {why}", site.siteid))
+                        }
                         e => e.into(),
                     };
-                    ctx.store.add_version(host, &NewVersion::from_key_and_fullchain(&key, &crt).map_err(invalid)?, &params).map_err(invalid)?;
+                    ctx.store
+                        .add_version(
+                            host,
+                            &NewVersion::from_key_and_fullchain(&key, &crt).map_err(invalid)?,
+                            &params,
+                        )
+                        .map_err(invalid)?;
                     cert_changed = true;
                 }
                 Action::Provision { host } => {
@@ -438,18 +499,27 @@ fn carry_out(
                     // written); without, only once the challenge vhost is up,
                     // so a deploy Apache refuses registers nothing. The CA
                     // down is a provisioning failure (pending), not the deploy's.
-                    let stored = accounts::load(&ctx.cfg.letsencrypt_dir, &ctx.cfg.acme_server).ok().flatten().is_some();
+                    let stored = accounts::load(&ctx.cfg.letsencrypt_dir, &ctx.cfg.acme_server)
+                        .ok()
+                        .flatten()
+                        .is_some();
                     let early = stored.then(|| provision::Session::open(ctx, &ctx.cfg.acme_server));
                     let ready = early.as_ref().and_then(|r| r.as_ref().ok());
                     bring_up_challenge_vhost(ctx, rec, site, host, &fallback, &mut interim, ready)?;
-                    let session = early.unwrap_or_else(|| provision::Session::open(ctx, &ctx.cfg.acme_server));
+                    let session = early
+                        .unwrap_or_else(|| provision::Session::open(ctx, &ctx.cfg.acme_server));
                     let res = session.and_then(|s| provision_now(ctx, &s, site, host));
                     // The site is pending on failure: `renew` retries it, backing off.
                     let mut backoff = crate::backoff_file::load(&ctx.cfg.state_dir());
                     let before = backoff.clone();
                     match &res {
                         Ok(()) => backoff.succeeded(host),
-                        Err(e) => backoff.failed(host, &format!("provisioning failed: {e}"), Utc::now(), &crate::backoff_file::config_fingerprint(&ctx.cfg)),
+                        Err(e) => backoff.failed(
+                            host,
+                            &format!("provisioning failed: {e}"),
+                            Utc::now(),
+                            &crate::backoff_file::config_fingerprint(&ctx.cfg),
+                        ),
                     }
                     if backoff != before {
                         if let Err(e) = crate::backoff_file::save(&ctx.cfg.state_dir(), &backoff) {
@@ -485,19 +555,32 @@ fn carry_out(
     // A lineage renewed behind Apache's back (by certbot, say) is served
     // only after a reload: compare what Apache serves with the live file.
     if let (Serve::Lkc { host }, false) = (&serve, cert_changed) {
-        if let (Some(served), Some(live)) = (apache::served_serial(&ctx.cfg, host), ctx.store.leaf(host, Place::Live)) {
+        if let (Some(served), Some(live)) =
+            (apache::served_serial(&ctx.cfg, host), ctx.store.leaf(host, Place::Live))
+        {
             if served != live.serial {
                 ctx.progress(&format!("{host}: Apache serves an older certificate (serial {served}) than live/{host} (serial {}); reloading", live.serial));
                 cert_changed = true;
             }
         }
     }
-    let completion = Completion { stash: stash_later, store_site: Some(site.without_tls_material()), ..Default::default() };
+    let completion = Completion {
+        stash: stash_later,
+        store_site: Some(site.without_tls_material()),
+        ..Default::default()
+    };
     let new_certificate = cert_changed && matches!(serve, Serve::Lkc { .. });
-    let change = VhostChange { serve: &serve, okc, new_certificate, completion: Some(completion), rollback };
+    let change =
+        VhostChange { serve: &serve, okc, new_certificate, completion: Some(completion), rollback };
     apply_apache(ctx, rec, site, change, interim.txn)?;
     ctx.install_certbot_hook();
-    Ok(Outcome { siteid: site.siteid.clone(), hostname: site.hostname.to_string(), serve, pending, plan })
+    Ok(Outcome {
+        siteid: site.siteid.clone(),
+        hostname: site.hostname.to_string(),
+        serve,
+        pending,
+        plan,
+    })
 }
 
 /// Before provisioning, make sure the challenge is answered on plain http
@@ -514,11 +597,22 @@ fn bring_up_challenge_vhost<'c>(
     interim: &mut Interim<'c>,
     session: Option<&provision::Session>,
 ) -> Result<()> {
-    if !interim.serves_challenge && !session.is_some_and(|s| stateless_answer_served(ctx, s, host)) {
-        ctx.progress(&format!("site {}: bringing up its http virtual host for the challenge", site.siteid));
-        let change = VhostChange { serve: fallback, okc: OkcFiles::Keep, new_certificate: false, completion: None, rollback: None };
+    if !interim.serves_challenge && !session.is_some_and(|s| stateless_answer_served(ctx, s, host))
+    {
+        ctx.progress(&format!(
+            "site {}: bringing up its http virtual host for the challenge",
+            site.siteid
+        ));
+        let change = VhostChange {
+            serve: fallback,
+            okc: OkcFiles::Keep,
+            new_certificate: false,
+            completion: None,
+            rollback: None,
+        };
         let txn = stage_apache(ctx, rec, site, &change, interim.txn.take())?;
-        interim.txn = Some(txn.commit_interim(&|m| ctx.progress(&format!("site {}: {m}", site.siteid)))?);
+        interim.txn =
+            Some(txn.commit_interim(&|m| ctx.progress(&format!("site {}: {m}", site.siteid)))?);
         wait_for_vhost(ctx, &site.siteid, host);
         interim.serves_challenge = true;
     }
@@ -530,11 +624,14 @@ fn provision_now(ctx: &Ctx, session: &provision::Session, site: &Site, host: &st
     if let Some(f) = ctx.fleet()? {
         // Fleet mode: ordered once for the fleet, under the lineage lock.
         if let Some(e) = super::fleet::load_state(ctx).error {
-            return Err(Error::failed(format!("the fleet cannot be used ({e}); nothing is ordered without its lock")));
+            return Err(Error::failed(format!(
+                "the fleet cannot be used ({e}); nothing is ordered without its lock"
+            )));
         }
         let local = super::fleet::local_cert(ctx, host);
         super::fleet::order_exclusive(ctx, &f, host, local, std::slice::from_ref(site), |gate| {
-            let (issued, account) = provision::issue_in(ctx, session, site, Some(gate)).map_err(|e| e.to_string())?;
+            let (issued, account) =
+                provision::issue_in(ctx, session, site, Some(gate)).map_err(|e| e.to_string())?;
             crate::fault::point("provision.issued");
             Ok((issued, provision::renewal_params(ctx, site, Some(account))))
         })
@@ -544,7 +641,11 @@ fn provision_now(ctx: &Ctx, session: &provision::Session, site: &Site, host: &st
     let (issued, account) = provision::issue_in(ctx, session, site, None)?;
     crate::fault::point("provision.issued");
     let params = provision::renewal_params(ctx, site, Some(account));
-    ctx.store.add_version(host, &NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)?, &params)?;
+    ctx.store.add_version(
+        host,
+        &NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)?,
+        &params,
+    )?;
     Ok(())
 }
 
@@ -557,8 +658,11 @@ fn account_thumbprint(ctx: &Ctx) -> Option<String> {
 /// account for `host` on plain http? A probe token is asked for and the
 /// answer must be `<token>.<thumbprint>`.
 fn stateless_answer_served(ctx: &Ctx, session: &provision::Session, host: &str) -> bool {
-    let Some(thumbprint) = session.client().ok().and_then(|c| c.key().thumbprint().ok()) else { return false };
-    let token = format!("site-admin-probe-{}-{}", std::process::id(), Utc::now().timestamp_micros());
+    let Some(thumbprint) = session.client().ok().and_then(|c| c.key().thumbprint().ok()) else {
+        return false;
+    };
+    let token =
+        format!("site-admin-probe-{}-{}", std::process::id(), Utc::now().timestamp_micros());
     let ok = matches!(apache::http_get(&ctx.cfg, host, &format!("/.well-known/acme-challenge/{token}")), Some((200, body)) if body == format!("{token}.{thumbprint}"));
     tracing::debug!(host, ok, "the stateless challenge answer");
     ok
@@ -577,8 +681,14 @@ pub fn wait_for_vhost(ctx: &Ctx, siteid: &str, host: &str) {
     if fsutil::atomic_write(&path, token.as_bytes(), 0o644).is_err() {
         return;
     }
-    let url = format!("http://{}/.well-known/acme-challenge/{token}", std::net::SocketAddr::new(ctx.cfg.apache.address, ctx.cfg.apache.http_port));
-    let client = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(2)).redirect(reqwest::redirect::Policy::none()).build();
+    let url = format!(
+        "http://{}/.well-known/acme-challenge/{token}",
+        std::net::SocketAddr::new(ctx.cfg.apache.address, ctx.cfg.apache.http_port)
+    );
+    let client = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .redirect(reqwest::redirect::Policy::none())
+        .build();
     let start = std::time::Instant::now();
     if let Ok(c) = client {
         while start.elapsed() < std::time::Duration::from_secs(5) {
@@ -600,7 +710,8 @@ pub fn undeploy_command(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
     facts::load_stored(&ctx.cfg, siteid)?.ok_or_else(not_deployed)?;
     let locked = ctx.lock(&format!("undeploy {siteid}"))?;
     let stored = facts::load_stored(&ctx.cfg, siteid)?.ok_or_else(not_deployed)?;
-    let f = facts::gather(&ctx.cfg, &ctx.store, &stored, Some(&stored), Event::Undeploy, Utc::now());
+    let f =
+        facts::gather(&ctx.cfg, &ctx.store, &stored, Some(&stored), Event::Undeploy, Utc::now());
     let plan = decide::decide(&f).map_err(|r| Error::invalid(r.0))?;
     ctx.progress(&format!("site {siteid} ({}): {}", stored.hostname, plan.reason));
     // Apache first: once it no longer points at the files, they can move.
@@ -613,13 +724,21 @@ pub fn undeploy_command(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
         txn.remove(&p.cacrt)?;
     }
     let completion = Completion {
-        stash: plan.actions.iter().filter_map(|a| if let Action::StashLive { host } = a { Some(host.clone()) } else { None }).collect(),
+        stash: plan
+            .actions
+            .iter()
+            .filter_map(
+                |a| if let Action::StashLive { host } = a { Some(host.clone()) } else { None },
+            )
+            .collect(),
         remove_site: Some(siteid.to_string()),
         remove_dirs: vec![ctx.cfg.site_wellknown(siteid)],
         ..Default::default()
     };
     txn.set_completion(completion)?;
-    txn.commit(false, &|m| ctx.progress(&format!("site {siteid}: {m}")), &|c| completion::run(&ctx.cfg, &ctx.store, c))?;
+    txn.commit(false, &|m| ctx.progress(&format!("site {siteid}: {m}")), &|c| {
+        completion::run(&ctx.cfg, &ctx.store, c)
+    })?;
     ctx.progress(&format!("site {siteid} ({}) undeployed", stored.hostname));
     if ctx.json {
         ctx.print_json(&json!({"siteid": siteid, "hostname": stored.hostname, "undeployed": true, "actions": plan.actions, "reason": plan.reason}))?;
@@ -634,12 +753,20 @@ pub type CheckedAccount = (accounts::Carried, crate::acme::AccountKey);
 /// array, or one site) and the ACME accounts it carries, each checked: its
 /// key loads and is the one its id names.
 pub fn read_backup(path: &Path) -> Result<(Vec<Value>, Vec<CheckedAccount>)> {
-    let text = fsutil::read_user_file(path).map_err(|e| Error::invalid(format!("backup {}: {e}", path.display())))?;
-    let doc = Backup::read(&text).map_err(|e| Error::invalid(format!("backup {}: {e}", path.display())))?;
+    let text = fsutil::read_user_file(path)
+        .map_err(|e| Error::invalid(format!("backup {}: {e}", path.display())))?;
+    let doc = Backup::read(&text)
+        .map_err(|e| Error::invalid(format!("backup {}: {e}", path.display())))?;
     let mut carried = Vec::new();
     for (i, a) in doc.accounts.unwrap_or_default().into_iter().enumerate() {
         let key = accounts::check_carried(&a).map_err(|why| {
-            Error::invalid(format!("backup {}: account #{} ({} of {}): {why}", path.display(), i + 1, a.id.escape_debug(), a.server.escape_debug()))
+            Error::invalid(format!(
+                "backup {}: account #{} ({} of {}): {why}",
+                path.display(),
+                i + 1,
+                a.id.escape_debug(),
+                a.server.escape_debug()
+            ))
         })?;
         carried.push((a, key));
     }
@@ -651,7 +778,8 @@ pub fn restore_command(ctx: &Ctx, input: &Path, only: &[SiteId]) -> Result<i32> 
     let (values, carried) = read_backup(input)?;
     let mut sites = Vec::new();
     for (i, v) in values.iter().enumerate() {
-        let s = site::site_from_value(v).map_err(|e| e.context(format!("backup {} site #{}", input.display(), i + 1)))?;
+        let s = site::site_from_value(v)
+            .map_err(|e| e.context(format!("backup {} site #{}", input.display(), i + 1)))?;
         sites.push(s);
     }
     for id in only {
@@ -668,10 +796,20 @@ pub fn restore_command(ctx: &Ctx, input: &Path, only: &[SiteId]) -> Result<i32> 
     for (i, a) in sites.iter().enumerate() {
         for b in &sites[i + 1..] {
             if a.siteid == b.siteid {
-                return Err(Error::invalid(format!("backup {}: site {} appears twice", input.display(), a.siteid)));
+                return Err(Error::invalid(format!(
+                    "backup {}: site {} appears twice",
+                    input.display(),
+                    a.siteid
+                )));
             }
             if a.hostname == b.hostname {
-                return Err(Error::invalid(format!("backup {}: sites {} and {} share the hostname {}", input.display(), a.siteid, b.siteid, a.hostname)));
+                return Err(Error::invalid(format!(
+                    "backup {}: sites {} and {} share the hostname {}",
+                    input.display(),
+                    a.siteid,
+                    b.siteid,
+                    a.hostname
+                )));
             }
         }
     }
@@ -680,12 +818,20 @@ pub fn restore_command(ctx: &Ctx, input: &Path, only: &[SiteId]) -> Result<i32> 
     for s in &sites {
         facts::check_hostname_free(&all, s)?;
         if let Some(why) = site::ip_refused_by(s, &ctx.cfg.acme_server) {
-            return Err(Error::invalid(format!("backup {}: site {}: {why}", input.display(), s.siteid)));
+            return Err(Error::invalid(format!(
+                "backup {}: site {}: {why}",
+                input.display(),
+                s.siteid
+            )));
         }
         if let TlsWish::Other { key, crt, .. } = s.tls_wish() {
-            let kc = crate::certs::KeyCert::parse(&key, &crt).map_err(|e| Error::invalid(format!("site {}: tls: {e}", s.siteid)))?;
+            let kc = crate::certs::KeyCert::parse(&key, &crt)
+                .map_err(|e| Error::invalid(format!("site {}: tls: {e}", s.siteid)))?;
             if !kc.key_matches {
-                return Err(Error::invalid(format!("site {}: tls.key does not match the certificate in tls.crt", s.siteid)));
+                return Err(Error::invalid(format!(
+                    "site {}: tls.key does not match the certificate in tls.crt",
+                    s.siteid
+                )));
             }
         }
     }
@@ -697,7 +843,11 @@ pub fn restore_command(ctx: &Ctx, input: &Path, only: &[SiteId]) -> Result<i32> 
         .iter()
         .map(|s| {
             let carries = matches!(s.tls_wish(), TlsWish::LetsEncrypt { carried: Some(_) });
-            carried.iter().find(|(a, _)| carries && a.server == ctx.cfg.acme_server && a.hosts.iter().any(|h| h == s.hostname.as_str()))
+            carried.iter().find(|(a, _)| {
+                carries
+                    && a.server == ctx.cfg.acme_server
+                    && a.hosts.iter().any(|h| h == s.hostname.as_str())
+            })
         })
         .collect();
     for (i, (a, key)) in hints.iter().enumerate().filter_map(|(i, h)| h.map(|h| (i, h))) {
@@ -705,7 +855,10 @@ pub fn restore_command(ctx: &Ctx, input: &Path, only: &[SiteId]) -> Result<i32> 
             continue;
         }
         if accounts::install(&ctx.cfg.letsencrypt_dir, a, key)? {
-            ctx.progress(&format!("installed the ACME account {} of {} carried by the backup", a.id, a.server));
+            ctx.progress(&format!(
+                "installed the ACME account {} of {} carried by the backup",
+                a.id, a.server
+            ));
         }
     }
     let mut outs = Vec::new();
@@ -722,7 +875,10 @@ pub fn restore_command(ctx: &Ctx, input: &Path, only: &[SiteId]) -> Result<i32> 
     }
     report(ctx, &outs)?;
     if failed > 0 {
-        return Err(Error::failed(format!("{failed} of {} sites could not be restored", sites.len())));
+        return Err(Error::failed(format!(
+            "{failed} of {} sites could not be restored",
+            sites.len()
+        )));
     }
     Ok(0)
 }

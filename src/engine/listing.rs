@@ -35,10 +35,19 @@ pub fn exported(ctx: &Ctx, s: &Site, notls: bool) -> Site {
             let p = ctx.cfg.okc_paths(&s.siteid);
             let read = |f: &Path| std::fs::read_to_string(f).ok();
             site.tls = match (notls, read(&p.key), read(&p.crt)) {
-                (false, Some(k), Some(c)) => Some(Tls { key: Some(k), crt: Some(c), cacrt: read(&p.cacrt), ..Tls::default() }),
+                (false, Some(k), Some(c)) => Some(Tls {
+                    key: Some(k),
+                    crt: Some(c),
+                    cacrt: read(&p.cacrt),
+                    ..Tls::default()
+                }),
                 (true, _, _) => None,
                 _ => {
-                    tracing::warn!("site {}: its own certificate files are missing from {}", s.siteid, ctx.cfg.ssl_dir.display());
+                    tracing::warn!(
+                        "site {}: its own certificate files are missing from {}",
+                        s.siteid,
+                        ctx.cfg.ssl_dir.display()
+                    );
                     None
                 }
             };
@@ -54,7 +63,8 @@ fn to_json(doc: &impl serde::Serialize) -> Result<Value> {
 
 /// `showsite --siteid`: the Site JSON with its TLS material.
 pub fn showsite(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
-    let s = facts::load_stored(&ctx.cfg, siteid)?.ok_or_else(|| Error::invalid(format!("site {siteid} is not deployed")))?;
+    let s = facts::load_stored(&ctx.cfg, siteid)?
+        .ok_or_else(|| Error::invalid(format!("site {siteid} is not deployed")))?;
     ctx.print_json(&to_json(&exported(ctx, &s, false))?)?;
     Ok(0)
 }
@@ -63,7 +73,9 @@ pub fn showsite(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
 pub fn listsites(ctx: &Ctx) -> Result<i32> {
     let all = facts::all_stored(&ctx.cfg)?;
     if ctx.json {
-        ctx.print_json(&to_json(&all.iter().map(|s| exported(ctx, s, false)).collect::<Vec<_>>())?)?;
+        ctx.print_json(&to_json(
+            &all.iter().map(|s| exported(ctx, s, false)).collect::<Vec<_>>(),
+        )?)?;
     } else {
         for s in &all {
             // What the virtual host serves, not what the Site JSON asks for.
@@ -111,7 +123,9 @@ fn served(ctx: &Ctx, s: &Site) -> Served {
         Served::Nothing
     } else if !text.contains("SSLEngine on") {
         Served::Http
-    } else if s.hostname.as_str() != "*" && names(&ctx.store.live_dir(&s.hostname).join("fullchain.pem")) {
+    } else if s.hostname.as_str() != "*"
+        && names(&ctx.store.live_dir(&s.hostname).join("fullchain.pem"))
+    {
         Served::Lkc
     } else {
         Served::Okc
@@ -128,27 +142,44 @@ pub fn backup(ctx: &Ctx, ids: &[SiteId], all: bool, out: &Path, notls: bool) -> 
     } else {
         let mut v = Vec::new();
         for id in ids {
-            v.push(stored.iter().find(|s| &s.siteid == id).ok_or_else(|| Error::invalid(format!("site {id} is not deployed")))?);
+            v.push(
+                stored
+                    .iter()
+                    .find(|s| &s.siteid == id)
+                    .ok_or_else(|| Error::invalid(format!("site {id} is not deployed")))?,
+            );
         }
         v
     };
     let sites = chosen.iter().map(|s| exported(ctx, s, notls)).collect();
-    let doc = Backup::new(chrono::Utc::now(), sites, (!notls).then(|| carried_accounts(ctx, &chosen)));
+    let doc =
+        Backup::new(chrono::Utc::now(), sites, (!notls).then(|| carried_accounts(ctx, &chosen)));
     let text = serde_json::to_string_pretty(&doc).map_err(|e| Error::failed(e.to_string()))? + "\n";
     let what = if notls { " without keys and certificates" } else { "" };
     if out == Path::new("-") {
         // The backup itself is the JSON document on stdout.
         use std::io::Write;
         let mut so = std::io::stdout().lock();
-        so.write_all(text.as_bytes()).and_then(|_| so.flush()).map_err(|e| Error::failed(format!("writing the backup to standard output: {e}")))?;
+        so.write_all(text.as_bytes())
+            .and_then(|_| so.flush())
+            .map_err(|e| Error::failed(format!("writing the backup to standard output: {e}")))?;
         ctx.progress(&format!("backed up {} site(s) to standard output{what}", chosen.len()));
         return Ok(0);
     }
-    let out_abs = if out.is_absolute() { out.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(out) };
-    let target = fsutil::user_output_target(&out_abs).map_err(|why| Error::invalid(format!("--out {}: {why}", out.display())))?;
+    let out_abs = if out.is_absolute() {
+        out.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(out)
+    };
+    let target = fsutil::user_output_target(&out_abs)
+        .map_err(|why| Error::invalid(format!("--out {}: {why}", out.display())))?;
     if let Some(p) = target.parent() {
         if !p.is_dir() {
-            return Err(Error::invalid(format!("--out {}: the directory {} does not exist", out.display(), p.display())));
+            return Err(Error::invalid(format!(
+                "--out {}: the directory {} does not exist",
+                out.display(),
+                p.display()
+            )));
         }
     }
     fsutil::atomic_write(&target, text.as_bytes(), 0o600)?;
@@ -184,7 +215,12 @@ fn carried_accounts(ctx: &Ctx, sites: &[&Site]) -> Vec<crate::store::accounts::C
 /// Every certificate: live and stashed lineages, OKCs, pending sites.
 pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<CertificateRow>> {
     let sites = facts::all_stored(&ctx.cfg)?;
-    let site_of = |host: &str| sites.iter().find(|s| s.hostname == host && s.kind() == TlsKind::Letsencrypt).map(|s| s.siteid.clone());
+    let site_of = |host: &str| {
+        sites
+            .iter()
+            .find(|s| s.hostname == host && s.kind() == TlsKind::Letsencrypt)
+            .map(|s| s.siteid.clone())
+    };
     let mut rows = Vec::new();
     for l in ctx.store.lineages() {
         let (state, siteid) = match l.place {
@@ -203,13 +239,20 @@ pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<CertificateRow>> {
                 row.names = Some(kc.leaf.names.clone());
                 if l.place == Place::Live {
                     let ari = l.conf.as_ref().map(|c| &c.ari);
-                    let said = ari.and_then(|a| crate::renewal::ari_facts(a, kc.leaf.ari_id.as_deref()));
-                    let (due, by) = crate::renewal::due(kc.leaf.not_before, kc.leaf.not_after, rbe, said.as_ref());
+                    let said =
+                        ari.and_then(|a| crate::renewal::ari_facts(a, kc.leaf.ari_id.as_deref()));
+                    let (due, by) = crate::renewal::due(
+                        kc.leaf.not_before,
+                        kc.leaf.not_after,
+                        rbe,
+                        said.as_ref(),
+                    );
                     row.due = Some(due);
                     row.due_by = Some(by);
                     row.ari_window = ari.and_then(|a| a.window);
                     row.next_ari_check = ari.and_then(|a| a.retry_after);
-                    row.profile = l.conf.as_ref().and_then(|c| c.profile.as_ref()).map(|p| p.name.clone());
+                    row.profile =
+                        l.conf.as_ref().and_then(|c| c.profile.as_ref()).map(|p| p.name.clone());
                 }
                 if !kc.key_matches {
                     row.problem = Some("the key does not match the certificate".into());
@@ -223,7 +266,8 @@ pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<CertificateRow>> {
     for s in &sites {
         match s.kind() {
             TlsKind::Okc => {
-                let mut row = CertificateRow::new(s.hostname.to_string(), Some(s.siteid.clone()), State::Okc);
+                let mut row =
+                    CertificateRow::new(s.hostname.to_string(), Some(s.siteid.clone()), State::Okc);
                 match facts::read_okc(&ctx.cfg, &s.siteid) {
                     Some(Ok(kc)) => {
                         row.not_before = Some(kc.leaf.not_before);
@@ -237,7 +281,11 @@ pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<CertificateRow>> {
                 rows.push(row);
             }
             TlsKind::Letsencrypt if facts::is_pending(&ctx.store, s) => {
-                rows.push(CertificateRow::new(s.hostname.to_string(), Some(s.siteid.clone()), State::Pending));
+                rows.push(CertificateRow::new(
+                    s.hostname.to_string(),
+                    Some(s.siteid.clone()),
+                    State::Pending,
+                ));
             }
             _ => {}
         }
@@ -264,7 +312,10 @@ pub fn certificates(ctx: &Ctx) -> Result<i32> {
                     o.reason,
                     ts(o.since),
                     o.attempts,
-                    o.last_error.as_deref().map(|e| format!(", last error: {e}")).unwrap_or_default()
+                    o.last_error
+                        .as_deref()
+                        .map(|e| format!(", last error: {e}"))
+                        .unwrap_or_default()
                 );
                 tracing::warn!("{}: {why}; `site-admin renew` retries it", o.host);
                 owed_rows.push(OwedRow {
@@ -288,7 +339,9 @@ pub fn certificates(ctx: &Ctx) -> Result<i32> {
         st.error.map(|e| format!("{e} (since {})", st.since.map(ts).unwrap_or_else(|| "-".into())))
     });
     if let Some(e) = &fleet_error {
-        tracing::warn!("the fleet cannot be used: {e}; this device serves what it has and orders nothing");
+        tracing::warn!(
+            "the fleet cannot be used: {e}; this device serves what it has and orders nothing"
+        );
     }
     for r in rows.iter_mut() {
         if ctx.cfg.fleet.is_some() && r.state == State::Live {
@@ -296,13 +349,21 @@ pub fn certificates(ctx: &Ctx) -> Result<i32> {
             r.fleet_error = fleet_error.clone();
         }
         let host = &r.host;
-        if let Some(f) = backoff.hosts.get(host).filter(|_| matches!(r.state, State::Live | State::Pending)) {
+        if let Some(f) =
+            backoff.hosts.get(host).filter(|_| matches!(r.state, State::Live | State::Pending))
+        {
             r.failures = Some(f.failures);
             r.last_error = Some(f.last_error.clone());
             // The rule `renew` applies: a record that cannot hold does not wait.
-            let next = match crate::backoff::verdict(f.next_attempt, f.config.as_deref(), chrono::Utc::now(), &config) {
+            let next = match crate::backoff::verdict(
+                f.next_attempt,
+                f.config.as_deref(),
+                chrono::Utc::now(),
+                &config,
+            ) {
                 crate::backoff::Verdict::Implausible => {
-                    r.backoff_ignored = Some("its next attempt was recorded while the clock was ahead".into());
+                    r.backoff_ignored =
+                        Some("its next attempt was recorded while the clock was ahead".into());
                     "the next renew (the recorded next attempt was written while the clock was ahead)".to_string()
                 }
                 crate::backoff::Verdict::ConfigChanged => {
@@ -314,7 +375,12 @@ pub fn certificates(ctx: &Ctx) -> Result<i32> {
                     ts(f.next_attempt)
                 }
             };
-            tracing::warn!("{}: its last {} renewal attempt(s) failed ({}); next attempt at {next}", r.host, f.failures, f.last_error);
+            tracing::warn!(
+                "{}: its last {} renewal attempt(s) failed ({}); next attempt at {next}",
+                r.host,
+                f.failures,
+                f.last_error
+            );
         }
         if let (Some(na), true) = (r.not_after, matches!(r.state, State::Live | State::Okc)) {
             if na < soon {
@@ -327,7 +393,11 @@ pub fn certificates(ctx: &Ctx) -> Result<i32> {
             }
         }
     }
-    let rows: Vec<Row> = rows.into_iter().map(Row::Certificate).chain(owed_rows.into_iter().map(Row::Owed)).collect();
+    let rows: Vec<Row> = rows
+        .into_iter()
+        .map(Row::Certificate)
+        .chain(owed_rows.into_iter().map(Row::Owed))
+        .collect();
     if ctx.json {
         ctx.print_json(&to_json(&rows)?)?;
         return Ok(0);

@@ -34,14 +34,17 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Completions { shell } => {
             use std::io::Write;
             let mut so = std::io::stdout().lock();
-            so.write_all(&crate::cli::completions(*shell))
-                .and_then(|_| so.flush())
-                .map_err(|e| crate::error::Error::failed(format!("writing the completion script: {e}")))?;
+            so.write_all(&crate::cli::completions(*shell)).and_then(|_| so.flush()).map_err(
+                |e| crate::error::Error::failed(format!("writing the completion script: {e}")),
+            )?;
             return Ok(0);
         }
         Command::Help { command } => {
             let text = crate::cli::help_text(command.as_deref()).ok_or_else(|| {
-                crate::error::Error::invalid(format!("help: there is no command {:?} (see site-admin --help)", command.as_deref().unwrap_or("")))
+                crate::error::Error::invalid(format!(
+                    "help: there is no command {:?} (see site-admin --help)",
+                    command.as_deref().unwrap_or("")
+                ))
             })?;
             use std::io::Write;
             let _ = std::io::stdout().lock().write_all(text.as_bytes());
@@ -49,7 +52,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         _ => {}
     }
-    let ov = Overrides { config_file: cli.config.clone(), acme_server: cli.acme_server.clone(), acme_ca_bundle: cli.acme_ca_bundle.clone() };
+    let ov = Overrides {
+        config_file: cli.config.clone(),
+        acme_server: cli.acme_server.clone(),
+        acme_ca_bundle: cli.acme_ca_bundle.clone(),
+    };
     tracing::debug!("step: process started");
     let cfg = Config::load(&cli.root, &ov)?;
     tracing::debug!("step: config read");
@@ -60,17 +67,23 @@ pub fn run(cli: Cli) -> Result<i32> {
             lifecycle::deploy_command(&ctx, &text, &origin, dry_run)
         }
         Command::Undeploy { siteid } => lifecycle::undeploy_command(&ctx, &siteid),
-        Command::Backup { siteid, all, out, notls } => listing::backup(&ctx, &siteid, all, &out, notls),
+        Command::Backup { siteid, all, out, notls } => {
+            listing::backup(&ctx, &siteid, all, &out, notls)
+        }
         Command::Restore { input, siteid } => lifecycle::restore_command(&ctx, &input, &siteid),
         Command::Showsite { siteid } => listing::showsite(&ctx, &siteid),
         Command::Listsites => listing::listsites(&ctx),
         Command::Certificates => listing::certificates(&ctx),
         Command::Renew { force, dry_run } => renew::renew_command(&ctx, force, dry_run),
-        Command::Revoke { siteid, reason, no_replace, serial } => revoke::revoke_command(&ctx, &siteid, reason, no_replace, serial.as_deref()),
+        Command::Revoke { siteid, reason, no_replace, serial } => {
+            revoke::revoke_command(&ctx, &siteid, reason, no_replace, serial.as_deref())
+        }
         Command::Doctor { repair } => doctor::doctor_command(&ctx, repair),
         Command::Sync => fleet::sync_command(&ctx),
         Command::Fleet { what: crate::cli::FleetCommand::Status } => fleet::status_command(&ctx),
-        Command::Fleet { what: crate::cli::FleetCommand::Configured } => Ok(if ctx.cfg.fleet.is_some() { 0 } else { 1 }),
+        Command::Fleet { what: crate::cli::FleetCommand::Configured } => {
+            Ok(if ctx.cfg.fleet.is_some() { 0 } else { 1 })
+        }
         Command::Completions { .. } | Command::Help { .. } => Ok(0),
     }
 }

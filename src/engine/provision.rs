@@ -15,7 +15,12 @@ use std::time::Duration;
 pub const ISSUE_DEADLINE: Duration = Duration::from_secs(90);
 
 pub fn options(ctx: &Ctx, server: &str) -> ClientOptions {
-    ClientOptions { directory: server.to_string(), ca_bundle: ctx.cfg.acme_ca_bundle.clone(), deadline: ISSUE_DEADLINE, eab: ctx.cfg.acme_eab.clone() }
+    ClientOptions {
+        directory: server.to_string(),
+        ca_bundle: ctx.cfg.acme_ca_bundle.clone(),
+        deadline: ISSUE_DEADLINE,
+        eab: ctx.cfg.acme_eab.clone(),
+    }
 }
 
 /// A client with a registered account: the stored one for this server, or a
@@ -72,11 +77,17 @@ impl<'a> Session<'a> {
 
     /// Run `f` with the client and its account id; if the CA says it does
     /// not know the account, recover it and run `f` once more.
-    pub fn run<T>(&self, f: impl Fn(&AcmeClient, &str) -> std::result::Result<T, crate::acme::AcmeError>) -> Result<T> {
+    pub fn run<T>(
+        &self,
+        f: impl Fn(&AcmeClient, &str) -> std::result::Result<T, crate::acme::AcmeError>,
+    ) -> Result<T> {
         let (c, id, generation) = self.current()?;
         match f(&c, &id) {
             Err(e) if e.account_gone() => {
-                tracing::debug!("the ACME server {} says: {e}; recovering the account", self.server);
+                tracing::debug!(
+                    "the ACME server {} says: {e}; recovering the account",
+                    self.server
+                );
                 let (c, id) = self.recover(generation)?;
                 Ok(f(&c, &id)?)
             }
@@ -97,7 +108,13 @@ impl<'a> Session<'a> {
         let (c, id) = match c.find_account()? {
             Some(uri) => {
                 tracing::warn!("the ACME account {old_uri} of {server} was gone; the CA still knows its key as {uri}");
-                accounts::save(&ctx.cfg.letsencrypt_dir, server, c.key(), &uri, c.terms_of_service())?;
+                accounts::save(
+                    &ctx.cfg.letsencrypt_dir,
+                    server,
+                    c.key(),
+                    &uri,
+                    c.terms_of_service(),
+                )?;
                 (c, old_id)
             }
             None if ctx.cfg.fleet.is_some() => {
@@ -152,7 +169,10 @@ pub fn resolve_account(ctx: &Ctx) -> Option<String> {
         _ => match client(ctx) {
             Ok((_, id)) => Some(id),
             Err(e) => {
-                tracing::warn!("no ACME account for {} yet ({e}); the next renew registers one", ctx.cfg.acme_server);
+                tracing::warn!(
+                    "no ACME account for {} yet ({e}); the next renew registers one",
+                    ctx.cfg.acme_server
+                );
                 None
             }
         },
@@ -175,7 +195,11 @@ pub fn renewal_params(ctx: &Ctx, site: &Site, account: Option<String>) -> Renewa
 /// directory (`meta.profiles`): one it does not offer is refused when
 /// required (the reason says what it offers), else dropped with a warning
 /// (the CA's default is used).
-pub fn order_profile(client: &AcmeClient, host: &str, wish: Option<&ProfileWish>) -> std::result::Result<Option<String>, String> {
+pub fn order_profile(
+    client: &AcmeClient,
+    host: &str,
+    wish: Option<&ProfileWish>,
+) -> std::result::Result<Option<String>, String> {
     let Some(w) = wish else { return Ok(None) };
     let offered = client.profiles();
     if offered.contains(&w.name) {
@@ -183,7 +207,11 @@ pub fn order_profile(client: &AcmeClient, host: &str, wish: Option<&ProfileWish>
     }
     let offers = if offered.is_empty() { "none".to_string() } else { offered.join(", ") };
     if w.required {
-        return Err(format!("{host}: the CA ({}) does not offer the required profile {:?} (it offers: {offers})", client.directory_url(), w.name));
+        return Err(format!(
+            "{host}: the CA ({}) does not offer the required profile {:?} (it offers: {offers})",
+            client.directory_url(),
+            w.name
+        ));
     }
     tracing::warn!("{host}: the CA does not offer the profile {:?} (it offers: {offers}); asking for its default", w.name);
     Ok(None)
@@ -192,10 +220,17 @@ pub fn order_profile(client: &AcmeClient, host: &str, wish: Option<&ProfileWish>
 /// Obtain a certificate for the site, answering HTTP-01 from its webroot,
 /// with its profile, in a session: an account the CA forgot is recovered
 /// and the order sent again. Returns the account id that got it too.
-pub fn issue_in(ctx: &Ctx, session: &Session, site: &Site, gate: Option<crate::acme::Gate>) -> Result<(Issued, String)> {
+pub fn issue_in(
+    ctx: &Ctx,
+    session: &Session,
+    site: &Site,
+    gate: Option<crate::acme::Gate>,
+) -> Result<(Issued, String)> {
     let client = session.client()?;
     let host = &site.hostname;
-    let profile = order_profile(&client, host, site.profile_wish(ctx.cfg.acme_profile.as_deref()).as_ref()).map_err(Error::failed)?;
+    let profile =
+        order_profile(&client, host, site.profile_wish(ctx.cfg.acme_profile.as_deref()).as_ref())
+            .map_err(Error::failed)?;
     ctx.progress(&format!(
         "{host}: requesting a certificate from {}{}",
         ctx.cfg.acme_server,
@@ -204,7 +239,9 @@ pub fn issue_in(ctx: &Ctx, session: &Session, site: &Site, gate: Option<crate::a
     let webroot = ctx.cfg.site_wellknown(&site.siteid);
     crate::fsutil::create_dir_all_mode(&webroot, 0o755)?;
     let opts = OrderOptions { profile, replaces: None, gate };
-    let issued = session.run(|c, id| c.issue_with(host, &webroot, ctx.cfg.key_type, &opts).map(|i| (i, id.to_string())))?;
+    let issued = session.run(|c, id| {
+        c.issue_with(host, &webroot, ctx.cfg.key_type, &opts).map(|i| (i, id.to_string()))
+    })?;
     ctx.progress(&format!("{host}: certificate issued"));
     Ok(issued)
 }

@@ -93,7 +93,10 @@ pub struct Entry {
 
 impl Entry {
     fn is_success(&self) -> bool {
-        matches!(self.status, Status::Renewed { .. } | Status::Provisioned { .. } | Status::PeerRenewed { .. })
+        matches!(
+            self.status,
+            Status::Renewed { .. } | Status::Provisioned { .. } | Status::PeerRenewed { .. }
+        )
     }
 }
 
@@ -168,7 +171,10 @@ impl Report {
     /// The one-line summary on stderr.
     pub fn summary(&self) -> String {
         let dry = if self.dry_run {
-            format!(" (dry run: {} would be renewed)", self.count(|s| matches!(s, Status::WouldRenew { .. } | Status::WouldProvision)))
+            format!(
+                " (dry run: {} would be renewed)",
+                self.count(|s| matches!(s, Status::WouldRenew { .. } | Status::WouldProvision))
+            )
         } else {
             String::new()
         };
@@ -189,8 +195,16 @@ impl Report {
 
 /// The facts of one pass, from the store and the stored sites — each conf
 /// and certificate read once — and the lineages whose ARI check has come.
-fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &crate::backoff::State, owed: &revocations::State) -> Gathered {
-    let site_by_host: BTreeMap<&str, &Site> = sites.iter().map(|s| (s.hostname.as_str(), s)).collect();
+fn gather(
+    ctx: &Ctx,
+    sites: &[Site],
+    now: DateTime<Utc>,
+    force: bool,
+    backoff: &crate::backoff::State,
+    owed: &revocations::State,
+) -> Gathered {
+    let site_by_host: BTreeMap<&str, &Site> =
+        sites.iter().map(|s| (s.hostname.as_str(), s)).collect();
     let mut ari_due = Vec::new();
     let mut next_ari_check = BTreeMap::new();
     let lineages: Vec<LineageFacts> = ctx
@@ -209,9 +223,19 @@ fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &
             if let Some(t) = conf.ari.retry_after {
                 next_ari_check.insert(name.clone(), t);
             }
-            if renewal::ari_check_due(cert_id.as_deref(), validity.map(|v| v.1), conf.ari.retry_after, now) {
+            if renewal::ari_check_due(
+                cert_id.as_deref(),
+                validity.map(|v| v.1),
+                conf.ari.retry_after,
+                now,
+            ) {
                 let id = cert_id.clone().unwrap_or_default();
-                ari_due.push(super::ari::Candidate { host: name.clone(), server, cert_id: id, state: conf.ari.clone() });
+                ari_due.push(super::ari::Candidate {
+                    host: name.clone(),
+                    server,
+                    cert_id: id,
+                    state: conf.ari.clone(),
+                });
             }
             LineageFacts {
                 siteid: site.map(|s| s.siteid.to_string()),
@@ -224,7 +248,11 @@ fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &
                 profile: conf.profile,
                 ari: renewal::ari_facts(&conf.ari, cert_id.as_deref()),
                 replaces: renewal::replaces(cert_id.as_deref(), conf.ari.offered),
-                revocation_owed: leaf.as_ref().and_then(|c| owed.owed.get(&c.serial)).map(|o| o.host == name && !o.no_replace).unwrap_or(false),
+                revocation_owed: leaf
+                    .as_ref()
+                    .and_then(|c| owed.owed.get(&c.serial))
+                    .map(|o| o.host == name && !o.no_replace)
+                    .unwrap_or(false),
                 host: name,
             }
         })
@@ -246,7 +274,11 @@ fn gather(ctx: &Ctx, sites: &[Site], now: DateTime<Utc>, force: bool, backoff: &
         .filter_map(|n| ctx.store.leaf(&n, Place::Stashed).map(|c| (n, c.not_before, c.not_after)))
         .collect();
     // Clock plausibility from what was read already (live and stashed).
-    let validity: Vec<(DateTime<Utc>, DateTime<Utc>)> = lineages.iter().filter_map(|l| l.validity).chain(stash.iter().map(|s| (s.1, s.2))).collect();
+    let validity: Vec<(DateTime<Utc>, DateTime<Utc>)> = lineages
+        .iter()
+        .filter_map(|l| l.validity)
+        .chain(stash.iter().map(|s| (s.1, s.2)))
+        .collect();
     let facts = PassFacts {
         lineages,
         pending,
@@ -313,7 +345,13 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
                 if let Err(e) = super::fleet::merge_ari(ctx, f) {
                     tracing::warn!("fleet: reading the shared ARI state: {e}");
                 }
-                fleet_report = Some(FleetReport { device: r.device, taken: r.taken, pushed: r.pushed, error: None, since: None });
+                fleet_report = Some(FleetReport {
+                    device: r.device,
+                    taken: r.taken,
+                    pushed: r.pushed,
+                    error: None,
+                    since: None,
+                });
             }
             Err(e) => {
                 let st = super::fleet::load_state(ctx);
@@ -329,7 +367,8 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             }
         }
     }
-    let Gathered { facts: gathered, ari_due, mut next_ari_check } = gather(ctx, &sites, now, force, &backoff, &owed);
+    let Gathered { facts: gathered, ari_due, mut next_ari_check } =
+        gather(ctx, &sites, now, force, &backoff, &owed);
     // Ask ARI (not in a dry run) only about the lineages whose next check has
     // come, so a pass with every check ahead sends no request.
     let pass = if !dry_run && !ari_due.is_empty() {
@@ -399,10 +438,20 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     }
     if dry_run {
         for j in &plan.jobs {
-            let status = if j.pending { Status::WouldProvision } else { Status::WouldRenew { due: j.due.map(ts), due_by: j.due_by } };
-            entries.push(Entry { host: j.host.clone(), siteid: j.siteid.clone(), old_not_after: j.old_not_after.map(ts), status });
+            let status = if j.pending {
+                Status::WouldProvision
+            } else {
+                Status::WouldRenew { due: j.due.map(ts), due_by: j.due_by }
+            };
+            entries.push(Entry {
+                host: j.host.clone(),
+                siteid: j.siteid.clone(),
+                old_not_after: j.old_not_after.map(ts),
+                status,
+            });
         }
-        let revocations = owed.owed.values().map(|o| revocation_entry(o, "owed", None)).collect::<Vec<_>>();
+        let revocations =
+            owed.owed.values().map(|o| revocation_entry(o, "owed", None)).collect::<Vec<_>>();
         let report = Report {
             event: "renew",
             dry_run,
@@ -450,8 +499,11 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     if let Some(e) = &fleet_down {
         // The emergency rule is for a fleet out of reach, not for one whose
         // records this device cannot use (a wrong fleet key, a bad record).
-        let below = fleet.as_ref().and_then(|f| f.cfg.isolated_renew_below).filter(|_| e.unreachable);
-        let (go, held): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| !j.pending && renewal::isolated_may_order(j.old_not_after, now, below));
+        let below =
+            fleet.as_ref().and_then(|f| f.cfg.isolated_renew_below).filter(|_| e.unreachable);
+        let (go, held): (Vec<Job>, Vec<Job>) = jobs
+            .into_iter()
+            .partition(|j| !j.pending && renewal::isolated_may_order(j.old_not_after, now, below));
         for j in &go {
             tracing::warn!("{}: the fleet cannot be used and the certificate expires within fleet.isolated_renew_below: renewing on this device alone", j.host);
         }
@@ -460,7 +512,9 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
                 host: j.host,
                 siteid: j.siteid,
                 old_not_after: j.old_not_after.map(ts),
-                status: Status::FleetUnavailable { error: format!("the fleet cannot be used ({e}); not ordered without its lock") },
+                status: Status::FleetUnavailable {
+                    error: format!("the fleet cannot be used ({e}); not ordered without its lock"),
+                },
             });
         }
         jobs = go;
@@ -477,21 +531,42 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
                 if job.pending {
                     Status::Provisioned { new_not_after: ts(na) }
                 } else {
-                    Status::Renewed { new_not_after: ts(na), due_by: job.due_by, replaced, explanation_url: job.ari_explanation.clone() }
+                    Status::Renewed {
+                        new_not_after: ts(na),
+                        due_by: job.due_by,
+                        replaced,
+                        explanation_url: job.ari_explanation.clone(),
+                    }
                 }
             }
             Err(err) => {
-                let error = format!("{} failed: {err}", if job.pending { "provisioning" } else { "renewal" });
+                let error = format!(
+                    "{} failed: {err}",
+                    if job.pending { "provisioning" } else { "renewal" }
+                );
                 backoff.failed(&job.host, &error, Utc::now(), &pass.config);
                 Status::Failed { error }
             }
         };
-        entries.push(Entry { host: job.host, siteid: job.siteid, old_not_after: job.old_not_after.map(ts), status });
+        entries.push(Entry {
+            host: job.host,
+            siteid: job.siteid,
+            old_not_after: job.old_not_after.map(ts),
+            status,
+        });
     }
     if let Some(f) = fleet_for_jobs {
         let touched: Vec<String> = entries
             .iter()
-            .filter(|e| matches!(e.status, Status::Renewed { .. } | Status::Provisioned { .. } | Status::PeerRenewed { .. } | Status::Failed { .. }))
+            .filter(|e| {
+                matches!(
+                    e.status,
+                    Status::Renewed { .. }
+                        | Status::Provisioned { .. }
+                        | Status::PeerRenewed { .. }
+                        | Status::Failed { .. }
+                )
+            })
             .map(|e| e.host.clone())
             .collect();
         super::fleet::publish_backoff(f, &backoff, &touched);
@@ -502,18 +577,24 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
         }
     }
 
-    let mut renewed: Vec<String> = entries.iter().filter(|e| e.is_success()).map(|e| e.host.clone()).collect();
+    let mut renewed: Vec<String> =
+        entries.iter().filter(|e| e.is_success()).map(|e| e.host.clone()).collect();
     for h in taken {
         if !renewed.contains(&h) {
             renewed.push(h);
         }
     }
-    let failed: Vec<String> = entries.iter().filter(|e| matches!(e.status, Status::Failed { .. })).map(|e| e.host.clone()).collect();
+    let failed: Vec<String> = entries
+        .iter()
+        .filter(|e| matches!(e.status, Status::Failed { .. }))
+        .map(|e| e.host.clone())
+        .collect();
     // Every Let's Encrypt site whose vhost does not serve its usable live
     // certificate goes (back) to https: a pending site just provisioned, and
     // one that fell back to http while its expired lineage waited for renew.
     // Never one whose certificate is owed a revocation without replacement.
-    let (reloaded, apache_error) = serve_changed(ctx, locked.as_ref().map(|l| &l.recovered), &sites, &renewed, &owed, now);
+    let (reloaded, apache_error) =
+        serve_changed(ctx, locked.as_ref().map(|l| &l.recovered), &sites, &renewed, &owed, now);
     if let (Some(f), false) = (fleet_for_jobs, renewed.is_empty()) {
         super::fleet::beat(ctx, f);
     }
@@ -522,13 +603,22 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     // Owed revocations, once the replacements are served.
     let revocations = send_owed(ctx, &mut owed, &not_served);
     let revoked_domains = {
-        let mut v: Vec<String> = revocations.iter().filter(|r| r.status == "revoked").map(|r| r.host.clone()).collect();
+        let mut v: Vec<String> =
+            revocations.iter().filter(|r| r.status == "revoked").map(|r| r.host.clone()).collect();
         v.dedup();
         v
     };
-    let backing_off: Vec<String> = entries.iter().filter(|e| matches!(e.status, Status::BackingOff { .. })).map(|e| e.host.clone()).collect();
+    let backing_off: Vec<String> = entries
+        .iter()
+        .filter(|e| matches!(e.status, Status::BackingOff { .. }))
+        .map(|e| e.host.clone())
+        .collect();
     let incomplete = renewal::outcome(&failed, &backing_off, apache_error.is_some(), dry_run)
-        .or_else(|| fleet_down.as_ref().map(|e| format!("the fleet cannot be used ({e}): nothing was ordered without its lock")));
+        .or_else(|| {
+            fleet_down.as_ref().map(|e| {
+                format!("the fleet cannot be used ({e}): nothing was ordered without its lock")
+            })
+        });
     let mut report = Report {
         event: "renew",
         dry_run,
@@ -558,16 +648,25 @@ fn finish(ctx: &Ctx, report: Report) -> Result<i32> {
     for e in &report.lineages {
         match &e.status {
             Status::Renewed { new_not_after, .. } | Status::Provisioned { new_not_after } => {
-                let what = if matches!(e.status, Status::Renewed { .. }) { "renewed" } else { "provisioned" };
+                let what = if matches!(e.status, Status::Renewed { .. }) {
+                    "renewed"
+                } else {
+                    "provisioned"
+                };
                 ctx.progress(&format!("{}: {what} (valid until {new_not_after})", e.host))
             }
-            Status::NotDue { note: Some(note), .. } => tracing::info!("{}: not due: {note}", e.host),
-            Status::NotDue { due, due_by, .. } => tracing::debug!("{}: not due until {due} ({due_by:?})", e.host),
+            Status::NotDue { note: Some(note), .. } => {
+                tracing::info!("{}: not due: {note}", e.host)
+            }
+            Status::NotDue { due, due_by, .. } => {
+                tracing::debug!("{}: not due until {due} ({due_by:?})", e.host)
+            }
             Status::Failed { error } => tracing::warn!("{}: {error}", e.host),
             Status::FleetUnavailable { error } => tracing::warn!("{}: due: {error}", e.host),
-            Status::PeerRenewed { new_not_after, renewed_by } => {
-                ctx.progress(&format!("{}: renewed by {renewed_by} (valid until {new_not_after}); taken from the fleet", e.host))
-            }
+            Status::PeerRenewed { new_not_after, renewed_by } => ctx.progress(&format!(
+                "{}: renewed by {renewed_by} (valid until {new_not_after}); taken from the fleet",
+                e.host
+            )),
             Status::BackingOff { failures, next_attempt, .. } => {
                 tracing::info!("{}: failed {failures} time(s) in a row; next attempt at {next_attempt} (--force tries now)", e.host)
             }
@@ -588,7 +687,8 @@ fn finish(ctx: &Ctx, report: Report) -> Result<i32> {
             r.since,
             match (&r.error, r.status) {
                 (Some(e), _) => format!("the CA did not confirm it: {e}"),
-                (None, "waiting_for_replacement") => "it is still served; its replacement comes first".to_string(),
+                (None, "waiting_for_replacement") =>
+                    "it is still served; its replacement comes first".to_string(),
                 _ => "it is retried by the next renew".to_string(),
             }
         );
@@ -596,16 +696,33 @@ fn finish(ctx: &Ctx, report: Report) -> Result<i32> {
     if let Some(why) = &report.incomplete {
         tracing::error!("renew did not complete: {why}");
     }
-    Ok(renewal::exit_code(report.incomplete.is_some(), !report.revocation_owed.is_empty(), report.revocation_error.is_some()))
+    Ok(renewal::exit_code(
+        report.incomplete.is_some(),
+        !report.revocation_owed.is_empty(),
+        report.revocation_error.is_some(),
+    ))
 }
 
-fn revocation_entry(o: &revocations::Owed, status: &'static str, error: Option<String>) -> RevocationEntry {
-    RevocationEntry { host: o.host.clone(), serial: o.serial.clone(), reason: o.reason.clone(), since: ts(o.since), status, attempts: o.attempts, error }
+fn revocation_entry(
+    o: &revocations::Owed,
+    status: &'static str,
+    error: Option<String>,
+) -> RevocationEntry {
+    RevocationEntry {
+        host: o.host.clone(),
+        serial: o.serial.clone(),
+        reason: o.reason.clone(),
+        since: ts(o.since),
+        status,
+        attempts: o.attempts,
+        error,
+    }
 }
 
 /// The hosts of the revocations still owed.
 fn hosts_of(v: &[RevocationEntry]) -> Vec<String> {
-    let mut h: Vec<String> = v.iter().filter(|r| r.status != "revoked").map(|r| r.host.clone()).collect();
+    let mut h: Vec<String> =
+        v.iter().filter(|r| r.status != "revoked").map(|r| r.host.clone()).collect();
     h.sort();
     h.dedup();
     h
@@ -615,10 +732,15 @@ fn hosts_of(v: &[RevocationEntry]) -> Vec<String> {
 fn retire_owed(ctx: &Ctx, rec: &Recovered, sites: &[Site], owed: &revocations::State) {
     for o in owed.owed.values() {
         let live = ctx.store.leaf(&o.host, Place::Live).map(|c| c.serial);
-        if renewal::owed_step(&o.serial, live.as_deref(), o.no_replace) != renewal::OwedStep::RetireThenRevoke {
+        if renewal::owed_step(&o.serial, live.as_deref(), o.no_replace)
+            != renewal::OwedStep::RetireThenRevoke
+        {
             continue;
         }
-        ctx.progress(&format!("{}: serial {} is owed a revocation without replacement: taking it out of service", o.host, o.serial));
+        ctx.progress(&format!(
+            "{}: serial {} is owed a revocation without replacement: taking it out of service",
+            o.host, o.serial
+        ));
         let done = match sites.iter().find(|s| s.hostname.as_str() == o.host) {
             Some(s) => super::revoke::retire(ctx, rec, s, &o.host),
             None => ctx.store.retire_live(&o.host),
@@ -631,7 +753,11 @@ fn retire_owed(ctx: &Ctx, rec: &Recovered, sites: &[Site], owed: &revocations::S
 
 /// Rule 9: send each owed revocation whose certificate is no longer served
 /// (a replacement renewed but not served yet waits too); record the outcome.
-fn send_owed(ctx: &Ctx, owed: &mut revocations::State, not_served: &[String]) -> Vec<RevocationEntry> {
+fn send_owed(
+    ctx: &Ctx,
+    owed: &mut revocations::State,
+    not_served: &[String],
+) -> Vec<RevocationEntry> {
     let mut out = Vec::new();
     for o in owed.owed.values().cloned().collect::<Vec<_>>() {
         let live = ctx.store.leaf(&o.host, Place::Live).map(|c| c.serial);
@@ -640,7 +766,13 @@ fn send_owed(ctx: &Ctx, owed: &mut revocations::State, not_served: &[String]) ->
             out.push(revocation_entry(&o, "waiting_for_replacement", None));
             continue;
         }
-        ctx.progress(&format!("{}: revoking the certificate with serial {} ({}), owed since {}", o.host, o.serial, o.reason, ts(o.since)));
+        ctx.progress(&format!(
+            "{}: revoking the certificate with serial {} ({}), owed since {}",
+            o.host,
+            o.serial,
+            o.reason,
+            ts(o.since)
+        ));
         let r = super::revoke::send_owed(ctx, &o);
         if let Err(e) = super::revoke::settle(ctx, owed, &o, &r) {
             tracing::error!("recording the owed revocations: {e}");
@@ -667,14 +799,23 @@ struct Done {
 type JobResult = std::result::Result<Done, String>;
 
 /// Run the jobs, [`CONCURRENCY`] at a time; one ACME client per server.
-fn run_jobs(ctx: &Ctx, jobs: Vec<Job>, fleet: Option<&super::fleet::Fleet>, sites: &[Site]) -> Vec<(Job, JobResult)> {
+fn run_jobs(
+    ctx: &Ctx,
+    jobs: Vec<Job>,
+    fleet: Option<&super::fleet::Fleet>,
+    sites: &[Site],
+) -> Vec<(Job, JobResult)> {
     if jobs.is_empty() {
         return Vec::new();
     }
-    let mut clients: BTreeMap<String, std::result::Result<provision::Session, String>> = BTreeMap::new();
+    let mut clients: BTreeMap<String, std::result::Result<provision::Session, String>> =
+        BTreeMap::new();
     for j in &jobs {
         if !clients.contains_key(&j.server) {
-            clients.insert(j.server.clone(), provision::Session::open(ctx, &j.server).map_err(|e| e.to_string()));
+            clients.insert(
+                j.server.clone(),
+                provision::Session::open(ctx, &j.server).map_err(|e| e.to_string()),
+            );
         }
     }
     let queue = Mutex::new(jobs.into_iter().collect::<VecDeque<Job>>());
@@ -713,16 +854,38 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>, fleet: Option<&super::fleet::Fleet>, site
     v
 }
 
-fn renew_one(ctx: &Ctx, session: &provision::Session, job: &Job, fleet: Option<&super::fleet::Fleet>, sites: &[Site]) -> JobResult {
-    ctx.progress(&format!("{}: {} a certificate", job.host, if job.pending { "provisioning" } else { "renewing" }));
+fn renew_one(
+    ctx: &Ctx,
+    session: &provision::Session,
+    job: &Job,
+    fleet: Option<&super::fleet::Fleet>,
+    sites: &[Site],
+) -> JobResult {
+    ctx.progress(&format!(
+        "{}: {} a certificate",
+        job.host,
+        if job.pending { "provisioning" } else { "renewing" }
+    ));
     crate::fsutil::create_dir_all_mode(&job.webroot, 0o755).map_err(|e| e.to_string())?;
-    let profile = provision::order_profile(&*session.client().map_err(|e| e.to_string())?, &job.host, job.profile.as_ref())?;
+    let profile = provision::order_profile(
+        &*session.client().map_err(|e| e.to_string())?,
+        &job.host,
+        job.profile.as_ref(),
+    )?;
     if let Some(f) = fleet {
         let local = super::fleet::local_cert(ctx, &job.host);
         let r = super::fleet::order_exclusive(ctx, f, &job.host, local, sites, |gate| {
-            let opts = crate::acme::OrderOptions { profile, replaces: job.replaces.clone(), gate: Some(gate) };
-            let (issued, account) =
-                session.run(|c, id| c.issue_with(&job.host, &job.webroot, job.key_type, &opts).map(|i| (i, id.to_string()))).map_err(|e| e.to_string())?;
+            let opts = crate::acme::OrderOptions {
+                profile,
+                replaces: job.replaces.clone(),
+                gate: Some(gate),
+            };
+            let (issued, account) = session
+                .run(|c, id| {
+                    c.issue_with(&job.host, &job.webroot, job.key_type, &opts)
+                        .map(|i| (i, id.to_string()))
+                })
+                .map_err(|e| e.to_string())?;
             crate::fault::point("renew.issued");
             let params = RenewalParams {
                 account: Some(account),
@@ -734,14 +897,22 @@ fn renew_one(ctx: &Ctx, session: &provision::Session, job: &Job, fleet: Option<&
             Ok((issued, params))
         })?;
         return Ok(match r {
-            super::fleet::Exclusive::Issued(na) => Done { not_after: na, replaced: job.replaces.clone(), peer: None },
-            super::fleet::Exclusive::PeerRenewed(na, by) => Done { not_after: na, replaced: None, peer: Some(by) },
+            super::fleet::Exclusive::Issued(na) => {
+                Done { not_after: na, replaced: job.replaces.clone(), peer: None }
+            }
+            super::fleet::Exclusive::PeerRenewed(na, by) => {
+                Done { not_after: na, replaced: None, peer: Some(by) }
+            }
         });
     }
     let opts = crate::acme::OrderOptions { profile, replaces: job.replaces.clone(), gate: None };
-    let (issued, account) =
-        session.run(|c, id| c.issue_with(&job.host, &job.webroot, job.key_type, &opts).map(|i| (i, id.to_string()))).map_err(|e| e.to_string())?;
-    let v = NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem).map_err(|e| e.to_string())?;
+    let (issued, account) = session
+        .run(|c, id| {
+            c.issue_with(&job.host, &job.webroot, job.key_type, &opts).map(|i| (i, id.to_string()))
+        })
+        .map_err(|e| e.to_string())?;
+    let v = NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)
+        .map_err(|e| e.to_string())?;
     let params = RenewalParams {
         account: Some(account),
         server: job.server.clone(),
@@ -753,7 +924,9 @@ fn renew_one(ctx: &Ctx, session: &provision::Session, job: &Job, fleet: Option<&
     ctx.store.add_version(&job.host, &v, &params).map_err(|e| e.to_string())?;
     tracing::debug!(host = %job.host, "step: written");
     match ctx.store.material(&job.host, Place::Live) {
-        Material::Present(kc) => Ok(Done { not_after: kc.leaf.not_after, replaced: job.replaces.clone(), peer: None }),
+        Material::Present(kc) => {
+            Ok(Done { not_after: kc.leaf.not_after, replaced: job.replaces.clone(), peer: None })
+        }
         _ => Err("the new version is not readable".into()),
     }
 }
@@ -765,14 +938,23 @@ fn run_all_hooks(ctx: &Ctx, report: &Report) -> Vec<hooks::HookRun> {
     // run reloads Apache itself.
     let deploy_hooks: Vec<_> = hooks::executables(&ctx.store.deploy_hooks_dir())
         .into_iter()
-        .filter(|h| h.file_name().and_then(|n| n.to_str()) != Some(crate::store::CERTBOT_DEPLOY_HOOK))
+        .filter(|h| {
+            h.file_name().and_then(|n| n.to_str()) != Some(crate::store::CERTBOT_DEPLOY_HOOK)
+        })
         .collect();
     for host in &report.renewed_domains {
         for h in &deploy_hooks {
-            let env = [("RENEWED_LINEAGE", ctx.store.live_dir(host).display().to_string()), ("RENEWED_DOMAINS", host.clone())];
+            let env = [
+                ("RENEWED_LINEAGE", ctx.store.live_dir(host).display().to_string()),
+                ("RENEWED_DOMAINS", host.clone()),
+            ];
             let r = hooks::run_hook(h, &env, b"", hooks::HOOK_TIME_LIMIT);
             if !r.ok {
-                tracing::warn!("certbot deploy hook {} for {host}: {}", r.hook, r.error.as_deref().unwrap_or(""));
+                tracing::warn!(
+                    "certbot deploy hook {} for {host}: {}",
+                    r.hook,
+                    r.error.as_deref().unwrap_or("")
+                );
             }
             runs.push(r);
         }
@@ -781,7 +963,8 @@ fn run_all_hooks(ctx: &Ctx, report: &Report) -> Vec<hooks::HookRun> {
     // The hooks' stdin is the report itself, serialized straight to bytes
     // (no JSON tree per lineage), and only when a hook will read it: over
     // 10 000 lineages the tree alone took 9 MiB.
-    let stdin = if hooks.is_empty() { Vec::new() } else { serde_json::to_vec(report).unwrap_or_default() };
+    let stdin =
+        if hooks.is_empty() { Vec::new() } else { serde_json::to_vec(report).unwrap_or_default() };
     for h in hooks {
         let mut env = vec![
             ("SITE_ADMIN_EVENT", "renew".to_string()),

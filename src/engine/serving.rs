@@ -35,22 +35,32 @@ pub(super) fn serve_changed(
     owed: &revocations::State,
     now: DateTime<Utc>,
 ) -> (bool, Option<String>) {
-    let switched: Vec<&Site> = sites.iter().filter(|s| needs_https(ctx, s, now) && !served_owed_no_replace(ctx, owed, &s.hostname)).collect();
+    let switched: Vec<&Site> = sites
+        .iter()
+        .filter(|s| needs_https(ctx, s, now) && !served_owed_no_replace(ctx, owed, &s.hostname))
+        .collect();
     if renewed.is_empty() && switched.is_empty() {
         return (false, None);
     }
     let res = match (rec, switched.is_empty()) {
         (_, true) => {
             ctx.progress("reloading Apache for the renewed certificates");
-            apache::reload_proven(&ctx.cfg, &renewed_proofs(ctx, sites, renewed)).map_err(|said| format!("reloading Apache: {said}"))
+            apache::reload_proven(&ctx.cfg, &renewed_proofs(ctx, sites, renewed))
+                .map_err(|said| format!("reloading Apache: {said}"))
         }
-        (Some(r), false) => switch_to_https_proving(ctx, r, &switched, renewed_proofs(ctx, sites, renewed)).map_err(|e| e.to_string()),
+        (Some(r), false) => {
+            switch_to_https_proving(ctx, r, &switched, renewed_proofs(ctx, sites, renewed))
+                .map_err(|e| e.to_string())
+        }
         (None, false) => Err("internal: no lock for the Apache change".to_string()),
     };
     match res {
         Ok(()) => (true, None),
         Err(e) => {
-            tracing::error!("{e}; the renewed certificates ({}) are on disk but not served yet", renewed.join(", "));
+            tracing::error!(
+                "{e}; the renewed certificates ({}) are on disk but not served yet",
+                renewed.join(", ")
+            );
             (false, Some(e))
         }
     }
@@ -58,7 +68,10 @@ pub(super) fn serve_changed(
 
 /// Is the live certificate of `host` owed a revocation without replacement?
 pub(super) fn served_owed_no_replace(ctx: &Ctx, owed: &revocations::State, host: &str) -> bool {
-    ctx.store.leaf(host, Place::Live).and_then(|c| owed.owed.get(&c.serial).map(|o| o.no_replace && o.host == host)).unwrap_or(false)
+    ctx.store
+        .leaf(host, Place::Live)
+        .and_then(|c| owed.owed.get(&c.serial).map(|o| o.no_replace && o.host == host))
+        .unwrap_or(false)
 }
 
 /// Does this Let's Encrypt site have a usable live certificate that its
@@ -71,7 +84,10 @@ pub(super) fn needs_https(ctx: &Ctx, s: &Site, now: DateTime<Utc>) -> bool {
         Material::Present(kc) => facts::candidate(&kc, &s.hostname).usable(&s.hostname, now),
         _ => false,
     };
-    usable && std::fs::read_to_string(ctx.cfg.vhost_file(&s.siteid)).map(|t| t != lkc_vhost(ctx, s)).unwrap_or(true)
+    usable
+        && std::fs::read_to_string(ctx.cfg.vhost_file(&s.siteid))
+            .map(|t| t != lkc_vhost(ctx, s))
+            .unwrap_or(true)
 }
 
 pub(super) fn lkc_vhost(ctx: &Ctx, s: &Site) -> String {
@@ -85,8 +101,19 @@ pub(super) fn renewed_proofs(ctx: &Ctx, sites: &[Site], renewed: &[String]) -> V
     sites
         .iter()
         .filter(|s| s.is_letsencrypt() && renewed.iter().any(|h| h == s.hostname.as_str()))
-        .filter(|s| std::fs::read_to_string(ctx.cfg.vhost_file(&s.siteid)).map(|t| t == lkc_vhost(ctx, s)).unwrap_or(false))
-        .filter_map(|s| proof_for(ctx, &s.siteid, &s.hostname, &crate::decide::Serve::Lkc { host: s.hostname.to_string() }))
+        .filter(|s| {
+            std::fs::read_to_string(ctx.cfg.vhost_file(&s.siteid))
+                .map(|t| t == lkc_vhost(ctx, s))
+                .unwrap_or(false)
+        })
+        .filter_map(|s| {
+            proof_for(
+                ctx,
+                &s.siteid,
+                &s.hostname,
+                &crate::decide::Serve::Lkc { host: s.hostname.to_string() },
+            )
+        })
         .collect()
 }
 
@@ -98,13 +125,23 @@ pub(super) fn switch_to_https(ctx: &Ctx, rec: &Recovered, sites: &[&Site]) -> Re
 
 /// [`switch_to_https`]; the reload must also show `proofs` (and each
 /// switched site's certificate).
-pub(super) fn switch_to_https_proving(ctx: &Ctx, rec: &Recovered, sites: &[&Site], proofs: Vec<apache::Proof>) -> Result<()> {
+pub(super) fn switch_to_https_proving(
+    ctx: &Ctx,
+    rec: &Recovered,
+    sites: &[&Site],
+    proofs: Vec<apache::Proof>,
+) -> Result<()> {
     let mut txn = apache::Transaction::begin(&ctx.cfg, rec)?;
     for p in proofs {
         txn.prove(p);
     }
     for s in sites {
-        if let Some(p) = proof_for(ctx, &s.siteid, &s.hostname, &crate::decide::Serve::Lkc { host: s.hostname.to_string() }) {
+        if let Some(p) = proof_for(
+            ctx,
+            &s.siteid,
+            &s.hostname,
+            &crate::decide::Serve::Lkc { host: s.hostname.to_string() },
+        ) {
             txn.prove(p);
         }
         txn.write(&ctx.cfg.vhost_file(&s.siteid), lkc_vhost(ctx, s).as_bytes(), 0o644)?;
@@ -121,9 +158,18 @@ pub(super) fn switch_to_https_proving(ctx: &Ctx, rec: &Recovered, sites: &[&Site
 /// the serial its certificate presents for the host (SNI), or — plain http,
 /// or an IP-address host (no SNI) — its vhost answering a probe file from
 /// the site's challenge directory.
-pub(super) fn proof_for(ctx: &Ctx, siteid: &str, hostname: &str, serve: &Serve) -> Option<apache::Proof> {
+pub(super) fn proof_for(
+    ctx: &Ctx,
+    siteid: &str,
+    hostname: &str,
+    serve: &Serve,
+) -> Option<apache::Proof> {
     let probe = || apache::Proof::Probe {
-        host: if hostname == "*" { "site-admin-probe.invalid".into() } else { hostname.to_string() },
+        host: if hostname == "*" {
+            "site-admin-probe.invalid".into()
+        } else {
+            hostname.to_string()
+        },
         dir: ctx.cfg.site_wellknown(siteid).join(".well-known/acme-challenge"),
     };
     if hostname.parse::<std::net::IpAddr>().is_ok() {
@@ -133,7 +179,11 @@ pub(super) fn proof_for(ctx: &Ctx, siteid: &str, hostname: &str, serve: &Serve) 
         Serve::Nothing => return None,
         Serve::Http => return Some(probe()),
         Serve::Lkc { host } => ctx.store.leaf(host, Place::Live)?.serial,
-        Serve::Okc => crate::certs::parse_first_cert(&std::fs::read(ctx.cfg.okc_paths(siteid).crt).ok()?).ok()?.serial,
+        Serve::Okc => {
+            crate::certs::parse_first_cert(&std::fs::read(ctx.cfg.okc_paths(siteid).crt).ok()?)
+                .ok()?
+                .serial
+        }
     };
     Some(apache::Proof::Serial { host: hostname.to_string(), serial })
 }

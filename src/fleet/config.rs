@@ -68,7 +68,11 @@ fn is_loopback(host: &str) -> bool {
 }
 
 /// Parse the `fleet` object; `hostname` is this machine's name (the default device id).
-pub fn parse(value: &serde_json::Value, root: &Path, hostname: &str) -> Result<FleetConfig, FleetConfigError> {
+pub fn parse(
+    value: &serde_json::Value,
+    root: &Path,
+    hostname: &str,
+) -> Result<FleetConfig, FleetConfigError> {
     let raw: RawFleet = serde_json::from_value(value.clone()).map_err(|e| {
         // serde's message may quote a value (a password-like string): keep
         // only the field it names, if any.
@@ -81,15 +85,30 @@ pub fn parse(value: &serde_json::Value, root: &Path, hostname: &str) -> Result<F
     }
     let tls = raw.ca.is_some() || raw.cert.is_some() || raw.key.is_some();
     for (i, e) in raw.endpoints.iter().enumerate() {
-        let u = reqwest::Url::parse(e).map_err(|_| bad("endpoints", format!("entry {}: not a URL", i + 1)))?;
+        let u = reqwest::Url::parse(e)
+            .map_err(|_| bad("endpoints", format!("entry {}: not a URL", i + 1)))?;
         let host = u.host_str().unwrap_or("");
-        if host.is_empty() || e.chars().any(char::is_control) || !u.path().trim_matches('/').is_empty() {
-            return Err(bad("endpoints", format!("entry {}: a URL like https://etcd1.example:2379", i + 1)));
+        if host.is_empty()
+            || e.chars().any(char::is_control)
+            || !u.path().trim_matches('/').is_empty()
+        {
+            return Err(bad(
+                "endpoints",
+                format!("entry {}: a URL like https://etcd1.example:2379", i + 1),
+            ));
         }
         match u.scheme() {
             "https" => {}
             "http" if is_loopback(host) && !tls => {}
-            "http" => return Err(bad("endpoints", format!("entry {}: http:// is only for loopback trials without TLS; use https://", i + 1))),
+            "http" => {
+                return Err(bad(
+                    "endpoints",
+                    format!(
+                        "entry {}: http:// is only for loopback trials without TLS; use https://",
+                        i + 1
+                    ),
+                ))
+            }
             _ => return Err(bad("endpoints", format!("entry {}: not an http(s) URL", i + 1))),
         }
     }
@@ -99,20 +118,40 @@ pub fn parse(value: &serde_json::Value, root: &Path, hostname: &str) -> Result<F
         (Some(_), None) => return Err(bad("key", "missing: fleet.cert needs its key")),
         (None, Some(_)) => return Err(bad("cert", "missing: fleet.key needs its certificate")),
     };
-    if raw.endpoints.iter().any(|e| e.starts_with("https://")) && (raw.ca.is_none() || cert.is_none()) {
-        return Err(bad(if raw.ca.is_none() { "ca" } else { "cert" }, "missing: https endpoints need etcd's CA and this device's client certificate and key"));
+    if raw.endpoints.iter().any(|e| e.starts_with("https://"))
+        && (raw.ca.is_none() || cert.is_none())
+    {
+        return Err(bad(
+            if raw.ca.is_none() { "ca" } else { "cert" },
+            "missing: https endpoints need etcd's CA and this device's client certificate and key",
+        ));
     }
     let device_id = raw.device_id.unwrap_or_else(|| hostname.to_string());
-    if device_id.is_empty() || device_id.len() > 64 || !device_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(bad("device_id", "1 to 64 letters, digits, '-', '_' or '.' (the host name by default)"));
+    if device_id.is_empty()
+        || device_id.len() > 64
+        || !device_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(bad(
+            "device_id",
+            "1 to 64 letters, digits, '-', '_' or '.' (the host name by default)",
+        ));
     }
     let prefix = raw.prefix.unwrap_or_else(|| DEFAULT_PREFIX.into());
-    if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix.len() > 200 || prefix.chars().any(|c| c.is_control() || c == ' ') {
-        return Err(bad("prefix", "a key prefix such as /site-admin/v1/ (starting and ending with '/')"));
+    if !prefix.starts_with('/')
+        || !prefix.ends_with('/')
+        || prefix.len() > 200
+        || prefix.chars().any(|c| c.is_control() || c == ' ')
+    {
+        return Err(bad(
+            "prefix",
+            "a key prefix such as /site-admin/v1/ (starting and ending with '/')",
+        ));
     }
     let auth = match (raw.user, raw.password_file) {
         (u, Some(p)) => Some((u.unwrap_or_else(|| device_id.clone()), under(root, &p))),
-        (Some(_), None) => return Err(bad("password_file", "missing: fleet.user needs its password file")),
+        (Some(_), None) => {
+            return Err(bad("password_file", "missing: fleet.user needs its password file"))
+        }
         (None, None) => None,
     };
     if let Some(d) = raw.isolated_renew_below {

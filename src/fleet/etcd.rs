@@ -91,7 +91,9 @@ pub mod i64_str {
     }
 
     /// Read a string or a number.
-    pub fn deserialize<'de, T: FromStr + Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+    pub fn deserialize<'de, T: FromStr + Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<T, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum N<T> {
@@ -100,7 +102,9 @@ pub mod i64_str {
         }
         match N::<T>::deserialize(d)? {
             N::I(i) => Ok(i),
-            N::S(s) => s.parse().map_err(|_| serde::de::Error::custom(format!("not a 64-bit integer: {} characters", s.len()))),
+            N::S(s) => s.parse().map_err(|_| {
+                serde::de::Error::custom(format!("not a 64-bit integer: {} characters", s.len()))
+            }),
         }
     }
 }
@@ -117,7 +121,8 @@ mod b64 {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
-        B64.decode(s.as_bytes()).map_err(|_| serde::de::Error::custom("a bytes field is not base64"))
+        B64.decode(s.as_bytes())
+            .map_err(|_| serde::de::Error::custom("a bytes field is not base64"))
     }
 }
 
@@ -471,7 +476,9 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, EtcdError> {
-    crate::fsutil::read_user_file(path).map(String::into_bytes).map_err(|e| EtcdError::Setup(format!("fleet.{what} {}: {e}", path.display())))
+    crate::fsutil::read_user_file(path)
+        .map(String::into_bytes)
+        .map_err(|e| EtcdError::Setup(format!("fleet.{what} {}: {e}", path.display())))
 }
 
 impl Etcd {
@@ -488,10 +495,14 @@ impl Etcd {
             .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = &opts.ca {
             let pem = read_pem(ca, "ca")?;
-            let certs =
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| EtcdError::Setup(format!("fleet.ca {}: not PEM certificates", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| {
+                EtcdError::Setup(format!("fleet.ca {}: not PEM certificates", ca.display()))
+            })?;
             if certs.is_empty() {
-                return Err(EtcdError::Setup(format!("fleet.ca {}: holds no certificate", ca.display())));
+                return Err(EtcdError::Setup(format!(
+                    "fleet.ca {}: holds no certificate",
+                    ca.display()
+                )));
             }
             b = b.tls_built_in_root_certs(false);
             for c in certs {
@@ -503,24 +514,44 @@ impl Etcd {
                 let mut pem = read_pem(cert, "cert")?;
                 pem.push(b'\n');
                 pem.extend(read_pem(key, "key")?);
-                let id = reqwest::Identity::from_pem(&pem)
-                    .map_err(|_| EtcdError::Setup(format!("fleet.cert {} and fleet.key {}: not a certificate and its key", cert.display(), key.display())))?;
+                let id = reqwest::Identity::from_pem(&pem).map_err(|_| {
+                    EtcdError::Setup(format!(
+                        "fleet.cert {} and fleet.key {}: not a certificate and its key",
+                        cert.display(),
+                        key.display()
+                    ))
+                })?;
                 b = b.identity(id);
             }
             (None, None) => {}
             _ => return Err(EtcdError::Setup("fleet.cert and fleet.key go together".into())),
         }
-        let http = b.build().map_err(|e| EtcdError::Setup(format!("the etcd client cannot be set up: {e}")))?;
-        let endpoints = opts.endpoints.iter().map(|e| e.trim_end_matches('/').to_string()).collect();
-        Ok(Etcd { http, endpoints, current: AtomicUsize::new(0), auth: opts.auth.clone(), token: Mutex::new(None) })
+        let http = b
+            .build()
+            .map_err(|e| EtcdError::Setup(format!("the etcd client cannot be set up: {e}")))?;
+        let endpoints =
+            opts.endpoints.iter().map(|e| e.trim_end_matches('/').to_string()).collect();
+        Ok(Etcd {
+            http,
+            endpoints,
+            current: AtomicUsize::new(0),
+            auth: opts.auth.clone(),
+            token: Mutex::new(None),
+        })
     }
 
     /// POST `body` to `path` on the first endpoint that answers, starting
     /// with the one that answered last. A connection failure or a 503 (no
     /// leader, a member cut off from the quorum) moves on to the next one;
     /// any other answer is final.
-    fn call(&self, what: &'static str, path: &str, body: &impl Serialize) -> Result<Vec<u8>, EtcdError> {
-        let body = serde_json::to_vec(body).map_err(|e| EtcdError::Malformed { what, why: e.to_string() })?;
+    fn call(
+        &self,
+        what: &'static str,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<Vec<u8>, EtcdError> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| EtcdError::Malformed { what, why: e.to_string() })?;
         if self.auth.is_none() {
             return self.send(what, path, &body, None);
         }
@@ -537,11 +568,16 @@ impl Etcd {
 
     /// The auth token: the one had, or a new one from `/v3/auth/authenticate`.
     fn token(&self, renew: bool) -> Result<String, EtcdError> {
-        let mut held = self.token.lock().map_err(|_| EtcdError::Setup("the etcd token lock is poisoned".into()))?;
+        let mut held = self
+            .token
+            .lock()
+            .map_err(|_| EtcdError::Setup("the etcd token lock is poisoned".into()))?;
         if let (false, Some(t)) = (renew, held.as_ref()) {
             return Ok(t.clone());
         }
-        let Some((name, password)) = &self.auth else { return Err(EtcdError::Setup("no etcd user configured".into())) };
+        let Some((name, password)) = &self.auth else {
+            return Err(EtcdError::Setup("no etcd user configured".into()));
+        };
         #[derive(Serialize)]
         struct Login<'a> {
             name: &'a str,
@@ -552,24 +588,36 @@ impl Etcd {
             #[serde(default)]
             token: String,
         }
-        let body = serde_json::to_vec(&Login { name, password }).map_err(|e| EtcdError::Malformed { what: "authenticate", why: e.to_string() })?;
+        let body = serde_json::to_vec(&Login { name, password })
+            .map_err(|e| EtcdError::Malformed { what: "authenticate", why: e.to_string() })?;
         let data = self.send("authenticate", "/v3/auth/authenticate", &body, None)?;
-        let t: Token = serde_json::from_slice(&data).map_err(|e| EtcdError::Malformed { what: "authenticate", why: e.to_string() })?;
+        let t: Token = serde_json::from_slice(&data)
+            .map_err(|e| EtcdError::Malformed { what: "authenticate", why: e.to_string() })?;
         if t.token.is_empty() {
-            return Err(EtcdError::Malformed { what: "authenticate", why: "no token (is auth enabled on the cluster?)".into() });
+            return Err(EtcdError::Malformed {
+                what: "authenticate",
+                why: "no token (is auth enabled on the cluster?)".into(),
+            });
         }
         *held = Some(t.token.clone());
         Ok(t.token)
     }
 
-    fn send(&self, what: &'static str, path: &str, body: &[u8], token: Option<&str>) -> Result<Vec<u8>, EtcdError> {
+    fn send(
+        &self,
+        what: &'static str,
+        path: &str,
+        body: &[u8],
+        token: Option<&str>,
+    ) -> Result<Vec<u8>, EtcdError> {
         let n = self.endpoints.len();
         let start = self.current.load(Ordering::Relaxed);
         let mut last = String::new();
         for i in 0..n {
             let idx = (start + i) % n;
             let url = format!("{}{path}", self.endpoints[idx]);
-            let mut req = self.http.post(&url).header("Content-Type", "application/json").body(body.to_vec());
+            let mut req =
+                self.http.post(&url).header("Content-Type", "application/json").body(body.to_vec());
             if let Some(t) = token {
                 req = req.header("Authorization", t);
             }
@@ -587,7 +635,10 @@ impl Etcd {
                 continue;
             }
             if data.len() as u64 > MAX_RESPONSE {
-                return Err(EtcdError::Malformed { what, why: format!("more than {MAX_RESPONSE} bytes") });
+                return Err(EtcdError::Malformed {
+                    what,
+                    why: format!("more than {MAX_RESPONSE} bytes"),
+                });
             }
             if status == 503 {
                 last = format!("{}: {}", self.endpoints[idx], unary_error(&data, status));
@@ -602,14 +653,23 @@ impl Etcd {
         Err(EtcdError::Unreachable(last))
     }
 
-    fn call_json<T: for<'de> Deserialize<'de>>(&self, what: &'static str, path: &str, body: &impl Serialize) -> Result<T, EtcdError> {
+    fn call_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        what: &'static str,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<T, EtcdError> {
         let data = self.call(what, path, body)?;
         serde_json::from_slice(&data).map_err(|e| EtcdError::Malformed { what, why: e.to_string() })
     }
 
     /// One key, read linearizably; its value at most [`MAX_VALUE`] bytes.
     pub fn get(&self, key: &str) -> Result<Option<KeyValue>, EtcdError> {
-        let r: RangeResponse = self.call_json("range", "/v3/kv/range", &RangeRequest { key: key.as_bytes().to_vec(), ..Default::default() })?;
+        let r: RangeResponse = self.call_json(
+            "range",
+            "/v3/kv/range",
+            &RangeRequest { key: key.as_bytes().to_vec(), ..Default::default() },
+        )?;
         let kv = r.kvs.into_iter().next();
         if let Some(kv) = &kv {
             check_size(kv)?;
@@ -631,7 +691,12 @@ impl Etcd {
     /// linearizable read).
     pub fn keys_prefix(&self, prefix: &str) -> Result<RangeResponse, EtcdError> {
         let p = prefix.as_bytes().to_vec();
-        let req = RangeRequest { range_end: prefix_end(&p), key: p, keys_only: true, ..Default::default() };
+        let req = RangeRequest {
+            range_end: prefix_end(&p),
+            key: p,
+            keys_only: true,
+            ..Default::default()
+        };
         self.call_json("range", "/v3/kv/range", &req)
     }
 
@@ -646,14 +711,21 @@ impl Etcd {
 
     /// Write a key unconditionally; the store's revision after the write.
     pub fn put(&self, key: &str, value: &[u8], lease: i64) -> Result<i64, EtcdError> {
-        let r: RangeResponse = self.call_json("put", "/v3/kv/put", &PutRequest { key: key.as_bytes().to_vec(), value: value.to_vec(), lease })?;
+        let r: RangeResponse = self.call_json(
+            "put",
+            "/v3/kv/put",
+            &PutRequest { key: key.as_bytes().to_vec(), value: value.to_vec(), lease },
+        )?;
         Ok(r.header.revision)
     }
 
     /// Delete a key.
     pub fn delete(&self, key: &str) -> Result<(), EtcdError> {
-        let _: RangeResponse =
-            self.call_json("deleterange", "/v3/kv/deleterange", &DeleteRangeRequest { key: key.as_bytes().to_vec(), range_end: Vec::new() })?;
+        let _: RangeResponse = self.call_json(
+            "deleterange",
+            "/v3/kv/deleterange",
+            &DeleteRangeRequest { key: key.as_bytes().to_vec(), range_end: Vec::new() },
+        )?;
         Ok(())
     }
 
@@ -664,9 +736,13 @@ impl Etcd {
 
     /// A new lease of `ttl` seconds.
     pub fn grant(&self, ttl: i64) -> Result<Lease, EtcdError> {
-        let r: LeaseGrantResponse = self.call_json("lease grant", "/v3/lease/grant", &LeaseGrantRequest { ttl })?;
+        let r: LeaseGrantResponse =
+            self.call_json("lease grant", "/v3/lease/grant", &LeaseGrantRequest { ttl })?;
         if !r.error.is_empty() || r.id == 0 || r.ttl <= 0 {
-            return Err(EtcdError::Malformed { what: "lease grant", why: if r.error.is_empty() { "no lease id or TTL".into() } else { r.error } });
+            return Err(EtcdError::Malformed {
+                what: "lease grant",
+                why: if r.error.is_empty() { "no lease id or TTL".into() } else { r.error },
+            });
         }
         Ok(Lease { id: r.id, ttl: r.ttl })
     }
@@ -676,10 +752,18 @@ impl Etcd {
     pub fn keepalive(&self, id: i64) -> Result<Option<i64>, EtcdError> {
         let data = self.call("lease keepalive", "/v3/lease/keepalive", &LeaseId { id })?;
         // One request in the body: one message back (a stream of one).
-        let first = data.split(|b| *b == b'\n').find(|l| !l.iter().all(u8::is_ascii_whitespace)).unwrap_or(&[]);
-        let s: Streamed<KeepAliveResult> = serde_json::from_slice(first).map_err(|e| EtcdError::Malformed { what: "lease keepalive", why: e.to_string() })?;
+        let first = data
+            .split(|b| *b == b'\n')
+            .find(|l| !l.iter().all(u8::is_ascii_whitespace))
+            .unwrap_or(&[]);
+        let s: Streamed<KeepAliveResult> = serde_json::from_slice(first)
+            .map_err(|e| EtcdError::Malformed { what: "lease keepalive", why: e.to_string() })?;
         if let Some(e) = s.error {
-            return Err(EtcdError::Refused { code: e.grpc_code, message: e.message, http: e.http_code.clamp(0, 999) as u16 });
+            return Err(EtcdError::Refused {
+                code: e.grpc_code,
+                message: e.message,
+                http: e.http_code.clamp(0, 999) as u16,
+            });
         }
         Ok(s.result.map(|r| r.ttl).filter(|t| *t > 0))
     }
@@ -688,7 +772,9 @@ impl Etcd {
     pub fn revoke(&self, id: i64) -> Result<(), EtcdError> {
         match self.call("lease revoke", "/v3/lease/revoke", &LeaseId { id }) {
             Ok(_) => Ok(()),
-            Err(EtcdError::Refused { message, .. }) if message.contains("lease not found") => Ok(()),
+            Err(EtcdError::Refused { message, .. }) if message.contains("lease not found") => {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
@@ -696,23 +782,34 @@ impl Etcd {
 
 fn check_size(kv: &KeyValue) -> Result<(), EtcdError> {
     if kv.value.len() > MAX_VALUE {
-        return Err(EtcdError::TooLarge { key: kv.key_str(), size: kv.value.len(), limit: MAX_VALUE });
+        return Err(EtcdError::TooLarge {
+            key: kv.key_str(),
+            size: kv.value.len(),
+            limit: MAX_VALUE,
+        });
     }
     Ok(())
 }
 
 fn unary_error(data: &[u8], http: u16) -> EtcdError {
     match serde_json::from_slice::<UnaryError>(data) {
-        Ok(e) => EtcdError::Refused { code: e.code, message: printable(if e.message.is_empty() { &e.error } else { &e.message }), http },
+        Ok(e) => EtcdError::Refused {
+            code: e.code,
+            message: printable(if e.message.is_empty() { &e.error } else { &e.message }),
+            http,
+        },
         // The gateway answers some refusals in plain text.
-        Err(_) => EtcdError::Refused { code: 0, message: printable(&String::from_utf8_lossy(data)), http },
+        Err(_) => {
+            EtcdError::Refused { code: 0, message: printable(&String::from_utf8_lossy(data)), http }
+        }
     }
 }
 
 /// At most 200 characters of `s`, control characters shown as `?`: what
 /// etcd says goes into one log line and never more.
 fn printable(s: &str) -> String {
-    let t: String = s.trim().chars().take(200).map(|c| if c.is_control() { '?' } else { c }).collect();
+    let t: String =
+        s.trim().chars().take(200).map(|c| if c.is_control() { '?' } else { c }).collect();
     if s.trim().chars().count() > 200 {
         format!("{t}…")
     } else {
@@ -756,7 +853,9 @@ mod tests {
 
     #[test]
     fn int64_fields_come_as_strings_or_numbers_or_not_at_all() {
-        let kv: KeyValue = serde_json::from_str(r#"{"key":"YQ==","create_revision":"7","mod_revision":9}"#).unwrap();
+        let kv: KeyValue =
+            serde_json::from_str(r#"{"key":"YQ==","create_revision":"7","mod_revision":9}"#)
+                .unwrap();
         assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (7, 9, 0));
         assert!(serde_json::from_str::<KeyValue>(r#"{"version":"x"}"#).is_err());
         let t: TxnResponse = serde_json::from_str(r#"{"header":{"revision":"3"}}"#).unwrap();

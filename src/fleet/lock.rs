@@ -87,12 +87,21 @@ pub fn acquire(etcd: &Arc<Etcd>, key: &str, device: &str, ttl: i64) -> Result<Ac
     // The lease's age counts from before it was asked for.
     let asked = Instant::now();
     let lease = etcd.grant(ttl)?;
-    let holder = Holder { device: device.to_string(), pid: std::process::id(), since: chrono::Utc::now() };
-    let value = serde_json::to_vec(&holder).map_err(|e| EtcdError::Malformed { what: "lock", why: e.to_string() })?;
+    let holder =
+        Holder { device: device.to_string(), pid: std::process::id(), since: chrono::Utc::now() };
+    let value = serde_json::to_vec(&holder)
+        .map_err(|e| EtcdError::Malformed { what: "lock", why: e.to_string() })?;
     let txn = TxnRequest {
         compare: vec![Compare::created_at(key, 0)],
-        success: vec![RequestOp::RequestPut(PutRequest { key: key.as_bytes().to_vec(), value, lease: lease.id })],
-        failure: vec![RequestOp::RequestRange(RangeRequest { key: key.as_bytes().to_vec(), ..Default::default() })],
+        success: vec![RequestOp::RequestPut(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value,
+            lease: lease.id,
+        })],
+        failure: vec![RequestOp::RequestRange(RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        })],
     };
     let r = match etcd.txn(&txn) {
         Ok(r) => r,
@@ -103,18 +112,31 @@ pub fn acquire(etcd: &Arc<Etcd>, key: &str, device: &str, ttl: i64) -> Result<Ac
     };
     if !r.succeeded {
         let _ = etcd.revoke(lease.id);
-        let kv = r.responses.into_iter().filter_map(|o| o.response_range).flat_map(|rr| rr.kvs).next();
+        let kv =
+            r.responses.into_iter().filter_map(|o| o.response_range).flat_map(|rr| rr.kvs).next();
         return Ok(Acquired::Busy(kv.and_then(|kv| serde_json::from_slice(&kv.value).ok())));
     }
     // The txn created the key, so its create_revision is the txn's revision.
     let token = r.header.revision;
-    let keeper = Arc::new(Keeper { gone: AtomicBool::new(false), last_ok: Mutex::new(asked), stop: AtomicBool::new(false) });
+    let keeper = Arc::new(Keeper {
+        gone: AtomicBool::new(false),
+        last_ok: Mutex::new(asked),
+        stop: AtomicBool::new(false),
+    });
     let ttl_d = Duration::from_secs(lease.ttl.max(1) as u64);
     let thread = {
         let (etcd, keeper) = (Arc::clone(etcd), Arc::clone(&keeper));
         std::thread::spawn(move || keep_alive(&etcd, lease.id, ttl_d, &keeper))
     };
-    Ok(Acquired::Held(LineageLock { etcd: Arc::clone(etcd), key: key.to_string(), lease: lease.id, ttl: ttl_d, token, keeper, thread: Some(thread) }))
+    Ok(Acquired::Held(LineageLock {
+        etcd: Arc::clone(etcd),
+        key: key.to_string(),
+        lease: lease.id,
+        ttl: ttl_d,
+        token,
+        keeper,
+        thread: Some(thread),
+    }))
 }
 
 fn keep_alive(etcd: &Etcd, lease: i64, ttl: Duration, k: &Keeper) {
@@ -166,7 +188,11 @@ impl LineageLock {
         let age = self.keeper.last_ok.lock().map(|t| t.elapsed()).unwrap_or(self.ttl);
         let margin = (self.ttl / 3).max(Duration::from_secs(5)).min(self.ttl / 2);
         if age >= self.ttl - margin {
-            return Err(self.lost(&format!("no lease keepalive succeeded for {} s (TTL {} s)", age.as_secs(), self.ttl.as_secs())));
+            return Err(self.lost(&format!(
+                "no lease keepalive succeeded for {} s (TTL {} s)",
+                age.as_secs(),
+                self.ttl.as_secs()
+            )));
         }
         Ok(())
     }
@@ -187,7 +213,8 @@ impl LineageLock {
             return Ok(true);
         }
         // Which condition failed? The lock's own means it is lost.
-        let still = self.etcd.get(&self.key)?.map(|kv| kv.create_revision == self.token).unwrap_or(false);
+        let still =
+            self.etcd.get(&self.key)?.map(|kv| kv.create_revision == self.token).unwrap_or(false);
         if !still {
             return Err(self.lost("another holder took it (the fencing compare failed)"));
         }

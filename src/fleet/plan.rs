@@ -80,7 +80,9 @@ pub fn take_shared_ari(
     shared_retry: Option<DateTime<Utc>>,
 ) -> bool {
     match (live_cert_id, shared_cert_id) {
-        (Some(live), Some(shared)) if live == shared => local_cert_id != Some(live) || shared_retry > local_retry,
+        (Some(live), Some(shared)) if live == shared => {
+            local_cert_id != Some(live) || shared_retry > local_retry
+        }
         _ => false,
     }
 }

@@ -137,10 +137,19 @@ pub struct Meta {
 
 impl LineageRecord {
     /// Seal `key_pem` with `fullchain` as version `version` of `host`.
-    pub fn seal(fleet: &FleetKey, prefix: &str, host: &Host, version: u64, key_pem: &str, fullchain: &str, meta: Meta) -> Result<LineageRecord, RecordError> {
+    pub fn seal(
+        fleet: &FleetKey,
+        prefix: &str,
+        host: &Host,
+        version: u64,
+        key_pem: &str,
+        fullchain: &str,
+        meta: Meta,
+    ) -> Result<LineageRecord, RecordError> {
         let key = lineage_key(prefix, host);
-        let leaf =
-            certs::parse_first_cert(fullchain.as_bytes()).map_err(|e| RecordError::Invalid { key: key.clone(), why: format!("the certificate: {e}") })?;
+        let leaf = certs::parse_first_cert(fullchain.as_bytes()).map_err(|e| {
+            RecordError::Invalid { key: key.clone(), why: format!("the certificate: {e}") }
+        })?;
         Ok(LineageRecord {
             schema: SCHEMA,
             host: host.clone(),
@@ -167,8 +176,10 @@ impl LineageRecord {
         if value.len() > MAX_RECORD {
             return Err(RecordError::TooLarge { key: key.into(), size: value.len() });
         }
-        let r: LineageRecord = serde_json::from_slice(value)
-            .map_err(|e| RecordError::Parse { key: key.into(), why: format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column()) })?;
+        let r: LineageRecord = serde_json::from_slice(value).map_err(|e| RecordError::Parse {
+            key: key.into(),
+            why: format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column()),
+        })?;
         let invalid = |why: String| RecordError::Invalid { key: key.into(), why };
         if r.schema != SCHEMA {
             return Err(invalid(format!("schema {} (this site-admin reads {SCHEMA})", r.schema)));
@@ -182,7 +193,11 @@ impl LineageRecord {
         // What is not sealed is checked: each field is what it claims to be,
         // so nothing from a record reaches a conf, a request or a message
         // unless it has the shape of its kind.
-        let word = |v: &str, max: usize| !v.is_empty() && v.len() <= max && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        let word = |v: &str, max: usize| {
+            !v.is_empty()
+                && v.len() <= max
+                && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
         if crate::store::accounts::server_rel(&r.server).is_err() {
             return Err(invalid("its server is not a usable ACME server URL".into()));
         }
@@ -192,13 +207,19 @@ impl LineageRecord {
         if !word(&r.renewed_by, 64) {
             return Err(invalid("its renewed_by is not a device id".into()));
         }
-        if r.serial.is_empty() || r.serial.len() > 40 || !r.serial.chars().all(|c| c.is_ascii_hexdigit()) {
+        if r.serial.is_empty()
+            || r.serial.len() > 40
+            || !r.serial.chars().all(|c| c.is_ascii_hexdigit())
+        {
             return Err(invalid("its serial is not a serial number".into()));
         }
         if r.profile.as_deref().is_some_and(|p| !word(p, 64)) {
             return Err(invalid("its profile is not a profile name".into()));
         }
-        if r.cert_id.as_deref().is_some_and(|c| c.len() > 300 || !c.chars().all(|c| c.is_ascii_graphic())) {
+        if r.cert_id
+            .as_deref()
+            .is_some_and(|c| c.len() > 300 || !c.chars().all(|c| c.is_ascii_graphic()))
+        {
             return Err(invalid("its CertID is not one".into()));
         }
         Ok(r)
@@ -209,8 +230,10 @@ impl LineageRecord {
         let key = lineage_key(prefix, &self.host);
         let invalid = |why: String| RecordError::Invalid { key: key.clone(), why };
         let plain = fleet.open(&key, self.version, &self.key)?;
-        let key_pem = String::from_utf8(plain).map_err(|_| invalid("the sealed key is not PEM".into()))?;
-        let kc = certs::KeyCert::parse(&key_pem, &self.fullchain).map_err(|e| invalid(e.to_string()))?;
+        let key_pem =
+            String::from_utf8(plain).map_err(|_| invalid("the sealed key is not PEM".into()))?;
+        let kc =
+            certs::KeyCert::parse(&key_pem, &self.fullchain).map_err(|e| invalid(e.to_string()))?;
         if !kc.key_matches {
             return Err(invalid("the key does not match the certificate".into()));
         }
@@ -218,8 +241,13 @@ impl LineageRecord {
         if !leaf.covers(self.host.as_str()) {
             return Err(invalid("the certificate does not name its host".into()));
         }
-        if leaf.serial != self.serial || leaf.not_after != self.not_after || leaf.ari_id != self.cert_id {
-            return Err(invalid("its serial, notAfter or CertID differ from the certificate's".into()));
+        if leaf.serial != self.serial
+            || leaf.not_after != self.not_after
+            || leaf.ari_id != self.cert_id
+        {
+            return Err(invalid(
+                "its serial, notAfter or CertID differ from the certificate's".into(),
+            ));
         }
         Ok(OpenLineage { record: self.clone(), key_pem, leaf })
     }
@@ -273,25 +301,42 @@ mod tests {
         let r = LineageRecord::seal(&fk, "/p/", &host, 1, &k, &c, meta()).unwrap();
         let key = "/p/lineages/a.example";
         // Under another host's key.
-        let e = LineageRecord::parse("/p/", "/p/lineages/b.example", &r.to_bytes()).unwrap_err().to_string();
+        let e = LineageRecord::parse("/p/", "/p/lineages/b.example", &r.to_bytes())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/p/lineages/b.example") && e.contains("another host"), "{e}");
         // Garbage, a wrong type (its value not echoed), an unknown field, another schema.
         for (bad, want) in [
             (b"{".to_vec(), "cannot be read"),
             (br#"{"schema":"secret-value\nX"}"#.to_vec(), "cannot be read"),
-            ([&r.to_bytes()[..r.to_bytes().len() - 1], br#","extra":1}"#].concat(), "cannot be read"),
+            (
+                [&r.to_bytes()[..r.to_bytes().len() - 1], br#","extra":1}"#].concat(),
+                "cannot be read",
+            ),
         ] {
             let e = LineageRecord::parse("/p/", key, &bad).unwrap_err().to_string();
-            assert!(e.contains(key) && e.contains(want) && !e.contains("secret-value") && !e.contains('\n'), "{e}");
+            assert!(
+                e.contains(key)
+                    && e.contains(want)
+                    && !e.contains("secret-value")
+                    && !e.contains('\n'),
+                "{e}"
+            );
         }
         let mut v: serde_json::Value = serde_json::from_slice(&r.to_bytes()).unwrap();
         v["schema"] = 9.into();
-        assert!(LineageRecord::parse("/p/", key, v.to_string().as_bytes()).unwrap_err().to_string().contains("schema 9"));
+        assert!(LineageRecord::parse("/p/", key, v.to_string().as_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("schema 9"));
         v["schema"] = 1.into();
         v["host"] = "bad host\n".into();
         assert!(LineageRecord::parse("/p/", key, v.to_string().as_bytes()).is_err());
         // Huge.
-        assert!(matches!(LineageRecord::parse("/p/", key, &vec![b' '; MAX_RECORD + 1]), Err(RecordError::TooLarge { .. })));
+        assert!(matches!(
+            LineageRecord::parse("/p/", key, &vec![b' '; MAX_RECORD + 1]),
+            Err(RecordError::TooLarge { .. })
+        ));
         // A record whose claims differ from its certificate, or whose key is another's.
         let mut lying = r.clone();
         lying.not_after += Duration::days(300);
@@ -325,8 +370,12 @@ mod tests {
         ] {
             let mut v: serde_json::Value = serde_json::from_slice(&r.to_bytes()).unwrap();
             v[field] = bad;
-            let e = LineageRecord::parse("/p/", key, v.to_string().as_bytes()).unwrap_err().to_string();
-            assert!(e.contains(want) && e.contains(key) && !e.contains("evil") && !e.contains("passwd"), "{field}: {e}");
+            let e =
+                LineageRecord::parse("/p/", key, v.to_string().as_bytes()).unwrap_err().to_string();
+            assert!(
+                e.contains(want) && e.contains(key) && !e.contains("evil") && !e.contains("passwd"),
+                "{field}: {e}"
+            );
         }
         // A key with a newline is shown escaped.
         let e = LineageRecord::parse("/p/", "/p/lineages/x\ny", b"{").unwrap_err().to_string();

@@ -68,14 +68,22 @@ impl FleetKey {
             return Err(bad("not a regular file".into()));
         }
         if m.uid() != rustix::process::geteuid().as_raw() {
-            return Err(bad(format!("owned by uid {}, not by the user running site-admin", m.uid())));
+            return Err(bad(format!(
+                "owned by uid {}, not by the user running site-admin",
+                m.uid()
+            )));
         }
         if m.mode() & 0o077 != 0 {
-            return Err(bad(format!("mode {:04o}: other users can read or change it (chmod 600)", m.mode() & 0o7777)));
+            return Err(bad(format!(
+                "mode {:04o}: other users can read or change it (chmod 600)",
+                m.mode() & 0o7777
+            )));
         }
         let mut b = Vec::with_capacity(33);
         f.take(33).read_to_end(&mut b).map_err(|e| bad(e.to_string()))?;
-        let key: [u8; 32] = b.as_slice().try_into().map_err(|_| bad(format!("{} bytes; the fleet key is exactly 32 (head -c 32 /dev/urandom)", b.len())))?;
+        let key: [u8; 32] = b.as_slice().try_into().map_err(|_| {
+            bad(format!("{} bytes; the fleet key is exactly 32 (head -c 32 /dev/urandom)", b.len()))
+        })?;
         Ok(FleetKey(key))
     }
 
@@ -88,8 +96,15 @@ impl FleetKey {
         let mut nonce = [0u8; NONCE];
         openssl::rand::rand_bytes(&mut nonce).map_err(|e| SealError::Crypto(e.to_string()))?;
         let mut tag = [0u8; TAG];
-        let ct = encrypt_aead(Cipher::aes_256_gcm(), &self.0, Some(&nonce), &Self::aad(etcd_key, version), plain, &mut tag)
-            .map_err(|e| SealError::Crypto(e.to_string()))?;
+        let ct = encrypt_aead(
+            Cipher::aes_256_gcm(),
+            &self.0,
+            Some(&nonce),
+            &Self::aad(etcd_key, version),
+            plain,
+            &mut tag,
+        )
+        .map_err(|e| SealError::Crypto(e.to_string()))?;
         let mut out = nonce.to_vec();
         out.extend(ct);
         out.extend(tag);
@@ -105,7 +120,15 @@ impl FleetKey {
         }
         let (nonce, rest) = raw.split_at(NONCE);
         let (ct, tag) = rest.split_at(rest.len() - TAG);
-        decrypt_aead(Cipher::aes_256_gcm(), &self.0, Some(nonce), &Self::aad(etcd_key, version), ct, tag).map_err(|_| fail())
+        decrypt_aead(
+            Cipher::aes_256_gcm(),
+            &self.0,
+            Some(nonce),
+            &Self::aad(etcd_key, version),
+            ct,
+            tag,
+        )
+        .map_err(|_| fail())
     }
 }
 
@@ -122,10 +145,17 @@ mod tests {
         assert_eq!(k.open("/f/lineages/a.example", 3, &s).unwrap(), b"-----BEGIN PRIVATE KEY-----");
         assert!(k.open("/f/lineages/b.example", 3, &s).is_err(), "moved to another key");
         assert!(k.open("/f/lineages/a.example", 4, &s).is_err(), "replayed as another version");
-        assert!(FleetKey::from_bytes([8; 32]).open("/f/lineages/a.example", 3, &s).is_err(), "another fleet key");
+        assert!(
+            FleetKey::from_bytes([8; 32]).open("/f/lineages/a.example", 3, &s).is_err(),
+            "another fleet key"
+        );
         assert!(k.open("/f/lineages/a.example", 3, "sa-gcm1:AAAA").is_err());
         assert!(k.open("/f/lineages/a.example", 3, "plain").is_err());
-        assert_ne!(s, k.seal("/f/lineages/a.example", 3, b"-----BEGIN PRIVATE KEY-----").unwrap(), "a fresh nonce each time");
+        assert_ne!(
+            s,
+            k.seal("/f/lineages/a.example", 3, b"-----BEGIN PRIVATE KEY-----").unwrap(),
+            "a fresh nonce each time"
+        );
     }
 
     #[test]

@@ -94,13 +94,22 @@ impl FleetStore {
     /// Every lineage record's key and mod revision, without the records: a
     /// sync fetches only those that changed since it last looked.
     pub fn lineage_revisions(&self) -> Result<Vec<(String, i64)>, EtcdError> {
-        Ok(self.etcd.keys_prefix(&format!("{}lineages/", self.prefix))?.kvs.into_iter().map(|kv| (kv.key_str(), kv.mod_revision)).collect())
+        Ok(self
+            .etcd
+            .keys_prefix(&format!("{}lineages/", self.prefix))?
+            .kvs
+            .into_iter()
+            .map(|kv| (kv.key_str(), kv.mod_revision))
+            .collect())
     }
 
     /// The record at `key` (as [`FleetStore::lineages`] lists it) and its mod revision.
     pub fn lineage_at(&self, key: &str) -> Result<Option<(i64, RecordRead)>, EtcdError> {
         let r = self.etcd.get_prefix_all(key)?;
-        Ok(r.kvs.into_iter().find(|kv| kv.key_str() == key).map(|kv| (kv.mod_revision, LineageRecord::parse(&self.prefix, key, &kv.value))))
+        Ok(r.kvs
+            .into_iter()
+            .find(|kv| kv.key_str() == key)
+            .map(|kv| (kv.mod_revision, LineageRecord::parse(&self.prefix, key, &kv.value))))
     }
 
     /// One host's record and its mod revision (0: none), read linearizably.
@@ -108,21 +117,37 @@ impl FleetStore {
         let key = lineage_key(&self.prefix, host);
         match self.etcd.get(&key)? {
             None => Ok(None),
-            Some(kv) => Ok(Some((LineageRecord::parse(&self.prefix, &key, &kv.value)?, kv.mod_revision))),
+            Some(kv) => {
+                Ok(Some((LineageRecord::parse(&self.prefix, &key, &kv.value)?, kv.mod_revision)))
+            }
         }
     }
 
     /// Try once to take `host`'s lineage lock.
     pub fn lock(&self, host: &Host) -> Result<Acquired, EtcdError> {
-        lock::acquire(&self.etcd, &format!("{}locks/{}", self.prefix, host.as_str()), &self.device, LOCK_TTL)
+        lock::acquire(
+            &self.etcd,
+            &format!("{}locks/{}", self.prefix, host.as_str()),
+            &self.device,
+            LOCK_TTL,
+        )
     }
 
     /// Write `rec` while `lock` is ours and the record is still the one read
     /// at `seen` (its mod revision; 0: there was none). `Ok(false)`: a peer
     /// wrote it in between (re-read and decide again).
-    pub fn publish(&self, lock: &LineageLock, rec: &LineageRecord, seen: i64) -> Result<bool, LockError> {
+    pub fn publish(
+        &self,
+        lock: &LineageLock,
+        rec: &LineageRecord,
+        seen: i64,
+    ) -> Result<bool, LockError> {
         let key = lineage_key(&self.prefix, &rec.host);
-        let put = RequestOp::RequestPut(PutRequest { key: key.as_bytes().to_vec(), value: rec.to_bytes(), lease: 0 });
+        let put = RequestOp::RequestPut(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: rec.to_bytes(),
+            lease: 0,
+        });
         lock.fenced(vec![Compare::modified_at(&key, seen)], vec![put])
     }
 
@@ -132,8 +157,16 @@ impl FleetStore {
     /// between makes this fail).
     pub fn push_if_unchanged(&self, rec: &LineageRecord, seen: i64) -> Result<bool, EtcdError> {
         let key = lineage_key(&self.prefix, &rec.host);
-        let put = RequestOp::RequestPut(PutRequest { key: key.as_bytes().to_vec(), value: rec.to_bytes(), lease: 0 });
-        let t = super::etcd::TxnRequest { compare: vec![Compare::modified_at(&key, seen)], success: vec![put], failure: vec![] };
+        let put = RequestOp::RequestPut(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: rec.to_bytes(),
+            lease: 0,
+        });
+        let t = super::etcd::TxnRequest {
+            compare: vec![Compare::modified_at(&key, seen)],
+            success: vec![put],
+            failure: vec![],
+        };
         Ok(self.etcd.txn(&t)?.succeeded)
     }
 
@@ -142,7 +175,8 @@ impl FleetStore {
     pub fn heartbeat(&self, serves: Vec<(String, String)>, ttl: i64) -> Result<(), EtcdError> {
         let lease = self.etcd.grant(ttl)?;
         let hb = Heartbeat { device: self.device.clone(), at: Utc::now(), serves };
-        let value = serde_json::to_vec(&hb).map_err(|e| EtcdError::Malformed { what: "heartbeat", why: e.to_string() })?;
+        let value = serde_json::to_vec(&hb)
+            .map_err(|e| EtcdError::Malformed { what: "heartbeat", why: e.to_string() })?;
         self.etcd.put(&format!("{}devices/{}", self.prefix, self.device), &value, lease.id)?;
         Ok(())
     }
@@ -155,7 +189,10 @@ impl FleetStore {
             .filter_map(|kv| match serde_json::from_slice::<Heartbeat>(&kv.value) {
                 Ok(h) => Some(h),
                 Err(_) => {
-                    tracing::warn!("fleet: ignoring the heartbeat {} that cannot be read", kv.key_str());
+                    tracing::warn!(
+                        "fleet: ignoring the heartbeat {} that cannot be read",
+                        kv.key_str()
+                    );
                     None
                 }
             })

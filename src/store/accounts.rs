@@ -78,7 +78,8 @@ pub struct StoredAccount {
 /// info, no control characters or spaces), so a crafted one (`https:///tmp/x`,
 /// `https://../x`, a newline) can never name a directory outside `accounts/`.
 pub fn server_dir(letsencrypt_dir: &Path, server: &str) -> Result<PathBuf> {
-    let rel = server_rel(server).map_err(|why| Error::invalid(format!("ACME server {server:?}: {why}")))?;
+    let rel = server_rel(server)
+        .map_err(|why| Error::invalid(format!("ACME server {server:?}: {why}")))?;
     Ok(letsencrypt_dir.join("accounts").join(rel))
 }
 
@@ -87,7 +88,10 @@ pub fn server_rel(server: &str) -> std::result::Result<String, ServerUrlError> {
     if server.chars().any(|c| c.is_control() || c.is_whitespace() || c == '\\') {
         return Err(ServerUrlError::Characters);
     }
-    let rest = server.strip_prefix("https://").or_else(|| server.strip_prefix("http://")).ok_or(ServerUrlError::NotHttp)?;
+    let rest = server
+        .strip_prefix("https://")
+        .or_else(|| server.strip_prefix("http://"))
+        .ok_or(ServerUrlError::NotHttp)?;
     let rest = rest.split(['?', '#']).next().unwrap_or("");
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     if authority.contains('@') {
@@ -99,7 +103,14 @@ pub fn server_rel(server: &str) -> std::result::Result<String, ServerUrlError> {
             if addr.parse::<std::net::Ipv6Addr>().is_err() {
                 return Err(ServerUrlError::NotIpv6);
             }
-            (addr, after.strip_prefix(':').map(Some).or_else(|| after.is_empty().then_some(None)).ok_or(ServerUrlError::JunkAfterIpv6)?)
+            (
+                addr,
+                after
+                    .strip_prefix(':')
+                    .map(Some)
+                    .or_else(|| after.is_empty().then_some(None))
+                    .ok_or(ServerUrlError::JunkAfterIpv6)?,
+            )
         }
         None => match authority.split_once(':') {
             Some((h, p)) => (h, Some(p)),
@@ -107,7 +118,11 @@ pub fn server_rel(server: &str) -> std::result::Result<String, ServerUrlError> {
         },
     };
     if !authority.starts_with('[')
-        && (host.is_empty() || host.split('.').any(|l| l.is_empty() || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')))
+        && (host.is_empty()
+            || host.split('.').any(|l| {
+                l.is_empty()
+                    || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            }))
     {
         return Err(ServerUrlError::NoHost);
     }
@@ -125,7 +140,10 @@ pub fn server_rel(server: &str) -> std::result::Result<String, ServerUrlError> {
 /// An account id as a directory name: certbot's are the hex MD5 of the key;
 /// anything that is not a plain name (`/`, `..`, control characters) is refused.
 pub fn check_id(id: &str) -> std::result::Result<(), BadAccountId> {
-    if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if id.is_empty()
+        || id.len() > 128
+        || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         return Err(BadAccountId(id.to_string()));
     }
     Ok(())
@@ -141,15 +159,23 @@ pub fn account_dir(letsencrypt_dir: &Path, server: &str, id: &str) -> Result<Pat
 pub fn load(letsencrypt_dir: &Path, server: &str) -> Result<Option<StoredAccount>> {
     let dir = server_dir(letsencrypt_dir, server)?;
     let mut ids: Vec<String> = match fs::read_dir(&dir) {
-        Ok(rd) => rd.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
         Err(_) => return Ok(None),
     };
     ids.retain(|id| check_id(id).is_ok());
     ids.sort();
     for id in ids {
         let d = dir.join(&id);
-        let key = fs::read_to_string(d.join("private_key.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
-        let regr = fs::read_to_string(d.join("regr.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
+        let key = fs::read_to_string(d.join("private_key.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+        let regr = fs::read_to_string(d.join("regr.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok());
         let (Some(key), Some(regr)) = (key, regr) else {
             tracing::warn!("skipping the unreadable ACME account {}", d.display());
             continue;
@@ -169,14 +195,22 @@ pub fn load(letsencrypt_dir: &Path, server: &str) -> Result<Option<StoredAccount
 /// Store an account as certbot does; returns its id. `terms` is the CA's
 /// terms-of-service URL agreed to at registration, kept in `regr.json` as
 /// certbot keeps it.
-pub fn save(letsencrypt_dir: &Path, server: &str, key: &AccountKey, uri: &str, terms: Option<&str>) -> Result<String> {
+pub fn save(
+    letsencrypt_dir: &Path,
+    server: &str,
+    key: &AccountKey,
+    uri: &str,
+    terms: Option<&str>,
+) -> Result<String> {
     let id = key.certbot_id().map_err(Error::failed)?;
     let base = letsencrypt_dir.join("accounts");
     fsutil::ensure_dir_mode(&base, 0o700)?;
     let dir = account_dir(letsencrypt_dir, server, &id)?;
     fsutil::create_dir_all_mode(&dir, 0o700)?;
     let jwk = key.private_jwk().map_err(Error::failed)?;
-    let host = fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into());
+    let host = fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
     let meta = json!({"creation_dt": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(), "creation_host": host});
     // regr and meta first: the key file is what makes the account visible.
     let mut regr = json!({"body": {}, "uri": uri});
@@ -208,7 +242,8 @@ pub struct Carried {
 /// The account `id` of `server`, for a backup.
 pub fn export(letsencrypt_dir: &Path, server: &str, id: &str) -> Option<Carried> {
     let d = account_dir(letsencrypt_dir, server, id).ok()?;
-    let key: Value = serde_json::from_str(&fs::read_to_string(d.join("private_key.json")).ok()?).ok()?;
+    let key: Value =
+        serde_json::from_str(&fs::read_to_string(d.join("private_key.json")).ok()?).ok()?;
     let regr: Value = serde_json::from_str(&fs::read_to_string(d.join("regr.json")).ok()?).ok()?;
     Some(Carried {
         server: server.into(),
@@ -230,7 +265,9 @@ pub fn check_carried(c: &Carried) -> std::result::Result<AccountKey, CarriedErro
     if id != c.id {
         return Err(CarriedError::IdMismatch { id: c.id.clone(), key_id: id });
     }
-    if !(c.uri.starts_with("https://") || c.uri.starts_with("http://")) || c.uri.chars().any(|ch| ch.is_control() || ch.is_whitespace()) {
+    if !(c.uri.starts_with("https://") || c.uri.starts_with("http://"))
+        || c.uri.chars().any(|ch| ch.is_control() || ch.is_whitespace())
+    {
         return Err(CarriedError::Uri);
     }
     if c.terms_of_service.as_deref().is_some_and(|t| t.chars().any(char::is_control)) {
@@ -257,8 +294,12 @@ pub fn install(letsencrypt_dir: &Path, c: &Carried, key: &AccountKey) -> Result<
 /// Load one stored account by id.
 pub fn load_id(letsencrypt_dir: &Path, server: &str, id: &str) -> Result<Option<StoredAccount>> {
     let d = account_dir(letsencrypt_dir, server, id)?;
-    let key = fs::read_to_string(d.join("private_key.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
-    let regr = fs::read_to_string(d.join("regr.json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
+    let key = fs::read_to_string(d.join("private_key.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+    let regr = fs::read_to_string(d.join("regr.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok());
     let (Some(key), Some(regr)) = (key, regr) else { return Ok(None) };
     let Ok(key) = AccountKey::from_private_jwk(&key) else { return Ok(None) };
     let Some(uri) = regr.get("uri").and_then(Value::as_str) else { return Ok(None) };
@@ -267,7 +308,9 @@ pub fn load_id(letsencrypt_dir: &Path, server: &str, id: &str) -> Result<Option<
 
 /// Does `accounts/<server>/<id>` exist?
 pub fn exists(letsencrypt_dir: &Path, server: &str, id: &str) -> bool {
-    account_dir(letsencrypt_dir, server, id).map(|d| d.join("private_key.json").is_file()).unwrap_or(false)
+    account_dir(letsencrypt_dir, server, id)
+        .map(|d| d.join("private_key.json").is_file())
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -277,15 +320,24 @@ mod tests {
     #[test]
     fn server_dirs_like_certbot() {
         let le = Path::new("/e");
-        assert_eq!(server_dir(le, "https://127.0.0.1:14000/dir").unwrap(), PathBuf::from("/e/accounts/127.0.0.1:14000/dir"));
+        assert_eq!(
+            server_dir(le, "https://127.0.0.1:14000/dir").unwrap(),
+            PathBuf::from("/e/accounts/127.0.0.1:14000/dir")
+        );
         assert_eq!(
             server_dir(le, "https://acme-v02.api.letsencrypt.org/directory").unwrap(),
             PathBuf::from("/e/accounts/acme-v02.api.letsencrypt.org/directory")
         );
         assert!(server_dir(le, "ftp://x").is_err());
         assert!(server_dir(le, "https://x/../../etc").is_err());
-        assert_eq!(server_dir(le, "https://[::1]:14000/dir?x=1").unwrap(), PathBuf::from("/e/accounts/[::1]:14000/dir"));
-        assert_eq!(server_dir(le, "https://ca.test").unwrap(), PathBuf::from("/e/accounts/ca.test"));
+        assert_eq!(
+            server_dir(le, "https://[::1]:14000/dir?x=1").unwrap(),
+            PathBuf::from("/e/accounts/[::1]:14000/dir")
+        );
+        assert_eq!(
+            server_dir(le, "https://ca.test").unwrap(),
+            PathBuf::from("/e/accounts/ca.test")
+        );
     }
 
     #[test]
@@ -327,7 +379,14 @@ mod tests {
     fn save_and_load() {
         let t = tempfile::tempdir().unwrap();
         let k = AccountKey::generate().unwrap();
-        let id = save(t.path(), "https://ca.test/dir", &k, "https://ca.test/acct/1", Some("https://ca.test/tos")).unwrap();
+        let id = save(
+            t.path(),
+            "https://ca.test/dir",
+            &k,
+            "https://ca.test/acct/1",
+            Some("https://ca.test/tos"),
+        )
+        .unwrap();
         assert_eq!(id.len(), 32);
         let a = load(t.path(), "https://ca.test/dir").unwrap().unwrap();
         assert_eq!(a.id, id);
@@ -345,7 +404,10 @@ mod tests {
         let t2 = tempfile::tempdir().unwrap();
         assert!(install(t2.path(), &c, &key).unwrap());
         assert!(!install(t2.path(), &c, &key).unwrap());
-        assert_eq!(load_id(t2.path(), "https://ca.test/dir", &id).unwrap().unwrap().uri, "https://ca.test/acct/1");
+        assert_eq!(
+            load_id(t2.path(), "https://ca.test/dir", &id).unwrap().unwrap().uri,
+            "https://ca.test/acct/1"
+        );
         let mut bad = c.clone();
         bad.key = json!({"kty": "EC", "crv": "P-256", "x": "garbage"});
         assert!(matches!(check_carried(&bad), Err(CarriedError::Key(_))));
@@ -358,16 +420,37 @@ mod tests {
 
     #[test]
     fn typed_account_errors_keep_their_messages() {
-        assert_eq!(check_id("a/b").unwrap_err().to_string(), r#"the account id "a/b" is not a plain name (letters, digits, - and _)"#);
+        assert_eq!(
+            check_id("a/b").unwrap_err().to_string(),
+            r#"the account id "a/b" is not a plain name (letters, digits, - and _)"#
+        );
         assert_eq!(server_rel("ftp://x"), Err(ServerUrlError::NotHttp));
-        assert_eq!(server_rel("https://[::1").unwrap_err().to_string(), "an unclosed [IPv6 address]");
-        let mut c =
-            Carried { server: "https://ca.test/dir".into(), id: "a/b".into(), uri: String::new(), key: json!({}), terms_of_service: None, hosts: vec![] };
-        assert_eq!(check_carried(&c).unwrap_err().to_string(), r#"the account id "a/b" is not a plain name (letters, digits, - and _)"#);
+        assert_eq!(
+            server_rel("https://[::1").unwrap_err().to_string(),
+            "an unclosed [IPv6 address]"
+        );
+        let mut c = Carried {
+            server: "https://ca.test/dir".into(),
+            id: "a/b".into(),
+            uri: String::new(),
+            key: json!({}),
+            terms_of_service: None,
+            hosts: vec![],
+        };
+        assert_eq!(
+            check_carried(&c).unwrap_err().to_string(),
+            r#"the account id "a/b" is not a plain name (letters, digits, - and _)"#
+        );
         c.server = "https://u@ca.test/".into();
-        assert_eq!(check_carried(&c).unwrap_err().to_string(), "its server is not a usable ACME server URL: user information in the URL");
+        assert_eq!(
+            check_carried(&c).unwrap_err().to_string(),
+            "its server is not a usable ACME server URL: user information in the URL"
+        );
         c.server = "https://ca.test/dir".into();
         c.id = "abc".into();
-        assert_eq!(check_carried(&c).unwrap_err().to_string(), r#"its key is not a usable JWK (unsupported JWK kty None)"#);
+        assert_eq!(
+            check_carried(&c).unwrap_err().to_string(),
+            r#"its key is not a usable JWK (unsupported JWK kty None)"#
+        );
     }
 }

@@ -33,7 +33,10 @@ fn new_lineage_in_certbot_layout() {
     assert_eq!(n, 1);
     for k in KINDS {
         let link = s.live_dir(H).join(format!("{k}.pem"));
-        assert_eq!(fs::read_link(&link).unwrap(), PathBuf::from(format!("../../archive/{H}/{k}1.pem")));
+        assert_eq!(
+            fs::read_link(&link).unwrap(),
+            PathBuf::from(format!("../../archive/{H}/{k}1.pem"))
+        );
     }
     assert_eq!(mode(&s.dir.join("live")), 0o700);
     assert_eq!(mode(&s.dir.join("archive")), 0o700);
@@ -92,7 +95,11 @@ fn ari_state_and_profile_round_trip_through_the_conf_certbot_reads() {
     assert_eq!(c.ari, st);
     assert_eq!(c.profile, Some(ProfileWish { name: "shortlived".into(), required: true }));
     let text = fs::read_to_string(s.renewal_conf_path(H)).unwrap();
-    assert!(text.contains("required_profile = shortlived") && text.contains("[acme_renewal_info]\nari_retry_after = "), "{text}");
+    assert!(
+        text.contains("required_profile = shortlived")
+            && text.contains("[acme_renewal_info]\nari_retry_after = "),
+        "{text}"
+    );
 }
 
 #[test]

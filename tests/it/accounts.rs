@@ -20,8 +20,13 @@ fn conf_account(d: &Device, host: &str) -> String {
 
 fn account_ids(d: &Device, p: &Pebble) -> Vec<String> {
     let dir = d.le().join("accounts").join(format!("127.0.0.1:{}", p.port)).join("dir");
-    let mut v: Vec<String> =
-        std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
     v.sort();
     v
 }
@@ -48,15 +53,25 @@ fn a_ca_that_forgot_the_account_gets_a_new_one_and_renew_carries_on() {
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(0), "{err}");
     let rep: Value = serde_json::from_str(&stdout(&o)).unwrap();
-    let mut renewed: Vec<String> = rep["renewed_domains"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let mut renewed: Vec<String> = rep["renewed_domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
     renewed.sort();
     assert_eq!(renewed, vec![a.to_string(), p.to_string()], "{rep}");
     // One warning, naming the old and the new account.
-    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("no longer knows the account")).collect();
+    let warnings: Vec<&str> =
+        err.lines().filter(|l| l.contains("no longer knows the account")).collect();
     assert_eq!(warnings.len(), 1, "{err}");
     let new_account = conf_account(&w.dev, a);
     assert_ne!(new_account, old_account);
-    assert!(warnings[0].contains(&old_account) && warnings[0].contains(&new_account), "{}", warnings[0]);
+    assert!(
+        warnings[0].contains(&old_account) && warnings[0].contains(&new_account),
+        "{}",
+        warnings[0]
+    );
     assert_eq!(conf_account(&w.dev, p), new_account);
     assert_ne!(w.dev.live_serial(a).unwrap(), old_serial);
     w.dev.apache.wait_serial(p, &w.dev.live_serial(p).unwrap());
@@ -68,7 +83,12 @@ fn a_ca_that_forgot_the_account_gets_a_new_one_and_renew_carries_on() {
     // certbot still reads the account tree (and the lineages).
     let o = std::process::Command::new(certbot_bin())
         .args(["certificates", "--config-dir", w.dev.le().to_str().unwrap()])
-        .args(["--work-dir", w.dev.tmp.path().join("cbw").to_str().unwrap(), "--logs-dir", w.dev.tmp.path().join("cbl").to_str().unwrap()])
+        .args([
+            "--work-dir",
+            w.dev.tmp.path().join("cbw").to_str().unwrap(),
+            "--logs-dir",
+            w.dev.tmp.path().join("cbl").to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let t = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
@@ -76,9 +96,9 @@ fn a_ca_that_forgot_the_account_gets_a_new_one_and_renew_carries_on() {
 }
 
 fn certbot_bin() -> std::path::PathBuf {
-    std::env::var_os("SITE_ADMIN_CERTBOT")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/certbot"))
+    std::env::var_os("SITE_ADMIN_CERTBOT").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/certbot")
+    })
 }
 
 #[test]
@@ -126,7 +146,10 @@ fn a_migrated_lineage_renews_with_the_account_the_backup_carried() {
 #[test]
 fn a_ca_that_requires_external_account_binding() {
     let key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
-    let w = World::with(PebbleOptions { eab_keys: vec![("kid-1".into(), key.into())], ..Default::default() });
+    let w = World::with(PebbleOptions {
+        eab_keys: vec![("kid-1".into(), key.into())],
+        ..Default::default()
+    });
     let (id, h) = (siteid(1), "bound.example.test");
     let o = {
         let f = w.dev.tmp.path().join("b.json");
@@ -138,7 +161,8 @@ fn a_ca_that_requires_external_account_binding() {
     assert_eq!(rep["pending"], true);
     let why = rep["pending_reason"].as_str().unwrap();
     assert!(why.contains("External Account Binding") && why.contains("acme_eab"), "{why}");
-    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&w.dev.config).unwrap()).unwrap();
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(&w.dev.config).unwrap()).unwrap();
     cfg["acme_eab"] = json!({"kid": "kid-1", "hmac_key": key});
     std::fs::write(&w.dev.config, cfg.to_string()).unwrap();
     let rep = w.dev.deploy(&site_json(&id, h, le()));
@@ -151,7 +175,10 @@ fn revoke_replaces_first_then_revokes_and_no_replace_leaves_http() {
     let w = World::new();
     let d = &w.dev;
     let out = d.tmp.path().join("hook.out");
-    write_hook(&d.root.join("etc/site-admin/hooks.d/10-record"), &format!("echo \"$SITE_ADMIN_EVENT revoked=[$REVOKED_DOMAINS]\" >> {}", out.display()));
+    write_hook(
+        &d.root.join("etc/site-admin/hooks.d/10-record"),
+        &format!("echo \"$SITE_ADMIN_EVENT revoked=[$REVOKED_DOMAINS]\" >> {}", out.display()),
+    );
     let (id, h) = (siteid(1), "leaked.example.test");
     d.deploy(&site_json(&id, h, le()));
     let old = d.live_serial(h).unwrap();
@@ -172,7 +199,8 @@ fn revoke_replaces_first_then_revokes_and_no_replace_leaves_http() {
     assert!(stderr(&o).contains("plain http"), "{}", stderr(&o));
     assert_eq!(w.pebble.cert_status(&s2), "Revoked");
     assert_eq!(d.live_serial(h2), None, "the revoked certificate is not kept");
-    let vhost = std::fs::read_to_string(d.root.join("etc/httpd/sites").join(format!("{id2}.conf"))).unwrap();
+    let vhost = std::fs::read_to_string(d.root.join("etc/httpd/sites").join(format!("{id2}.conf")))
+        .unwrap();
     assert!(!vhost.contains("SSLEngine"), "{vhost}");
     // Pending now: renew provisions it again.
     d.ok(&["renew"]);
@@ -288,7 +316,12 @@ fn processing_is_polled_after_retry_after_and_a_429_past_the_deadline_says_what_
     use site_admin::acme::{AccountKey, AcmeClient, ClientOptions};
     let (dir, stop, seen) = slow_ca();
     let webroot = tempfile::tempdir().unwrap();
-    let opts = ClientOptions { directory: dir, ca_bundle: None, deadline: Duration::from_secs(90), eab: None };
+    let opts = ClientOptions {
+        directory: dir,
+        ca_bundle: None,
+        deadline: Duration::from_secs(90),
+        eab: None,
+    };
     let c = AcmeClient::connect(opts, AccountKey::generate().unwrap(), None).unwrap();
     c.ensure_account(None).unwrap();
     let start = Instant::now();
@@ -297,7 +330,10 @@ fn processing_is_polled_after_retry_after_and_a_429_past_the_deadline_says_what_
     stop.store(true, Ordering::Relaxed);
     let msg = e.to_string();
     assert!(msg.contains("asked to retry in 120 s") && msg.contains("deadline of 90 s"), "{msg}");
-    assert!(!msg.contains("Some(") && !msg.contains("{\""), "no debug formatting or raw JSON: {msg}");
+    assert!(
+        !msg.contains("Some(") && !msg.contains("{\""),
+        "no debug formatting or raw JSON: {msg}"
+    );
     // Three Retry-After: 1 waits, no 120 s sleep.
     assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(10), "{took:?}");
     let seen = seen.lock().unwrap().clone();
@@ -339,8 +375,19 @@ fn a_crafted_backup_installs_no_account_outside_the_tree_and_only_those_restored
     let before = snapshot(&b.root);
     for (name, accounts, says) in [
         ("root-path", with("server", &format!("https://{}", outside.display())), "server"),
-        ("dot-dot-host", with("server", &format!("https://../../..{}", outside.display())), "server"),
-        ("newline", with("server", &format!("{}\nsite-admin: forged log line", carried["server"].as_str().unwrap())), "server"),
+        (
+            "dot-dot-host",
+            with("server", &format!("https://../../..{}", outside.display())),
+            "server",
+        ),
+        (
+            "newline",
+            with(
+                "server",
+                &format!("{}\nsite-admin: forged log line", carried["server"].as_str().unwrap()),
+            ),
+            "server",
+        ),
         ("id", with("id", &format!("../../../..{}", outside.display())), "id"),
     ] {
         let f = write(name, accounts);
@@ -348,7 +395,10 @@ fn a_crafted_backup_installs_no_account_outside_the_tree_and_only_those_restored
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{name}: {err}");
         assert!(err.contains("account #1") && err.contains(says), "{name}: {err}");
-        assert!(!err.lines().any(|l| l.starts_with("site-admin: forged")), "{name}: the CA's newline split a line: {err}");
+        assert!(
+            !err.lines().any(|l| l.starts_with("site-admin: forged")),
+            "{name}: the CA's newline split a line: {err}"
+        );
         assert!(!outside.exists(), "{name}: wrote outside the tree");
         assert_eq!(snapshot(&b.root), before, "{name}: something changed");
     }
@@ -358,13 +408,19 @@ fn a_crafted_backup_installs_no_account_outside_the_tree_and_only_those_restored
     other["server"] = json!("https://other-ca.example.test/directory");
     let f = write("two-servers", json!([carried.clone(), other]));
     b.ok(&["restore", "--siteid", &id2, "--in", f.to_str().unwrap()]);
-    assert!(!b.le().join("accounts").exists(), "restore --siteid {id2} installed an account no restored lineage names");
+    assert!(
+        !b.le().join("accounts").exists(),
+        "restore --siteid {id2} installed an account no restored lineage names"
+    );
     b.ok(&["undeploy", "--siteid", &id2]);
     pebble.set_a(h1, "127.0.0.3");
     b.ok(&["restore", "--in", f.to_str().unwrap()]);
     assert_eq!(account_ids(&b, &pebble), vec![account.clone()]);
     assert_eq!(conf_account(&b, h1), account);
-    assert!(!b.le().join("accounts/other-ca.example.test").exists(), "an account of a server no lineage uses was installed");
+    assert!(
+        !b.le().join("accounts/other-ca.example.test").exists(),
+        "an account of a server no lineage uses was installed"
+    );
 }
 
 #[test]
@@ -381,5 +437,10 @@ fn an_order_is_not_preceded_by_a_request_for_the_account() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(rep["renewed_domains"], json!([h]));
     assert_eq!(orders(&w.pebble), orders_before + 1, "one order");
-    assert_eq!(account_gets(), before, "no POST-as-GET of the account before (or after) the order\n{}", w.pebble.log());
+    assert_eq!(
+        account_gets(),
+        before,
+        "no POST-as-GET of the account before (or after) the order\n{}",
+        w.pebble.log()
+    );
 }

@@ -15,12 +15,21 @@ fn ca(nonce_reject: u32) -> Ca {
     let webroot = tempfile::tempdir().unwrap();
     let port = free_port();
     let server = StaticServer::start(webroot.path(), port);
-    let pebble = Pebble::start(&webroot.path().join("pebble-state"), port, PebbleOptions { nonce_reject_percent: nonce_reject, ..Default::default() });
+    let pebble = Pebble::start(
+        &webroot.path().join("pebble-state"),
+        port,
+        PebbleOptions { nonce_reject_percent: nonce_reject, ..Default::default() },
+    );
     Ca { pebble, _server: server, webroot }
 }
 
 fn opts(p: &Pebble) -> ClientOptions {
-    ClientOptions { directory: p.directory(), ca_bundle: Some(p.ca.ca_pem.clone()), deadline: Duration::from_secs(60), eab: None }
+    ClientOptions {
+        directory: p.directory(),
+        ca_bundle: Some(p.ca.ca_pem.clone()),
+        deadline: Duration::from_secs(60),
+        eab: None,
+    }
 }
 
 fn challenge_files(webroot: &std::path::Path) -> usize {
@@ -30,15 +39,21 @@ fn challenge_files(webroot: &std::path::Path) -> usize {
 #[test]
 fn ten_orders_in_a_row_with_half_the_nonces_rejected() {
     let ca = ca(50);
-    let client = AcmeClient::connect(opts(&ca.pebble), AccountKey::generate().unwrap(), None).unwrap();
+    let client =
+        AcmeClient::connect(opts(&ca.pebble), AccountKey::generate().unwrap(), None).unwrap();
     let kid = client.ensure_account(Some("admin@example.com")).unwrap();
     for i in 0..10 {
         let host = format!("n{i}.example.test");
-        let issued = client.issue(&host, ca.webroot.path(), KeyType::Ecdsa).unwrap_or_else(|e| panic!("order {i}: {e}\n{}", ca.pebble.log()));
+        let issued = client
+            .issue(&host, ca.webroot.path(), KeyType::Ecdsa)
+            .unwrap_or_else(|e| panic!("order {i}: {e}\n{}", ca.pebble.log()));
         let kc = site_admin::certs::KeyCert::parse(&issued.key_pem, &issued.fullchain_pem).unwrap();
         assert!(kc.key_matches);
         assert!(kc.leaf.covers(&host));
-        assert!(site_admin::certs::parse_chain(&issued.fullchain_pem).unwrap().len() >= 2, "full chain");
+        assert!(
+            site_admin::certs::parse_chain(&issued.fullchain_pem).unwrap().len() >= 2,
+            "full chain"
+        );
         assert_eq!(challenge_files(ca.webroot.path()), 0, "challenge file left behind");
         // The account is reused: the same kid, no new registration.
         assert_eq!(client.account_url().unwrap(), kid);
@@ -51,7 +66,8 @@ fn ten_orders_in_a_row_with_half_the_nonces_rejected() {
 #[test]
 fn rsa_and_ecdsa_keys() {
     let ca = ca(0);
-    let client = AcmeClient::connect(opts(&ca.pebble), AccountKey::generate().unwrap(), None).unwrap();
+    let client =
+        AcmeClient::connect(opts(&ca.pebble), AccountKey::generate().unwrap(), None).unwrap();
     client.ensure_account(None).unwrap();
     let rsa = client.issue("rsa.example.test", ca.webroot.path(), KeyType::Rsa).unwrap();
     let k = openssl::pkey::PKey::private_key_from_pem(rsa.key_pem.as_bytes()).unwrap();
@@ -69,8 +85,10 @@ fn stored_account_is_reused_by_a_new_client() {
     let c1 = AcmeClient::connect(opts(&ca.pebble), key.clone(), None).unwrap();
     let kid = c1.ensure_account(None).unwrap();
     let le = tempfile::tempdir().unwrap();
-    let id = site_admin::store::accounts::save(le.path(), &ca.pebble.directory(), &key, &kid, None).unwrap();
-    let stored = site_admin::store::accounts::load(le.path(), &ca.pebble.directory()).unwrap().unwrap();
+    let id = site_admin::store::accounts::save(le.path(), &ca.pebble.directory(), &key, &kid, None)
+        .unwrap();
+    let stored =
+        site_admin::store::accounts::load(le.path(), &ca.pebble.directory()).unwrap().unwrap();
     assert_eq!(stored.id, id);
     let c2 = AcmeClient::connect(opts(&ca.pebble), stored.key, Some(stored.uri)).unwrap();
     c2.issue("reuse.example.test", ca.webroot.path(), KeyType::Ecdsa).unwrap();
@@ -81,9 +99,13 @@ fn stored_account_is_reused_by_a_new_client() {
 fn failed_validation_is_one_clear_error_and_leaves_no_challenge_file() {
     let ca = ca(0);
     ca.pebble.set_a("nowhere.example.test", "127.0.0.3");
-    let client = AcmeClient::connect(opts(&ca.pebble), AccountKey::generate().unwrap(), None).unwrap();
+    let client =
+        AcmeClient::connect(opts(&ca.pebble), AccountKey::generate().unwrap(), None).unwrap();
     client.ensure_account(None).unwrap();
-    let e = client.issue("nowhere.example.test", ca.webroot.path(), KeyType::Ecdsa).unwrap_err().to_string();
+    let e = client
+        .issue("nowhere.example.test", ca.webroot.path(), KeyType::Ecdsa)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("HTTP-01 validation of nowhere.example.test failed"), "{e}");
     // The problem document as one sentence: its short type and detail.
     assert!(e.contains("connection:"), "{e}");
@@ -95,19 +117,32 @@ fn failed_validation_is_one_clear_error_and_leaves_no_challenge_file() {
 fn a_ca_that_is_down_gives_a_clear_error_quickly() {
     let port = free_port();
     let start = Instant::now();
-    let o = ClientOptions { directory: format!("https://127.0.0.1:{port}/dir"), ca_bundle: None, deadline: Duration::from_secs(10), eab: None };
+    let o = ClientOptions {
+        directory: format!("https://127.0.0.1:{port}/dir"),
+        ca_bundle: None,
+        deadline: Duration::from_secs(10),
+        eab: None,
+    };
     let e = match AcmeClient::connect(o, AccountKey::generate().unwrap(), None) {
         Ok(_) => panic!("connected to nothing"),
         Err(e) => e.to_string(),
     };
-    assert!(e.contains(&format!("cannot reach the ACME server at https://127.0.0.1:{port}/dir")), "{e}");
+    assert!(
+        e.contains(&format!("cannot reach the ACME server at https://127.0.0.1:{port}/dir")),
+        "{e}"
+    );
     assert!(start.elapsed() < Duration::from_secs(10));
 }
 
 #[test]
 fn an_untrusted_ca_is_a_tls_error_naming_the_server() {
     let ca = ca(0);
-    let o = ClientOptions { directory: ca.pebble.directory(), ca_bundle: None, deadline: Duration::from_secs(10), eab: None };
+    let o = ClientOptions {
+        directory: ca.pebble.directory(),
+        ca_bundle: None,
+        deadline: Duration::from_secs(10),
+        eab: None,
+    };
     let e = match AcmeClient::connect(o, AccountKey::generate().unwrap(), None) {
         Ok(_) => panic!("trusted pebble without its bundle"),
         Err(e) => e.to_string(),

@@ -8,7 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn error_object(o: &std::process::Output) -> Value {
-    let v: Value = serde_json::from_str(stdout(o).trim()).unwrap_or_else(|e| panic!("no JSON error object on stdout ({e}): {:?}\n{}", stdout(o), stderr(o)));
+    let v: Value = serde_json::from_str(stdout(o).trim()).unwrap_or_else(|e| {
+        panic!("no JSON error object on stdout ({e}): {:?}\n{}", stdout(o), stderr(o))
+    });
     v["error"].clone()
 }
 
@@ -40,7 +42,9 @@ fn with_json_every_failure_prints_one_error_object() {
     std::fs::remove_dir_all(&journal).unwrap();
     // Exit 3: the lock is held.
     let lock = d.root.join("run/site-admin/site-admin.lock");
-    let held = site_admin::lock::GlobalLock::acquire(&lock, &d.le(), Duration::from_secs(5), "a test").unwrap();
+    let held =
+        site_admin::lock::GlobalLock::acquire(&lock, &d.le(), Duration::from_secs(5), "a test")
+            .unwrap();
     let o = d.run(&["--json", "--lock-timeout", "1", "deploy", "--file", f.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(3));
     let e = error_object(&o);
@@ -65,7 +69,11 @@ fn a_root_that_does_not_exist_is_refused_by_every_command() {
         a.extend(args.iter().copied());
         let o = run(&a, &[], None);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
-        assert!(stderr(&o).contains("--root /nonexistent/site-admin-root: no such directory"), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("--root /nonexistent/site-admin-root: no such directory"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
     }
     assert!(!std::path::Path::new(missing).exists());
 }
@@ -90,10 +98,21 @@ fn the_prometheus_hook_writes_a_textfile_promtool_accepts() {
     assert!(rep["hooks"].as_array().unwrap().iter().all(|h| h["ok"] == true), "{rep}");
     let prom = d.root.join("var/lib/prometheus/node-exporter/site-admin.prom");
     let text = std::fs::read_to_string(&prom).unwrap();
-    let mut c = Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut c = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = c.wait_with_output().unwrap();
-    assert!(out.status.success(), "promtool: {}{}\n{text}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     for want in [
         format!("site_admin_certificate_not_after_seconds{{host=\"{ok}\",kind=\"live\"}}"),
         format!("site_admin_certificate_not_after_seconds{{host=\"{bad}\",kind=\"live\"}}"),
@@ -102,11 +121,18 @@ fn the_prometheus_hook_writes_a_textfile_promtool_accepts() {
     ] {
         assert!(text.contains(&want), "{want} missing from:\n{text}");
     }
-    assert!(!text.contains("site_admin_renewal_last_success_timestamp_seconds"), "nothing succeeded completely yet:\n{text}");
+    assert!(
+        !text.contains("site_admin_renewal_last_success_timestamp_seconds"),
+        "nothing succeeded completely yet:\n{text}"
+    );
     // certificates warns about the failing renewal on stderr.
     let o = d.run(&["certificates"]);
     assert!(o.status.success());
-    assert!(stderr(&o).contains(&format!("{bad}: its last 1 renewal attempt(s) failed")), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("{bad}: its last 1 renewal attempt(s) failed")),
+        "{}",
+        stderr(&o)
+    );
     // Fixed: the next pass succeeds and says when.
     w.pebble.set_a(bad, "127.0.0.1");
     d.ok(&["renew", "--force"]);
@@ -129,8 +155,13 @@ impl Drop for Killed {
 /// 30 s (the renew would have waited its 60 s hook limit).
 fn prometheus_hook(d: &Device, dir: &std::path::Path) -> Option<std::process::Output> {
     let mut c = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/hooks/60-prometheus"));
-    c.env("SITE_ADMIN_ROOT", &d.root).env("SITE_ADMIN_BIN", bin()).env("SITE_ADMIN_CONFIG", &d.config).env("SITE_ADMIN_PROMETHEUS_DIR", dir);
-    let mut k = Killed(c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+    c.env("SITE_ADMIN_ROOT", &d.root)
+        .env("SITE_ADMIN_BIN", bin())
+        .env("SITE_ADMIN_CONFIG", &d.config)
+        .env("SITE_ADMIN_PROMETHEUS_DIR", dir);
+    let mut k = Killed(
+        c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(),
+    );
     k.0.stdin.take().unwrap().write_all(b"{}").unwrap();
     let t0 = std::time::Instant::now();
     while k.0.try_wait().unwrap().is_none() {
@@ -142,7 +173,11 @@ fn prometheus_hook(d: &Device, dir: &std::path::Path) -> Option<std::process::Ou
     let (mut out, mut err) = (Vec::new(), Vec::new());
     std::io::Read::read_to_end(k.0.stdout.as_mut().unwrap(), &mut out).unwrap();
     std::io::Read::read_to_end(k.0.stderr.as_mut().unwrap(), &mut err).unwrap();
-    Some(std::process::Output { status: k.0.try_wait().unwrap().unwrap(), stdout: out, stderr: err })
+    Some(std::process::Output {
+        status: k.0.try_wait().unwrap().unwrap(),
+        stdout: out,
+        stderr: err,
+    })
 }
 
 #[test]
@@ -162,10 +197,19 @@ fn the_prometheus_hook_writes_as_the_owner_of_the_textfile_directory_and_opens_n
     assert!(o.status.success(), "{}", stderr(&o));
     let md = std::fs::symlink_metadata(&prom).unwrap();
     assert!(md.is_file(), "the FIFO was replaced by the textfile");
-    assert_eq!((md.uid(), md.gid()), (65534, 65534), "written as the directory's owner, not as root");
+    assert_eq!(
+        (md.uid(), md.gid()),
+        (65534, 65534),
+        "written as the directory's owner, not as root"
+    );
     assert_eq!(md.mode() & 0o7777, 0o644);
-    assert!(std::fs::read_to_string(&prom).unwrap().contains("# TYPE site_admin_certificate_not_after_seconds gauge"));
-    let names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(std::fs::read_to_string(&prom)
+        .unwrap()
+        .contains("# TYPE site_admin_certificate_not_after_seconds gauge"));
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(names, vec!["site-admin.prom".to_string()], "no temp file left");
 }
 
@@ -177,18 +221,26 @@ fn the_prometheus_hook_refuses_a_textfile_directory_others_can_write_or_a_plante
     let lib = d.root.join("var/lib/prometheus");
     let dir = lib.join("node-exporter");
     std::fs::create_dir_all(&dir).unwrap();
-    let mode = |p: &std::path::Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
     // A root-only file the attacker would like to read.
     let secret = d.root.join("etc/secret.key");
     std::fs::write(&secret, "k").unwrap();
     mode(&secret, 0o600);
-    for (what, path, bad) in
-        [("world-writable textfile directory", &dir, 0o777), ("sticky world-writable textfile directory", &dir, 0o1777), ("group-writable parent", &lib, 0o775)]
-    {
+    for (what, path, bad) in [
+        ("world-writable textfile directory", &dir, 0o777),
+        ("sticky world-writable textfile directory", &dir, 0o1777),
+        ("group-writable parent", &lib, 0o775),
+    ] {
         mode(path, bad);
         let o = prometheus_hook(&d, &dir).expect("the hook hung");
         assert_eq!(o.status.code(), Some(1), "{what}: {}", stderr(&o));
-        assert!(stderr(&o).contains("can be written by users other than its owner"), "{what}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("can be written by users other than its owner"),
+            "{what}: {}",
+            stderr(&o)
+        );
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "{what}: something was written");
         mode(path, 0o755);
     }
@@ -218,13 +270,25 @@ fn the_packaged_config_serves_a_site_with_debians_apache_layout() {
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let root = tmp.path().join("root");
     let (http, https) = (free_port(), free_port());
-    let snippet = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/apache/debian-site-admin.conf")).unwrap();
+    let snippet = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/apache/debian-site-admin.conf"
+    ))
+    .unwrap();
     let include = snippet.lines().find(|l| l.starts_with("IncludeOptional ")).unwrap();
-    let sites = root.join(include.trim_start_matches("IncludeOptional /").trim_end_matches("/*.conf"));
+    let sites =
+        root.join(include.trim_start_matches("IncludeOptional /").trim_end_matches("/*.conf"));
     let apache = Apache::configure_on(&tmp.path().join("apache"), &sites, "127.0.0.1", http, https);
     let pebble = Pebble::start(&tmp.path().join("pebble"), http, PebbleOptions::default());
-    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/debian/config.json")).unwrap()).unwrap();
-    assert_eq!(cfg["apache"]["sites_dir"], "etc/apache2/site-admin", "the package's config and its Apache snippet agree");
+    let mut cfg: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/debian/config.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        cfg["apache"]["sites_dir"], "etc/apache2/site-admin",
+        "the package's config and its Apache snippet agree"
+    );
     cfg["acme_server"] = pebble.directory().into();
     cfg["acme_ca_bundle"] = pebble.ca.ca_pem.display().to_string().into();
     cfg["apache"]["http_port"] = http.into();
@@ -241,7 +305,10 @@ fn the_packaged_config_serves_a_site_with_debians_apache_layout() {
     std::fs::write(&f, site_json(&siteid(1), h, Some(json!({"letsencrypt": true})))).unwrap();
     let o = run(&["deploy", "--file", f.to_str().unwrap()], &env, None);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(sites.join(format!("{}.conf", siteid(1))).is_file(), "the vhost is in Debian's site-admin directory");
+    assert!(
+        sites.join(format!("{}.conf", siteid(1))).is_file(),
+        "the vhost is in Debian's site-admin directory"
+    );
     let serial = cert_serial(&root.join("etc/letsencrypt/live").join(h).join("cert.pem")).unwrap();
     apache.wait_serial(h, &serial);
     let o = run(&["doctor"], &env, None);

@@ -29,8 +29,12 @@ fn each_host_gets_its_own_certificate_and_http_redirects_except_the_challenge() 
     // TLS sites: everything redirects to https, except the challenge path.
     let (st, loc, _) = d.apache.http_get("a.example.test", "/some/page?x=1");
     assert_eq!(st, 301);
-    assert_eq!(loc.unwrap(), format!("https://a.example.test:{}/some/page?x=1", d.apache.https_port));
-    let chall = d.root.join("srv/http/wellknown").join(siteid(1)).join(".well-known/acme-challenge");
+    assert_eq!(
+        loc.unwrap(),
+        format!("https://a.example.test:{}/some/page?x=1", d.apache.https_port)
+    );
+    let chall =
+        d.root.join("srv/http/wellknown").join(siteid(1)).join(".well-known/acme-challenge");
     std::fs::create_dir_all(&chall).unwrap();
     std::fs::write(chall.join("tok123"), "tok123.thumb").unwrap();
     let (st, loc, body) = d.apache.http_get("a.example.test", "/.well-known/acme-challenge/tok123");
@@ -39,13 +43,19 @@ fn each_host_gets_its_own_certificate_and_http_redirects_except_the_challenge() 
     // The http-only site: no redirect, and no TLS virtual host of its own.
     let (st, _, _) = d.apache.http_get("plain.example.test", "/");
     assert_ne!(st, 301);
-    let conf = std::fs::read_to_string(d.root.join("etc/httpd/sites").join(format!("{}.conf", siteid(4)))).unwrap();
+    let conf =
+        std::fs::read_to_string(d.root.join("etc/httpd/sites").join(format!("{}.conf", siteid(4))))
+            .unwrap();
     assert!(!conf.contains("SSLEngine"), "{conf}");
     assert!(!conf.contains(&format!(":{}>", d.apache.https_port)));
     // The LE vhost points at live/, the OKC vhost at the ssl dir.
-    let conf = std::fs::read_to_string(d.root.join("etc/httpd/sites").join(format!("{}.conf", siteid(3)))).unwrap();
+    let conf =
+        std::fs::read_to_string(d.root.join("etc/httpd/sites").join(format!("{}.conf", siteid(3))))
+            .unwrap();
     assert!(conf.contains("etc/letsencrypt/live/le.example.test/fullchain.pem"), "{conf}");
-    let conf = std::fs::read_to_string(d.root.join("etc/httpd/sites").join(format!("{}.conf", siteid(1)))).unwrap();
+    let conf =
+        std::fs::read_to_string(d.root.join("etc/httpd/sites").join(format!("{}.conf", siteid(1))))
+            .unwrap();
     assert!(conf.contains(&format!("etc/httpd/ssl/{}.crt", siteid(1))), "{conf}");
 }
 
@@ -55,12 +65,22 @@ fn okc_with_cacrt_is_written_and_referenced() {
     let d = &w.dev;
     let (k, c) = self_signed(&["ca.example.test"], 30);
     let (_, ca) = self_signed(&["Test CA"], 300);
-    d.deploy(&site_json(&siteid(7), "ca.example.test", Some(json!({"key": k, "crt": c, "cacrt": ca}))));
+    d.deploy(&site_json(
+        &siteid(7),
+        "ca.example.test",
+        Some(json!({"key": k, "crt": c, "cacrt": ca})),
+    ));
     let ssl = d.root.join("etc/httpd/ssl");
     assert_eq!(std::fs::read_to_string(ssl.join(format!("{}.cacrt", siteid(7)))).unwrap(), ca);
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(ssl.join(format!("{}.key", siteid(7)))).unwrap().permissions().mode() & 0o777, 0o600);
-    let conf = std::fs::read_to_string(d.root.join("etc/httpd/sites").join(format!("{}.conf", siteid(7)))).unwrap();
+    assert_eq!(
+        std::fs::metadata(ssl.join(format!("{}.key", siteid(7)))).unwrap().permissions().mode()
+            & 0o777,
+        0o600
+    );
+    let conf =
+        std::fs::read_to_string(d.root.join("etc/httpd/sites").join(format!("{}.conf", siteid(7))))
+            .unwrap();
     assert!(conf.contains("SSLCACertificateFile"), "{conf}");
     d.apache.wait_serial("ca.example.test", &pem_serial(c.as_bytes()).unwrap());
 }
@@ -84,8 +104,16 @@ fn a_failing_configtest_puts_every_file_back_and_apache_keeps_serving() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let err = stderr(&o);
     // The message blames the broken file, not this deploy.
-    assert!(err.contains("fails its test even without this change") && err.contains("ThisIsNotADirective"), "{err}");
-    assert_eq!(snapshot(&d.root.join("etc/httpd")), before, "vhost and OKC files must be byte-identical");
+    assert!(
+        err.contains("fails its test even without this change")
+            && err.contains("ThisIsNotADirective"),
+        "{err}"
+    );
+    assert_eq!(
+        snapshot(&d.root.join("etc/httpd")),
+        before,
+        "vhost and OKC files must be byte-identical"
+    );
     assert_eq!(d.apache.served_serial("t.example.test").unwrap(), serial1);
     assert!(d.apache.is_running());
     // The journal is gone: nothing left to roll back.
@@ -129,7 +157,10 @@ fn undeploy_removes_the_vhost_and_reloads() {
     assert!(!d.root.join("etc/httpd/ssl").join(format!("{id}.key")).exists());
     let start = std::time::Instant::now();
     while d.apache.served_serial("u.example.test").as_deref() == Some(serial.as_str()) {
-        assert!(start.elapsed() < std::time::Duration::from_secs(15), "still served after undeploy");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "still served after undeploy"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }

@@ -39,7 +39,10 @@ fn lifetime_days(d: &Device, host: &str) -> i64 {
 #[test]
 fn an_ari_window_in_the_past_renews_now_naming_the_replaced_certificate() {
     let t = tempfile::tempdir().unwrap();
-    let a = A2c::start(&t.path().join("a2c"), A2cOptions { renewal_threshold_pctg: -100.0, retry_after: 600, window_secs: Some(3600) });
+    let a = A2c::start(
+        &t.path().join("a2c"),
+        A2cOptions { renewal_threshold_pctg: -100.0, retry_after: 600, window_secs: Some(3600) },
+    );
     let d = device(&a);
     let h = "ari-now.example.test";
     d.deploy(&site_json(&siteid(1), h, le(None)));
@@ -52,8 +55,15 @@ fn an_ari_window_in_the_past_renews_now_naming_the_replaced_certificate() {
     let (code, rep, err) = renew_json(&d, &[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(rep["renewed_domains"], json!([]), "{rep}");
-    assert_eq!((rep["lineages"][0]["status"].as_str(), rep["lineages"][0]["due_by"].as_str()), (Some("not_due"), Some("ari")), "{rep}");
-    assert!(rep["lineages"][0]["note"].as_str().unwrap().contains("issued less than a day"), "{rep}");
+    assert_eq!(
+        (rep["lineages"][0]["status"].as_str(), rep["lineages"][0]["due_by"].as_str()),
+        (Some("not_due"), Some("ari")),
+        "{rep}"
+    );
+    assert!(
+        rep["lineages"][0]["note"].as_str().unwrap().contains("issued less than a day"),
+        "{rep}"
+    );
     assert!(err.contains("the ARI window has passed, but"), "{err}");
     // Two days later (the clock moved on): the backstop of a 30-day
     // certificate says not due; ARI says now.
@@ -65,7 +75,11 @@ fn an_ari_window_in_the_past_renews_now_naming_the_replaced_certificate() {
         .envs(d.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .output()
         .unwrap();
-    let (code, rep, err) = (o.status.code().unwrap(), serde_json::from_str::<Value>(&stdout(&o)).unwrap_or_default(), stderr(&o));
+    let (code, rep, err) = (
+        o.status.code().unwrap(),
+        serde_json::from_str::<Value>(&stdout(&o)).unwrap_or_default(),
+        stderr(&o),
+    );
     assert_eq!(code, 0, "{err}\n{}", a.log());
     assert_eq!(rep["renewed_domains"], json!([h]), "{rep}");
     let line = rep["lineages"].as_array().unwrap().iter().find(|l| l["host"] == h).unwrap().clone();
@@ -92,7 +106,10 @@ fn an_ari_window_in_the_past_renews_now_naming_the_replaced_certificate() {
 #[test]
 fn an_ari_window_ahead_leaves_it_alone_and_no_request_is_sent_before_retry_after() {
     let t = tempfile::tempdir().unwrap();
-    let a = A2c::start(&t.path().join("a2c"), A2cOptions { renewal_threshold_pctg: 85.0, retry_after: 600, window_secs: None });
+    let a = A2c::start(
+        &t.path().join("a2c"),
+        A2cOptions { renewal_threshold_pctg: 85.0, retry_after: 600, window_secs: None },
+    );
     let d = device(&a);
     let h = "ari-later.example.test";
     d.deploy(&site_json(&siteid(1), h, le(None)));
@@ -101,7 +118,11 @@ fn an_ari_window_ahead_leaves_it_alone_and_no_request_is_sent_before_retry_after
     let line = rep["lineages"][0].clone();
     assert_eq!(line["status"], "not_due", "{rep}");
     assert!(line["next_ari_check"].is_string(), "{line}");
-    let asked = a.requests().iter().filter(|r| r["path"].as_str().unwrap_or("").contains("renewal-info")).count();
+    let asked = a
+        .requests()
+        .iter()
+        .filter(|r| r["path"].as_str().unwrap_or("").contains("renewal-info"))
+        .count();
     assert_eq!(asked, 1, "{:?}", a.requests());
     // Before Retry-After: a pass with nothing due sends no request at all.
     let before = a.requests().len();
@@ -112,7 +133,12 @@ fn an_ari_window_ahead_leaves_it_alone_and_no_request_is_sent_before_retry_after
     // certificates and --dry-run say why and when.
     let rows: Value = serde_json::from_str(&d.ok(&["--json", "certificates"])).unwrap();
     let row = rows.as_array().unwrap().iter().find(|r| r["host"] == h).unwrap().clone();
-    assert!(row["due_by"].is_string() && row["next_ari_check"].is_string() && row["ari_window"].is_array(), "{row}");
+    assert!(
+        row["due_by"].is_string()
+            && row["next_ari_check"].is_string()
+            && row["ari_window"].is_array(),
+        "{row}"
+    );
     let o = d.run(&["--json", "renew", "--dry-run"]);
     let rep: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert!(rep["lineages"][0]["due_by"].is_string(), "{rep}");
@@ -139,14 +165,20 @@ enum Broken {
 
 /// A hostile `explanationURL`: lines that would add a second
 /// `[renewalparams]` with a `pre_hook` to the renewal conf.
-const HOSTILE_URL: &str = "https://ca.example.test/why\n[renewalparams]\npre_hook = touch /tmp/site-admin-owned\r\n";
+const HOSTILE_URL: &str =
+    "https://ca.example.test/why\n[renewalparams]\npre_hook = touch /tmp/site-admin-owned\r\n";
 
 fn broken_ari(a: &A2c, how: Broken) -> (String, Arc<AtomicBool>) {
     let real: Value = reqwest::blocking::get(a.directory()).unwrap().json().unwrap();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://127.0.0.1:{}", l.local_addr().unwrap().port());
     let mut dir = real.clone();
-    dir["renewalInfo"] = if how == Broken::Unreachable { format!("http://127.0.0.1:{}/ri", free_port()) } else { format!("{base}/ri") }.into();
+    dir["renewalInfo"] = if how == Broken::Unreachable {
+        format!("http://127.0.0.1:{}/ri", free_port())
+    } else {
+        format!("{base}/ri")
+    }
+    .into();
     l.set_nonblocking(true).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let s2 = stop.clone();
@@ -169,7 +201,10 @@ fn broken_ari(a: &A2c, how: Broken) -> (String, Arc<AtomicBool>) {
             } else if how == Broken::Garbage {
                 (200, "{\"suggestedWindow\": \"soon\"".to_string())
             } else if how == Broken::HostileExplanation {
-                let at = |days| (chrono::Utc::now() + chrono::Duration::days(days)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                let at = |days| {
+                    (chrono::Utc::now() + chrono::Duration::days(days))
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                };
                 (200, json!({"suggestedWindow": {"start": at(10), "end": at(11)}, "explanationURL": HOSTILE_URL}).to_string())
             } else if how == Broken::HostileProblem {
                 (500, json!({"type": "urn:ietf:params:acme:error:serverInternal", "detail": "broken\nsite-admin: forged line\r\n"}).to_string())
@@ -206,8 +241,18 @@ fn a_broken_ari_leaves_the_decision_to_the_backstop_and_nothing_fails() {
         assert_eq!(code, 0, "garbage={garbage}: {err}");
         assert_eq!(rep["renewed_domains"], json!([due]), "garbage={garbage}: {rep}");
         assert!(err.contains("renewal information could not be had"), "garbage={garbage}: {err}");
-        let line = rep["lineages"].as_array().unwrap().iter().find(|l| l["host"] == fresh).unwrap().clone();
-        assert_eq!((line["status"].as_str(), line["due_by"].as_str()), (Some("not_due"), Some("backstop")), "{line}");
+        let line = rep["lineages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["host"] == fresh)
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (line["status"].as_str(), line["due_by"].as_str()),
+            (Some("not_due"), Some("backstop")),
+            "{line}"
+        );
         stop.store(true, Ordering::Relaxed);
     }
 }
@@ -229,18 +274,36 @@ fn profiles_are_asked_for_kept_for_renewals_and_refused_or_dropped_when_the_ca_l
     assert_eq!(code, 0, "{err}");
     assert_eq!(rep["renewed_domains"].as_array().unwrap().len(), 2);
     assert_eq!(lifetime_days(&d, short), 6);
-    assert!(a.orders().iter().filter(|o| o["profile"] == "shortlived").count() >= 2, "{:?}", a.orders());
+    assert!(
+        a.orders().iter().filter(|o| o["profile"] == "shortlived").count() >= 2,
+        "{:?}",
+        a.orders()
+    );
     // Required but not offered: pending, with that reason; exit 0 and a warning.
     let f = d.tmp.path().join("req.json");
-    std::fs::write(&f, site_json(&siteid(3), "required.example.test", le(Some(("tlsserver", true))))).unwrap();
+    std::fs::write(
+        &f,
+        site_json(&siteid(3), "required.example.test", le(Some(("tlsserver", true)))),
+    )
+    .unwrap();
     let o = d.run(&["--json", "deploy", "--file", f.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let rep: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(rep["pending"], true);
-    assert!(rep["pending_reason"].as_str().unwrap().contains("does not offer the required profile \"tlsserver\""), "{rep}");
+    assert!(
+        rep["pending_reason"]
+            .as_str()
+            .unwrap()
+            .contains("does not offer the required profile \"tlsserver\""),
+        "{rep}"
+    );
     // Preferred but not offered: the CA's default, with a warning.
     let f = d.tmp.path().join("pref.json");
-    std::fs::write(&f, site_json(&siteid(4), "preferred.example.test", le(Some(("tlsserver", false))))).unwrap();
+    std::fs::write(
+        &f,
+        site_json(&siteid(4), "preferred.example.test", le(Some(("tlsserver", false)))),
+    )
+    .unwrap();
     let o = d.run(&["--json", "deploy", "--file", f.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("does not offer the profile \"tlsserver\""), "{}", stderr(&o));
@@ -256,10 +319,16 @@ fn certbot_still_lists_and_renews_a_lineage_with_ari_state_and_a_profile() {
     d.deploy(&site_json(&siteid(1), h, le(Some(("shortlived", false)))));
     renew_json(&d, &[]);
     let conf = std::fs::read_to_string(d.le().join(format!("renewal/{h}.conf"))).unwrap();
-    assert!(conf.contains("[acme_renewal_info]") && conf.contains("ari_retry_after") && conf.contains("preferred_profile"), "{conf}");
-    let certbot = std::env::var_os("SITE_ADMIN_CERTBOT")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/certbot"));
+    assert!(
+        conf.contains("[acme_renewal_info]")
+            && conf.contains("ari_retry_after")
+            && conf.contains("preferred_profile"),
+        "{conf}"
+    );
+    let certbot =
+        std::env::var_os("SITE_ADMIN_CERTBOT").map(std::path::PathBuf::from).unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/certbot")
+        });
     let cb = |args: &[&str]| {
         let o = std::process::Command::new(&certbot)
             .args(args)
@@ -273,12 +342,16 @@ fn certbot_still_lists_and_renews_a_lineage_with_ari_state_and_a_profile() {
             ])
             .output()
             .unwrap();
-        (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+        (
+            o.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+        )
     };
     let (ok, text) = cb(&["certificates"]);
     assert!(ok && text.contains(h) && !text.to_lowercase().contains("skipped"), "{text}");
     let old = d.live_serial(h).unwrap();
-    let (ok, text) = cb(&["renew", "--force-renewal", "--no-random-sleep-on-renew", "--cert-name", h]);
+    let (ok, text) =
+        cb(&["renew", "--force-renewal", "--no-random-sleep-on-renew", "--cert-name", h]);
     assert!(ok, "{text}");
     assert_ne!(d.live_serial(h).unwrap(), old);
     assert_eq!(lifetime_days(&d, h), 6, "certbot asked for the kept profile too");
@@ -292,7 +365,11 @@ fn an_ip_address_site_gets_a_certificate_for_its_address() {
     assert_eq!(rep["pending"], false, "{rep}");
     let pem = std::fs::read(w.dev.le().join("live").join(ip).join("cert.pem")).unwrap();
     let info = site_admin::certs::parse_first_cert(&pem).unwrap();
-    assert_eq!(info.names, vec![ip.to_string()], "the SAN is the address (our CSR has no CN; pebble adds one)");
+    assert_eq!(
+        info.names,
+        vec![ip.to_string()],
+        "the SAN is the address (our CSR has no CN; pebble adds one)"
+    );
     w.dev.apache.wait_serial(ip, &w.dev.live_serial(ip).unwrap());
     w.dev.ok(&["doctor"]);
     // A private address with Let's Encrypt's server: refused, nothing changed.
@@ -316,7 +393,8 @@ impl Drop for Stop {
 }
 
 #[test]
-fn a_hostile_explanation_url_or_problem_detail_cannot_rewrite_the_renewal_conf_or_forge_a_log_line() {
+fn a_hostile_explanation_url_or_problem_detail_cannot_rewrite_the_renewal_conf_or_forge_a_log_line()
+{
     let t = tempfile::tempdir().unwrap();
     let a = A2c::start(&t.path().join("a2c"), A2cOptions::default());
     for how in [Broken::HostileExplanation, Broken::HostileProblem] {
@@ -334,12 +412,18 @@ fn a_hostile_explanation_url_or_problem_detail_cannot_rewrite_the_renewal_conf_o
         assert_eq!(rep["renewed_domains"], json!([]), "{what}: {rep}");
         for l in err.lines() {
             assert!(
-                !l.starts_with("site-admin: forged") && !l.starts_with("[renewalparams]") && !l.starts_with("pre_hook"),
+                !l.starts_with("site-admin: forged")
+                    && !l.starts_with("[renewalparams]")
+                    && !l.starts_with("pre_hook"),
                 "{what}: a forged log line: {err}"
             );
         }
         let conf = std::fs::read_to_string(d.le().join(format!("renewal/{h}.conf"))).unwrap();
-        assert_eq!(conf.lines().filter(|l| l.trim() == "[renewalparams]").count(), 1, "{what}: {conf}");
+        assert_eq!(
+            conf.lines().filter(|l| l.trim() == "[renewalparams]").count(),
+            1,
+            "{what}: {conf}"
+        );
         assert!(!conf.lines().any(|l| l.trim_start().starts_with("pre_hook")), "{what}: {conf}");
         assert!(conf.contains("[acme_renewal_info]"), "{what}: the ARI state is kept: {conf}");
         match how {
@@ -347,22 +431,45 @@ fn a_hostile_explanation_url_or_problem_detail_cannot_rewrite_the_renewal_conf_o
                 assert!(err.contains("ignoring an explanationURL"), "{err}");
                 assert!(!conf.contains("site_admin_explanation_url"), "{conf}");
             }
-            _ => assert!(err.contains("broken\\nsite-admin: forged line"), "the detail is shown escaped: {err}"),
+            _ => assert!(
+                err.contains("broken\\nsite-admin: forged line"),
+                "the detail is shown escaped: {err}"
+            ),
         }
         // certbot still reads the conf, and doctor finds nothing to say.
-        let o = std::process::Command::new(std::env::var("SITE_ADMIN_CERTBOT").unwrap_or_else(|_| ".venv/bin/certbot".into()))
-            .args(["certificates", "--config-dir", d.le().to_str().unwrap()])
-            .args(["--work-dir", d.tmp.path().join("cbw").to_str().unwrap(), "--logs-dir", d.tmp.path().join("cbl").to_str().unwrap()])
-            .output()
-            .unwrap();
-        let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-        assert!(o.status.success() && out.contains(h) && !out.contains("skipping"), "{what}: {out}");
+        let o = std::process::Command::new(
+            std::env::var("SITE_ADMIN_CERTBOT").unwrap_or_else(|_| ".venv/bin/certbot".into()),
+        )
+        .args(["certificates", "--config-dir", d.le().to_str().unwrap()])
+        .args([
+            "--work-dir",
+            d.tmp.path().join("cbw").to_str().unwrap(),
+            "--logs-dir",
+            d.tmp.path().join("cbl").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+        let out =
+            format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success() && out.contains(h) && !out.contains("skipping"),
+            "{what}: {out}"
+        );
         d.ok(&["doctor"]);
         // A conf injected before this fix (a second [renewalparams]): doctor names it.
-        std::fs::write(d.le().join(format!("renewal/{h}.conf")), format!("{conf}[renewalparams]\npre_hook = touch /tmp/site-admin-owned\n")).unwrap();
+        std::fs::write(
+            d.le().join(format!("renewal/{h}.conf")),
+            format!("{conf}[renewalparams]\npre_hook = touch /tmp/site-admin-owned\n"),
+        )
+        .unwrap();
         let o = d.run(&["doctor"]);
         assert_eq!(o.status.code(), Some(1), "{what}: {}", stdout(&o));
-        assert!(stdout(&o).contains("certbot cannot parse it") && stdout(&o).contains("duplicate section name [renewalparams]"), "{}", stdout(&o));
+        assert!(
+            stdout(&o).contains("certbot cannot parse it")
+                && stdout(&o).contains("duplicate section name [renewalparams]"),
+            "{}",
+            stdout(&o)
+        );
     }
 }
 
@@ -376,7 +483,10 @@ fn an_ipv6_site_is_served_over_https_with_its_address() {
     let (id, ip) = (siteid(1), "::1");
     let rep = w.dev.deploy(&site_json(&id, ip, None));
     assert_eq!(rep["serving"], "http", "{rep}");
-    let c = reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let c = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let r = c.get(format!("http://[::1]:{}/", w.dev.apache.http_port)).send().unwrap();
     assert_ne!(r.status().as_u16(), 400, "the http vhost answers for [::1]");
     let rep = w.dev.deploy(&site_json(&id, ip, le(None)));
@@ -384,10 +494,16 @@ fn an_ipv6_site_is_served_over_https_with_its_address() {
     let pem = std::fs::read(w.dev.le().join("live").join(ip).join("cert.pem")).unwrap();
     let info = site_admin::certs::parse_first_cert(&pem).unwrap();
     assert_eq!(info.names.len(), 1, "{:?}", info.names);
-    assert!(info.covers("::1") && info.covers("0:0:0:0:0:0:0:1"), "the SAN is the address: {:?}", info.names);
+    assert!(
+        info.covers("::1") && info.covers("0:0:0:0:0:0:0:1"),
+        "the SAN is the address: {:?}",
+        info.names
+    );
     let live = w.dev.live_serial(ip).unwrap();
     let start = std::time::Instant::now();
-    while apache::served_serial("::1", w.dev.apache.https_port, "::1").as_deref() != Some(live.as_str()) {
+    while apache::served_serial("::1", w.dev.apache.https_port, "::1").as_deref()
+        != Some(live.as_str())
+    {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "https on [::1] serves {:?}, not {live}",
@@ -397,7 +513,8 @@ fn an_ipv6_site_is_served_over_https_with_its_address() {
     }
     // http redirects to https on the bracketed address.
     let r = c.get(format!("http://[::1]:{}/x", w.dev.apache.http_port)).send().unwrap();
-    let loc = r.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let loc =
+        r.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     assert_eq!(loc, format!("https://[::1]:{}/x", w.dev.apache.https_port));
     w.dev.ok(&["doctor"]);
 }

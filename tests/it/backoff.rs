@@ -28,14 +28,20 @@ fn make_due(d: &Device, host: &str) {
 }
 
 fn backoff_json(d: &Device) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(d.root.join("var/lib/site-admin/backoff.json")).unwrap()).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(d.root.join("var/lib/site-admin/backoff.json")).unwrap(),
+    )
+    .unwrap()
 }
 
 /// `faketime -f OFFSET site-admin ARGS` on this device.
 fn faketime(d: &Device, offset: &str, args: &[&str]) -> Output {
     require("faketime");
     let mut c = Command::new("faketime");
-    c.args(["-f", offset]).arg(bin()).args(args).envs(d.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    c.args(["-f", offset])
+        .arg(bin())
+        .args(args)
+        .envs(d.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     c.output().unwrap()
 }
 
@@ -52,7 +58,12 @@ fn a_back_off_recorded_under_a_clock_a_year_ahead_does_not_block_renewal() {
     let o = faketime(d, "+365d", &["--json", "renew"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let next = backoff_json(d)[h]["next_attempt"].as_str().unwrap().to_string();
-    assert!(next.starts_with(&(chrono::Utc::now().date_naive() + chrono::Days::new(365)).format("%Y-").to_string()), "a year ahead: {next}");
+    assert!(
+        next.starts_with(
+            &(chrono::Utc::now().date_naive() + chrono::Days::new(365)).format("%Y-").to_string()
+        ),
+        "a year ahead: {next}"
+    );
     // certificates applies the same rule.
     let rows: Value = serde_json::from_str(&d.ok(&["--json", "certificates"])).unwrap();
     let row = rows.as_array().unwrap().iter().find(|r| r["host"] == h).unwrap().clone();
@@ -62,7 +73,10 @@ fn a_back_off_recorded_under_a_clock_a_year_ahead_does_not_block_renewal() {
     let (code, rep, err) = renew_json(d, &[]);
     assert_eq!(code, 0, "{err}\n{rep}");
     assert_eq!(rep["renewed_domains"], json!([h]), "{rep}");
-    assert!(err.contains(&format!("{h}: ignoring its back-off")) && err.contains("clock was ahead"), "{err}");
+    assert!(
+        err.contains(&format!("{h}: ignoring its back-off")) && err.contains("clock was ahead"),
+        "{err}"
+    );
     let new = d.live_serial(h).unwrap();
     assert_ne!(new, old);
     d.apache.wait_serial(h, &new);
@@ -90,7 +104,11 @@ fn renew_fails_while_due_work_backs_off_and_the_failure_count_saturates() {
     assert!(why.contains("backing off") && why.contains(h) && why.contains(p), "{why}");
     let o = d.run(&["renew"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("renew did not complete") && stderr(&o).contains("backing off"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("renew did not complete") && stderr(&o).contains("backing off"),
+        "{}",
+        stderr(&o)
+    );
     // A dry run fails for nothing.
     assert!(d.run(&["renew", "--dry-run"]).status.success());
     // A count at its limit stays there (it wrapped to 0 before).
@@ -116,7 +134,10 @@ fn renew_fails_while_due_work_backs_off_and_the_failure_count_saturates() {
 #[test]
 fn setting_acme_eab_ends_the_back_off_of_the_failure_it_caused() {
     let key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
-    let w = World::with(PebbleOptions { eab_keys: vec![("kid-1".into(), key.into())], ..Default::default() });
+    let w = World::with(PebbleOptions {
+        eab_keys: vec![("kid-1".into(), key.into())],
+        ..Default::default()
+    });
     let d = &w.dev;
     let (id, h) = (siteid(1), "bound-later.example.test");
     let rep = d.deploy(&site_json(&id, h, le()));
@@ -124,7 +145,8 @@ fn setting_acme_eab_ends_the_back_off_of_the_failure_it_caused() {
     let (code, rep, _) = renew_json(d, &[]);
     assert_eq!((code, rep["lineages"][0]["status"].as_str()), (1, Some("backing_off")), "{rep}");
     // The administrator sets acme_eab: the next renew tries at once.
-    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&d.config).unwrap()).unwrap();
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(&d.config).unwrap()).unwrap();
     cfg["acme_eab"] = json!({"kid": "kid-1", "hmac_key": key});
     std::fs::write(&d.config, cfg.to_string()).unwrap();
     let (code, rep, err) = renew_json(d, &[]);
@@ -140,7 +162,8 @@ fn an_own_certificate_not_valid_yet_deploys_with_a_warning() {
     d.apache.start();
     let h = "early.example.test";
     let (k, c) = d.issuer.issue(&[h], 3.0, 90.0);
-    let f = write_site(&d, "early.json", &site_json(&siteid(1), h, Some(json!({"key": k, "crt": c}))));
+    let f =
+        write_site(&d, "early.json", &site_json(&siteid(1), h, Some(json!({"key": k, "crt": c}))));
     let o = d.run(&["deploy", "--file", &f]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("tls.crt is not valid until"), "{}", stderr(&o));
@@ -152,7 +175,8 @@ fn listsites_says_http_while_a_site_is_on_http_fallback() {
     let d = &w.dev;
     let (id, h) = (siteid(1), "fallback.example.test");
     d.deploy(&site_json(&id, h, le()));
-    let line = |d: &Device| d.ok(&["listsites"]).lines().find(|l| l.contains(&id)).unwrap().to_string();
+    let line =
+        |d: &Device| d.ok(&["listsites"]).lines().find(|l| l.contains(&id)).unwrap().to_string();
     assert!(line(d).ends_with("https (Let's Encrypt)"), "{}", line(d));
     // Expired, redeployed while the CA cannot be reached: http fallback.
     std::thread::sleep(Duration::from_secs(4));
@@ -214,10 +238,15 @@ fn doctor_does_not_report_a_change_another_command_is_making() {
         }
     }
     let pause_env = format!("apache.before_configtest:{}", pause.display());
-    let extra = [("SITE_ADMIN_FAULT_PAUSE", pause_env.as_str()), ("SITE_ADMIN_FAULT_TRACE", trace.to_str().unwrap())];
-    let mut deploy = Reap(Some(spawn(&["deploy", "--file", &f], &extra, std::process::Stdio::piped())));
+    let extra = [
+        ("SITE_ADMIN_FAULT_PAUSE", pause_env.as_str()),
+        ("SITE_ADMIN_FAULT_TRACE", trace.to_str().unwrap()),
+    ];
+    let mut deploy =
+        Reap(Some(spawn(&["deploy", "--file", &f], &extra, std::process::Stdio::piped())));
     let start = Instant::now();
-    while !std::fs::read_to_string(&trace).unwrap_or_default().contains("apache.before_configtest") {
+    while !std::fs::read_to_string(&trace).unwrap_or_default().contains("apache.before_configtest")
+    {
         assert!(start.elapsed() < Duration::from_secs(60), "the deploy never reached the step");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -225,9 +254,16 @@ fn doctor_does_not_report_a_change_another_command_is_making() {
     // doctor sees the half-way state; it either reports it at once (exit)
     // or waits for the lock to look again (says so on stderr).
     let doctor_err = d.tmp.path().join("doctor.err");
-    let mut doctor = Reap(Some(spawn(&["--json", "doctor"], &[], std::fs::File::create(&doctor_err).unwrap().into())));
+    let mut doctor = Reap(Some(spawn(
+        &["--json", "doctor"],
+        &[],
+        std::fs::File::create(&doctor_err).unwrap().into(),
+    )));
     let start = Instant::now();
-    while !std::fs::read_to_string(&doctor_err).unwrap_or_default().contains("waiting for the global lock") {
+    while !std::fs::read_to_string(&doctor_err)
+        .unwrap_or_default()
+        .contains("waiting for the global lock")
+    {
         if doctor.0.as_mut().unwrap().try_wait().unwrap().is_some() {
             break;
         }

@@ -17,8 +17,20 @@ struct Case {
     message: &'static str,
 }
 
-fn case(name: &'static str, setup: impl Fn(&Device) + 'static, args: &[&str], code: i32, message: &'static str) -> Case {
-    Case { name, setup: Box::new(setup), args: args.iter().map(|s| s.to_string()).collect(), code, message }
+fn case(
+    name: &'static str,
+    setup: impl Fn(&Device) + 'static,
+    args: &[&str],
+    code: i32,
+    message: &'static str,
+) -> Case {
+    Case {
+        name,
+        setup: Box::new(setup),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        code,
+        message,
+    }
 }
 
 fn nothing(_: &Device) {}
@@ -37,8 +49,22 @@ fn write(d: &Device, rel: &str, text: &str) {
 fn deployed_le(d: &Device) {
     let (k, c) = d.lkc(&["s.example.test"], 30);
     let f = d.tmp.path().join("s.json");
-    std::fs::write(&f, site_json(&siteid(1), "s.example.test", Some(json!({"letsencrypt": true, "key": k, "crt": c})))).unwrap();
-    let o = d.run(&["--acme-ca-bundle", d.trusted.to_str().unwrap(), "deploy", "--file", f.to_str().unwrap()]);
+    std::fs::write(
+        &f,
+        site_json(
+            &siteid(1),
+            "s.example.test",
+            Some(json!({"letsencrypt": true, "key": k, "crt": c})),
+        ),
+    )
+    .unwrap();
+    let o = d.run(&[
+        "--acme-ca-bundle",
+        d.trusted.to_str().unwrap(),
+        "deploy",
+        "--file",
+        f.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
@@ -52,7 +78,12 @@ fn site(n: u32, host: &str) -> serde_json::Value {
 
 /// The tree without the lock files.
 fn state(root: &Path) -> std::collections::BTreeMap<String, String> {
-    snapshot(root).into_iter().filter(|(k, _)| !k.starts_with("run") && !k.ends_with(".certbot.lock") && k != "etc/letsencrypt").collect()
+    snapshot(root)
+        .into_iter()
+        .filter(|(k, _)| {
+            !k.starts_with("run") && !k.ends_with(".certbot.lock") && k != "etc/letsencrypt"
+        })
+        .collect()
 }
 
 fn catalog() -> Vec<Case> {
@@ -271,13 +302,22 @@ fn every_bad_input_gets_its_exit_code_a_clear_message_and_changes_nothing() {
         (c.setup)(&d);
         let before = state(&d.root);
         let backup = d.root.join("../backup.json");
-        let args: Vec<String> = c.args.iter().map(|a| if a == "BACKUP" { backup.display().to_string() } else { a.clone() }).collect();
+        let args: Vec<String> = c
+            .args
+            .iter()
+            .map(|a| if a == "BACKUP" { backup.display().to_string() } else { a.clone() })
+            .collect();
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let o = d.run(&argv);
         let err = stderr(&o);
         let out = stdout(&o);
         assert_eq!(o.status.code(), Some(c.code), "{}: {err}", c.name);
-        assert!(err.contains(c.message) || out.contains(c.message), "{}: expected {:?} in:\n{err}{out}", c.name, c.message);
+        assert!(
+            err.contains(c.message) || out.contains(c.message),
+            "{}: expected {:?} in:\n{err}{out}",
+            c.name,
+            c.message
+        );
         assert!(!err.contains("panicked"), "{}: {err}", c.name);
         assert_eq!(state(&d.root), before, "{}: the tree changed", c.name);
     }
@@ -313,13 +353,21 @@ fn an_eab_key_is_never_echoed_and_a_config_others_can_read_is_warned_about() {
     let o = d.run(&["listsites"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("acme_eab: must be an object"), "{}", stderr(&o));
-    assert!(!stderr(&o).contains(secret) && !stdout(&o).contains(secret), "the key was echoed: {}", stderr(&o));
+    assert!(
+        !stderr(&o).contains(secret) && !stdout(&o).contains(secret),
+        "the key was echoed: {}",
+        stderr(&o)
+    );
     // A well-formed EAB in a file every user can read: it works, with a warning that says how to fix it.
     config(&d, json!({"acme_eab": {"kid": "kid-1", "hmac_key": secret}}));
     std::fs::set_permissions(&d.config, std::fs::Permissions::from_mode(0o644)).unwrap();
     let o = d.run(&["listsites"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(stderr(&o).contains("holds acme_eab.hmac_key and every user can read it (mode 0644)"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("holds acme_eab.hmac_key and every user can read it (mode 0644)"),
+        "{}",
+        stderr(&o)
+    );
     assert!(stderr(&o).contains(&format!("chmod 600 {}", d.config.display())), "{}", stderr(&o));
     assert!(!stderr(&o).contains(secret), "{}", stderr(&o));
     std::fs::set_permissions(&d.config, std::fs::Permissions::from_mode(0o600)).unwrap();

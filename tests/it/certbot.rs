@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn certbot_bin() -> PathBuf {
-    let p = std::env::var_os("SITE_ADMIN_CERTBOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/certbot"));
+    let p = std::env::var_os("SITE_ADMIN_CERTBOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/certbot"));
     assert!(p.exists(), "certbot not found at {} (run scripts/setup)", p.display());
     p
 }
@@ -19,7 +21,14 @@ fn certbot(w: &World, args: &[&str]) -> Output {
     let logs = w.dev.tmp.path().join("certbot-logs");
     Command::new(certbot_bin())
         .args(args)
-        .args(["--config-dir", w.dev.le().to_str().unwrap(), "--work-dir", work.to_str().unwrap(), "--logs-dir", logs.to_str().unwrap()])
+        .args([
+            "--config-dir",
+            w.dev.le().to_str().unwrap(),
+            "--work-dir",
+            work.to_str().unwrap(),
+            "--logs-dir",
+            logs.to_str().unwrap(),
+        ])
         .env("REQUESTS_CA_BUNDLE", &w.pebble.ca.ca_pem)
         .output()
         .unwrap()
@@ -30,7 +39,11 @@ fn text(o: &Output) -> String {
 }
 
 fn certificates(w: &World) -> Vec<Value> {
-    serde_json::from_str::<Value>(&w.dev.ok(&["--json", "certificates"])).unwrap().as_array().unwrap().clone()
+    serde_json::from_str::<Value>(&w.dev.ok(&["--json", "certificates"]))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 #[test]
@@ -50,21 +63,27 @@ fn certbot_lists_and_renews_what_site_admin_wrote_and_ignores_the_stash() {
     assert!(!t.to_lowercase().contains("skipped"), "certbot skipped a conf as broken: {t}");
 
     let old = w.dev.live_serial(a).unwrap();
-    let o = certbot(&w, &["renew", "--force-renewal", "--no-random-sleep-on-renew", "--cert-name", a]);
+    let o =
+        certbot(&w, &["renew", "--force-renewal", "--no-random-sleep-on-renew", "--cert-name", a]);
     assert!(o.status.success(), "certbot renew failed:\n{}", text(&o));
     let new = w.dev.live_serial(a).unwrap();
     assert_ne!(old, new, "certbot renewed");
     // site-admin's deploy hook in renewal-hooks/deploy/ made Apache serve it.
     w.dev.apache.wait_serial(a, &new);
-    assert_eq!(std::fs::read_link(w.dev.le().join("live").join(a).join("cert.pem")).unwrap(), PathBuf::from(format!("../../archive/{a}/cert2.pem")));
+    assert_eq!(
+        std::fs::read_link(w.dev.le().join("live").join(a).join("cert.pem")).unwrap(),
+        PathBuf::from(format!("../../archive/{a}/cert2.pem"))
+    );
     // certbot used site-admin's account: still exactly one account.
-    let accts = w.dev.le().join("accounts").join(format!("127.0.0.1:{}", w.pebble.port)).join("dir");
+    let accts =
+        w.dev.le().join("accounts").join(format!("127.0.0.1:{}", w.pebble.port)).join("dir");
     assert_eq!(std::fs::read_dir(&accts).unwrap().count(), 1);
     // site-admin sees the new version.
     let row = certificates(&w).into_iter().find(|r| r["host"] == a).unwrap();
     assert_eq!(row["version"], 2);
     assert_eq!(row["serial"], new.as_str());
-    let shown: Value = serde_json::from_str(&w.dev.ok(&["showsite", "--siteid", &siteid(1)])).unwrap();
+    let shown: Value =
+        serde_json::from_str(&w.dev.ok(&["showsite", "--siteid", &siteid(1)])).unwrap();
     assert_eq!(pem_serial(shown["tls"]["crt"].as_str().unwrap().as_bytes()).unwrap(), new);
 }
 
@@ -115,7 +134,11 @@ fn site_admin_adopts_lists_and_renews_a_lineage_certbot_made() {
     w.dev.apache.wait_serial(host, &new);
     // And certbot still accepts the lineage afterwards.
     let o = certbot(&w, &["certificates"]);
-    assert!(text(&o).contains(&format!("Certificate Name: {host}")) && text(&o).contains("VALID"), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("Certificate Name: {host}")) && text(&o).contains("VALID"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -128,7 +151,14 @@ fn site_admin_and_certbot_exclude_each_other() {
     let logs = w.dev.tmp.path().join("certbot-logs");
     let mut cb = Command::new(certbot_bin())
         .args(["renew", "--force-renewal", "--no-random-sleep-on-renew", "--pre-hook", "sleep 4"])
-        .args(["--config-dir", w.dev.le().to_str().unwrap(), "--work-dir", work.to_str().unwrap(), "--logs-dir", logs.to_str().unwrap()])
+        .args([
+            "--config-dir",
+            w.dev.le().to_str().unwrap(),
+            "--work-dir",
+            work.to_str().unwrap(),
+            "--logs-dir",
+            logs.to_str().unwrap(),
+        ])
         .env("REQUESTS_CA_BUNDLE", &w.pebble.ca.ca_pem)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -136,7 +166,10 @@ fn site_admin_and_certbot_exclude_each_other() {
         .unwrap();
     let start = std::time::Instant::now();
     while !w.dev.le().join(".certbot.lock").exists() {
-        assert!(start.elapsed() < std::time::Duration::from_secs(20), "certbot never took its lock");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "certbot never took its lock"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -150,9 +183,13 @@ fn site_admin_and_certbot_exclude_each_other() {
     assert!(cb.wait().unwrap().success(), "certbot's renew itself succeeded");
 
     // While site-admin holds the lock, certbot cannot start.
-    let _held =
-        site_admin::lock::GlobalLock::acquire(&w.dev.root.join("run/site-admin/site-admin.lock"), &w.dev.le(), std::time::Duration::from_secs(5), "test")
-            .unwrap();
+    let _held = site_admin::lock::GlobalLock::acquire(
+        &w.dev.root.join("run/site-admin/site-admin.lock"),
+        &w.dev.le(),
+        std::time::Duration::from_secs(5),
+        "test",
+    )
+    .unwrap();
     let o = certbot(&w, &["certificates"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("Another instance of Certbot is already running"), "{}", text(&o));

@@ -35,12 +35,18 @@ fn run_env(d: &Device, args: &[&str], extra: &[(&str, String)]) -> std::process:
 }
 
 fn configtest_passes(d: &Device) -> bool {
-    Command::new(apache::BIN).args(["-f", d.apache.conf.to_str().unwrap(), "-t"]).output().unwrap().status.success()
+    Command::new(apache::BIN)
+        .args(["-f", d.apache.conf.to_str().unwrap(), "-t"])
+        .output()
+        .unwrap()
+        .status
+        .success()
 }
 
 fn doctor_clean(d: &Device) -> Result<(), String> {
     let o = d.run(&["--json", "doctor"]);
-    let v: Value = serde_json::from_str(&stdout(&o)).map_err(|e| format!("doctor printed no JSON: {e} {}", stderr(&o)))?;
+    let v: Value = serde_json::from_str(&stdout(&o))
+        .map_err(|e| format!("doctor printed no JSON: {e} {}", stderr(&o)))?;
     if v["ok"] == true && o.status.success() {
         Ok(())
     } else {
@@ -66,7 +72,10 @@ fn served_live(w: &World) -> Result<(), String> {
             return Ok(());
         }
         if start.elapsed() > std::time::Duration::from_secs(10) {
-            return Err(format!("Apache serves {:?}, live is {live}", w.dev.apache.served_serial(H)));
+            return Err(format!(
+                "Apache serves {:?}, live is {live}",
+                w.dev.apache.served_serial(H)
+            ));
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
@@ -78,7 +87,12 @@ fn kept(w: &World, serials: &[String]) -> Result<(), String> {
         let in_live = w.dev.live_serial(H).as_deref() == Some(s.as_str());
         let in_stash = w.dev.stash_serial(H).as_deref() == Some(s.as_str());
         let superseded = w.dev.live_serial(H).is_some()
-            && std::fs::read_dir(&archive).map(|rd| rd.filter_map(|e| e.ok()).any(|e| cert_serial(&e.path()).as_deref() == Some(s.as_str()))).unwrap_or(false);
+            && std::fs::read_dir(&archive)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .any(|e| cert_serial(&e.path()).as_deref() == Some(s.as_str()))
+                })
+                .unwrap_or(false);
         if !(in_live || in_stash || superseded) {
             return Err(format!("invariant 3: the LKC {s} was lost"));
         }
@@ -97,13 +111,22 @@ fn setup_deployed(w: &World) -> Vec<String> {
 
 fn scenarios() -> Vec<Scenario> {
     vec![
-        Scenario { name: "deploy", setup: |_| vec![], op: deploy_le, expect: |w, _| served_live(w) },
+        Scenario {
+            name: "deploy",
+            setup: |_| vec![],
+            op: deploy_le,
+            expect: |w, _| served_live(w),
+        },
         Scenario {
             name: "redeploy_to_okc",
             setup: setup_deployed,
             op: |w| {
                 let (k, c) = self_signed(&[H], 30);
-                vec!["deploy".into(), "--file".into(), write_site(&w.dev, "okc.json", Some(json!({"key": k, "crt": c})))]
+                vec![
+                    "deploy".into(),
+                    "--file".into(),
+                    write_site(&w.dev, "okc.json", Some(json!({"key": k, "crt": c}))),
+                ]
             },
             expect: |w, lkc| {
                 kept(w, lkc)?;
@@ -166,7 +189,13 @@ fn scenarios() -> Vec<Scenario> {
                 std::fs::remove_dir_all(w.dev.le().join("archive").join(H)).unwrap();
                 s
             },
-            op: |w| vec!["restore".into(), "--in".into(), w.dev.tmp.path().join("backup.json").display().to_string()],
+            op: |w| {
+                vec![
+                    "restore".into(),
+                    "--in".into(),
+                    w.dev.tmp.path().join("backup.json").display().to_string(),
+                ]
+            },
             expect: |w, lkc| {
                 served_live(w)?;
                 if w.dev.live_serial(H).as_deref() != Some(lkc[0].as_str()) {
@@ -219,11 +248,22 @@ fn interrupt_every_step(name: &str) {
         let args = (s.op)(&w);
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let o = run_env(&w.dev, &argv, &[("SITE_ADMIN_FAULT", step.clone())]);
-        assert!(o.status.code().is_none(), "{name} at {step}: the fault did not abort ({:?}): {}", o.status, stderr(&o));
+        assert!(
+            o.status.code().is_none(),
+            "{name} at {step}: the fault did not abort ({:?}): {}",
+            o.status,
+            stderr(&o)
+        );
         // The next run of the same command recovers and finishes the job.
         let o = w.dev.run(&argv);
-        let undeploy_done = name == "undeploy" && o.status.code() == Some(2) && stderr(&o).contains("is not deployed");
-        assert!(o.status.success() || undeploy_done, "{name} at {step}: the next run failed: {}", stderr(&o));
+        let undeploy_done = name == "undeploy"
+            && o.status.code() == Some(2)
+            && stderr(&o).contains("is not deployed");
+        assert!(
+            o.status.success() || undeploy_done,
+            "{name} at {step}: the next run failed: {}",
+            stderr(&o)
+        );
         if let Err(e) = doctor_clean(&w.dev) {
             panic!("{name} at {step}: {e}");
         }
@@ -280,10 +320,11 @@ impl Rng {
 
 #[test]
 fn random_kill_sweep() {
-    let seed = std::env::var("SWEEP_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
+    let seed = std::env::var("SWEEP_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            as u64
+            | 1
+    });
     eprintln!("random_kill_sweep seed {seed} (SWEEP_SEED={seed} repeats it)");
     let mut rng = Rng(seed);
     let w = World::new();
@@ -297,10 +338,20 @@ fn random_kill_sweep() {
     let mut checked = 0;
     for i in 0..runs {
         // The usable LKCs of each host before this run (all live or stashed).
-        let before: Vec<(String, String)> =
-            all_hosts.iter().flat_map(|h| [d.live_serial(h), d.stash_serial(h)].into_iter().flatten().map(move |s| (h.to_string(), s))).collect();
+        let before: Vec<(String, String)> = all_hosts
+            .iter()
+            .flat_map(|h| {
+                [d.live_serial(h), d.stash_serial(h)]
+                    .into_iter()
+                    .flatten()
+                    .map(move |s| (h.to_string(), s))
+            })
+            .collect();
         let k = rng.below(3) as usize;
-        let (sid, host) = (siteid(10 + k as u32), if rng.below(3) == 0 { renamed[k].clone() } else { hosts[k].clone() });
+        let (sid, host) = (
+            siteid(10 + k as u32),
+            if rng.below(3) == 0 { renamed[k].clone() } else { hosts[k].clone() },
+        );
         let args: Vec<String> = match rng.below(4) {
             0 | 1 => {
                 let f = d.tmp.path().join(format!("r{i}.json"));
@@ -311,7 +362,10 @@ fn random_kill_sweep() {
             _ => vec!["renew".into(), "--force".into()],
         };
         let mut c = Command::new(bin());
-        c.args(&args).envs(d.env.iter().map(|(k, v)| (k.clone(), v.clone()))).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        c.args(&args)
+            .envs(d.env.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         let mut child = c.spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(rng.below(120)));
         if child.try_wait().unwrap().is_none() {
@@ -340,10 +394,14 @@ fn random_kill_sweep() {
             let live = d.live_serial(h);
             let stash = d.stash_serial(h);
             let in_archive = std::fs::read_dir(d.le().join("archive").join(h))
-                .map(|rd| rd.filter_map(|e| e.ok()).any(|e| cert_serial(&e.path()).as_deref() == Some(serial.as_str())))
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok())
+                        .any(|e| cert_serial(&e.path()).as_deref() == Some(serial.as_str()))
+                })
                 .unwrap_or(false);
-            let kept =
-                live.as_deref() == Some(serial.as_str()) || stash.as_deref() == Some(serial.as_str()) || (in_archive && (live.is_some() || stash.is_some()));
+            let kept = live.as_deref() == Some(serial.as_str())
+                || stash.as_deref() == Some(serial.as_str())
+                || (in_archive && (live.is_some() || stash.is_some()));
             assert!(kept, "run {i} {args:?} (seed {seed}): invariant 3: the LKC {serial} of {h} was lost (live {live:?}, stash {stash:?})");
             checked += 1;
         }
@@ -395,7 +453,10 @@ fn interrupt_every_step_of_hostname_change() {
             .collect();
         steps
     };
-    assert!(steps.iter().any(|s| s.starts_with("provision.issued")), "the rename provisions: {steps:?}");
+    assert!(
+        steps.iter().any(|s| s.starts_with("provision.issued")),
+        "the rename provisions: {steps:?}"
+    );
     eprintln!("hostname_change: {} steps: {steps:?}", steps.len());
     for step in &steps {
         let w = World::new();
@@ -403,7 +464,12 @@ fn interrupt_every_step_of_hostname_change() {
         let args = rename(&w);
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let o = run_env(&w.dev, &argv, &[("SITE_ADMIN_FAULT", step.clone())]);
-        assert!(o.status.code().is_none(), "at {step}: the fault did not abort ({:?}): {}", o.status, stderr(&o));
+        assert!(
+            o.status.code().is_none(),
+            "at {step}: the fault did not abort ({:?}): {}",
+            o.status,
+            stderr(&o)
+        );
         // The next locked command is another site's deploy.
         w.dev.deploy(&site_json(&siteid(2), "other.example.test", None));
         if let Err(e) = doctor_clean(&w.dev) {
@@ -420,9 +486,14 @@ fn interrupt_every_step_of_hostname_change() {
         // Rolled back, no live lineage is left that no site uses (renew
         // could not validate it): what was issued for H2 is in the stash.
         if host == H {
-            assert_eq!(w.dev.live_serial(H2), None, "at {step}: rolled back, but live/{H2} is left");
+            assert_eq!(
+                w.dev.live_serial(H2),
+                None,
+                "at {step}: rolled back, but live/{H2} is left"
+            );
         }
-        let live = w.dev.live_serial(&host).unwrap_or_else(|| panic!("at {step}: no live LKC for {host}"));
+        let live =
+            w.dev.live_serial(&host).unwrap_or_else(|| panic!("at {step}: no live LKC for {host}"));
         let start = std::time::Instant::now();
         while w.dev.apache.served_serial(&host).as_deref() != Some(live.as_str()) {
             assert!(

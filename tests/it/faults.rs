@@ -19,7 +19,11 @@ fn write_site(d: &Device, name: &str, json: &str) -> String {
 }
 
 /// A key + self-signed certificate made with OpenSSL: `bits` RSA, signed with `md`.
-fn rsa_self_signed(host: &str, bits: u32, md: openssl::hash::MessageDigest) -> (openssl::pkey::PKey<openssl::pkey::Private>, openssl::x509::X509) {
+fn rsa_self_signed(
+    host: &str,
+    bits: u32,
+    md: openssl::hash::MessageDigest,
+) -> (openssl::pkey::PKey<openssl::pkey::Private>, openssl::x509::X509) {
     use openssl::x509::{X509NameBuilder, X509};
     let key = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(bits).unwrap()).unwrap();
     let mut name = X509NameBuilder::new().unwrap();
@@ -32,7 +36,10 @@ fn rsa_self_signed(host: &str, bits: u32, md: openssl::hash::MessageDigest) -> (
     b.set_pubkey(&key).unwrap();
     b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap()).unwrap();
     b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(30).unwrap()).unwrap();
-    let san = openssl::x509::extension::SubjectAlternativeName::new().dns(host).build(&b.x509v3_context(None, None)).unwrap();
+    let san = openssl::x509::extension::SubjectAlternativeName::new()
+        .dns(host)
+        .build(&b.x509v3_context(None, None))
+        .unwrap();
     b.append_extension(san).unwrap();
     b.sign(&key, md).unwrap();
     (key, b.build())
@@ -67,7 +74,10 @@ fn sha1_chain(host: &str) -> (String, String, String) {
         if ca {
             b.append_extension(BasicConstraints::new().critical().ca().build().unwrap()).unwrap();
         } else {
-            let san = SubjectAlternativeName::new().dns(host).build(&b.x509v3_context(None, None)).unwrap();
+            let san = SubjectAlternativeName::new()
+                .dns(host)
+                .build(&b.x509v3_context(None, None))
+                .unwrap();
             b.append_extension(san).unwrap();
         }
         b.sign(signer, md).unwrap();
@@ -80,11 +90,16 @@ fn sha1_chain(host: &str) -> (String, String, String) {
 }
 
 #[test]
-fn own_certificates_openssl_refuses_are_exit_2_nothing_changes_and_apache_keeps_serving_the_others() {
+fn own_certificates_openssl_refuses_are_exit_2_nothing_changes_and_apache_keeps_serving_the_others()
+{
     let w = World::new();
     let d = &w.dev;
     let (good_k, good_c) = self_signed(&["good.example.test"], 30);
-    d.deploy(&site_json(&siteid(1), "good.example.test", Some(json!({"key": good_k, "crt": good_c}))));
+    d.deploy(&site_json(
+        &siteid(1),
+        "good.example.test",
+        Some(json!({"key": good_k, "crt": good_c})),
+    ));
     let good_serial = pem_serial(good_c.as_bytes()).unwrap();
     d.apache.wait_serial("good.example.test", &good_serial);
 
@@ -92,15 +107,39 @@ fn own_certificates_openssl_refuses_are_exit_2_nothing_changes_and_apache_keeps_
     let (k1024, c1024) = rsa_self_signed(h, 1024, openssl::hash::MessageDigest::sha256());
     let pem = |b: Vec<u8>| String::from_utf8(b).unwrap();
     let (sk, sleaf, sinter) = sha1_chain(h);
-    let encrypted = pem(k1024.private_key_to_pem_pkcs8_passphrase(openssl::symm::Cipher::aes_256_cbc(), b"secret").unwrap());
+    let encrypted = pem(k1024
+        .private_key_to_pem_pkcs8_passphrase(openssl::symm::Cipher::aes_256_cbc(), b"secret")
+        .unwrap());
     let (ek, ec) = rsa_self_signed(h, 2048, openssl::hash::MessageDigest::sha256());
-    let enc2048 = pem(ek.private_key_to_pem_pkcs8_passphrase(openssl::symm::Cipher::aes_256_cbc(), b"secret").unwrap());
+    let enc2048 = pem(ek
+        .private_key_to_pem_pkcs8_passphrase(openssl::symm::Cipher::aes_256_cbc(), b"secret")
+        .unwrap());
     let cases = [
-        ("RSA-1024 key", json!({"key": pem(k1024.private_key_to_pem_pkcs8().unwrap()), "crt": pem(c1024.to_pem().unwrap())}), "key too small"),
-        ("SHA-1 signed chain in crt", json!({"key": sk, "crt": format!("{sleaf}{sinter}")}), "md too weak"),
-        ("SHA-1 signed CA in cacrt", json!({"key": sk, "crt": sleaf, "cacrt": sinter}), "md too weak"),
-        ("encrypted key", json!({"key": encrypted, "crt": pem(c1024.to_pem().unwrap())}), "encrypted"),
-        ("encrypted strong key", json!({"key": enc2048, "crt": pem(ec.to_pem().unwrap())}), "encrypted"),
+        (
+            "RSA-1024 key",
+            json!({"key": pem(k1024.private_key_to_pem_pkcs8().unwrap()), "crt": pem(c1024.to_pem().unwrap())}),
+            "key too small",
+        ),
+        (
+            "SHA-1 signed chain in crt",
+            json!({"key": sk, "crt": format!("{sleaf}{sinter}")}),
+            "md too weak",
+        ),
+        (
+            "SHA-1 signed CA in cacrt",
+            json!({"key": sk, "crt": sleaf, "cacrt": sinter}),
+            "md too weak",
+        ),
+        (
+            "encrypted key",
+            json!({"key": encrypted, "crt": pem(c1024.to_pem().unwrap())}),
+            "encrypted",
+        ),
+        (
+            "encrypted strong key",
+            json!({"key": enc2048, "crt": pem(ec.to_pem().unwrap())}),
+            "encrypted",
+        ),
     ];
     for (i, (what, tls, msg)) in cases.into_iter().enumerate() {
         let before = snapshot(&d.root);
@@ -111,10 +150,18 @@ fn own_certificates_openssl_refuses_are_exit_2_nothing_changes_and_apache_keeps_
         assert!(start.elapsed() < Duration::from_secs(20), "{what}: took {:?}", start.elapsed());
         assert_eq!(o.status.code(), Some(2), "{what}: {}", stderr(&o));
         assert!(stderr(&o).contains(msg), "{what}: expected {msg:?} in {}", stderr(&o));
-        assert!(!stderr(&o).to_lowercase().contains("pass phrase:"), "{what}: prompted: {}", stderr(&o));
+        assert!(
+            !stderr(&o).to_lowercase().contains("pass phrase:"),
+            "{what}: prompted: {}",
+            stderr(&o)
+        );
         assert_eq!(snapshot(&d.root), before, "{what}: the tree changed");
         assert!(d.apache.is_running(), "{what}: Apache died\n{}", d.apache.error_log());
-        assert_eq!(d.apache.served_serial("good.example.test").as_deref(), Some(good_serial.as_str()), "{what}");
+        assert_eq!(
+            d.apache.served_serial("good.example.test").as_deref(),
+            Some(good_serial.as_str()),
+            "{what}"
+        );
     }
 }
 
@@ -129,15 +176,22 @@ fn a_reload_that_kills_apache_is_rolled_back_and_apache_started_again() {
     d.deploy(&site_json(&siteid(1), "one.example.test", Some(json!({"key": k, "crt": c}))));
     let serial = pem_serial(c.as_bytes()).unwrap();
     d.apache.wait_serial("one.example.test", &serial);
-    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&d.config).unwrap()).unwrap();
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(&d.config).unwrap()).unwrap();
     let pid = d.apache.dir.join("httpd.pid");
-    cfg["apache"]["reload"] = json!(["sh", "-c", format!("kill -TERM $(cat {}); sleep 0.5", pid.display())]);
+    cfg["apache"]["reload"] =
+        json!(["sh", "-c", format!("kill -TERM $(cat {}); sleep 0.5", pid.display())]);
     std::fs::write(&d.config, cfg.to_string()).unwrap();
     let vhosts = snapshot(&d.root.join("etc/httpd"));
     let f = write_site(d, "two.json", &site_json(&siteid(2), "two.example.test", None));
     let o = d.run(&["deploy", "--file", &f]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("previous configuration was put back") && stderr(&o).contains("serves it again"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("previous configuration was put back")
+            && stderr(&o).contains("serves it again"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(snapshot(&d.root.join("etc/httpd")), vhosts, "the previous configuration is back");
     assert!(d.stored_site(&siteid(2)).is_none(), "the failed deploy is not recorded");
     d.apache.wait_serial("one.example.test", &serial);
@@ -157,7 +211,8 @@ fn a_site_that_fell_back_to_http_while_its_lineage_was_expired_is_back_on_https_
     let f = write_site(d, "again.json", &site_json(&id, h, le()));
     let o = d.run(&["--acme-server", "https://127.0.0.1:1/dir", "--json", "deploy", "--file", &f]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let vhost = std::fs::read_to_string(d.root.join("etc/httpd/sites").join(format!("{id}.conf"))).unwrap();
+    let vhost =
+        std::fs::read_to_string(d.root.join("etc/httpd/sites").join(format!("{id}.conf"))).unwrap();
     assert!(!vhost.contains("SSLEngine"), "fell back to http:\n{vhost}");
     // The CA is back: renew renews the lineage and switches the vhost back
     // (--force: the failed attempt has it backing off for a minute).
@@ -178,11 +233,24 @@ fn no_other_user_can_take_or_redirect_the_lock() {
     let lock = d.root.join("run/site-admin/site-admin.lock");
     let md = std::fs::metadata(&lock).unwrap();
     assert_eq!(md.permissions().mode() & 0o777, 0o600, "the lock file is private");
-    assert_eq!(std::fs::metadata(lock.parent().unwrap()).unwrap().permissions().mode() & 0o022, 0, "its directory is not writable by others");
+    assert_eq!(
+        std::fs::metadata(lock.parent().unwrap()).unwrap().permissions().mode() & 0o022,
+        0,
+        "its directory is not writable by others"
+    );
     if rustix::process::geteuid().is_root() {
         // `nobody` cannot even open it, so it cannot flock it.
-        let o = Command::new("flock").args(["-n", lock.to_str().unwrap(), "true"]).uid(65534).gid(65534).output().unwrap();
-        assert!(!o.status.success(), "nobody took the lock: {}", String::from_utf8_lossy(&o.stderr));
+        let o = Command::new("flock")
+            .args(["-n", lock.to_str().unwrap(), "true"])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert!(
+            !o.status.success(),
+            "nobody took the lock: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     // A symlink planted at the lock path is refused, and its target untouched.
     let secret = d.tmp.path().join("root-only-file");
@@ -198,7 +266,8 @@ fn no_other_user_can_take_or_redirect_the_lock() {
     let open = d.root.join("run/lock");
     std::fs::create_dir_all(&open).unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    std::fs::write(&d.config, json!({"lock_file": "run/lock/site-admin.lock"}).to_string()).unwrap();
+    std::fs::write(&d.config, json!({"lock_file": "run/lock/site-admin.lock"}).to_string())
+        .unwrap();
     let o = d.run(&["--lock-timeout", "1", "renew"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("can be written by other users"), "{}", stderr(&o));
@@ -230,7 +299,11 @@ fn a_carried_certificate_not_valid_yet_or_self_signed_loses_to_the_live_one() {
     assert!(rep["warnings"].to_string().contains("not a CA this device trusts"), "{rep}");
     // A trusted, valid, newer one wins.
     let (k, c) = d.lkc(&[h], 2500);
-    let rep = d.deploy(&site_json(&id, h, Some(json!({"letsencrypt": true, "key": k, "crt": c.clone()}))));
+    let rep = d.deploy(&site_json(
+        &id,
+        h,
+        Some(json!({"letsencrypt": true, "key": k, "crt": c.clone()})),
+    ));
     assert_eq!(d.live_serial(h).unwrap(), pem_serial(c.as_bytes()).unwrap(), "{rep}");
     d.apache.wait_serial(h, &pem_serial(c.as_bytes()).unwrap());
 }
@@ -240,20 +313,29 @@ fn another_acme_server_on_the_command_line_or_in_the_config_moves_renewals_to_it
     let mut w = World::new();
     let h = "moving.example.test";
     w.dev.deploy(&site_json(&siteid(1), h, le()));
-    let b = Pebble::start(&w.dev.tmp.path().join("pebble-b"), w.dev.apache.http_port, PebbleOptions::default());
+    let b = Pebble::start(
+        &w.dev.tmp.path().join("pebble-b"),
+        w.dev.apache.http_port,
+        PebbleOptions::default(),
+    );
     let mut t = std::fs::read_to_string(&w.dev.trusted).unwrap();
     t.push_str(&std::fs::read_to_string(&b.ca.ca_pem).unwrap());
     std::fs::write(&w.dev.trusted, t).unwrap();
     let (a_before, b_before) = (w.pebble.issued_count(), b.issued_count());
     let o = w.dev.run(&["--acme-server", &b.directory(), "renew", "--force"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains(&w.pebble.directory()) && stderr(&o).contains(&b.directory()), "the warning names both: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&w.pebble.directory()) && stderr(&o).contains(&b.directory()),
+        "the warning names both: {}",
+        stderr(&o)
+    );
     assert_eq!((w.pebble.issued_count(), b.issued_count()), (a_before, b_before + 1));
     let conf = std::fs::read_to_string(w.dev.le().join(format!("renewal/{h}.conf"))).unwrap();
     assert!(conf.contains(&format!("server = {}", b.directory())), "{conf}");
     // The config names A again (no --acme-server): the next renewal goes to A.
     w.dev.env.retain(|(k, _)| k != "SITE_ADMIN_ACME_SERVER");
-    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&w.dev.config).unwrap()).unwrap();
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(&w.dev.config).unwrap()).unwrap();
     cfg["acme_server"] = w.pebble.directory().into();
     std::fs::write(&w.dev.config, cfg.to_string()).unwrap();
     let o = w.dev.run(&["renew", "--force"]);
@@ -277,7 +359,11 @@ fn a_clock_far_ahead_deletes_no_stashed_certificate() {
     c.args(["-f", "+400d", bin().to_str().unwrap(), "renew"]).envs(env.iter().copied());
     let o = c.output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be right"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cannot be right"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(d.stash_serial(h).as_deref(), Some(stashed.as_str()), "the stash is kept");
     // Ninety minutes ahead is plausible (within a day past the last
     // notAfter): the expired stash goes.
@@ -300,8 +386,14 @@ fn backup_out_refuses_devices_and_links_to_them_and_dash_is_stdout() {
         assert_eq!(o.status.code(), Some(2), "{out}: {}", stderr(&o));
         assert!(stderr(&o).contains("--out"), "{}", stderr(&o));
     }
-    assert_eq!(std::fs::read_link(&link).unwrap(), std::path::Path::new("/dev/null"), "the link is left alone");
-    assert!(std::os::unix::fs::FileTypeExt::is_char_device(&std::fs::metadata("/dev/null").unwrap().file_type()));
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        std::path::Path::new("/dev/null"),
+        "the link is left alone"
+    );
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+        &std::fs::metadata("/dev/null").unwrap().file_type()
+    ));
     let o = d.run(&["backup", "--all", "--out", "-"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -340,13 +432,23 @@ fn backup_out_in_a_shared_directory_follows_no_link_another_user_planted() {
     for out in [planted.clone(), via_dir.join("root-only.conf"), via_dir.join("new.json")] {
         let o = d.run(&["backup", "--all", "--out", out.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(2), "{}: {}", out.display(), stderr(&o));
-        assert!(stderr(&o).contains("owned by uid 65534") && stderr(&o).contains("not followed"), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("owned by uid 65534") && stderr(&o).contains("not followed"),
+            "{}",
+            stderr(&o)
+        );
     }
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
     assert!(!d.tmp.path().join("new.json").exists());
-    assert!(std::fs::symlink_metadata(&planted).unwrap().file_type().is_symlink(), "the planted link is left alone");
-    let strays: Vec<_> =
-        std::fs::read_dir(&shared).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().starts_with(".site-admin-tmp")).collect();
+    assert!(
+        std::fs::symlink_metadata(&planted).unwrap().file_type().is_symlink(),
+        "the planted link is left alone"
+    );
+    let strays: Vec<_> = std::fs::read_dir(&shared)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".site-admin-tmp"))
+        .collect();
     assert!(strays.is_empty(), "{strays:?}");
     // The caller's own link there is followed, as the kernel's rule allows.
     let mine = shared.join("mine.json");
@@ -391,16 +493,27 @@ fn huge_or_endless_input_is_refused_quickly_within_bounded_memory() {
     let env: Vec<(&str, &str)> = d.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     // --file /dev/zero: a device, refused at once.
     let start = Instant::now();
-    let o =
-        Command::new("/usr/bin/time").args(["-f", "%M", bin().to_str().unwrap(), "deploy", "--file", "/dev/zero"]).envs(env.iter().copied()).output().unwrap();
+    let o = Command::new("/usr/bin/time")
+        .args(["-f", "%M", bin().to_str().unwrap(), "deploy", "--file", "/dev/zero"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
     assert!(start.elapsed() < Duration::from_secs(10));
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("character device"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("character device"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // --stdin fed from /dev/zero: stops at the limit.
     let start = Instant::now();
     let zero = std::fs::File::open("/dev/zero").unwrap();
-    let o =
-        Command::new("/usr/bin/time").args(["-f", "%M", bin().to_str().unwrap(), "deploy", "--stdin"]).envs(env.iter().copied()).stdin(zero).output().unwrap();
+    let o = Command::new("/usr/bin/time")
+        .args(["-f", "%M", bin().to_str().unwrap(), "deploy", "--stdin"])
+        .envs(env.iter().copied())
+        .stdin(zero)
+        .output()
+        .unwrap();
     assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert_eq!(o.status.code(), Some(2), "{err}");
@@ -410,7 +523,10 @@ fn huge_or_endless_input_is_refused_quickly_within_bounded_memory() {
     // --in and --config: the same limit (a sparse file, so the disk is spared).
     let big = d.tmp.path().join("big.json");
     std::fs::File::create(&big).unwrap().set_len(65 * 1024 * 1024).unwrap();
-    for args in [vec!["restore", "--in", big.to_str().unwrap()], vec!["--config", big.to_str().unwrap(), "listsites"]] {
+    for args in [
+        vec!["restore", "--in", big.to_str().unwrap()],
+        vec!["--config", big.to_str().unwrap(), "listsites"],
+    ] {
         let o = d.run(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         assert!(stderr(&o).contains("larger than 64 MiB"), "{}", stderr(&o));
@@ -424,7 +540,8 @@ fn a_renew_whose_reload_fails_exits_1_and_tells_the_hooks() {
     let h = "reload.example.test";
     d.deploy(&site_json(&siteid(1), h, le()));
     let old = d.live_serial(h).unwrap();
-    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&d.config).unwrap()).unwrap();
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(&d.config).unwrap()).unwrap();
     cfg["apache"]["reload"] = json!(["sh", "-c", "echo reload refused >&2; exit 1"]);
     std::fs::write(&d.config, cfg.to_string()).unwrap();
     let out = d.tmp.path().join("hook.out");
@@ -460,7 +577,8 @@ fn readers_without_the_lock_never_pair_a_key_with_another_versions_certificate()
         std::thread::spawn(move || {
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let e: Vec<(&str, &str)> =
+                    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
                 let o = run(&["-q", "renew", "--force"], &e, None);
                 assert!(o.status.success(), "{}", stderr(&o));
                 n += 1;
@@ -475,9 +593,17 @@ fn readers_without_the_lock_never_pair_a_key_with_another_versions_certificate()
         assert!(o.status.success(), "{}", stderr(&o));
         let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
         for s in v["sites"].as_array().unwrap() {
-            let key = openssl::pkey::PKey::private_key_from_pem(s["tls"]["key"].as_str().unwrap().as_bytes()).unwrap();
-            let crt = openssl::x509::X509::from_pem(s["tls"]["crt"].as_str().unwrap().as_bytes()).unwrap();
-            assert!(crt.public_key().unwrap().public_eq(&key), "backup #{backups}: {} exported a key with another version's certificate", s["hostname"]);
+            let key = openssl::pkey::PKey::private_key_from_pem(
+                s["tls"]["key"].as_str().unwrap().as_bytes(),
+            )
+            .unwrap();
+            let crt = openssl::x509::X509::from_pem(s["tls"]["crt"].as_str().unwrap().as_bytes())
+                .unwrap();
+            assert!(
+                crt.public_key().unwrap().public_eq(&key),
+                "backup #{backups}: {} exported a key with another version's certificate",
+                s["hostname"]
+            );
             pairs += 1;
         }
         backups += 1;
@@ -485,7 +611,10 @@ fn readers_without_the_lock_never_pair_a_key_with_another_versions_certificate()
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let renewals = renewer.join().unwrap();
     eprintln!("{backups} backups, {pairs} exported pairs, all matching, during {renewals} renew --force runs");
-    assert!(renewals >= 5 && pairs >= 20, "too little overlap to mean anything: {renewals} renewals, {pairs} pairs");
+    assert!(
+        renewals >= 5 && pairs >= 20,
+        "too little overlap to mean anything: {renewals} renewals, {pairs} pairs"
+    );
 }
 
 #[test]
@@ -499,7 +628,12 @@ fn a_damaged_journal_is_moved_aside_by_doctor_repair_and_named_by_every_other_co
     let f = write_site(d, "k.json", &site_json(&siteid(2), "k.example.test", None));
     let o = d.run(&["deploy", "--file", &f]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains(&journal.join("index.json").display().to_string()) && stderr(&o).contains("doctor --repair"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&journal.join("index.json").display().to_string())
+            && stderr(&o).contains("doctor --repair"),
+        "{}",
+        stderr(&o)
+    );
     let o = d.run(&["doctor"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).contains("journal"), "{}", stdout(&o));
@@ -528,7 +662,13 @@ fn doctor_sees_a_dead_apache_and_a_stale_certificate_and_repair_mends_both() {
         key_type: site_admin::config::KeyType::Ecdsa,
         profile: None,
     };
-    store.add_version(h, &site_admin::store::NewVersion::from_key_and_fullchain(&k, &c).unwrap(), &params).unwrap();
+    store
+        .add_version(
+            h,
+            &site_admin::store::NewVersion::from_key_and_fullchain(&k, &c).unwrap(),
+            &params,
+        )
+        .unwrap();
     let o = d.run(&["doctor"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).contains("was not reloaded"), "{}", stdout(&o));
@@ -582,12 +722,18 @@ fn a_hook_that_leaves_a_background_child_does_not_hold_the_lock() {
     assert_eq!(code, 0, "{err}");
     assert!(took < Duration::from_secs(15), "renew took {took:?}: {err}");
     assert_eq!(rep["hooks"][0]["ok"], json!(true), "{rep}");
-    assert!(err.contains("hook 10-daemon: started"), "the output before the hook exited is still forwarded: {err}");
+    assert!(
+        err.contains("hook 10-daemon: started"),
+        "the output before the hook exited is still forwarded: {err}"
+    );
     assert!(err.contains("background process"), "{err}");
     assert!(pgid.exists());
     let inherited = std::fs::read_to_string(&fds).unwrap();
     assert!(inherited.contains("pipe:"), "{inherited}");
-    assert!(!inherited.contains("site-admin.lock") && !inherited.contains(".certbot.lock"), "a lock fd leaked into the hook: {inherited}");
+    assert!(
+        !inherited.contains("site-admin.lock") && !inherited.contains(".certbot.lock"),
+        "a lock fd leaked into the hook: {inherited}"
+    );
     eprintln!("renew with a hook leaving a background child took {took:?}");
     // The lock is free: a deploy gets it at once.
     let f = d.tmp.path().join("site.json");

@@ -9,7 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn client(c: &EtcdCluster) -> Arc<Etcd> {
-    Arc::new(Etcd::new(&EtcdOptions { endpoints: c.endpoints(), timeout: Duration::from_secs(3), ..Default::default() }).unwrap())
+    Arc::new(
+        Etcd::new(&EtcdOptions {
+            endpoints: c.endpoints(),
+            timeout: Duration::from_secs(3),
+            ..Default::default()
+        })
+        .unwrap(),
+    )
 }
 
 #[test]
@@ -28,7 +35,11 @@ fn gateway_answers_are_typed_whatever_etcd_omits() {
     // A txn whose compare fails: etcd omits `succeeded`, which must read as false.
     let t1 = site_admin::fleet::etcd::TxnRequest {
         compare: vec![Compare::created_at("/t/a", 0)],
-        success: vec![RequestOp::RequestPut(PutRequest { key: b"/t/a".to_vec(), value: b"three".to_vec(), lease: 0 })],
+        success: vec![RequestOp::RequestPut(PutRequest {
+            key: b"/t/a".to_vec(),
+            value: b"three".to_vec(),
+            lease: 0,
+        })],
         failure: vec![],
     };
     assert!(!e.txn(&t1).unwrap().succeeded);
@@ -43,7 +54,9 @@ fn gateway_answers_are_typed_whatever_etcd_omits() {
 
     // etcd refuses a request over its 1.5 MiB limit: a typed refusal.
     match e.put("/t/huge", &vec![b'x'; 1600 << 10], 0) {
-        Err(EtcdError::Refused { message, .. }) => assert!(message.contains("too large"), "{message}"),
+        Err(EtcdError::Refused { message, .. }) => {
+            assert!(message.contains("too large"), "{message}")
+        }
         other => panic!("expected a refusal, got {other:?}"),
     }
     // A value larger than a fleet record may be is refused on reading, naming its key.
@@ -62,18 +75,28 @@ fn one_holder_per_lineage_and_a_lost_lock_cannot_write() {
     let c = EtcdCluster::start(t.path(), 3);
     let (a, b) = (client(&c), client(&c));
     let key = "/t/locks/a.example";
-    let Acquired::Held(la) = site_admin::fleet::lock::acquire(&a, key, "dev-a", 10).unwrap() else { panic!("a free lock was refused") };
+    let Acquired::Held(la) = site_admin::fleet::lock::acquire(&a, key, "dev-a", 10).unwrap() else {
+        panic!("a free lock was refused")
+    };
     match site_admin::fleet::lock::acquire(&b, key, "dev-b", 10).unwrap() {
         Acquired::Busy(Some(h)) => assert_eq!(h.device, "dev-a"),
         other => panic!("a held lock was given to a second device: {other:?}"),
     }
-    let put = |v: &str| vec![RequestOp::RequestPut(PutRequest { key: b"/t/lineages/a.example".to_vec(), value: v.as_bytes().to_vec(), lease: 0 })];
+    let put = |v: &str| {
+        vec![RequestOp::RequestPut(PutRequest {
+            key: b"/t/lineages/a.example".to_vec(),
+            value: v.as_bytes().to_vec(),
+            lease: 0,
+        })]
+    };
     assert!(la.fenced(vec![], put("by a")).unwrap());
 
     // a's lease ends behind its back (as an expiry would); b takes the lock.
     let lease = a.get(key).unwrap().unwrap().lease;
     a.revoke(lease).unwrap();
-    let Acquired::Held(lb) = site_admin::fleet::lock::acquire(&b, key, "dev-b", 10).unwrap() else { panic!("a released lock stayed busy") };
+    let Acquired::Held(lb) = site_admin::fleet::lock::acquire(&b, key, "dev-b", 10).unwrap() else {
+        panic!("a released lock stayed busy")
+    };
     assert!(lb.token() > la.token(), "fencing tokens grow: {} then {}", la.token(), lb.token());
     match la.fenced(vec![], put("late write by a")) {
         Err(LockError::Lost { key: k, .. }) => assert_eq!(k, key),
@@ -87,7 +110,9 @@ fn one_holder_per_lineage_and_a_lost_lock_cannot_write() {
     }
     assert!(la.check().is_err(), "the holder never noticed its lease was gone");
     // A compare of the holder's own that fails is not a lost lock.
-    assert!(!lb.fenced(vec![Compare::modified_at("/t/lineages/a.example", 1)], put("by b")).unwrap());
+    assert!(!lb
+        .fenced(vec![Compare::modified_at("/t/lineages/a.example", 1)], put("by b"))
+        .unwrap());
     assert!(lb.fenced(vec![], put("by b")).unwrap());
     drop(la);
     drop(lb);
@@ -99,7 +124,11 @@ fn a_holder_cut_off_from_etcd_knows_its_lock_is_lost_within_the_ttl() {
     let t = tempfile::tempdir().unwrap();
     let mut c = EtcdCluster::start(t.path(), 3);
     let e = client(&c);
-    let Acquired::Held(l) = site_admin::fleet::lock::acquire(&e, "/t/locks/b.example", "dev-a", 2).unwrap() else { panic!() };
+    let Acquired::Held(l) =
+        site_admin::fleet::lock::acquire(&e, "/t/locks/b.example", "dev-a", 2).unwrap()
+    else {
+        panic!()
+    };
     l.check().unwrap();
     for i in 0..3 {
         c.kill(i);
@@ -127,7 +156,10 @@ fn requests_go_on_when_the_leader_dies() {
             Ok(_) => break,
             Err(err) => err.to_string(),
         };
-        assert!(start.elapsed() < Duration::from_secs(15), "no write within 15 s of the leader's death: {err}");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no write within 15 s of the leader's death: {err}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(e.get("/t/x").unwrap().unwrap().value, b"2");
@@ -146,7 +178,11 @@ fn private_keys_are_sealed_before_they_reach_etcd() {
     let key = "/t/lineages/a.example";
     e.put(key, k.seal(key, 1, pem.as_bytes()).unwrap().as_bytes(), 0).unwrap();
     for kv in e.get_prefix("/t/").unwrap().kvs {
-        assert!(!String::from_utf8_lossy(&kv.value).contains("PRIVATE KEY"), "{} holds a key in the clear", kv.key_str());
+        assert!(
+            !String::from_utf8_lossy(&kv.value).contains("PRIVATE KEY"),
+            "{} holds a key in the clear",
+            kv.key_str()
+        );
     }
     let stored = String::from_utf8(e.get(key).unwrap().unwrap().value).unwrap();
     assert_eq!(k.open(key, 1, &stored).unwrap(), pem.as_bytes());
@@ -161,7 +197,9 @@ fn a_device_needs_its_certificate_and_its_role_limits_it_to_the_prefix() {
     let c = EtcdCluster::start_tls(&t.path().join("etcd"), 3, &pki);
     c.enable_auth("root-pw", &[("dev-a", "pw-a", "/site-admin/v1/")]);
     let (cert, key) = pki.client("dev-a");
-    let opts = |cert: Option<std::path::PathBuf>, key: Option<std::path::PathBuf>, auth: Option<(&str, &str)>| EtcdOptions {
+    let opts = |cert: Option<std::path::PathBuf>,
+                key: Option<std::path::PathBuf>,
+                auth: Option<(&str, &str)>| EtcdOptions {
         endpoints: c.endpoints(),
         ca: Some(pki.ca.clone()),
         cert,
@@ -169,18 +207,23 @@ fn a_device_needs_its_certificate_and_its_role_limits_it_to_the_prefix() {
         auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
         timeout: Duration::from_secs(3),
     };
-    let a = Etcd::new(&opts(Some(cert.clone()), Some(key.clone()), Some(("dev-a", "pw-a")))).unwrap();
+    let a =
+        Etcd::new(&opts(Some(cert.clone()), Some(key.clone()), Some(("dev-a", "pw-a")))).unwrap();
     a.put("/site-admin/v1/x", b"1", 0).expect("the device's own prefix");
     assert_eq!(a.get("/site-admin/v1/x").unwrap().unwrap().value, b"1");
     match a.put("/elsewhere", b"1", 0) {
-        Err(EtcdError::Refused { message, .. }) => assert!(message.contains("permission denied"), "{message}"),
+        Err(EtcdError::Refused { message, .. }) => {
+            assert!(message.contains("permission denied"), "{message}")
+        }
         other => panic!("a write outside the role's prefix: {other:?}"),
     }
     // Without a client certificate the TLS handshake is refused.
     let no_cert = Etcd::new(&opts(None, None, Some(("dev-a", "pw-a")))).unwrap();
     assert!(matches!(no_cert.get("/site-admin/v1/x"), Err(EtcdError::Unreachable(_))));
     // With the certificate but a wrong password: refused, and the password is never in the message.
-    let wrong = Etcd::new(&opts(Some(cert.clone()), Some(key.clone()), Some(("dev-a", "not-the-pw")))).unwrap();
+    let wrong =
+        Etcd::new(&opts(Some(cert.clone()), Some(key.clone()), Some(("dev-a", "not-the-pw"))))
+            .unwrap();
     let err = wrong.get("/site-admin/v1/x").unwrap_err().to_string();
     assert!(err.contains("authentication failed") && !err.contains("not-the-pw"), "{err}");
     // Without a user: auth is on, so nothing is readable.
@@ -196,7 +239,10 @@ fn records_are_written_once_under_the_lock_and_read_back_by_every_device() {
     let t = tempfile::tempdir().unwrap();
     let c = EtcdCluster::start(t.path(), 3);
     let fk = FleetKey::from_bytes([5; 32]);
-    let (a, b) = (FleetStore::new(client(&c), "/f/", fk.clone(), "dev-a"), FleetStore::new(client(&c), "/f/", fk.clone(), "dev-b"));
+    let (a, b) = (
+        FleetStore::new(client(&c), "/f/", fk.clone(), "dev-a"),
+        FleetStore::new(client(&c), "/f/", fk.clone(), "dev-b"),
+    );
     let host = Host::parse("a.example").unwrap();
     let issuer = crate::common::TestIssuer::new("fleet test CA");
     let meta = |d: &str| Meta {
@@ -212,7 +258,8 @@ fn records_are_written_once_under_the_lock_and_read_back_by_every_device() {
     assert!(matches!(b.lock(&host).unwrap(), Acquired::Busy(Some(h)) if h.device == "dev-a"));
     assert!(a.lineage(&host).unwrap().is_none());
     let (k1, c1) = issuer.issue(&["a.example"], -1.0, 60.0);
-    let r1 = site_admin::fleet::LineageRecord::seal(&fk, "/f/", &host, 1, &k1, &c1, meta("dev-a")).unwrap();
+    let r1 = site_admin::fleet::LineageRecord::seal(&fk, "/f/", &host, 1, &k1, &c1, meta("dev-a"))
+        .unwrap();
     assert!(a.publish(&la, &r1, 0).unwrap());
     drop(la);
 
@@ -221,13 +268,18 @@ fn records_are_written_once_under_the_lock_and_read_back_by_every_device() {
     assert_eq!(seen.open(&fk, "/f/").unwrap().key_pem, k1);
     let Acquired::Held(lb) = b.lock(&host).unwrap() else { panic!("released lock still busy") };
     let (k2, c2) = issuer.issue(&["a.example"], -1.0, 80.0);
-    let r2 = site_admin::fleet::LineageRecord::seal(&fk, "/f/", &host, 2, &k2, &c2, meta("dev-b")).unwrap();
-    assert!(!b.publish(&lb, &r2, 0).unwrap(), "a write that assumed no record must not replace one");
+    let r2 = site_admin::fleet::LineageRecord::seal(&fk, "/f/", &host, 2, &k2, &c2, meta("dev-b"))
+        .unwrap();
+    assert!(
+        !b.publish(&lb, &r2, 0).unwrap(),
+        "a write that assumed no record must not replace one"
+    );
     assert!(b.publish(&lb, &r2, rev).unwrap());
     drop(lb);
     // A device back from isolation pushes only over what it read.
     let (k3, c3) = issuer.issue(&["a.example"], -1.0, 70.0);
-    let r3 = site_admin::fleet::LineageRecord::seal(&fk, "/f/", &host, 2, &k3, &c3, meta("dev-a")).unwrap();
+    let r3 = site_admin::fleet::LineageRecord::seal(&fk, "/f/", &host, 2, &k3, &c3, meta("dev-a"))
+        .unwrap();
     assert!(!a.push_if_unchanged(&r3, rev).unwrap(), "pushed over a peer's newer write");
     assert_eq!(a.lineage(&host).unwrap().unwrap().0.renewed_by, "dev-b");
 
@@ -274,7 +326,8 @@ fn two_devices_share_one_certificate_and_validate_for_each_other() {
     assert_eq!(pebble.issued_count(), 1, "the second device ordered nothing");
     assert_eq!(b.live_serial(host).as_deref(), Some(serial.as_str()));
     b.apache.wait_serial(host, &serial);
-    let conf = std::fs::read_to_string(b.le().join("renewal").join(format!("{host}.conf"))).unwrap();
+    let conf =
+        std::fs::read_to_string(b.le().join("renewal").join(format!("{host}.conf"))).unwrap();
     assert!(conf.contains("autorenew = False"), "{conf}");
     // B renews; the CA reaches A, which answers with the fleet account's thumbprint.
     let o = b.run(&["--json", "renew", "--force"]);
@@ -288,15 +341,23 @@ fn two_devices_share_one_certificate_and_validate_for_each_other() {
         let c = openssl::x509::X509::from_pem(&pem).unwrap();
         format!("{} .. {}", c.not_before(), c.not_after())
     };
-    assert_eq!(a.live_serial(host).as_deref(), Some(new.as_str()), "a: {}, b: {}; sync said {said}", nb(&a), nb(&b));
+    assert_eq!(
+        a.live_serial(host).as_deref(),
+        Some(new.as_str()),
+        "a: {}, b: {}; sync said {said}",
+        nb(&a),
+        nb(&b)
+    );
     a.apache.wait_serial(host, &new);
     for d in [&a, &b] {
         d.ok(&["doctor"]);
-        let rows: serde_json::Value = serde_json::from_str(&d.ok(&["--json", "certificates"])).unwrap();
+        let rows: serde_json::Value =
+            serde_json::from_str(&d.ok(&["--json", "certificates"])).unwrap();
         assert_eq!(rows[0]["fleet"], true, "{rows}");
         assert!(rows[0].get("fleet_error").is_none(), "{rows}");
     }
-    let st: serde_json::Value = serde_json::from_str(&a.ok(&["--json", "fleet", "status"])).unwrap();
+    let st: serde_json::Value =
+        serde_json::from_str(&a.ok(&["--json", "fleet", "status"])).unwrap();
     assert_eq!(st["lineages"][0]["renewed_by"], "dev-b", "{st}");
     assert_eq!(st["lineages"][0]["version"], 2, "{st}");
     // In fleet mode a revocation comes with a replacement the fleet takes.
@@ -321,7 +382,8 @@ fn join_fleet(d: &crate::common::Device, cluster: &EtcdCluster, name: &str) {
     let key = d.root.join("etc/site-admin/fleet.key");
     std::fs::write(&key, [7u8; 32]).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&d.config).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&d.config).unwrap()).unwrap();
     cfg["fleet"] = serde_json::json!({"endpoints": cluster.endpoints(), "device_id": name, "secret_file": "etc/site-admin/fleet.key"});
     std::fs::write(&d.config, cfg.to_string()).unwrap();
 }
@@ -335,7 +397,10 @@ fn ari_is_asked_once_for_the_whole_fleet() {
     use crate::common::{renew_json, site_json, siteid, Device};
     let t = tempfile::tempdir().unwrap();
     let cluster = EtcdCluster::start(t.path(), 3);
-    let ca = A2c::start(&t.path().join("a2c"), A2cOptions { renewal_threshold_pctg: 85.0, retry_after: 600, window_secs: None });
+    let ca = A2c::start(
+        &t.path().join("a2c"),
+        A2cOptions { renewal_threshold_pctg: 85.0, retry_after: 600, window_secs: None },
+    );
     let devices: Vec<Device> = ["dev-a", "dev-b"]
         .iter()
         .map(|name| {
@@ -352,7 +417,12 @@ fn ari_is_asked_once_for_the_whole_fleet() {
     a.deploy(&site);
     b.deploy(&site);
     assert_eq!(a.live_serial(h), b.live_serial(h), "one certificate for the fleet");
-    let asked = || ca.requests().iter().filter(|r| r["path"].as_str().unwrap_or("").contains("renewal-info")).count();
+    let asked = || {
+        ca.requests()
+            .iter()
+            .filter(|r| r["path"].as_str().unwrap_or("").contains("renewal-info"))
+            .count()
+    };
     let (code, rep, err) = renew_json(a, &[]);
     assert_eq!((code, rep["lineages"][0]["status"].as_str()), (0, Some("not_due")), "{err}");
     assert_eq!(asked(), 1);
@@ -360,7 +430,14 @@ fn ari_is_asked_once_for_the_whole_fleet() {
     assert_eq!((code, rep["lineages"][0]["status"].as_str()), (0, Some("not_due")), "{err}");
     assert!(rep["lineages"][0]["next_ari_check"].is_string(), "{rep}");
     assert_eq!(asked(), 1, "the second device asked ARI again: {:?}", ca.requests());
-    let conf = |d: &Device| std::fs::read_to_string(d.le().join("renewal").join(format!("{h}.conf"))).unwrap();
+    let conf = |d: &Device| {
+        std::fs::read_to_string(d.le().join("renewal").join(format!("{h}.conf"))).unwrap()
+    };
     let chosen = |c: &str| c.lines().find(|l| l.contains("chosen")).map(str::to_string);
-    assert!(chosen(&conf(a)).is_some() && chosen(&conf(a)) == chosen(&conf(b)), "one moment in the window for the fleet:\n{}\n{}", conf(a), conf(b));
+    assert!(
+        chosen(&conf(a)).is_some() && chosen(&conf(a)) == chosen(&conf(b)),
+        "one moment in the window for the fleet:\n{}\n{}",
+        conf(a),
+        conf(b)
+    );
 }

@@ -30,13 +30,25 @@ fn status_of(rep: &Value, host: &str) -> String {
 /// The live certificate and key of `host` on `d` belong together.
 fn assert_pair_matches(d: &Device, host: &str) {
     let live = d.le().join("live").join(host);
-    let cert = openssl::x509::X509::from_pem(&std::fs::read(live.join("cert.pem")).unwrap()).unwrap();
-    let key = openssl::pkey::PKey::private_key_from_pem(&std::fs::read(live.join("privkey.pem")).unwrap()).unwrap();
-    assert!(cert.public_key().unwrap().public_eq(&key), "{}: live cert.pem and privkey.pem do not match", live.display());
+    let cert =
+        openssl::x509::X509::from_pem(&std::fs::read(live.join("cert.pem")).unwrap()).unwrap();
+    let key = openssl::pkey::PKey::private_key_from_pem(
+        &std::fs::read(live.join("privkey.pem")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        cert.public_key().unwrap().public_eq(&key),
+        "{}: live cert.pem and privkey.pem do not match",
+        live.display()
+    );
 }
 
 /// Two snapshots are equal; else the paths that differ.
-fn assert_same(before: &std::collections::BTreeMap<String, String>, after: &std::collections::BTreeMap<String, String>, what: &str) {
+fn assert_same(
+    before: &std::collections::BTreeMap<String, String>,
+    after: &std::collections::BTreeMap<String, String>,
+    what: &str,
+) {
     let changed: Vec<String> = before
         .keys()
         .chain(after.keys())
@@ -63,10 +75,16 @@ fn assert_converged(w: &FleetWorld, hosts: &[&str]) -> Vec<String> {
     hosts
         .iter()
         .map(|h| {
-            let rec = w.status_lineage(0, h).unwrap_or_else(|| panic!("the fleet has no record of {h}: {}", w.status(0)));
+            let rec = w
+                .status_lineage(0, h)
+                .unwrap_or_else(|| panic!("the fleet has no record of {h}: {}", w.status(0)));
             let serial = rec["serial"].as_str().unwrap().trim_start_matches('0').to_lowercase();
             for (i, id) in IDS.iter().enumerate() {
-                assert_eq!(w.dev(i).live_serial(h).as_deref(), Some(serial.as_str()), "{id}: live {h} is not the fleet's");
+                assert_eq!(
+                    w.dev(i).live_serial(h).as_deref(),
+                    Some(serial.as_str()),
+                    "{id}: live {h} is not the fleet's"
+                );
                 w.wait_serial(i, h, &serial);
                 assert_pair_matches(w.dev(i), h);
             }
@@ -92,8 +110,13 @@ fn due_everywhere(w: &FleetWorld, first: u32, hosts: &[(&str, f64)]) -> Vec<Stri
         w.sync(i);
     }
     for ((h, _), s) in hosts.iter().zip(&serials) {
-        let rec = w.status_lineage(0, h).unwrap_or_else(|| panic!("no fleet record of {h} after a sync on every device"));
-        assert_eq!(rec["serial"].as_str().map(|x| x.trim_start_matches('0').to_lowercase()).as_deref(), Some(s.as_str()));
+        let rec = w
+            .status_lineage(0, h)
+            .unwrap_or_else(|| panic!("no fleet record of {h} after a sync on every device"));
+        assert_eq!(
+            rec["serial"].as_str().map(|x| x.trim_start_matches('0').to_lowercase()).as_deref(),
+            Some(s.as_str())
+        );
         for i in 0..3 {
             w.wait_serial(i, h, s);
         }
@@ -118,8 +141,14 @@ fn harness_the_world_starts_and_dns_decides_which_device_validates() {
     for (i, d) in w.devices.iter().enumerate() {
         assert!(d.apache.is_running(), "{} Apache", IDS[i]);
         assert_eq!(d.apache.ip, crate::common::fleet::IPS[i]);
-        assert_eq!((d.apache.http_port, d.apache.https_port), (w.dev(0).apache.http_port, w.dev(0).apache.https_port));
-        assert_eq!(std::fs::read(d.root.join(crate::common::fleet::SECRET_FILE)).unwrap(), w.secret);
+        assert_eq!(
+            (d.apache.http_port, d.apache.https_port),
+            (w.dev(0).apache.http_port, w.dev(0).apache.https_port)
+        );
+        assert_eq!(
+            std::fs::read(d.root.join(crate::common::fleet::SECRET_FILE)).unwrap(),
+            w.secret
+        );
     }
     w.set_fleet(1, None);
     let h = "harness.fleet.test";
@@ -129,7 +158,13 @@ fn harness_the_world_starts_and_dns_decides_which_device_validates() {
     std::fs::write(&f, site_json(&siteid(1), h, le())).unwrap();
     let before = w.issued_count();
     let o = w.dev(1).run(&["--json", "deploy", "--file", f.to_str().unwrap()]);
-    assert_eq!(w.issued_count(), before, "validated at the wrong device: {}{}", stdout(&o), stderr(&o));
+    assert_eq!(
+        w.issued_count(),
+        before,
+        "validated at the wrong device: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
     // DNS at b: it validates and serves it, on 127.0.0.2 only.
     w.set_dns(h, 1);
     let rep = w.dev(1).deploy(&site_json(&siteid(1), h, le()));
@@ -158,20 +193,41 @@ fn renew_on_three_devices_at_once_orders_each_due_lineage_exactly_once() {
             .enumerate()
             .map(|(i, r)| {
                 let o = r.wait(Duration::from_secs(150));
-                assert_eq!(o.status.code(), Some(0), "round {round}, {}: {}{}", IDS[i], stdout(&o), stderr(&o));
+                assert_eq!(
+                    o.status.code(),
+                    Some(0),
+                    "round {round}, {}: {}{}",
+                    IDS[i],
+                    stdout(&o),
+                    stderr(&o)
+                );
                 serde_json::from_str(&stdout(&o)).unwrap_or_else(|e| panic!("{e}: {}", stdout(&o)))
             })
             .collect();
         for h in &hosts {
             let st: Vec<String> = reps.iter().map(|r| status_of(r, h)).collect();
             if round == 0 {
-                assert_eq!(st.iter().filter(|s| *s == "renewed").count(), 1, "{h}: exactly one device renews it: {st:?}");
-                assert!(st.iter().all(|s| ["renewed", "peer_renewed", "not_due"].contains(&s.as_str())), "{h}: {st:?}");
+                assert_eq!(
+                    st.iter().filter(|s| *s == "renewed").count(),
+                    1,
+                    "{h}: exactly one device renews it: {st:?}"
+                );
+                assert!(
+                    st.iter().all(|s| ["renewed", "peer_renewed", "not_due"].contains(&s.as_str())),
+                    "{h}: {st:?}"
+                );
             } else {
-                assert!(st.iter().all(|s| s == "not_due"), "{h}: renewed twice in one due period: {st:?}");
+                assert!(
+                    st.iter().all(|s| s == "not_due"),
+                    "{h}: renewed twice in one due period: {st:?}"
+                );
             }
         }
-        assert_eq!(w.issued_count() - before, hosts.len(), "round {round}: pebble issued one certificate per lineage");
+        assert_eq!(
+            w.issued_count() - before,
+            hosts.len(),
+            "round {round}: pebble issued one certificate per lineage"
+        );
     }
     let serials = assert_converged(&w, &hosts);
     for (s, c) in serials.iter().zip(&carried) {
@@ -180,15 +236,28 @@ fn renew_on_three_devices_at_once_orders_each_due_lineage_exactly_once() {
     // Every device's heartbeat says it serves the fleet's certificates.
     let st = w.status(2);
     for id in IDS {
-        let hb = st["devices"].as_array().unwrap().iter().find(|d| d["device"] == id).unwrap_or_else(|| panic!("no heartbeat of {id}: {st}"));
+        let hb = st["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device"] == id)
+            .unwrap_or_else(|| panic!("no heartbeat of {id}: {st}"));
         for (h, s) in hosts.iter().zip(&serials) {
-            let served =
-                hb["serves"].as_array().unwrap().iter().find(|p| p[0] == *h).and_then(|p| p[1].as_str()).map(|x| x.trim_start_matches('0').to_lowercase());
+            let served = hb["serves"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p[0] == *h)
+                .and_then(|p| p[1].as_str())
+                .map(|x| x.trim_start_matches('0').to_lowercase());
             assert_eq!(served.as_deref(), Some(s.as_str()), "{id} {h}: {hb}");
         }
     }
     let accounts: Vec<Value> = (0..3).map(|i| w.sync(i)["account"].clone()).collect();
-    assert!(accounts[0].is_string() && accounts.iter().all(|a| *a == accounts[0]), "one account for the fleet: {accounts:?}");
+    assert!(
+        accounts[0].is_string() && accounts.iter().all(|a| *a == accounts[0]),
+        "one account for the fleet: {accounts:?}"
+    );
     for h in &hosts {
         let rec = w.status_lineage(1, h).unwrap();
         assert!(rec["lock"].is_null(), "{h}: a lock left behind: {rec}");
@@ -214,9 +283,14 @@ fn validation_succeeds_on_a_device_other_than_the_orderer() {
     // b and c answer any token with the fleet account's thumbprint.
     let answers: Vec<String> = (1..3)
         .map(|i| {
-            let (code, _, body) = w.dev(i).apache.http_get(h0, "/.well-known/acme-challenge/Tok-3n_x");
+            let (code, _, body) =
+                w.dev(i).apache.http_get(h0, "/.well-known/acme-challenge/Tok-3n_x");
             assert_eq!(code, 200, "{}: {body}", IDS[i]);
-            let thumb = body.trim().strip_prefix("Tok-3n_x.").unwrap_or_else(|| panic!("{}: not a key authorization: {body}", IDS[i])).to_string();
+            let thumb = body
+                .trim()
+                .strip_prefix("Tok-3n_x.")
+                .unwrap_or_else(|| panic!("{}: not a key authorization: {body}", IDS[i]))
+                .to_string();
             assert_eq!(thumb.len(), 43, "a SHA-256 thumbprint, base64url: {thumb}");
             thumb
         })
@@ -261,8 +335,17 @@ fn holder_killed_at(step: &str) -> (usize, String) {
     let carried = due5(&w, &[h]).remove(0);
     let before = w.issued_count();
     let o = w.run_env(0, &["--json", "renew"], &[("SITE_ADMIN_FAULT", step)]);
-    assert!(!o.status.success() && stderr(&o).contains("fault injected"), "a did not die at {step}: {}{}", stdout(&o), stderr(&o));
-    assert_eq!(w.dev(0).live_serial(h).as_deref(), Some(carried.as_str()), "a wrote before it died");
+    assert!(
+        !o.status.success() && stderr(&o).contains("fault injected"),
+        "a did not die at {step}: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    assert_eq!(
+        w.dev(0).live_serial(h).as_deref(),
+        Some(carried.as_str()),
+        "a wrote before it died"
+    );
     assert_pair_matches(w.dev(0), h);
     w.wait_serial(0, h, &carried);
 
@@ -270,7 +353,10 @@ fn holder_killed_at(step: &str) -> (usize, String) {
     let (code, rep, err) = w.renew(1, &[]);
     let took = start.elapsed();
     assert_eq!(code, 0, "{rep}\n{err}");
-    assert!(took < Duration::from_secs(30 + 25), "b took {took:?}: more than the lock's TTL and one pass");
+    assert!(
+        took < Duration::from_secs(30 + 25),
+        "b took {took:?}: more than the lock's TTL and one pass"
+    );
     let st = status_of(&rep, h);
     assert!(st == "renewed" || st == "peer_renewed", "{rep}");
     let serials = assert_converged(&w, &[h]);
@@ -308,9 +394,15 @@ fn a_holder_paused_past_the_ttl_cannot_write_and_says_fleet_lock_lost() {
     let a = w.spawn(
         0,
         &["--json", "renew"],
-        &[("SITE_ADMIN_FAULT_PAUSE", &format!("renew.issued:{}", pause.display())), ("SITE_ADMIN_FAULT_TRACE", trace.to_str().unwrap())],
+        &[
+            ("SITE_ADMIN_FAULT_PAUSE", &format!("renew.issued:{}", pause.display())),
+            ("SITE_ADMIN_FAULT_TRACE", trace.to_str().unwrap()),
+        ],
     );
-    assert!(wait_line(&trace, "renew.issued", Duration::from_secs(60)), "a never reached renew.issued");
+    assert!(
+        wait_line(&trace, "renew.issued", Duration::from_secs(60)),
+        "a never reached renew.issued"
+    );
     a.signal("STOP");
     std::fs::remove_file(&pause).unwrap();
     // The tree as a left it (without certbot's lock file, which a holds while it runs).
@@ -326,7 +418,11 @@ fn a_holder_paused_past_the_ttl_cannot_write_and_says_fleet_lock_lost() {
     let (code, rep, err) = w.renew(1, &[]);
     assert_eq!(code, 0, "{rep}\n{err}");
     assert_eq!(status_of(&rep, h), "renewed", "{rep}");
-    assert!(start.elapsed() > Duration::from_secs(5), "b renewed at once while a held the lock ({:?})", start.elapsed());
+    assert!(
+        start.elapsed() > Duration::from_secs(5),
+        "b renewed at once while a held the lock ({:?})",
+        start.elapsed()
+    );
     let renewed = w.dev(1).live_serial(h).unwrap();
 
     a.signal("CONT");
@@ -353,21 +449,30 @@ fn the_etcd_leader_killed_during_a_renewal_costs_no_duplicate_order() {
     let a = w.spawn(
         0,
         &["--json", "renew"],
-        &[("SITE_ADMIN_FAULT_PAUSE", &format!("renew.issued:{}", pause.display())), ("SITE_ADMIN_FAULT_TRACE", trace.to_str().unwrap())],
+        &[
+            ("SITE_ADMIN_FAULT_PAUSE", &format!("renew.issued:{}", pause.display())),
+            ("SITE_ADMIN_FAULT_TRACE", trace.to_str().unwrap()),
+        ],
     );
-    assert!(wait_line(&trace, "renew.issued", Duration::from_secs(60)), "a never reached renew.issued");
+    assert!(
+        wait_line(&trace, "renew.issued", Duration::from_secs(60)),
+        "a never reached renew.issued"
+    );
     let leader = w.etcd.leader().expect("a leader");
     w.etcd.kill(leader);
     std::fs::remove_file(&pause).unwrap();
     let o = a.wait(Duration::from_secs(120));
     let mut renewed: Vec<String> = Vec::new();
-    let rep: Value = serde_json::from_str(&stdout(&o)).unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&o), stderr(&o)));
+    let rep: Value = serde_json::from_str(&stdout(&o))
+        .unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&o), stderr(&o)));
     renewed.extend(hosts.iter().filter(|h| status_of(&rep, h) == "renewed").map(|h| h.to_string()));
     if o.status.code() != Some(0) {
         // One retry once the cluster has its new leader.
         let (code, rep, err) = w.renew(0, &[]);
         assert_eq!(code, 0, "the retry failed too: {rep}\n{err}");
-        renewed.extend(hosts.iter().filter(|h| status_of(&rep, h) == "renewed").map(|h| h.to_string()));
+        renewed.extend(
+            hosts.iter().filter(|h| status_of(&rep, h) == "renewed").map(|h| h.to_string()),
+        );
     }
     renewed.sort();
     assert_eq!(renewed, hosts.to_vec(), "each renewed once: {}", stderr(&o));
@@ -384,7 +489,13 @@ fn the_etcd_leader_killed_during_a_renewal_costs_no_duplicate_order() {
     for h in hosts {
         assert_eq!(w.status_lineage(1, h).unwrap()["version"], 2, "{h}: published once");
     }
-    assert_eq!(w.etcd_get_prefix_raw().iter().filter(|(k, _)| k.starts_with(&format!("{PREFIX}lineages/"))).count(), hosts.len());
+    assert_eq!(
+        w.etcd_get_prefix_raw()
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{PREFIX}lineages/")))
+            .count(),
+        hosts.len()
+    );
 }
 
 /// 6. One device cut off from etcd: it keeps serving, sends no ACME request
@@ -409,8 +520,16 @@ fn a_device_cut_off_from_etcd_keeps_serving_orders_nothing_and_converges_on_retu
         assert_eq!(status_of(&rep, h), "fleet_unavailable", "{rep}");
     }
     assert_eq!(rep["fleet"]["device"], "dev-c", "{rep}");
-    assert!(rep["fleet"]["error"].as_str().is_some_and(|e| !e.is_empty()) && rep["fleet"]["since"].is_string(), "{rep}");
-    assert_eq!((w.pebble.log().len(), w.issued_count()), (log, issued), "c talked to the CA while cut off");
+    assert!(
+        rep["fleet"]["error"].as_str().is_some_and(|e| !e.is_empty())
+            && rep["fleet"]["since"].is_string(),
+        "{rep}"
+    );
+    assert_eq!(
+        (w.pebble.log().len(), w.issued_count()),
+        (log, issued),
+        "c talked to the CA while cut off"
+    );
     w.wait_serial(2, far, carried_far);
     w.wait_serial(2, near, carried_near);
     // `certificates` and `doctor` while cut off (checked at the end, after the rest).
@@ -447,14 +566,25 @@ fn a_device_cut_off_from_etcd_keeps_serving_orders_nothing_and_converges_on_retu
 
     // While cut off, `doctor` and `certificates` named the fleet error, and
     // `certificates` marked the fleet's lineages.
-    let names_error = |said: &str| said.contains(&fleet_error) || said.contains(&format!("127.0.0.1:{closed}"));
+    let names_error =
+        |said: &str| said.contains(&fleet_error) || said.contains(&format!("127.0.0.1:{closed}"));
     let said = format!("{}{}", stdout(&doctor), stderr(&doctor));
     assert!(names_error(&said), "doctor does not name the fleet error ({fleet_error}): {said}");
     let said = format!("{}{}", stdout(&certificates), stderr(&certificates));
-    assert!(names_error(&said), "certificates does not name the fleet error ({fleet_error}): {said}");
-    let rows: Value = serde_json::from_str(&stdout(&certificates)).unwrap_or_else(|e| panic!("{e}: {said}"));
-    let rows = rows.as_array().cloned().unwrap_or_else(|| rows["certificates"].as_array().cloned().unwrap_or_default());
-    assert!(rows.iter().any(|r| r["host"] == far && r["fleet"] == true), "no row of {far} with \"fleet\": true: {said}");
+    assert!(
+        names_error(&said),
+        "certificates does not name the fleet error ({fleet_error}): {said}"
+    );
+    let rows: Value =
+        serde_json::from_str(&stdout(&certificates)).unwrap_or_else(|e| panic!("{e}: {said}"));
+    let rows = rows
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| rows["certificates"].as_array().cloned().unwrap_or_default());
+    assert!(
+        rows.iter().any(|r| r["host"] == far && r["fleet"] == true),
+        "no row of {far} with \"fleet\": true: {said}"
+    );
 }
 
 /// 7. With client TLS and auth: nothing under the prefix holds a private
@@ -471,11 +601,20 @@ fn no_private_key_reaches_etcd_and_strangers_are_refused() {
     let kvs = w.etcd_get_prefix_raw();
     let keys: Vec<&str> = kvs.iter().map(|(k, _)| k.as_str()).collect();
     assert!(keys.contains(&format!("{PREFIX}lineages/{h}").as_str()), "{keys:?}");
-    assert!(keys.iter().any(|k| k.starts_with(&format!("{PREFIX}accounts/"))), "the account is shared: {keys:?}");
-    assert!(keys.iter().any(|k| k.starts_with(&format!("{PREFIX}devices/"))), "heartbeats: {keys:?}");
+    assert!(
+        keys.iter().any(|k| k.starts_with(&format!("{PREFIX}accounts/"))),
+        "the account is shared: {keys:?}"
+    );
+    assert!(
+        keys.iter().any(|k| k.starts_with(&format!("{PREFIX}devices/"))),
+        "heartbeats: {keys:?}"
+    );
     for (k, v) in &kvs {
         let v = String::from_utf8_lossy(v);
-        assert!(!v.contains("PRIVATE KEY") && !v.contains("\"d\":"), "{k} holds a private key in the clear");
+        assert!(
+            !v.contains("PRIVATE KEY") && !v.contains("\"d\":"),
+            "{k} holds a private key in the clear"
+        );
     }
 
     let refused = |fleet: Value, needle: &str, code: i32| {
@@ -486,7 +625,11 @@ fn no_private_key_reaches_etcd_and_strangers_are_refused() {
         let said = format!("{}{}", stdout(&o), stderr(&o));
         assert!(said.contains(needle), "expected {needle:?} in: {said}");
         assert!(!said.contains("pw-"), "a password in a message: {said}");
-        assert_same(&before, &snapshot(&w.dev(2).root.join("etc")), "a refused sync changed the device");
+        assert_same(
+            &before,
+            &snapshot(&w.dev(2).root.join("etc")),
+            "a refused sync changed the device",
+        );
     };
     // A client certificate from another CA: the handshake is refused.
     let stranger = crate::common::etcd::EtcdPki::create(&w.dir.path().join("stranger"));
@@ -533,7 +676,11 @@ fn a_second_device_deploying_a_site_the_fleet_serves_orders_nothing() {
     }
     let st = w.status(1);
     let rec = st["lineages"].as_array().unwrap().iter().find(|l| l["host"] == h).unwrap().clone();
-    assert_eq!((rec["renewed_by"].as_str(), rec["version"].as_i64()), (Some("dev-a"), Some(1)), "{st}");
+    assert_eq!(
+        (rec["renewed_by"].as_str(), rec["version"].as_i64()),
+        (Some("dev-a"), Some(1)),
+        "{st}"
+    );
     // a renews; c, whose fleet key is not the fleet's, cannot open the new
     // record: its sync names the record's key and changes nothing on c.
     w.set_dns(h, 0);
@@ -544,7 +691,11 @@ fn a_second_device_deploying_a_site_the_fleet_serves_orders_nothing() {
     let o = w.dev(2).run(&["--json", "sync"]);
     let said = format!("{}{}", stdout(&o), stderr(&o));
     // (The account's record or the lineage's, whichever it opens first.)
-    assert!(said.contains(&format!("{PREFIX}lineages/{h}")) || said.contains(&format!("{PREFIX}accounts/")), "the refusal names the record's key: {said}");
+    assert!(
+        said.contains(&format!("{PREFIX}lineages/{h}"))
+            || said.contains(&format!("{PREFIX}accounts/")),
+        "the refusal names the record's key: {said}"
+    );
     assert_same(&before, &snapshot(&w.dev(2).le()), "a record sealed with another key changed c");
     w.wait_serial(2, h, &serial);
     std::fs::write(w.dev(2).root.join(crate::common::fleet::SECRET_FILE), w.secret).unwrap();
@@ -557,5 +708,8 @@ fn a_second_device_deploying_a_site_the_fleet_serves_orders_nothing() {
     let o = w.dev(2).run(&["fleet", "configured"]);
     assert_eq!((o.status.code(), o.stdout.is_empty()), (Some(1), true), "{}", stderr(&o));
     let renewal = std::fs::read_to_string(w.dev(1).le().join(format!("renewal/{h}.conf"))).unwrap();
-    assert!(renewal.contains("autorenew = False"), "certbot must not renew a fleet lineage: {renewal}");
+    assert!(
+        renewal.contains("autorenew = False"),
+        "certbot must not renew a fleet lineage: {renewal}"
+    );
 }

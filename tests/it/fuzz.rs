@@ -39,34 +39,38 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
         any::<f64>().prop_map(|f| serde_json::json!(f)),
         ".{0,40}".prop_map(serde_json::Value::from),
         Just(serde_json::Value::from("s3f2c9a0b1d4e5f60718293a4b5c6d7e8f9012345")),
-        Just(serde_json::Value::from("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")),
+        Just(serde_json::Value::from(
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+        )),
     ];
     leaf.prop_recursive(4, 48, 6, move |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..5).prop_map(serde_json::Value::Array),
-            prop::collection::vec((key.clone(), inner), 0..7).prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect())),
+            prop::collection::vec((key.clone(), inner), 0..7)
+                .prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect())),
         ]
     })
 }
 
 /// A text with a few bytes changed, inserted or cut.
 fn mutate(base: &'static str) -> impl Strategy<Value = String> {
-    (prop::collection::vec((0usize..base.len(), any::<u8>(), 0u8..3), 1..8), 0usize..=base.len()).prop_map(move |(edits, cut)| {
-        let mut b = base.as_bytes().to_vec();
-        for (pos, byte, kind) in edits {
-            let pos = pos.min(b.len().saturating_sub(1));
-            match kind {
-                0 if !b.is_empty() => b[pos] = byte,
-                1 => b.insert(pos, byte),
-                _ if !b.is_empty() => {
-                    b.remove(pos);
+    (prop::collection::vec((0usize..base.len(), any::<u8>(), 0u8..3), 1..8), 0usize..=base.len())
+        .prop_map(move |(edits, cut)| {
+            let mut b = base.as_bytes().to_vec();
+            for (pos, byte, kind) in edits {
+                let pos = pos.min(b.len().saturating_sub(1));
+                match kind {
+                    0 if !b.is_empty() => b[pos] = byte,
+                    1 => b.insert(pos, byte),
+                    _ if !b.is_empty() => {
+                        b.remove(pos);
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
-        }
-        b.truncate(cut.max(1).min(b.len()));
-        String::from_utf8_lossy(&b).into_owned()
-    })
+            b.truncate(cut.max(1).min(b.len()));
+            String::from_utf8_lossy(&b).into_owned()
+        })
 }
 
 proptest! {
@@ -175,9 +179,19 @@ fn answer() -> impl Strategy<Value = Answer> {
         body,
         any::<bool>(),
         any::<bool>(),
-        prop::option::of(prop_oneof![Just("0".to_string()), Just("soon".to_string()), Just("Thu, 01 Jan 1970 00:00:00 GMT".to_string())]),
+        prop::option::of(prop_oneof![
+            Just("0".to_string()),
+            Just("soon".to_string()),
+            Just("Thu, 01 Jan 1970 00:00:00 GMT".to_string())
+        ]),
     )
-        .prop_map(|(status, body, nonce, location, retry_after)| Answer { status, body, nonce, location, retry_after })
+        .prop_map(|(status, body, nonce, location, retry_after)| Answer {
+            status,
+            body,
+            nonce,
+            location,
+            retry_after,
+        })
 }
 
 /// Serve `answers` in turn (then 500s) on a loopback port; the first answer is a real directory.
@@ -202,16 +216,29 @@ fn fake_ca(answers: Vec<Answer>) -> (String, Arc<Mutex<bool>>) {
             let n = c.read(&mut buf).unwrap_or(0);
             let req = String::from_utf8_lossy(&buf[..n]).to_string();
             let (status, body, nonce, location, retry) = if req.starts_with("GET /dir") {
-                (200, format!(r#"{{"newNonce":"{b2}/nonce","newAccount":"{b2}/acct","newOrder":"{b2}/order"}}"#), true, false, None)
+                (
+                    200,
+                    format!(
+                        r#"{{"newNonce":"{b2}/nonce","newAccount":"{b2}/acct","newOrder":"{b2}/order"}}"#
+                    ),
+                    true,
+                    false,
+                    None,
+                )
             } else if req.starts_with("HEAD") {
                 (200, String::new(), true, false, None)
             } else {
                 match queue.next() {
-                    Some(a) => (a.status, a.body.replace("URL", &b2), a.nonce, a.location, a.retry_after),
+                    Some(a) => {
+                        (a.status, a.body.replace("URL", &b2), a.nonce, a.location, a.retry_after)
+                    }
                     None => (500, "{}".to_string(), true, false, None),
                 }
             };
-            let mut head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+            let mut head = format!(
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+                body.len()
+            );
             if nonce {
                 head += "Replay-Nonce: n0nce\r\n";
             }

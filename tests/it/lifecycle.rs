@@ -32,7 +32,10 @@ fn assert_no_key_at_rest(d: &Device, id: &str) {
     use std::os::unix::fs::PermissionsExt;
     let p = d.root.join("var/lib/site-admin/sites").join(format!("{id}.json"));
     let text = std::fs::read_to_string(&p).unwrap();
-    assert!(!text.contains("PRIVATE KEY") && !text.contains("BEGIN CERTIFICATE"), "key material at rest: {text}");
+    assert!(
+        !text.contains("PRIVATE KEY") && !text.contains("BEGIN CERTIFICATE"),
+        "key material at rest: {text}"
+    );
     assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
 }
 
@@ -103,7 +106,11 @@ fn le_no_lkc__not_deployed__ca_failure_falls_back_to_http_and_stays_pending() {
     assert_eq!(rep["serving"], "http", "{rep}");
     assert_eq!(rep["pending"], true);
     assert!(rep["pending_reason"].as_str().unwrap().contains("validation"), "{rep}");
-    assert_eq!(w.dev.stored_site(&id).unwrap()["tls"]["letsencrypt"], true, "pending keeps letsencrypt: true");
+    assert_eq!(
+        w.dev.stored_site(&id).unwrap()["tls"]["letsencrypt"],
+        true,
+        "pending keeps letsencrypt: true"
+    );
     let (st, _, _) = w.dev.apache.http_get(h, "/");
     assert_ne!(st, 301);
     let o = w.dev.run(&["deploy", "--file", &{
@@ -114,7 +121,10 @@ fn le_no_lkc__not_deployed__ca_failure_falls_back_to_http_and_stays_pending() {
     assert_eq!(o.status.code(), Some(0));
     assert!(stderr(&o).contains("renew` will retry"), "{}", stderr(&o));
     let rows: Value = serde_json::from_str(&w.dev.ok(&["--json", "certificates"])).unwrap();
-    assert!(rows.as_array().unwrap().iter().any(|r| r["host"] == h && r["state"] == "pending"), "{rows}");
+    assert!(
+        rows.as_array().unwrap().iter().any(|r| r["host"] == h && r["state"] == "pending"),
+        "{rows}"
+    );
 }
 
 #[test]
@@ -206,7 +216,13 @@ fn le_with_lkc__deployed_lkc__older_json_keeps_live_newer_json_becomes_next_vers
     let rep = b.deploy(&second.to_string());
     assert_eq!(rep["actions"][0]["action"], "import_carried", "{rep}");
     assert_eq!(b.live_serial(h).unwrap(), s2);
-    assert_eq!(std::fs::read_link(b.le().join("live").join(h).join("cert.pem")).unwrap().display().to_string(), format!("../../archive/{h}/cert2.pem"));
+    assert_eq!(
+        std::fs::read_link(b.le().join("live").join(h).join("cert.pem"))
+            .unwrap()
+            .display()
+            .to_string(),
+        format!("../../archive/{h}/cert2.pem")
+    );
     b.apache.wait_serial(h, &s2);
 }
 
@@ -239,7 +255,11 @@ fn le_with_lkc__json_newer_than_stash_wins_and_deletes_the_stash() {
     b.ok(&["undeploy", "--siteid", &id]);
     assert_eq!(b.stash_serial(h).unwrap(), s1);
     let rep = b.deploy(&second.to_string());
-    assert_eq!(rep["actions"], json!([{"action": "delete_stash", "host": h}, {"action": "import_carried", "host": h}]), "{rep}");
+    assert_eq!(
+        rep["actions"],
+        json!([{"action": "delete_stash", "host": h}, {"action": "import_carried", "host": h}]),
+        "{rep}"
+    );
     assert_eq!(b.stash_serial(h), None);
     assert_eq!(b.live_serial(h).unwrap(), s2);
 }
@@ -251,10 +271,16 @@ fn le_with_lkc__for_another_host_is_ignored_with_a_warning() {
     let id = siteid(13);
     let h = "mine.example.test";
     let f = w.dev.tmp.path().join("wrong.json");
-    std::fs::write(&f, site_json(&id, h, Some(json!({"letsencrypt": true, "key": k, "crt": c})))).unwrap();
+    std::fs::write(&f, site_json(&id, h, Some(json!({"letsencrypt": true, "key": k, "crt": c}))))
+        .unwrap();
     let o = w.dev.run(&["--json", "deploy", "--file", f.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("is ignored") && stderr(&o).contains("does not cover mine.example.test"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is ignored")
+            && stderr(&o).contains("does not cover mine.example.test"),
+        "{}",
+        stderr(&o)
+    );
     let rep: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(rep["actions"][0]["action"], "provision");
     assert_ne!(w.dev.live_serial(h).unwrap(), pem_serial(c.as_bytes()).unwrap());
@@ -315,7 +341,11 @@ fn rule_a_mismatched_okc_is_refused_and_nothing_changes() {
     std::fs::write(&f, site_json(&id, h, Some(json!({"key": k, "crt": c})))).unwrap();
     let o = w.dev.run(&["deploy", "--file", f.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("tls.key: does not match the certificate in tls.crt"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("tls.key: does not match the certificate in tls.crt"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(snapshot(&w.dev.root), before);
 }
 
@@ -326,7 +356,11 @@ fn rule_a_hostname_change_stashes_the_old_hosts_lkc() {
     w.dev.deploy(&site_json(&id, "old.example.test", LE()));
     let old = w.dev.live_serial("old.example.test").unwrap();
     let rep = w.dev.deploy(&site_json(&id, "new.example.test", LE()));
-    assert_eq!(rep["actions"][0], json!({"action": "stash_live", "host": "old.example.test"}), "{rep}");
+    assert_eq!(
+        rep["actions"][0],
+        json!({"action": "stash_live", "host": "old.example.test"}),
+        "{rep}"
+    );
     assert_eq!(w.dev.stash_serial("old.example.test").unwrap(), old);
     let new = w.dev.live_serial("new.example.test").unwrap();
     w.dev.apache.wait_serial("new.example.test", &new);
@@ -341,7 +375,14 @@ fn a_hostname_used_by_another_site_is_refused() {
     std::fs::write(&f, site_json(&siteid(20), "dup.example.test", None)).unwrap();
     let o = w.dev.run(&["deploy", "--file", f.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains(&format!("hostname dup.example.test is already used by deployed site {}", siteid(19))), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "hostname dup.example.test is already used by deployed site {}",
+            siteid(19)
+        )),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(snapshot(&w.dev.root), before);
     // And a second "*" site.
     w.dev.deploy(&site_json(&siteid(21), "*", None));
@@ -370,7 +411,10 @@ fn backup_and_restore_carry_the_material() {
     assert_eq!(sites.len(), 3);
     let sa = sites.iter().find(|s| s["siteid"] == a.as_str()).unwrap();
     assert!(sa["tls"]["key"].as_str().unwrap().contains("PRIVATE KEY"));
-    assert_eq!(pem_serial(sa["tls"]["crt"].as_str().unwrap().as_bytes()).unwrap(), w.dev.live_serial("ba.example.test").unwrap());
+    assert_eq!(
+        pem_serial(sa["tls"]["crt"].as_str().unwrap().as_bytes()).unwrap(),
+        w.dev.live_serial("ba.example.test").unwrap()
+    );
     let sb = sites.iter().find(|s| s["siteid"] == b.as_str()).unwrap();
     assert_eq!(pem_serial(sb["tls"]["crt"].as_str().unwrap().as_bytes()).unwrap(), okc_serial);
 
@@ -398,7 +442,16 @@ fn backup_and_restore_carry_the_material() {
     // A restored lineage is under renewal with an account that exists on d2.
     let conf = std::fs::read_to_string(d2.le().join("renewal/ba.example.test.conf")).unwrap();
     let acct = conf.lines().find_map(|l| l.strip_prefix("account = ")).unwrap().to_string();
-    assert!(d2.le().join("accounts").join(format!("127.0.0.1:{}", w.pebble.port)).join("dir").join(&acct).join("private_key.json").exists(), "{conf}");
+    assert!(
+        d2.le()
+            .join("accounts")
+            .join(format!("127.0.0.1:{}", w.pebble.port))
+            .join("dir")
+            .join(&acct)
+            .join("private_key.json")
+            .exists(),
+        "{conf}"
+    );
 }
 
 #[test]
@@ -412,7 +465,11 @@ fn restore_refuses_bad_backups_and_changes_nothing() {
         (r#"{"sites": []}"#, "holds no site"),
         (&format!(r#"{{"sites": [{}]}}"#, site_json(&siteid(1), "a/b", None)), "site #1"),
         (
-            &format!(r#"{{"sites": [{}, {}]}}"#, site_json(&siteid(1), "x.example.test", None), site_json(&siteid(2), "x.example.test", None)),
+            &format!(
+                r#"{{"sites": [{}, {}]}}"#,
+                site_json(&siteid(1), "x.example.test", None),
+                site_json(&siteid(2), "x.example.test", None)
+            ),
             "share the hostname",
         ),
     ] {
@@ -421,7 +478,11 @@ fn restore_refuses_bad_backups_and_changes_nothing() {
         assert_eq!(o.status.code(), Some(2), "{content}: {}", stderr(&o));
         assert!(stderr(&o).contains(msg), "{content}: {}", stderr(&o));
     }
-    std::fs::write(&f, format!(r#"{{"sites": [{}]}}"#, site_json(&siteid(1), "x.example.test", None))).unwrap();
+    std::fs::write(
+        &f,
+        format!(r#"{{"sites": [{}]}}"#, site_json(&siteid(1), "x.example.test", None)),
+    )
+    .unwrap();
     let o = d.run(&["restore", "--in", f.to_str().unwrap(), "--siteid", &siteid(2)]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains(&format!("holds no site {}", siteid(2))));
@@ -433,7 +494,11 @@ fn restore_refuses_bad_backups_and_changes_nothing() {
 #[test]
 fn undeploy_and_showsite_of_unknown_sites_exit_2() {
     let d = Device::new();
-    for args in [vec!["undeploy", "--siteid", &siteid(99)], vec!["showsite", "--siteid", &siteid(99)], vec!["undeploy", "--siteid", "nonsense"]] {
+    for args in [
+        vec!["undeploy", "--siteid", &siteid(99)],
+        vec!["showsite", "--siteid", &siteid(99)],
+        vec!["undeploy", "--siteid", "nonsense"],
+    ] {
         let o = d.run(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
     }

@@ -55,7 +55,8 @@ fn several_deploys_at_once_all_complete_serialised_by_the_lock() {
         .map(|i| {
             let f = w.dev.tmp.path().join(format!("c{i}.json"));
             let tls = if i % 2 == 0 { Some(json!({"letsencrypt": true})) } else { None };
-            std::fs::write(&f, site_json(&siteid(100 + i), &format!("c{i}.example.test"), tls)).unwrap();
+            std::fs::write(&f, site_json(&siteid(100 + i), &format!("c{i}.example.test"), tls))
+                .unwrap();
             f
         })
         .collect();
@@ -88,7 +89,13 @@ fn a_held_lock_gives_exit_3_after_the_timeout_and_changes_nothing() {
     let f = d.tmp.path().join("l.json");
     std::fs::write(&f, site_json(&siteid(1), "l.example.test", None)).unwrap();
     let lock = d.root.join("run/site-admin/site-admin.lock");
-    let held = site_admin::lock::GlobalLock::acquire(&lock, &d.le(), Duration::from_secs(5), "deploy by the test").unwrap();
+    let held = site_admin::lock::GlobalLock::acquire(
+        &lock,
+        &d.le(),
+        Duration::from_secs(5),
+        "deploy by the test",
+    )
+    .unwrap();
     let before = snapshot(&d.root.join("etc"));
     let start = std::time::Instant::now();
     let o = d.run(&["--lock-timeout", "1", "deploy", "--file", f.to_str().unwrap()]);
@@ -103,7 +110,8 @@ fn a_held_lock_gives_exit_3_after_the_timeout_and_changes_nothing() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     drop(held);
     // Read-only commands do not wait for the lock.
-    let held = site_admin::lock::GlobalLock::acquire(&lock, &d.le(), Duration::from_secs(5), "x").unwrap();
+    let held =
+        site_admin::lock::GlobalLock::acquire(&lock, &d.le(), Duration::from_secs(5), "x").unwrap();
     let o = d.run(&["--lock-timeout", "1", "listsites"]);
     assert_eq!(o.status.code(), Some(0));
     drop(held);

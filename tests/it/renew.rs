@@ -22,7 +22,10 @@ fn renews_only_what_is_due_serves_it_and_runs_both_kinds_of_hook() {
     );
     write_hook(&d.root.join("etc/site-admin/hooks.d/10-fails"), "exit 7");
     let cb_out = d.tmp.path().join("certbot-hook.out");
-    write_hook(&d.le().join("renewal-hooks/deploy/record"), &format!("echo \"$RENEWED_LINEAGE $RENEWED_DOMAINS\" >> {}", cb_out.display()));
+    write_hook(
+        &d.le().join("renewal-hooks/deploy/record"),
+        &format!("echo \"$RENEWED_LINEAGE $RENEWED_DOMAINS\" >> {}", cb_out.display()),
+    );
 
     // Fresh: nothing due (8 s lifetime: due at half).
     let (code, rep, _) = renew_json(d, &[]);
@@ -36,7 +39,8 @@ fn renews_only_what_is_due_serves_it_and_runs_both_kinds_of_hook() {
     let (code, rep, err) = renew_json(d, &[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(rep["renewed_domains"], json!([a]), "{rep}");
-    let fresh = rep["lineages"].as_array().unwrap().iter().find(|l| l["host"] == b).unwrap().clone();
+    let fresh =
+        rep["lineages"].as_array().unwrap().iter().find(|l| l["host"] == b).unwrap().clone();
     assert_eq!(fresh["status"], "not_due");
     let renewed = d.live_serial(a).unwrap();
     assert_ne!(renewed, first);
@@ -44,7 +48,10 @@ fn renews_only_what_is_due_serves_it_and_runs_both_kinds_of_hook() {
 
     // Hooks: byte order, environment, the report on stdin; a failing one is reported, not fatal.
     let hooks = rep["hooks"].as_array().unwrap();
-    let names: Vec<String> = hooks.iter().map(|h| h["hook"].as_str().unwrap().rsplit('/').next().unwrap().to_string()).collect();
+    let names: Vec<String> = hooks
+        .iter()
+        .map(|h| h["hook"].as_str().unwrap().rsplit('/').next().unwrap().to_string())
+        .collect();
     assert_eq!(names, vec!["record", "10-fails", "20-record"], "{rep}");
     assert_eq!(hooks[1]["ok"], false);
     assert!(err.contains("10-fails"), "{err}");
@@ -55,7 +62,10 @@ fn renews_only_what_is_due_serves_it_and_runs_both_kinds_of_hook() {
     let l = stdin["lineages"].as_array().unwrap().iter().find(|l| l["host"] == a).unwrap().clone();
     assert_eq!(l["siteid"], siteid(1));
     assert!(l["old_not_after"].is_string() && l["new_not_after"].is_string(), "{l}");
-    assert_eq!(std::fs::read_to_string(&cb_out).unwrap().trim(), format!("{} {a}", d.le().join("live").join(a).display()));
+    assert_eq!(
+        std::fs::read_to_string(&cb_out).unwrap().trim(),
+        format!("{} {a}", d.le().join("live").join(a).display())
+    );
 }
 
 #[test]
@@ -76,7 +86,10 @@ fn renew_before_expiry_in_the_conf_makes_a_lineage_due() {
     let before = snapshot(&d.le());
     let (_, rep, _) = renew_json(d, &["--dry-run", "--force"]);
     assert_eq!(rep["dry_run"], true);
-    assert_eq!(rep["lineages"].as_array().unwrap().iter().filter(|l| l["status"] == "would_renew").count(), 2);
+    assert_eq!(
+        rep["lineages"].as_array().unwrap().iter().filter(|l| l["status"] == "would_renew").count(),
+        2
+    );
     assert_eq!(snapshot(&d.le()), before);
     let (_, rep, _) = renew_json(d, &["--force"]);
     assert_eq!(rep["renewed_domains"].as_array().unwrap().len(), 2);
@@ -89,12 +102,18 @@ fn with_the_ca_down_renew_exits_1_and_hooks_see_failed_domains() {
     w.dev.deploy(&site_json(&siteid(1), h, le()));
     let serial = w.dev.live_serial(h).unwrap();
     let out = w.dev.tmp.path().join("hook.out");
-    write_hook(&w.dev.root.join("etc/site-admin/hooks.d/record"), &format!("echo \"failed=[$FAILED_DOMAINS]\" > {}", out.display()));
+    write_hook(
+        &w.dev.root.join("etc/site-admin/hooks.d/record"),
+        &format!("echo \"failed=[$FAILED_DOMAINS]\" > {}", out.display()),
+    );
     w.pebble.stop_ca();
     let (code, rep, err) = renew_json(&w.dev, &["--force"]);
     assert_eq!(code, 1, "{err}");
     assert_eq!(rep["failed_domains"], json!([h]));
-    assert!(rep["lineages"][0]["error"].as_str().unwrap().contains("cannot reach the ACME server"), "{rep}");
+    assert!(
+        rep["lineages"][0]["error"].as_str().unwrap().contains("cannot reach the ACME server"),
+        "{rep}"
+    );
     assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), format!("failed=[{h}]"));
     assert_eq!(w.dev.live_serial(h).unwrap(), serial, "the certificate stays");
     w.dev.apache.wait_serial(h, &serial);
@@ -120,7 +139,10 @@ fn a_pending_site_becomes_https_once_validation_works() {
     assert_eq!(rep["lineages"][0]["status"], "provisioned", "{rep}");
     let serial = w.dev.live_serial(h).unwrap();
     w.dev.apache.wait_serial(h, &serial);
-    assert!(!w.dev.root.join("etc/httpd/ssl").join(format!("{id}.key")).exists(), "the old OKC is gone");
+    assert!(
+        !w.dev.root.join("etc/httpd/ssl").join(format!("{id}.key")).exists(),
+        "the old OKC is gone"
+    );
     let rows: Value = serde_json::from_str(&w.dev.ok(&["--json", "certificates"])).unwrap();
     assert!(rows.as_array().unwrap().iter().all(|r| r["state"] != "pending"), "{rows}");
 }
@@ -144,7 +166,13 @@ fn expired_stash_entries_are_deleted_by_renew() {
 fn renew_waits_for_a_held_lock_or_gives_exit_3() {
     let d = Device::new();
     let lock = d.root.join("run/site-admin/site-admin.lock");
-    let held = site_admin::lock::GlobalLock::acquire(&lock, &d.le(), Duration::from_secs(5), "a long deploy").unwrap();
+    let held = site_admin::lock::GlobalLock::acquire(
+        &lock,
+        &d.le(),
+        Duration::from_secs(5),
+        "a long deploy",
+    )
+    .unwrap();
     let o = d.run(&["--lock-timeout", "1", "renew"]);
     assert_eq!(o.status.code(), Some(3));
     let t = std::thread::spawn(move || {
@@ -155,7 +183,11 @@ fn renew_waits_for_a_held_lock_or_gives_exit_3() {
     let o = d.run(&["--lock-timeout", "30", "renew"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(start.elapsed() >= Duration::from_millis(1000), "it waited");
-    assert!(stderr(&o).contains("waiting for the global lock") && stderr(&o).contains("a long deploy"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("waiting for the global lock") && stderr(&o).contains("a long deploy"),
+        "{}",
+        stderr(&o)
+    );
     t.join().unwrap();
 }
 
@@ -166,14 +198,37 @@ fn systemd_units_verify() {
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
         .expect("systemd-analyze is not installed: run scripts/setup");
-    let svc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/site-admin-renew.service")).unwrap();
-    assert!(svc.contains("After=") && svc.contains("time-sync.target"), "the service waits for the clock: {svc}");
-    let timer = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/site-admin-renew.timer")).unwrap();
+    let svc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/site-admin-renew.service"
+    ))
+    .unwrap();
+    assert!(
+        svc.contains("After=") && svc.contains("time-sync.target"),
+        "the service waits for the clock: {svc}"
+    );
+    let timer = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/site-admin-renew.timer"
+    ))
+    .unwrap();
     assert!(timer.contains("Persistent=true") && timer.contains("RandomizedDelaySec="), "{timer}");
     let t = tempfile::tempdir().unwrap();
-    let svc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/site-admin-renew.service")).unwrap();
-    std::fs::write(t.path().join("site-admin-renew.service"), svc.replace("/usr/bin/site-admin", bin().to_str().unwrap())).unwrap();
-    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/site-admin-renew.timer"), t.path().join("site-admin-renew.timer")).unwrap();
+    let svc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/site-admin-renew.service"
+    ))
+    .unwrap();
+    std::fs::write(
+        t.path().join("site-admin-renew.service"),
+        svc.replace("/usr/bin/site-admin", bin().to_str().unwrap()),
+    )
+    .unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/site-admin-renew.timer"),
+        t.path().join("site-admin-renew.timer"),
+    )
+    .unwrap();
     let o = std::process::Command::new(sa)
         .arg("verify")
         .arg(t.path().join("site-admin-renew.timer"))

@@ -55,7 +55,8 @@ impl CaProxy {
         let port = free_port();
         let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
         l.set_nonblocking(true).unwrap();
-        let (mode, stop) = (Arc::new(AtomicU8::new(Mode::Pass as u8)), Arc::new(AtomicBool::new(false)));
+        let (mode, stop) =
+            (Arc::new(AtomicU8::new(Mode::Pass as u8)), Arc::new(AtomicBool::new(false)));
         let (m2, s2, upstream) = (mode.clone(), stop.clone(), p.port);
         let thread = std::thread::spawn(move || {
             while !s2.load(Ordering::Relaxed) {
@@ -63,7 +64,8 @@ impl CaProxy {
                     std::thread::sleep(Duration::from_millis(2));
                     continue;
                 };
-                let (acc, con, mode) = (acceptor.clone(), connector.clone(), m2.load(Ordering::Relaxed));
+                let (acc, con, mode) =
+                    (acceptor.clone(), connector.clone(), m2.load(Ordering::Relaxed));
                 std::thread::spawn(move || {
                     let _ = serve_one(&acc, &con, tcp, upstream, mode);
                 });
@@ -91,7 +93,13 @@ impl Drop for CaProxy {
 }
 
 /// One request on one connection (answered with `Connection: close`).
-fn serve_one(acc: &openssl::ssl::SslAcceptor, con: &openssl::ssl::SslConnector, tcp: TcpStream, upstream: u16, mode: u8) -> std::io::Result<()> {
+fn serve_one(
+    acc: &openssl::ssl::SslAcceptor,
+    con: &openssl::ssl::SslConnector,
+    tcp: TcpStream,
+    upstream: u16,
+    mode: u8,
+) -> std::io::Result<()> {
     tcp.set_nonblocking(false)?;
     tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
     if mode == Mode::Down as u8 {
@@ -114,7 +122,11 @@ fn serve_one(acc: &openssl::ssl::SslAcceptor, con: &openssl::ssl::SslConnector, 
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
     let len: usize = head
         .lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")).map(|(_, v)| v.trim().parse().unwrap_or(0)))
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .map(|(_, v)| v.trim().parse().unwrap_or(0))
+        })
         .unwrap_or(0);
     while buf.len() < head_end + len {
         let n = s.read(&mut chunk)?;
@@ -134,7 +146,12 @@ fn serve_one(acc: &openssl::ssl::SslAcceptor, con: &openssl::ssl::SslConnector, 
         return s.write_all(resp.as_bytes());
     }
     // Forward, one request per upstream connection.
-    let head: String = head.trim_end().lines().filter(|l| !l.to_ascii_lowercase().starts_with("connection:")).map(|l| format!("{l}\r\n")).collect();
+    let head: String = head
+        .trim_end()
+        .lines()
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
     let up = TcpStream::connect(("127.0.0.1", upstream))?;
     up.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut u = con.connect("localhost", up).map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -162,7 +179,8 @@ fn proxied() -> (World, CaProxy) {
 }
 
 fn json_out(o: &std::process::Output) -> Value {
-    serde_json::from_str(&stdout(o)).unwrap_or_else(|e| panic!("no JSON ({e}): {}\n{}", stdout(o), stderr(o)))
+    serde_json::from_str(&stdout(o))
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {}\n{}", stdout(o), stderr(o)))
 }
 
 fn owed_rows(d: &Device) -> Vec<Value> {
@@ -186,7 +204,8 @@ fn a_refused_revocation_without_replacement_stays_owed_and_the_certificate_is_ne
     d.apache.wait_serial(h, &compromised);
 
     proxy.set(Mode::RefuseRevocation);
-    let o = d.run(&["--json", "revoke", "--siteid", &id, "--no-replace", "--reason", "keyCompromise"]);
+    let o =
+        d.run(&["--json", "revoke", "--siteid", &id, "--no-replace", "--reason", "keyCompromise"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let rep = json_out(&o);
     assert_eq!(rep["revoked"], false, "{rep}");
@@ -194,11 +213,15 @@ fn a_refused_revocation_without_replacement_stays_owed_and_the_certificate_is_ne
     assert!(stderr(&o).contains("stays owed"), "{}", stderr(&o));
     assert_eq!(w.pebble.cert_status(&compromised), "Valid");
     assert_eq!(d.live_serial(h), None, "out of service");
-    let vhost = std::fs::read_to_string(d.root.join("etc/httpd/sites").join(format!("{id}.conf"))).unwrap();
+    let vhost =
+        std::fs::read_to_string(d.root.join("etc/httpd/sites").join(format!("{id}.conf"))).unwrap();
     assert!(!vhost.contains("SSLEngine"), "{vhost}");
     let rows = owed_rows(d);
     assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!((rows[0]["host"].as_str(), rows[0]["serial"].as_str()), (Some(h), Some(compromised.as_str())));
+    assert_eq!(
+        (rows[0]["host"].as_str(), rows[0]["serial"].as_str()),
+        (Some(h), Some(compromised.as_str()))
+    );
     assert!(rows[0]["last_error"].as_str().unwrap().contains("refused"), "{rows:?}");
 
     // The CA still refuses: renew serves a NEW certificate (never the owed
@@ -299,7 +322,11 @@ fn a_revoke_whose_replacement_failed_is_finished_by_renew_replacement_first() {
     let (code, rep, err) = renew_json(d, &[]);
     assert_eq!(code, 0, "{rep}\n{err}");
     let l = rep["lineages"].as_array().unwrap().iter().find(|l| l["host"] == h).unwrap().clone();
-    assert_eq!((l["status"].as_str(), l["due_by"].as_str()), (Some("renewed"), Some("revocation")), "{rep}");
+    assert_eq!(
+        (l["status"].as_str(), l["due_by"].as_str()),
+        (Some("renewed"), Some("revocation")),
+        "{rep}"
+    );
     assert_eq!(rep["revoked_domains"], json!([h]), "{rep}");
     let replacement = d.live_serial(h).unwrap();
     assert_ne!(replacement, compromised);
@@ -320,14 +347,20 @@ fn a_revoke_without_replacement_killed_before_the_certificate_left_service_never
     // Killed after the vhost went to http, before the lineage was retired.
     let mut env: Vec<(&str, &str)> = d.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     env.push(("SITE_ADMIN_FAULT", "revoke.http_before_retire"));
-    let o = run(&["revoke", "--siteid", &id, "--no-replace", "--reason", "keyCompromise"], &env, None);
+    let o =
+        run(&["revoke", "--siteid", &id, "--no-replace", "--reason", "keyCompromise"], &env, None);
     assert!(!o.status.success(), "{}", stderr(&o));
     assert_eq!(d.live_serial(h).as_deref(), Some(compromised.as_str()), "still on disk");
     assert_eq!(owed_rows(d).len(), 1);
 
     // Neither doctor --repair nor a redeploy puts it back on https.
     let o = d.run(&["doctor", "--repair"]);
-    assert!(stderr(&o).contains("owed a revocation") || stdout(&o).contains("owed a revocation"), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stderr(&o).contains("owed a revocation") || stdout(&o).contains("owed a revocation"),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
     assert_ne!(d.apache.served_serial(h).as_deref(), Some(compromised.as_str()));
     std::fs::write(d.tmp.path().join("again.json"), site_json(&id, h, le())).unwrap();
     d.ok(&["deploy", "--file", d.tmp.path().join("again.json").to_str().unwrap()]);

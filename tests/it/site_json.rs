@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 fn fixtures() -> (PathBuf, BTreeMap<String, Value>) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let expect: BTreeMap<String, Value> = serde_json::from_str(&std::fs::read_to_string(dir.join("expect.json")).unwrap()).unwrap();
+    let expect: BTreeMap<String, Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expect.json")).unwrap()).unwrap();
     (dir, expect)
 }
 
@@ -30,7 +31,9 @@ fn every_fixture_is_listed_and_there_are_enough() {
     on_disk.sort();
     assert_eq!(on_disk, expect.keys().cloned().collect::<Vec<_>>());
     assert!(expect.values().filter(|e| e["valid"] == false).count() >= 20);
-    for need in ["http", "letsencrypt", "letsencrypt-with-lkc", "okc", "okc-with-cacrt", "appconfigs"] {
+    for need in
+        ["http", "letsencrypt", "letsencrypt-with-lkc", "okc", "okc-with-cacrt", "appconfigs"]
+    {
         assert!(expect.contains_key(&format!("valid/{need}.json")), "{need}");
     }
 }
@@ -42,14 +45,22 @@ fn code_and_schema_agree_on_every_fixture() {
     for (name, e) in &expect {
         let text = std::fs::read_to_string(dir.join(name)).unwrap();
         // What deploy decides with the default server (Let's Encrypt).
-        let code = site_admin::site::parse_site_for(&text, name, site_admin::config::LETSENCRYPT_PRODUCTION);
+        let code = site_admin::site::parse_site_for(
+            &text,
+            name,
+            site_admin::config::LETSENCRYPT_PRODUCTION,
+        );
         let want_valid = e["valid"] == true;
         match &code {
             Ok(_) => assert!(want_valid, "{name}: the code accepts it, expected a refusal"),
             Err(err) => {
                 assert!(!want_valid, "{name}: the code refuses it: {err}");
                 let msg = e["message"].as_str().unwrap();
-                assert!(err.to_string().contains(msg), "{name}: message {:?} lacks {msg:?}", err.to_string());
+                assert!(
+                    err.to_string().contains(msg),
+                    "{name}: message {:?} lacks {msg:?}",
+                    err.to_string()
+                );
                 assert_eq!(err.exit_code(), 2);
             }
         }
@@ -60,9 +71,15 @@ fn code_and_schema_agree_on_every_fixture() {
         let doc: Value = serde_json::from_str(&text).unwrap();
         let schema_valid = schema.is_valid(&doc);
         if let Some(why) = e.get("beyond_schema") {
-            assert!(schema_valid, "{name}: marked beyond the schema ({why}) but the schema refuses it");
+            assert!(
+                schema_valid,
+                "{name}: marked beyond the schema ({why}) but the schema refuses it"
+            );
         } else {
-            assert_eq!(schema_valid, want_valid, "{name}: the schema says {schema_valid}, the code says {want_valid}");
+            assert_eq!(
+                schema_valid, want_valid,
+                "{name}: the schema says {schema_valid}, the code says {want_valid}"
+            );
         }
     }
 }
@@ -72,7 +89,11 @@ fn populated_root() -> tempfile::TempDir {
     let t = tempfile::tempdir().unwrap();
     let r = t.path();
     std::fs::create_dir_all(r.join("etc/site-admin")).unwrap();
-    std::fs::write(r.join("etc/site-admin/config.json"), r#"{"apache": {"configtest": ["true"], "reload": ["true"]}}"#).unwrap();
+    std::fs::write(
+        r.join("etc/site-admin/config.json"),
+        r#"{"apache": {"configtest": ["true"], "reload": ["true"]}}"#,
+    )
+    .unwrap();
     let live = r.join("etc/letsencrypt/live/blog.example.com");
     std::fs::create_dir_all(&live).unwrap();
     let (k, c) = self_signed(&["blog.example.com"], 60);
@@ -83,7 +104,11 @@ fn populated_root() -> tempfile::TempDir {
     std::fs::write(arch.join("cert1.pem"), &c).unwrap();
     std::fs::write(arch.join("chain1.pem"), "").unwrap();
     for kind in ["privkey", "fullchain", "cert", "chain"] {
-        std::os::unix::fs::symlink(format!("../../archive/blog.example.com/{kind}1.pem"), live.join(format!("{kind}.pem"))).unwrap();
+        std::os::unix::fs::symlink(
+            format!("../../archive/blog.example.com/{kind}1.pem"),
+            live.join(format!("{kind}.pem")),
+        )
+        .unwrap();
     }
     std::fs::create_dir_all(r.join("var/lib/site-admin/sites")).unwrap();
     t
@@ -99,8 +124,14 @@ fn every_bad_site_json_exits_2_with_its_own_message_and_changes_nothing() {
         let file = dir.join(name);
         // The device trusts the fixtures' issuer, as it trusts its ACME CA.
         let bundle = dir.join("issuer.pem");
-        let env = [("SITE_ADMIN_ROOT", root.path().to_str().unwrap()), ("SITE_ADMIN_ACME_CA_BUNDLE", bundle.to_str().unwrap())];
-        for args in [vec!["deploy", "--file", file.to_str().unwrap()], vec!["deploy", "--dry-run", "--file", file.to_str().unwrap()]] {
+        let env = [
+            ("SITE_ADMIN_ROOT", root.path().to_str().unwrap()),
+            ("SITE_ADMIN_ACME_CA_BUNDLE", bundle.to_str().unwrap()),
+        ];
+        for args in [
+            vec!["deploy", "--file", file.to_str().unwrap()],
+            vec!["deploy", "--dry-run", "--file", file.to_str().unwrap()],
+        ] {
             let o = run(&args, &env, None);
             assert_eq!(o.status.code(), Some(2), "{name} {args:?}: {}", stderr(&o));
             let err = stderr(&o);
@@ -115,7 +146,11 @@ fn every_bad_site_json_exits_2_with_its_own_message_and_changes_nothing() {
         assert_eq!(snapshot(root.path()), before, "{name} changed the tree");
     }
     let distinct: std::collections::BTreeSet<&String> = messages.values().collect();
-    assert_eq!(distinct.len(), expect.values().filter(|e| e["valid"] == false).count(), "each bad fixture has its own message");
+    assert_eq!(
+        distinct.len(),
+        expect.values().filter(|e| e["valid"] == false).count(),
+        "each bad fixture has its own message"
+    );
 }
 
 #[test]
@@ -127,8 +162,12 @@ fn valid_fixtures_dry_run_and_change_nothing() {
         let file = dir.join(name);
         // The device trusts the fixtures' issuer, as it trusts its ACME CA.
         let bundle = dir.join("issuer.pem");
-        let env = [("SITE_ADMIN_ROOT", root.path().to_str().unwrap()), ("SITE_ADMIN_ACME_CA_BUNDLE", bundle.to_str().unwrap())];
-        let o = run(&["--json", "deploy", "--dry-run", "--file", file.to_str().unwrap()], &env, None);
+        let env = [
+            ("SITE_ADMIN_ROOT", root.path().to_str().unwrap()),
+            ("SITE_ADMIN_ACME_CA_BUNDLE", bundle.to_str().unwrap()),
+        ];
+        let o =
+            run(&["--json", "deploy", "--dry-run", "--file", file.to_str().unwrap()], &env, None);
         assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
         let plan: Value = serde_json::from_str(&stdout(&o)).unwrap();
         assert_eq!(plan["dry_run"], true);
@@ -145,27 +184,71 @@ fn dry_run_reads_the_tree_under_root() {
     let root = populated_root();
     // The device trusts the fixtures' issuer, as it trusts its ACME CA.
     let bundle = dir.join("issuer.pem");
-    let env = [("SITE_ADMIN_ROOT", root.path().to_str().unwrap()), ("SITE_ADMIN_ACME_CA_BUNDLE", bundle.to_str().unwrap())];
+    let env = [
+        ("SITE_ADMIN_ROOT", root.path().to_str().unwrap()),
+        ("SITE_ADMIN_ACME_CA_BUNDLE", bundle.to_str().unwrap()),
+    ];
     // live/blog.example.com exists (60 days); the Site JSON carries one of 100 years: it wins.
-    let o = run(&["--json", "deploy", "--dry-run", "--file", dir.join("valid/letsencrypt-with-lkc.json").to_str().unwrap()], &env, None);
+    let o = run(
+        &[
+            "--json",
+            "deploy",
+            "--dry-run",
+            "--file",
+            dir.join("valid/letsencrypt-with-lkc.json").to_str().unwrap(),
+        ],
+        &env,
+        None,
+    );
     let plan: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(plan["actions"][0]["action"], "import_carried", "{plan}");
-    assert!(plan["reason"].as_str().unwrap().contains("next version of the live lineage"), "{plan}");
+    assert!(
+        plan["reason"].as_str().unwrap().contains("next version of the live lineage"),
+        "{plan}"
+    );
     // Plain letsencrypt: the unused live lineage is adopted, nothing issued.
-    let o = run(&["--json", "deploy", "--dry-run", "--file", dir.join("valid/letsencrypt.json").to_str().unwrap()], &env, None);
+    let o = run(
+        &[
+            "--json",
+            "deploy",
+            "--dry-run",
+            "--file",
+            dir.join("valid/letsencrypt.json").to_str().unwrap(),
+        ],
+        &env,
+        None,
+    );
     let plan: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(plan["actions"], serde_json::json!([]), "{plan}");
     assert_eq!(plan["serving"], "letsencrypt");
     // An LKC for another host is ignored with a warning, and a certificate is to be provisioned.
-    let o = run(&["--json", "deploy", "--dry-run", "--file", dir.join("valid/letsencrypt-with-lkc-for-other-host.json").to_str().unwrap()], &env, None);
+    let o = run(
+        &[
+            "--json",
+            "deploy",
+            "--dry-run",
+            "--file",
+            dir.join("valid/letsencrypt-with-lkc-for-other-host.json").to_str().unwrap(),
+        ],
+        &env,
+        None,
+    );
     let plan: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(plan["actions"][0]["action"], "provision", "{plan}");
-    assert!(plan["warnings"][0].as_str().unwrap().contains("does not cover news.example.com"), "{plan}");
+    assert!(
+        plan["warnings"][0].as_str().unwrap().contains("does not cover news.example.com"),
+        "{plan}"
+    );
 }
 
 #[test]
 fn usage_errors_exit_2() {
-    for args in [vec!["deploy"], vec!["frobnicate"], vec!["backup", "--out", "x"], vec!["deploy", "--file", "/nonexistent/site.json"]] {
+    for args in [
+        vec!["deploy"],
+        vec!["frobnicate"],
+        vec!["backup", "--out", "x"],
+        vec!["deploy", "--file", "/nonexistent/site.json"],
+    ] {
         let o = run(&args, &[("SITE_ADMIN_ROOT", "/nonexistent-root")], None);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
     }
@@ -178,7 +261,11 @@ fn usage_errors_exit_2() {
 fn bad_config_names_the_key() {
     let t = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(t.path().join("etc/site-admin")).unwrap();
-    std::fs::write(t.path().join("etc/site-admin/config.json"), r#"{"acme_sever": "https://x/dir"}"#).unwrap();
+    std::fs::write(
+        t.path().join("etc/site-admin/config.json"),
+        r#"{"acme_sever": "https://x/dir"}"#,
+    )
+    .unwrap();
     let o = run(&["listsites"], &[("SITE_ADMIN_ROOT", t.path().to_str().unwrap())], None);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("acme_sever"), "{}", stderr(&o));

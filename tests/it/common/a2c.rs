@@ -34,17 +34,40 @@ impl Default for A2cOptions {
 }
 
 pub fn python() -> PathBuf {
-    std::env::var_os("SITE_ADMIN_A2C_PYTHON").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-a2c/bin/python"))
+    std::env::var_os("SITE_ADMIN_A2C_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-a2c/bin/python"))
 }
 
 impl A2c {
     pub fn start(dir: &Path, opts: A2cOptions) -> A2c {
         let py = python();
-        assert!(py.exists(), "acme2certifier's venv is missing at {} (run scripts/setup)", py.display());
+        assert!(
+            py.exists(),
+            "acme2certifier's venv is missing at {} (run scripts/setup)",
+            py.display()
+        );
         std::fs::create_dir_all(dir.join("certs")).unwrap();
         let ok = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30", "-subj", "/CN=acme2certifier test CA"])
-            .args(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "30",
+                "-subj",
+                "/CN=acme2certifier test CA",
+            ])
+            .args([
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ])
             .arg("-keyout")
             .arg(dir.join("ca.key"))
             .arg("-out")
@@ -94,7 +117,10 @@ impl A2c {
                     return A2c { port, dir: dir.into(), child };
                 }
                 if let Ok(Some(st)) = child.try_wait() {
-                    last = format!("exited with {st}: {}", std::fs::read_to_string(dir.join("server.log")).unwrap_or_default());
+                    last = format!(
+                        "exited with {st}: {}",
+                        std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+                    );
                     break;
                 }
                 if start.elapsed() > Duration::from_secs(30) {
@@ -115,12 +141,20 @@ impl A2c {
 
     /// Every request so far: {"method", "path", "payload"}.
     pub fn requests(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.dir.join("requests.jsonl")).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        std::fs::read_to_string(self.dir.join("requests.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// The payloads of the newOrder requests so far.
     pub fn orders(&self) -> Vec<serde_json::Value> {
-        self.requests().into_iter().filter(|r| r["path"].as_str().unwrap_or("").ends_with("/neworders")).map(|r| r["payload"].clone()).collect()
+        self.requests()
+            .into_iter()
+            .filter(|r| r["path"].as_str().unwrap_or("").ends_with("/neworders"))
+            .map(|r| r["payload"].clone())
+            .collect()
     }
 
     pub fn log(&self) -> String {

@@ -22,7 +22,13 @@ impl Apache {
     /// mod_ssl, mod_rewrite, mod_alias, `IncludeOptional <sites_dir>/*.conf`);
     /// not started yet. Device B of a migration listens on 127.0.0.2 with
     /// device A's port numbers.
-    pub fn configure_on(dir: &Path, sites_dir: &Path, ip: &str, http_port: u16, https_port: u16) -> Apache {
+    pub fn configure_on(
+        dir: &Path,
+        sites_dir: &Path,
+        ip: &str,
+        http_port: u16,
+        https_port: u16,
+    ) -> Apache {
         require("apache2");
         std::fs::create_dir_all(dir.join("run")).unwrap();
         std::fs::create_dir_all(sites_dir).unwrap();
@@ -47,7 +53,11 @@ impl Apache {
     /// pebble validates an IPv6 site's address there.
     pub fn also_listen(&self, ip: &str) {
         let mut text = std::fs::read_to_string(&self.conf).unwrap();
-        text = text.replacen("Listen ", &format!("Listen {ip}:{}\nListen {ip}:{}\nListen ", self.http_port, self.https_port), 1);
+        text = text.replacen(
+            "Listen ",
+            &format!("Listen {ip}:{}\nListen {ip}:{}\nListen ", self.http_port, self.https_port),
+            1,
+        );
         std::fs::write(&self.conf, text).unwrap();
     }
 
@@ -59,7 +69,13 @@ impl Apache {
         vec![BIN.into(), "-f".into(), self.conf.display().to_string(), "-k".into(), "start".into()]
     }
     pub fn reload_argv(&self) -> Vec<String> {
-        vec![BIN.into(), "-f".into(), self.conf.display().to_string(), "-k".into(), "graceful".into()]
+        vec![
+            BIN.into(),
+            "-f".into(),
+            self.conf.display().to_string(),
+            "-k".into(),
+            "graceful".into(),
+        ]
     }
 
     pub fn start(&self) {
@@ -71,19 +87,36 @@ impl Apache {
     /// [`Self::start`], saying why it did not start instead of panicking
     /// (a world of several devices picks new ports when one is taken).
     pub fn try_start(&self) -> Result<(), String> {
-        let mut o = Command::new(BIN).args(["-f", self.conf.to_str().unwrap(), "-k", "start"]).output().unwrap();
+        let mut o = Command::new(BIN)
+            .args(["-f", self.conf.to_str().unwrap(), "-k", "start"])
+            .output()
+            .unwrap();
         // A port the harness found free can be taken for a moment by another
         // socket before Apache binds it: wait and try again, a few times.
         for _ in 0..5 {
-            let said = format!("{}{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout));
-            if o.status.success() || !(said.contains("could not bind") || said.contains("Address already in use")) {
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stderr),
+                String::from_utf8_lossy(&o.stdout)
+            );
+            if o.status.success()
+                || !(said.contains("could not bind") || said.contains("Address already in use"))
+            {
                 break;
             }
             std::thread::sleep(Duration::from_secs(1));
-            o = Command::new(BIN).args(["-f", self.conf.to_str().unwrap(), "-k", "start"]).output().unwrap();
+            o = Command::new(BIN)
+                .args(["-f", self.conf.to_str().unwrap(), "-k", "start"])
+                .output()
+                .unwrap();
         }
         if !o.status.success() {
-            return Err(format!("apache2 did not start: {}{}\n{}", String::from_utf8_lossy(&o.stderr), String::from_utf8_lossy(&o.stdout), self.error_log()));
+            return Err(format!(
+                "apache2 did not start: {}{}\n{}",
+                String::from_utf8_lossy(&o.stderr),
+                String::from_utf8_lossy(&o.stdout),
+                self.error_log()
+            ));
         }
         let start = Instant::now();
         while std::net::TcpStream::connect((self.ip.as_str(), self.http_port)).is_err() {
@@ -110,8 +143,16 @@ impl Apache {
     /// GET http://127.0.0.1:<http_port><path> for `host`, without following
     /// redirects: (status, Location, body).
     pub fn http_get(&self, host: &str, path: &str) -> (u16, Option<String>, String) {
-        let c = reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(5)).build().unwrap();
-        let r = c.get(format!("http://{}:{}{path}", self.ip, self.http_port)).header("Host", host).send().unwrap();
+        let c = reqwest::blocking::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let r = c
+            .get(format!("http://{}:{}{path}", self.ip, self.http_port))
+            .header("Host", host)
+            .send()
+            .unwrap();
         let loc = r.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_string);
         (r.status().as_u16(), loc, r.text().unwrap_or_default())
     }
@@ -131,14 +172,22 @@ impl Apache {
             if got.as_deref() == Some(serial) {
                 return;
             }
-            assert!(start.elapsed() < Duration::from_secs(15), "{host}: Apache serves {got:?}, expected {serial}\n{}", self.error_log());
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "{host}: Apache serves {got:?}, expected {serial}\n{}",
+                self.error_log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
 
 fn unsafe_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))).unwrap_or(false)
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
 }
 
 /// TLS handshake with SNI `host` on 127.0.0.1:`port`; the leaf's serial.
@@ -162,7 +211,9 @@ impl Drop for Apache {
         if let Some(pid) = self.pid() {
             let _ = Command::new("kill").arg(pid.to_string()).status();
             let start = Instant::now();
-            while Path::new(&format!("/proc/{pid}")).exists() && start.elapsed() < Duration::from_secs(5) {
+            while Path::new(&format!("/proc/{pid}")).exists()
+                && start.elapsed() < Duration::from_secs(5)
+            {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }

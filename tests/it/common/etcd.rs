@@ -51,7 +51,10 @@ impl EtcdPki {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut sp = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         sp.subject_alt_names.push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        sp.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        sp.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         let cert = sp.signed_by(&key, &pki.ca_cert.0, &pki.ca_cert.1).unwrap();
         std::fs::write(&pki.server.0, cert.pem()).unwrap();
         std::fs::write(&pki.server.1, key.serialize_pem()).unwrap();
@@ -76,7 +79,9 @@ impl EtcdPki {
         let mut b = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(3))
             .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&self.ca).unwrap()).unwrap());
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(&std::fs::read(&self.ca).unwrap()).unwrap(),
+            );
         if let Some((c, k)) = client {
             let mut pem = std::fs::read(c).unwrap();
             pem.extend(std::fs::read(k).unwrap());
@@ -135,7 +140,11 @@ impl EtcdCluster {
                 }
             })
             .collect();
-        let initial_cluster = members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url))
+            .collect::<Vec<_>>()
+            .join(",");
         EtcdCluster { members, initial_cluster, tls }
     }
 
@@ -143,7 +152,10 @@ impl EtcdCluster {
     pub fn raw(&self) -> reqwest::blocking::Client {
         match &self.tls {
             Some(pki) => pki.http(Some(&pki.client("harness"))),
-            None => reqwest::blocking::Client::builder().timeout(Duration::from_secs(3)).build().unwrap(),
+            None => reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()
+                .unwrap(),
         }
     }
 
@@ -152,7 +164,9 @@ impl EtcdCluster {
     pub fn enable_auth(&self, root_password: &str, users: &[(&str, &str, &str)]) {
         let http = self.raw();
         let url = &self.members[0].client_url;
-        let b64 = |s: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s.as_bytes());
+        let b64 = |s: &str| {
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s.as_bytes())
+        };
         let post = |path: &str, body: serde_json::Value| {
             let r = http.post(format!("{url}{path}")).json(&body).send().unwrap();
             let st = r.status();
@@ -181,15 +195,37 @@ impl EtcdCluster {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&m.log).unwrap();
         let mut cmd = Command::new(etcd_bin());
         if let Some(pki) = &self.tls {
-            cmd.arg("--client-cert-auth").arg("--trusted-ca-file").arg(&pki.ca).arg("--cert-file").arg(&pki.server.0).arg("--key-file").arg(&pki.server.1);
+            cmd.arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(&pki.ca)
+                .arg("--cert-file")
+                .arg(&pki.server.0)
+                .arg("--key-file")
+                .arg(&pki.server.1);
         }
         let child = cmd
             .args(["--name", &m.name, "--data-dir"])
             .arg(&m.data_dir)
             .args(["--listen-client-urls", &m.client_url, "--advertise-client-urls", &m.client_url])
             .args(["--listen-peer-urls", &m.peer_url, "--initial-advertise-peer-urls", &m.peer_url])
-            .args(["--initial-cluster", &ic, "--initial-cluster-state", state, "--initial-cluster-token", "site-admin-test"])
-            .args(["--heartbeat-interval", "100", "--election-timeout", "1000", "--logger", "zap", "--log-outputs", "stderr"])
+            .args([
+                "--initial-cluster",
+                &ic,
+                "--initial-cluster-state",
+                state,
+                "--initial-cluster-token",
+                "site-admin-test",
+            ])
+            .args([
+                "--heartbeat-interval",
+                "100",
+                "--election-timeout",
+                "1000",
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -208,7 +244,11 @@ impl EtcdCluster {
                 }
             }
             let ready = self.members.iter().all(|m| {
-                http.post(format!("{}/v3/kv/range", m.client_url)).body(r#"{"key":"cmVhZHk="}"#).send().map(|r| r.status().is_success()).unwrap_or(false)
+                http.post(format!("{}/v3/kv/range", m.client_url))
+                    .body(r#"{"key":"cmVhZHk="}"#)
+                    .send()
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false)
             });
             if ready {
                 return Ok(());
@@ -228,14 +268,22 @@ impl EtcdCluster {
     pub fn leader(&self) -> Option<usize> {
         let http = self.raw();
         for m in self.members.iter().filter(|m| m.child.is_some()) {
-            let Ok(r) = http.post(format!("{}/v3/maintenance/status", m.client_url)).body("{}").send() else { continue };
+            let Ok(r) =
+                http.post(format!("{}/v3/maintenance/status", m.client_url)).body("{}").send()
+            else {
+                continue;
+            };
             let Ok(v) = r.json::<serde_json::Value>() else { continue };
             let leader = v["leader"].as_str().unwrap_or("").to_string();
             if leader.is_empty() {
                 continue;
             }
             for (i, o) in self.members.iter().enumerate() {
-                let Ok(r) = http.post(format!("{}/v3/maintenance/status", o.client_url)).body("{}").send() else { continue };
+                let Ok(r) =
+                    http.post(format!("{}/v3/maintenance/status", o.client_url)).body("{}").send()
+                else {
+                    continue;
+                };
                 let Ok(s) = r.json::<serde_json::Value>() else { continue };
                 if s["header"]["member_id"].as_str() == Some(leader.as_str()) {
                     return Some(i);

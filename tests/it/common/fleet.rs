@@ -68,8 +68,10 @@ impl FleetWorld {
         let (etcd, pki) = if opts.tls {
             let pki = EtcdPki::create(&dir.path().join("pki"));
             let c = EtcdCluster::start_tls(&dir.path().join("etcd"), 3, &pki);
-            let users: Vec<(String, String)> = IDS.iter().map(|d| (d.to_string(), format!("pw-{d}"))).collect();
-            let mut u: Vec<(&str, &str, &str)> = users.iter().map(|(d, p)| (d.as_str(), p.as_str(), PREFIX)).collect();
+            let users: Vec<(String, String)> =
+                IDS.iter().map(|d| (d.to_string(), format!("pw-{d}"))).collect();
+            let mut u: Vec<(&str, &str, &str)> =
+                users.iter().map(|(d, p)| (d.as_str(), p.as_str(), PREFIX)).collect();
             // A user whose role may use another prefix only.
             u.push(("outsider", "pw-outsider", "/elsewhere/"));
             c.enable_auth(ROOT_PASSWORD, &u);
@@ -83,8 +85,13 @@ impl FleetWorld {
         let mut last = String::new();
         for attempt in 0..4 {
             let (http, https) = (free_port_3(), free_port_3());
-            let mut devices: Vec<Device> = IPS.iter().map(|ip| Device::new_on(ip, http, https)).collect();
-            let pebble = Pebble::start(&dir.path().join(format!("pebble-{attempt}")), http, opts.pebble.clone());
+            let mut devices: Vec<Device> =
+                IPS.iter().map(|ip| Device::new_on(ip, http, https)).collect();
+            let pebble = Pebble::start(
+                &dir.path().join(format!("pebble-{attempt}")),
+                http,
+                opts.pebble.clone(),
+            );
             for (i, d) in devices.iter_mut().enumerate() {
                 d.use_pebble(&pebble);
                 let mut t = std::fs::read_to_string(&d.trusted).unwrap();
@@ -98,7 +105,9 @@ impl FleetWorld {
             }
             match devices.iter().try_for_each(|d| d.apache.try_start()) {
                 Ok(()) => return FleetWorld { devices, pebble, etcd, pki, secret, issuer, dir },
-                Err(e) if e.contains("could not bind") || e.contains("Address already in use") => last = e,
+                Err(e) if e.contains("could not bind") || e.contains("Address already in use") => {
+                    last = e
+                }
                 Err(e) => panic!("{e}"),
             }
             // Dropping `devices` and `pebble` stops what started; new ports.
@@ -157,7 +166,14 @@ impl FleetWorld {
     pub fn due_site(&self, n: u32, host: &str, days_left: f64) -> (String, String) {
         let (k, c) = self.lkc(&[host], days_left - 90.0, days_left);
         let serial = pem_serial(c.as_bytes()).unwrap();
-        (super::site_json(&super::siteid(n), host, Some(json!({"letsencrypt": true, "key": k, "crt": c}))), serial)
+        (
+            super::site_json(
+                &super::siteid(n),
+                host,
+                Some(json!({"letsencrypt": true, "key": k, "crt": c})),
+            ),
+            serial,
+        )
     }
 
     /// Start site-admin on device `i` without waiting, with `env` added.
@@ -188,13 +204,15 @@ impl FleetWorld {
     /// `--json sync` on device `i`, which must succeed; its report.
     pub fn sync(&self, i: usize) -> Value {
         let out = self.devices[i].ok(&["--json", "sync"]);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("sync --json printed no JSON ({e}): {out}"))
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("sync --json printed no JSON ({e}): {out}"))
     }
 
     /// `fleet status --json` on device `i`, which must succeed.
     pub fn status(&self, i: usize) -> Value {
         let out = self.devices[i].ok(&["--json", "fleet", "status"]);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("fleet status --json printed no JSON ({e}): {out}"))
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("fleet status --json printed no JSON ({e}): {out}"))
     }
 
     /// The fleet's record of `host` as `fleet status` shows it.
@@ -231,7 +249,9 @@ impl FleetWorld {
             token = Some(r["token"].as_str().ok_or_else(|| format!("no token: {r}"))?.to_string());
         }
         let end = site_admin::fleet::etcd::prefix_end(PREFIX.as_bytes());
-        let mut req = http.post(format!("{url}/v3/kv/range")).json(&json!({"key": b64.encode(PREFIX), "range_end": b64.encode(end)}));
+        let mut req = http
+            .post(format!("{url}/v3/kv/range"))
+            .json(&json!({"key": b64.encode(PREFIX), "range_end": b64.encode(end)}));
         if let Some(t) = &token {
             req = req.header("Authorization", t);
         }
@@ -244,8 +264,12 @@ impl FleetWorld {
             .map(|kvs| {
                 kvs.iter()
                     .map(|kv| {
-                        let k = b64.decode(kv["key"].as_str().unwrap_or_default()).unwrap_or_default();
-                        let v = kv["value"].as_str().map(|v| b64.decode(v).unwrap_or_default()).unwrap_or_default();
+                        let k =
+                            b64.decode(kv["key"].as_str().unwrap_or_default()).unwrap_or_default();
+                        let v = kv["value"]
+                            .as_str()
+                            .map(|v| b64.decode(v).unwrap_or_default())
+                            .unwrap_or_default();
                         (String::from_utf8_lossy(&k).into_owned(), v)
                     })
                     .collect()
@@ -264,7 +288,8 @@ impl FleetWorld {
 }
 
 fn fleet_object(i: usize, etcd: &EtcdCluster, pki: Option<&EtcdPki>, root: &Path) -> Value {
-    let mut f = json!({"endpoints": etcd.endpoints(), "device_id": IDS[i], "secret_file": SECRET_FILE});
+    let mut f =
+        json!({"endpoints": etcd.endpoints(), "device_id": IDS[i], "secret_file": SECRET_FILE});
     if let Some(pki) = pki {
         let (cert, key) = pki.client(IDS[i]);
         let pw = root.join("etc/site-admin/etcd.password");
@@ -280,7 +305,8 @@ fn fleet_object(i: usize, etcd: &EtcdCluster, pki: Option<&EtcdPki>, root: &Path
 }
 
 fn set_fleet_object(d: &Device, fleet: Option<Value>) {
-    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&d.config).unwrap()).unwrap();
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(&d.config).unwrap()).unwrap();
     match fleet {
         Some(f) => cfg["fleet"] = f,
         None => {
@@ -323,7 +349,11 @@ impl Running {
 
     /// Send `sig` ("STOP", "CONT", "KILL") to it.
     pub fn signal(&self, sig: &str) {
-        let st = Command::new("kill").arg(format!("-{sig}")).arg(self.id().to_string()).status().unwrap();
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.id().to_string())
+            .status()
+            .unwrap();
         assert!(st.success(), "kill -{sig} {}", self.id());
     }
 }

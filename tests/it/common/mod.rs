@@ -37,7 +37,11 @@ pub fn free_port() -> u16 {
     if NEXT.load(Ordering::Relaxed) == 0 {
         // A per-process starting point, so test binaries run one after the
         // other (or side by side) rarely pick the same ports.
-        let seed = std::process::id() as u64 ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+        let seed = std::process::id() as u64
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos() as u64;
         let base = LOW + (seed % ((HIGH - LOW) as u64 / 100)) as u16 * 100;
         let _ = NEXT.compare_exchange(0, base, Ordering::Relaxed, Ordering::Relaxed);
     }
@@ -47,7 +51,10 @@ pub fn free_port() -> u16 {
             NEXT.store(LOW, Ordering::Relaxed);
             continue;
         }
-        if TcpListener::bind(("127.0.0.1", p)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok() && TcpListener::bind(("127.0.0.2", p)).is_ok() {
+        if TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+            && TcpListener::bind(("127.0.0.2", p)).is_ok()
+        {
             return p;
         }
     }
@@ -56,9 +63,16 @@ pub fn free_port() -> u16 {
 /// Is this program installed? Tests need it; CI installs it.
 pub fn require(program: &str) {
     let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]).any(|d| d.join(program).is_file()))
+        .map(|p| {
+            std::env::split_paths(&p)
+                .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+                .any(|d| d.join(program).is_file())
+        })
         .unwrap_or(false);
-    assert!(found, "{program} is not installed: run `bash .ci/run` once, or apt-get install pebble apache2");
+    assert!(
+        found,
+        "{program} is not installed: run `bash .ci/run` once, or apt-get install pebble apache2"
+    );
 }
 
 /// A test CA that signs the TLS certificate of pebble's own listener.
@@ -80,7 +94,11 @@ impl TestCa {
         let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         params.subject_alt_names.push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
         let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-        let t = TestCa { ca_pem: dir.join("ca.pem"), cert_pem: dir.join("cert.pem"), key_pem: dir.join("key.pem") };
+        let t = TestCa {
+            ca_pem: dir.join("ca.pem"),
+            cert_pem: dir.join("cert.pem"),
+            key_pem: dir.join("key.pem"),
+        };
         std::fs::write(&t.ca_pem, ca.pem()).unwrap();
         std::fs::write(&t.cert_pem, cert.pem()).unwrap();
         std::fs::write(&t.key_pem, key.serialize_pem()).unwrap();
@@ -110,7 +128,9 @@ impl TestIssuer {
 
     /// (key PEM, full chain PEM) for `names`, valid from `nb` to `na` (days from now).
     pub fn issue(&self, names: &[&str], nb_days: f64, na_days: f64) -> (String, String) {
-        let mut params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now + time::Duration::seconds_f64(nb_days * 86400.0);
         params.not_after = now + time::Duration::seconds_f64(na_days * 86400.0);
@@ -140,8 +160,17 @@ impl StaticServer {
                         let mut buf = [0u8; 4096];
                         let n = c.read(&mut buf).unwrap_or(0);
                         let req = String::from_utf8_lossy(&buf[..n]);
-                        let path = req.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
-                        let resp = if path.split('/').any(|s| s == "..") { None } else { std::fs::read(root.join(&path)).ok() };
+                        let path = req
+                            .split_whitespace()
+                            .nth(1)
+                            .unwrap_or("/")
+                            .trim_start_matches('/')
+                            .to_string();
+                        let resp = if path.split('/').any(|s| s == "..") {
+                            None
+                        } else {
+                            std::fs::read(root.join(&path)).ok()
+                        };
                         let _ = match resp {
                             Some(body) => c
                                 .write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).as_bytes())
@@ -212,7 +241,11 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
         } else if md.is_dir() {
             format!("dir {:o}", md.permissions().mode() & 0o7777)
         } else {
-            format!("file {:o} {:?}", md.permissions().mode() & 0o7777, std::fs::read(e.path()).unwrap())
+            format!(
+                "file {:o} {:?}",
+                md.permissions().mode() & 0o7777,
+                std::fs::read(e.path()).unwrap()
+            )
         };
         m.insert(rel, v);
     }
@@ -239,7 +272,9 @@ pub fn siteid(n: u32) -> String {
 
 /// Self-signed key + certificate for names, valid for `days` from now - 1 day.
 pub fn self_signed(names: &[&str], days: i64) -> (String, String) {
-    let mut params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::days(1);
     params.not_after = now + time::Duration::days(days);
@@ -277,7 +312,8 @@ impl Device {
         let root = tmp.path().join("root");
         std::fs::create_dir_all(root.join("etc/site-admin")).unwrap();
         let sites_dir = root.join("etc/httpd/sites");
-        let apache = Apache::configure_on(&tmp.path().join("apache"), &sites_dir, ip, http_port, https_port);
+        let apache =
+            Apache::configure_on(&tmp.path().join("apache"), &sites_dir, ip, http_port, https_port);
         let config = root.join("etc/site-admin/config.json");
         let cfg = serde_json::json!({
             "contact_email": "admin@example.com",
@@ -290,7 +326,15 @@ impl Device {
         let issuer = TestIssuer::new("site-admin test issuer");
         let trusted = tmp.path().join("trusted.pem");
         std::fs::write(&trusted, &issuer.pem).unwrap();
-        Device { env: vec![("SITE_ADMIN_ROOT".into(), root.display().to_string())], tmp, root, apache, config, issuer, trusted }
+        Device {
+            env: vec![("SITE_ADMIN_ROOT".into(), root.display().to_string())],
+            tmp,
+            root,
+            apache,
+            config,
+            issuer,
+            trusted,
+        }
     }
 
     /// An LKC this device trusts: (key, full chain) for `names`, valid for `days`.
@@ -318,23 +362,35 @@ impl Device {
     }
 
     pub fn run_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let env: Vec<(&str, &str)> =
+            self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         run(args, &env, stdin)
     }
 
     /// Run and insist on exit code `code`; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
-        assert!(o.status.success(), "site-admin {args:?} failed ({:?}):\n{}{}\n{}", o.status.code(), stdout(&o), stderr(&o), self.apache.error_log());
+        assert!(
+            o.status.success(),
+            "site-admin {args:?} failed ({:?}):\n{}{}\n{}",
+            o.status.code(),
+            stdout(&o),
+            stderr(&o),
+            self.apache.error_log()
+        );
         stdout(&o)
     }
 
     /// Write a Site JSON into the device's temp dir and deploy it; returns the --json report.
     pub fn deploy(&self, json: &str) -> serde_json::Value {
-        let f = self.tmp.path().join(format!("site-{}.json", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()));
+        let f = self.tmp.path().join(format!(
+            "site-{}.json",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        ));
         std::fs::write(&f, json).unwrap();
         let out = self.ok(&["--json", "deploy", "--file", f.to_str().unwrap()]);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("deploy --json printed no JSON ({e}): {out}"))
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("deploy --json printed no JSON ({e}): {out}"))
     }
 
     pub fn le(&self) -> PathBuf {
@@ -351,7 +407,10 @@ impl Device {
     }
 
     pub fn stored_site(&self, siteid: &str) -> Option<serde_json::Value> {
-        let t = std::fs::read_to_string(self.root.join("var/lib/site-admin/sites").join(format!("{siteid}.json"))).ok()?;
+        let t = std::fs::read_to_string(
+            self.root.join("var/lib/site-admin/sites").join(format!("{siteid}.json")),
+        )
+        .ok()?;
         Some(serde_json::from_str(&t).unwrap())
     }
 }
@@ -385,7 +444,11 @@ impl World {
     pub fn with_ipv6() -> World {
         let mut dev = Device::new();
         dev.apache.also_listen("[::1]");
-        let pebble = Pebble::start(&dev.tmp.path().join("pebble"), dev.apache.http_port, PebbleOptions::default());
+        let pebble = Pebble::start(
+            &dev.tmp.path().join("pebble"),
+            dev.apache.http_port,
+            PebbleOptions::default(),
+        );
         dev.use_pebble(&pebble);
         dev.apache.start();
         World { pebble, dev }
@@ -405,7 +468,8 @@ pub fn renew_json(d: &Device, args: &[&str]) -> (i32, serde_json::Value, String)
     let mut a = vec!["--json", "renew"];
     a.extend_from_slice(args);
     let o = d.run(&a);
-    let rep = serde_json::from_str(&stdout(&o)).unwrap_or_else(|e| panic!("renew printed no JSON ({e}): {}\n{}", stdout(&o), stderr(&o)));
+    let rep = serde_json::from_str(&stdout(&o))
+        .unwrap_or_else(|e| panic!("renew printed no JSON ({e}): {}\n{}", stdout(&o), stderr(&o)));
     (o.status.code().unwrap(), rep, stderr(&o))
 }
 

@@ -47,11 +47,28 @@ impl Pebble {
     fn try_start(dir: &Path, http_port: u16, opts: &PebbleOptions) -> Result<Pebble, String> {
         std::fs::create_dir_all(dir).unwrap();
         let ca = TestCa::create(&dir.join("tls"));
-        let (port, mgmt_port, dns_port, chall_mgmt_port) = (free_port(), free_port(), free_port(), free_port());
+        let (port, mgmt_port, dns_port, chall_mgmt_port) =
+            (free_port(), free_port(), free_port(), free_port());
         let log = |n: &str| std::fs::File::create(dir.join(n)).unwrap();
         let mut chall = Command::new("pebble-challtestsrv")
-            .args(["-dns01", &format!("127.0.0.1:{dns_port}"), "-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-management", &format!("127.0.0.1:{chall_mgmt_port}"), "-defaultIPv6", "", "-defaultIPv4", "127.0.0.1"])
+            .args([
+                "-dns01",
+                &format!("127.0.0.1:{dns_port}"),
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+            ])
+            .args([
+                "-management",
+                &format!("127.0.0.1:{chall_mgmt_port}"),
+                "-defaultIPv6",
+                "",
+                "-defaultIPv4",
+                "127.0.0.1",
+            ])
             .stdout(log("challtestsrv.log"))
             .stderr(log("challtestsrv.err"))
             .spawn()
@@ -65,19 +82,29 @@ impl Pebble {
         }});
         if !opts.eab_keys.is_empty() {
             cfg["pebble"]["externalAccountBindingRequired"] = true.into();
-            cfg["pebble"]["externalAccountMACKeys"] = opts.eab_keys.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(v.clone()))).collect();
+            cfg["pebble"]["externalAccountMACKeys"] = opts
+                .eab_keys
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::from(v.clone())))
+                .collect();
         }
         if let Some(v) = opts.validity_secs {
             cfg["pebble"]["certificateValidityPeriod"] = v.into();
         }
         let cfg_path = dir.join("pebble-config.json");
         std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-        if let Err(e) = wait_child_port(&mut chall, chall_mgmt_port, &dir.join("challtestsrv.err")) {
+        if let Err(e) = wait_child_port(&mut chall, chall_mgmt_port, &dir.join("challtestsrv.err"))
+        {
             let _ = chall.kill();
             let _ = chall.wait();
             return Err(format!("pebble-challtestsrv: {e}"));
         }
-        let argv: Vec<String> = vec!["-config".into(), cfg_path.display().to_string(), "-dnsserver".into(), format!("127.0.0.1:{dns_port}")];
+        let argv: Vec<String> = vec![
+            "-config".into(),
+            cfg_path.display().to_string(),
+            "-dnsserver".into(),
+            format!("127.0.0.1:{dns_port}"),
+        ];
         let mut pebble = Self::spawn(dir, &argv, opts.nonce_reject_percent);
         if let Err(e) = wait_child_port(&mut pebble, port, &dir.join("pebble.err")) {
             for c in [&mut pebble, &mut chall] {
@@ -86,7 +113,17 @@ impl Pebble {
             }
             return Err(format!("pebble: {e}"));
         }
-        let p = Pebble { port, mgmt_port, chall_mgmt_port, ca, dir: dir.into(), pebble, chall, argv, nonce_reject_percent: opts.nonce_reject_percent };
+        let p = Pebble {
+            port,
+            mgmt_port,
+            chall_mgmt_port,
+            ca,
+            dir: dir.into(),
+            pebble,
+            chall,
+            argv,
+            nonce_reject_percent: opts.nonce_reject_percent,
+        };
         // The device trusts the roots in acme_ca_bundle for the certificates
         // its CA issues too (a carried LKC must come from a trusted CA): add
         // pebble's issuing root beside the test CA of its TLS listener.
@@ -98,7 +135,9 @@ impl Pebble {
     }
 
     fn spawn(dir: &Path, argv: &[String], nonce_reject_percent: u32) -> Child {
-        let log = |n: &str| std::fs::OpenOptions::new().create(true).append(true).open(dir.join(n)).unwrap();
+        let log = |n: &str| {
+            std::fs::OpenOptions::new().create(true).append(true).open(dir.join(n)).unwrap()
+        };
         Command::new("pebble")
             .args(argv)
             .env("PEBBLE_VA_NOSLEEP", "1")
@@ -116,21 +155,32 @@ impl Pebble {
     pub fn restart_ca(&mut self) {
         self.stop_ca();
         self.pebble = Self::spawn(&self.dir, &self.argv, self.nonce_reject_percent);
-        wait_child_port(&mut self.pebble, self.port, &self.dir.join("pebble.err")).expect("pebble restarts");
+        wait_child_port(&mut self.pebble, self.port, &self.dir.join("pebble.err"))
+            .expect("pebble restarts");
     }
 
     /// What pebble's management interface says of a certificate serial
     /// (lowercase hex): its status, e.g. "Valid" or "Revoked".
     pub fn cert_status(&self, serial: &str) -> String {
-        let v: serde_json::Value = serde_json::from_str(&self.management_get(&format!("cert-status-by-serial/{serial}")).unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(
+            &self.management_get(&format!("cert-status-by-serial/{serial}")).unwrap(),
+        )
+        .unwrap();
         v["Status"].as_str().unwrap_or("").to_string()
     }
 
     /// GET on pebble's management interface (HTTPS, the test CA).
     pub fn management_get(&self, path: &str) -> Result<String, String> {
         let ca = reqwest::Certificate::from_pem(&std::fs::read(&self.ca.ca_pem).unwrap()).unwrap();
-        let c = reqwest::blocking::Client::builder().add_root_certificate(ca).timeout(std::time::Duration::from_secs(10)).build().unwrap();
-        let r = c.get(format!("https://127.0.0.1:{}/{path}", self.mgmt_port)).send().map_err(|e| e.to_string())?;
+        let c = reqwest::blocking::Client::builder()
+            .add_root_certificate(ca)
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let r = c
+            .get(format!("https://127.0.0.1:{}/{path}", self.mgmt_port))
+            .send()
+            .map_err(|e| e.to_string())?;
         if !r.status().is_success() {
             return Err(format!("status {}", r.status()));
         }
@@ -150,7 +200,11 @@ impl Pebble {
     }
 
     fn chall_post(&self, path: &str, body: serde_json::Value) {
-        let r = reqwest::blocking::Client::new().post(format!("http://127.0.0.1:{}/{path}", self.chall_mgmt_port)).body(body.to_string()).send().unwrap();
+        let r = reqwest::blocking::Client::new()
+            .post(format!("http://127.0.0.1:{}/{path}", self.chall_mgmt_port))
+            .body(body.to_string())
+            .send()
+            .unwrap();
         assert!(r.status().is_success(), "challtestsrv {path}: {}", r.status());
     }
 
@@ -161,7 +215,8 @@ impl Pebble {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("pebble.log")).unwrap_or_default() + &std::fs::read_to_string(self.dir.join("pebble.err")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join("pebble.log")).unwrap_or_default()
+            + &std::fs::read_to_string(self.dir.join("pebble.err")).unwrap_or_default()
     }
 
     /// How many certificates pebble issued so far (from its log).
@@ -187,10 +242,16 @@ fn wait_child_port(child: &mut Child, port: u16, errlog: &Path) -> Result<(), St
             return Ok(());
         }
         if let Ok(Some(st)) = child.try_wait() {
-            return Err(format!("exited with {st}: {}", std::fs::read_to_string(errlog).unwrap_or_default()));
+            return Err(format!(
+                "exited with {st}: {}",
+                std::fs::read_to_string(errlog).unwrap_or_default()
+            ));
         }
         if start.elapsed() > std::time::Duration::from_secs(60) {
-            return Err(format!("not listening on {port} after 60 s: {}", std::fs::read_to_string(errlog).unwrap_or_default()));
+            return Err(format!(
+                "not listening on {port} after 60 s: {}",
+                std::fs::read_to_string(errlog).unwrap_or_default()
+            ));
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
