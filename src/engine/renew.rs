@@ -872,29 +872,33 @@ fn renew_one(
         &job.host,
         job.profile.as_ref(),
     )?;
+    // One order, with or without the fleet's gate (checked before finalize).
+    let order = |gate: Option<crate::acme::Gate>| {
+        let opts = crate::acme::OrderOptions {
+            profile: profile.clone(),
+            replaces: job.replaces.clone(),
+            gate,
+        };
+        let (issued, account) = session
+            .run(|c, id| {
+                c.issue_with(&job.host, &job.webroot, job.key_type, &opts)
+                    .map(|i| (i, id.to_string()))
+            })
+            .map_err(|e| e.to_string())?;
+        crate::fault::point("renew.issued");
+        let params = RenewalParams {
+            account: Some(account),
+            server: job.server.clone(),
+            webroot: job.webroot.clone(),
+            key_type: job.key_type,
+            profile: job.profile.clone(),
+        };
+        Ok::<_, String>((issued, params))
+    };
     if let Some(f) = fleet {
         let local = super::fleet::local_cert(ctx, &job.host);
         let r = super::fleet::order_exclusive(ctx, f, &job.host, local, sites, |gate| {
-            let opts = crate::acme::OrderOptions {
-                profile,
-                replaces: job.replaces.clone(),
-                gate: Some(gate),
-            };
-            let (issued, account) = session
-                .run(|c, id| {
-                    c.issue_with(&job.host, &job.webroot, job.key_type, &opts)
-                        .map(|i| (i, id.to_string()))
-                })
-                .map_err(|e| e.to_string())?;
-            crate::fault::point("renew.issued");
-            let params = RenewalParams {
-                account: Some(account),
-                server: job.server.clone(),
-                webroot: job.webroot.clone(),
-                key_type: job.key_type,
-                profile: job.profile.clone(),
-            };
-            Ok((issued, params))
+            order(Some(gate))
         })?;
         return Ok(match r {
             super::fleet::Exclusive::Issued(na) => {
@@ -905,22 +909,9 @@ fn renew_one(
             }
         });
     }
-    let opts = crate::acme::OrderOptions { profile, replaces: job.replaces.clone(), gate: None };
-    let (issued, account) = session
-        .run(|c, id| {
-            c.issue_with(&job.host, &job.webroot, job.key_type, &opts).map(|i| (i, id.to_string()))
-        })
-        .map_err(|e| e.to_string())?;
+    let (issued, params) = order(None)?;
     let v = NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)
         .map_err(|e| e.to_string())?;
-    let params = RenewalParams {
-        account: Some(account),
-        server: job.server.clone(),
-        webroot: job.webroot.clone(),
-        key_type: job.key_type,
-        profile: job.profile.clone(),
-    };
-    crate::fault::point("renew.issued");
     ctx.store.add_version(&job.host, &v, &params).map_err(|e| e.to_string())?;
     tracing::debug!(host = %job.host, "step: written");
     match ctx.store.material(&job.host, Place::Live) {
