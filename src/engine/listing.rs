@@ -8,9 +8,9 @@ use super::facts;
 use super::ts;
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::site::{Site, SiteId, Tls, TlsKind};
+use crate::site::{CarriedPair, OwnCert, Site, SiteId, Tls};
 use crate::store::{Material, Place};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::Path;
 
 /// A stored site as exported: with its TLS material unless `notls`. A Let's
@@ -18,42 +18,38 @@ use std::path::Path;
 /// files from `ssl_dir` (the site is exported without `tls` when they are
 /// missing, or with `notls`).
 pub fn exported(ctx: &Ctx, s: &Site, notls: bool) -> Site {
-    let mut site = s.clone();
-    match s.kind() {
-        TlsKind::Http => {}
-        TlsKind::Letsencrypt => {
-            let mut tls = Tls { letsencrypt: Some(true), ..Tls::default() };
-            if !notls {
-                if let Material::Present(kc) = ctx.store.material(&s.hostname, Place::Live) {
-                    tls.key = Some(kc.key_pem);
-                    tls.crt = Some(kc.chain_pem);
+    let tls = match &s.tls {
+        Tls::Http => Tls::Http,
+        // Exported as it always was: `letsencrypt` and the live pair, no profile.
+        Tls::LetsEncrypt { .. } => Tls::LetsEncrypt {
+            profile: None,
+            carried: match (notls, ctx.store.material(&s.hostname, Place::Live)) {
+                (false, Material::Present(kc)) => {
+                    Some(CarriedPair { key: kc.key_pem, fullchain: kc.chain_pem })
                 }
-            }
-            site.tls = Some(tls);
-        }
-        TlsKind::Okc => {
+                _ => None,
+            },
+        },
+        Tls::Own(_) => {
             let p = ctx.cfg.okc_paths(&s.siteid);
             let read = |f: &Path| std::fs::read_to_string(f).ok();
-            site.tls = match (notls, read(&p.key), read(&p.crt)) {
-                (false, Some(k), Some(c)) => Some(Tls {
-                    key: Some(k),
-                    crt: Some(c),
-                    cacrt: read(&p.cacrt),
-                    ..Tls::default()
-                }),
-                (true, _, _) => None,
+            match (notls, read(&p.key), read(&p.crt)) {
+                (false, Some(key), Some(crt)) => {
+                    Tls::Own(Some(OwnCert { key, crt, cacrt: read(&p.cacrt) }))
+                }
+                (true, _, _) => Tls::Http,
                 _ => {
                     tracing::warn!(
                         "site {}: its own certificate files are missing from {}",
                         s.siteid,
                         ctx.cfg.ssl_dir.display()
                     );
-                    None
+                    Tls::Http
                 }
-            };
+            }
         }
-    }
-    site
+    };
+    Site { tls, ..s.clone() }
 }
 
 /// A document as `--json` prints it.
@@ -80,10 +76,10 @@ pub fn listsites(ctx: &Ctx) -> Result<i32> {
         for s in &all {
             // What the virtual host serves, not what the Site JSON asks for.
             let served = served(ctx, s);
-            let state = match s.kind() {
-                TlsKind::Letsencrypt if facts::is_pending(&ctx.store, s) => format!("{served}, Let's Encrypt pending"),
-                TlsKind::Letsencrypt if served != Served::Lkc => format!("{served}: falling back, its Let's Encrypt certificate is not served (renew retries)"),
-                TlsKind::Okc if served != Served::Okc => format!("{served}: its own certificate is not served"),
+            let state = match s.tls {
+                Tls::LetsEncrypt { .. } if facts::is_pending(&ctx.store, s) => format!("{served}, Let's Encrypt pending"),
+                Tls::LetsEncrypt { .. } if served != Served::Lkc => format!("{served}: falling back, its Let's Encrypt certificate is not served (renew retries)"),
+                Tls::Own(_) if served != Served::Okc => format!("{served}: its own certificate is not served"),
                 _ => served.to_string(),
             };
             println!("{}  {}  {state}", s.siteid, s.hostname);
@@ -185,9 +181,18 @@ pub fn backup(ctx: &Ctx, ids: &[SiteId], all: bool, out: &Path, notls: bool) -> 
     fsutil::atomic_write(&target, text.as_bytes(), 0o600)?;
     ctx.progress(&format!("backed up {} site(s) to {}{what}", chosen.len(), out.display()));
     if ctx.json {
-        ctx.print_json(&json!({"out": out_abs, "sites": chosen.iter().map(|s| &s.siteid).collect::<Vec<_>>(), "notls": notls}))?;
+        let sites = chosen.iter().map(|s| &s.siteid).collect();
+        ctx.print_json(&to_json(&BackupResult { out: out_abs, sites, notls })?)?;
     }
     Ok(0)
+}
+
+/// What `backup --json` prints once the file is written.
+#[derive(serde::Serialize)]
+struct BackupResult<'a> {
+    out: std::path::PathBuf,
+    sites: Vec<&'a SiteId>,
+    notls: bool,
 }
 
 /// The ACME accounts the chosen sites' live lineages renew with, each
@@ -195,7 +200,7 @@ pub fn backup(ctx: &Ctx, ids: &[SiteId], all: bool, out: &Path, notls: bool) -> 
 /// renewing with its own account (ARI `replaces`, CAA `accounturi`).
 fn carried_accounts(ctx: &Ctx, sites: &[&Site]) -> Vec<crate::store::accounts::Carried> {
     let mut out: Vec<crate::store::accounts::Carried> = Vec::new();
-    for s in sites.iter().filter(|s| s.kind() == TlsKind::Letsencrypt) {
+    for s in sites.iter().filter(|s| matches!(s.tls, Tls::LetsEncrypt { .. })) {
         let Some(conf) = ctx.store.lineage_conf(&s.hostname, Place::Live) else { continue };
         let (Some(id), Some(server)) = (conf.account, conf.server) else { continue };
         match out.iter_mut().find(|a| a.id == id && a.server == server) {
@@ -218,7 +223,7 @@ pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<CertificateRow>> {
     let site_of = |host: &str| {
         sites
             .iter()
-            .find(|s| s.hostname == host && s.kind() == TlsKind::Letsencrypt)
+            .find(|s| s.hostname == host && matches!(s.tls, Tls::LetsEncrypt { .. }))
             .map(|s| s.siteid.clone())
     };
     let mut rows = Vec::new();
@@ -264,8 +269,8 @@ pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<CertificateRow>> {
         rows.push(row);
     }
     for s in &sites {
-        match s.kind() {
-            TlsKind::Okc => {
+        match s.tls {
+            Tls::Own(_) => {
                 let mut row =
                     CertificateRow::new(s.hostname.to_string(), Some(s.siteid.clone()), State::Okc);
                 match facts::read_okc(&ctx.cfg, &s.siteid) {
@@ -280,7 +285,7 @@ pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<CertificateRow>> {
                 }
                 rows.push(row);
             }
-            TlsKind::Letsencrypt if facts::is_pending(&ctx.store, s) => {
+            Tls::LetsEncrypt { .. } if facts::is_pending(&ctx.store, s) => {
                 rows.push(CertificateRow::new(
                     s.hostname.to_string(),
                     Some(s.siteid.clone()),
