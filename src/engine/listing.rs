@@ -306,8 +306,51 @@ pub fn certificates(ctx: &Ctx) -> Result<i32> {
     let backoff = crate::backoff_file::load(&ctx.cfg.state_dir());
     let config = crate::backoff_file::config_fingerprint(&ctx.cfg);
     let soon = chrono::Utc::now() + chrono::Duration::days(7);
+    let owed_rows = owed_rows(ctx);
+    let fleet_error = fleet_error(ctx);
+    for r in rows.iter_mut() {
+        if ctx.cfg.fleet.is_some() && r.state == State::Live {
+            r.fleet = true;
+            r.fleet_error = fleet_error.clone();
+        }
+        if let Some(f) =
+            backoff.hosts.get(&r.host).filter(|_| matches!(r.state, State::Live | State::Pending))
+        {
+            note_backoff(r, f, &config);
+        }
+        if let (Some(na), true) = (r.not_after, matches!(r.state, State::Live | State::Okc)) {
+            if na < soon {
+                tracing::warn!(
+                    "{}: its {} certificate expires at {} (within 7 days)",
+                    r.host,
+                    if r.state == State::Okc { "own" } else { "Let's Encrypt" },
+                    ts(na)
+                );
+            }
+        }
+    }
+    let rows: Vec<Row> = rows
+        .into_iter()
+        .map(Row::Certificate)
+        .chain(owed_rows.into_iter().map(Row::Owed))
+        .collect();
+    if ctx.json {
+        ctx.print_json(&to_json(&rows)?)?;
+        return Ok(0);
+    }
+    if rows.is_empty() {
+        println!("no certificates");
+    }
+    for r in rows {
+        println!("{}", r.text());
+    }
+    Ok(0)
+}
+
+/// Revocations the CA has not confirmed yet (docs/design.md, "Revocation"),
+/// each warned about.
+fn owed_rows(ctx: &Ctx) -> Vec<OwedRow> {
     let mut owed_rows = Vec::new();
-    // Revocations the CA has not confirmed yet (docs/design.md, "Revocation").
     match crate::revocations::load(&ctx.cfg.state_dir()) {
         Ok(owed) => {
             for o in owed.owed.values() {
@@ -337,8 +380,12 @@ pub fn certificates(ctx: &Ctx) -> Result<i32> {
         }
         Err(e) => tracing::error!("{e}"),
     }
-    // Fleet mode: every live lineage is the fleet's; a sync that could not
-    // reach it is named on each, with since when.
+    owed_rows
+}
+
+/// Fleet mode: every live lineage is the fleet's; a sync that could not
+/// reach it is named on each, with since when (and warned about once).
+fn fleet_error(ctx: &Ctx) -> Option<String> {
     let fleet_error = ctx.cfg.fleet.as_ref().and_then(|_| {
         let st = super::fleet::load_state(ctx);
         st.error.map(|e| format!("{e} (since {})", st.since.map(ts).unwrap_or_else(|| "-".into())))
@@ -348,70 +395,39 @@ pub fn certificates(ctx: &Ctx) -> Result<i32> {
             "the fleet cannot be used: {e}; this device serves what it has and orders nothing"
         );
     }
-    for r in rows.iter_mut() {
-        if ctx.cfg.fleet.is_some() && r.state == State::Live {
-            r.fleet = true;
-            r.fleet_error = fleet_error.clone();
+    fleet_error
+}
+
+/// A row's failed renewals and when the next attempt is (the rule `renew`
+/// applies: a record that cannot hold does not wait), warned about.
+fn note_backoff(r: &mut CertificateRow, f: &crate::backoff::Failures, config: &str) {
+    r.failures = Some(f.failures);
+    r.last_error = Some(f.last_error.clone());
+    let next = match crate::backoff::verdict(
+        f.next_attempt,
+        f.config.as_deref(),
+        chrono::Utc::now(),
+        config,
+    ) {
+        crate::backoff::Verdict::Implausible => {
+            r.backoff_ignored =
+                Some("its next attempt was recorded while the clock was ahead".into());
+            "the next renew (the recorded next attempt was written while the clock was ahead)"
+                .to_string()
         }
-        let host = &r.host;
-        if let Some(f) =
-            backoff.hosts.get(host).filter(|_| matches!(r.state, State::Live | State::Pending))
-        {
-            r.failures = Some(f.failures);
-            r.last_error = Some(f.last_error.clone());
-            // The rule `renew` applies: a record that cannot hold does not wait.
-            let next = match crate::backoff::verdict(
-                f.next_attempt,
-                f.config.as_deref(),
-                chrono::Utc::now(),
-                &config,
-            ) {
-                crate::backoff::Verdict::Implausible => {
-                    r.backoff_ignored =
-                        Some("its next attempt was recorded while the clock was ahead".into());
-                    "the next renew (the recorded next attempt was written while the clock was ahead)".to_string()
-                }
-                crate::backoff::Verdict::ConfigChanged => {
-                    r.backoff_ignored = Some("the configuration changed since it failed".into());
-                    "the next renew (the configuration changed since)".to_string()
-                }
-                _ => {
-                    r.next_attempt = Some(f.next_attempt);
-                    ts(f.next_attempt)
-                }
-            };
-            tracing::warn!(
-                "{}: its last {} renewal attempt(s) failed ({}); next attempt at {next}",
-                r.host,
-                f.failures,
-                f.last_error
-            );
+        crate::backoff::Verdict::ConfigChanged => {
+            r.backoff_ignored = Some("the configuration changed since it failed".into());
+            "the next renew (the configuration changed since)".to_string()
         }
-        if let (Some(na), true) = (r.not_after, matches!(r.state, State::Live | State::Okc)) {
-            if na < soon {
-                tracing::warn!(
-                    "{}: its {} certificate expires at {} (within 7 days)",
-                    r.host,
-                    if r.state == State::Okc { "own" } else { "Let's Encrypt" },
-                    ts(na)
-                );
-            }
+        _ => {
+            r.next_attempt = Some(f.next_attempt);
+            ts(f.next_attempt)
         }
-    }
-    let rows: Vec<Row> = rows
-        .into_iter()
-        .map(Row::Certificate)
-        .chain(owed_rows.into_iter().map(Row::Owed))
-        .collect();
-    if ctx.json {
-        ctx.print_json(&to_json(&rows)?)?;
-        return Ok(0);
-    }
-    if rows.is_empty() {
-        println!("no certificates");
-    }
-    for r in rows {
-        println!("{}", r.text());
-    }
-    Ok(0)
+    };
+    tracing::warn!(
+        "{}: its last {} renewal attempt(s) failed ({}); next attempt at {next}",
+        r.host,
+        f.failures,
+        f.last_error
+    );
 }
