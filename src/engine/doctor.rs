@@ -7,7 +7,7 @@ use super::ctx::Ctx;
 use super::facts;
 use crate::apache::Recovered;
 use crate::error::Result;
-use crate::site::TlsKind;
+use crate::site::Tls;
 use crate::store::{Material, Place};
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
@@ -153,18 +153,18 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
     let mut to_https = Vec::new();
     if apache_up {
         for s in &sites {
-            let file_serial = match s.kind() {
-                TlsKind::Letsencrypt if !facts::is_pending(store, s) => {
+            let file_serial = match s.tls {
+                Tls::LetsEncrypt { .. } if !facts::is_pending(store, s) => {
                     store.leaf(&s.hostname, Place::Live).map(|c| c.serial)
                 }
-                TlsKind::Okc => facts::read_okc(&ctx.cfg, &s.siteid)
+                Tls::Own(_) => facts::read_okc(&ctx.cfg, &s.siteid)
                     .and_then(|r| r.ok())
                     .map(|kc| kc.leaf.serial),
                 _ => None,
             };
             let Some(want) = file_serial else { continue };
             let vhost = std::fs::read_to_string(ctx.cfg.vhost_file(&s.siteid)).unwrap_or_default();
-            if s.kind() == TlsKind::Letsencrypt
+            if matches!(s.tls, Tls::LetsEncrypt { .. })
                 && !vhost.contains(
                     &store.live_dir(&s.hostname).join("fullchain.pem").display().to_string(),
                 )
@@ -229,7 +229,7 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
                 add(label.clone(), format!("stored Site JSON mode {m:o}, should be 600"), fixed);
             }
         }
-        if s.tls.as_ref().map(|t| t.key.is_some() || t.crt.is_some()).unwrap_or(false) {
+        if facts::stored_holds_material(&ctx.cfg, &s.siteid) {
             add(
                 label.clone(),
                 "the stored Site JSON holds key or certificate material".into(),
@@ -243,8 +243,8 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
             add(label.clone(), format!("its virtual host {} is missing", vhost.display()), false);
             continue;
         }
-        match s.kind() {
-            TlsKind::Letsencrypt if !facts::is_pending(store, &s) => {
+        match s.tls {
+            Tls::LetsEncrypt { .. } if !facts::is_pending(store, &s) => {
                 let f = store.live_dir(&s.hostname).join("fullchain.pem");
                 if !text.contains(&f.display().to_string()) {
                     let fixed = switched && to_https.iter().any(|t| t.siteid == s.siteid);
@@ -255,7 +255,7 @@ pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>>
                     );
                 }
             }
-            TlsKind::Okc => match facts::read_okc(&ctx.cfg, &s.siteid) {
+            Tls::Own(_) => match facts::read_okc(&ctx.cfg, &s.siteid) {
                 Some(Ok(kc)) if kc.key_matches => {
                     let key = ctx.cfg.okc_paths(&s.siteid).key;
                     if mode_of(&key).map(|m| m & 0o077 != 0).unwrap_or(false) {
@@ -303,7 +303,11 @@ fn fleet_findings(ctx: &Ctx, repair: bool) -> Vec<(String, String, bool)> {
             .unwrap_or_default();
         out.push(("fleet".to_string(), format!("the fleet cannot be used since {since}: {e}; this device serves what it has and orders nothing"), false));
     }
-    for s in facts::all_stored(&ctx.cfg).unwrap_or_default().iter().filter(|s| s.is_letsencrypt()) {
+    for s in facts::all_stored(&ctx.cfg)
+        .unwrap_or_default()
+        .iter()
+        .filter(|s| matches!(s.tls, Tls::LetsEncrypt { .. }))
+    {
         let Some(c) = ctx.store.read_conf(&s.hostname, Place::Live) else { continue };
         if c.get(Some("renewalparams"), "autorenew").as_deref() != Some("False") {
             let fixed = repair && ctx.store.set_autorenew(&s.hostname, false).is_ok();

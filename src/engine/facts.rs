@@ -5,7 +5,7 @@ use crate::certs::KeyCert;
 use crate::config::Config;
 use crate::decide::{Candidate, Current, Event, Facts, Wish};
 use crate::error::{Error, Result};
-use crate::site::{Site, TlsKind, TlsWish};
+use crate::site::{AtRest, CarriedPair, OwnCert, Site, SiteWire, Tls};
 use crate::store::{Material, Place, Store};
 use chrono::{DateTime, Utc};
 use std::fs;
@@ -15,11 +15,22 @@ pub fn load_stored(cfg: &Config, siteid: &str) -> Result<Option<Site>> {
     let path = cfg.stored_site(siteid);
     match fs::read_to_string(&path) {
         Ok(t) => serde_json::from_str(&t)
-            .map(Some)
+            .map(|s: AtRest| Some(s.into_site()))
             .map_err(|e| Error::failed(format!("stored site {}: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::failed(format!("reading {}: {e}", path.display()))),
     }
+}
+
+/// Does the stored Site JSON of `siteid` hold a key or a certificate (which
+/// it must not: docs/design.md, invariant 4)? Read from the file itself, as
+/// a stored [`Site`] never holds material.
+pub fn stored_holds_material(cfg: &Config, siteid: &str) -> bool {
+    fs::read_to_string(cfg.stored_site(siteid))
+        .ok()
+        .and_then(|t| serde_json::from_str::<SiteWire>(&t).ok())
+        .and_then(|w| w.tls)
+        .is_some_and(|t| t.has_material())
 }
 
 /// Every stored site, by site id.
@@ -136,10 +147,10 @@ pub fn current_of(cfg: &Config, store: &Store, stored: Option<&Site>, new_host: 
         Some(Err(_)) => Some(broken_candidate()),
         None => None,
     };
-    match s.kind() {
-        TlsKind::Http => Current::Http { host },
-        TlsKind::Okc => Current::Okc { host, okc: okc().unwrap_or_else(broken_candidate) },
-        TlsKind::Letsencrypt => {
+    match s.tls {
+        Tls::Http => Current::Http { host },
+        Tls::Own(_) => Current::Okc { host, okc: okc().unwrap_or_else(broken_candidate) },
+        Tls::LetsEncrypt { .. } => {
             if store.has(&host, Place::Live) {
                 Current::Lkc { host }
             } else if let Some(c) = okc() {
@@ -154,7 +165,7 @@ pub fn current_of(cfg: &Config, store: &Store, stored: Option<&Site>, new_host: 
 
 /// Is a Let's Encrypt site pending (no live LKC for its host)?
 pub fn is_pending(store: &Store, s: &Site) -> bool {
-    s.kind() == TlsKind::Letsencrypt && !store.has(&s.hostname, Place::Live)
+    matches!(s.tls, Tls::LetsEncrypt { .. }) && !store.has(&s.hostname, Place::Live)
 }
 
 /// Is the live certificate of `host` owed a revocation without replacement
@@ -194,8 +205,8 @@ pub fn check_hostname_free(all: &[Site], site: &Site) -> Result<()> {
         if other.siteid != site.siteid
             && site.is_ip()
             && other.is_ip()
-            && site.kind() != TlsKind::Http
-            && other.kind() != TlsKind::Http
+            && site.tls != Tls::Http
+            && other.tls != Tls::Http
         {
             return Err(Error::invalid(format!(
                 "site {}: hostname {}: Apache can serve only one IP-address site over https (clients of an address send no server name, so they get the port's default TLS virtual host), and deployed site {} ({}) is it; deploy this one without tls, or undeploy that one first",
@@ -216,17 +227,20 @@ pub fn gather(
     now: DateTime<Utc>,
 ) -> Facts {
     let h = &site.hostname;
-    let wish = match site.tls_wish() {
-        TlsWish::None => Wish::Http,
-        TlsWish::LetsEncrypt { carried } => Wish::LetsEncrypt {
+    let wish = match &site.tls {
+        Tls::Http => Wish::Http,
+        Tls::LetsEncrypt { carried, .. } => Wish::LetsEncrypt {
             carried: carried
-                .and_then(|(k, c)| KeyCert::parse(&k, &c).ok())
+                .as_ref()
+                .and_then(|CarriedPair { key, fullchain }| KeyCert::parse(key, fullchain).ok())
                 .map(|kc| carried_candidate(cfg, &kc, h)),
         },
-        TlsWish::Other { key, crt, .. } => Wish::Okc {
-            okc: KeyCert::parse(&key, &crt)
+        Tls::Own(own) => Wish::Okc {
+            okc: own
+                .as_ref()
+                .and_then(|OwnCert { key, crt, .. }| KeyCert::parse(key, crt).ok())
                 .map(|kc| candidate(&kc, h))
-                .unwrap_or_else(|_| broken_candidate()),
+                .unwrap_or_else(broken_candidate),
         },
     };
     let (live, stash) = if h == "*" {

@@ -26,7 +26,7 @@ use crate::fleet::plan::{reconcile, Cert, Reconcile};
 use crate::fleet::record::{AriRecord, LineageRecord, Meta, OpenLineage};
 use crate::fleet::store::FleetStore;
 use crate::fleet::{Acquired, FleetKey, LineageLock, LockError};
-use crate::site::{Host, Site};
+use crate::site::{Host, Site, Tls};
 use crate::store::{accounts, Material, NewVersion, Place, RenewalParams};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -304,7 +304,9 @@ fn sync_inner(
     let mut seen_hosts = Vec::new();
     // Only the hosts of this device's Let's Encrypt sites: a lineage no site
     // here uses (undeployed here, or never deployed) is not taken back.
-    let ours = |h: &str| sites.iter().any(|s| s.is_letsencrypt() && s.hostname.as_str() == h);
+    let ours = |h: &str| {
+        sites.iter().any(|s| matches!(s.tls, Tls::LetsEncrypt { .. }) && s.hostname.as_str() == h)
+    };
     let owed = crate::revocations::load(&ctx.cfg.state_dir()).unwrap_or_default();
     for (raw_key, modrev) in revs {
         let host = raw_key.strip_prefix(&lineage_prefix).unwrap_or_default().to_string();
@@ -402,10 +404,10 @@ fn sync_inner(
     }
     // This device's certificates the fleet has no record of: push them
     // (only hosts of sites deployed here, whose lineages site-admin keeps).
-    for s in sites
-        .iter()
-        .filter(|s| s.is_letsencrypt() && !seen_hosts.iter().any(|h| h == s.hostname.as_str()))
-    {
+    for s in sites.iter().filter(|s| {
+        matches!(s.tls, Tls::LetsEncrypt { .. })
+            && !seen_hosts.iter().any(|h| h == s.hostname.as_str())
+    }) {
         if let Some((kc, true)) = usable_local(ctx, &s.hostname, now) {
             match push(ctx, fleet, &s.hostname, &kc, None) {
                 Ok(true) => {
@@ -460,7 +462,7 @@ fn heartbeat(ctx: &Ctx, fleet: &Fleet, sites: &[Site]) -> Result<(), String> {
     // since the last heartbeat (the serials are kept with their links).
     let mut st = load_state(ctx);
     let mut serving = BTreeMap::new();
-    for s in sites.iter().filter(|s| s.is_letsencrypt()) {
+    for s in sites.iter().filter(|s| matches!(s.tls, Tls::LetsEncrypt { .. })) {
         let Some(mark) = ctx.store.live_mark(&s.hostname) else { continue };
         let serial = match st.serving.get(s.hostname.as_str()) {
             Some((m, serial)) if *m == mark => Some(serial.clone()),

@@ -21,11 +21,12 @@ use crate::decide::{self, Action, Event, Plan, Serve};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::journal::Completion;
-use crate::site::{self, Site, SiteId, TlsKind, TlsWish};
+use crate::site::{self, Host, OwnCert, Site, SiteId, Tls};
 use crate::store::accounts;
 use crate::store::{ensure_nl, NewVersion, Place, StoreError};
 use chrono::Utc;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use std::path::Path;
 
 /// Read the Site JSON text from a file or stdin.
@@ -52,18 +53,62 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub fn to_json(&self) -> Value {
-        json!({
-            "siteid": self.siteid,
-            "hostname": self.hostname,
-            "serving": serving_name(&self.serve),
-            "pending": self.pending.is_some(),
-            "pending_reason": self.pending,
-            "reason": self.plan.reason,
-            "warnings": self.plan.warnings,
-            "actions": self.plan.actions,
-        })
+    /// The document `deploy --json` prints for it.
+    pub fn doc(&self) -> OutcomeDoc<'_> {
+        OutcomeDoc {
+            siteid: &self.siteid,
+            hostname: &self.hostname,
+            serving: serving_name(&self.serve),
+            pending: self.pending.is_some(),
+            pending_reason: self.pending.as_deref(),
+            reason: &self.plan.reason,
+            warnings: &self.plan.warnings,
+            actions: &self.plan.actions,
+        }
     }
+}
+
+/// What `deploy --json` (and `restore --json`) prints of one site.
+#[derive(Debug, Serialize)]
+pub struct OutcomeDoc<'a> {
+    pub siteid: &'a SiteId,
+    pub hostname: &'a str,
+    pub serving: &'static str,
+    pub pending: bool,
+    pub pending_reason: Option<&'a str>,
+    pub reason: &'a str,
+    pub warnings: &'a [String],
+    pub actions: &'a [Action],
+}
+
+/// What `deploy --dry-run --json` prints: the decision, nothing changed.
+#[derive(Debug, Serialize)]
+struct DryRunDoc<'a> {
+    dry_run: bool,
+    siteid: &'a SiteId,
+    hostname: &'a Host,
+    current: &'a decide::Current,
+    serve: &'a Serve,
+    serving: &'static str,
+    on_failure: &'a Option<Serve>,
+    actions: &'a [Action],
+    reason: &'a str,
+    warnings: &'a [String],
+}
+
+/// What `undeploy --json` prints.
+#[derive(Debug, Serialize)]
+struct UndeployDoc<'a> {
+    siteid: &'a SiteId,
+    hostname: &'a Host,
+    undeployed: bool,
+    actions: &'a [Action],
+    reason: &'a str,
+}
+
+/// A document as `--json` prints it.
+fn to_json(doc: &impl Serialize) -> Result<Value> {
+    serde_json::to_value(doc).map_err(|e| Error::failed(e.to_string()))
 }
 
 pub fn serving_name(s: &Serve) -> &'static str {
@@ -100,7 +145,7 @@ fn describe_action(a: &Action) -> String {
 
 /// `deploy --file/--stdin [--dry-run]`.
 pub fn deploy_command(ctx: &Ctx, text: &str, origin: &str, dry_run: bool) -> Result<i32> {
-    let site = site::parse_site_for(text, origin, &ctx.cfg.acme_server)?;
+    let site = site::parse_site_for(text, origin, &ctx.cfg.acme_server).map_err(Error::invalid)?;
     if dry_run {
         return dry_run_report(ctx, &site);
     }
@@ -140,9 +185,9 @@ fn report(ctx: &Ctx, outs: &[Outcome]) -> Result<i32> {
     }
     if ctx.json {
         if outs.len() == 1 {
-            ctx.print_json(&outs[0].to_json())?;
+            ctx.print_json(&to_json(&outs[0].doc())?)?;
         } else {
-            ctx.print_json(&Value::Array(outs.iter().map(Outcome::to_json).collect()))?;
+            ctx.print_json(&to_json(&outs.iter().map(Outcome::doc).collect::<Vec<_>>())?)?;
         }
     }
     Ok(0)
@@ -156,18 +201,18 @@ fn dry_run_report(ctx: &Ctx, site: &Site) -> Result<i32> {
     let plan =
         decide::decide(&f).map_err(|r| Error::invalid(format!("site {}: {}", site.siteid, r.0)))?;
     if ctx.json {
-        ctx.print_json(&json!({
-            "dry_run": true,
-            "siteid": site.siteid,
-            "hostname": site.hostname,
-            "current": f.current,
-            "serve": plan.serve,
-            "serving": serving_name(&plan.serve),
-            "on_failure": plan.on_failure,
-            "actions": plan.actions,
-            "reason": plan.reason,
-            "warnings": plan.warnings,
-        }))?;
+        ctx.print_json(&to_json(&DryRunDoc {
+            dry_run: true,
+            siteid: &site.siteid,
+            hostname: &site.hostname,
+            current: &f.current,
+            serve: &plan.serve,
+            serving: serving_name(&plan.serve),
+            on_failure: &plan.on_failure,
+            actions: &plan.actions,
+            reason: &plan.reason,
+            warnings: &plan.warnings,
+        })?)?;
     } else {
         let cur = match &f.current {
             decide::Current::NotDeployed => "not deployed".to_string(),
@@ -212,8 +257,8 @@ fn vhost_tls(ctx: &Ctx, site: &Site, serve: &Serve) -> VhostTls {
         Serve::Lkc { host } => super::serving::lkc_tls(ctx, host),
         Serve::Okc => {
             let p = ctx.cfg.okc_paths(&site.siteid);
-            let has_ca = match site.tls_wish() {
-                TlsWish::Other { cacrt, .. } => cacrt.is_some(),
+            let has_ca = match &site.tls {
+                Tls::Own(own) => own.as_ref().is_some_and(|c| c.cacrt.is_some()),
                 _ => p.cacrt.exists(),
             };
             VhostTls::Okc {
@@ -293,12 +338,12 @@ fn stage_apache<'c>(
     let p = ctx.cfg.okc_paths(&site.siteid);
     match change.okc {
         OkcFiles::Write => {
-            if let TlsWish::Other { key, crt, cacrt } = site.tls_wish() {
+            if let Tls::Own(Some(OwnCert { key, crt, cacrt })) = &site.tls {
                 fsutil::create_dir_all_mode(&ctx.cfg.ssl_dir, 0o755)?;
-                txn.write(&p.key, ensure_nl(&key).as_bytes(), 0o600)?;
-                txn.write(&p.crt, ensure_nl(&crt).as_bytes(), 0o644)?;
+                txn.write(&p.key, ensure_nl(key).as_bytes(), 0o600)?;
+                txn.write(&p.crt, ensure_nl(crt).as_bytes(), 0o644)?;
                 match cacrt {
-                    Some(ca) => txn.write(&p.cacrt, ensure_nl(&ca).as_bytes(), 0o644)?,
+                    Some(ca) => txn.write(&p.cacrt, ensure_nl(ca).as_bytes(), 0o644)?,
                     None => txn.remove(&p.cacrt)?,
                 }
             }
@@ -418,11 +463,6 @@ fn carry_out(
     current: &decide::Current,
     plan: Plan,
 ) -> Result<Outcome> {
-    let mut serve = plan.serve.clone();
-    let mut pending = None;
-    let mut okc = OkcFiles::Keep;
-    let mut stash_later = Vec::new();
-    let mut cert_changed = false;
     // One Apache transaction carries the whole deploy (docs/design.md,
     // invariant 5): the http vhost a provisioning brings up under the site's
     // new name is an interim step of it, loaded by Apache but undecided, and
@@ -432,12 +472,7 @@ fn carry_out(
     // stashed (a later deploy takes it back, no new issuance). That is
     // journaled before the lineage is added, so a crash at any step rolls
     // back or (once `configtest` decided) completes the whole change.
-    let host = site.hostname.to_string();
-    let adds =
-        plan.actions.iter().any(|a| matches!(a, Action::Unstash { host: h } | Action::ImportCarried { host: h } | Action::Provision { host: h } if *h == host));
-    let served_before = matches!(current, decide::Current::Lkc { host: h } if *h == host);
-    let rollback = (adds && !served_before && !ctx.store.has(&host, Place::Live))
-        .then(|| Completion { stash: vec![host.clone()], ..Default::default() });
+    let rollback = deploy_rollback(ctx, site, current, &plan);
     let mut txn = apache::Transaction::begin(&ctx.cfg, rec)?;
     if let Some(c) = &rollback {
         txn.set_rollback(c.clone())?;
@@ -445,106 +480,17 @@ fn carry_out(
     let serves_challenge = stored.as_ref().map(|s| s.hostname == site.hostname).unwrap_or(false)
         && ctx.cfg.vhost_file(&site.siteid).exists();
     let mut interim = Interim { serves_challenge, txn: Some(txn) };
-    let complete = |c: &Completion| completion::run(&ctx.cfg, &ctx.store, c);
-    let looped = (|| -> Result<()> {
-        for a in &plan.actions {
-            match a {
-                Action::StashLive { host } => stash_later.push(host.clone()),
-                Action::DeleteStash { host } => {
-                    ctx.progress(&format!("{host}: deleting the stashed certificate"));
-                    ctx.store.delete_stash(host)?;
-                }
-                Action::Unstash { host } => {
-                    ctx.progress(&format!("{host}: unstashing the certificate (no new issuance)"));
-                    let account =
-                        stash_account(ctx, host).or_else(|| provision::resolve_account(ctx));
-                    let params = provision::renewal_params(ctx, site, account);
-                    ctx.store.unstash(host, &params)?;
-                    cert_changed = true;
-                }
-                Action::ImportCarried { host } => {
-                    let TlsWish::LetsEncrypt { carried: Some((key, crt)) } = site.tls_wish() else {
-                        return Err(Error::failed(
-                            "internal: import without a carried certificate",
-                        ));
-                    };
-                    ctx.progress(&format!(
-                        "{host}: importing the certificate carried in the Site JSON"
-                    ));
-                    let account = account.clone().or_else(|| provision::resolve_account(ctx));
-                    let params = provision::renewal_params(ctx, site, account);
-                    // The bytes came from the Site JSON: material that cannot be
-                    // stored is the input's fault.
-                    let invalid = |e: StoreError| match e {
-                        StoreError::Unusable { why, .. } => {
-                            Error::invalid(format!("site {}: tls: {why}", site.siteid))
-                        }
-                        e => e.into(),
-                    };
-                    ctx.store
-                        .add_version(
-                            host,
-                            &NewVersion::from_key_and_fullchain(&key, &crt).map_err(invalid)?,
-                            &params,
-                        )
-                        .map_err(invalid)?;
-                    cert_changed = true;
-                }
-                Action::Provision { host } => {
-                    let fallback = plan.on_failure.clone().unwrap_or(Serve::Http);
-                    // Apache refusing the challenge vhost is no provisioning
-                    // failure: the deploy fails as it is (undone), with no back-off.
-                    // The stateless answer needs the account: with one stored,
-                    // the session is opened first (no registration, nothing
-                    // written); without, only once the challenge vhost is up,
-                    // so a deploy Apache refuses registers nothing. The CA
-                    // down is a provisioning failure (pending), not the deploy's.
-                    let stored = accounts::load(&ctx.cfg.letsencrypt_dir, &ctx.cfg.acme_server)
-                        .ok()
-                        .flatten()
-                        .is_some();
-                    let early = stored.then(|| provision::Session::open(ctx, &ctx.cfg.acme_server));
-                    let ready = early.as_ref().and_then(|r| r.as_ref().ok());
-                    bring_up_challenge_vhost(ctx, rec, site, host, &fallback, &mut interim, ready)?;
-                    let session = early
-                        .unwrap_or_else(|| provision::Session::open(ctx, &ctx.cfg.acme_server));
-                    let res = session.and_then(|s| provision_now(ctx, &s, site, host));
-                    // The site is pending on failure: `renew` retries it, backing off.
-                    let mut backoff = crate::backoff_file::load(&ctx.cfg.state_dir());
-                    let before = backoff.clone();
-                    match &res {
-                        Ok(()) => backoff.succeeded(host),
-                        Err(e) => backoff.failed(
-                            host,
-                            &format!("provisioning failed: {e}"),
-                            Utc::now(),
-                            &crate::backoff_file::config_fingerprint(&ctx.cfg),
-                        ),
-                    }
-                    if backoff != before {
-                        if let Err(e) = crate::backoff_file::save(&ctx.cfg.state_dir(), &backoff) {
-                            tracing::warn!("recording the back-off state: {e}");
-                        }
-                    }
-                    match res {
-                        Ok(()) => cert_changed = true,
-                        Err(e) => {
-                            pending = Some(e.to_string());
-                            serve = fallback;
-                            break;
-                        }
-                    }
-                }
-                Action::RemoveOkc if okc == OkcFiles::Keep => okc = OkcFiles::Remove,
-                Action::RemoveOkc => {}
-                Action::WriteOkc => okc = OkcFiles::Write,
-            }
-        }
-        Ok(())
-    })();
-    if let Err(e) = looped {
+    let mut done = Done {
+        serve: plan.serve.clone(),
+        pending: None,
+        okc: OkcFiles::Keep,
+        stash_later: Vec::new(),
+        cert_changed: false,
+    };
+    if let Err(e) = run_actions(ctx, rec, site, account, &plan, &mut interim, &mut done) {
         // Nothing decided: undo what the deploy did so far.
         if let Some(t) = interim.txn.take() {
+            let complete = |c: &Completion| completion::run(&ctx.cfg, &ctx.store, c);
             if let Err(e2) = t.abort(&complete) {
                 tracing::warn!("site {}: rolling back the failed deploy: {e2}", site.siteid);
             }
@@ -552,35 +498,191 @@ fn carry_out(
         return Err(e);
     }
     crate::fault::point("deploy.before_apache");
-    // A lineage renewed behind Apache's back (by certbot, say) is served
-    // only after a reload: compare what Apache serves with the live file.
-    if let (Serve::Lkc { host }, false) = (&serve, cert_changed) {
-        if let (Some(served), Some(live)) =
-            (apache::served_serial(&ctx.cfg, host), ctx.store.leaf(host, Place::Live))
-        {
-            if served != live.serial {
-                ctx.progress(&format!("{host}: Apache serves an older certificate (serial {served}) than live/{host} (serial {}); reloading", live.serial));
-                cert_changed = true;
-            }
-        }
+    if let (Serve::Lkc { host }, false) = (&done.serve, done.cert_changed) {
+        done.cert_changed = renewed_behind_apache(ctx, host);
     }
     let completion = Completion {
-        stash: stash_later,
+        stash: done.stash_later,
         store_site: Some(site.without_tls_material()),
         ..Default::default()
     };
-    let new_certificate = cert_changed && matches!(serve, Serve::Lkc { .. });
-    let change =
-        VhostChange { serve: &serve, okc, new_certificate, completion: Some(completion), rollback };
+    let new_certificate = done.cert_changed && matches!(done.serve, Serve::Lkc { .. });
+    let change = VhostChange {
+        serve: &done.serve,
+        okc: done.okc,
+        new_certificate,
+        completion: Some(completion),
+        rollback,
+    };
     apply_apache(ctx, rec, site, change, interim.txn)?;
     ctx.install_certbot_hook();
     Ok(Outcome {
         siteid: site.siteid.clone(),
         hostname: site.hostname.to_string(),
-        serve,
-        pending,
+        serve: done.serve,
+        pending: done.pending,
         plan,
     })
+}
+
+/// What a deploy's steps did so far ([`run_actions`]).
+struct Done {
+    serve: Serve,
+    /// Why provisioning failed: the site is pending.
+    pending: Option<String>,
+    okc: OkcFiles,
+    stash_later: Vec<String>,
+    cert_changed: bool,
+}
+
+/// What undoes the store side if the deploy is rolled back: a lineage it
+/// adds for a name the site did not serve before is stashed.
+fn deploy_rollback(
+    ctx: &Ctx,
+    site: &Site,
+    current: &decide::Current,
+    plan: &Plan,
+) -> Option<Completion> {
+    let host = site.hostname.to_string();
+    let adds =
+        plan.actions.iter().any(|a| matches!(a, Action::Unstash { host: h } | Action::ImportCarried { host: h } | Action::Provision { host: h } if *h == host));
+    let served_before = matches!(current, decide::Current::Lkc { host: h } if *h == host);
+    (adds && !served_before && !ctx.store.has(&host, Place::Live))
+        .then(|| Completion { stash: vec![host.clone()], ..Default::default() })
+}
+
+/// The plan's actions in order, up to a failed provisioning (the site is
+/// then pending and served with the plan's fallback).
+fn run_actions<'c>(
+    ctx: &'c Ctx,
+    rec: &Recovered,
+    site: &Site,
+    account: Option<String>,
+    plan: &Plan,
+    interim: &mut Interim<'c>,
+    done: &mut Done,
+) -> Result<()> {
+    for a in &plan.actions {
+        match a {
+            Action::StashLive { host } => done.stash_later.push(host.clone()),
+            Action::DeleteStash { host } => {
+                ctx.progress(&format!("{host}: deleting the stashed certificate"));
+                ctx.store.delete_stash(host)?;
+            }
+            Action::Unstash { host } => {
+                ctx.progress(&format!("{host}: unstashing the certificate (no new issuance)"));
+                let account = stash_account(ctx, host).or_else(|| provision::resolve_account(ctx));
+                let params = provision::renewal_params(ctx, site, account);
+                ctx.store.unstash(host, &params)?;
+                done.cert_changed = true;
+            }
+            Action::ImportCarried { host } => {
+                import_carried(ctx, site, host, account.clone())?;
+                done.cert_changed = true;
+            }
+            Action::Provision { host } => {
+                let fallback = plan.on_failure.clone().unwrap_or(Serve::Http);
+                match provision_step(ctx, rec, site, host, &fallback, interim)? {
+                    None => done.cert_changed = true,
+                    Some(why) => {
+                        done.pending = Some(why);
+                        done.serve = fallback;
+                        break;
+                    }
+                }
+            }
+            Action::RemoveOkc if done.okc == OkcFiles::Keep => done.okc = OkcFiles::Remove,
+            Action::RemoveOkc => {}
+            Action::WriteOkc => done.okc = OkcFiles::Write,
+        }
+    }
+    Ok(())
+}
+
+/// Store the LKC the Site JSON carries as a new version of `host`'s lineage.
+fn import_carried(ctx: &Ctx, site: &Site, host: &str, account: Option<String>) -> Result<()> {
+    let Tls::LetsEncrypt { carried: Some(carried), .. } = &site.tls else {
+        return Err(Error::failed("internal: import without a carried certificate"));
+    };
+    ctx.progress(&format!("{host}: importing the certificate carried in the Site JSON"));
+    let account = account.or_else(|| provision::resolve_account(ctx));
+    let params = provision::renewal_params(ctx, site, account);
+    // The bytes came from the Site JSON: material that cannot be
+    // stored is the input's fault.
+    let invalid = |e: StoreError| match e {
+        StoreError::Unusable { why, .. } => {
+            Error::invalid(format!("site {}: tls: {why}", site.siteid))
+        }
+        e => e.into(),
+    };
+    let version =
+        NewVersion::from_key_and_fullchain(&carried.key, &carried.fullchain).map_err(invalid)?;
+    ctx.store.add_version(host, &version, &params).map_err(invalid)?;
+    Ok(())
+}
+
+/// Obtain a certificate for `host` now; `Some(why)` when provisioning failed
+/// (the site is pending: `renew` retries it, backing off).
+fn provision_step<'c>(
+    ctx: &'c Ctx,
+    rec: &Recovered,
+    site: &Site,
+    host: &str,
+    fallback: &Serve,
+    interim: &mut Interim<'c>,
+) -> Result<Option<String>> {
+    // Apache refusing the challenge vhost is no provisioning
+    // failure: the deploy fails as it is (undone), with no back-off.
+    // The stateless answer needs the account: with one stored,
+    // the session is opened first (no registration, nothing
+    // written); without, only once the challenge vhost is up,
+    // so a deploy Apache refuses registers nothing. The CA
+    // down is a provisioning failure (pending), not the deploy's.
+    let stored =
+        accounts::load(&ctx.cfg.letsencrypt_dir, &ctx.cfg.acme_server).ok().flatten().is_some();
+    let early = stored.then(|| provision::Session::open(ctx, &ctx.cfg.acme_server));
+    let ready = early.as_ref().and_then(|r| r.as_ref().ok());
+    bring_up_challenge_vhost(ctx, rec, site, host, fallback, interim, ready)?;
+    let session = early.unwrap_or_else(|| provision::Session::open(ctx, &ctx.cfg.acme_server));
+    let res = session.and_then(|s| provision_now(ctx, &s, site, host));
+    record_backoff(ctx, host, &res);
+    Ok(res.err().map(|e| e.to_string()))
+}
+
+/// The back-off bookkeeping of one provisioning attempt.
+fn record_backoff(ctx: &Ctx, host: &str, res: &Result<()>) {
+    let mut backoff = crate::backoff_file::load(&ctx.cfg.state_dir());
+    let before = backoff.clone();
+    match res {
+        Ok(()) => backoff.succeeded(host),
+        Err(e) => backoff.failed(
+            host,
+            &format!("provisioning failed: {e}"),
+            Utc::now(),
+            &crate::backoff_file::config_fingerprint(&ctx.cfg),
+        ),
+    }
+    if backoff != before {
+        if let Err(e) = crate::backoff_file::save(&ctx.cfg.state_dir(), &backoff) {
+            tracing::warn!("recording the back-off state: {e}");
+        }
+    }
+}
+
+/// A lineage renewed behind Apache's back (by certbot, say) is served
+/// only after a reload: does Apache serve an older certificate of `host`
+/// than the live one?
+fn renewed_behind_apache(ctx: &Ctx, host: &str) -> bool {
+    let (Some(served), Some(live)) =
+        (apache::served_serial(&ctx.cfg, host), ctx.store.leaf(host, Place::Live))
+    else {
+        return false;
+    };
+    if served == live.serial {
+        return false;
+    }
+    ctx.progress(&format!("{host}: Apache serves an older certificate (serial {served}) than live/{host} (serial {}); reloading", live.serial));
+    true
 }
 
 /// Before provisioning, make sure the challenge is answered on plain http
@@ -717,7 +819,7 @@ pub fn undeploy_command(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
     // Apache first: once it no longer points at the files, they can move.
     let mut txn = apache::Transaction::begin(&ctx.cfg, &locked.recovered)?;
     txn.remove(&ctx.cfg.vhost_file(siteid))?;
-    if plan.actions.contains(&Action::RemoveOkc) || stored.kind() != TlsKind::Http {
+    if plan.actions.contains(&Action::RemoveOkc) || stored.tls != Tls::Http {
         let p = ctx.cfg.okc_paths(siteid);
         txn.remove(&p.key)?;
         txn.remove(&p.crt)?;
@@ -741,7 +843,13 @@ pub fn undeploy_command(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
     })?;
     ctx.progress(&format!("site {siteid} ({}) undeployed", stored.hostname));
     if ctx.json {
-        ctx.print_json(&json!({"siteid": siteid, "hostname": stored.hostname, "undeployed": true, "actions": plan.actions, "reason": plan.reason}))?;
+        ctx.print_json(&to_json(&UndeployDoc {
+            siteid,
+            hostname: &stored.hostname,
+            undeployed: true,
+            actions: &plan.actions,
+            reason: &plan.reason,
+        })?)?;
     }
     Ok(0)
 }
@@ -749,10 +857,18 @@ pub fn undeploy_command(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
 /// An account a backup carries, with its key loaded (so it was checked).
 pub type CheckedAccount = (accounts::Carried, crate::acme::AccountKey);
 
+/// A backup as `restore` reads it: each site validated as a deploy's Site
+/// JSON, each carried account checked.
+#[derive(Debug)]
+pub struct Restorable {
+    pub sites: Vec<Site>,
+    pub accounts: Vec<CheckedAccount>,
+}
+
 /// The Site JSONs of a backup file (see [`Backup`]: an envelope, a bare
 /// array, or one site) and the ACME accounts it carries, each checked: its
 /// key loads and is the one its id names.
-pub fn read_backup(path: &Path) -> Result<(Vec<Value>, Vec<CheckedAccount>)> {
+pub fn read_backup(path: &Path) -> Result<Restorable> {
     let text = fsutil::read_user_file(path)
         .map_err(|e| Error::invalid(format!("backup {}: {e}", path.display())))?;
     let doc = Backup::read(&text)
@@ -770,18 +886,48 @@ pub fn read_backup(path: &Path) -> Result<(Vec<Value>, Vec<CheckedAccount>)> {
         })?;
         carried.push((a, key));
     }
-    Ok((doc.sites, carried))
+    let mut sites = Vec::new();
+    for (i, v) in doc.sites.iter().enumerate() {
+        let s = site::site_from_value(v).map_err(|e| {
+            Error::invalid(e.context(format!("backup {} site #{}", path.display(), i + 1)))
+        })?;
+        sites.push(s);
+    }
+    Ok(Restorable { sites, accounts: carried })
 }
 
 /// `restore --in FILE [--siteid ...]`: validate everything first, then deploy each.
 pub fn restore_command(ctx: &Ctx, input: &Path, only: &[SiteId]) -> Result<i32> {
-    let (values, carried) = read_backup(input)?;
-    let mut sites = Vec::new();
-    for (i, v) in values.iter().enumerate() {
-        let s = site::site_from_value(v)
-            .map_err(|e| e.context(format!("backup {} site #{}", input.display(), i + 1)))?;
-        sites.push(s);
+    let Restorable { sites, accounts: carried } = read_backup(input)?;
+    let sites = chosen_sites(input, sites, only)?;
+    let locked = ctx.lock(&format!("restore {}", input.display()))?;
+    check_restorable(ctx, input, &sites)?;
+    let hints = install_carried_accounts(ctx, &sites, &carried)?;
+    let mut outs = Vec::new();
+    let mut failed = 0;
+    for (s, hint) in sites.iter().zip(&hints) {
+        let hint = hint.map(|(a, _)| a.id.clone());
+        match deploy_one_with(ctx, &locked.recovered, s, hint) {
+            Ok(o) => outs.push(o),
+            Err(e) => {
+                tracing::error!("site {} ({}): restore failed: {e}", s.siteid, s.hostname);
+                failed += 1;
+            }
+        }
     }
+    report(ctx, &outs)?;
+    if failed > 0 {
+        return Err(Error::failed(format!(
+            "{failed} of {} sites could not be restored",
+            sites.len()
+        )));
+    }
+    Ok(0)
+}
+
+/// The backup's sites `restore` deploys (all, or those of `only`); refused
+/// when none, or when two share a site id or a hostname.
+fn chosen_sites(input: &Path, mut sites: Vec<Site>, only: &[SiteId]) -> Result<Vec<Site>> {
     for id in only {
         if !sites.iter().any(|s| &s.siteid == id) {
             return Err(Error::invalid(format!("backup {}: holds no site {id}", input.display())));
@@ -813,9 +959,15 @@ pub fn restore_command(ctx: &Ctx, input: &Path, only: &[SiteId]) -> Result<i32> 
             }
         }
     }
-    let locked = ctx.lock(&format!("restore {}", input.display()))?;
+    Ok(sites)
+}
+
+/// What must hold of every site before any is restored (the lock is held):
+/// its hostname is free, the CA can issue for it, its own certificate
+/// matches its key.
+fn check_restorable(ctx: &Ctx, input: &Path, sites: &[Site]) -> Result<()> {
     let all = facts::all_stored(&ctx.cfg)?;
-    for s in &sites {
+    for s in sites {
         facts::check_hostname_free(&all, s)?;
         if let Some(why) = site::ip_refused_by(s, &ctx.cfg.acme_server) {
             return Err(Error::invalid(format!(
@@ -824,8 +976,8 @@ pub fn restore_command(ctx: &Ctx, input: &Path, only: &[SiteId]) -> Result<i32> 
                 s.siteid
             )));
         }
-        if let TlsWish::Other { key, crt, .. } = s.tls_wish() {
-            let kc = crate::certs::KeyCert::parse(&key, &crt)
+        if let Tls::Own(Some(OwnCert { key, crt, .. })) = &s.tls {
+            let kc = crate::certs::KeyCert::parse(key, crt)
                 .map_err(|e| Error::invalid(format!("site {}: tls: {e}", s.siteid)))?;
             if !kc.key_matches {
                 return Err(Error::invalid(format!(
@@ -835,14 +987,23 @@ pub fn restore_command(ctx: &Ctx, input: &Path, only: &[SiteId]) -> Result<i32> 
             }
         }
     }
-    // The accounts the lineages renew with come along: the one a restored
-    // site's carried certificate names (its host, this device's server) is
-    // installed when this device lacks it, and named by the lineage. No other
-    // carried account is installed (other servers, sites not restored).
+    Ok(())
+}
+
+/// The accounts the lineages renew with come along: the one a restored
+/// site's carried certificate names (its host, this device's server) is
+/// installed when this device lacks it, and named by the lineage. No other
+/// carried account is installed (other servers, sites not restored). The
+/// account of each site, in order.
+fn install_carried_accounts<'a>(
+    ctx: &Ctx,
+    sites: &[Site],
+    carried: &'a [CheckedAccount],
+) -> Result<Vec<Option<&'a CheckedAccount>>> {
     let hints: Vec<Option<&CheckedAccount>> = sites
         .iter()
         .map(|s| {
-            let carries = matches!(s.tls_wish(), TlsWish::LetsEncrypt { carried: Some(_) });
+            let carries = matches!(s.tls, Tls::LetsEncrypt { carried: Some(_), .. });
             carried.iter().find(|(a, _)| {
                 carries
                     && a.server == ctx.cfg.acme_server
@@ -861,24 +1022,5 @@ pub fn restore_command(ctx: &Ctx, input: &Path, only: &[SiteId]) -> Result<i32> 
             ));
         }
     }
-    let mut outs = Vec::new();
-    let mut failed = 0;
-    for (s, hint) in sites.iter().zip(&hints) {
-        let hint = hint.map(|(a, _)| a.id.clone());
-        match deploy_one_with(ctx, &locked.recovered, s, hint) {
-            Ok(o) => outs.push(o),
-            Err(e) => {
-                tracing::error!("site {} ({}): restore failed: {e}", s.siteid, s.hostname);
-                failed += 1;
-            }
-        }
-    }
-    report(ctx, &outs)?;
-    if failed > 0 {
-        return Err(Error::failed(format!(
-            "{failed} of {} sites could not be restored",
-            sites.len()
-        )));
-    }
-    Ok(0)
+    Ok(hints)
 }

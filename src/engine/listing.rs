@@ -8,9 +8,9 @@ use super::facts;
 use super::ts;
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::site::{Site, SiteId, Tls, TlsKind};
+use crate::site::{CarriedPair, OwnCert, Site, SiteId, Tls};
 use crate::store::{Material, Place};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::Path;
 
 /// A stored site as exported: with its TLS material unless `notls`. A Let's
@@ -18,42 +18,38 @@ use std::path::Path;
 /// files from `ssl_dir` (the site is exported without `tls` when they are
 /// missing, or with `notls`).
 pub fn exported(ctx: &Ctx, s: &Site, notls: bool) -> Site {
-    let mut site = s.clone();
-    match s.kind() {
-        TlsKind::Http => {}
-        TlsKind::Letsencrypt => {
-            let mut tls = Tls { letsencrypt: Some(true), ..Tls::default() };
-            if !notls {
-                if let Material::Present(kc) = ctx.store.material(&s.hostname, Place::Live) {
-                    tls.key = Some(kc.key_pem);
-                    tls.crt = Some(kc.chain_pem);
+    let tls = match &s.tls {
+        Tls::Http => Tls::Http,
+        // Exported as it always was: `letsencrypt` and the live pair, no profile.
+        Tls::LetsEncrypt { .. } => Tls::LetsEncrypt {
+            profile: None,
+            carried: match (notls, ctx.store.material(&s.hostname, Place::Live)) {
+                (false, Material::Present(kc)) => {
+                    Some(CarriedPair { key: kc.key_pem, fullchain: kc.chain_pem })
                 }
-            }
-            site.tls = Some(tls);
-        }
-        TlsKind::Okc => {
+                _ => None,
+            },
+        },
+        Tls::Own(_) => {
             let p = ctx.cfg.okc_paths(&s.siteid);
             let read = |f: &Path| std::fs::read_to_string(f).ok();
-            site.tls = match (notls, read(&p.key), read(&p.crt)) {
-                (false, Some(k), Some(c)) => Some(Tls {
-                    key: Some(k),
-                    crt: Some(c),
-                    cacrt: read(&p.cacrt),
-                    ..Tls::default()
-                }),
-                (true, _, _) => None,
+            match (notls, read(&p.key), read(&p.crt)) {
+                (false, Some(key), Some(crt)) => {
+                    Tls::Own(Some(OwnCert { key, crt, cacrt: read(&p.cacrt) }))
+                }
+                (true, _, _) => Tls::Http,
                 _ => {
                     tracing::warn!(
                         "site {}: its own certificate files are missing from {}",
                         s.siteid,
                         ctx.cfg.ssl_dir.display()
                     );
-                    None
+                    Tls::Http
                 }
-            };
+            }
         }
-    }
-    site
+    };
+    Site { tls, ..s.clone() }
 }
 
 /// A document as `--json` prints it.
@@ -80,10 +76,10 @@ pub fn listsites(ctx: &Ctx) -> Result<i32> {
         for s in &all {
             // What the virtual host serves, not what the Site JSON asks for.
             let served = served(ctx, s);
-            let state = match s.kind() {
-                TlsKind::Letsencrypt if facts::is_pending(&ctx.store, s) => format!("{served}, Let's Encrypt pending"),
-                TlsKind::Letsencrypt if served != Served::Lkc => format!("{served}: falling back, its Let's Encrypt certificate is not served (renew retries)"),
-                TlsKind::Okc if served != Served::Okc => format!("{served}: its own certificate is not served"),
+            let state = match s.tls {
+                Tls::LetsEncrypt { .. } if facts::is_pending(&ctx.store, s) => format!("{served}, Let's Encrypt pending"),
+                Tls::LetsEncrypt { .. } if served != Served::Lkc => format!("{served}: falling back, its Let's Encrypt certificate is not served (renew retries)"),
+                Tls::Own(_) if served != Served::Okc => format!("{served}: its own certificate is not served"),
                 _ => served.to_string(),
             };
             println!("{}  {}  {state}", s.siteid, s.hostname);
@@ -185,9 +181,18 @@ pub fn backup(ctx: &Ctx, ids: &[SiteId], all: bool, out: &Path, notls: bool) -> 
     fsutil::atomic_write(&target, text.as_bytes(), 0o600)?;
     ctx.progress(&format!("backed up {} site(s) to {}{what}", chosen.len(), out.display()));
     if ctx.json {
-        ctx.print_json(&json!({"out": out_abs, "sites": chosen.iter().map(|s| &s.siteid).collect::<Vec<_>>(), "notls": notls}))?;
+        let sites = chosen.iter().map(|s| &s.siteid).collect();
+        ctx.print_json(&to_json(&BackupResult { out: out_abs, sites, notls })?)?;
     }
     Ok(0)
+}
+
+/// What `backup --json` prints once the file is written.
+#[derive(serde::Serialize)]
+struct BackupResult<'a> {
+    out: std::path::PathBuf,
+    sites: Vec<&'a SiteId>,
+    notls: bool,
 }
 
 /// The ACME accounts the chosen sites' live lineages renew with, each
@@ -195,7 +200,7 @@ pub fn backup(ctx: &Ctx, ids: &[SiteId], all: bool, out: &Path, notls: bool) -> 
 /// renewing with its own account (ARI `replaces`, CAA `accounturi`).
 fn carried_accounts(ctx: &Ctx, sites: &[&Site]) -> Vec<crate::store::accounts::Carried> {
     let mut out: Vec<crate::store::accounts::Carried> = Vec::new();
-    for s in sites.iter().filter(|s| s.kind() == TlsKind::Letsencrypt) {
+    for s in sites.iter().filter(|s| matches!(s.tls, Tls::LetsEncrypt { .. })) {
         let Some(conf) = ctx.store.lineage_conf(&s.hostname, Place::Live) else { continue };
         let (Some(id), Some(server)) = (conf.account, conf.server) else { continue };
         match out.iter_mut().find(|a| a.id == id && a.server == server) {
@@ -218,7 +223,7 @@ pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<CertificateRow>> {
     let site_of = |host: &str| {
         sites
             .iter()
-            .find(|s| s.hostname == host && s.kind() == TlsKind::Letsencrypt)
+            .find(|s| s.hostname == host && matches!(s.tls, Tls::LetsEncrypt { .. }))
             .map(|s| s.siteid.clone())
     };
     let mut rows = Vec::new();
@@ -264,8 +269,8 @@ pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<CertificateRow>> {
         rows.push(row);
     }
     for s in &sites {
-        match s.kind() {
-            TlsKind::Okc => {
+        match s.tls {
+            Tls::Own(_) => {
                 let mut row =
                     CertificateRow::new(s.hostname.to_string(), Some(s.siteid.clone()), State::Okc);
                 match facts::read_okc(&ctx.cfg, &s.siteid) {
@@ -280,7 +285,7 @@ pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<CertificateRow>> {
                 }
                 rows.push(row);
             }
-            TlsKind::Letsencrypt if facts::is_pending(&ctx.store, s) => {
+            Tls::LetsEncrypt { .. } if facts::is_pending(&ctx.store, s) => {
                 rows.push(CertificateRow::new(
                     s.hostname.to_string(),
                     Some(s.siteid.clone()),
@@ -301,8 +306,51 @@ pub fn certificates(ctx: &Ctx) -> Result<i32> {
     let backoff = crate::backoff_file::load(&ctx.cfg.state_dir());
     let config = crate::backoff_file::config_fingerprint(&ctx.cfg);
     let soon = chrono::Utc::now() + chrono::Duration::days(7);
+    let owed_rows = owed_rows(ctx);
+    let fleet_error = fleet_error(ctx);
+    for r in rows.iter_mut() {
+        if ctx.cfg.fleet.is_some() && r.state == State::Live {
+            r.fleet = true;
+            r.fleet_error = fleet_error.clone();
+        }
+        if let Some(f) =
+            backoff.hosts.get(&r.host).filter(|_| matches!(r.state, State::Live | State::Pending))
+        {
+            note_backoff(r, f, &config);
+        }
+        if let (Some(na), true) = (r.not_after, matches!(r.state, State::Live | State::Okc)) {
+            if na < soon {
+                tracing::warn!(
+                    "{}: its {} certificate expires at {} (within 7 days)",
+                    r.host,
+                    if r.state == State::Okc { "own" } else { "Let's Encrypt" },
+                    ts(na)
+                );
+            }
+        }
+    }
+    let rows: Vec<Row> = rows
+        .into_iter()
+        .map(Row::Certificate)
+        .chain(owed_rows.into_iter().map(Row::Owed))
+        .collect();
+    if ctx.json {
+        ctx.print_json(&to_json(&rows)?)?;
+        return Ok(0);
+    }
+    if rows.is_empty() {
+        println!("no certificates");
+    }
+    for r in rows {
+        println!("{}", r.text());
+    }
+    Ok(0)
+}
+
+/// Revocations the CA has not confirmed yet (docs/design.md, "Revocation"),
+/// each warned about.
+fn owed_rows(ctx: &Ctx) -> Vec<OwedRow> {
     let mut owed_rows = Vec::new();
-    // Revocations the CA has not confirmed yet (docs/design.md, "Revocation").
     match crate::revocations::load(&ctx.cfg.state_dir()) {
         Ok(owed) => {
             for o in owed.owed.values() {
@@ -332,8 +380,12 @@ pub fn certificates(ctx: &Ctx) -> Result<i32> {
         }
         Err(e) => tracing::error!("{e}"),
     }
-    // Fleet mode: every live lineage is the fleet's; a sync that could not
-    // reach it is named on each, with since when.
+    owed_rows
+}
+
+/// Fleet mode: every live lineage is the fleet's; a sync that could not
+/// reach it is named on each, with since when (and warned about once).
+fn fleet_error(ctx: &Ctx) -> Option<String> {
     let fleet_error = ctx.cfg.fleet.as_ref().and_then(|_| {
         let st = super::fleet::load_state(ctx);
         st.error.map(|e| format!("{e} (since {})", st.since.map(ts).unwrap_or_else(|| "-".into())))
@@ -343,70 +395,39 @@ pub fn certificates(ctx: &Ctx) -> Result<i32> {
             "the fleet cannot be used: {e}; this device serves what it has and orders nothing"
         );
     }
-    for r in rows.iter_mut() {
-        if ctx.cfg.fleet.is_some() && r.state == State::Live {
-            r.fleet = true;
-            r.fleet_error = fleet_error.clone();
+    fleet_error
+}
+
+/// A row's failed renewals and when the next attempt is (the rule `renew`
+/// applies: a record that cannot hold does not wait), warned about.
+fn note_backoff(r: &mut CertificateRow, f: &crate::backoff::Failures, config: &str) {
+    r.failures = Some(f.failures);
+    r.last_error = Some(f.last_error.clone());
+    let next = match crate::backoff::verdict(
+        f.next_attempt,
+        f.config.as_deref(),
+        chrono::Utc::now(),
+        config,
+    ) {
+        crate::backoff::Verdict::Implausible => {
+            r.backoff_ignored =
+                Some("its next attempt was recorded while the clock was ahead".into());
+            "the next renew (the recorded next attempt was written while the clock was ahead)"
+                .to_string()
         }
-        let host = &r.host;
-        if let Some(f) =
-            backoff.hosts.get(host).filter(|_| matches!(r.state, State::Live | State::Pending))
-        {
-            r.failures = Some(f.failures);
-            r.last_error = Some(f.last_error.clone());
-            // The rule `renew` applies: a record that cannot hold does not wait.
-            let next = match crate::backoff::verdict(
-                f.next_attempt,
-                f.config.as_deref(),
-                chrono::Utc::now(),
-                &config,
-            ) {
-                crate::backoff::Verdict::Implausible => {
-                    r.backoff_ignored =
-                        Some("its next attempt was recorded while the clock was ahead".into());
-                    "the next renew (the recorded next attempt was written while the clock was ahead)".to_string()
-                }
-                crate::backoff::Verdict::ConfigChanged => {
-                    r.backoff_ignored = Some("the configuration changed since it failed".into());
-                    "the next renew (the configuration changed since)".to_string()
-                }
-                _ => {
-                    r.next_attempt = Some(f.next_attempt);
-                    ts(f.next_attempt)
-                }
-            };
-            tracing::warn!(
-                "{}: its last {} renewal attempt(s) failed ({}); next attempt at {next}",
-                r.host,
-                f.failures,
-                f.last_error
-            );
+        crate::backoff::Verdict::ConfigChanged => {
+            r.backoff_ignored = Some("the configuration changed since it failed".into());
+            "the next renew (the configuration changed since)".to_string()
         }
-        if let (Some(na), true) = (r.not_after, matches!(r.state, State::Live | State::Okc)) {
-            if na < soon {
-                tracing::warn!(
-                    "{}: its {} certificate expires at {} (within 7 days)",
-                    r.host,
-                    if r.state == State::Okc { "own" } else { "Let's Encrypt" },
-                    ts(na)
-                );
-            }
+        _ => {
+            r.next_attempt = Some(f.next_attempt);
+            ts(f.next_attempt)
         }
-    }
-    let rows: Vec<Row> = rows
-        .into_iter()
-        .map(Row::Certificate)
-        .chain(owed_rows.into_iter().map(Row::Owed))
-        .collect();
-    if ctx.json {
-        ctx.print_json(&to_json(&rows)?)?;
-        return Ok(0);
-    }
-    if rows.is_empty() {
-        println!("no certificates");
-    }
-    for r in rows {
-        println!("{}", r.text());
-    }
-    Ok(0)
+    };
+    tracing::warn!(
+        "{}: its last {} renewal attempt(s) failed ({}); next attempt at {next}",
+        r.host,
+        f.failures,
+        f.last_error
+    );
 }

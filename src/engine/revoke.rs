@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::hooks;
 use crate::renewal::{owed_step, OwedStep};
 use crate::revocations::{self, Owed};
-use crate::site::{Site, SiteId, TlsKind};
+use crate::site::{Site, SiteId, Tls};
 use crate::store::{NewVersion, Place};
 use serde_json::json;
 
@@ -67,8 +67,11 @@ pub fn revoke_command(
     let locked = ctx.lock(&format!("revoke {siteid}"))?;
     let state_dir = ctx.cfg.state_dir();
     let mut owed = revocations::load(&state_dir)?;
-    let live =
-        if site.kind() == TlsKind::Letsencrypt { ctx.store.leaf(&host, Place::Live) } else { None };
+    let live = if matches!(site.tls, Tls::LetsEncrypt { .. }) {
+        ctx.store.leaf(&host, Place::Live)
+    } else {
+        None
+    };
     let live_serial = live.as_ref().map(|c| c.serial.clone());
 
     // What to revoke: fixed now, and recorded before any network step.
@@ -108,7 +111,7 @@ pub fn revoke_command(
                 // A stashed certificate (the site serves http or its own
                 // certificate now) can be revoked too; it then leaves the stash.
                 vec![new_owed(ctx, &host, &pem, reason, true)?]
-            } else if site.kind() != TlsKind::Letsencrypt {
+            } else if !matches!(site.tls, Tls::LetsEncrypt { .. }) {
                 return Err(not_revocable(
                     "it does not use Let's Encrypt and has no stashed certificate",
                 ));

@@ -11,7 +11,7 @@ use crate::apache::{self, Recovered, VhostTls};
 use crate::decide::Serve;
 use crate::error::Result;
 use crate::revocations;
-use crate::site::Site;
+use crate::site::{Site, Tls};
 use crate::store::{Material, Place};
 use chrono::{DateTime, Utc};
 
@@ -77,7 +77,7 @@ pub(super) fn served_owed_no_replace(ctx: &Ctx, owed: &revocations::State, host:
 /// Does this Let's Encrypt site have a usable live certificate that its
 /// vhost does not serve?
 pub(super) fn needs_https(ctx: &Ctx, s: &Site, now: DateTime<Utc>) -> bool {
-    if !s.is_letsencrypt() || !ctx.store.has(&s.hostname, Place::Live) {
+    if !matches!(s.tls, Tls::LetsEncrypt { .. }) || !ctx.store.has(&s.hostname, Place::Live) {
         return false;
     }
     let usable = match ctx.store.material(&s.hostname, Place::Live) {
@@ -100,7 +100,10 @@ pub(super) fn lkc_vhost(ctx: &Ctx, s: &Site) -> String {
 pub(super) fn renewed_proofs(ctx: &Ctx, sites: &[Site], renewed: &[String]) -> Vec<apache::Proof> {
     sites
         .iter()
-        .filter(|s| s.is_letsencrypt() && renewed.iter().any(|h| h == s.hostname.as_str()))
+        .filter(|s| {
+            matches!(s.tls, Tls::LetsEncrypt { .. })
+                && renewed.iter().any(|h| h == s.hostname.as_str())
+        })
         .filter(|s| {
             std::fs::read_to_string(ctx.cfg.vhost_file(&s.siteid))
                 .map(|t| t == lkc_vhost(ctx, s))

@@ -44,12 +44,14 @@ fn code_and_schema_agree_on_every_fixture() {
     let schema = schema();
     for (name, e) in &expect {
         let text = std::fs::read_to_string(dir.join(name)).unwrap();
-        // What deploy decides with the default server (Let's Encrypt).
+        // What deploy decides with the default server (Let's Encrypt), and
+        // the exit kind it gives a refusal.
         let code = site_admin::site::parse_site_for(
             &text,
             name,
             site_admin::config::LETSENCRYPT_PRODUCTION,
-        );
+        )
+        .map_err(site_admin::error::Error::invalid);
         let want_valid = e["valid"] == true;
         match &code {
             Ok(_) => assert!(want_valid, "{name}: the code accepts it, expected a refusal"),
