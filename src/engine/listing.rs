@@ -20,9 +20,10 @@ use std::path::Path;
 pub fn exported(ctx: &Ctx, s: &Site, notls: bool) -> Site {
     let tls = match &s.tls {
         Tls::Http => Tls::Http,
-        // Exported as it always was: `letsencrypt` and the live pair, no profile.
-        Tls::LetsEncrypt { .. } => Tls::LetsEncrypt {
-            profile: None,
+        // `letsencrypt`, the profile the site asked for, and the live pair: a
+        // restore elsewhere orders the same profile.
+        Tls::LetsEncrypt { profile, .. } => Tls::LetsEncrypt {
+            profile: profile.clone(),
             carried: match (notls, ctx.store.material(&s.hostname, Place::Live)) {
                 (false, Material::Present(kc)) => {
                     Some(CarriedPair { key: kc.key_pem, fullchain: kc.chain_pem })

@@ -455,6 +455,22 @@ fn backup_and_restore_carry_the_material() {
 }
 
 #[test]
+fn backup_and_showsite_keep_the_profile_a_site_asked_for() {
+    // A restore elsewhere must order the same profile: the exported site keeps
+    // `profile` (pebble offers no profiles; not required, so it issues).
+    let w = World::new();
+    let id = siteid(26);
+    let tls = json!({"letsencrypt": true, "profile": "shortlived"});
+    w.dev.deploy(&site_json(&id, "bp.example.test", Some(tls)));
+    let out = w.dev.tmp.path().join("profile.json");
+    w.dev.ok(&["backup", "--siteid", &id, "--out", out.to_str().unwrap(), "--notls"]);
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(doc["sites"][0]["tls"]["profile"], "shortlived", "{doc}");
+    let shown: Value = serde_json::from_str(&w.dev.ok(&["showsite", "--siteid", &id])).unwrap();
+    assert_eq!(shown["tls"]["profile"], "shortlived", "{shown}");
+}
+
+#[test]
 fn restore_refuses_bad_backups_and_changes_nothing() {
     let d = Device::new();
     let before = snapshot(&d.root);
