@@ -510,22 +510,12 @@ fn carry_out(
                         .unwrap_or_else(|| provision::Session::open(ctx, &ctx.cfg.acme_server));
                     let res = session.and_then(|s| provision_now(ctx, &s, site, host));
                     // The site is pending on failure: `renew` retries it, backing off.
-                    let mut backoff = crate::backoff_file::load(&ctx.cfg.state_dir());
-                    let before = backoff.clone();
-                    match &res {
-                        Ok(()) => backoff.succeeded(host),
-                        Err(e) => backoff.failed(
-                            host,
-                            &format!("provisioning failed: {e}"),
-                            Utc::now(),
-                            &crate::backoff_file::config_fingerprint(&ctx.cfg),
-                        ),
-                    }
-                    if backoff != before {
-                        if let Err(e) = crate::backoff_file::save(&ctx.cfg.state_dir(), &backoff) {
-                            tracing::warn!("recording the back-off state: {e}");
-                        }
-                    }
+                    let error = res.as_ref().err().map(|e| format!("provisioning failed: {e}"));
+                    crate::backoff_file::record(
+                        &ctx.cfg,
+                        host,
+                        error.as_deref().map_or(Ok(()), Err),
+                    );
                     match res {
                         Ok(()) => cert_changed = true,
                         Err(e) => {

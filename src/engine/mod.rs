@@ -16,6 +16,7 @@ pub mod facts;
 pub mod fleet;
 mod lifecycle;
 mod listing;
+mod owed;
 mod provision;
 pub mod renew;
 mod revoke;

@@ -6,10 +6,12 @@
 
 use super::ctx::Ctx;
 use super::facts;
+use super::owed;
+pub use super::owed::RevocationEntry;
 use super::provision;
 use super::serving::serve_changed;
 use super::ts;
-use crate::apache::Recovered;
+use crate::backoff_file;
 use crate::error::{Error, Result};
 use crate::hooks;
 use crate::renewal::{self, DueBy, Job, LineageFacts, PassFacts, PendingFacts, Skip};
@@ -98,21 +100,6 @@ impl Entry {
             Status::Renewed { .. } | Status::Provisioned { .. } | Status::PeerRenewed { .. }
         )
     }
-}
-
-/// One owed revocation (docs/design.md, "Revocation"), as this pass left it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RevocationEntry {
-    pub host: String,
-    pub serial: String,
-    pub reason: String,
-    pub since: String,
-    /// `revoked`, `failed`, `waiting_for_replacement` (still served, its
-    /// replacement comes first), or `owed` (a dry run).
-    pub status: &'static str,
-    pub attempts: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 /// The report printed with `--json` and given to hooks on stdin.
@@ -322,7 +309,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     // still served (a revoke interrupted) goes out of service first; its site
     // is pending then, and provisioned with a new key below.
     if let Some(l) = &locked {
-        retire_owed(ctx, &l.recovered, &sites, &owed);
+        owed::retire_owed(ctx, &l.recovered, &sites, &owed);
     }
     // Fleet mode: the fleet's records first (a peer's renewal is taken,
     // not repeated), read from etcd now — never a cached copy.
@@ -451,7 +438,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             });
         }
         let revocations =
-            owed.owed.values().map(|o| revocation_entry(o, "owed", None)).collect::<Vec<_>>();
+            owed.owed.values().map(|o| owed::revocation_entry(o, "owed", None)).collect::<Vec<_>>();
         let report = Report {
             event: "renew",
             dry_run,
@@ -462,7 +449,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             reloaded: false,
             apache_error: None,
             not_served: vec![],
-            revocation_owed: hosts_of(&revocations),
+            revocation_owed: owed::hosts_of(&revocations),
             revocations,
             revoked_domains: vec![],
             revocation_error,
@@ -523,11 +510,11 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     for (job, res) in run_jobs(ctx, jobs, fleet_for_jobs, &sites) {
         let status = match res {
             Ok(Done { not_after: na, peer: Some(by), .. }) => {
-                backoff.succeeded(&job.host);
+                backoff_file::note(&mut backoff, &job.host, Ok(()), &pass.config);
                 Status::PeerRenewed { new_not_after: ts(na), renewed_by: by }
             }
             Ok(Done { not_after: na, replaced, peer: None }) => {
-                backoff.succeeded(&job.host);
+                backoff_file::note(&mut backoff, &job.host, Ok(()), &pass.config);
                 if job.pending {
                     Status::Provisioned { new_not_after: ts(na) }
                 } else {
@@ -544,7 +531,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
                     "{} failed: {err}",
                     if job.pending { "provisioning" } else { "renewal" }
                 );
-                backoff.failed(&job.host, &error, Utc::now(), &pass.config);
+                backoff_file::note(&mut backoff, &job.host, Err(&error), &pass.config);
                 Status::Failed { error }
             }
         };
@@ -571,11 +558,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
             .collect();
         super::fleet::publish_backoff(f, &backoff, &touched);
     }
-    if backoff != backoff_before {
-        if let Err(e) = crate::backoff_file::save(&ctx.cfg.state_dir(), &backoff) {
-            tracing::warn!("recording the back-off state: {e}");
-        }
-    }
+    backoff_file::save_if_changed(&ctx.cfg.state_dir(), &backoff_before, &backoff);
 
     let mut renewed: Vec<String> =
         entries.iter().filter(|e| e.is_success()).map(|e| e.host.clone()).collect();
@@ -601,7 +584,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     ctx.install_certbot_hook();
     let not_served = if apache_error.is_some() { renewed.clone() } else { Vec::new() };
     // Owed revocations, once the replacements are served.
-    let revocations = send_owed(ctx, &mut owed, &not_served);
+    let revocations = owed::send_due(ctx, &mut owed, &not_served);
     let revoked_domains = {
         let mut v: Vec<String> =
             revocations.iter().filter(|r| r.status == "revoked").map(|r| r.host.clone()).collect();
@@ -629,7 +612,7 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
         reloaded,
         apache_error,
         not_served,
-        revocation_owed: hosts_of(&revocations),
+        revocation_owed: owed::hosts_of(&revocations),
         revocations,
         revoked_domains,
         revocation_error,
@@ -701,89 +684,6 @@ fn finish(ctx: &Ctx, report: Report) -> Result<i32> {
         !report.revocation_owed.is_empty(),
         report.revocation_error.is_some(),
     ))
-}
-
-fn revocation_entry(
-    o: &revocations::Owed,
-    status: &'static str,
-    error: Option<String>,
-) -> RevocationEntry {
-    RevocationEntry {
-        host: o.host.clone(),
-        serial: o.serial.clone(),
-        reason: o.reason.clone(),
-        since: ts(o.since),
-        status,
-        attempts: o.attempts,
-        error,
-    }
-}
-
-/// The hosts of the revocations still owed.
-fn hosts_of(v: &[RevocationEntry]) -> Vec<String> {
-    let mut h: Vec<String> =
-        v.iter().filter(|r| r.status != "revoked").map(|r| r.host.clone()).collect();
-    h.sort();
-    h.dedup();
-    h
-}
-
-/// Rule 9: take out of service each served certificate owed a revocation without replacement.
-fn retire_owed(ctx: &Ctx, rec: &Recovered, sites: &[Site], owed: &revocations::State) {
-    for o in owed.owed.values() {
-        let live = ctx.store.leaf(&o.host, Place::Live).map(|c| c.serial);
-        if renewal::owed_step(&o.serial, live.as_deref(), o.no_replace)
-            != renewal::OwedStep::RetireThenRevoke
-        {
-            continue;
-        }
-        ctx.progress(&format!(
-            "{}: serial {} is owed a revocation without replacement: taking it out of service",
-            o.host, o.serial
-        ));
-        let done = match sites.iter().find(|s| s.hostname.as_str() == o.host) {
-            Some(s) => super::revoke::retire(ctx, rec, s, &o.host),
-            None => ctx.store.retire_live(&o.host),
-        };
-        if let Err(e) = done {
-            tracing::error!("{}: taking serial {} out of service failed: {e}", o.host, o.serial);
-        }
-    }
-}
-
-/// Rule 9: send each owed revocation whose certificate is no longer served
-/// (a replacement renewed but not served yet waits too); record the outcome.
-fn send_owed(
-    ctx: &Ctx,
-    owed: &mut revocations::State,
-    not_served: &[String],
-) -> Vec<RevocationEntry> {
-    let mut out = Vec::new();
-    for o in owed.owed.values().cloned().collect::<Vec<_>>() {
-        let live = ctx.store.leaf(&o.host, Place::Live).map(|c| c.serial);
-        let step = renewal::owed_step(&o.serial, live.as_deref(), o.no_replace);
-        if step != renewal::OwedStep::Revoke || not_served.contains(&o.host) {
-            out.push(revocation_entry(&o, "waiting_for_replacement", None));
-            continue;
-        }
-        ctx.progress(&format!(
-            "{}: revoking the certificate with serial {} ({}), owed since {}",
-            o.host,
-            o.serial,
-            o.reason,
-            ts(o.since)
-        ));
-        let r = super::revoke::send_owed(ctx, &o);
-        if let Err(e) = super::revoke::settle(ctx, owed, &o, &r) {
-            tracing::error!("recording the owed revocations: {e}");
-        }
-        let after = owed.owed.get(&o.serial).cloned().unwrap_or(o);
-        out.push(match r {
-            Ok(()) => revocation_entry(&after, "revoked", None),
-            Err(e) => revocation_entry(&after, "failed", Some(e.to_string())),
-        });
-    }
-    out
 }
 
 /// What one job came to.

@@ -10,33 +10,16 @@
 //! version. The hooks are told (`SITE_ADMIN_EVENT=revoke`).
 
 use super::ctx::Ctx;
-use super::{facts, provision};
-use crate::apache::{self, Recovered, VhostTls};
+use super::{facts, owed, provision};
+use crate::apache;
 use crate::cli::RevocationReason;
 use crate::error::{Error, Result};
 use crate::hooks;
 use crate::renewal::{owed_step, OwedStep};
 use crate::revocations::{self, Owed};
-use crate::site::{Site, SiteId, TlsKind};
+use crate::site::{SiteId, TlsKind};
 use crate::store::{NewVersion, Place};
 use serde_json::json;
-
-/// Why one owed revocation could not be sent (it stays owed).
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    /// The certificate recorded in the owed list does not parse.
-    #[error("the recorded certificate cannot be read: {0}")]
-    Unreadable(crate::certs::PemError),
-    /// No client for the lineage's server (account, directory).
-    #[error("{0}")]
-    Setup(Error),
-    /// The CA refused, or could not be reached.
-    #[error("{0}")]
-    Acme(#[from] crate::acme::AcmeError),
-}
-
-/// What one revocation came to.
-type Sent = std::result::Result<(), SendError>;
 
 pub fn revoke_command(
     ctx: &Ctx,
@@ -133,7 +116,7 @@ pub fn revoke_command(
         .collect();
     let mut replaced_by = None;
     if steps.contains(&OwedStep::RetireThenRevoke) {
-        retire(ctx, &locked.recovered, &site, &host)?;
+        owed::retire(ctx, &locked.recovered, &site, &host)?;
         tracing::warn!(
             "site {siteid} ({host}) is served on plain http now; `site-admin renew` (or a redeploy) provisions a new certificate with a new key for it"
         );
@@ -193,27 +176,11 @@ pub fn revoke_command(
             "{host}: revoking the certificate with serial {} ({})",
             t.serial, t.reason
         ));
-        let r = send_owed(ctx, t);
-        settle(ctx, &mut owed, t, &r)?;
+        let r = owed::send_owed(ctx, t);
+        owed::settle(ctx, &mut owed, t, &r)?;
         results.push((t.clone(), r));
     }
     finish(ctx, siteid, &host, results, replaced_by, owed.of_host(&host))
-}
-
-/// Record the outcome of one attempt: a confirmed revocation leaves the
-/// owed list (and the stash, if it was the stashed certificate).
-pub(super) fn settle(ctx: &Ctx, owed: &mut revocations::State, t: &Owed, r: &Sent) -> Result<()> {
-    match r {
-        Ok(()) => {
-            owed.owed.remove(&t.serial);
-            if ctx.store.leaf(&t.host, Place::Stashed).map(|c| c.serial) == Some(t.serial.clone()) {
-                ctx.store.delete_stash(&t.host)?;
-                ctx.progress(&format!("{}: the revoked certificate left the stash", t.host));
-            }
-        }
-        Err(e) => owed.failed(&t.serial, &e.to_string()),
-    }
-    revocations::save(&ctx.cfg.state_dir(), owed)
 }
 
 /// A new owed record for the certificate `pem` of `host`, with the server
@@ -268,59 +235,12 @@ fn find_version(ctx: &Ctx, host: &str, serial: &str) -> Option<String> {
         .find(is)
 }
 
-/// Take the site's live certificate out of service: its vhost goes to plain
-/// http (Apache reloaded), then its live lineage is retired (the archive
-/// stays). The site is pending: renew provisions a new key and certificate.
-pub(super) fn retire(ctx: &Ctx, rec: &Recovered, site: &Site, host: &str) -> Result<()> {
-    let mut txn = apache::Transaction::begin(&ctx.cfg, rec)?;
-    let conf_text = apache::render(&ctx.cfg, &site.siteid, host, &VhostTls::None);
-    txn.write(&ctx.cfg.vhost_file(&site.siteid), conf_text.as_bytes(), 0o644)?;
-    txn.commit(false, &|m| ctx.progress(&format!("site {}: {m}", site.siteid)), &|_| Ok(()))?;
-    crate::fault::point("revoke.http_before_retire");
-    ctx.store.retire_live(host)
-}
-
-/// Send one owed revocation with the account its lineage renewed with when
-/// this device has it (else the server's account). `alreadyRevoked` counts
-/// as done.
-pub(super) fn send_owed(ctx: &Ctx, o: &Owed) -> Sent {
-    let der =
-        crate::certs::parse_first_cert(o.cert_pem.as_bytes()).map_err(SendError::Unreadable)?.der;
-    // A recorded name this version does not know is sent as unspecified (0).
-    let code = RevocationReason::from_name(&o.reason).map_or(0, RevocationReason::code);
-    let client = match o
-        .account
-        .as_deref()
-        .map(|id| crate::store::accounts::load_id(&ctx.cfg.letsencrypt_dir, &o.server, id))
-    {
-        Some(Ok(Some(a))) => crate::acme::AcmeClient::connect(
-            provision::options(ctx, &o.server),
-            a.key,
-            Some(a.uri),
-        )?,
-        _ => provision::client_for(ctx, &o.server).map_err(SendError::Setup)?.0,
-    };
-    match client.revoke(&der, code) {
-        Ok(()) => Ok(()),
-        Err(crate::acme::AcmeError::Problem { problem, .. })
-            if problem.ptype.ends_with(":alreadyRevoked") =>
-        {
-            ctx.progress(&format!(
-                "{}: the CA says serial {} is revoked already",
-                o.host, o.serial
-            ));
-            Ok(())
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Tell the hooks, print the report, choose the exit code.
 fn finish(
     ctx: &Ctx,
     siteid: &SiteId,
     host: &str,
-    results: Vec<(Owed, Sent)>,
+    results: Vec<(Owed, owed::Sent)>,
     replaced_by: Option<String>,
     still_owed: Vec<Owed>,
 ) -> Result<i32> {
