@@ -3,8 +3,9 @@
 //! itself is [`crate::backoff`] (pure); this is its I/O.
 
 use crate::backoff::{fingerprint, State};
-use crate::error::{Error, Result};
-use crate::fsutil;
+use crate::error::Result;
+use crate::state_file::{self, ReadError};
+use chrono::Utc;
 use std::path::{Path, PathBuf};
 
 /// A fingerprint of the configuration an issuance depends on: the ACME
@@ -32,27 +33,57 @@ pub fn config_fingerprint(cfg: &crate::config::Config) -> String {
     fingerprint(&parts)
 }
 
+const FILE: &str = "backoff.json";
+
 pub fn path(state_dir: &Path) -> PathBuf {
-    state_dir.join("backoff.json")
+    state_dir.join(FILE)
 }
 
 /// Read the state; a missing file is an empty state, a damaged one is
 /// reported and treated as empty (it only delays retries).
 pub fn load(state_dir: &Path) -> State {
     let p = path(state_dir);
-    match std::fs::read(&p) {
-        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+    match state_file::read(&p) {
+        Ok(s) => s,
+        Err(ReadError::Damaged(e)) => {
             tracing::warn!("ignoring the unreadable back-off state {} ({e})", p.display());
             State::default()
-        }),
-        Err(_) => State::default(),
+        }
+        Err(ReadError::Missing | ReadError::Io(_)) => State::default(),
     }
 }
 
 pub fn save(state_dir: &Path, s: &State) -> Result<()> {
-    fsutil::create_dir_all_mode(state_dir, 0o755)?;
-    let data = serde_json::to_vec_pretty(s).map_err(|e| Error::failed(e.to_string()))?;
-    fsutil::atomic_write(&path(state_dir), &data, 0o600)
+    state_file::write(state_dir, FILE, s)
+}
+
+/// The one back-off update: each outcome recorded (a success clears the
+/// host's failures; a failure is counted, with its error, under the
+/// fingerprint `config` of the configuration it failed under).
+pub fn note(state: &mut State, host: &str, outcome: std::result::Result<(), &str>, config: &str) {
+    match outcome {
+        Ok(()) => state.succeeded(host),
+        Err(error) => state.failed(host, error, Utc::now(), config),
+    }
+}
+
+/// Write `state` if it differs from `before`; a failure to write is logged
+/// (it only delays retries).
+pub fn save_if_changed(state_dir: &Path, before: &State, state: &State) {
+    if state != before {
+        if let Err(e) = save(state_dir, state) {
+            tracing::warn!("recording the back-off state: {e}");
+        }
+    }
+}
+
+/// One outcome recorded in the state file (read, updated, written if changed).
+pub fn record(cfg: &crate::config::Config, host: &str, outcome: std::result::Result<(), &str>) {
+    let dir = cfg.state_dir();
+    let before = load(&dir);
+    let mut state = before.clone();
+    note(&mut state, host, outcome, &config_fingerprint(cfg));
+    save_if_changed(&dir, &before, &state);
 }
 
 #[cfg(test)]
@@ -82,5 +113,18 @@ mod tests {
         assert!(!with_eab.contains("secret") && !with_eab.contains("kid"));
         cfg.contact_email = Some("admin@example.test".into());
         assert_ne!(config_fingerprint(&cfg), with_eab);
+    }
+
+    #[test]
+    fn one_update_records_a_failure_under_the_config_and_a_success_clears_it() {
+        let root = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config::load(root.path(), &Default::default()).unwrap();
+        record(&cfg, "a.test", Err("provisioning failed: 503"));
+        let s = load(&cfg.state_dir());
+        let f = &s.hosts["a.test"];
+        assert_eq!(f.last_error, "provisioning failed: 503");
+        assert_eq!(f.config, Some(config_fingerprint(&cfg)));
+        record(&cfg, "a.test", Ok(()));
+        assert_eq!(load(&cfg.state_dir()), State::default());
     }
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -55,15 +55,7 @@ pub fn executables(dir: &Path) -> Vec<PathBuf> {
 /// Run one hook with `env` and `stdin`, within `limit`.
 pub fn run_hook(path: &Path, env: &[(&str, String)], stdin: &[u8], limit: Duration) -> HookRun {
     let hook = path.display().to_string();
-    let mut cmd = Command::new(path);
-    // Its own process group, so that on timeout its children die with it
-    // (and release the output pipes we read).
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = match cmd.spawn() {
+    let mut child = match spawn(path, env) {
         Ok(c) => c,
         Err(e) => return HookRun { hook, ok: false, error: Some(format!("cannot run: {e}")) },
     };
@@ -74,56 +66,10 @@ pub fn run_hook(path: &Path, env: &[(&str, String)], stdin: &[u8], limit: Durati
             let _ = si.write_all(&data);
         });
     }
-    let out = child.stdout.take();
-    let err = child.stderr.take();
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    // The readers say when they reach EOF; once the hook has exited they get
-    // OUTPUT_GRACE, then they are left behind (a background child of the hook
-    // keeps the pipes open, maybe for good) and forward nothing more.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    for r in [
-        out.map(|o| Box::new(o) as Box<dyn Read + Send>),
-        err.map(|e| Box::new(e) as Box<dyn Read + Send>),
-    ] {
-        let (name, stop, done) = (name.clone(), stop.clone(), done_tx.clone());
-        std::thread::spawn(move || {
-            forward(r, &name, &stop);
-            let _ = done.send(());
-        });
-    }
-    drop(done_tx);
-    let start = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Ok(None) if start.elapsed() > limit => {
-                if let Some(pgid) = rustix::process::Pid::from_raw(child.id() as i32) {
-                    let _ =
-                        rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(_) => break None,
-        }
-    };
-    let grace_end = Instant::now() + OUTPUT_GRACE;
-    let mut open = 2;
-    while open > 0 {
-        let left = grace_end.saturating_duration_since(Instant::now());
-        match done_rx.recv_timeout(left) {
-            Ok(()) => open -= 1,
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                stop.store(true, Ordering::Relaxed);
-                tracing::warn!("hook {name}: it left a background process holding its output open; no longer reading it");
-                break;
-            }
-        }
-    }
+    let output = Output::forward(&mut child, &name);
+    let status = wait_within(&mut child, limit);
+    output.drain(&name);
     match status {
         Some(s) if s.success() => HookRun { hook, ok: true, error: None },
         Some(s) => HookRun { hook, ok: false, error: Some(format!("exited with {s}")) },
@@ -132,6 +78,88 @@ pub fn run_hook(path: &Path, env: &[(&str, String)], stdin: &[u8], limit: Durati
             ok: false,
             error: Some(format!("killed after the time limit of {} s", limit.as_secs())),
         },
+    }
+}
+
+/// Start the hook in its own process group, so that on timeout its children
+/// die with it (and release the output pipes we read).
+fn spawn(path: &Path, env: &[(&str, String)]) -> std::io::Result<std::process::Child> {
+    let mut cmd = Command::new(path);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+}
+
+/// Wait for the hook's exit; past `limit` its process group is killed
+/// (None: killed, or its status could not be read).
+fn wait_within(child: &mut std::process::Child, limit: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) if start.elapsed() > limit => {
+                if let Some(pgid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                    let _ =
+                        rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// The readers forwarding the hook's stdout and stderr to the log.
+struct Output {
+    /// Tells the readers to forward nothing more.
+    stop: Arc<AtomicBool>,
+    /// Each reader says here when it reached EOF.
+    done: mpsc::Receiver<()>,
+}
+
+impl Output {
+    fn forward(child: &mut std::process::Child, name: &str) -> Output {
+        let out = child.stdout.take();
+        let err = child.stderr.take();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (done_tx, done) = mpsc::channel::<()>();
+        for r in [
+            out.map(|o| Box::new(o) as Box<dyn Read + Send>),
+            err.map(|e| Box::new(e) as Box<dyn Read + Send>),
+        ] {
+            let (name, stop, done) = (name.to_string(), stop.clone(), done_tx.clone());
+            std::thread::spawn(move || {
+                forward(r, &name, &stop);
+                let _ = done.send(());
+            });
+        }
+        Output { stop, done }
+    }
+
+    /// Once the hook has exited, the readers get OUTPUT_GRACE to reach EOF;
+    /// then they are left behind (a background child of the hook keeps the
+    /// pipes open, maybe for good) and forward nothing more.
+    fn drain(self, name: &str) {
+        let grace_end = Instant::now() + OUTPUT_GRACE;
+        let mut open = 2;
+        while open > 0 {
+            let left = grace_end.saturating_duration_since(Instant::now());
+            match self.done.recv_timeout(left) {
+                Ok(()) => open -= 1,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.stop.store(true, Ordering::Relaxed);
+                    tracing::warn!("hook {name}: it left a background process holding its output open; no longer reading it");
+                    break;
+                }
+            }
+        }
     }
 }
 

@@ -31,4 +31,5 @@ pub mod renewal;
 pub mod renewal_conf;
 pub mod revocations;
 pub mod site;
+pub mod state_file;
 pub mod store;

@@ -836,3 +836,107 @@ mod tests {
         assert_eq!(exit_code(false, false, true), 1);
     }
 }
+
+/// Rule 12 over a pass: with the fleet unusable, the due jobs ordered on
+/// this device alone (first) and the ones held (second). The emergency
+/// rule (`below`: `fleet.isolated_renew_below`, see [`isolated_may_order`])
+/// is for a fleet out of reach (`unreachable`), not for one whose records
+/// this device cannot use (a wrong fleet key, a bad record); a pending
+/// site's first certificate is never ordered without the fleet.
+pub fn split_without_fleet(
+    jobs: Vec<Job>,
+    now: DateTime<Utc>,
+    below: Option<u32>,
+    unreachable: bool,
+) -> (Vec<Job>, Vec<Job>) {
+    let below = below.filter(|_| unreachable);
+    jobs.into_iter().partition(|j| !j.pending && isolated_may_order(j.old_not_after, now, below))
+}
+
+/// Rule 10 for a pass that ran: [`outcome`], and with the fleet unusable
+/// (`fleet_down`: why) a pass that ordered nothing without its lock fails.
+pub fn pass_incomplete(
+    failed: &[String],
+    backing_off: &[String],
+    apache_error: bool,
+    fleet_down: Option<&str>,
+) -> Option<String> {
+    outcome(failed, backing_off, apache_error, false).or_else(|| {
+        fleet_down.map(|e| {
+            format!("the fleet cannot be used ({e}): nothing was ordered without its lock")
+        })
+    })
+}
+
+/// Renewed, but not served yet: every renewed host when the Apache step
+/// failed (their owed revocations wait).
+pub fn not_served(renewed: &[String], apache_failed: bool) -> Vec<String> {
+    if apache_failed {
+        renewed.to_vec()
+    } else {
+        Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod pass_rule_tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn job(host: &str, pending: bool, days_left: Option<i64>) -> Job {
+        let now = Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0).unwrap();
+        Job {
+            host: host.into(),
+            siteid: None,
+            webroot: PathBuf::from("/wk"),
+            server: "https://ca/dir".into(),
+            key_type: KeyType::Rsa,
+            old_not_after: days_left.map(|d| now + Duration::days(d)),
+            due: None,
+            due_by: DueBy::Backstop,
+            pending,
+            moved_from: None,
+            profile: None,
+            replaces: None,
+            ari_explanation: None,
+        }
+    }
+
+    fn hosts(v: &[Job]) -> Vec<&str> {
+        v.iter().map(|j| j.host.as_str()).collect()
+    }
+
+    #[test]
+    fn without_the_fleet_only_an_unreachable_fleet_lets_a_lineage_near_expiry_renew_alone() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0).unwrap();
+        let jobs =
+            vec![job("near", false, Some(3)), job("far", false, Some(20)), job("new", true, None)];
+        let (go, held) = split_without_fleet(jobs.clone(), now, Some(7), true);
+        assert_eq!((hosts(&go), hosts(&held)), (vec!["near"], vec!["far", "new"]));
+        let (go, held) = split_without_fleet(jobs.clone(), now, Some(7), false);
+        assert_eq!((hosts(&go), hosts(&held)), (vec![], vec!["near", "far", "new"]));
+        let (go, _) = split_without_fleet(jobs, now, None, true);
+        assert!(go.is_empty(), "no emergency rule configured: nothing alone");
+    }
+
+    #[test]
+    fn a_pass_with_the_fleet_down_fails_after_its_own_reasons() {
+        let f = vec!["a.test".to_string()];
+        assert_eq!(pass_incomplete(&[], &[], false, None), None);
+        assert_eq!(
+            pass_incomplete(&[], &[], false, Some("etcd down")).as_deref(),
+            Some("the fleet cannot be used (etcd down): nothing was ordered without its lock")
+        );
+        assert_eq!(
+            pass_incomplete(&f, &[], false, Some("etcd down")).as_deref(),
+            Some("failed: a.test")
+        );
+    }
+
+    #[test]
+    fn renewed_hosts_are_not_served_only_when_the_apache_step_failed() {
+        let r = vec!["a.test".to_string()];
+        assert_eq!(not_served(&r, true), r);
+        assert!(not_served(&r, false).is_empty());
+    }
+}

@@ -7,7 +7,7 @@
 //! that left the archive or the stash stays revocable.
 
 use crate::error::{Error, Result};
-use crate::fsutil;
+use crate::state_file::{self, ReadError};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -59,8 +59,10 @@ impl State {
     }
 }
 
+const FILE: &str = "revocations.json";
+
 pub fn path(state_dir: &Path) -> PathBuf {
-    state_dir.join("revocations.json")
+    state_dir.join(FILE)
 }
 
 /// A serial as the user may write it (hex, colons allowed, any case),
@@ -78,22 +80,19 @@ pub fn normalize_serial(s: &str) -> Option<String> {
 /// error naming the file: an obligation is never silently dropped.
 pub fn load(state_dir: &Path) -> Result<State> {
     let p = path(state_dir);
-    match std::fs::read(&p) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-            Error::failed(format!(
-                "the owed revocations in {} cannot be read ({e}); fix or move it aside",
-                p.display()
-            ))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-        Err(e) => Err(Error::failed(format!("reading {}: {e}", p.display()))),
+    match state_file::read(&p) {
+        Ok(s) => Ok(s),
+        Err(ReadError::Missing) => Ok(State::default()),
+        Err(ReadError::Damaged(e)) => Err(Error::failed(format!(
+            "the owed revocations in {} cannot be read ({e}); fix or move it aside",
+            p.display()
+        ))),
+        Err(ReadError::Io(e)) => Err(Error::failed(format!("reading {}: {e}", p.display()))),
     }
 }
 
 pub fn save(state_dir: &Path, s: &State) -> Result<()> {
-    fsutil::create_dir_all_mode(state_dir, 0o755)?;
-    let data = serde_json::to_vec_pretty(s).map_err(|e| Error::failed(e.to_string()))?;
-    fsutil::atomic_write(&path(state_dir), &data, 0o600)
+    state_file::write(state_dir, FILE, s)
 }
 
 #[cfg(test)]

@@ -651,22 +651,8 @@ fn provision_step<'c>(
 
 /// The back-off bookkeeping of one provisioning attempt.
 fn record_backoff(ctx: &Ctx, host: &str, res: &Result<()>) {
-    let mut backoff = crate::backoff_file::load(&ctx.cfg.state_dir());
-    let before = backoff.clone();
-    match res {
-        Ok(()) => backoff.succeeded(host),
-        Err(e) => backoff.failed(
-            host,
-            &format!("provisioning failed: {e}"),
-            Utc::now(),
-            &crate::backoff_file::config_fingerprint(&ctx.cfg),
-        ),
-    }
-    if backoff != before {
-        if let Err(e) = crate::backoff_file::save(&ctx.cfg.state_dir(), &backoff) {
-            tracing::warn!("recording the back-off state: {e}");
-        }
-    }
+    let error = res.as_ref().err().map(|e| format!("provisioning failed: {e}"));
+    crate::backoff_file::record(&ctx.cfg, host, error.as_deref().map_or(Ok(()), Err));
 }
 
 /// A lineage renewed behind Apache's back (by certbot, say) is served

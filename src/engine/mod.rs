@@ -4,7 +4,9 @@
 //! writer ([`crate::apache`]) and the global lock ([`crate::lock`]).
 //!
 //! This module only dispatches; each command lives in its own module, and
-//! none of them imports this one: they share [`ctx::Ctx`].
+//! none of them imports this one or another command: they share [`ctx::Ctx`]
+//! and the non-command modules (`facts`, `serving`, `owed`, `provision`,
+//! `ari`, `fleet`, ...).
 
 mod ari;
 mod backup_doc;
@@ -14,8 +16,10 @@ pub mod ctx;
 pub mod doctor;
 pub mod facts;
 pub mod fleet;
+mod fleet_cmd;
 mod lifecycle;
 mod listing;
+mod owed;
 mod provision;
 pub mod renew;
 mod revoke;
@@ -79,8 +83,10 @@ pub fn run(cli: Cli) -> Result<i32> {
             revoke::revoke_command(&ctx, &siteid, reason, no_replace, serial.as_deref())
         }
         Command::Doctor { repair } => doctor::doctor_command(&ctx, repair),
-        Command::Sync => fleet::sync_command(&ctx),
-        Command::Fleet { what: crate::cli::FleetCommand::Status } => fleet::status_command(&ctx),
+        Command::Sync => fleet_cmd::sync_command(&ctx),
+        Command::Fleet { what: crate::cli::FleetCommand::Status } => {
+            fleet_cmd::status_command(&ctx)
+        }
         Command::Fleet { what: crate::cli::FleetCommand::Configured } => {
             Ok(if ctx.cfg.fleet.is_some() { 0 } else { 1 })
         }

@@ -6,10 +6,13 @@
 
 use super::ctx::Ctx;
 use super::facts;
+use super::owed;
+pub use super::owed::RevocationEntry;
 use super::provision;
 use super::serving::serve_changed;
 use super::ts;
 use crate::apache::Recovered;
+use crate::backoff_file;
 use crate::error::{Error, Result};
 use crate::hooks;
 use crate::renewal::{self, DueBy, Job, LineageFacts, PassFacts, PendingFacts, Skip};
@@ -100,21 +103,6 @@ impl Entry {
     }
 }
 
-/// One owed revocation (docs/design.md, "Revocation"), as this pass left it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RevocationEntry {
-    pub host: String,
-    pub serial: String,
-    pub reason: String,
-    pub since: String,
-    /// `revoked`, `failed`, `waiting_for_replacement` (still served, its
-    /// replacement comes first), or `owed` (a dry run).
-    pub status: &'static str,
-    pub attempts: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
 /// The report printed with `--json` and given to hooks on stdin.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -193,6 +181,99 @@ impl Report {
     }
 }
 
+/// What the pass starts from, read once: the stored sites, the back-off
+/// state (as read, and as the fleet's records merged into it), the owed
+/// revocations (or why they could not be read).
+struct Start {
+    sites: Vec<Site>,
+    backoff_read: crate::backoff::State,
+    backoff: crate::backoff::State,
+    owed: revocations::State,
+    revocation_error: Option<String>,
+}
+
+/// Read the state the pass starts from; under the lock, first take out of
+/// service each served certificate owed a revocation without replacement
+/// (rule 9: a revoke interrupted; its site is pending then, and provisioned
+/// with a new key below).
+fn start(ctx: &Ctx, rec: Option<&Recovered>) -> Result<Start> {
+    let sites = facts::all_stored(&ctx.cfg)?;
+    let backoff = backoff_file::load(&ctx.cfg.state_dir());
+    let (owed, revocation_error) = match revocations::load(&ctx.cfg.state_dir()) {
+        Ok(st) => (st, None),
+        Err(e) => {
+            tracing::error!("{e}");
+            (revocations::State::default(), Some(e.to_string()))
+        }
+    };
+    if let Some(rec) = rec {
+        owed::retire_owed(ctx, rec, &sites, &owed);
+    }
+    Ok(Start { backoff_read: backoff.clone(), sites, backoff, owed, revocation_error })
+}
+
+/// What the fleet sync before the pass came to.
+struct Synced {
+    report: FleetReport,
+    /// Hosts whose fleet certificate the sync took.
+    taken: Vec<String>,
+    /// The fleet cannot be used: why.
+    down: Option<super::fleet::SyncError>,
+}
+
+/// Fleet mode: the fleet's records first (a peer's renewal is taken, not
+/// repeated), read from etcd now — never a cached copy; its back-off and
+/// ARI records merged into this device's.
+fn sync_fleet(
+    ctx: &Ctx,
+    f: &super::fleet::Fleet,
+    rec: &Recovered,
+    sites: &[Site],
+    backoff: &mut crate::backoff::State,
+) -> Synced {
+    match super::fleet::sync(ctx, f, rec, sites) {
+        Ok(r) => {
+            for e in &r.errors {
+                tracing::warn!("fleet: {}: {}", e.key, e.error);
+            }
+            // Back-off is the fleet's: a failure on one device holds every device back.
+            if let Err(e) = super::fleet::merge_backoff(ctx, f, sites, backoff) {
+                tracing::warn!("fleet: reading the shared back-off: {e}");
+            }
+            // ARI is asked once for the fleet: a peer's answer is this device's.
+            if let Err(e) = super::fleet::merge_ari(ctx, f) {
+                tracing::warn!("fleet: reading the shared ARI state: {e}");
+            }
+            Synced {
+                taken: r.taken.clone(),
+                report: FleetReport {
+                    device: r.device,
+                    taken: r.taken,
+                    pushed: r.pushed,
+                    error: None,
+                    since: None,
+                },
+                down: None,
+            }
+        }
+        Err(e) => {
+            let st = super::fleet::load_state(ctx);
+            tracing::error!("the fleet cannot be used: {e}; serving what is on disk, ordering nothing without the fleet's lock");
+            Synced {
+                report: FleetReport {
+                    device: f.cfg.device_id.clone(),
+                    taken: vec![],
+                    pushed: vec![],
+                    error: Some(e.message.clone()),
+                    since: st.since.map(ts),
+                },
+                taken: vec![],
+                down: Some(e),
+            }
+        }
+    }
+}
+
 /// The facts of one pass, from the store and the stored sites — each conf
 /// and certificate read once — and the lineages whose ARI check has come.
 fn gather(
@@ -207,56 +288,16 @@ fn gather(
         sites.iter().map(|s| (s.hostname.as_str(), s)).collect();
     let mut ari_due = Vec::new();
     let mut next_ari_check = BTreeMap::new();
-    let lineages: Vec<LineageFacts> = ctx
-        .store
-        .names_with_conf(Place::Live)
-        .into_iter()
-        .map(|name| {
-            let conf = ctx.store.lineage_conf(&name, Place::Live).unwrap_or_default();
-            let site = site_by_host.get(name.as_str()).copied();
-            // The certificate alone decides whether it is due; the key is
-            // read only for the lineages that are renewed (fast no-op passes).
-            let leaf = ctx.store.leaf(&name, Place::Live);
-            let validity = leaf.as_ref().map(|c| (c.not_before, c.not_after));
-            let cert_id = leaf.as_ref().and_then(|c| c.ari_id.clone());
-            let server = conf.server.clone().unwrap_or_else(|| ctx.cfg.acme_server.clone());
-            if let Some(t) = conf.ari.retry_after {
-                next_ari_check.insert(name.clone(), t);
-            }
-            if renewal::ari_check_due(
-                cert_id.as_deref(),
-                validity.map(|v| v.1),
-                conf.ari.retry_after,
-                now,
-            ) {
-                let id = cert_id.clone().unwrap_or_default();
-                ari_due.push(super::ari::Candidate {
-                    host: name.clone(),
-                    server,
-                    cert_id: id,
-                    state: conf.ari.clone(),
-                });
-            }
-            LineageFacts {
-                siteid: site.map(|s| s.siteid.to_string()),
-                has_links: ctx.store.has(&name, Place::Live),
-                validity,
-                renew_before_expiry: conf.renew_before_expiry,
-                webroot: conf.webroot.or_else(|| site.map(|s| ctx.cfg.site_wellknown(&s.siteid))),
-                server: conf.server,
-                key_type: conf.key_type,
-                profile: conf.profile,
-                ari: renewal::ari_facts(&conf.ari, cert_id.as_deref()),
-                replaces: renewal::replaces(cert_id.as_deref(), conf.ari.offered),
-                revocation_owed: leaf
-                    .as_ref()
-                    .and_then(|c| owed.owed.get(&c.serial))
-                    .map(|o| o.host == name && !o.no_replace)
-                    .unwrap_or(false),
-                host: name,
-            }
-        })
-        .collect();
+    let mut lineages = Vec::new();
+    for name in ctx.store.names_with_conf(Place::Live) {
+        let site = site_by_host.get(name.as_str()).copied();
+        let (l, check, retry_after) = lineage_facts(ctx, name, site, owed, now);
+        if let Some(t) = retry_after {
+            next_ari_check.insert(l.host.clone(), t);
+        }
+        ari_due.extend(check);
+        lineages.push(l);
+    }
     let pending = sites
         .iter()
         .filter(|s| facts::is_pending(&ctx.store, s))
@@ -289,9 +330,58 @@ fn gather(
         key_type: ctx.cfg.key_type,
         clock_plausible: crate::decide::clock_plausible(now, &validity),
         backoff: backoff.hosts.clone(),
-        config: crate::backoff_file::config_fingerprint(&ctx.cfg),
+        config: backoff_file::config_fingerprint(&ctx.cfg),
     };
     Gathered { facts, ari_due, next_ari_check }
+}
+
+/// One lineage's facts, its ARI check if it has come (rule 5), and when
+/// ARI is to be asked again as recorded.
+fn lineage_facts(
+    ctx: &Ctx,
+    name: String,
+    site: Option<&Site>,
+    owed: &revocations::State,
+    now: DateTime<Utc>,
+) -> (LineageFacts, Option<super::ari::Candidate>, Option<DateTime<Utc>>) {
+    let conf = ctx.store.lineage_conf(&name, Place::Live).unwrap_or_default();
+    // The certificate alone decides whether it is due; the key is
+    // read only for the lineages that are renewed (fast no-op passes).
+    let leaf = ctx.store.leaf(&name, Place::Live);
+    let validity = leaf.as_ref().map(|c| (c.not_before, c.not_after));
+    let cert_id = leaf.as_ref().and_then(|c| c.ari_id.clone());
+    let server = conf.server.clone().unwrap_or_else(|| ctx.cfg.acme_server.clone());
+    let check = renewal::ari_check_due(
+        cert_id.as_deref(),
+        validity.map(|v| v.1),
+        conf.ari.retry_after,
+        now,
+    )
+    .then(|| super::ari::Candidate {
+        host: name.clone(),
+        server,
+        cert_id: cert_id.clone().unwrap_or_default(),
+        state: conf.ari.clone(),
+    });
+    let facts = LineageFacts {
+        siteid: site.map(|s| s.siteid.to_string()),
+        has_links: ctx.store.has(&name, Place::Live),
+        validity,
+        renew_before_expiry: conf.renew_before_expiry,
+        webroot: conf.webroot.or_else(|| site.map(|s| ctx.cfg.site_wellknown(&s.siteid))),
+        server: conf.server,
+        key_type: conf.key_type,
+        profile: conf.profile,
+        ari: renewal::ari_facts(&conf.ari, cert_id.as_deref()),
+        replaces: renewal::replaces(cert_id.as_deref(), conf.ari.offered),
+        revocation_owed: leaf
+            .as_ref()
+            .and_then(|c| owed.owed.get(&c.serial))
+            .map(|o| o.host == name && !o.no_replace)
+            .unwrap_or(false),
+        host: name,
+    };
+    (facts, check, conf.ari.retry_after)
 }
 
 /// What [`gather`] found.
@@ -303,123 +393,76 @@ struct Gathered {
     next_ari_check: BTreeMap<String, DateTime<Utc>>,
 }
 
-/// `renew [--force] [--dry-run]`.
-pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
-    // A dry run takes no lock and changes nothing.
-    let locked = if dry_run { None } else { Some(ctx.lock("renew")?) };
-    let now = Utc::now();
-    let sites = facts::all_stored(&ctx.cfg)?;
-    let mut backoff = crate::backoff_file::load(&ctx.cfg.state_dir());
-    let backoff_before = backoff.clone();
-    let (mut owed, revocation_error) = match revocations::load(&ctx.cfg.state_dir()) {
-        Ok(st) => (st, None),
-        Err(e) => {
-            tracing::error!("{e}");
-            (revocations::State::default(), Some(e.to_string()))
-        }
-    };
-    // Rule 9: a certificate owed a revocation without replacement that is
-    // still served (a revoke interrupted) goes out of service first; its site
-    // is pending then, and provisioned with a new key below.
-    if let Some(l) = &locked {
-        retire_owed(ctx, &l.recovered, &sites, &owed);
+/// Ask ARI (not in a dry run) only about the lineages whose next check has
+/// come, so a pass with every check ahead sends no request. The answers
+/// make new facts; the gathered ones are not edited.
+fn refresh_ari(
+    ctx: &Ctx,
+    g: Gathered,
+    now: DateTime<Utc>,
+    share: Option<&super::fleet::Fleet>,
+) -> Gathered {
+    if g.ari_due.is_empty() {
+        return g;
     }
-    // Fleet mode: the fleet's records first (a peer's renewal is taken,
-    // not repeated), read from etcd now — never a cached copy.
-    let fleet = if dry_run { None } else { ctx.fleet()? };
-    let mut fleet_report = None;
-    let mut fleet_down = None;
-    let mut taken = Vec::new();
-    if let (Some(f), Some(l)) = (&fleet, &locked) {
-        match super::fleet::sync(ctx, f, &l.recovered, &sites) {
-            Ok(r) => {
-                for e in &r.errors {
-                    tracing::warn!("fleet: {}: {}", e.key, e.error);
-                }
-                taken = r.taken.clone();
-                // Back-off is the fleet's: a failure on one device holds every device back.
-                if let Err(e) = super::fleet::merge_backoff(ctx, f, &sites, &mut backoff) {
-                    tracing::warn!("fleet: reading the shared back-off: {e}");
-                }
-                // ARI is asked once for the fleet: a peer's answer is this device's.
-                if let Err(e) = super::fleet::merge_ari(ctx, f) {
-                    tracing::warn!("fleet: reading the shared ARI state: {e}");
-                }
-                fleet_report = Some(FleetReport {
-                    device: r.device,
-                    taken: r.taken,
-                    pushed: r.pushed,
-                    error: None,
-                    since: None,
-                });
-            }
-            Err(e) => {
-                let st = super::fleet::load_state(ctx);
-                tracing::error!("the fleet cannot be used: {e}; serving what is on disk, ordering nothing without the fleet's lock");
-                fleet_report = Some(FleetReport {
-                    device: f.cfg.device_id.clone(),
-                    taken: vec![],
-                    pushed: vec![],
-                    error: Some(e.message.clone()),
-                    since: st.since.map(ts),
-                });
-                fleet_down = Some(e);
-            }
-        }
+    let answers = super::ari::refresh(ctx, g.ari_due, now);
+    if let Some(f) = share {
+        super::fleet::publish_ari(f, &answers);
     }
-    let Gathered { facts: gathered, ari_due, mut next_ari_check } =
-        gather(ctx, &sites, now, force, &backoff, &owed);
-    // Ask ARI (not in a dry run) only about the lineages whose next check has
-    // come, so a pass with every check ahead sends no request.
-    let pass = if !dry_run && !ari_due.is_empty() {
-        let answers = super::ari::refresh(ctx, ari_due, now);
-        if let (Some(f), None) = (&fleet, &fleet_down) {
-            super::fleet::publish_ari(f, &answers);
-        }
-        for (host, st) in &answers {
-            if let Some(t) = st.retry_after {
-                next_ari_check.insert(host.clone(), t);
-            }
-        }
-        renewal::with_ari_answers(&gathered, &answers)
-    } else {
-        gathered
-    };
-    let plan = renewal::plan(&pass);
+    let answered = answers.iter().filter_map(|(h, st)| st.retry_after.map(|t| (h.clone(), t)));
+    Gathered {
+        facts: renewal::with_ari_answers(&g.facts, &answers),
+        ari_due: Vec::new(),
+        next_ari_check: g.next_ari_check.into_iter().chain(answered).collect(),
+    }
+}
 
-    let mut entries: Vec<Entry> = plan
-        .skipped
+/// The report rows of the lineages the plan leaves alone.
+fn skipped_entries(
+    plan: &renewal::Plan,
+    next_ari_check: &BTreeMap<String, DateTime<Utc>>,
+    backoff: &crate::backoff::State,
+) -> Vec<Entry> {
+    plan.skipped
         .iter()
-        .map(|(host, siteid, skip)| match skip {
-            Skip::NotDue { due, due_by, not_after, ari_held } => Entry {
-                host: host.clone(),
-                siteid: siteid.clone(),
-                old_not_after: Some(ts(*not_after)),
-                status: Status::NotDue {
-                    due: ts(*due),
-                    due_by: *due_by,
-                    next_ari_check: next_ari_check.get(host).map(|t| ts(*t)),
-                    note: ari_held.then(|| {
-                        format!(
-                            "the ARI window has passed, but the certificate was issued less than a day (or a tenth of its lifetime) ago: ARI renews it from {}",
-                            ts(*due)
-                        )
-                    }),
-                },
-            },
-            Skip::Broken { why } => Entry { host: host.clone(), siteid: siteid.clone(), old_not_after: None, status: Status::Failed { error: why.clone() } },
-            Skip::BackingOff { failures, next_attempt } => Entry {
-                host: host.clone(),
-                siteid: siteid.clone(),
-                old_not_after: None,
-                status: Status::BackingOff {
-                    failures: *failures,
-                    next_attempt: ts(*next_attempt),
-                    last_error: backoff.hosts.get(host).map(|f| f.last_error.clone()).unwrap_or_default(),
-                },
-            },
+        .map(|(host, siteid, skip)| {
+            let (old_not_after, status) = match skip {
+                Skip::NotDue { due, due_by, not_after, ari_held } => (
+                    Some(ts(*not_after)),
+                    Status::NotDue {
+                        due: ts(*due),
+                        due_by: *due_by,
+                        next_ari_check: next_ari_check.get(host).map(|t| ts(*t)),
+                        note: ari_held.then(|| {
+                            format!(
+                                "the ARI window has passed, but the certificate was issued less than a day (or a tenth of its lifetime) ago: ARI renews it from {}",
+                                ts(*due)
+                            )
+                        }),
+                    },
+                ),
+                Skip::Broken { why } => (None, Status::Failed { error: why.clone() }),
+                Skip::BackingOff { failures, next_attempt } => (
+                    None,
+                    Status::BackingOff {
+                        failures: *failures,
+                        next_attempt: ts(*next_attempt),
+                        last_error: backoff
+                            .hosts
+                            .get(host)
+                            .map(|f| f.last_error.clone())
+                            .unwrap_or_default(),
+                    },
+                ),
+            };
+            Entry { host: host.clone(), siteid: siteid.clone(), old_not_after, status }
         })
-        .collect();
+        .collect()
+}
+
+/// Say what the plan noticed: stash entries kept because the clock cannot
+/// be right, and back-off records ignored.
+fn warn_plan(plan: &renewal::Plan, now: DateTime<Utc>) {
     if !plan.kept_expired_stash.is_empty() {
         tracing::warn!(
             "the clock says {}, later than every certificate on this device by more than a lifetime: it cannot be right, so the expired-looking stash entries of {} are kept",
@@ -436,44 +479,100 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
         };
         tracing::warn!("{host}: ignoring its back-off: {why}; trying now");
     }
-    if dry_run {
-        for j in &plan.jobs {
-            let status = if j.pending {
-                Status::WouldProvision
-            } else {
-                Status::WouldRenew { due: j.due.map(ts), due_by: j.due_by }
-            };
-            entries.push(Entry {
-                host: j.host.clone(),
-                siteid: j.siteid.clone(),
-                old_not_after: j.old_not_after.map(ts),
-                status,
-            });
-        }
-        let revocations =
-            owed.owed.values().map(|o| revocation_entry(o, "owed", None)).collect::<Vec<_>>();
-        let report = Report {
-            event: "renew",
-            dry_run,
-            lineages: entries,
-            renewed_domains: vec![],
-            failed_domains: vec![],
-            stash_deleted: plan.delete_stash.clone(),
-            reloaded: false,
-            apache_error: None,
-            not_served: vec![],
-            revocation_owed: hosts_of(&revocations),
-            revocations,
-            revoked_domains: vec![],
-            revocation_error,
-            backing_off_domains: vec![],
-            incomplete: None,
-            fleet: None,
-            hooks: vec![],
-        };
-        return finish(ctx, report);
-    }
+}
 
+/// A dry run's report: what would be renewed or provisioned, and the
+/// revocations owed; nothing done.
+fn dry_run_report(plan: renewal::Plan, mut entries: Vec<Entry>, start: Start) -> Report {
+    for j in plan.jobs {
+        let status = if j.pending {
+            Status::WouldProvision
+        } else {
+            Status::WouldRenew { due: j.due.map(ts), due_by: j.due_by }
+        };
+        entries.push(Entry {
+            host: j.host,
+            siteid: j.siteid,
+            old_not_after: j.old_not_after.map(ts),
+            status,
+        });
+    }
+    let revocations = start
+        .owed
+        .owed
+        .values()
+        .map(|o| owed::revocation_entry(o, "owed", None))
+        .collect::<Vec<_>>();
+    Report {
+        event: "renew",
+        dry_run: true,
+        lineages: entries,
+        renewed_domains: vec![],
+        failed_domains: vec![],
+        stash_deleted: plan.delete_stash,
+        reloaded: false,
+        apache_error: None,
+        not_served: vec![],
+        revocation_owed: owed::hosts_of(&revocations),
+        revocations,
+        revoked_domains: vec![],
+        revocation_error: start.revocation_error,
+        backing_off_domains: vec![],
+        incomplete: None,
+        fleet: None,
+        hooks: vec![],
+    }
+}
+
+/// `renew [--force] [--dry-run]`: gather → plan → execute → report.
+pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
+    // A dry run takes no lock and changes nothing.
+    let locked = if dry_run { None } else { Some(ctx.lock("renew")?) };
+    let rec = locked.as_ref().map(|l| &l.recovered);
+    let now = Utc::now();
+    let mut start = start(ctx, rec)?;
+    let fleet = if dry_run { None } else { ctx.fleet()? };
+    let synced = match (fleet.as_deref(), rec) {
+        (Some(f), Some(rec)) => Some(sync_fleet(ctx, f, rec, &start.sites, &mut start.backoff)),
+        _ => None,
+    };
+    // The fleet, when it can be used: its lineage locks, its records.
+    let usable = fleet.as_deref().filter(|_| synced.as_ref().is_none_or(|s| s.down.is_none()));
+    let gathered = gather(ctx, &start.sites, now, force, &start.backoff, &start.owed);
+    let gathered = if dry_run { gathered } else { refresh_ari(ctx, gathered, now, usable) };
+    let plan = renewal::plan(&gathered.facts);
+    let entries = skipped_entries(&plan, &gathered.next_ari_check, &start.backoff);
+    warn_plan(&plan, now);
+    if dry_run {
+        return finish(ctx, dry_run_report(plan, entries, start));
+    }
+    let below = fleet.as_ref().and_then(|f| f.cfg.isolated_renew_below);
+    let down = synced.as_ref().and_then(|s| s.down.as_ref());
+    let ran = execute(ctx, plan, &gathered.facts, entries, &mut start, usable, (down, below))?;
+    let mut report = serve_and_report(ctx, rec, ran, start, synced, usable, now);
+    // The hooks run whatever happened once renewals began.
+    report.hooks = run_all_hooks(ctx, &report);
+    finish(ctx, report)
+}
+
+/// What [`execute`] did: every row of the report, the stash entries deleted.
+struct Ran {
+    entries: Vec<Entry>,
+    stash_deleted: Vec<String>,
+}
+
+/// Carry out the plan: delete the expired stash entries, hold what the
+/// fleet's absence holds (rule 12), run the jobs, record each outcome in the
+/// back-off state (shared with the fleet). `entries`: the skipped rows.
+fn execute(
+    ctx: &Ctx,
+    plan: renewal::Plan,
+    facts: &PassFacts,
+    mut entries: Vec<Entry>,
+    start: &mut Start,
+    fleet: Option<&super::fleet::Fleet>,
+    (down, below): (Option<&super::fleet::SyncError>, Option<u32>),
+) -> Result<Ran> {
     for j in &plan.jobs {
         if let Some(old) = &j.moved_from {
             tracing::warn!("{}: moving from the ACME server {old} to {} (the configured server), as of this renewal", j.host, j.server);
@@ -485,7 +584,6 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
         ctx.store.delete_stash(name)?;
         stash_deleted.push(name.clone());
     }
-
     for j in &plan.jobs {
         if let Some(u) = &j.ari_explanation {
             tracing::warn!("{}: the CA asks for an early renewal: {u}", j.host);
@@ -495,133 +593,115 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     // the lineage lock, unless the emergency rule says the certificate
     // would expire first (`fleet.isolated_renew_below`); the certificate
     // renewed so is pushed when the fleet is back (newest usable wins).
-    let mut jobs = plan.jobs;
-    if let Some(e) = &fleet_down {
-        // The emergency rule is for a fleet out of reach, not for one whose
-        // records this device cannot use (a wrong fleet key, a bad record).
-        let below =
-            fleet.as_ref().and_then(|f| f.cfg.isolated_renew_below).filter(|_| e.unreachable);
-        let (go, held): (Vec<Job>, Vec<Job>) = jobs
-            .into_iter()
-            .partition(|j| !j.pending && renewal::isolated_may_order(j.old_not_after, now, below));
-        for j in &go {
-            tracing::warn!("{}: the fleet cannot be used and the certificate expires within fleet.isolated_renew_below: renewing on this device alone", j.host);
-        }
-        for j in held {
-            entries.push(Entry {
+    let jobs = match down {
+        None => plan.jobs,
+        Some(e) => {
+            let (go, held) =
+                renewal::split_without_fleet(plan.jobs, facts.now, below, e.unreachable);
+            for j in &go {
+                tracing::warn!("{}: the fleet cannot be used and the certificate expires within fleet.isolated_renew_below: renewing on this device alone", j.host);
+            }
+            entries.extend(held.into_iter().map(|j| Entry {
                 host: j.host,
                 siteid: j.siteid,
                 old_not_after: j.old_not_after.map(ts),
                 status: Status::FleetUnavailable {
                     error: format!("the fleet cannot be used ({e}); not ordered without its lock"),
                 },
-            });
+            }));
+            go
         }
-        jobs = go;
+    };
+    for (job, res) in run_jobs(ctx, jobs, fleet, &start.sites) {
+        entries.push(job_entry(job, res, &mut start.backoff, &facts.config));
     }
-    let fleet_for_jobs = if fleet_down.is_none() { fleet.as_deref() } else { None };
-    for (job, res) in run_jobs(ctx, jobs, fleet_for_jobs, &sites) {
-        let status = match res {
-            Ok(Done { not_after: na, peer: Some(by), .. }) => {
-                backoff.succeeded(&job.host);
-                Status::PeerRenewed { new_not_after: ts(na), renewed_by: by }
-            }
-            Ok(Done { not_after: na, replaced, peer: None }) => {
-                backoff.succeeded(&job.host);
-                if job.pending {
-                    Status::Provisioned { new_not_after: ts(na) }
-                } else {
-                    Status::Renewed {
-                        new_not_after: ts(na),
-                        due_by: job.due_by,
-                        replaced,
-                        explanation_url: job.ari_explanation.clone(),
-                    }
-                }
-            }
-            Err(err) => {
-                let error = format!(
-                    "{} failed: {err}",
-                    if job.pending { "provisioning" } else { "renewal" }
-                );
-                backoff.failed(&job.host, &error, Utc::now(), &pass.config);
-                Status::Failed { error }
-            }
-        };
-        entries.push(Entry {
-            host: job.host,
-            siteid: job.siteid,
-            old_not_after: job.old_not_after.map(ts),
-            status,
-        });
-    }
-    if let Some(f) = fleet_for_jobs {
+    if let Some(f) = fleet {
         let touched: Vec<String> = entries
             .iter()
-            .filter(|e| {
-                matches!(
-                    e.status,
-                    Status::Renewed { .. }
-                        | Status::Provisioned { .. }
-                        | Status::PeerRenewed { .. }
-                        | Status::Failed { .. }
-                )
-            })
+            .filter(|e| e.is_success() || matches!(e.status, Status::Failed { .. }))
             .map(|e| e.host.clone())
             .collect();
-        super::fleet::publish_backoff(f, &backoff, &touched);
+        super::fleet::publish_backoff(f, &start.backoff, &touched);
     }
-    if backoff != backoff_before {
-        if let Err(e) = crate::backoff_file::save(&ctx.cfg.state_dir(), &backoff) {
-            tracing::warn!("recording the back-off state: {e}");
-        }
-    }
+    backoff_file::save_if_changed(&ctx.cfg.state_dir(), &start.backoff_read, &start.backoff);
+    Ok(Ran { entries, stash_deleted })
+}
 
-    let mut renewed: Vec<String> =
-        entries.iter().filter(|e| e.is_success()).map(|e| e.host.clone()).collect();
-    for h in taken {
-        if !renewed.contains(&h) {
-            renewed.push(h);
+/// The report row of one job, its outcome recorded in the back-off state.
+fn job_entry(job: Job, res: JobResult, backoff: &mut crate::backoff::State, config: &str) -> Entry {
+    let status = match res {
+        Ok(Done { not_after: na, peer: Some(by), .. }) => {
+            backoff_file::note(backoff, &job.host, Ok(()), config);
+            Status::PeerRenewed { new_not_after: ts(na), renewed_by: by }
+        }
+        Ok(Done { not_after: na, replaced, peer: None }) => {
+            backoff_file::note(backoff, &job.host, Ok(()), config);
+            if job.pending {
+                Status::Provisioned { new_not_after: ts(na) }
+            } else {
+                Status::Renewed {
+                    new_not_after: ts(na),
+                    due_by: job.due_by,
+                    replaced,
+                    explanation_url: job.ari_explanation.clone(),
+                }
+            }
+        }
+        Err(err) => {
+            let error =
+                format!("{} failed: {err}", if job.pending { "provisioning" } else { "renewal" });
+            backoff_file::note(backoff, &job.host, Err(&error), config);
+            Status::Failed { error }
+        }
+    };
+    Entry { host: job.host, siteid: job.siteid, old_not_after: job.old_not_after.map(ts), status }
+}
+
+/// After the jobs: every Let's Encrypt site whose vhost does not serve its
+/// usable live certificate goes (back) to https — a pending site just
+/// provisioned, and one that fell back to http while its expired lineage
+/// waited for renew; never one whose certificate is owed a revocation
+/// without replacement. Apache is reloaded once; then the owed revocations
+/// are sent (once the replacements are served), and the report is made.
+fn serve_and_report(
+    ctx: &Ctx,
+    rec: Option<&Recovered>,
+    ran: Ran,
+    mut start: Start,
+    synced: Option<Synced>,
+    fleet: Option<&super::fleet::Fleet>,
+    now: DateTime<Utc>,
+) -> Report {
+    let Ran { entries, stash_deleted } = ran;
+    let hosts = |f: fn(&Entry) -> bool| -> Vec<String> {
+        entries.iter().filter(|e| f(e)).map(|e| e.host.clone()).collect()
+    };
+    let mut renewed = hosts(Entry::is_success);
+    for h in synced.iter().flat_map(|s| s.taken.iter()) {
+        if !renewed.contains(h) {
+            renewed.push(h.clone());
         }
     }
-    let failed: Vec<String> = entries
-        .iter()
-        .filter(|e| matches!(e.status, Status::Failed { .. }))
-        .map(|e| e.host.clone())
-        .collect();
-    // Every Let's Encrypt site whose vhost does not serve its usable live
-    // certificate goes (back) to https: a pending site just provisioned, and
-    // one that fell back to http while its expired lineage waited for renew.
-    // Never one whose certificate is owed a revocation without replacement.
+    let failed = hosts(|e| matches!(e.status, Status::Failed { .. }));
+    let backing_off = hosts(|e| matches!(e.status, Status::BackingOff { .. }));
     let (reloaded, apache_error) =
-        serve_changed(ctx, locked.as_ref().map(|l| &l.recovered), &sites, &renewed, &owed, now);
-    if let (Some(f), false) = (fleet_for_jobs, renewed.is_empty()) {
+        serve_changed(ctx, rec, &start.sites, &renewed, &start.owed, now);
+    if let (Some(f), false) = (fleet, renewed.is_empty()) {
         super::fleet::beat(ctx, f);
     }
     ctx.install_certbot_hook();
-    let not_served = if apache_error.is_some() { renewed.clone() } else { Vec::new() };
+    let not_served = renewal::not_served(&renewed, apache_error.is_some());
     // Owed revocations, once the replacements are served.
-    let revocations = send_owed(ctx, &mut owed, &not_served);
-    let revoked_domains = {
-        let mut v: Vec<String> =
-            revocations.iter().filter(|r| r.status == "revoked").map(|r| r.host.clone()).collect();
-        v.dedup();
-        v
-    };
-    let backing_off: Vec<String> = entries
-        .iter()
-        .filter(|e| matches!(e.status, Status::BackingOff { .. }))
-        .map(|e| e.host.clone())
-        .collect();
-    let incomplete = renewal::outcome(&failed, &backing_off, apache_error.is_some(), dry_run)
-        .or_else(|| {
-            fleet_down.as_ref().map(|e| {
-                format!("the fleet cannot be used ({e}): nothing was ordered without its lock")
-            })
-        });
-    let mut report = Report {
+    let revocations = owed::send_due(ctx, &mut start.owed, &not_served);
+    let mut revoked_domains: Vec<String> =
+        revocations.iter().filter(|r| r.status == "revoked").map(|r| r.host.clone()).collect();
+    revoked_domains.dedup();
+    let down = synced.as_ref().and_then(|s| s.down.as_ref()).map(|e| e.to_string());
+    let incomplete =
+        renewal::pass_incomplete(&failed, &backing_off, apache_error.is_some(), down.as_deref());
+    Report {
         event: "renew",
-        dry_run,
+        dry_run: false,
         lineages: entries,
         renewed_domains: renewed,
         failed_domains: failed,
@@ -629,18 +709,15 @@ pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
         reloaded,
         apache_error,
         not_served,
-        revocation_owed: hosts_of(&revocations),
+        revocation_owed: owed::hosts_of(&revocations),
         revocations,
         revoked_domains,
-        revocation_error,
+        revocation_error: start.revocation_error,
         backing_off_domains: backing_off,
         incomplete,
-        fleet: fleet_report,
+        fleet: synced.map(|s| s.report),
         hooks: Vec::new(),
-    };
-    // The hooks run whatever happened once renewals began.
-    report.hooks = run_all_hooks(ctx, &report);
-    finish(ctx, report)
+    }
 }
 
 /// Log, print, and choose the exit code.
@@ -701,89 +778,6 @@ fn finish(ctx: &Ctx, report: Report) -> Result<i32> {
         !report.revocation_owed.is_empty(),
         report.revocation_error.is_some(),
     ))
-}
-
-fn revocation_entry(
-    o: &revocations::Owed,
-    status: &'static str,
-    error: Option<String>,
-) -> RevocationEntry {
-    RevocationEntry {
-        host: o.host.clone(),
-        serial: o.serial.clone(),
-        reason: o.reason.clone(),
-        since: ts(o.since),
-        status,
-        attempts: o.attempts,
-        error,
-    }
-}
-
-/// The hosts of the revocations still owed.
-fn hosts_of(v: &[RevocationEntry]) -> Vec<String> {
-    let mut h: Vec<String> =
-        v.iter().filter(|r| r.status != "revoked").map(|r| r.host.clone()).collect();
-    h.sort();
-    h.dedup();
-    h
-}
-
-/// Rule 9: take out of service each served certificate owed a revocation without replacement.
-fn retire_owed(ctx: &Ctx, rec: &Recovered, sites: &[Site], owed: &revocations::State) {
-    for o in owed.owed.values() {
-        let live = ctx.store.leaf(&o.host, Place::Live).map(|c| c.serial);
-        if renewal::owed_step(&o.serial, live.as_deref(), o.no_replace)
-            != renewal::OwedStep::RetireThenRevoke
-        {
-            continue;
-        }
-        ctx.progress(&format!(
-            "{}: serial {} is owed a revocation without replacement: taking it out of service",
-            o.host, o.serial
-        ));
-        let done = match sites.iter().find(|s| s.hostname.as_str() == o.host) {
-            Some(s) => super::revoke::retire(ctx, rec, s, &o.host),
-            None => ctx.store.retire_live(&o.host),
-        };
-        if let Err(e) = done {
-            tracing::error!("{}: taking serial {} out of service failed: {e}", o.host, o.serial);
-        }
-    }
-}
-
-/// Rule 9: send each owed revocation whose certificate is no longer served
-/// (a replacement renewed but not served yet waits too); record the outcome.
-fn send_owed(
-    ctx: &Ctx,
-    owed: &mut revocations::State,
-    not_served: &[String],
-) -> Vec<RevocationEntry> {
-    let mut out = Vec::new();
-    for o in owed.owed.values().cloned().collect::<Vec<_>>() {
-        let live = ctx.store.leaf(&o.host, Place::Live).map(|c| c.serial);
-        let step = renewal::owed_step(&o.serial, live.as_deref(), o.no_replace);
-        if step != renewal::OwedStep::Revoke || not_served.contains(&o.host) {
-            out.push(revocation_entry(&o, "waiting_for_replacement", None));
-            continue;
-        }
-        ctx.progress(&format!(
-            "{}: revoking the certificate with serial {} ({}), owed since {}",
-            o.host,
-            o.serial,
-            o.reason,
-            ts(o.since)
-        ));
-        let r = super::revoke::send_owed(ctx, &o);
-        if let Err(e) = super::revoke::settle(ctx, owed, &o, &r) {
-            tracing::error!("recording the owed revocations: {e}");
-        }
-        let after = owed.owed.get(&o.serial).cloned().unwrap_or(o);
-        out.push(match r {
-            Ok(()) => revocation_entry(&after, "revoked", None),
-            Err(e) => revocation_entry(&after, "failed", Some(e.to_string())),
-        });
-    }
-    out
 }
 
 /// What one job came to.

@@ -10,8 +10,8 @@
 //! version. The hooks are told (`SITE_ADMIN_EVENT=revoke`).
 
 use super::ctx::Ctx;
-use super::{facts, provision};
-use crate::apache::{self, Recovered, VhostTls};
+use super::{facts, owed, provision};
+use crate::apache;
 use crate::cli::RevocationReason;
 use crate::error::{Error, Result};
 use crate::hooks;
@@ -19,24 +19,23 @@ use crate::renewal::{owed_step, OwedStep};
 use crate::revocations::{self, Owed};
 use crate::site::{Site, SiteId, Tls};
 use crate::store::{NewVersion, Place};
-use serde_json::json;
+use serde::Serialize;
 
-/// Why one owed revocation could not be sent (it stays owed).
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    /// The certificate recorded in the owed list does not parse.
-    #[error("the recorded certificate cannot be read: {0}")]
-    Unreadable(crate::certs::PemError),
-    /// No client for the lineage's server (account, directory).
-    #[error("{0}")]
-    Setup(Error),
-    /// The CA refused, or could not be reached.
-    #[error("{0}")]
-    Acme(#[from] crate::acme::AcmeError),
+/// What `revoke` was asked, checked.
+struct Request<'a> {
+    siteid: &'a SiteId,
+    host: String,
+    reason: RevocationReason,
+    no_replace: bool,
+    /// `--serial`, normalized.
+    wanted: Option<String>,
 }
 
-/// What one revocation came to.
-type Sent = std::result::Result<(), SendError>;
+impl Request<'_> {
+    fn not_revocable(&self, why: &str) -> Error {
+        Error::invalid(format!("site {}: {why}, so there is no certificate to revoke", self.siteid))
+    }
+}
 
 pub fn revoke_command(
     ctx: &Ctx,
@@ -58,12 +57,11 @@ pub fn revoke_command(
         })?),
         None => None,
     };
-    let not_revocable = |why: &str| {
-        Error::invalid(format!("site {siteid}: {why}, so there is no certificate to revoke"))
-    };
-    let site =
-        facts::load_stored(&ctx.cfg, siteid)?.ok_or_else(|| not_revocable("it is not deployed"))?;
-    let host = site.hostname.to_string();
+    let mut req = Request { siteid, host: String::new(), reason, no_replace, wanted };
+    let site = facts::load_stored(&ctx.cfg, siteid)?
+        .ok_or_else(|| req.not_revocable("it is not deployed"))?;
+    req.host = site.hostname.to_string();
+    let host = req.host.clone();
     let locked = ctx.lock(&format!("revoke {siteid}"))?;
     let state_dir = ctx.cfg.state_dir();
     let mut owed = revocations::load(&state_dir)?;
@@ -75,53 +73,7 @@ pub fn revoke_command(
     let live_serial = live.as_ref().map(|c| c.serial.clone());
 
     // What to revoke: fixed now, and recorded before any network step.
-    let mut targets: Vec<Owed> = match &wanted {
-        Some(want) => match owed.owed.get(want).filter(|o| o.host == host) {
-            Some(o) => vec![o.clone()],
-            None => {
-                let place = if live_serial.as_deref() == Some(want.as_str()) {
-                    Some(Place::Live)
-                } else {
-                    None
-                };
-                let pem = match place {
-                    Some(p) => read_pem(&ctx.store.cert_file(&host, p)),
-                    None => find_version(ctx, &host, want),
-                }
-                .ok_or_else(|| {
-                    Error::invalid(format!("site {siteid}: no certificate of {host} has serial {want} (looked in live/, archive/ and the stash)"))
-                })?;
-                vec![new_owed(ctx, &host, &pem, reason, no_replace)?]
-            }
-        },
-        None => {
-            let pending = owed.of_host(&host);
-            if !pending.is_empty() {
-                ctx.progress(&format!(
-                    "{host}: revoking what is owed first (serial {})",
-                    pending.iter().map(|o| o.serial.as_str()).collect::<Vec<_>>().join(", ")
-                ));
-                pending
-            } else if live.is_some() {
-                let pem = read_pem(&ctx.store.cert_file(&host, Place::Live)).ok_or_else(|| {
-                    Error::failed(format!("{host}: the live certificate cannot be read"))
-                })?;
-                vec![new_owed(ctx, &host, &pem, reason, no_replace)?]
-            } else if let Some(pem) = read_pem(&ctx.store.cert_file(&host, Place::Stashed)) {
-                // A stashed certificate (the site serves http or its own
-                // certificate now) can be revoked too; it then leaves the stash.
-                vec![new_owed(ctx, &host, &pem, reason, true)?]
-            } else if !matches!(site.tls, Tls::LetsEncrypt { .. }) {
-                return Err(not_revocable(
-                    "it does not use Let's Encrypt and has no stashed certificate",
-                ));
-            } else {
-                return Err(not_revocable(
-                    "it has no live Let's Encrypt certificate (it is pending)",
-                ));
-            }
-        }
-    };
+    let mut targets = targets(ctx, &req, &site, &owed, live_serial.as_deref())?;
     for t in targets.iter_mut() {
         // `--no-replace` now: a served certificate owed is never served again.
         t.no_replace |= no_replace;
@@ -136,87 +88,134 @@ pub fn revoke_command(
         .collect();
     let mut replaced_by = None;
     if steps.contains(&OwedStep::RetireThenRevoke) {
-        retire(ctx, &locked.recovered, &site, &host)?;
+        owed::retire(ctx, &locked.recovered, &site, &host)?;
         tracing::warn!(
             "site {siteid} ({host}) is served on plain http now; `site-admin renew` (or a redeploy) provisions a new certificate with a new key for it"
         );
     } else if steps.contains(&OwedStep::WaitForReplacement) {
-        let old = live_serial.clone().unwrap_or_default();
-        let owed_msg = format!("serial {old} stays owed a revocation: `site-admin renew` replaces and then revokes it, or run revoke again");
-        ctx.progress(&format!(
-            "{host}: provisioning a replacement with a new key before revoking serial {old}"
-        ));
-        let no_replacement =
-            |e: Error| Error::failed(format!("{host}: no replacement ({e}); {owed_msg}"));
-        let session =
-            provision::Session::open(ctx, &ctx.cfg.acme_server).map_err(no_replacement)?;
-        if let Some(f) = ctx.fleet()? {
-            // Fleet mode: the replacement is the fleet's, ordered under the
-            // lineage lock and published before it is written here.
-            let all = facts::all_stored(&ctx.cfg)?;
-            let local = super::fleet::local_cert(ctx, &host);
-            super::fleet::order_exclusive(ctx, &f, &host, local, &all, |gate| {
-                let (issued, account) = provision::issue_in(ctx, &session, &site, Some(gate))
-                    .map_err(|e| e.to_string())?;
-                Ok((issued, provision::renewal_params(ctx, &site, Some(account))))
-            })
-            .map_err(|e| no_replacement(Error::failed(e)))?;
-        } else {
-            let (issued, account) =
-                provision::issue_in(ctx, &session, &site, None).map_err(no_replacement)?;
-            let params = provision::renewal_params(ctx, &site, Some(account));
-            ctx.store.add_version(
-                &host,
-                &NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)?,
-                &params,
-            )?;
-        }
-        let proof = super::serving::proof_for(
-            ctx,
-            &site.siteid,
-            &host,
-            &crate::decide::Serve::Lkc { host: host.to_string() },
-        );
-        apache::reload_proven(&ctx.cfg, proof.as_slice()).map_err(|said| {
-            Error::failed(format!(
-                "{host}: the replacement is on disk but Apache could not be reloaded ({said}); the old certificate is not revoked yet; {owed_msg}"
-            ))
-        })?;
-        replaced_by = ctx.store.leaf(&host, Place::Live).map(|c| c.serial);
+        replaced_by = replace(ctx, &site, live_serial.clone().unwrap_or_default())?;
     }
-    if wanted.is_none() && !targets.iter().any(|t| Some(&t.serial) == live_serial.as_ref()) {
+    if req.wanted.is_none() && !targets.iter().any(|t| Some(&t.serial) == live_serial.as_ref()) {
         if let Some(s) = &live_serial {
             ctx.progress(&format!("{host}: the live certificate (serial {s}) is a clean replacement and is not revoked; run revoke again to revoke it too"));
         }
     }
+    let results = send(ctx, &host, &mut owed, &targets)?;
+    finish(ctx, siteid, &host, results, replaced_by, owed.of_host(&host))
+}
 
+/// The certificates to revoke: the one `--serial` names (owed already, or
+/// found live, archived or stashed); else what is owed for the host first;
+/// else its live certificate; else its stashed one.
+fn targets(
+    ctx: &Ctx,
+    req: &Request,
+    site: &Site,
+    owed: &revocations::State,
+    live_serial: Option<&str>,
+) -> Result<Vec<Owed>> {
+    let host = req.host.as_str();
+    if let Some(want) = &req.wanted {
+        if let Some(o) = owed.owed.get(want).filter(|o| o.host == host) {
+            return Ok(vec![o.clone()]);
+        }
+        let pem = if live_serial == Some(want.as_str()) {
+            read_pem(&ctx.store.cert_file(host, Place::Live))
+        } else {
+            find_version(ctx, host, want)
+        }
+        .ok_or_else(|| {
+            Error::invalid(format!("site {}: no certificate of {host} has serial {want} (looked in live/, archive/ and the stash)", req.siteid))
+        })?;
+        return Ok(vec![new_owed(ctx, host, &pem, req.reason, req.no_replace)?]);
+    }
+    let pending = owed.of_host(host);
+    if !pending.is_empty() {
+        ctx.progress(&format!(
+            "{host}: revoking what is owed first (serial {})",
+            pending.iter().map(|o| o.serial.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+        Ok(pending)
+    } else if live_serial.is_some() {
+        let pem = read_pem(&ctx.store.cert_file(host, Place::Live))
+            .ok_or_else(|| Error::failed(format!("{host}: the live certificate cannot be read")))?;
+        Ok(vec![new_owed(ctx, host, &pem, req.reason, req.no_replace)?])
+    } else if let Some(pem) = read_pem(&ctx.store.cert_file(host, Place::Stashed)) {
+        // A stashed certificate (the site serves http or its own
+        // certificate now) can be revoked too; it then leaves the stash.
+        Ok(vec![new_owed(ctx, host, &pem, req.reason, true)?])
+    } else if !matches!(site.tls, Tls::LetsEncrypt { .. }) {
+        Err(req.not_revocable("it does not use Let's Encrypt and has no stashed certificate"))
+    } else {
+        Err(req.not_revocable("it has no live Let's Encrypt certificate (it is pending)"))
+    }
+}
+
+/// Provision a replacement with a new key (in fleet mode, the fleet's) and
+/// serve it, before the live certificate with serial `old` is revoked; the
+/// serial of the replacement.
+fn replace(ctx: &Ctx, site: &Site, old: String) -> Result<Option<String>> {
+    let host = site.hostname.to_string();
+    let owed_msg = format!("serial {old} stays owed a revocation: `site-admin renew` replaces and then revokes it, or run revoke again");
+    ctx.progress(&format!(
+        "{host}: provisioning a replacement with a new key before revoking serial {old}"
+    ));
+    let no_replacement =
+        |e: Error| Error::failed(format!("{host}: no replacement ({e}); {owed_msg}"));
+    let session = provision::Session::open(ctx, &ctx.cfg.acme_server).map_err(no_replacement)?;
+    if let Some(f) = ctx.fleet()? {
+        // Fleet mode: the replacement is the fleet's, ordered under the
+        // lineage lock and published before it is written here.
+        let all = facts::all_stored(&ctx.cfg)?;
+        let local = super::fleet::local_cert(ctx, &host);
+        super::fleet::order_exclusive(ctx, &f, &host, local, &all, |gate| {
+            let (issued, account) =
+                provision::issue_in(ctx, &session, site, Some(gate)).map_err(|e| e.to_string())?;
+            Ok((issued, provision::renewal_params(ctx, site, Some(account))))
+        })
+        .map_err(|e| no_replacement(Error::failed(e)))?;
+    } else {
+        let (issued, account) =
+            provision::issue_in(ctx, &session, site, None).map_err(no_replacement)?;
+        let params = provision::renewal_params(ctx, site, Some(account));
+        ctx.store.add_version(
+            &host,
+            &NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)?,
+            &params,
+        )?;
+    }
+    let proof = super::serving::proof_for(
+        ctx,
+        &site.siteid,
+        &host,
+        &crate::decide::Serve::Lkc { host: host.to_string() },
+    );
+    apache::reload_proven(&ctx.cfg, proof.as_slice()).map_err(|said| {
+        Error::failed(format!(
+            "{host}: the replacement is on disk but Apache could not be reloaded ({said}); the old certificate is not revoked yet; {owed_msg}"
+        ))
+    })?;
+    Ok(ctx.store.leaf(&host, Place::Live).map(|c| c.serial))
+}
+
+/// Send each target's revocation and record its outcome.
+fn send(
+    ctx: &Ctx,
+    host: &str,
+    owed: &mut revocations::State,
+    targets: &[Owed],
+) -> Result<Vec<(Owed, owed::Sent)>> {
     let mut results = Vec::new();
-    for t in &targets {
+    for t in targets {
         ctx.progress(&format!(
             "{host}: revoking the certificate with serial {} ({})",
             t.serial, t.reason
         ));
-        let r = send_owed(ctx, t);
-        settle(ctx, &mut owed, t, &r)?;
+        let r = owed::send_owed(ctx, t);
+        owed::settle(ctx, owed, t, &r)?;
         results.push((t.clone(), r));
     }
-    finish(ctx, siteid, &host, results, replaced_by, owed.of_host(&host))
-}
-
-/// Record the outcome of one attempt: a confirmed revocation leaves the
-/// owed list (and the stash, if it was the stashed certificate).
-pub(super) fn settle(ctx: &Ctx, owed: &mut revocations::State, t: &Owed, r: &Sent) -> Result<()> {
-    match r {
-        Ok(()) => {
-            owed.owed.remove(&t.serial);
-            if ctx.store.leaf(&t.host, Place::Stashed).map(|c| c.serial) == Some(t.serial.clone()) {
-                ctx.store.delete_stash(&t.host)?;
-                ctx.progress(&format!("{}: the revoked certificate left the stash", t.host));
-            }
-        }
-        Err(e) => owed.failed(&t.serial, &e.to_string()),
-    }
-    revocations::save(&ctx.cfg.state_dir(), owed)
+    Ok(results)
 }
 
 /// A new owed record for the certificate `pem` of `host`, with the server
@@ -271,51 +270,36 @@ fn find_version(ctx: &Ctx, host: &str, serial: &str) -> Option<String> {
         .find(is)
 }
 
-/// Take the site's live certificate out of service: its vhost goes to plain
-/// http (Apache reloaded), then its live lineage is retired (the archive
-/// stays). The site is pending: renew provisions a new key and certificate.
-pub(super) fn retire(ctx: &Ctx, rec: &Recovered, site: &Site, host: &str) -> Result<()> {
-    let mut txn = apache::Transaction::begin(&ctx.cfg, rec)?;
-    let conf_text = apache::render(&ctx.cfg, &site.siteid, host, &VhostTls::None);
-    txn.write(&ctx.cfg.vhost_file(&site.siteid), conf_text.as_bytes(), 0o644)?;
-    txn.commit(false, &|m| ctx.progress(&format!("site {}: {m}", site.siteid)), &|_| Ok(()))?;
-    crate::fault::point("revoke.http_before_retire");
-    ctx.store.retire_live(host)
+/// The report `revoke` gives its hooks on stdin and prints with `--json`.
+#[derive(Debug, Serialize)]
+struct Report {
+    event: &'static str,
+    siteid: String,
+    host: String,
+    /// The first certificate revoked (or tried).
+    revoked_serial: Option<String>,
+    reason: Option<String>,
+    /// Every revocation tried was confirmed.
+    revoked: bool,
+    /// The first error.
+    error: Option<String>,
+    /// The serial of the replacement served first.
+    replaced_by: Option<String>,
+    revocations: Vec<Revocation>,
+    /// The serials of the host still owed a revocation.
+    owed: Vec<String>,
+    /// The hooks' runs: printed, not given to the hooks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hooks: Option<Vec<hooks::HookRun>>,
 }
 
-/// Send one owed revocation with the account its lineage renewed with when
-/// this device has it (else the server's account). `alreadyRevoked` counts
-/// as done.
-pub(super) fn send_owed(ctx: &Ctx, o: &Owed) -> Sent {
-    let der =
-        crate::certs::parse_first_cert(o.cert_pem.as_bytes()).map_err(SendError::Unreadable)?.der;
-    // A recorded name this version does not know is sent as unspecified (0).
-    let code = RevocationReason::from_name(&o.reason).map_or(0, RevocationReason::code);
-    let client = match o
-        .account
-        .as_deref()
-        .map(|id| crate::store::accounts::load_id(&ctx.cfg.letsencrypt_dir, &o.server, id))
-    {
-        Some(Ok(Some(a))) => crate::acme::AcmeClient::connect(
-            provision::options(ctx, &o.server),
-            a.key,
-            Some(a.uri),
-        )?,
-        _ => provision::client_for(ctx, &o.server).map_err(SendError::Setup)?.0,
-    };
-    match client.revoke(&der, code) {
-        Ok(()) => Ok(()),
-        Err(crate::acme::AcmeError::Problem { problem, .. })
-            if problem.ptype.ends_with(":alreadyRevoked") =>
-        {
-            ctx.progress(&format!(
-                "{}: the CA says serial {} is revoked already",
-                o.host, o.serial
-            ));
-            Ok(())
-        }
-        Err(e) => Err(e.into()),
-    }
+/// One revocation tried, in the [`Report`].
+#[derive(Debug, Serialize)]
+struct Revocation {
+    serial: String,
+    reason: String,
+    revoked: bool,
+    error: Option<String>,
 }
 
 /// Tell the hooks, print the report, choose the exit code.
@@ -323,7 +307,7 @@ fn finish(
     ctx: &Ctx,
     siteid: &SiteId,
     host: &str,
-    results: Vec<(Owed, Sent)>,
+    results: Vec<(Owed, owed::Sent)>,
     replaced_by: Option<String>,
     still_owed: Vec<Owed>,
 ) -> Result<i32> {
@@ -335,46 +319,39 @@ fn finish(
         .find_map(|(t, r)| r.as_ref().err().map(|e| (t.serial.clone(), e.to_string())));
     let revoked_serials: Vec<String> =
         results.iter().filter(|(_, r)| r.is_ok()).map(|(t, _)| t.serial.clone()).collect();
-    let report = json!({
-        "event": "revoke",
-        "siteid": siteid.as_str(),
-        "host": host,
-        "revoked_serial": first.map(|(t, _)| t.serial.clone()),
-        "reason": first.map(|(t, _)| t.reason.clone()),
-        "revoked": all_ok,
-        "error": first_err.as_ref().map(|(_, e)| e.clone()),
-        "replaced_by": replaced_by,
-        "revocations": results.iter().map(|(t, r)| json!({"serial": t.serial, "reason": t.reason, "revoked": r.is_ok(), "error": r.as_ref().err().map(ToString::to_string)})).collect::<Vec<_>>(),
-        "owed": still_owed.iter().map(|o| o.serial.clone()).collect::<Vec<_>>(),
-    });
-    let stdin = serde_json::to_vec(&report).unwrap_or_default();
-    let mut runs = Vec::new();
-    for h in hooks::executables(&ctx.cfg.hooks_dir) {
-        let mut env = vec![
-            ("SITE_ADMIN_EVENT", "revoke".to_string()),
-            (
-                "REVOKED_DOMAINS",
-                if revoked_serials.is_empty() { String::new() } else { host.clone() },
-            ),
-            ("REVOKED_SERIALS", revoked_serials.join(" ")),
-            ("RENEWED_DOMAINS", if replaced_by.is_some() { host.clone() } else { String::new() }),
-            ("FAILED_DOMAINS", if all_ok { String::new() } else { host.clone() }),
-            (
-                "REVOCATION_OWED_DOMAINS",
-                if still_owed.is_empty() { String::new() } else { host.clone() },
-            ),
-        ];
-        env.extend(ctx.hook_env());
-        let r = hooks::run_hook(&h, &env, &stdin, hooks::HOOK_TIME_LIMIT);
-        if !r.ok {
-            tracing::warn!("hook {}: {}", r.hook, r.error.as_deref().unwrap_or(""));
-        }
-        runs.push(r);
-    }
+    let mut report = Report {
+        event: "revoke",
+        siteid: siteid.as_str().to_string(),
+        host: host.clone(),
+        revoked_serial: first.map(|(t, _)| t.serial.clone()),
+        reason: first.map(|(t, _)| t.reason.clone()),
+        revoked: all_ok,
+        error: first_err.as_ref().map(|(_, e)| e.clone()),
+        replaced_by: replaced_by.clone(),
+        revocations: results
+            .iter()
+            .map(|(t, r)| Revocation {
+                serial: t.serial.clone(),
+                reason: t.reason.clone(),
+                revoked: r.is_ok(),
+                error: r.as_ref().err().map(ToString::to_string),
+            })
+            .collect(),
+        owed: still_owed.iter().map(|o| o.serial.clone()).collect(),
+        hooks: None,
+    };
+    let nonempty = |yes: bool| if yes { host.clone() } else { String::new() };
+    let env = [
+        ("SITE_ADMIN_EVENT", "revoke".to_string()),
+        ("REVOKED_DOMAINS", nonempty(!revoked_serials.is_empty())),
+        ("REVOKED_SERIALS", revoked_serials.join(" ")),
+        ("RENEWED_DOMAINS", nonempty(replaced_by.is_some())),
+        ("FAILED_DOMAINS", nonempty(!all_ok)),
+        ("REVOCATION_OWED_DOMAINS", nonempty(!still_owed.is_empty())),
+    ];
+    report.hooks = Some(run_hooks(ctx, &env, &report));
     if ctx.json {
-        let mut out = report.clone();
-        out["hooks"] = json!(runs);
-        ctx.print_json(&out)?;
+        ctx.print_json(&serde_json::to_value(&report).map_err(|e| Error::failed(e.to_string()))?)?;
     }
     match first_err {
         None => {
@@ -396,4 +373,20 @@ fn finish(
             }
         }
     }
+}
+
+/// Run the hooks with `env` and the report (without runs) on stdin.
+fn run_hooks(ctx: &Ctx, env: &[(&'static str, String)], report: &Report) -> Vec<hooks::HookRun> {
+    let stdin = serde_json::to_vec(report).unwrap_or_default();
+    let mut runs = Vec::new();
+    for h in hooks::executables(&ctx.cfg.hooks_dir) {
+        let mut env = env.to_vec();
+        env.extend(ctx.hook_env());
+        let r = hooks::run_hook(&h, &env, &stdin, hooks::HOOK_TIME_LIMIT);
+        if !r.ok {
+            tracing::warn!("hook {}: {}", r.hook, r.error.as_deref().unwrap_or(""));
+        }
+        runs.push(r);
+    }
+    runs
 }

@@ -1,0 +1,39 @@
+//! The shape both small state files share (`<state dir>/backoff.json`,
+//! [`crate::backoff_file`]; `<state dir>/revocations.json`,
+//! [`crate::revocations`]): JSON read whole, written atomically with mode
+//! 0600 in a state directory created 0755. What a missing or damaged file
+//! means is each file's own rule.
+
+use crate::error::{Error, Result};
+use crate::fsutil;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::Path;
+
+/// Why a state file could not be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The file is not there: an empty state.
+    Missing,
+    /// It could not be read.
+    Io(std::io::Error),
+    /// It is not the JSON of its state.
+    Damaged(serde_json::Error),
+}
+
+/// Read and parse the state file `path`.
+pub fn read<T: DeserializeOwned>(path: &Path) -> std::result::Result<T, ReadError> {
+    let b = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ReadError::Missing,
+        _ => ReadError::Io(e),
+    })?;
+    serde_json::from_slice(&b).map_err(ReadError::Damaged)
+}
+
+/// Write `state` as the file `name` of `state_dir`: the directory created
+/// (0755) if need be, the file replaced atomically with mode 0600.
+pub fn write<T: Serialize>(state_dir: &Path, name: &str, state: &T) -> Result<()> {
+    fsutil::create_dir_all_mode(state_dir, 0o755)?;
+    let data = serde_json::to_vec_pretty(state).map_err(|e| Error::failed(e.to_string()))?;
+    fsutil::atomic_write(&state_dir.join(name), &data, 0o600)
+}
