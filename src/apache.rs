@@ -600,17 +600,7 @@ pub fn reload_proven(cfg: &Config, proofs: &[Proof]) -> std::result::Result<(), 
         tracing::info!("Apache is not running (nothing answers on {where_}); reloading anyway, and the new configuration is read when it starts");
     }
     // The probe files go in before the reload: the new vhost answers at once.
-    let probes: Vec<(usize, Option<ProbeFile>)> = proofs
-        .iter()
-        .enumerate()
-        .filter_map(|(i, p)| {
-            if let Proof::Probe { dir, .. } = p {
-                Some((i, ProbeFile::write(dir)))
-            } else {
-                None
-            }
-        })
-        .collect();
+    let probes = write_probes(proofs);
     let res = ask_reload(cfg);
     if !was_serving {
         if let Err(said) = res {
@@ -623,23 +613,71 @@ pub fn reload_proven(cfg: &Config, proofs: &[Proof]) -> std::result::Result<(), 
     let stopped =
         || format!("Apache stopped serving on {where_} after the reload (see its error log)");
     if proofs.is_empty() {
-        // Watch through the settle time: a parent that exits closes its sockets.
-        let settle = Instant::now();
-        while settle.elapsed() < RELOAD_SETTLE {
-            std::thread::sleep(Duration::from_millis(25));
-            if !serving(cfg) {
-                break;
-            }
-        }
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(2) {
-            if serving(cfg) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        return Err(stopped());
+        return if still_serving_after_settle(cfg) { Ok(()) } else { Err(stopped()) };
     }
+    match await_proofs(cfg, proofs, &probes) {
+        Ok(()) => Ok(()),
+        Err(Unproven::Stopped) => Err(stopped()),
+        Err(Unproven::Late(what)) => Err(format!(
+            "Apache did not serve the new configuration within {} s after the reload: {} (asked on {})",
+            RELOAD_DEADLINE.as_secs(),
+            what.join("; "),
+            cfg.apache.address
+        )),
+    }
+}
+
+/// The probe file of each [`Proof::Probe`], by the proof's index (None: it
+/// could not be written).
+fn write_probes(proofs: &[Proof]) -> Vec<(usize, Option<ProbeFile>)> {
+    proofs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            if let Proof::Probe { dir, .. } = p {
+                Some((i, ProbeFile::write(dir)))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// With no proof: watch Apache through the settle time (a parent that exits
+/// closes its sockets), then give it two seconds to answer.
+fn still_serving_after_settle(cfg: &Config) -> bool {
+    let settle = Instant::now();
+    while settle.elapsed() < RELOAD_SETTLE {
+        std::thread::sleep(Duration::from_millis(25));
+        if !serving(cfg) {
+            break;
+        }
+    }
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        if serving(cfg) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Why the proofs of a reload did not hold.
+enum Unproven {
+    /// Apache stopped serving (for longer than [`DOWN_GRACE`], or at the end).
+    Stopped,
+    /// Not within [`RELOAD_DEADLINE`]: what each pending proof saw.
+    Late(Vec<String>),
+}
+
+/// Poll the proofs until all hold (and Apache still serves), Apache stops
+/// serving, or [`RELOAD_DEADLINE`] passes.
+fn await_proofs(
+    cfg: &Config,
+    proofs: &[Proof],
+    probes: &[(usize, Option<ProbeFile>)],
+) -> std::result::Result<(), Unproven> {
     let started = Instant::now();
     let mut pending: Vec<usize> = (0..proofs.len()).collect();
     let mut last_seen: Vec<Option<String>> = vec![None; proofs.len()];
@@ -649,20 +687,12 @@ pub fn reload_proven(cfg: &Config, proofs: &[Proof]) -> std::result::Result<(), 
         // them all, so while the first does not hold the others are not
         // asked (50 handshakes a round would slow the restart they wait for).
         while let Some(&i) = pending.first() {
-            let holds = match &proofs[i] {
-                Proof::Serial { host, serial } => {
-                    let got = served_serial(cfg, host);
-                    let ok = got.as_deref() == Some(serial.as_str());
-                    last_seen[i] = got;
-                    ok
-                }
-                Proof::Probe { host, .. } => match probes.iter().find(|(j, _)| *j == i) {
-                    Some((_, Some(f))) => probe_served(cfg, host, f),
-                    // The probe file could not be written: liveness only.
-                    _ => true,
-                },
-            };
-            if !holds {
+            if !proof_holds(
+                cfg,
+                &proofs[i],
+                probes.iter().find(|(j, _)| *j == i),
+                &mut last_seen[i],
+            ) {
                 break;
             }
             pending.remove(0);
@@ -672,37 +702,57 @@ pub fn reload_proven(cfg: &Config, proofs: &[Proof]) -> std::result::Result<(), 
                 "step: proof: Apache serves the new configuration {} ms after the reload returned",
                 started.elapsed().as_millis()
             );
-            return if serving(cfg) { Ok(()) } else { Err(stopped()) };
+            return if serving(cfg) { Ok(()) } else { Err(Unproven::Stopped) };
         }
         if serving(cfg) {
             down_since = None;
         } else if down_since.get_or_insert_with(Instant::now).elapsed() > DOWN_GRACE {
-            return Err(stopped());
+            return Err(Unproven::Stopped);
         }
         if started.elapsed() > RELOAD_DEADLINE {
-            let what: Vec<String> = pending
-                .iter()
-                .map(|&i| match &proofs[i] {
-                    Proof::Serial { host, serial } => format!(
-                        "{host} is served {} instead of the new certificate (serial {serial})",
-                        last_seen[i]
-                            .as_deref()
-                            .map(|s| format!("serial {s}"))
-                            .unwrap_or_else(|| "no certificate".into())
-                    ),
-                    Proof::Probe { host, .. } => format!(
-                        "{host} does not answer on plain http from its site's challenge directory"
-                    ),
-                })
-                .collect();
-            return Err(format!(
-                "Apache did not serve the new configuration within {} s after the reload: {} (asked on {})",
-                RELOAD_DEADLINE.as_secs(),
-                what.join("; "),
-                cfg.apache.address
+            return Err(Unproven::Late(
+                pending.iter().map(|&i| late(&proofs[i], &last_seen[i])).collect(),
             ));
         }
         std::thread::sleep(PROOF_POLL);
+    }
+}
+
+/// Does one proof hold now? A serial proof records the serial it saw.
+fn proof_holds(
+    cfg: &Config,
+    proof: &Proof,
+    probe: Option<&(usize, Option<ProbeFile>)>,
+    last_seen: &mut Option<String>,
+) -> bool {
+    match proof {
+        Proof::Serial { host, serial } => {
+            let got = served_serial(cfg, host);
+            let ok = got.as_deref() == Some(serial.as_str());
+            *last_seen = got;
+            ok
+        }
+        Proof::Probe { host, .. } => match probe {
+            Some((_, Some(f))) => probe_served(cfg, host, f),
+            // The probe file could not be written: liveness only.
+            _ => true,
+        },
+    }
+}
+
+/// What a proof that did not hold in time saw.
+fn late(proof: &Proof, last_seen: &Option<String>) -> String {
+    match proof {
+        Proof::Serial { host, serial } => format!(
+            "{host} is served {} instead of the new certificate (serial {serial})",
+            last_seen
+                .as_deref()
+                .map(|s| format!("serial {s}"))
+                .unwrap_or_else(|| "no certificate".into())
+        ),
+        Proof::Probe { host, .. } => {
+            format!("{host} does not answer on plain http from its site's challenge directory")
+        }
     }
 }
 

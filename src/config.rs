@@ -237,6 +237,11 @@ pub struct Overrides {
 
 pub(crate) use crate::fsutil::under;
 
+/// A config file key that cannot be used (the value is never repeated).
+fn bad(path: &Path, field: &str, why: &str) -> Error {
+    Error::invalid(format!("config file {}: {field}: {why}", path.display()))
+}
+
 impl Config {
     /// Read the config file (default `<root>/etc/site-admin/config.json`; a
     /// missing default file means all defaults) and apply the overrides.
@@ -289,102 +294,27 @@ impl Config {
     }
 
     fn from_raw(root: PathBuf, raw: RawConfig, ov: &Overrides, path: &Path) -> Result<Config> {
-        let bad = |field: &str, why: &str| {
-            Error::invalid(format!("config file {}: {field}: {why}", path.display()))
-        };
         let p = |v: &Option<String>, d: &str| under(&root, v.as_deref().unwrap_or(d));
-        let ap = raw.apache.unwrap_or_default();
-        let configtest =
-            ap.configtest.unwrap_or_else(|| vec!["apachectl".into(), "configtest".into()]);
-        let reload = ap.reload.unwrap_or_else(|| vec!["apachectl".into(), "graceful".into()]);
-        let start = ap.start.unwrap_or_else(|| vec!["apachectl".into(), "start".into()]);
-        if start.is_empty() {
-            return Err(bad("apache.start", "must name a program"));
-        }
-        if configtest.is_empty() {
-            return Err(bad("apache.configtest", "must name a program"));
-        }
-        if reload.is_empty() {
-            return Err(bad("apache.reload", "must name a program"));
-        }
-        let http_port = ap.http_port.unwrap_or(80);
-        let https_port = ap.https_port.unwrap_or(443);
-        if http_port == 0 || https_port == 0 || http_port == https_port {
-            return Err(bad("apache.http_port/https_port", "must be two different non-zero ports"));
-        }
-        let address = match &ap.address {
-            None => std::net::IpAddr::from([127, 0, 0, 1]),
-            Some(a) => a.trim().parse().map_err(|_| {
-                bad(
-                    "apache.address",
-                    "must be an IP address Apache listens on (e.g. 127.0.0.1 or ::1)",
-                )
-            })?,
-        };
-        let acme_server = ov
-            .acme_server
-            .clone()
-            .or(raw.acme_server)
-            .unwrap_or_else(|| LETSENCRYPT_PRODUCTION.into());
-        // The server URL becomes the accounts directory: only a clean one.
-        // The value is not repeated: a config error never echoes one.
-        if let Err(why) = crate::store::accounts::server_rel(&acme_server) {
-            return Err(match &ov.acme_server {
-                Some(_) => Error::invalid(format!("--acme-server: {why}")),
-                None => bad("acme_server", &why.to_string()),
-            });
-        }
-        let acme_ca_bundle = match &ov.acme_ca_bundle {
-            Some(b) => Some(if b.is_absolute() {
-                b.clone()
-            } else {
-                std::env::current_dir().unwrap_or_default().join(b)
-            }),
-            None => raw.acme_ca_bundle.as_deref().map(|b| under(&root, b)),
-        };
-        if let Some(b) = &acme_ca_bundle {
-            if !b.is_file() {
-                return Err(match &ov.acme_ca_bundle {
-                    Some(_) => {
-                        Error::invalid(format!("--acme-ca-bundle {}: no such file", b.display()))
-                    }
-                    None => bad(
-                        "acme_ca_bundle",
-                        "no such file (a relative path is taken under --root)",
-                    ),
-                });
-            }
-        }
+        let apache = Self::apache_from_raw(&root, raw.apache.unwrap_or_default(), path)?;
+        let acme_server = Self::acme_server_from_raw(raw.acme_server, ov, path)?;
+        let acme_ca_bundle = Self::ca_bundle_from_raw(&root, raw.acme_ca_bundle, ov, path)?;
         if let Some(e) = &raw.contact_email {
             if !crate::site::looks_like_email(e) {
-                return Err(bad("contact_email", "not an e-mail address"));
+                return Err(bad(path, "contact_email", "not an e-mail address"));
             }
         }
         let acme_eab = match raw.acme_eab {
             None => None,
-            Some(e) => {
-                use base64::Engine;
-                if e.kid.trim().is_empty() {
-                    return Err(bad("acme_eab.kid", "is empty"));
-                }
-                let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .decode(e.hmac_key.trim().trim_end_matches('='))
-                    .map_err(|_| {
-                        bad(
-                            "acme_eab.hmac_key",
-                            "not base64url (the MAC key exactly as the CA shows it)",
-                        )
-                    })?;
-                if key.is_empty() {
-                    return Err(bad("acme_eab.hmac_key", "is empty"));
-                }
-                Some(crate::model::Eab { kid: e.kid, hmac_key: key })
-            }
+            Some(e) => Some(Self::eab_from_raw(e, path)?),
         };
         if let Some(p) = &raw.acme_profile {
             if p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
             {
-                return Err(bad("acme_profile", "must be a profile name (letters, digits, - _ .)"));
+                return Err(bad(
+                    path,
+                    "acme_profile",
+                    "must be a profile name (letters, digits, - _ .)",
+                ));
             }
         }
         let fleet =
@@ -413,18 +343,121 @@ impl Config {
             docroot_dir: p(&raw.docroot_dir, "srv/http/sites"),
             hooks_dir: p(&raw.hooks_dir, "etc/site-admin/hooks.d"),
             lock_file: p(&raw.lock_file, "run/site-admin/site-admin.lock"),
-            apache: ApacheConfig {
-                sites_dir: p(&ap.sites_dir, "etc/httpd/sites"),
-                http_port,
-                https_port,
-                address,
-                pid_file: ap.pid_file.as_deref().map(|f| under(&root, f)),
-                configtest,
-                reload,
-                start,
-            },
+            apache,
             root,
         })
+    }
+
+    /// The `apache` object: its commands, ports and address.
+    fn apache_from_raw(root: &Path, ap: RawApache, path: &Path) -> Result<ApacheConfig> {
+        let bad = |field: &str, why: &str| bad(path, field, why);
+        let configtest =
+            ap.configtest.unwrap_or_else(|| vec!["apachectl".into(), "configtest".into()]);
+        let reload = ap.reload.unwrap_or_else(|| vec!["apachectl".into(), "graceful".into()]);
+        let start = ap.start.unwrap_or_else(|| vec!["apachectl".into(), "start".into()]);
+        if start.is_empty() {
+            return Err(bad("apache.start", "must name a program"));
+        }
+        if configtest.is_empty() {
+            return Err(bad("apache.configtest", "must name a program"));
+        }
+        if reload.is_empty() {
+            return Err(bad("apache.reload", "must name a program"));
+        }
+        let http_port = ap.http_port.unwrap_or(80);
+        let https_port = ap.https_port.unwrap_or(443);
+        if http_port == 0 || https_port == 0 || http_port == https_port {
+            return Err(bad("apache.http_port/https_port", "must be two different non-zero ports"));
+        }
+        let address = match &ap.address {
+            None => std::net::IpAddr::from([127, 0, 0, 1]),
+            Some(a) => a.trim().parse().map_err(|_| {
+                bad(
+                    "apache.address",
+                    "must be an IP address Apache listens on (e.g. 127.0.0.1 or ::1)",
+                )
+            })?,
+        };
+        Ok(ApacheConfig {
+            sites_dir: under(root, ap.sites_dir.as_deref().unwrap_or("etc/httpd/sites")),
+            http_port,
+            https_port,
+            address,
+            pid_file: ap.pid_file.as_deref().map(|f| under(root, f)),
+            configtest,
+            reload,
+            start,
+        })
+    }
+
+    /// The ACME server: `--acme-server`, else `acme_server`, else Let's
+    /// Encrypt's production server.
+    fn acme_server_from_raw(raw: Option<String>, ov: &Overrides, path: &Path) -> Result<String> {
+        let acme_server =
+            ov.acme_server.clone().or(raw).unwrap_or_else(|| LETSENCRYPT_PRODUCTION.into());
+        // The server URL becomes the accounts directory: only a clean one.
+        // The value is not repeated: a config error never echoes one.
+        if let Err(why) = crate::store::accounts::server_rel(&acme_server) {
+            return Err(match &ov.acme_server {
+                Some(_) => Error::invalid(format!("--acme-server: {why}")),
+                None => bad(path, "acme_server", &why.to_string()),
+            });
+        }
+        Ok(acme_server)
+    }
+
+    /// The ACME server's CA bundle: `--acme-ca-bundle` (relative to the
+    /// working directory), else `acme_ca_bundle` (under the root); it must exist.
+    fn ca_bundle_from_raw(
+        root: &Path,
+        raw: Option<String>,
+        ov: &Overrides,
+        path: &Path,
+    ) -> Result<Option<PathBuf>> {
+        let acme_ca_bundle = match &ov.acme_ca_bundle {
+            Some(b) => Some(if b.is_absolute() {
+                b.clone()
+            } else {
+                std::env::current_dir().unwrap_or_default().join(b)
+            }),
+            None => raw.as_deref().map(|b| under(root, b)),
+        };
+        if let Some(b) = &acme_ca_bundle {
+            if !b.is_file() {
+                return Err(match &ov.acme_ca_bundle {
+                    Some(_) => {
+                        Error::invalid(format!("--acme-ca-bundle {}: no such file", b.display()))
+                    }
+                    None => bad(
+                        path,
+                        "acme_ca_bundle",
+                        "no such file (a relative path is taken under --root)",
+                    ),
+                });
+            }
+        }
+        Ok(acme_ca_bundle)
+    }
+
+    /// The `acme_eab` object: a key id and the MAC key as the CA shows it.
+    fn eab_from_raw(e: RawEab, path: &Path) -> Result<crate::model::Eab> {
+        use base64::Engine;
+        if e.kid.trim().is_empty() {
+            return Err(bad(path, "acme_eab.kid", "is empty"));
+        }
+        let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(e.hmac_key.trim().trim_end_matches('='))
+            .map_err(|_| {
+                bad(
+                    path,
+                    "acme_eab.hmac_key",
+                    "not base64url (the MAC key exactly as the CA shows it)",
+                )
+            })?;
+        if key.is_empty() {
+            return Err(bad(path, "acme_eab.hmac_key", "is empty"));
+        }
+        Ok(crate::model::Eab { kid: e.kid, hmac_key: key })
     }
 
     /// The directory of one site's ACME challenge files (served at

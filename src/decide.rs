@@ -210,204 +210,298 @@ fn fmt_date(t: DateTime<Utc>) -> String {
 }
 
 /// Decide what to do. Pure: same facts, same plan.
+///
+/// The table read row by row: a hostname change first (the old host's LKC
+/// is stashed), then the undeploy event, then one function per row of the
+/// Site JSON's wish, each looking at the columns (what is deployed now).
 pub fn decide(f: &Facts) -> Result<Plan, Refusal> {
-    let h = f.hostname.as_str();
-    let mut actions = Vec::new();
-    let mut warnings = Vec::new();
-    let mut reasons: Vec<String> = Vec::new();
+    let mut d = Draft::default();
+    let current = hostname_change(f, &mut d);
+    if f.event == Event::Undeploy {
+        return Ok(undeploy(&current, d));
+    }
+    let col = Column::of(&current, &f.hostname);
+    match &f.wish {
+        Wish::Http => Ok(row_no_tls(f, col, d)),
+        Wish::Okc { okc } => row_okc(f, okc, col, d),
+        Wish::LetsEncrypt { carried } => {
+            Ok(row_lets_encrypt(f, carried.as_ref(), &current, col, d))
+        }
+    }
+}
 
-    // A hostname change: the old host's LKC is stashed first; for the new
-    // host the site counts as deployed http.
-    let current = match &f.current {
-        Current::Lkc { host } if host != h && f.event == Event::Deploy => {
-            actions.push(Action::StashLive { host: host.clone() });
-            reasons.push(format!("the hostname changed from {host}: its certificate is stashed"));
+/// The plan being drawn up: actions, reasons and warnings in the order the
+/// rules add them.
+#[derive(Default)]
+struct Draft {
+    actions: Vec<Action>,
+    reasons: Vec<String>,
+    warnings: Vec<String>,
+}
+
+impl Draft {
+    fn plan(self, serve: Serve, on_failure: Option<Serve>) -> Plan {
+        plan(self.actions, serve, on_failure, self.reasons, self.warnings)
+    }
+}
+
+/// The table's column for the site's (new) hostname: is its LKC or an OKC
+/// deployed now (anything else counts as not deployed / http).
+#[derive(Clone, Copy)]
+struct Column {
+    lkc_here: bool,
+    okc: bool,
+}
+
+impl Column {
+    fn of(current: &Current, h: &str) -> Column {
+        Column {
+            lkc_here: matches!(current, Current::Lkc { host } if host == h),
+            okc: matches!(current, Current::Okc { .. }),
+        }
+    }
+}
+
+/// A hostname change: the old host's LKC is stashed first; for the new
+/// host the site counts as deployed http. Returns the column to judge by.
+fn hostname_change(f: &Facts, d: &mut Draft) -> Current {
+    match &f.current {
+        Current::Lkc { host } if host != &f.hostname && f.event == Event::Deploy => {
+            d.actions.push(Action::StashLive { host: host.clone() });
+            d.reasons.push(format!("the hostname changed from {host}: its certificate is stashed"));
             Current::Http { host: host.clone() }
         }
         c => c.clone(),
+    }
+}
+
+/// The undeploy event: keep an LKC in the stash, remove an OKC.
+fn undeploy(current: &Current, mut d: Draft) -> Plan {
+    let reason = match current {
+        Current::Lkc { host } => {
+            d.actions.push(Action::StashLive { host: host.clone() });
+            format!(
+                "undeploy: the Let's Encrypt certificate of {host} is stashed for a later redeploy"
+            )
+        }
+        Current::Okc { .. } => {
+            d.actions.push(Action::RemoveOkc);
+            "undeploy: the site's own certificate files are removed".into()
+        }
+        Current::Http { .. } => "undeploy: an http site has no certificate to keep".into(),
+        Current::NotDeployed => "undeploy: the site is not deployed".into(),
     };
-
-    if f.event == Event::Undeploy {
-        let reason = match &current {
-            Current::Lkc { host } => {
-                actions.push(Action::StashLive { host: host.clone() });
-                format!("undeploy: the Let's Encrypt certificate of {host} is stashed for a later redeploy")
-            }
-            Current::Okc { .. } => {
-                actions.push(Action::RemoveOkc);
-                "undeploy: the site's own certificate files are removed".into()
-            }
-            Current::Http { .. } => "undeploy: an http site has no certificate to keep".into(),
-            Current::NotDeployed => "undeploy: the site is not deployed".into(),
-        };
-        return Ok(Plan { actions, serve: Serve::Nothing, on_failure: None, reason, warnings });
+    Plan {
+        actions: d.actions,
+        serve: Serve::Nothing,
+        on_failure: None,
+        reason,
+        warnings: d.warnings,
     }
+}
 
-    let deployed_lkc_here = matches!(&current, Current::Lkc { host } if host == h);
-    let deployed_okc = matches!(current, Current::Okc { .. });
+/// Row "no `tls`": http; an OKC is removed, an LKC stashed.
+fn row_no_tls(f: &Facts, col: Column, mut d: Draft) -> Plan {
+    if col.okc {
+        d.actions.push(Action::RemoveOkc);
+        d.reasons.push("no tls: the old own certificate files are removed; http".into());
+    } else if col.lkc_here {
+        d.actions.push(Action::StashLive { host: f.hostname.clone() });
+        d.reasons.push(
+            "no tls: the Let's Encrypt certificate is stashed (kept for a later redeploy); http"
+                .into(),
+        );
+    } else {
+        d.reasons.push("no tls: deploy on http".into());
+    }
+    d.plan(Serve::Http, None)
+}
 
-    match &f.wish {
-        Wish::Http => {
-            if deployed_okc {
-                actions.push(Action::RemoveOkc);
-                reasons.push("no tls: the old own certificate files are removed; http".into());
-            } else if deployed_lkc_here {
-                actions.push(Action::StashLive { host: h.into() });
-                reasons.push("no tls: the Let's Encrypt certificate is stashed (kept for a later redeploy); http".into());
-            } else {
-                reasons.push("no tls: deploy on http".into());
-            }
-            Ok(plan(actions, Serve::Http, None, reasons, warnings))
+/// Row "OKC": write it (replacing an old OKC, stashing an LKC); refused only
+/// when its key does not match, a warning when browsers will complain.
+fn row_okc(f: &Facts, okc: &Candidate, col: Column, mut d: Draft) -> Result<Plan, Refusal> {
+    let h = f.hostname.as_str();
+    if !okc.key_matches {
+        return Err(Refusal("tls.key does not match the certificate in tls.crt".into()));
+    }
+    if !okc.covers_host {
+        d.warnings
+            .push(format!("the own certificate in tls.crt does not cover {h}; browsers will warn"));
+    } else if okc.not_after <= f.now {
+        d.warnings.push(format!(
+            "the own certificate in tls.crt expired at {}; browsers will warn",
+            fmt_date(okc.not_after)
+        ));
+    } else if okc.not_before > f.now + clock_skew() {
+        d.warnings.push(format!(
+            "the own certificate in tls.crt is not valid until {}; browsers will warn until then",
+            fmt_date(okc.not_before)
+        ));
+    }
+    if col.lkc_here {
+        d.actions.push(Action::StashLive { host: h.into() });
+        d.reasons.push(
+            "own certificate: the Let's Encrypt certificate is stashed and the own one written"
+                .into(),
+        );
+    } else if col.okc {
+        d.reasons.push("own certificate: replaces the old own certificate".into());
+    } else {
+        d.reasons.push("own certificate: written to the ssl directory; https".into());
+    }
+    d.actions.push(Action::WriteOkc);
+    Ok(d.plan(Serve::Okc, None))
+}
+
+/// Rows "LE, no usable LKC" and "LE with usable LKC": the newest usable
+/// candidate is served; with none, provision one now.
+fn row_lets_encrypt(
+    f: &Facts,
+    carried: Option<&Candidate>,
+    current: &Current,
+    col: Column,
+    mut d: Draft,
+) -> Plan {
+    let h = f.hostname.as_str();
+    let judged = judge_candidates(f, carried, &mut d);
+    let Some((source, chosen)) = newest(&judged.usable) else {
+        return provision(f, current, col, d);
+    };
+    let vs = over_the_others(&judged.usable, source);
+    match source {
+        Source::Live => {
+            d.reasons.push(format!(
+                "keep the live certificate, valid until {}{vs}",
+                fmt_date(chosen.not_after)
+            ));
         }
-        Wish::Okc { okc } => {
-            if !okc.key_matches {
-                return Err(Refusal("tls.key does not match the certificate in tls.crt".into()));
-            }
-            if !okc.covers_host {
-                warnings.push(format!(
-                    "the own certificate in tls.crt does not cover {h}; browsers will warn"
-                ));
-            } else if okc.not_after <= f.now {
-                warnings.push(format!(
-                    "the own certificate in tls.crt expired at {}; browsers will warn",
-                    fmt_date(okc.not_after)
-                ));
-            } else if okc.not_before > f.now + clock_skew() {
-                warnings.push(format!("the own certificate in tls.crt is not valid until {}; browsers will warn until then", fmt_date(okc.not_before)));
-            }
-            if deployed_lkc_here {
-                actions.push(Action::StashLive { host: h.into() });
-                reasons.push("own certificate: the Let's Encrypt certificate is stashed and the own one written".into());
-            } else if deployed_okc {
-                reasons.push("own certificate: replaces the old own certificate".into());
-            } else {
-                reasons.push("own certificate: written to the ssl directory; https".into());
-            }
-            actions.push(Action::WriteOkc);
-            Ok(plan(actions, Serve::Okc, None, reasons, warnings))
+        Source::Stash => {
+            d.actions.push(Action::Unstash { host: h.into() });
+            d.reasons.push(format!(
+                "unstash the stashed certificate, valid until {}{vs}; no new issuance",
+                fmt_date(chosen.not_after)
+            ));
         }
-        Wish::LetsEncrypt { carried } => {
-            let now = f.now;
-            // Judge each candidate.
-            let mut cands: Vec<(Source, Candidate)> = Vec::new();
-            if let Some(live) = &f.live {
-                match live.problem(h, now) {
-                    None => cands.push((Source::Live, live.clone())),
-                    Some(p) => {
-                        reasons.push(format!("the live certificate of {h} is not usable: {p}"))
-                    }
-                }
+        Source::Json => {
+            if judged.stash_usable {
+                d.actions.push(Action::DeleteStash { host: h.into() });
             }
-            let mut stash_present_usable = false;
-            if let Some(st) = &f.stash {
-                if st.not_after <= now && !f.clock_plausible {
-                    warnings.push(format!(
-                        "the stashed certificate of {h} looks expired ({}), but the clock cannot be right (later than every certificate on this device by more than a lifetime): it is left alone",
-                        fmt_date(st.not_after)
-                    ));
-                } else if st.not_after <= now {
-                    actions.push(Action::DeleteStash { host: h.into() });
-                    reasons.push(format!(
-                        "the stashed certificate of {h} expired at {}: deleted",
-                        fmt_date(st.not_after)
-                    ));
-                } else if let Some(p) = st.problem(h, now) {
-                    warnings.push(format!(
-                        "the stashed certificate of {h} is not usable and is left alone: {p}"
-                    ));
-                } else {
-                    stash_present_usable = true;
-                    cands.push((Source::Stash, st.clone()));
-                }
-            }
-            if let Some(c) = carried {
-                match c.problem(h, now) {
-                    None => cands.push((Source::Json, c.clone())),
-                    Some(p) => warnings.push(format!(
-                        "the Let's Encrypt certificate in the Site JSON is ignored: {p}"
-                    )),
-                }
-            }
-            // Newest wins; ties keep what the device has (order above).
-            let chosen =
-                cands.iter().fold(None::<(Source, &Candidate)>, |best, (s, c)| match best {
-                    Some((_, b)) if b.not_after >= c.not_after => best,
-                    _ => Some((*s, c)),
-                });
-            let others: Vec<String> = cands
-                .iter()
-                .filter(|(s, _)| Some(*s) != chosen.map(|c| c.0))
-                .map(|(s, c)| format!("{} until {}", source_name(*s), fmt_date(c.not_after)))
-                .collect();
-            let vs = if others.is_empty() {
-                String::new()
+            d.actions.push(Action::ImportCarried { host: h.into() });
+            let how = if f.live.is_some() {
+                "as the next version of the live lineage"
             } else {
-                format!(" (over the {})", others.join(", "))
+                "as a new lineage under renewal"
             };
-            match chosen {
-                Some((Source::Live, c)) => {
-                    reasons.push(format!(
-                        "keep the live certificate, valid until {}{vs}",
-                        fmt_date(c.not_after)
-                    ));
-                }
-                Some((Source::Stash, c)) => {
-                    actions.push(Action::Unstash { host: h.into() });
-                    reasons.push(format!(
-                        "unstash the stashed certificate, valid until {}{vs}; no new issuance",
-                        fmt_date(c.not_after)
-                    ));
-                }
-                Some((Source::Json, c)) => {
-                    if stash_present_usable {
-                        actions.push(Action::DeleteStash { host: h.into() });
-                    }
-                    actions.push(Action::ImportCarried { host: h.into() });
-                    let how = if f.live.is_some() {
-                        "as the next version of the live lineage"
-                    } else {
-                        "as a new lineage under renewal"
-                    };
-                    reasons.push(format!(
-                        "use the certificate carried in the Site JSON, valid until {}{vs}, {how}",
-                        fmt_date(c.not_after)
-                    ));
-                }
-                None => {
-                    actions.push(Action::Provision { host: h.into() });
-                    if deployed_okc {
-                        actions.push(Action::RemoveOkc);
-                    }
-                    let fallback = match &current {
-                        Current::Okc { okc, .. } if okc.usable(h, now) => {
-                            reasons.push("no usable Let's Encrypt certificate: provision one now; if that fails, keep serving the old own certificate".into());
-                            Serve::Okc
-                        }
-                        _ => {
-                            let what = if deployed_lkc_here {
-                                "renew the expired live certificate now"
-                            } else {
-                                "provision one now"
-                            };
-                            reasons.push(format!("no usable Let's Encrypt certificate: {what}; if that fails, serve http and retry at the next renew"));
-                            Serve::Http
-                        }
-                    };
-                    return Ok(plan(
-                        actions,
-                        Serve::Lkc { host: h.into() },
-                        Some(fallback),
-                        reasons,
-                        warnings,
-                    ));
-                }
-            }
-            if deployed_okc {
-                actions.push(Action::RemoveOkc);
-            }
-            Ok(plan(actions, Serve::Lkc { host: h.into() }, None, reasons, warnings))
+            d.reasons.push(format!(
+                "use the certificate carried in the Site JSON, valid until {}{vs}, {how}",
+                fmt_date(chosen.not_after)
+            ));
         }
     }
+    if col.okc {
+        d.actions.push(Action::RemoveOkc);
+    }
+    d.plan(Serve::Lkc { host: h.into() }, None)
+}
+
+/// The usable LKC candidates, in the order ties are broken by (live, stash,
+/// Site JSON), and whether the stash entry is one of them.
+struct Judged {
+    usable: Vec<(Source, Candidate)>,
+    stash_usable: bool,
+}
+
+/// Judge each LKC candidate: unusable ones are reported (an expired stash
+/// entry is deleted unless the clock cannot be right, any other unusable one
+/// is left alone).
+fn judge_candidates(f: &Facts, carried: Option<&Candidate>, d: &mut Draft) -> Judged {
+    let (h, now) = (f.hostname.as_str(), f.now);
+    let mut usable: Vec<(Source, Candidate)> = Vec::new();
+    if let Some(live) = &f.live {
+        match live.problem(h, now) {
+            None => usable.push((Source::Live, live.clone())),
+            Some(p) => d.reasons.push(format!("the live certificate of {h} is not usable: {p}")),
+        }
+    }
+    let mut stash_usable = false;
+    if let Some(st) = &f.stash {
+        if st.not_after <= now && !f.clock_plausible {
+            d.warnings.push(format!(
+                "the stashed certificate of {h} looks expired ({}), but the clock cannot be right (later than every certificate on this device by more than a lifetime): it is left alone",
+                fmt_date(st.not_after)
+            ));
+        } else if st.not_after <= now {
+            d.actions.push(Action::DeleteStash { host: h.into() });
+            d.reasons.push(format!(
+                "the stashed certificate of {h} expired at {}: deleted",
+                fmt_date(st.not_after)
+            ));
+        } else if let Some(p) = st.problem(h, now) {
+            d.warnings.push(format!(
+                "the stashed certificate of {h} is not usable and is left alone: {p}"
+            ));
+        } else {
+            stash_usable = true;
+            usable.push((Source::Stash, st.clone()));
+        }
+    }
+    if let Some(c) = carried {
+        match c.problem(h, now) {
+            None => usable.push((Source::Json, c.clone())),
+            Some(p) => d
+                .warnings
+                .push(format!("the Let's Encrypt certificate in the Site JSON is ignored: {p}")),
+        }
+    }
+    Judged { usable, stash_usable }
+}
+
+/// Newest wins; ties keep what the device has (the candidates' order).
+fn newest(cands: &[(Source, Candidate)]) -> Option<(Source, &Candidate)> {
+    cands.iter().fold(None::<(Source, &Candidate)>, |best, (s, c)| match best {
+        Some((_, b)) if b.not_after >= c.not_after => best,
+        _ => Some((*s, c)),
+    })
+}
+
+/// " (over the …)" naming the usable candidates that were not chosen, or "".
+fn over_the_others(cands: &[(Source, Candidate)], chosen: Source) -> String {
+    let others: Vec<String> = cands
+        .iter()
+        .filter(|(s, _)| *s != chosen)
+        .map(|(s, c)| format!("{} until {}", source_name(*s), fmt_date(c.not_after)))
+        .collect();
+    if others.is_empty() {
+        String::new()
+    } else {
+        format!(" (over the {})", others.join(", "))
+    }
+}
+
+/// No usable LKC: provision one now; if that fails, keep serving a usable
+/// old OKC, else http (the site is pending).
+fn provision(f: &Facts, current: &Current, col: Column, mut d: Draft) -> Plan {
+    let h = f.hostname.as_str();
+    d.actions.push(Action::Provision { host: h.into() });
+    if col.okc {
+        d.actions.push(Action::RemoveOkc);
+    }
+    let fallback = match current {
+        Current::Okc { okc, .. } if okc.usable(h, f.now) => {
+            d.reasons.push("no usable Let's Encrypt certificate: provision one now; if that fails, keep serving the old own certificate".into());
+            Serve::Okc
+        }
+        _ => {
+            let what = if col.lkc_here {
+                "renew the expired live certificate now"
+            } else {
+                "provision one now"
+            };
+            d.reasons.push(format!("no usable Let's Encrypt certificate: {what}; if that fails, serve http and retry at the next renew"));
+            Serve::Http
+        }
+    };
+    d.plan(Serve::Lkc { host: h.into() }, Some(fallback))
 }
 
 fn source_name(s: Source) -> &'static str {

@@ -387,73 +387,13 @@ pub fn outcome(
 fn plan_ignoring_backoff(f: &PassFacts) -> Plan {
     let mut p = Plan::default();
     for l in &f.lineages {
-        if !l.has_links {
-            let why = format!(
-                "renewal/{h}.conf has no live/{h} links (see site-admin doctor)",
-                h = l.host
-            );
-            p.skipped.push((l.host.clone(), l.siteid.clone(), Skip::Broken { why }));
-            continue;
+        match lineage_job(f, l) {
+            Ok(Some(job)) => p.jobs.push(job),
+            Ok(None) => {}
+            Err(skip) => p.skipped.push((l.host.clone(), l.siteid.clone(), skip)),
         }
-        let due = due_of(l);
-        let is_due = f.force || l.revocation_owed || due.map(|(d, _)| f.now >= d).unwrap_or(true);
-        if !is_due {
-            if let (Some((d, by)), Some((_, na))) = (due, l.validity) {
-                let ari_held =
-                    by == DueBy::Ari && l.ari.as_ref().is_some_and(|a| a.chosen <= f.now);
-                p.skipped.push((
-                    l.host.clone(),
-                    l.siteid.clone(),
-                    Skip::NotDue { due: d, due_by: by, not_after: na, ari_held },
-                ));
-            }
-            continue;
-        }
-        let due_by = match due {
-            _ if l.revocation_owed => DueBy::Revocation,
-            Some((d, by)) if f.now >= d => by,
-            Some(_) => DueBy::Forced,
-            None => DueBy::Unreadable,
-        };
-        let Some(webroot) = l.webroot.clone() else {
-            let why = "its renewal conf names no webroot and no deployed site uses it".to_string();
-            p.skipped.push((l.host.clone(), l.siteid.clone(), Skip::Broken { why }));
-            continue;
-        };
-        p.jobs.push(Job {
-            host: l.host.clone(),
-            siteid: l.siteid.clone(),
-            webroot,
-            server: f.server.clone(),
-            key_type: l.key_type.unwrap_or(f.key_type),
-            old_not_after: l.validity.map(|v| v.1),
-            due: due.map(|d| d.0),
-            due_by,
-            pending: false,
-            moved_from: l.server.clone().filter(|s| s != &f.server),
-            profile: l.profile.clone(),
-            // `replaces` is honoured only by the server that issued it.
-            replaces: l.replaces.clone().filter(|_| l.server.as_deref() == Some(f.server.as_str())),
-            ari_explanation: l.ari.as_ref().and_then(|a| a.explanation_url.clone()),
-        });
     }
-    for s in &f.pending {
-        p.jobs.push(Job {
-            host: s.host.clone(),
-            siteid: Some(s.siteid.clone()),
-            webroot: s.webroot.clone(),
-            server: f.server.clone(),
-            key_type: f.key_type,
-            old_not_after: None,
-            due: None,
-            due_by: DueBy::Pending,
-            pending: true,
-            moved_from: None,
-            profile: s.profile.clone(),
-            replaces: None,
-            ari_explanation: None,
-        });
-    }
+    p.jobs.extend(f.pending.iter().map(|s| pending_job(f, s)));
     for (host, na) in &f.stash {
         if *na <= f.now {
             if f.clock_plausible {
@@ -464,6 +404,73 @@ fn plan_ignoring_backoff(f: &PassFacts) -> Plan {
         }
     }
     p
+}
+
+/// One lineage under renewal: its job when it is due, why it is skipped,
+/// or nothing (not due, and its due date unknown).
+fn lineage_job(f: &PassFacts, l: &LineageFacts) -> Result<Option<Job>, Skip> {
+    if !l.has_links {
+        let why =
+            format!("renewal/{h}.conf has no live/{h} links (see site-admin doctor)", h = l.host);
+        return Err(Skip::Broken { why });
+    }
+    let due = due_of(l);
+    let is_due = f.force || l.revocation_owed || due.map(|(d, _)| f.now >= d).unwrap_or(true);
+    if !is_due {
+        return match (due, l.validity) {
+            (Some((d, by)), Some((_, na))) => {
+                let ari_held =
+                    by == DueBy::Ari && l.ari.as_ref().is_some_and(|a| a.chosen <= f.now);
+                Err(Skip::NotDue { due: d, due_by: by, not_after: na, ari_held })
+            }
+            _ => Ok(None),
+        };
+    }
+    let due_by = match due {
+        _ if l.revocation_owed => DueBy::Revocation,
+        Some((d, by)) if f.now >= d => by,
+        Some(_) => DueBy::Forced,
+        None => DueBy::Unreadable,
+    };
+    let Some(webroot) = l.webroot.clone() else {
+        let why = "its renewal conf names no webroot and no deployed site uses it".to_string();
+        return Err(Skip::Broken { why });
+    };
+    Ok(Some(Job {
+        host: l.host.clone(),
+        siteid: l.siteid.clone(),
+        webroot,
+        server: f.server.clone(),
+        key_type: l.key_type.unwrap_or(f.key_type),
+        old_not_after: l.validity.map(|v| v.1),
+        due: due.map(|d| d.0),
+        due_by,
+        pending: false,
+        moved_from: l.server.clone().filter(|s| s != &f.server),
+        profile: l.profile.clone(),
+        // `replaces` is honoured only by the server that issued it.
+        replaces: l.replaces.clone().filter(|_| l.server.as_deref() == Some(f.server.as_str())),
+        ari_explanation: l.ari.as_ref().and_then(|a| a.explanation_url.clone()),
+    }))
+}
+
+/// A pending site (asks for Let's Encrypt, has no usable LKC): always a job.
+fn pending_job(f: &PassFacts, s: &PendingFacts) -> Job {
+    Job {
+        host: s.host.clone(),
+        siteid: Some(s.siteid.clone()),
+        webroot: s.webroot.clone(),
+        server: f.server.clone(),
+        key_type: f.key_type,
+        old_not_after: None,
+        due: None,
+        due_by: DueBy::Pending,
+        pending: true,
+        moved_from: None,
+        profile: s.profile.clone(),
+        replaces: None,
+        ari_explanation: None,
+    }
 }
 
 #[cfg(test)]

@@ -624,6 +624,43 @@ impl AcmeClient {
     ) -> Result<Issued, AcmeError> {
         let deadline = self.deadline();
         let what = format!("the order for {host}");
+        let (order_url, order) = self.new_order(host, o, deadline)?;
+        tracing::debug!(host, "step: order created");
+        crate::fault::point("acme.ordered");
+        for a in &order.authorizations {
+            self.authorize(a, webroot, deadline)?;
+        }
+        tracing::debug!(host, "step: challenge validated");
+        let order = self.wait_until_ready(&what, &order_url, order, deadline)?;
+        if order.status == OrderStatus::Ready {
+            if let Some(g) = &o.gate {
+                (g.0)().map_err(AcmeError::Local)?;
+            }
+            let (key_pem, order) =
+                self.finalize(host, key_type, &what, &order_url, &order, deadline)?;
+            tracing::debug!(host, "step: finalized");
+            let fullchain_pem = self.download(&order_url, &order, deadline)?;
+            tracing::debug!(host, "step: certificate downloaded");
+            return Ok(Issued { key_pem, fullchain_pem });
+        }
+        // An order that was processing or valid before we finalized is not ours to finish.
+        Err(AcmeError::Protocol {
+            url: order_url,
+            detail: format!("the new order is already {} before it was finalized", order.status),
+        })
+    }
+
+    /// The new order ([RFC 8555 §7.4]) for `host`, naming the certificate
+    /// it replaces if one is given (and again without it if the CA refuses
+    /// that): its URL and its first state.
+    ///
+    /// [RFC 8555 §7.4]: https://www.rfc-editor.org/rfc/rfc8555#section-7.4
+    fn new_order(
+        &self,
+        host: &str,
+        o: &OrderOptions,
+        deadline: Instant,
+    ) -> Result<(String, Order), AcmeError> {
         let new_order = self.dir.new_order.clone();
         let kind = if host.parse::<std::net::IpAddr>().is_ok() { "ip" } else { "dns" };
         let mut payload = json!({"identifiers": [{"type": kind, "value": host}]});
@@ -645,95 +682,112 @@ impl AcmeClient {
             url: new_order.clone(),
             detail: "newOrder answered without a Location".into(),
         })?;
-        let mut order: Order = resp.typed(&new_order)?;
-        tracing::debug!(host, "step: order created");
-        crate::fault::point("acme.ordered");
-        for a in &order.authorizations {
-            self.authorize(a, webroot, deadline)?;
-        }
-        tracing::debug!(host, "step: challenge validated");
-        // Finalize only once the order is ready (§7.1.6): poll pending → ready.
+        let order: Order = resp.typed(&new_order)?;
+        Ok((order_url, order))
+    }
+
+    /// Finalize only once the order is ready (§7.1.6): poll pending → ready
+    /// (or processing, valid: the caller refuses those).
+    fn wait_until_ready(
+        &self,
+        what: &str,
+        order_url: &str,
+        mut order: Order,
+        deadline: Instant,
+    ) -> Result<Order, AcmeError> {
         let mut backoff = Backoff::default();
         let mut wait = None;
         loop {
             match order.status {
                 OrderStatus::Ready | OrderStatus::Processing | OrderStatus::Valid => break,
                 OrderStatus::Pending => {}
-                OrderStatus::Invalid => return Err(order_failed(&what, &order)),
+                OrderStatus::Invalid => return Err(order_failed(what, &order)),
                 OrderStatus::Unknown => {
                     return Err(AcmeError::Protocol {
-                        url: order_url.clone(),
+                        url: order_url.to_string(),
                         detail: "the order is in an unknown state".into(),
                     })
                 }
             }
-            self.sleep_until_next(&mut backoff, wait, deadline, &what)?;
-            let r = self.post(&order_url, None, Signer::Kid, None, deadline)?;
+            self.sleep_until_next(&mut backoff, wait, deadline, what)?;
+            let r = self.post(order_url, None, Signer::Kid, None, deadline)?;
             wait = r.retry_after;
-            order = r.typed(&order_url)?;
+            order = r.typed(order_url)?;
         }
-        if order.status == OrderStatus::Ready {
-            if let Some(g) = &o.gate {
-                (g.0)().map_err(AcmeError::Local)?;
-            }
-            let (key_pem, csr_der) = new_key_and_csr(host, key_type)?;
-            let r = self.post(
-                &order.finalize.clone(),
-                Some(&json!({"csr": b64(&csr_der)})),
-                Signer::Kid,
-                None,
-                deadline,
-            )?;
-            wait = r.retry_after;
-            order = r.typed(&order_url)?;
-            let mut backoff = Backoff::default();
-            loop {
-                match order.status {
-                    OrderStatus::Valid => break,
-                    OrderStatus::Processing | OrderStatus::Ready => {}
-                    OrderStatus::Invalid => return Err(order_failed(&what, &order)),
-                    s => {
-                        return Err(AcmeError::Protocol {
-                            url: order_url.clone(),
-                            detail: format!("after finalize the order is {s}"),
-                        })
-                    }
+        Ok(order)
+    }
+
+    /// Finalize the ready order with a new key's CSR and poll it to valid:
+    /// the key and the valid order.
+    fn finalize(
+        &self,
+        host: &str,
+        key_type: KeyType,
+        what: &str,
+        order_url: &str,
+        order: &Order,
+        deadline: Instant,
+    ) -> Result<(String, Order), AcmeError> {
+        let (key_pem, csr_der) = new_key_and_csr(host, key_type)?;
+        let r = self.post(
+            &order.finalize.clone(),
+            Some(&json!({"csr": b64(&csr_der)})),
+            Signer::Kid,
+            None,
+            deadline,
+        )?;
+        let mut wait = r.retry_after;
+        let mut order: Order = r.typed(order_url)?;
+        let mut backoff = Backoff::default();
+        loop {
+            match order.status {
+                OrderStatus::Valid => break,
+                OrderStatus::Processing | OrderStatus::Ready => {}
+                OrderStatus::Invalid => return Err(order_failed(what, &order)),
+                s => {
+                    return Err(AcmeError::Protocol {
+                        url: order_url.to_string(),
+                        detail: format!("after finalize the order is {s}"),
+                    })
                 }
-                self.sleep_until_next(&mut backoff, wait, deadline, &what)?;
-                let r = self.post(&order_url, None, Signer::Kid, None, deadline)?;
-                wait = r.retry_after;
-                order = r.typed(&order_url)?;
             }
-            tracing::debug!(host, "step: finalized");
-            let cert_url = order.certificate.clone().ok_or_else(|| AcmeError::Protocol {
-                url: order_url.clone(),
-                detail: "a valid order without a certificate URL".into(),
-            })?;
-            let r = self.post(
-                &cert_url,
-                None,
-                Signer::Kid,
-                Some("application/pem-certificate-chain"),
-                deadline,
-            )?;
-            let fullchain_pem = String::from_utf8(r.body).map_err(|_| AcmeError::Protocol {
-                url: cert_url.clone(),
-                detail: "certificate is not text".into(),
-            })?;
-            if crate::certs::parse_chain(&fullchain_pem).is_err() {
-                return Err(AcmeError::Protocol {
-                    url: cert_url,
-                    detail: "certificate is not a PEM chain".into(),
-                });
-            }
-            tracing::debug!(host, "step: certificate downloaded");
-            return Ok(Issued { key_pem, fullchain_pem });
+            self.sleep_until_next(&mut backoff, wait, deadline, what)?;
+            let r = self.post(order_url, None, Signer::Kid, None, deadline)?;
+            wait = r.retry_after;
+            order = r.typed(order_url)?;
         }
-        // An order that was processing or valid before we finalized is not ours to finish.
-        Err(AcmeError::Protocol {
-            url: order_url,
-            detail: format!("the new order is already {} before it was finalized", order.status),
-        })
+        Ok((key_pem, order))
+    }
+
+    /// Download the valid order's certificate chain (PEM).
+    fn download(
+        &self,
+        order_url: &str,
+        order: &Order,
+        deadline: Instant,
+    ) -> Result<String, AcmeError> {
+        let cert_url = order.certificate.clone().ok_or_else(|| AcmeError::Protocol {
+            url: order_url.to_string(),
+            detail: "a valid order without a certificate URL".into(),
+        })?;
+        let r = self.post(
+            &cert_url,
+            None,
+            Signer::Kid,
+            Some("application/pem-certificate-chain"),
+            deadline,
+        )?;
+        let fullchain_pem = String::from_utf8(r.body).map_err(|_| AcmeError::Protocol {
+            url: cert_url.clone(),
+            detail: "certificate is not text".into(),
+        })?;
+        if crate::certs::parse_chain(&fullchain_pem).is_err() {
+            return Err(AcmeError::Protocol {
+                url: cert_url,
+                detail: "certificate is not a PEM chain".into(),
+            });
+        }
+        Ok(fullchain_pem)
     }
 
     /// Satisfy one authorization ([RFC 8555 §7.5]) with HTTP-01 ([RFC 8555 §8.3]).

@@ -25,9 +25,12 @@ use crate::fleet::etcd::{
 use crate::fleet::plan::{reconcile, Cert, Reconcile};
 use crate::fleet::record::{AriRecord, LineageRecord, Meta, OpenLineage};
 use crate::fleet::store::FleetStore;
-use crate::fleet::{Acquired, FleetKey, LineageLock, LockError};
-use crate::site::{Host, Site, Tls};
-use crate::store::{accounts, Material, NewVersion, Place, RenewalParams};
+use crate::fleet::{
+    Acquired, FleetKey, FleetStoreError, LineageLock, LockError, RecordError, SealError,
+};
+use crate::site::{BadHost, Host, Site, Tls};
+use crate::store::accounts::{CarriedError, ServerUrlError};
+use crate::store::{accounts, Material, NewVersion, Place, RenewalParams, StoreError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -241,10 +244,101 @@ impl From<EtcdError> for SyncError {
     }
 }
 
-impl From<String> for SyncError {
-    fn from(message: String) -> Self {
-        SyncError { unreachable: false, message }
+impl From<FleetError> for SyncError {
+    fn from(e: FleetError) -> Self {
+        match e {
+            FleetError::Etcd(e) => e.into(),
+            e => SyncError { unreachable: false, message: e.to_string() },
+        }
     }
+}
+
+/// A source error of this device's own (its account store, its Apache
+/// configuration, the caller's order), kept as it is.
+pub type DeviceError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a step of a sync or of an exclusive order failed: the messages are
+/// the ones the commands print.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// etcd could not be asked, or refused.
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    /// The fleet's record of a lineage could not be read.
+    #[error(transparent)]
+    Store(#[from] FleetStoreError),
+    /// A lineage record could not be sealed or opened.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The fleet key could not seal a value.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// This device's certbot tree refused a new version.
+    #[error(transparent)]
+    Tree(#[from] StoreError),
+    /// This device's account store or Apache configuration refused.
+    #[error(transparent)]
+    Device(DeviceError),
+    /// Not a host name.
+    #[error("{host}: {why}")]
+    Host { host: String, why: BadHost },
+    /// The ACME server URL names no account directory.
+    #[error("the ACME server URL: {0}")]
+    ServerUrl(ServerUrlError),
+    /// The fleet's account record cannot be used.
+    #[error("fleet record {key}: {why}")]
+    AccountRecord { key: String, why: AccountRecordError },
+    /// This device's account cannot be exported to the fleet.
+    #[error("the ACME account {0} cannot be read")]
+    AccountUnreadable(String),
+    /// The fleet's account record kept changing (the server named).
+    #[error("the fleet's ACME account of {0} changed while it was read; try again")]
+    AccountRaced(String),
+    /// A fleet lineage record's certificate does not parse.
+    #[error("its certificate cannot be read")]
+    CertUnreadable,
+    /// Writing a fleet certificate into this device's tree failed.
+    #[error("{host}: materializing the fleet's certificate: {source}")]
+    Materialize { host: String, source: StoreError },
+    /// etcd could not say who holds a lineage lock.
+    #[error("the fleet lock of {host}: {source}")]
+    LockUnknown { host: String, source: EtcdError },
+    /// A peer held the lineage lock for longer than [`LOCK_WAIT`].
+    #[error("{who} has held the fleet lock of {host} for longer than {} s; the next pass tries again", LOCK_WAIT.as_secs())]
+    LockBusy { who: String, host: String },
+    /// The lineage lock was lost (or could not be confirmed).
+    #[error("{}", lost_text(.0))]
+    Lost(LockError),
+    /// The record was written by another while the lock was held.
+    #[error("{0}: the fleet's record changed while the lock was held (a push from an isolated device); the certificate just issued is not used, the next sync takes the fleet's")]
+    RecordChanged(String),
+    /// The order itself (the caller's) failed.
+    #[error(transparent)]
+    Order(DeviceError),
+}
+
+fn device(e: impl Into<DeviceError>) -> FleetError {
+    FleetError::Device(e.into())
+}
+
+/// Why the fleet's account record cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountRecordError {
+    /// Not an account record.
+    #[error("cannot be read: {0:?} error at line {1} column {2}")]
+    Unreadable(serde_json::error::Category, usize, usize),
+    /// It names another schema or server.
+    #[error("another schema or another server than its key names")]
+    Mismatch,
+    /// Its key cannot be opened with the fleet key.
+    #[error(transparent)]
+    Seal(SealError),
+    /// The opened key is no JSON.
+    #[error("the sealed key is not a JWK")]
+    NotJwk,
+    /// The opened key is not a usable account key.
+    #[error(transparent)]
+    Key(CarriedError),
 }
 
 /// A key or value from etcd, fit for a message: control characters
@@ -290,12 +384,29 @@ fn sync_inner(
     rep.account = sync_account(ctx, fleet, &ctx.cfg.acme_server)?;
     if rep.account.is_some() {
         if let Err(e) = answer_for_fleet_account(ctx, rec) {
-            rep.apache_error = Some(e.clone());
+            rep.apache_error = Some(e.to_string());
             tracing::error!("writing the stateless HTTP-01 answer of the fleet's account: {e}");
         }
     }
-    // Which records changed since the last sync (keys and revisions only);
-    // only those, and those whose local certificate changed, are read.
+    let seen_hosts = sync_lineages(ctx, fleet, sites, now, &mut rep)?;
+    push_unrecorded(ctx, fleet, sites, now, &seen_hosts, &mut rep);
+    if let Err(e) = heartbeat(ctx, fleet, sites) {
+        tracing::warn!("fleet: the heartbeat: {e}");
+    }
+    Ok(rep)
+}
+
+/// The fleet's lineage records against this device's: which records changed
+/// since the last sync (keys and revisions only); only those, and those
+/// whose local certificate changed, are read. Returns the hosts the fleet
+/// has a record of.
+fn sync_lineages(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    sites: &[Site],
+    now: DateTime<Utc>,
+    rep: &mut SyncReport,
+) -> Result<Vec<String>, SyncError> {
     let lineage_prefix = format!("{}lineages/", fleet.cfg.prefix);
     let revs = fleet.store.lineage_revisions()?;
     let before = load_state(ctx).seen;
@@ -333,67 +444,9 @@ fn sync_inner(
         if owed.owed.contains_key(&rec.serial) {
             continue;
         }
-        // The certificate alone decides (its key is read only to push it),
-        // and a record is opened only to be taken: a sync with nothing new
-        // parses one leaf per lineage.
-        let leaf = ctx.store.leaf(&host, Place::Live);
-        if leaf.as_ref().is_some_and(|c| c.serial == rec.serial) {
-            continue;
-        }
-        let lc = leaf.as_ref().map(|c| Cert {
-            serial: c.serial.clone(),
-            issued: c.not_before,
-            not_after: c.not_after,
-            usable: c.not_before <= now && now < c.not_after && c.covers(&host),
-        });
-        // Newer means issued later: the record's own certificate says when
-        // (its claims are checked against it when it is opened to be taken).
-        let Ok(fleaf) = crate::certs::parse_first_cert(rec.fullchain.as_bytes()) else {
-            rep.errors.push(KeyError { key, error: "its certificate cannot be read".into() });
+        if let Err(e) = sync_record(ctx, fleet, sites, now, &host, (&rec, modrev), rep) {
+            rep.errors.push(KeyError { key, error: e.to_string() });
             errored.insert(host);
-            continue;
-        };
-        let fc = Cert {
-            serial: rec.serial.clone(),
-            issued: fleaf.not_before,
-            not_after: rec.not_after,
-            usable: fleaf.not_before <= now && now < rec.not_after,
-        };
-        match reconcile(lc.as_ref(), Some(&fc)) {
-            Reconcile::Take => {
-                let open = match rec.open(fleet.store.fleet_key(), fleet.store.prefix()) {
-                    Ok(o) => o,
-                    Err(e) => {
-                        tracing::warn!("{e}");
-                        rep.errors.push(KeyError { key, error: e.to_string() });
-                        errored.insert(host);
-                        continue;
-                    }
-                };
-                match take(ctx, &open, sites) {
-                    Ok(()) => {
-                        ctx.progress(&format!("{host}: took the fleet's certificate (version {}, renewed by {})", rec.version, rec.renewed_by));
-                        rep.taken.push(host);
-                    }
-                    Err(e) => {
-                        rep.errors.push(KeyError { key, error: format!("{host}: materializing the fleet's certificate: {e}") });
-                        errored.insert(host);
-                    }
-                }
-            }
-            Reconcile::Push => match usable_local(ctx, &host, now) {
-                Some((kc, true)) => match push(ctx, fleet, &host, &kc, Some((&rec, modrev))) {
-                    Ok(true) => rep.pushed.push(host),
-                    Ok(false) => tracing::info!("{host}: a peer wrote the fleet's record first; the next sync takes it"),
-                    Err(e) => {
-                        rep.errors.push(KeyError { key, error: e });
-                        errored.insert(host);
-                    }
-                },
-                _ => tracing::warn!("{host}: this device's certificate is newer than the fleet's but its key does not match; not published"),
-            },
-            // (Its conf said autorenew = False when it was taken or pushed.)
-            Reconcile::Keep => {}
         }
     }
     for (h, m) in processed {
@@ -402,8 +455,85 @@ fn sync_inner(
             rep.seen.insert(h, (m, mark));
         }
     }
-    // This device's certificates the fleet has no record of: push them
-    // (only hosts of sites deployed here, whose lineages site-admin keeps).
+    Ok(seen_hosts)
+}
+
+/// One changed record (and its mod revision) against this device's
+/// certificate of `host`: take the fleet's, push this device's, or keep
+/// both. `Err`: the record could not be used.
+fn sync_record(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    sites: &[Site],
+    now: DateTime<Utc>,
+    host: &str,
+    (rec, modrev): (&LineageRecord, i64),
+    rep: &mut SyncReport,
+) -> Result<(), FleetError> {
+    // The certificate alone decides (its key is read only to push it),
+    // and a record is opened only to be taken: a sync with nothing new
+    // parses one leaf per lineage.
+    let leaf = ctx.store.leaf(host, Place::Live);
+    if leaf.as_ref().is_some_and(|c| c.serial == rec.serial) {
+        return Ok(());
+    }
+    let lc = leaf.as_ref().map(|c| Cert {
+        serial: c.serial.clone(),
+        issued: c.not_before,
+        not_after: c.not_after,
+        usable: c.not_before <= now && now < c.not_after && c.covers(host),
+    });
+    // Newer means issued later: the record's own certificate says when
+    // (its claims are checked against it when it is opened to be taken).
+    let Ok(fleaf) = crate::certs::parse_first_cert(rec.fullchain.as_bytes()) else {
+        return Err(FleetError::CertUnreadable);
+    };
+    let fc = Cert {
+        serial: rec.serial.clone(),
+        issued: fleaf.not_before,
+        not_after: rec.not_after,
+        usable: fleaf.not_before <= now && now < rec.not_after,
+    };
+    match reconcile(lc.as_ref(), Some(&fc)) {
+        Reconcile::Take => {
+            let open = rec.open(fleet.store.fleet_key(), fleet.store.prefix()).inspect_err(|e| {
+                tracing::warn!("{e}");
+            })?;
+            take(ctx, &open, sites)
+                .map_err(|source| FleetError::Materialize { host: host.into(), source })?;
+            ctx.progress(&format!(
+                "{host}: took the fleet's certificate (version {}, renewed by {})",
+                rec.version, rec.renewed_by
+            ));
+            rep.taken.push(host.into());
+        }
+        Reconcile::Push => match usable_local(ctx, host, now) {
+            Some((kc, true)) => {
+                if push(ctx, fleet, host, &kc, Some((rec, modrev)))? {
+                    rep.pushed.push(host.into());
+                } else {
+                    tracing::info!("{host}: a peer wrote the fleet's record first; the next sync takes it");
+                }
+            }
+            _ => tracing::warn!("{host}: this device's certificate is newer than the fleet's but its key does not match; not published"),
+        },
+        // (Its conf said autorenew = False when it was taken or pushed.)
+        Reconcile::Keep => {}
+    }
+    Ok(())
+}
+
+/// This device's certificates the fleet has no record of (`seen_hosts`):
+/// push them (only hosts of sites deployed here, whose lineages site-admin
+/// keeps).
+fn push_unrecorded(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    sites: &[Site],
+    now: DateTime<Utc>,
+    seen_hosts: &[String],
+    rep: &mut SyncReport,
+) {
     for s in sites.iter().filter(|s| {
         matches!(s.tls, Tls::LetsEncrypt { .. })
             && !seen_hosts.iter().any(|h| h == s.hostname.as_str())
@@ -418,33 +548,29 @@ fn sync_inner(
                     "{}: a peer wrote the fleet's record first; the next sync takes it",
                     s.hostname
                 ),
-                Err(e) => rep.errors.push(KeyError { key: s.hostname.to_string(), error: e }),
+                Err(e) => {
+                    rep.errors.push(KeyError { key: s.hostname.to_string(), error: e.to_string() })
+                }
             }
         }
     }
-    if let Err(e) = heartbeat(ctx, fleet, sites) {
-        tracing::warn!("fleet: the heartbeat: {e}");
-    }
-    Ok(rep)
 }
 
 /// Every device answers HTTP-01 for the fleet's account (the CA may reach
 /// any of them): the server-wide stateless answer with its thumbprint, one
 /// reload when it changed.
-fn answer_for_fleet_account(ctx: &Ctx, rec: &Recovered) -> Result<(), String> {
-    let Some(a) =
-        super::ctx::stored_account(ctx, &ctx.cfg.acme_server).map_err(|e| e.to_string())?
-    else {
+fn answer_for_fleet_account(ctx: &Ctx, rec: &Recovered) -> Result<(), FleetError> {
+    let Some(a) = super::ctx::stored_account(ctx, &ctx.cfg.acme_server).map_err(device)? else {
         return Ok(());
     };
-    let text = apache::render_acme_conf(&a.key.thumbprint().map_err(|e| e.to_string())?);
+    let text = apache::render_acme_conf(&a.key.thumbprint().map_err(device)?);
     let file = apache::acme_conf_file(&ctx.cfg);
     if std::fs::read_to_string(&file).ok().as_deref() == Some(text.as_str()) {
         return Ok(());
     }
-    let mut txn = apache::Transaction::begin(&ctx.cfg, rec).map_err(|e| e.to_string())?;
-    txn.write(&file, text.as_bytes(), 0o644).map_err(|e| e.to_string())?;
-    txn.commit(false, &|m| ctx.progress(m), &|_| Ok(())).map_err(|e| e.to_string())
+    let mut txn = apache::Transaction::begin(&ctx.cfg, rec).map_err(device)?;
+    txn.write(&file, text.as_bytes(), 0o644).map_err(device)?;
+    txn.commit(false, &|m| ctx.progress(m), &|_| Ok(())).map_err(device)
 }
 
 /// Say again what this device serves, after a command changed it (a
@@ -457,7 +583,7 @@ pub fn beat(ctx: &Ctx, fleet: &Fleet) {
 }
 
 /// Write this device's heartbeat: what each Let's Encrypt site serves.
-fn heartbeat(ctx: &Ctx, fleet: &Fleet, sites: &[Site]) -> Result<(), String> {
+fn heartbeat(ctx: &Ctx, fleet: &Fleet, sites: &[Site]) -> Result<(), EtcdError> {
     // A certificate is parsed for its serial only when its live link moved
     // since the last heartbeat (the serials are kept with their links).
     let mut st = load_state(ctx);
@@ -473,7 +599,7 @@ fn heartbeat(ctx: &Ctx, fleet: &Fleet, sites: &[Site]) -> Result<(), String> {
         }
     }
     let serves = serving.iter().map(|(h, (_, serial))| (h.clone(), serial.clone())).collect();
-    let r = fleet.store.heartbeat(serves, HEARTBEAT_TTL).map_err(|e| e.to_string());
+    let r = fleet.store.heartbeat(serves, HEARTBEAT_TTL);
     if st.serving != serving {
         st.serving = serving;
         save_state(ctx, &st);
@@ -508,12 +634,11 @@ fn params_for(ctx: &Ctx, host: &str, rec: &LineageRecord, sites: &[Site]) -> Ren
 }
 
 /// Materialize a fleet certificate as the next version of the host's lineage.
-fn take(ctx: &Ctx, open: &OpenLineage, sites: &[Site]) -> Result<(), String> {
+fn take(ctx: &Ctx, open: &OpenLineage, sites: &[Site]) -> Result<(), StoreError> {
     let host = open.record.host.as_str();
     let params = params_for(ctx, host, &open.record, sites);
-    let v = NewVersion::from_key_and_fullchain(&open.key_pem, &open.record.fullchain)
-        .map_err(|e| e.to_string())?;
-    ctx.store.add_version(host, &v, &params).map_err(|e| e.to_string())?;
+    let v = NewVersion::from_key_and_fullchain(&open.key_pem, &open.record.fullchain)?;
+    ctx.store.add_version(host, &v, &params)?;
     mark_fleet_managed(ctx, host);
     Ok(())
 }
@@ -526,9 +651,9 @@ fn push(
     host: &str,
     kc: &crate::certs::KeyCert,
     prev: Option<(&LineageRecord, i64)>,
-) -> Result<bool, String> {
+) -> Result<bool, FleetError> {
     let conf = ctx.store.lineage_conf(host, Place::Live).unwrap_or_default();
-    let h = Host::parse(host).map_err(|e| format!("{host}: {e}"))?;
+    let h = parse_host(host)?;
     let version = prev.map(|(r, _)| r.version + 1).unwrap_or(1);
     let meta = Meta {
         server: conf.server.unwrap_or_else(|| ctx.cfg.acme_server.clone()),
@@ -546,12 +671,8 @@ fn push(
         &kc.key_pem,
         &kc.chain_pem,
         meta,
-    )
-    .map_err(|e| e.to_string())?;
-    let ok = fleet
-        .store
-        .push_if_unchanged(&rec, prev.map(|p| p.1).unwrap_or(0))
-        .map_err(|e| e.to_string())?;
+    )?;
+    let ok = fleet.store.push_if_unchanged(&rec, prev.map(|p| p.1).unwrap_or(0))?;
     if ok {
         ctx.progress(&format!(
             "{host}: published this device's certificate to the fleet (version {version})"
@@ -571,9 +692,9 @@ pub fn merge_backoff(
     fleet: &Fleet,
     sites: &[Site],
     local: &mut crate::backoff::State,
-) -> Result<(), String> {
+) -> Result<(), EtcdError> {
     let prefix = format!("{}backoff/", fleet.cfg.prefix);
-    for kv in fleet.etcd.get_prefix(&prefix).map_err(|e| e.to_string())?.kvs {
+    for kv in fleet.etcd.get_prefix(&prefix)?.kvs {
         let key = kv.key_str();
         let host = key.trim_start_matches(&prefix).to_string();
         let Ok(f) = serde_json::from_slice::<crate::backoff::Failures>(&kv.value) else {
@@ -638,10 +759,10 @@ struct SharedAri {
 /// pass reads them: ARI is asked once for the fleet, and the moment picked
 /// inside a window is the same on every device. A record that does not
 /// parse, or names a host that is not one, is skipped with a warning.
-pub fn merge_ari(ctx: &Ctx, fleet: &Fleet) -> Result<usize, String> {
+pub fn merge_ari(ctx: &Ctx, fleet: &Fleet) -> Result<usize, EtcdError> {
     let prefix = format!("{}ari/", fleet.cfg.prefix);
     let mut n = 0;
-    for kv in fleet.etcd.get_prefix(&prefix).map_err(|e| e.to_string())?.kvs {
+    for kv in fleet.etcd.get_prefix(&prefix)?.kvs {
         let key = kv.key_str();
         let host = key.trim_start_matches(&prefix).to_string();
         let (Ok(sh), true) =
@@ -730,8 +851,8 @@ struct AccountRecord {
     terms_of_service: Option<String>,
 }
 
-fn account_key(fleet: &Fleet, server: &str) -> Result<String, String> {
-    let rel = accounts::server_rel(server).map_err(|why| format!("the ACME server URL: {why}"))?;
+fn account_key(fleet: &Fleet, server: &str) -> Result<String, FleetError> {
+    let rel = accounts::server_rel(server).map_err(FleetError::ServerUrl)?;
     Ok(format!("{}accounts/{rel}", fleet.cfg.prefix))
 }
 
@@ -740,74 +861,19 @@ fn account_key(fleet: &Fleet, server: &str) -> Result<String, String> {
 /// device's, or one registered now under the fleet's account lock.
 fn sync_account(ctx: &Ctx, fleet: &Fleet, server: &str) -> Result<Option<String>, SyncError> {
     let key = account_key(fleet, server)?;
-    let mut account_lock = None;
     for _ in 0..3 {
         if let Some(kv) = fleet.etcd.get(&key)? {
             let id = install_account(ctx, fleet, &key, &kv.value, server)?;
             return Ok(Some(id));
         }
         // None in the fleet: this device's, else register one (once for the fleet).
-        let local = match super::ctx::stored_account(ctx, server).map_err(|e| e.to_string())? {
-            Some(a) => a,
-            None => {
-                let lock = match crate::fleet::lock::acquire(
-                    &fleet.etcd,
-                    &format!("{}locks/.account", fleet.cfg.prefix),
-                    &fleet.cfg.device_id,
-                    30,
-                )? {
-                    Acquired::Held(l) => l,
-                    Acquired::Busy(_) => {
-                        std::thread::sleep(Duration::from_secs(1));
-                        continue;
-                    }
-                };
-                if fleet.etcd.get(&key)?.is_some() {
-                    continue;
-                }
-                match super::provision::client_for(ctx, server) {
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!("the fleet has no ACME account for {server} yet and none could be registered ({e}); the next sync tries again");
-                        return Ok(None);
-                    }
-                }
-                let Some(a) = super::ctx::stored_account(ctx, server).map_err(|e| e.to_string())?
-                else {
-                    return Ok(None);
-                };
-                // Published below while the lock is still held.
-                account_lock = Some(lock);
-                a
-            }
+        let (local, account_lock) = match local_account(ctx, fleet, server, &key)? {
+            LocalAccount::Ready(a, lock) => (a, lock),
+            LocalAccount::Retry => continue,
+            LocalAccount::NoneYet => return Ok(None),
         };
-        let carried = accounts::export(&ctx.cfg.letsencrypt_dir, server, &local.id)
-            .ok_or_else(|| format!("the ACME account {} cannot be read", local.id))?;
-        let sealed = fleet
-            .store
-            .fleet_key()
-            .seal(&key, 1, carried.key.to_string().as_bytes())
-            .map_err(|e| e.to_string())?;
-        let rec = AccountRecord {
-            schema: 1,
-            server: server.into(),
-            id: carried.id.clone(),
-            uri: carried.uri,
-            key: sealed,
-            terms_of_service: carried.terms_of_service,
-        };
-        let put = RequestOp::RequestPut(PutRequest {
-            key: key.as_bytes().to_vec(),
-            value: serde_json::to_vec(&rec).unwrap_or_default(),
-            lease: 0,
-        });
-        let t = TxnRequest {
-            compare: vec![Compare::created_at(&key, 0)],
-            success: vec![put],
-            failure: vec![],
-        };
-        let done = fleet.etcd.txn(&t)?.succeeded;
-        drop(account_lock.take());
+        let done = offer_account(ctx, fleet, server, &key, &local.id)?;
+        drop(account_lock);
         if done {
             ctx.progress(&format!(
                 "published the ACME account {} of {server} as the fleet's",
@@ -817,7 +883,96 @@ fn sync_account(ctx: &Ctx, fleet: &Fleet, server: &str) -> Result<Option<String>
             return Ok(Some(local.id));
         }
     }
-    Err(format!("the fleet's ACME account of {server} changed while it was read; try again").into())
+    Err(FleetError::AccountRaced(server.into()).into())
+}
+
+/// This device's account to offer the fleet, when the fleet has none.
+enum LocalAccount {
+    /// This one; registered now under the fleet's account lock (held until
+    /// it is published).
+    Ready(accounts::StoredAccount, Option<LineageLock>),
+    /// Another device holds the account lock, or published one meanwhile.
+    Retry,
+    /// None could be registered; the next sync tries again.
+    NoneYet,
+}
+
+/// This device's account of `server`, else one registered now (once for
+/// the fleet: under the fleet's account lock, the fleet's record `key`
+/// read again).
+fn local_account(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    server: &str,
+    key: &str,
+) -> Result<LocalAccount, SyncError> {
+    if let Some(a) = super::ctx::stored_account(ctx, server).map_err(device)? {
+        return Ok(LocalAccount::Ready(a, None));
+    }
+    let lock = match crate::fleet::lock::acquire(
+        &fleet.etcd,
+        &format!("{}locks/.account", fleet.cfg.prefix),
+        &fleet.cfg.device_id,
+        30,
+    )? {
+        Acquired::Held(l) => l,
+        Acquired::Busy(_) => {
+            std::thread::sleep(Duration::from_secs(1));
+            return Ok(LocalAccount::Retry);
+        }
+    };
+    if fleet.etcd.get(key)?.is_some() {
+        return Ok(LocalAccount::Retry);
+    }
+    match super::provision::client_for(ctx, server) {
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!("the fleet has no ACME account for {server} yet and none could be registered ({e}); the next sync tries again");
+            return Ok(LocalAccount::NoneYet);
+        }
+    }
+    let Some(a) = super::ctx::stored_account(ctx, server).map_err(device)? else {
+        return Ok(LocalAccount::NoneYet);
+    };
+    // Published by the caller while the lock is still held.
+    Ok(LocalAccount::Ready(a, Some(lock)))
+}
+
+/// Publish this device's account `id` of `server` as the fleet's, at `key`,
+/// if the fleet still has none: whether it was.
+fn offer_account(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    server: &str,
+    key: &str,
+    id: &str,
+) -> Result<bool, SyncError> {
+    let carried = accounts::export(&ctx.cfg.letsencrypt_dir, server, id)
+        .ok_or_else(|| FleetError::AccountUnreadable(id.into()))?;
+    let sealed = fleet
+        .store
+        .fleet_key()
+        .seal(key, 1, carried.key.to_string().as_bytes())
+        .map_err(FleetError::Seal)?;
+    let rec = AccountRecord {
+        schema: 1,
+        server: server.into(),
+        id: carried.id.clone(),
+        uri: carried.uri,
+        key: sealed,
+        terms_of_service: carried.terms_of_service,
+    };
+    let put = RequestOp::RequestPut(PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: serde_json::to_vec(&rec).unwrap_or_default(),
+        lease: 0,
+    });
+    let t = TxnRequest {
+        compare: vec![Compare::created_at(key, 0)],
+        success: vec![put],
+        failure: vec![],
+    };
+    Ok(fleet.etcd.txn(&t)?.succeeded)
 }
 
 /// Check and install the account record stored at `key`.
@@ -827,22 +982,20 @@ fn install_account(
     key: &str,
     value: &[u8],
     server: &str,
-) -> Result<String, String> {
-    let bad = |why: String| format!("fleet record {key}: {why}");
-    let rec: AccountRecord = serde_json::from_slice(value).map_err(|e| {
-        bad(format!(
-            "cannot be read: {:?} error at line {} column {}",
-            e.classify(),
-            e.line(),
-            e.column()
-        ))
-    })?;
+) -> Result<String, FleetError> {
+    let bad = |why: AccountRecordError| FleetError::AccountRecord { key: key.into(), why };
+    let rec: AccountRecord = serde_json::from_slice(value)
+        .map_err(|e| bad(AccountRecordError::Unreadable(e.classify(), e.line(), e.column())))?;
     if rec.schema != 1 || rec.server != server {
-        return Err(bad("another schema or another server than its key names".into()));
+        return Err(bad(AccountRecordError::Mismatch));
     }
-    let plain = fleet.store.fleet_key().open(key, 1, &rec.key).map_err(|e| bad(e.to_string()))?;
+    let plain = fleet
+        .store
+        .fleet_key()
+        .open(key, 1, &rec.key)
+        .map_err(|e| bad(AccountRecordError::Seal(e)))?;
     let jwk: serde_json::Value =
-        serde_json::from_slice(&plain).map_err(|_| bad("the sealed key is not a JWK".into()))?;
+        serde_json::from_slice(&plain).map_err(|_| bad(AccountRecordError::NotJwk))?;
     let carried = accounts::Carried {
         server: rec.server,
         id: rec.id.clone(),
@@ -851,8 +1004,8 @@ fn install_account(
         terms_of_service: rec.terms_of_service,
         hosts: vec![],
     };
-    let k = accounts::check_carried(&carried).map_err(|e| bad(e.to_string()))?;
-    if accounts::install(&ctx.cfg.letsencrypt_dir, &carried, &k).map_err(|e| e.to_string())? {
+    let k = accounts::check_carried(&carried).map_err(|e| bad(AccountRecordError::Key(e)))?;
+    if accounts::install(&ctx.cfg.letsencrypt_dir, &carried, &k).map_err(device)? {
         ctx.progress(&format!("installed the fleet's ACME account {} of {server}", rec.id));
     }
     remember_account(ctx, server, &rec.id);
@@ -879,18 +1032,22 @@ pub enum Exclusive {
 }
 
 /// Take `host`'s lineage lock, waiting up to [`LOCK_WAIT`] for a peer's.
-fn wait_lock(fleet: &Fleet, host: &Host) -> Result<LineageLock, String> {
+fn wait_lock(fleet: &Fleet, host: &Host) -> Result<LineageLock, FleetError> {
     let until = Instant::now() + LOCK_WAIT;
     let mut said = false;
     loop {
-        match fleet.store.lock(host).map_err(|e| format!("the fleet lock of {host}: {e}"))? {
+        match fleet
+            .store
+            .lock(host)
+            .map_err(|source| FleetError::LockUnknown { host: host.to_string(), source })?
+        {
             Acquired::Held(l) => return Ok(l),
             Acquired::Busy(holder) => {
                 let who = holder
                     .map(|h| format!("{} (pid {})", shown(&h.device), h.pid))
                     .unwrap_or_else(|| "another device".into());
                 if Instant::now() >= until {
-                    return Err(format!("{who} has held the fleet lock of {host} for longer than {} s; the next pass tries again", LOCK_WAIT.as_secs()));
+                    return Err(FleetError::LockBusy { who, host: host.to_string() });
                 }
                 if !said {
                     tracing::info!("{host}: {who} holds the fleet lock; waiting for it");
@@ -902,11 +1059,16 @@ fn wait_lock(fleet: &Fleet, host: &Host) -> Result<LineageLock, String> {
     }
 }
 
-fn lost(e: LockError) -> String {
+/// What a lost lineage lock is called.
+fn lost_text(e: &LockError) -> String {
     match e {
         LockError::Lost { .. } => e.to_string(),
         LockError::Etcd(e) => format!("fleet lock lost: etcd could not confirm it ({e})"),
     }
+}
+
+fn parse_host(host: &str) -> Result<Host, FleetError> {
+    Host::parse(host).map_err(|why| FleetError::Host { host: host.into(), why })
 }
 
 /// Order a certificate for `host` once for the whole fleet: under the
@@ -921,44 +1083,79 @@ pub fn order_exclusive(
     host: &str,
     local: Option<Cert>,
     sites: &[Site],
-    issue: impl FnOnce(Gate) -> Result<(Issued, RenewalParams), String>,
-) -> Result<Exclusive, String> {
-    let h = Host::parse(host).map_err(|e| format!("{host}: {e}"))?;
+    issue: impl FnOnce(Gate) -> Result<(Issued, RenewalParams), DeviceError>,
+) -> Result<Exclusive, FleetError> {
+    let h = parse_host(host)?;
     let lock = Arc::new(wait_lock(fleet, &h)?);
-    let (rec, seen) = match fleet.store.lineage(&h).map_err(|e| e.to_string())? {
+    let (rec, seen) = match fleet.store.lineage(&h)? {
         Some((r, m)) => (Some(r), m),
         None => (None, 0),
     };
     if let Some(r) = &rec {
-        // Newer means issued later (a shorter-lived renewal is still newer).
-        let issued =
-            crate::certs::parse_first_cert(r.fullchain.as_bytes()).map(|c| c.not_before).ok();
-        let newer = match (&local, issued) {
-            (_, None) => false,
-            (None, Some(_)) => true,
-            (Some(l), Some(i)) => crate::fleet::plan::newer(
-                &Cert { serial: r.serial.clone(), issued: i, not_after: r.not_after, usable: true },
-                l,
-            ),
-        };
-        let now = Utc::now();
-        if newer && r.not_after > now {
-            let open =
-                r.open(fleet.store.fleet_key(), fleet.store.prefix()).map_err(|e| e.to_string())?;
-            take(ctx, &open, sites)?;
-            ctx.progress(&format!(
-                "{host}: {} renewed it already; took the fleet's certificate",
-                r.renewed_by
-            ));
-            return Ok(Exclusive::PeerRenewed(r.not_after, r.renewed_by.clone()));
+        if let Some(done) = take_if_peer_renewed(ctx, fleet, host, r, local.as_ref(), sites)? {
+            return Ok(done);
         }
     }
-    lock.check().map_err(lost)?;
+    lock.check().map_err(FleetError::Lost)?;
     let l2 = lock.clone();
-    let gate = Gate(Arc::new(move || l2.check().map_err(lost)));
-    let (issued, params) = issue(gate)?;
+    let gate = Gate(Arc::new(move || l2.check().map_err(|e| lost_text(&e))));
+    let (issued, params) = issue(gate).map_err(FleetError::Order)?;
     crate::fault::point("fleet.issued");
-    lock.check().map_err(lost)?;
+    lock.check().map_err(FleetError::Lost)?;
+    let new = publish_issued(fleet, (host, &h), &lock, (rec.as_ref(), seen), &issued, &params)?;
+    crate::fault::point("fleet.published");
+    let v = NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)?;
+    ctx.store.add_version(host, &v, &params)?;
+    mark_fleet_managed(ctx, host);
+    drop(lock);
+    Ok(Exclusive::Issued(new.not_after))
+}
+
+/// The fleet's record `r` of `host`, re-read under the lock: a peer's
+/// certificate newer than `local` and not expired is taken instead of an
+/// order.
+fn take_if_peer_renewed(
+    ctx: &Ctx,
+    fleet: &Fleet,
+    host: &str,
+    r: &LineageRecord,
+    local: Option<&Cert>,
+    sites: &[Site],
+) -> Result<Option<Exclusive>, FleetError> {
+    // Newer means issued later (a shorter-lived renewal is still newer).
+    let issued = crate::certs::parse_first_cert(r.fullchain.as_bytes()).map(|c| c.not_before).ok();
+    let newer = match (local, issued) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(l), Some(i)) => crate::fleet::plan::newer(
+            &Cert { serial: r.serial.clone(), issued: i, not_after: r.not_after, usable: true },
+            l,
+        ),
+    };
+    let now = Utc::now();
+    if !(newer && r.not_after > now) {
+        return Ok(None);
+    }
+    let open = r.open(fleet.store.fleet_key(), fleet.store.prefix())?;
+    take(ctx, &open, sites)?;
+    ctx.progress(&format!(
+        "{host}: {} renewed it already; took the fleet's certificate",
+        r.renewed_by
+    ));
+    Ok(Some(Exclusive::PeerRenewed(r.not_after, r.renewed_by.clone())))
+}
+
+/// Publish the certificate just issued as the next version of the fleet's
+/// record (`prev`: the record read under the lock and its mod revision),
+/// fenced by the lock (`host` as the caller spelled it, `h` parsed).
+fn publish_issued(
+    fleet: &Fleet,
+    (host, h): (&str, &Host),
+    lock: &LineageLock,
+    (prev, seen): (Option<&LineageRecord>, i64),
+    issued: &Issued,
+    params: &RenewalParams,
+) -> Result<LineageRecord, FleetError> {
     let meta = Meta {
         server: params.server.clone(),
         account: params.account.clone(),
@@ -967,36 +1164,33 @@ pub fn order_exclusive(
         device: fleet.cfg.device_id.clone(),
         now: Utc::now(),
     };
-    let version = rec.as_ref().map(|r| r.version + 1).unwrap_or(1);
+    let version = prev.map(|r| r.version + 1).unwrap_or(1);
     let new = LineageRecord::seal(
         fleet.store.fleet_key(),
         fleet.store.prefix(),
-        &h,
+        h,
         version,
         &issued.key_pem,
         &issued.fullchain_pem,
         meta,
-    )
-    .map_err(|e| e.to_string())?;
-    match fleet.store.publish(&lock, &new, seen) {
-        Ok(true) => {}
+    )?;
+    match fleet.store.publish(lock, &new, seen) {
+        Ok(true) => Ok(new),
         // A retried txn whose first attempt was applied fails its compare:
         // the record holding this very certificate is success.
-        Ok(false) if fleet.store.lineage(&h).ok().flatten().is_some_and(|(r, _)| r.serial == new.serial) => {}
-        Ok(false) => {
-            return Err(format!(
-                "{host}: the fleet's record changed while the lock was held (a push from an isolated device); the certificate just issued is not used, the next sync takes the fleet's"
-            ))
+        Ok(false)
+            if fleet
+                .store
+                .lineage(h)
+                .ok()
+                .flatten()
+                .is_some_and(|(r, _)| r.serial == new.serial) =>
+        {
+            Ok(new)
         }
-        Err(e) => return Err(lost(e)),
+        Ok(false) => Err(FleetError::RecordChanged(host.into())),
+        Err(e) => Err(FleetError::Lost(e)),
     }
-    crate::fault::point("fleet.published");
-    let v = NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)
-        .map_err(|e| e.to_string())?;
-    ctx.store.add_version(host, &v, &params).map_err(|e| e.to_string())?;
-    mark_fleet_managed(ctx, host);
-    drop(lock);
-    Ok(Exclusive::Issued(new.not_after))
 }
 
 // ---------------------------------------------------------------- status

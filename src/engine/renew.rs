@@ -892,8 +892,9 @@ fn renew_one(
     if let Some(f) = fleet {
         let local = super::fleet::local_cert(ctx, &job.host);
         let r = super::fleet::order_exclusive(ctx, f, &job.host, local, sites, |gate| {
-            order(Some(gate))
-        })?;
+            Ok(order(Some(gate))?)
+        })
+        .map_err(|e| e.to_string())?;
         return Ok(match r {
             super::fleet::Exclusive::Issued(na) => {
                 Done { not_after: na, replaced: job.replaces.clone(), peer: None }

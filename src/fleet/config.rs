@@ -73,13 +73,64 @@ pub fn parse(
     root: &Path,
     hostname: &str,
 ) -> Result<FleetConfig, FleetConfigError> {
-    let raw: RawFleet = serde_json::from_value(value.clone()).map_err(|e| {
-        // serde's message may quote a value (a password-like string): keep
-        // only the field it names, if any.
-        let msg = e.to_string();
-        let field = msg.split('`').nth(1).filter(|f| f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')).map(|f| format!(" (`{f}`)")).unwrap_or_default();
-        bad("*", format!("not a fleet object: an unknown or missing key, or a value of the wrong type{field}"))
-    })?;
+    let raw: RawFleet = serde_json::from_value(value.clone()).map_err(not_a_fleet_object)?;
+    check_endpoints(&raw)?;
+    let cert = client_cert(&raw, root)?;
+    if raw.endpoints.iter().any(|e| e.starts_with("https://"))
+        && (raw.ca.is_none() || cert.is_none())
+    {
+        return Err(bad(
+            if raw.ca.is_none() { "ca" } else { "cert" },
+            "missing: https endpoints need etcd's CA and this device's client certificate and key",
+        ));
+    }
+    let device_id = device_id(raw.device_id, hostname)?;
+    let prefix = prefix(raw.prefix)?;
+    let auth = match (raw.user, raw.password_file) {
+        (u, Some(p)) => Some((u.unwrap_or_else(|| device_id.clone()), under(root, &p))),
+        (Some(_), None) => {
+            return Err(bad("password_file", "missing: fleet.user needs its password file"))
+        }
+        (None, None) => None,
+    };
+    if let Some(d) = raw.isolated_renew_below {
+        if d == 0 || d > 60 {
+            return Err(bad("isolated_renew_below", "a number of days from 1 to 60"));
+        }
+    }
+    Ok(FleetConfig {
+        endpoints: raw.endpoints,
+        ca: raw.ca.map(|c| under(root, &c)),
+        cert,
+        auth,
+        device_id,
+        prefix,
+        secret_file: under(root, &raw.secret_file),
+        isolated_renew_below: raw.isolated_renew_below,
+    })
+}
+
+/// serde's message may quote a value (a password-like string): keep only
+/// the field it names, if any.
+fn not_a_fleet_object(e: serde_json::Error) -> FleetConfigError {
+    let msg = e.to_string();
+    let field = msg
+        .split('`')
+        .nth(1)
+        .filter(|f| f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .map(|f| format!(" (`{f}`)"))
+        .unwrap_or_default();
+    bad(
+        "*",
+        format!(
+            "not a fleet object: an unknown or missing key, or a value of the wrong type{field}"
+        ),
+    )
+}
+
+/// `endpoints`: at least one, each a bare http(s) URL; http only for a
+/// loopback trial without TLS.
+fn check_endpoints(raw: &RawFleet) -> Result<(), FleetConfigError> {
     if raw.endpoints.is_empty() {
         return Err(bad("endpoints", "lists no etcd client URL"));
     }
@@ -112,21 +163,25 @@ pub fn parse(
             _ => return Err(bad("endpoints", format!("entry {}: not an http(s) URL", i + 1))),
         }
     }
-    let cert = match (&raw.cert, &raw.key) {
-        (Some(c), Some(k)) => Some((under(root, c), under(root, k))),
-        (None, None) => None,
-        (Some(_), None) => return Err(bad("key", "missing: fleet.cert needs its key")),
-        (None, Some(_)) => return Err(bad("cert", "missing: fleet.key needs its certificate")),
-    };
-    if raw.endpoints.iter().any(|e| e.starts_with("https://"))
-        && (raw.ca.is_none() || cert.is_none())
-    {
-        return Err(bad(
-            if raw.ca.is_none() { "ca" } else { "cert" },
-            "missing: https endpoints need etcd's CA and this device's client certificate and key",
-        ));
+    Ok(())
+}
+
+/// `cert` and `key`: both or neither, resolved under the root.
+fn client_cert(
+    raw: &RawFleet,
+    root: &Path,
+) -> Result<Option<(PathBuf, PathBuf)>, FleetConfigError> {
+    match (&raw.cert, &raw.key) {
+        (Some(c), Some(k)) => Ok(Some((under(root, c), under(root, k)))),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(bad("key", "missing: fleet.cert needs its key")),
+        (None, Some(_)) => Err(bad("cert", "missing: fleet.key needs its certificate")),
     }
-    let device_id = raw.device_id.unwrap_or_else(|| hostname.to_string());
+}
+
+/// `device_id`: the host name by default.
+fn device_id(raw: Option<String>, hostname: &str) -> Result<String, FleetConfigError> {
+    let device_id = raw.unwrap_or_else(|| hostname.to_string());
     if device_id.is_empty()
         || device_id.len() > 64
         || !device_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
@@ -136,7 +191,12 @@ pub fn parse(
             "1 to 64 letters, digits, '-', '_' or '.' (the host name by default)",
         ));
     }
-    let prefix = raw.prefix.unwrap_or_else(|| DEFAULT_PREFIX.into());
+    Ok(device_id)
+}
+
+/// `prefix`: [`DEFAULT_PREFIX`] by default.
+fn prefix(raw: Option<String>) -> Result<String, FleetConfigError> {
+    let prefix = raw.unwrap_or_else(|| DEFAULT_PREFIX.into());
     if !prefix.starts_with('/')
         || !prefix.ends_with('/')
         || prefix.len() > 200
@@ -147,28 +207,7 @@ pub fn parse(
             "a key prefix such as /site-admin/v1/ (starting and ending with '/')",
         ));
     }
-    let auth = match (raw.user, raw.password_file) {
-        (u, Some(p)) => Some((u.unwrap_or_else(|| device_id.clone()), under(root, &p))),
-        (Some(_), None) => {
-            return Err(bad("password_file", "missing: fleet.user needs its password file"))
-        }
-        (None, None) => None,
-    };
-    if let Some(d) = raw.isolated_renew_below {
-        if d == 0 || d > 60 {
-            return Err(bad("isolated_renew_below", "a number of days from 1 to 60"));
-        }
-    }
-    Ok(FleetConfig {
-        endpoints: raw.endpoints,
-        ca: raw.ca.map(|c| under(root, &c)),
-        cert,
-        auth,
-        device_id,
-        prefix,
-        secret_file: under(root, &raw.secret_file),
-        isolated_renew_below: raw.isolated_renew_below,
-    })
+    Ok(prefix)
 }
 
 #[cfg(test)]
@@ -176,8 +215,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn p(v: serde_json::Value) -> Result<FleetConfig, String> {
-        parse(&v, Path::new("/r"), "box1").map_err(|e| e.to_string())
+    fn p(v: serde_json::Value) -> Result<FleetConfig, FleetConfigError> {
+        parse(&v, Path::new("/r"), "box1")
+    }
+    /// The message of the error `v` is refused with.
+    fn err(v: serde_json::Value) -> String {
+        p(v).unwrap_err().to_string()
     }
 
     #[test]
@@ -197,34 +240,34 @@ mod tests {
         let base = || json!({"endpoints": ["https://e1:2379"], "ca": "ca.pem", "cert": "c", "key": "k", "secret_file": "s"});
         let mut v = base();
         v.as_object_mut().unwrap().remove("key");
-        assert!(p(v).unwrap_err().starts_with("fleet.key:"));
+        assert!(err(v).starts_with("fleet.key:"));
         let mut v = base();
         v.as_object_mut().unwrap().remove("ca");
-        assert!(p(v).unwrap_err().starts_with("fleet.ca:"));
+        assert!(err(v).starts_with("fleet.ca:"));
         let mut v = base();
         v["endpoints"] = json!(["http://10.0.0.1:2379"]);
-        assert!(p(v).unwrap_err().contains("loopback"));
+        assert!(err(v).contains("loopback"));
         let mut v = base();
         v["endpoints"] = json!([]);
-        assert!(p(v).unwrap_err().starts_with("fleet.endpoints:"));
+        assert!(err(v).starts_with("fleet.endpoints:"));
         let mut v = base();
         v["device_id"] = json!("a/b\n");
-        assert!(p(v).unwrap_err().starts_with("fleet.device_id:"));
+        assert!(err(v).starts_with("fleet.device_id:"));
         let mut v = base();
         v["prefix"] = json!("no-slash");
-        assert!(p(v).unwrap_err().starts_with("fleet.prefix:"));
+        assert!(err(v).starts_with("fleet.prefix:"));
         let mut v = base();
         v["isolated_renew_below"] = json!(0);
-        assert!(p(v).unwrap_err().starts_with("fleet.isolated_renew_below:"));
+        assert!(err(v).starts_with("fleet.isolated_renew_below:"));
         let mut v = base();
         v["user"] = json!("dev");
-        assert!(p(v).unwrap_err().starts_with("fleet.password_file:"));
+        assert!(err(v).starts_with("fleet.password_file:"));
         let mut v = base();
         v["sekret"] = json!("hunter2");
-        let e = p(v).unwrap_err();
+        let e = err(v);
         assert!(e.contains("sekret") && !e.contains("hunter2"), "{e}");
         let mut v = base();
         v["secret_file"] = json!(["hunter2"]);
-        assert!(!p(v).unwrap_err().contains("hunter2"));
+        assert!(!err(v).contains("hunter2"));
     }
 }
