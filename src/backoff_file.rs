@@ -3,8 +3,7 @@
 //! itself is [`crate::backoff`] (pure); this is its I/O.
 
 use crate::backoff::{fingerprint, State};
-use crate::error::{Error, Result};
-use crate::fsutil;
+use crate::fsutil::{self, IoError};
 use std::path::{Path, PathBuf};
 
 /// A fingerprint of the configuration an issuance depends on: the ACME
@@ -32,6 +31,16 @@ pub fn config_fingerprint(cfg: &crate::config::Config) -> String {
     fingerprint(&parts)
 }
 
+/// Why the back-off state could not be saved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackoffFileError {
+    #[error("{0}")]
+    Encode(serde_json::Error),
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
 pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join("backoff.json")
 }
@@ -49,10 +58,10 @@ pub fn load(state_dir: &Path) -> State {
     }
 }
 
-pub fn save(state_dir: &Path, s: &State) -> Result<()> {
+pub fn save(state_dir: &Path, s: &State) -> Result<(), BackoffFileError> {
     fsutil::create_dir_all_mode(state_dir, 0o755)?;
-    let data = serde_json::to_vec_pretty(s).map_err(|e| Error::failed(e.to_string()))?;
-    fsutil::atomic_write(&path(state_dir), &data, 0o600)
+    let data = serde_json::to_vec_pretty(s).map_err(BackoffFileError::Encode)?;
+    Ok(fsutil::atomic_write(&path(state_dir), &data, 0o600)?)
 }
 
 #[cfg(test)]

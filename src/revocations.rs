@@ -6,8 +6,7 @@
 //! serial; each record carries the certificate itself (public), so a version
 //! that left the archive or the stash stays revocable.
 
-use crate::error::{Error, Result};
-use crate::fsutil;
+use crate::fsutil::{self, IoError};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -76,24 +75,35 @@ pub fn normalize_serial(s: &str) -> Option<String> {
 
 /// Read the state; a missing file is an empty state. A damaged one is an
 /// error naming the file: an obligation is never silently dropped.
+/// What can go wrong with the owed revocations' file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RevocationsError {
+    /// The file cannot be read: an obligation is never silently dropped.
+    #[error("the owed revocations in {} cannot be read ({source}); fix or move it aside", path.display())]
+    Damaged { path: PathBuf, source: serde_json::Error },
+    #[error("{0}")]
+    Encode(serde_json::Error),
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+type Result<T, E = RevocationsError> = std::result::Result<T, E>;
+
 pub fn load(state_dir: &Path) -> Result<State> {
     let p = path(state_dir);
     match std::fs::read(&p) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-            Error::failed(format!(
-                "the owed revocations in {} cannot be read ({e}); fix or move it aside",
-                p.display()
-            ))
-        }),
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|source| RevocationsError::Damaged { path: p, source }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-        Err(e) => Err(Error::failed(format!("reading {}: {e}", p.display()))),
+        Err(source) => Err(IoError { what: "reading", path: p, source }.into()),
     }
 }
 
 pub fn save(state_dir: &Path, s: &State) -> Result<()> {
     fsutil::create_dir_all_mode(state_dir, 0o755)?;
-    let data = serde_json::to_vec_pretty(s).map_err(|e| Error::failed(e.to_string()))?;
-    fsutil::atomic_write(&path(state_dir), &data, 0o600)
+    let data = serde_json::to_vec_pretty(s).map_err(RevocationsError::Encode)?;
+    Ok(fsutil::atomic_write(&path(state_dir), &data, 0o600)?)
 }
 
 #[cfg(test)]

@@ -442,7 +442,8 @@ fn answer_for_fleet_account(ctx: &Ctx, rec: &Recovered) -> Result<(), String> {
     }
     let mut txn = apache::Transaction::begin(&ctx.cfg, rec).map_err(|e| e.to_string())?;
     txn.write(&file, text.as_bytes(), 0o644).map_err(|e| e.to_string())?;
-    txn.commit(false, &|m| ctx.progress(m), &|_| Ok(())).map_err(|e| e.to_string())
+    txn.commit(false, &|m| ctx.progress(m), &|_| Ok::<(), apache::ApacheError>(()))
+        .map_err(|e| e.to_string())
 }
 
 /// Say again what this device serves, after a command changed it (a
@@ -953,7 +954,7 @@ pub fn order_exclusive(
     }
     lock.check().map_err(lost)?;
     let l2 = lock.clone();
-    let gate = Gate(Arc::new(move || l2.check().map_err(lost)));
+    let gate = Gate::new(move || l2.check().map_err(lost));
     let (issued, params) = issue(gate)?;
     crate::fault::point("fleet.issued");
     lock.check().map_err(lost)?;

@@ -156,7 +156,7 @@ fn register(ctx: &Ctx, server: &str) -> Result<(AcmeClient, String)> {
 fn register_with(ctx: &Ctx, server: &str, c: &AcmeClient) -> Result<String> {
     ctx.progress(&format!("registering an ACME account with {server}"));
     let uri = c.ensure_account(ctx.cfg.contact_email.as_deref())?;
-    accounts::save(&ctx.cfg.letsencrypt_dir, server, c.key(), &uri, c.terms_of_service())
+    Ok(accounts::save(&ctx.cfg.letsencrypt_dir, server, c.key(), &uri, c.terms_of_service())?)
 }
 
 /// The account a new lineage's conf names: the one stored for the

@@ -743,7 +743,7 @@ fn retire_owed(ctx: &Ctx, rec: &Recovered, sites: &[Site], owed: &revocations::S
         ));
         let done = match sites.iter().find(|s| s.hostname.as_str() == o.host) {
             Some(s) => super::revoke::retire(ctx, rec, s, &o.host),
-            None => ctx.store.retire_live(&o.host),
+            None => ctx.store.retire_live(&o.host).map_err(Error::from),
         };
         if let Err(e) = done {
             tracing::error!("{}: taking serial {} out of service failed: {e}", o.host, o.serial);

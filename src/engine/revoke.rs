@@ -213,7 +213,7 @@ pub(super) fn settle(ctx: &Ctx, owed: &mut revocations::State, t: &Owed, r: &Sen
         }
         Err(e) => owed.failed(&t.serial, &e.to_string()),
     }
-    revocations::save(&ctx.cfg.state_dir(), owed)
+    Ok(revocations::save(&ctx.cfg.state_dir(), owed)?)
 }
 
 /// A new owed record for the certificate `pem` of `host`, with the server
@@ -275,9 +275,11 @@ pub(super) fn retire(ctx: &Ctx, rec: &Recovered, site: &Site, host: &str) -> Res
     let mut txn = apache::Transaction::begin(&ctx.cfg, rec)?;
     let conf_text = apache::render(&ctx.cfg, &site.siteid, host, &VhostTls::None);
     txn.write(&ctx.cfg.vhost_file(&site.siteid), conf_text.as_bytes(), 0o644)?;
-    txn.commit(false, &|m| ctx.progress(&format!("site {}: {m}", site.siteid)), &|_| Ok(()))?;
+    txn.commit(false, &|m| ctx.progress(&format!("site {}: {m}", site.siteid)), &|_| {
+        Ok::<(), Error>(())
+    })?;
     crate::fault::point("revoke.http_before_retire");
-    ctx.store.retire_live(host)
+    Ok(ctx.store.retire_live(host)?)
 }
 
 /// Send one owed revocation with the account its lineage renewed with when
