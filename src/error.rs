@@ -1,6 +1,6 @@
 //! The error a command ends with, and the one place its exit kind is chosen.
 //!
-//! The design (docs/design.md, "Errors"):
+//! The design (docs/design.md, after the exit codes):
 //! - Each layer below the commands has its own typed error and knows nothing
 //!   of exit codes: [`crate::fsutil::IoError`] (an I/O error with its verb and
 //!   path), [`crate::lock::LockError`], [`crate::config::ConfigError`],
