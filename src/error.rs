@@ -145,3 +145,53 @@ impl Error {
         Error::Context { context: ctx.to_string(), source: Box::new(self) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn the_kind_is_chosen_from_the_layer_error_and_kept_through_context() {
+        let io = || IoError {
+            what: "writing",
+            path: PathBuf::from("/x"),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        let held = LockError::Held { file: "/l".into(), holder: "pid 1".into(), secs: 2 };
+        let cases: Vec<(Error, ExitKind)> = vec![
+            (held.into(), ExitKind::Lock),
+            (LockError::CertbotHolds { file: "/c".into(), secs: 2 }.into(), ExitKind::Lock),
+            (LockError::SharedDir { dir: "/tmp".into() }.into(), ExitKind::Invalid),
+            (LockError::Io(io()).into(), ExitKind::Failed),
+            (ConfigError::NoRoot("/r".into()).into(), ExitKind::Invalid),
+            (ConfigError::CurrentDir(std::io::ErrorKind::NotFound.into()).into(), ExitKind::Failed),
+            (
+                AccountsError::Server {
+                    server: "ftp://x".into(),
+                    why: crate::store::accounts::ServerUrlError::NotHttp,
+                }
+                .into(),
+                ExitKind::Invalid,
+            ),
+            (AccountsError::Io(io()).into(), ExitKind::Failed),
+            (io().into(), ExitKind::Failed),
+            (StoreError::Io(io()).into(), ExitKind::Failed),
+            (Error::invalid("bad"), ExitKind::Invalid),
+            (Error::failed("no"), ExitKind::Failed),
+        ];
+        for (e, kind) in cases {
+            let msg = e.to_string();
+            assert_eq!(e.kind(), kind, "{msg}");
+            let e = e.context("backup /b site #2");
+            assert_eq!(e.kind(), kind, "context keeps the kind: {msg}");
+            assert_eq!(e.to_string(), format!("backup /b site #2: {msg}"));
+        }
+        assert_eq!(
+            [ExitKind::Failed, ExitKind::Invalid, ExitKind::Lock].map(|k| (k.code(), k.name())),
+            [(1, "failed"), (2, "invalid"), (3, "lock")]
+        );
+        let e: Error = io().into();
+        assert_eq!(e.to_string(), "writing /x: permission denied");
+    }
+}
