@@ -8,9 +8,8 @@
 //! configuration survives any interruption (docs/design.md, invariant 5).
 
 use crate::config::Config;
-use crate::error::{Error, Result};
-use crate::fsutil;
-use crate::journal::{self, Completion, Index, Previous, Saved};
+use crate::fsutil::{self, IoError};
+use crate::journal::{self, Completion, Index, JournalError, Previous, Saved};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -165,7 +164,7 @@ pub fn repair_default(
 ) -> std::result::Result<(), ApacheError> {
     let mut txn = Transaction::begin(cfg, rec)?;
     txn.sync_default()?;
-    txn.commit(false, progress, &|_| Ok(()))
+    txn.commit(false, progress, &|_| Ok::<(), ApacheError>(()))
 }
 
 /// The server-wide file (in `apache.sites_dir`, so Apache includes it) with
@@ -202,36 +201,66 @@ pub fn render_acme_conf(thumbprint: &str) -> String {
 /// What can go wrong with a change to Apache's configuration. The command
 /// decides what it means for its exit code (all are failures today).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ApacheError {
     /// `configtest` refused the new configuration; the previous one is back.
     #[error("Apache refused the new configuration, so the previous one was put back: {said}")]
-    Refused { said: String },
+    Refused { said: RunError },
     /// `configtest` fails without our change too (another file is broken).
     #[error("Apache's configuration fails its test even without this change (another file is broken), so nothing was changed: {said}")]
-    AlreadyBroken { said: String },
+    AlreadyBroken { said: RunError },
     /// The reload made Apache exit (or failed); the previous configuration is back.
     #[error("Apache could not load the new configuration ({said}); the previous configuration was put back and {}", match .back { Ok(()) => "Apache serves it again".to_string(), Err(e) => format!("Apache could not be brought back: {e}") })]
-    ReloadFailed { said: String, back: std::result::Result<(), String> },
+    ReloadFailed { said: ReloadError, back: Result<(), ReloadError> },
     /// Reloading for a certificate that changed under an unchanged vhost failed.
     #[error("reloading Apache for the new certificate: {said}")]
-    Reload { said: String },
+    Reload { said: ReloadError },
     #[error(transparent)]
-    Fs(#[from] Error),
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
-impl From<ApacheError> for Error {
-    fn from(e: ApacheError) -> Error {
-        match e {
-            ApacheError::Fs(e) => e,
-            other => Error::Failed(other.to_string()),
-        }
-    }
+/// Why a command of `apache.*` (or any argv) did not succeed; the message
+/// carries what it printed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    #[error("empty command")]
+    Empty,
+    #[error("`{argv}` exited with {status}: {said}")]
+    Exited { argv: String, status: std::process::ExitStatus, said: String },
+    #[error("cannot run `{argv}`: {source}")]
+    Spawn { argv: String, source: std::io::Error },
 }
+
+/// Why a reload (or a restart) did not leave Apache serving what was written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("signalling Apache (pid file {}): {source}", pid_file.display())]
+    Signal { pid_file: PathBuf, source: rustix::io::Errno },
+    /// Apache, serving before, stopped serving after the reload.
+    #[error("Apache stopped serving on {0} after the reload (see its error log)")]
+    Stopped(std::net::SocketAddr),
+    /// The proofs did not all hold within the deadline; `what` names each host.
+    #[error("Apache did not serve the new configuration within {} s after the reload: {what} (asked on {address})", RELOAD_DEADLINE.as_secs())]
+    NotServed { what: String, address: std::net::IpAddr },
+    /// `apache.start` ran, yet nothing serves.
+    #[error("`{start}` ran, but Apache does not serve on port {port}")]
+    NotUp { start: String, port: u16 },
+}
+
+type Result<T, E = ApacheError> = std::result::Result<T, E>;
 
 /// What finishes an operation after Apache accepted its configuration
 /// (stash the old certificate, store the Site JSON, ...): the engine runs the
-/// journaled [`Completion`]; after a crash it runs it again.
-pub type Complete<'c> = &'c dyn Fn(&Completion) -> Result<()>;
+/// journaled [`Completion`]; after a crash it runs it again. Its error is the
+/// caller's own (`E`), passed through as it is; a transaction that takes one
+/// ends with that error type, into which its own [`ApacheError`]s convert.
+pub type Complete<'c, E> = &'c dyn Fn(&Completion) -> Result<(), E>;
 
 /// Proof that a crash's leftover transaction has been dealt with: only
 /// [`recover`] makes one, and [`Transaction::begin`] needs one.
@@ -258,7 +287,7 @@ impl<'a> Transaction<'a> {
     }
 
     fn write_index(&self) -> Result<()> {
-        journal::write(self.cfg, &self.index)
+        Ok(journal::write(self.cfg, &self.index)?)
     }
 
     /// What to run once `configtest` has passed (journaled with the files).
@@ -281,8 +310,8 @@ impl<'a> Transaction<'a> {
     /// Give the transaction up undecided (the operation failed on its way):
     /// every file put back, Apache reloaded if it had loaded an interim
     /// step, the rollback run, the journal dropped.
-    pub fn abort(self, complete: Complete) -> Result<()> {
-        journal::restore(&self.index.saved)?;
+    pub fn abort<E: From<ApacheError>>(self, complete: Complete<E>) -> Result<(), E> {
+        journal::restore(&self.index.saved).map_err(ApacheError::from)?;
         if self.index.interim {
             if let Err(e) = reload(self.cfg) {
                 tracing::warn!("reloading Apache on the previous configuration: {e}");
@@ -291,7 +320,7 @@ impl<'a> Transaction<'a> {
         if let Some(c) = &self.index.rollback {
             complete(c)?;
         }
-        journal::finish(self.cfg)
+        Ok(journal::finish(self.cfg).map_err(ApacheError::from)?)
     }
 
     fn save(&mut self, path: &Path) -> Result<()> {
@@ -377,7 +406,7 @@ impl<'a> Transaction<'a> {
         self.sync_default()?;
         progress("checking the Apache configuration");
         if let Err(said) = run_argv(&self.cfg.apache.configtest) {
-            return Err(self.refused(said, None));
+            return Err(self.refused::<ApacheError>(said, None));
         }
         self.index.interim = true;
         self.write_index()?;
@@ -397,9 +426,9 @@ impl<'a> Transaction<'a> {
     /// `configtest` refused the files: put every file back (reloading Apache
     /// if it had loaded an interim step), run the rollback completion, and
     /// say whose fault it is.
-    fn refused(self, said: String, complete: Option<Complete>) -> ApacheError {
+    fn refused<E: From<ApacheError>>(self, said: RunError, complete: Option<Complete<E>>) -> E {
         if let Err(e) = journal::restore(&self.index.saved) {
-            return e.into();
+            return ApacheError::from(e).into();
         }
         // Reload before the journal goes: a crash in between rolls back again.
         if self.index.interim {
@@ -409,17 +438,18 @@ impl<'a> Transaction<'a> {
         }
         if let (Some(c), Some(complete)) = (&self.index.rollback, complete) {
             if let Err(e) = complete(c) {
-                return e.into();
+                return e;
             }
         }
         if let Err(e) = journal::finish(self.cfg) {
-            return e.into();
+            return ApacheError::from(e).into();
         }
         // Whose fault? Test again without our change.
         match run_argv(&self.cfg.apache.configtest) {
             Ok(()) => ApacheError::Refused { said },
             Err(_) => ApacheError::AlreadyBroken { said },
         }
+        .into()
     }
 
     /// Add what shows that Apache serves this transaction's files once it
@@ -433,12 +463,12 @@ impl<'a> Transaction<'a> {
     /// it still serves), run the completion, and drop the journal. With
     /// `reload_anyway`, Apache is reloaded even when no file of the
     /// transaction changed (a certificate a vhost points at changed under it).
-    pub fn commit(
+    pub fn commit<E: From<ApacheError>>(
         mut self,
         reload_anyway: bool,
         progress: &dyn Fn(&str),
-        complete: Complete,
-    ) -> Result<(), ApacheError> {
+        complete: Complete<E>,
+    ) -> Result<(), E> {
         if self.index.saved.is_empty() {
             if reload_anyway {
                 progress("reloading Apache for the new certificate");
@@ -448,7 +478,7 @@ impl<'a> Transaction<'a> {
             if let Some(c) = &self.index.completion {
                 complete(c)?;
             }
-            return Ok(journal::finish(self.cfg)?);
+            return Ok(journal::finish(self.cfg).map_err(ApacheError::from)?);
         }
         self.sync_default()?;
         crate::fault::point("apache.before_configtest");
@@ -467,19 +497,19 @@ impl<'a> Transaction<'a> {
             // back and bring Apache up on it, so the other sites keep serving.
             self.index.decided = false;
             self.write_index()?;
-            journal::restore(&self.index.saved)?;
+            journal::restore(&self.index.saved).map_err(ApacheError::from)?;
             if let Some(c) = &self.index.rollback {
                 complete(c)?;
             }
-            journal::finish(self.cfg)?;
-            return Err(ApacheError::ReloadFailed { said, back: restart(self.cfg) });
+            journal::finish(self.cfg).map_err(ApacheError::from)?;
+            return Err(ApacheError::ReloadFailed { said, back: restart(self.cfg) }.into());
         }
         crate::fault::point("apache.reloaded");
         if let Some(c) = &self.index.completion {
             complete(c)?;
         }
         crate::fault::point("apache.completed");
-        Ok(journal::finish(self.cfg)?)
+        Ok(journal::finish(self.cfg).map_err(ApacheError::from)?)
     }
 }
 
@@ -583,7 +613,7 @@ fn probe_served(cfg: &Config, host: &str, probe: &ProbeFile) -> bool {
 /// before, stopped serving after it. An Apache that was not running is not
 /// an error (the configuration is valid and is read when Apache starts).
 /// Nothing proves the new configuration is served: see [`reload_proven`].
-pub fn reload(cfg: &Config) -> std::result::Result<(), String> {
+pub fn reload(cfg: &Config) -> Result<(), ReloadError> {
     reload_proven(cfg, &[])
 }
 
@@ -593,7 +623,7 @@ pub fn reload(cfg: &Config) -> std::result::Result<(), String> {
 /// is an error, and so is a proof that does not hold within
 /// [`RELOAD_DEADLINE`] (naming the host). With no proof, Apache is watched
 /// through a short settle window instead.
-pub fn reload_proven(cfg: &Config, proofs: &[Proof]) -> std::result::Result<(), String> {
+pub fn reload_proven(cfg: &Config, proofs: &[Proof]) -> Result<(), ReloadError> {
     let where_ = std::net::SocketAddr::new(cfg.apache.address, cfg.apache.http_port);
     let was_serving = serving(cfg);
     if !was_serving {
@@ -610,20 +640,16 @@ pub fn reload_proven(cfg: &Config, proofs: &[Proof]) -> std::result::Result<(), 
     }
     res?;
     tracing::debug!("step: reload command returned");
-    let stopped =
-        || format!("Apache stopped serving on {where_} after the reload (see its error log)");
+    let stopped = || ReloadError::Stopped(where_);
     if proofs.is_empty() {
         return if still_serving_after_settle(cfg) { Ok(()) } else { Err(stopped()) };
     }
     match await_proofs(cfg, proofs, &probes) {
         Ok(()) => Ok(()),
         Err(Unproven::Stopped) => Err(stopped()),
-        Err(Unproven::Late(what)) => Err(format!(
-            "Apache did not serve the new configuration within {} s after the reload: {} (asked on {})",
-            RELOAD_DEADLINE.as_secs(),
-            what.join("; "),
-            cfg.apache.address
-        )),
+        Err(Unproven::Late(what)) => {
+            Err(ReloadError::NotServed { what: what.join("; "), address: cfg.apache.address })
+        }
     }
 }
 
@@ -760,7 +786,7 @@ fn late(proof: &Proof, last_seen: &Option<String>) -> String {
 /// `apache.pid_file` when that is a running apache2/httpd (what `apachectl
 /// graceful` does once it has parsed the configuration again, which
 /// `configtest` just did), else run `apache.reload`.
-fn ask_reload(cfg: &Config) -> std::result::Result<(), String> {
+fn ask_reload(cfg: &Config) -> Result<(), ReloadError> {
     if let Some(pf) = &cfg.apache.pid_file {
         match apache_parent(pf) {
             Some(pid) => {
@@ -769,14 +795,14 @@ fn ask_reload(cfg: &Config) -> std::result::Result<(), String> {
                     "signalling Apache's parent (SIGUSR1, graceful)"
                 );
                 return rustix::process::kill_process(pid, rustix::process::Signal::USR1)
-                    .map_err(|e| format!("signalling Apache (pid file {}): {e}", pf.display()));
+                    .map_err(|source| ReloadError::Signal { pid_file: pf.clone(), source });
             }
             None => {
                 tracing::debug!("{} names no running Apache; running apache.reload", pf.display())
             }
         }
     }
-    run_argv(&cfg.apache.reload)
+    Ok(run_argv(&cfg.apache.reload)?)
 }
 
 /// The pid in Apache's PidFile, if that process is an apache2/httpd.
@@ -794,9 +820,9 @@ fn apache_parent(pid_file: &Path) -> Option<rustix::process::Pid> {
 
 /// Bring Apache up again after a reload killed it: `apache.start`, then
 /// check it serves.
-pub fn restart(cfg: &Config) -> std::result::Result<(), String> {
+pub fn restart(cfg: &Config) -> Result<(), ReloadError> {
     if serving(cfg) {
-        return run_argv(&cfg.apache.reload);
+        return Ok(run_argv(&cfg.apache.reload)?);
     }
     run_argv(&cfg.apache.start)?;
     let start = Instant::now();
@@ -806,11 +832,7 @@ pub fn restart(cfg: &Config) -> std::result::Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Err(format!(
-        "`{}` ran, but Apache does not serve on port {}",
-        cfg.apache.start.join(" "),
-        cfg.apache.http_port
-    ))
+    Err(ReloadError::NotUp { start: cfg.apache.start.join(" "), port: cfg.apache.http_port })
 }
 
 /// The serial (lowercase hex, no leading zeros) of the certificate Apache
@@ -859,12 +881,13 @@ pub enum Recovery {
 /// had not decided for it (and reload Apache if it had loaded an interim
 /// step of it), else reload and complete it. Needs the global
 /// lock; returns the proof that new transactions may begin.
-pub fn recover(
+pub fn recover<E: From<ApacheError>>(
     cfg: &Config,
     _lock: &crate::lock::GlobalLock,
-    complete: Complete,
-) -> Result<(Recovered, Recovery)> {
-    let Some(index) = journal::read(cfg)? else {
+    complete: Complete<E>,
+) -> Result<(Recovered, Recovery), E> {
+    let jr = |r: Result<(), JournalError>| r.map_err(|e| E::from(ApacheError::from(e)));
+    let Some(index) = journal::read(cfg).map_err(ApacheError::from)? else {
         return Ok((Recovered { _private: () }, Recovery::Nothing));
     };
     let what = if index.decided {
@@ -874,13 +897,13 @@ pub fn recover(
         if let Some(c) = &index.completion {
             complete(c)?;
         }
-        journal::finish(cfg)?;
+        jr(journal::finish(cfg))?;
         tracing::warn!(
             "completed an interrupted operation (Apache had accepted its configuration)"
         );
         Recovery::Completed
     } else {
-        journal::restore(&index.saved)?;
+        jr(journal::restore(&index.saved))?;
         if index.interim {
             // Apache had loaded an interim step (a renamed site's http vhost
             // during its provisioning): serve the previous files again.
@@ -893,7 +916,7 @@ pub fn recover(
         if let Some(c) = &index.rollback {
             complete(c)?;
         }
-        journal::finish(cfg)?;
+        jr(journal::finish(cfg))?;
         tracing::warn!("rolled back an interrupted change to the Apache configuration");
         Recovery::RolledBack
     };
@@ -901,8 +924,8 @@ pub fn recover(
 }
 
 /// Run an argv; Err carries what it printed.
-pub fn run_argv(argv: &[String]) -> std::result::Result<(), String> {
-    let (prog, args) = argv.split_first().ok_or_else(|| "empty command".to_string())?;
+pub fn run_argv(argv: &[String]) -> Result<(), RunError> {
+    let (prog, args) = argv.split_first().ok_or(RunError::Empty)?;
     match Command::new(prog).args(args).stdin(std::process::Stdio::null()).output() {
         Ok(o) if o.status.success() => Ok(()),
         Ok(o) => {
@@ -912,9 +935,9 @@ pub fn run_argv(argv: &[String]) -> std::result::Result<(), String> {
                 String::from_utf8_lossy(&o.stdout)
             );
             let text: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-            Err(format!("`{}` exited with {}: {}", argv.join(" "), o.status, text.join(" / ")))
+            Err(RunError::Exited { argv: argv.join(" "), status: o.status, said: text.join(" / ") })
         }
-        Err(e) => Err(format!("cannot run `{}`: {e}", argv.join(" "))),
+        Err(source) => Err(RunError::Spawn { argv: argv.join(" "), source }),
     }
 }
 

@@ -3,7 +3,6 @@
 //! itself is [`crate::backoff`] (pure); this is its I/O.
 
 use crate::backoff::{fingerprint, State};
-use crate::error::Result;
 use crate::state_file::{self, ReadError};
 use chrono::Utc;
 use std::path::{Path, PathBuf};
@@ -35,6 +34,9 @@ pub fn config_fingerprint(cfg: &crate::config::Config) -> String {
 
 const FILE: &str = "backoff.json";
 
+/// Why the back-off state could not be saved.
+pub type BackoffFileError = state_file::WriteError;
+
 pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE)
 }
@@ -53,7 +55,7 @@ pub fn load(state_dir: &Path) -> State {
     }
 }
 
-pub fn save(state_dir: &Path, s: &State) -> Result<()> {
+pub fn save(state_dir: &Path, s: &State) -> Result<(), BackoffFileError> {
     state_file::write(state_dir, FILE, s)
 }
 

@@ -1,6 +1,8 @@
 //! The configuration file of docs/design.md and the paths it resolves under `--root`.
 
-use crate::error::{Error, Result};
+use crate::fleet::config::FleetConfigError;
+use crate::fsutil::InputError;
+use crate::store::accounts::ServerUrlError;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -8,6 +10,62 @@ use std::path::{Path, PathBuf};
 pub const LETSENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
 
 pub use crate::model::KeyType;
+
+/// Why the configuration cannot be used. Every message names the file and
+/// the key (or the flag) and says what it must hold; none repeats a value
+/// from the file, which may be a secret (`acme_eab.hmac_key`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The current directory (for a relative `--root`) is gone.
+    #[error("current directory: {0}")]
+    CurrentDir(std::io::Error),
+    #[error("--root {}: no such directory (the root every default path is under)", .0.display())]
+    NoRoot(PathBuf),
+    /// The file could not be read.
+    #[error("config file {}: {why}", file.display())]
+    Read { file: PathBuf, why: InputError },
+    /// The file's text is not a configuration.
+    #[error("config file {}: {why}", file.display())]
+    Parse { file: PathBuf, why: ParseError },
+    /// A key holds a value that cannot be used.
+    #[error("config file {}: {key}: {why}", file.display())]
+    Key { file: PathBuf, key: &'static str, why: String },
+    /// The `fleet` object.
+    #[error("config file {}: {why}", file.display())]
+    Fleet { file: PathBuf, why: FleetConfigError },
+    #[error("--acme-server: {0}")]
+    ServerFlag(ServerUrlError),
+    #[error("--acme-ca-bundle {}: no such file", .0.display())]
+    BundleFlag(PathBuf),
+}
+
+/// Why the config file's text is not a configuration; no message repeats
+/// a value from it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParseError {
+    /// serde_json's syntax errors name a line and column, never the text.
+    #[error("{0}")]
+    Syntax(serde_json::Error),
+    #[error("must be a JSON object")]
+    NotObject,
+    /// A key (`at`, dotted) holds the wrong shape.
+    #[error("{at}: must be {expected}")]
+    Shape { at: String, expected: String },
+    /// `prefix` is the enclosing key and `: `, or empty at the top.
+    #[error("{prefix}unknown field `{key}`, expected one of {names}")]
+    Unknown { prefix: String, key: String, names: String },
+    #[error("{prefix}missing field `{field}`")]
+    Missing { prefix: String, field: &'static str },
+    /// A key given twice (serde's message names the key only).
+    #[error("{0}")]
+    Duplicate(String),
+    #[error("not a valid configuration (see docs/design.md, \"Files\")")]
+    NotValid,
+}
+
+type Result<T, E = ConfigError> = std::result::Result<T, E>;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,7 +187,7 @@ impl Shape {
     }
 
     /// Check `v` against the shape; the error names the key (`at`) and what it must be.
-    fn check(self, v: &serde_json::Value, at: &str) -> std::result::Result<(), String> {
+    fn check(self, v: &serde_json::Value, at: &str) -> Result<(), ParseError> {
         let fits = match self {
             Shape::Str => v.is_string(),
             Shape::Port => v.as_u64().is_some_and(|n| n <= 65535),
@@ -139,9 +197,9 @@ impl Shape {
             Shape::Object(fields, required) => {
                 let Some(map) = v.as_object() else {
                     return Err(if at.is_empty() {
-                        "must be a JSON object".into()
+                        ParseError::NotObject
                     } else {
-                        format!("{at}: must be {}", self.expected())
+                        ParseError::Shape { at: at.into(), expected: self.expected() }
                     });
                 };
                 let prefix = if at.is_empty() { String::new() } else { format!("{at}: ") };
@@ -152,9 +210,11 @@ impl Shape {
                             .map(|(k, _)| format!("`{k}`"))
                             .collect::<Vec<_>>()
                             .join(", ");
-                        return Err(format!(
-                            "{prefix}unknown field `{k}`, expected one of {names}"
-                        ));
+                        return Err(ParseError::Unknown {
+                            prefix: prefix.clone(),
+                            key: k.clone(),
+                            names,
+                        });
                     };
                     if x.is_null() && !required.contains(&k.as_str()) {
                         continue;
@@ -162,7 +222,7 @@ impl Shape {
                     shape.check(x, &if at.is_empty() { k.clone() } else { format!("{at}.{k}") })?;
                 }
                 if let Some(missing) = required.iter().find(|r| !map.contains_key(**r)) {
-                    return Err(format!("{prefix}missing field `{missing}`"));
+                    return Err(ParseError::Missing { prefix, field: missing });
                 }
                 true
             }
@@ -170,20 +230,20 @@ impl Shape {
         if fits {
             Ok(())
         } else {
-            Err(format!("{at}: must be {}", self.expected()))
+            Err(ParseError::Shape { at: at.into(), expected: self.expected() })
         }
     }
 }
 
 /// Parse the config file's text; no error message repeats a value from it.
-fn parse(text: &str) -> std::result::Result<RawConfig, String> {
+fn parse(text: &str) -> Result<RawConfig, ParseError> {
     // serde_json's syntax errors name a line and column, never the text.
-    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_str(text).map_err(ParseError::Syntax)?;
     Shape::Object(CONFIG_SHAPE, &[]).check(&v, "")?;
     // From the text, not the value: a key given twice is refused, not the last one taken.
     serde_json::from_str(text).map_err(|e| match e.to_string() {
-        m if m.starts_with("duplicate field `") => m,
-        _ => "not a valid configuration (see docs/design.md, \"Files\")".to_string(),
+        m if m.starts_with("duplicate field `") => ParseError::Duplicate(m),
+        _ => ParseError::NotValid,
     })
 }
 
@@ -238,8 +298,8 @@ pub struct Overrides {
 pub(crate) use crate::fsutil::under;
 
 /// A config file key that cannot be used (the value is never repeated).
-fn bad(path: &Path, field: &str, why: &str) -> Error {
-    Error::invalid(format!("config file {}: {field}: {why}", path.display()))
+fn bad(path: &Path, key: &'static str, why: &str) -> ConfigError {
+    ConfigError::Key { file: path.to_path_buf(), key, why: why.to_string() }
 }
 
 impl Config {
@@ -249,29 +309,23 @@ impl Config {
         let root = if root.is_absolute() {
             root.to_path_buf()
         } else {
-            std::env::current_dir()
-                .map_err(|e| Error::failed(format!("current directory: {e}")))?
-                .join(root)
+            std::env::current_dir().map_err(ConfigError::CurrentDir)?.join(root)
         };
         if !root.is_dir() {
-            return Err(Error::invalid(format!(
-                "--root {}: no such directory (the root every default path is under)",
-                root.display()
-            )));
+            return Err(ConfigError::NoRoot(root));
         }
         let (path, explicit) = match &ov.config_file {
             Some(p) => (p.clone(), true),
             None => (root.join("etc/site-admin/config.json"), false),
         };
         let raw: RawConfig = match crate::fsutil::read_user_file(&path) {
-            Ok(text) => parse(&text)
-                .map_err(|why| Error::invalid(format!("config file {}: {why}", path.display())))?,
-            Err(crate::fsutil::InputError::Io(e))
-                if e.kind() == std::io::ErrorKind::NotFound && !explicit =>
-            {
+            Ok(text) => {
+                parse(&text).map_err(|why| ConfigError::Parse { file: path.clone(), why })?
+            }
+            Err(InputError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
                 RawConfig::default()
             }
-            Err(e) => return Err(Error::invalid(format!("config file {}: {e}", path.display()))),
+            Err(why) => return Err(ConfigError::Read { file: path, why }),
         };
         if raw.acme_eab.is_some() {
             if let Ok(md) = std::fs::metadata(&path) {
@@ -317,16 +371,16 @@ impl Config {
                 ));
             }
         }
-        let fleet =
-            match &raw.fleet {
-                None => None,
-                Some(v) => {
-                    let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
-                    Some(crate::fleet::config::parse(v, &root, &host).map_err(|e| {
-                        Error::invalid(format!("config file {}: {e}", path.display()))
-                    })?)
-                }
-            };
+        let fleet = match &raw.fleet {
+            None => None,
+            Some(v) => {
+                let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+                Some(
+                    crate::fleet::config::parse(v, &root, &host)
+                        .map_err(|why| ConfigError::Fleet { file: path.to_path_buf(), why })?,
+                )
+            }
+        };
         Ok(Config {
             fleet,
             acme_profile: raw.acme_profile,
@@ -350,7 +404,7 @@ impl Config {
 
     /// The `apache` object: its commands, ports and address.
     fn apache_from_raw(root: &Path, ap: RawApache, path: &Path) -> Result<ApacheConfig> {
-        let bad = |field: &str, why: &str| bad(path, field, why);
+        let bad = |key: &'static str, why: &str| bad(path, key, why);
         let configtest =
             ap.configtest.unwrap_or_else(|| vec!["apachectl".into(), "configtest".into()]);
         let reload = ap.reload.unwrap_or_else(|| vec!["apachectl".into(), "graceful".into()]);
@@ -399,7 +453,7 @@ impl Config {
         // The value is not repeated: a config error never echoes one.
         if let Err(why) = crate::store::accounts::server_rel(&acme_server) {
             return Err(match &ov.acme_server {
-                Some(_) => Error::invalid(format!("--acme-server: {why}")),
+                Some(_) => ConfigError::ServerFlag(why),
                 None => bad(path, "acme_server", &why.to_string()),
             });
         }
@@ -425,9 +479,7 @@ impl Config {
         if let Some(b) = &acme_ca_bundle {
             if !b.is_file() {
                 return Err(match &ov.acme_ca_bundle {
-                    Some(_) => {
-                        Error::invalid(format!("--acme-ca-bundle {}: no such file", b.display()))
-                    }
+                    Some(_) => ConfigError::BundleFlag(b.clone()),
                     None => bad(
                         path,
                         "acme_ca_bundle",
@@ -586,7 +638,7 @@ mod tests {
             ),
             (format!(r#"{{"acme_eab": {{"kid": "k", "hmac_key": "{secret}"#), "EOF while parsing"),
         ] {
-            let e = parse(&doc).map(|_| ()).unwrap_err();
+            let e = parse(&doc).map(|_| ()).unwrap_err().to_string();
             assert!(e.contains(want), "{doc}: {e}");
             assert!(
                 !e.contains(secret) && !e.contains("7654321"),
@@ -597,7 +649,8 @@ mod tests {
             r#"{{"acme_eab": {{"kid": "k", "hmac_key": "{secret}"}}, "acme_eab": null}}"#
         ))
         .map(|_| ())
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("duplicate field `acme_eab`") && !e.contains(secret), "{e}");
         assert!(parse(r#"{"acme_profile": null, "apache": {"http_port": 8080, "start": ["a", "b"]}, "key_type": "rsa"}"#).is_ok());
     }

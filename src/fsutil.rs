@@ -2,7 +2,6 @@
 //! name, fsynced and renamed over its target; every symlink is swapped by
 //! renaming a new link over the old one; directories are fsynced after.
 
-use crate::error::{IoContext, Result};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -10,6 +9,57 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// An I/O error with what was being done and to which path:
+/// `writing /x/y: Permission denied`. The file-system layer's error; the
+/// layers above wrap it in their own.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {}: {source}", path.display())]
+pub struct IoError {
+    pub what: &'static str,
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+pub type Result<T, E = IoError> = std::result::Result<T, E>;
+
+/// Attach a path and a verb to an I/O error ([`IoError`]).
+pub trait IoContext<T> {
+    fn io_ctx(self, what: &'static str, path: &Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn io_ctx(self, what: &'static str, path: &Path) -> Result<T> {
+        self.map_err(|source| IoError { what, path: path.to_path_buf(), source })
+    }
+}
+
+/// Why [`resolve_guarded`] would not resolve a path.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("{}: too many levels of symbolic links", .0.display())]
+    Loop(PathBuf),
+    /// A link another user planted where others can write.
+    #[error("{} is a symlink owned by uid {uid} in {}, a directory other users can write; it is not followed (give the file itself)", link.display(), dir.display())]
+    Foreign { link: PathBuf, uid: u32, dir: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// Why [`user_output_target`] refuses a path; the caller names the flag.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error(transparent)]
+    Guard(#[from] GuardError),
+    #[error("{0}")]
+    Io(std::io::Error),
+    #[error("is a symlink to {0}; give a regular file, or - for standard output")]
+    LinkTo(&'static str),
+    #[error("is a symlink that points nowhere; give a regular file, or - for standard output")]
+    Dangling,
+    #[error("is {0}; give a regular file, or - for standard output")]
+    NotRegular(&'static str),
+}
 
 /// A temporary name next to `path`, unique in this process and across
 /// processes, and not guessable: it ends in 64 random bits, so another user
@@ -55,7 +105,7 @@ pub fn link_may_be_followed(dir_mode: u32, dir_uid: u32, link_uid: u32, euid: u3
 /// Resolve every symlink in the absolute `path` the way the kernel would,
 /// but refuse (naming it) a link that [`link_may_be_followed`] forbids.
 /// Components that do not exist are kept as written.
-pub fn resolve_guarded(path: &Path) -> Result<PathBuf, String> {
+pub fn resolve_guarded(path: &Path) -> Result<PathBuf, GuardError> {
     use std::os::unix::fs::MetadataExt;
     use std::path::Component;
     let euid = rustix::process::geteuid().as_raw();
@@ -82,19 +132,15 @@ pub fn resolve_guarded(path: &Path) -> Result<PathBuf, String> {
             Ok(md) if md.file_type().is_symlink() => {
                 hops += 1;
                 if hops > 40 {
-                    return Err(format!("{}: too many levels of symbolic links", next.display()));
+                    return Err(GuardError::Loop(next));
                 }
-                let dir = fs::metadata(&cur).map_err(|e| format!("{}: {e}", cur.display()))?;
+                let dir = fs::metadata(&cur)
+                    .map_err(|source| GuardError::Io { path: cur.clone(), source })?;
                 if !link_may_be_followed(dir.mode(), dir.uid(), md.uid(), euid) {
-                    return Err(format!(
-                        "{} is a symlink owned by uid {} in {}, a directory other users can write; it is not followed (give the file itself)",
-                        next.display(),
-                        md.uid(),
-                        cur.display()
-                    ));
+                    return Err(GuardError::Foreign { link: next, uid: md.uid(), dir: cur });
                 }
-                let target =
-                    fs::read_link(&next).map_err(|e| format!("{}: {e}", next.display()))?;
+                let target = fs::read_link(&next)
+                    .map_err(|source| GuardError::Io { path: next.clone(), source })?;
                 if target.is_absolute() {
                     cur = PathBuf::from("/");
                 }
@@ -187,27 +233,18 @@ pub fn read_user_file(path: &Path) -> Result<String, InputError> {
 /// to one of those) is refused, so a private key never lands where it was
 /// not asked to go; so is a link, anywhere on the path, that another user
 /// planted in a directory others can write ([`resolve_guarded`]).
-pub fn user_output_target(path: &Path) -> Result<PathBuf, String> {
+pub fn user_output_target(path: &Path) -> Result<PathBuf, OutputError> {
     let resolved = resolve_guarded(path)?;
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(resolved),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(OutputError::Io(e)),
         Ok(md) if md.is_file() => Ok(resolved),
         Ok(md) if md.file_type().is_symlink() => match fs::metadata(&resolved) {
             Ok(t) if t.is_file() => Ok(resolved),
-            Ok(t) => Err(format!(
-                "is a symlink to {}; give a regular file, or - for standard output",
-                kind_of(&t.file_type())
-            )),
-            Err(_) => Err(
-                "is a symlink that points nowhere; give a regular file, or - for standard output"
-                    .into(),
-            ),
+            Ok(t) => Err(OutputError::LinkTo(kind_of(&t.file_type()))),
+            Err(_) => Err(OutputError::Dangling),
         },
-        Ok(md) => Err(format!(
-            "is {}; give a regular file, or - for standard output",
-            kind_of(&md.file_type())
-        )),
+        Ok(md) => Err(OutputError::NotRegular(kind_of(&md.file_type()))),
     }
 }
 
@@ -398,7 +435,7 @@ mod tests {
         assert_eq!(resolve_guarded(&shared.join("sub/../out.json")).unwrap(), canon.join("victim"));
         if rustix::process::geteuid().is_root() {
             std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
-            let e = resolve_guarded(&link).unwrap_err();
+            let e = resolve_guarded(&link).unwrap_err().to_string();
             assert!(e.contains("owned by uid 65534") && e.contains("not followed"), "{e}");
             // A foreign link to a directory on the way is refused as well.
             let dirlink = shared.join("d");
@@ -406,6 +443,7 @@ mod tests {
             std::os::unix::fs::lchown(&dirlink, Some(65534), Some(65534)).unwrap();
             assert!(resolve_guarded(&dirlink.join("new.json"))
                 .unwrap_err()
+                .to_string()
                 .contains("not followed"));
         }
     }

@@ -7,11 +7,28 @@
 //! loaded an interim step) or completes it (decided).
 
 use crate::config::Config;
-use crate::error::{Error, IoContext, Result};
-use crate::fsutil;
+use crate::fsutil::{self, IoContext, IoError};
 use crate::site::AtRest;
 use std::fs;
 use std::path::{Path, PathBuf};
+
+/// What can go wrong with the journal.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JournalError {
+    /// A crash's journal is still there (recover it first).
+    #[error("an interrupted Apache change in {} was not recovered", .0.display())]
+    NotRecovered(PathBuf),
+    /// The index cannot be read: nobody knows what the copies belong to.
+    #[error("recovering an interrupted Apache change: its journal {} is unreadable ({source}); `site-admin doctor --repair` moves it aside and recovers what it can", path.display())]
+    Damaged { path: PathBuf, source: serde_json::Error },
+    #[error("{0}")]
+    Encode(serde_json::Error),
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+type Result<T, E = JournalError> = std::result::Result<T, E>;
 
 /// One file's state before the transaction touched it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -81,10 +98,7 @@ fn index_path(cfg: &Config) -> PathBuf {
 pub fn start(cfg: &Config) -> Result<PathBuf> {
     let d = dir(cfg);
     if index_path(cfg).exists() {
-        return Err(Error::failed(format!(
-            "an interrupted Apache change in {} was not recovered",
-            d.display()
-        )));
+        return Err(JournalError::NotRecovered(d));
     }
     fsutil::create_dir_all_mode(&d, 0o700)?;
     fsutil::ensure_dir_mode(&d, 0o700)?;
@@ -93,8 +107,8 @@ pub fn start(cfg: &Config) -> Result<PathBuf> {
 
 /// Write the index (atomically).
 pub fn write(cfg: &Config, index: &Index) -> Result<()> {
-    let data = serde_json::to_vec(index).map_err(|e| Error::failed(e.to_string()))?;
-    fsutil::atomic_write(&index_path(cfg), &data, 0o600)
+    let data = serde_json::to_vec(index).map_err(JournalError::Encode)?;
+    Ok(fsutil::atomic_write(&index_path(cfg), &data, 0o600)?)
 }
 
 /// Keep a copy of a file's previous content as the n-th saved file.
@@ -119,12 +133,7 @@ pub fn read(cfg: &Config) -> Result<Option<Index>> {
             return Ok(None);
         }
     };
-    serde_json::from_slice(&text).map(Some).map_err(|e| {
-        Error::failed(format!(
-            "recovering an interrupted Apache change: its journal {} is unreadable ({e}); `site-admin doctor --repair` moves it aside and recovers what it can",
-            path.display()
-        ))
-    })
+    serde_json::from_slice(&text).map(Some).map_err(|source| JournalError::Damaged { path, source })
 }
 
 /// Drop the journal: the index first (without it the copies mean nothing).
@@ -195,7 +204,7 @@ pub fn previous(path: &Path) -> Result<Previous> {
             Ok(Previous::File { data, mode })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Previous::Missing),
-        Err(e) => Err(e).io_ctx("reading", path),
+        Err(e) => Err(e).io_ctx("reading", path)?,
     }
 }
 

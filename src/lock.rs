@@ -11,13 +11,40 @@
 //! be writable by other users (the default is `run/site-admin/`, not the
 //! world-writable `run/lock/`).
 
-use crate::error::{Error, IoContext, Result};
-use crate::fsutil;
+use crate::fsutil::{self, IoContext, IoError};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// Why the global lock was not had. Which of these is a lock timeout
+/// (exit 3) is the command layer's choice ([`crate::error::Error::kind`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// Another process held the lock for the whole timeout.
+    #[error("the global lock {} is held by {holder}; gave up after {secs} s (--lock-timeout)", file.display())]
+    Held { file: PathBuf, holder: String, secs: u64 },
+    /// A running certbot held its lock for the whole timeout.
+    #[error("certbot holds its lock {}; gave up after {secs} s (--lock-timeout)", file.display())]
+    CertbotHolds { file: PathBuf, secs: u64 },
+    /// The lock file's directory can be written by other users.
+    #[error("lock_file: its directory {} can be written by other users, who could then block or redirect site-admin; use a directory only root can write (the default is run/site-admin/)", dir.display())]
+    SharedDir { dir: PathBuf },
+    #[error("the lock file {} is a symlink; refusing to follow it (remove it: site-admin creates its own)", .0.display())]
+    Symlink(PathBuf),
+    #[error("opening the lock file {}: {source}", path.display())]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("the lock file {} is not a regular file; remove it", .0.display())]
+    NotRegular(PathBuf),
+    #[error("the lock file {} belongs to uid {uid}, not to this user (uid {me}); another user may be trying to block site-admin: remove it", path.display())]
+    Foreign { path: PathBuf, uid: u32, me: u32 },
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+type Result<T, E = LockError> = std::result::Result<T, E>;
 
 /// Both locks, released on drop.
 pub struct GlobalLock {
@@ -55,29 +82,27 @@ fn open_private(path: &Path) -> Result<File> {
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .custom_flags(
+            (rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::CLOEXEC
+                | rustix::fs::OFlags::NONBLOCK)
+                .bits() as i32,
+        )
         .open(path)
         .map_err(|e| {
             if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
-                Error::failed(format!("the lock file {} is a symlink; refusing to follow it (remove it: site-admin creates its own)", path.display()))
+                LockError::Symlink(path.to_path_buf())
             } else {
-                Error::failed(format!("opening the lock file {}: {e}", path.display()))
+                LockError::Open { path: path.to_path_buf(), source: e }
             }
         })?;
     let md = f.metadata().io_ctx("reading", path)?;
     if !md.is_file() {
-        return Err(Error::failed(format!(
-            "the lock file {} is not a regular file; remove it",
-            path.display()
-        )));
+        return Err(LockError::NotRegular(path.to_path_buf()));
     }
     let me = rustix::process::geteuid().as_raw();
     if md.uid() != me {
-        return Err(Error::failed(format!(
-            "the lock file {} belongs to uid {}, not to this user (uid {me}); another user may be trying to block site-admin: remove it",
-            path.display(),
-            md.uid()
-        )));
+        return Err(LockError::Foreign { path: path.to_path_buf(), uid: md.uid(), me });
     }
     if md.mode() & 0o7777 != 0o600 {
         f.set_permissions(std::fs::Permissions::from_mode(0o600))
@@ -91,10 +116,7 @@ fn check_private_dir(dir: &Path) -> Result<()> {
     let md = std::fs::metadata(dir).io_ctx("reading", dir)?;
     let me = rustix::process::geteuid().as_raw();
     if md.mode() & 0o022 != 0 || (md.uid() != me && md.uid() != 0) {
-        return Err(Error::invalid(format!(
-            "lock_file: its directory {} can be written by other users, who could then block or redirect site-admin; use a directory only root can write (the default is run/site-admin/)",
-            dir.display()
-        )));
+        return Err(LockError::SharedDir { dir: dir.to_path_buf() });
     }
     Ok(())
 }
@@ -132,7 +154,9 @@ impl GlobalLock {
         loop {
             match file.try_lock() {
                 Ok(()) => break,
-                Err(std::fs::TryLockError::Error(e)) => return Err(e).io_ctx("locking", lock_file),
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(e).io_ctx("locking", lock_file)?
+                }
                 Err(_) if Instant::now() < deadline => {
                     if !told {
                         tracing::info!(
@@ -145,12 +169,11 @@ impl GlobalLock {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 Err(_) => {
-                    return Err(Error::Lock(format!(
-                        "the global lock {} is held by {}; gave up after {} s (--lock-timeout)",
-                        lock_file.display(),
-                        holder(lock_file),
-                        timeout.as_secs()
-                    )));
+                    return Err(LockError::Held {
+                        file: lock_file.to_path_buf(),
+                        holder: holder(lock_file),
+                        secs: timeout.as_secs(),
+                    });
                 }
             }
         }
@@ -167,11 +190,7 @@ impl GlobalLock {
                 break f;
             }
             if Instant::now() >= deadline {
-                return Err(Error::Lock(format!(
-                    "certbot holds its lock {}; gave up after {} s (--lock-timeout)",
-                    cb.display(),
-                    timeout.as_secs()
-                )));
+                return Err(LockError::CertbotHolds { file: cb, secs: timeout.as_secs() });
             }
             if !told {
                 tracing::info!(
@@ -210,8 +229,9 @@ mod tests {
         let held = GlobalLock::acquire(&lf, &le, Duration::from_secs(1), "test holder").unwrap();
         // flock locks are per open file description: a second open in this process conflicts.
         let e = GlobalLock::acquire(&lf, &le, Duration::from_millis(200), "second").err().unwrap();
-        assert_eq!(e.exit_code(), 3);
         assert!(e.to_string().contains("test holder"), "{e}");
+        assert!(matches!(e, LockError::Held { .. }), "{e:?}");
+        assert_eq!(crate::error::Error::from(e).exit_code(), 3);
         drop(held);
         let again = GlobalLock::acquire(&lf, &le, Duration::from_millis(200), "third");
         assert!(again.is_ok());

@@ -57,14 +57,16 @@ fn main() {
     match site_admin::engine::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
+            // The one place an error becomes an exit code.
+            let kind = e.kind();
             eprintln!("site-admin: {e}");
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"error": {"kind": e.kind_name(), "message": e.to_string(), "exit": e.exit_code()}})
+                    serde_json::json!({"error": {"kind": kind.name(), "message": e.to_string(), "exit": kind.code()}})
                 );
             }
-            std::process::exit(e.exit_code());
+            std::process::exit(kind.code());
         }
     }
 }

@@ -6,8 +6,8 @@
 //! serial; each record carries the certificate itself (public), so a version
 //! that left the archive or the stash stays revocable.
 
-use crate::error::{Error, Result};
-use crate::state_file::{self, ReadError};
+use crate::fsutil::IoError;
+use crate::state_file::{self, ReadError, WriteError};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -78,21 +78,33 @@ pub fn normalize_serial(s: &str) -> Option<String> {
 
 /// Read the state; a missing file is an empty state. A damaged one is an
 /// error naming the file: an obligation is never silently dropped.
+/// What can go wrong with the owed revocations' file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RevocationsError {
+    /// The file cannot be read: an obligation is never silently dropped.
+    #[error("the owed revocations in {} cannot be read ({source}); fix or move it aside", path.display())]
+    Damaged { path: PathBuf, source: serde_json::Error },
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+type Result<T, E = RevocationsError> = std::result::Result<T, E>;
+
 pub fn load(state_dir: &Path) -> Result<State> {
     let p = path(state_dir);
     match state_file::read(&p) {
         Ok(s) => Ok(s),
         Err(ReadError::Missing) => Ok(State::default()),
-        Err(ReadError::Damaged(e)) => Err(Error::failed(format!(
-            "the owed revocations in {} cannot be read ({e}); fix or move it aside",
-            p.display()
-        ))),
-        Err(ReadError::Io(e)) => Err(Error::failed(format!("reading {}: {e}", p.display()))),
+        Err(ReadError::Damaged(source)) => Err(RevocationsError::Damaged { path: p, source }),
+        Err(ReadError::Io(source)) => Err(IoError { what: "reading", path: p, source }.into()),
     }
 }
 
 pub fn save(state_dir: &Path, s: &State) -> Result<()> {
-    state_file::write(state_dir, FILE, s)
+    Ok(state_file::write(state_dir, FILE, s)?)
 }
 
 #[cfg(test)]

@@ -4,8 +4,7 @@
 //! 0600 in a state directory created 0755. What a missing or damaged file
 //! means is each file's own rule.
 
-use crate::error::{Error, Result};
-use crate::fsutil;
+use crate::fsutil::{self, IoError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::Path;
@@ -30,10 +29,20 @@ pub fn read<T: DeserializeOwned>(path: &Path) -> std::result::Result<T, ReadErro
     serde_json::from_slice(&b).map_err(ReadError::Damaged)
 }
 
+/// Why a state file could not be written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    #[error("{0}")]
+    Encode(serde_json::Error),
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
 /// Write `state` as the file `name` of `state_dir`: the directory created
 /// (0755) if need be, the file replaced atomically with mode 0600.
-pub fn write<T: Serialize>(state_dir: &Path, name: &str, state: &T) -> Result<()> {
+pub fn write<T: Serialize>(state_dir: &Path, name: &str, state: &T) -> Result<(), WriteError> {
     fsutil::create_dir_all_mode(state_dir, 0o755)?;
-    let data = serde_json::to_vec_pretty(state).map_err(|e| Error::failed(e.to_string()))?;
-    fsutil::atomic_write(&state_dir.join(name), &data, 0o600)
+    let data = serde_json::to_vec_pretty(state).map_err(WriteError::Encode)?;
+    Ok(fsutil::atomic_write(&state_dir.join(name), &data, 0o600)?)
 }

@@ -17,8 +17,7 @@
 pub mod accounts;
 
 use crate::certs::KeyCert;
-use crate::error::{Error, IoContext, Result};
-use crate::fsutil;
+use crate::fsutil::{self, IoContext, IoError};
 use crate::model::KeyType;
 use crate::renewal_conf::RenewalConf;
 use std::fs;
@@ -50,17 +49,10 @@ pub enum StoreError {
     #[error("{host}: {why}")]
     Stash { host: String, why: String },
     #[error(transparent)]
-    Fs(#[from] Error),
+    Io(#[from] IoError),
 }
 
-impl From<StoreError> for Error {
-    fn from(e: StoreError) -> Error {
-        match e {
-            StoreError::Fs(e) => e,
-            other => Error::Failed(other.to_string()),
-        }
-    }
-}
+type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Where a lineage's links are: under renewal, or stashed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -473,7 +465,7 @@ impl Store {
             let _ = fsutil::remove_file_if_exists(&self.renewal_conf_path(host));
             let _ = fsutil::remove_dir_all_if_exists(&archive);
         }
-        Ok(res?)
+        res
     }
 
     fn write_version(&self, host: &str, v: &NewVersion, params: &RenewalParams) -> Result<u32> {
@@ -531,7 +523,7 @@ impl Store {
         } else {
             fs::rename(&tmp, &live).io_ctx("renaming into place", &live)?;
         }
-        fsutil::fsync_dir(&live_parent)
+        Ok(fsutil::fsync_dir(&live_parent)?)
     }
 
     /// Point every renewal conf (live and stashed) of `server` that names the
@@ -558,7 +550,7 @@ impl Store {
     pub fn write_ari(&self, host: &str, state: &AriState) -> Result<()> {
         let Some(mut c) = self.read_conf(host, Place::Live) else { return Ok(()) };
         c.replace_section(ARI, &state.to_pairs());
-        fsutil::atomic_write(&self.renewal_conf_path(host), c.to_text().as_bytes(), 0o644)
+        Ok(fsutil::atomic_write(&self.renewal_conf_path(host), c.to_text().as_bytes(), 0o644)?)
     }
 
     /// Say in the live lineage's renewal conf whether certbot may renew it
@@ -571,7 +563,7 @@ impl Store {
             return Ok(());
         }
         c.set(Some("renewalparams"), "autorenew", want);
-        fsutil::atomic_write(&self.renewal_conf_path(host), c.to_text().as_bytes(), 0o644)
+        Ok(fsutil::atomic_write(&self.renewal_conf_path(host), c.to_text().as_bytes(), 0o644)?)
     }
 
     /// What `live/<host>/cert.pem` points at (a new version changes it): a
@@ -652,7 +644,7 @@ impl Store {
         // A new current certificate: what ARI said is about the old one.
         c.replace_section(ARI, &[]);
         c.replace_section("webroot_map", &[(host.to_string(), s(&p.webroot))]);
-        fsutil::atomic_write(&path, c.to_text().as_bytes(), 0o644)
+        Ok(fsutil::atomic_write(&path, c.to_text().as_bytes(), 0o644)?)
     }
 
     pub fn read_conf(&self, host: &str, place: Place) -> Option<RenewalConf> {
@@ -741,7 +733,7 @@ impl Store {
                 }
                 e => e,
             })?;
-            return Ok(self.remove_links(host, Place::Stashed)?);
+            return self.remove_links(host, Place::Stashed);
         }
         self.ensure_top_dirs()?;
         fsutil::rename_durable(&self.stash_dir(host), &self.live_dir(host))?;
@@ -750,7 +742,7 @@ impl Store {
         if sconf.exists() {
             fsutil::rename_durable(&sconf, &self.renewal_conf_path(host))?;
         }
-        Ok(self.write_conf(host, Place::Live, params)?)
+        self.write_conf(host, Place::Live, params)
     }
 
     /// Delete the live lineage of `host` (a revoked certificate): its links,
@@ -781,7 +773,7 @@ impl Store {
 
     fn remove_links(&self, host: &str, place: Place) -> Result<()> {
         fsutil::remove_file_if_exists(&self.conf_path(host, place))?;
-        fsutil::remove_dir_all_if_exists(&self.links_dir(host, place))
+        Ok(fsutil::remove_dir_all_if_exists(&self.links_dir(host, place))?)
     }
 
     /// Finish a stash or unstash that a crash interrupted between its two
@@ -910,9 +902,9 @@ fn lineage_readme() -> String {
 /// Atomically exchange two directory entries (Linux `renameat2(RENAME_EXCHANGE)`).
 fn exchange(a: &Path, b: &Path) -> Result<()> {
     use rustix::fs::{renameat_with, RenameFlags, CWD};
-    renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE)
+    Ok(renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE)
         .map_err(std::io::Error::from)
-        .io_ctx("switching", b)
+        .io_ctx("switching", b)?)
 }
 
 #[cfg(test)]

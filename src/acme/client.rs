@@ -69,9 +69,22 @@ pub struct OrderOptions {
     pub gate: Option<Gate>,
 }
 
+/// Why a [`Gate`] stopped an issuance: the caller's own error, whose
+/// message the order's error carries.
+pub type GateError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A check run before finalizing an order ([`OrderOptions::gate`]).
 #[derive(Clone)]
-pub struct Gate(pub std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>);
+pub struct Gate(std::sync::Arc<dyn Fn() -> Result<(), GateError> + Send + Sync>);
+
+impl Gate {
+    /// A gate that runs `check`; its error stops the issuance.
+    pub fn new<E: Into<GateError>>(
+        check: impl Fn() -> Result<(), E> + Send + Sync + 'static,
+    ) -> Gate {
+        Gate(std::sync::Arc::new(move || check().map_err(Into::into)))
+    }
+}
 
 impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -634,7 +647,7 @@ impl AcmeClient {
         let order = self.wait_until_ready(&what, &order_url, order, deadline)?;
         if order.status == OrderStatus::Ready {
             if let Some(g) = &o.gate {
-                (g.0)().map_err(AcmeError::Local)?;
+                (g.0)().map_err(|e| AcmeError::Local(e.to_string()))?;
             }
             let (key_pem, order) =
                 self.finalize(host, key_type, &what, &order_url, &order, deadline)?;

@@ -98,9 +98,3 @@ impl From<JwsError> for AcmeError {
         AcmeError::Jws(e)
     }
 }
-
-impl From<AcmeError> for crate::error::Error {
-    fn from(e: AcmeError) -> Self {
-        crate::error::Error::Failed(e.to_string())
-    }
-}

@@ -35,5 +35,5 @@ pub fn run(cfg: &Config, store: &Store, c: &Completion) -> Result<()> {
 pub fn write_stored(cfg: &Config, site: &AtRest) -> Result<()> {
     fsutil::create_dir_all_mode(&cfg.sites_dir, 0o700)?;
     let text = serde_json::to_string_pretty(site).map_err(|e| Error::failed(e.to_string()))? + "\n";
-    fsutil::atomic_write(&cfg.stored_site(&site.siteid), text.as_bytes(), 0o600)
+    Ok(fsutil::atomic_write(&cfg.stored_site(&site.siteid), text.as_bytes(), 0o600)?)
 }

@@ -180,5 +180,5 @@ pub fn stored_account(
             return Ok(Some(a));
         }
     }
-    crate::store::accounts::load(&ctx.cfg.letsencrypt_dir, server)
+    Ok(crate::store::accounts::load(&ctx.cfg.letsencrypt_dir, server)?)
 }

@@ -6,7 +6,7 @@
 use super::ctx::Ctx;
 use super::facts;
 use crate::apache::Recovered;
-use crate::error::{Error, Result};
+use crate::error::{Error, ExitKind, Result};
 use crate::site::{Site, Tls};
 use crate::store::{Material, Place};
 use std::os::unix::fs::PermissionsExt;
@@ -481,8 +481,8 @@ pub fn doctor_command(ctx: &Ctx, repair: bool) -> Result<i32> {
             println!("doctor: {} problem(s), {} repaired", findings.len(), findings.len() - open);
         }
     }
-    Ok(match lock_error {
-        Some(e) if e.exit_code() == 3 => 3,
+    Ok(match lock_error.map(|e| Error::from(e).kind()) {
+        Some(ExitKind::Lock) => ExitKind::Lock.code(),
         _ if open == 0 => 0,
         _ => 1,
     })

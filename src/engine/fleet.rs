@@ -570,7 +570,7 @@ fn answer_for_fleet_account(ctx: &Ctx, rec: &Recovered) -> Result<(), FleetError
     }
     let mut txn = apache::Transaction::begin(&ctx.cfg, rec).map_err(device)?;
     txn.write(&file, text.as_bytes(), 0o644).map_err(device)?;
-    txn.commit(false, &|m| ctx.progress(m), &|_| Ok(())).map_err(device)
+    txn.commit(false, &|m| ctx.progress(m), &|_| Ok::<(), apache::ApacheError>(())).map_err(device)
 }
 
 /// Say again what this device serves, after a command changed it (a
@@ -1098,7 +1098,7 @@ pub fn order_exclusive(
     }
     lock.check().map_err(FleetError::Lost)?;
     let l2 = lock.clone();
-    let gate = Gate(Arc::new(move || l2.check().map_err(|e| lost_text(&e))));
+    let gate = Gate::new(move || l2.check().map_err(|e| lost_text(&e)));
     let (issued, params) = issue(gate).map_err(FleetError::Order)?;
     crate::fault::point("fleet.issued");
     lock.check().map_err(FleetError::Lost)?;

@@ -310,11 +310,11 @@ fn apply_apache<'c>(
     interim: Option<apache::Transaction<'c>>,
 ) -> Result<()> {
     let txn = stage_apache(ctx, rec, site, &change, interim)?;
-    Ok(txn.commit(
+    txn.commit(
         change.new_certificate,
         &|m| ctx.progress(&format!("site {}: {m}", site.siteid)),
         &|c| completion::run(&ctx.cfg, &ctx.store, c),
-    )?)
+    )
 }
 
 /// The files of [`apply_apache`], written but not yet tested.

@@ -61,7 +61,7 @@ pub(super) fn settle(ctx: &Ctx, owed: &mut revocations::State, t: &Owed, r: &Sen
         }
         Err(e) => owed.failed(&t.serial, &e.to_string()),
     }
-    revocations::save(&ctx.cfg.state_dir(), owed)
+    Ok(revocations::save(&ctx.cfg.state_dir(), owed)?)
 }
 
 /// Take the site's live certificate out of service: its vhost goes to plain
@@ -71,9 +71,11 @@ pub(super) fn retire(ctx: &Ctx, rec: &Recovered, site: &Site, host: &str) -> Res
     let mut txn = apache::Transaction::begin(&ctx.cfg, rec)?;
     let conf_text = apache::render(&ctx.cfg, &site.siteid, host, &VhostTls::None);
     txn.write(&ctx.cfg.vhost_file(&site.siteid), conf_text.as_bytes(), 0o644)?;
-    txn.commit(false, &|m| ctx.progress(&format!("site {}: {m}", site.siteid)), &|_| Ok(()))?;
+    txn.commit(false, &|m| ctx.progress(&format!("site {}: {m}", site.siteid)), &|_| {
+        Ok::<(), Error>(())
+    })?;
     crate::fault::point("revoke.http_before_retire");
-    ctx.store.retire_live(host)
+    Ok(ctx.store.retire_live(host)?)
 }
 
 /// Send one owed revocation with the account its lineage renewed with when
@@ -151,7 +153,7 @@ pub(super) fn retire_owed(ctx: &Ctx, rec: &Recovered, sites: &[Site], owed: &rev
         ));
         let done = match sites.iter().find(|s| s.hostname.as_str() == o.host) {
             Some(s) => retire(ctx, rec, s, &o.host),
-            None => ctx.store.retire_live(&o.host),
+            None => ctx.store.retire_live(&o.host).map_err(Error::from),
         };
         if let Err(e) = done {
             tracing::error!("{}: taking serial {} out of service failed: {e}", o.host, o.serial);

@@ -156,7 +156,7 @@ fn register(ctx: &Ctx, server: &str) -> Result<(AcmeClient, String)> {
 fn register_with(ctx: &Ctx, server: &str, c: &AcmeClient) -> Result<String> {
     ctx.progress(&format!("registering an ACME account with {server}"));
     let uri = c.ensure_account(ctx.cfg.contact_email.as_deref())?;
-    accounts::save(&ctx.cfg.letsencrypt_dir, server, c.key(), &uri, c.terms_of_service())
+    Ok(accounts::save(&ctx.cfg.letsencrypt_dir, server, c.key(), &uri, c.terms_of_service())?)
 }
 
 /// The account a new lineage's conf names: the one stored for the
@@ -199,7 +199,7 @@ pub fn order_profile(
     client: &AcmeClient,
     host: &str,
     wish: Option<&ProfileWish>,
-) -> std::result::Result<Option<String>, String> {
+) -> Result<Option<String>> {
     let Some(w) = wish else { return Ok(None) };
     let offered = client.profiles();
     if offered.contains(&w.name) {
@@ -207,11 +207,11 @@ pub fn order_profile(
     }
     let offers = if offered.is_empty() { "none".to_string() } else { offered.join(", ") };
     if w.required {
-        return Err(format!(
+        return Err(Error::failed(format!(
             "{host}: the CA ({}) does not offer the required profile {:?} (it offers: {offers})",
             client.directory_url(),
             w.name
-        ));
+        )));
     }
     tracing::warn!("{host}: the CA does not offer the profile {:?} (it offers: {offers}); asking for its default", w.name);
     Ok(None)
@@ -229,8 +229,7 @@ pub fn issue_in(
     let client = session.client()?;
     let host = &site.hostname;
     let profile =
-        order_profile(&client, host, site.profile_wish(ctx.cfg.acme_profile.as_deref()).as_ref())
-            .map_err(Error::failed)?;
+        order_profile(&client, host, site.profile_wish(ctx.cfg.acme_profile.as_deref()).as_ref())?;
     ctx.progress(&format!(
         "{host}: requesting a certificate from {}{}",
         ctx.cfg.acme_server,

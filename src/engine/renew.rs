@@ -790,7 +790,22 @@ struct Done {
     peer: Option<String>,
 }
 
-type JobResult = std::result::Result<Done, String>;
+/// Why a job did not end with a certificate; its message goes into the
+/// report and the back-off.
+#[derive(Debug, thiserror::Error)]
+enum JobError {
+    /// The session with the job's ACME server could not be opened (one
+    /// error, shared by every job of that server).
+    #[error("{0}")]
+    Session(std::sync::Arc<Error>),
+    #[error(transparent)]
+    Command(#[from] Error),
+    /// The fleet's exclusive order failed (its errors are messages).
+    #[error("{0}")]
+    Fleet(String),
+}
+
+type JobResult = std::result::Result<Done, JobError>;
 
 /// Run the jobs, [`CONCURRENCY`] at a time; one ACME client per server.
 fn run_jobs(
@@ -802,13 +817,13 @@ fn run_jobs(
     if jobs.is_empty() {
         return Vec::new();
     }
-    let mut clients: BTreeMap<String, std::result::Result<provision::Session, String>> =
+    let mut clients: BTreeMap<String, Result<provision::Session, std::sync::Arc<Error>>> =
         BTreeMap::new();
     for j in &jobs {
         if !clients.contains_key(&j.server) {
             clients.insert(
                 j.server.clone(),
-                provision::Session::open(ctx, &j.server).map_err(|e| e.to_string()),
+                provision::Session::open(ctx, &j.server).map_err(std::sync::Arc::new),
             );
         }
     }
@@ -826,8 +841,8 @@ fn run_jobs(
         while let Some(job) = next() {
             let r = match clients.get(&job.server) {
                 Some(Ok(session)) => renew_one(ctx, session, &job, fleet, sites),
-                Some(Err(e)) => Err(e.clone()),
-                None => Err("no ACME client".into()),
+                Some(Err(e)) => Err(JobError::Session(e.clone())),
+                None => Err(Error::failed("no ACME client").into()),
             };
             if let Ok(mut v) = results.lock() {
                 v.push((job, r));
@@ -860,12 +875,8 @@ fn renew_one(
         job.host,
         if job.pending { "provisioning" } else { "renewing" }
     ));
-    crate::fsutil::create_dir_all_mode(&job.webroot, 0o755).map_err(|e| e.to_string())?;
-    let profile = provision::order_profile(
-        &*session.client().map_err(|e| e.to_string())?,
-        &job.host,
-        job.profile.as_ref(),
-    )?;
+    crate::fsutil::create_dir_all_mode(&job.webroot, 0o755).map_err(Error::from)?;
+    let profile = provision::order_profile(&*session.client()?, &job.host, job.profile.as_ref())?;
     // One order, with or without the fleet's gate (checked before finalize).
     let order = |gate: Option<crate::acme::Gate>| {
         let opts = crate::acme::OrderOptions {
@@ -873,12 +884,9 @@ fn renew_one(
             replaces: job.replaces.clone(),
             gate,
         };
-        let (issued, account) = session
-            .run(|c, id| {
-                c.issue_with(&job.host, &job.webroot, job.key_type, &opts)
-                    .map(|i| (i, id.to_string()))
-            })
-            .map_err(|e| e.to_string())?;
+        let (issued, account) = session.run(|c, id| {
+            c.issue_with(&job.host, &job.webroot, job.key_type, &opts).map(|i| (i, id.to_string()))
+        })?;
         crate::fault::point("renew.issued");
         let params = RenewalParams {
             account: Some(account),
@@ -887,14 +895,14 @@ fn renew_one(
             key_type: job.key_type,
             profile: job.profile.clone(),
         };
-        Ok::<_, String>((issued, params))
+        Ok::<_, Error>((issued, params))
     };
     if let Some(f) = fleet {
         let local = super::fleet::local_cert(ctx, &job.host);
         let r = super::fleet::order_exclusive(ctx, f, &job.host, local, sites, |gate| {
             Ok(order(Some(gate))?)
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| JobError::Fleet(e.to_string()))?;
         return Ok(match r {
             super::fleet::Exclusive::Issued(na) => {
                 Done { not_after: na, replaced: job.replaces.clone(), peer: None }
@@ -906,14 +914,14 @@ fn renew_one(
     }
     let (issued, params) = order(None)?;
     let v = NewVersion::from_key_and_fullchain(&issued.key_pem, &issued.fullchain_pem)
-        .map_err(|e| e.to_string())?;
-    ctx.store.add_version(&job.host, &v, &params).map_err(|e| e.to_string())?;
+        .map_err(Error::from)?;
+    ctx.store.add_version(&job.host, &v, &params).map_err(Error::from)?;
     tracing::debug!(host = %job.host, "step: written");
     match ctx.store.material(&job.host, Place::Live) {
         Material::Present(kc) => {
             Ok(Done { not_after: kc.leaf.not_after, replaced: job.replaces.clone(), peer: None })
         }
-        _ => Err("the new version is not readable".into()),
+        _ => Err(Error::failed("the new version is not readable").into()),
     }
 }
 

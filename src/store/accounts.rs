@@ -5,8 +5,7 @@
 //! made (EC or RSA) is used here.
 
 use crate::acme::{AccountKey, JwsError};
-use crate::error::{Error, Result};
-use crate::fsutil;
+use crate::fsutil::{self, IoError};
 use serde_json::{json, Value};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -64,6 +63,25 @@ pub enum CarriedError {
     Host(String),
 }
 
+/// What can go wrong with the stored accounts.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AccountsError {
+    /// The server URL cannot name a directory under `accounts/`.
+    #[error("ACME server {server:?}: {why}")]
+    Server { server: String, why: ServerUrlError },
+    /// The account id cannot name a directory.
+    #[error("ACME server {server:?}: {why}")]
+    Id { server: String, why: BadAccountId },
+    /// The key could not make its JWK or certbot id.
+    #[error("{0}")]
+    Key(JwsError),
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+type Result<T, E = AccountsError> = std::result::Result<T, E>;
+
 /// An account of one server, as stored.
 #[derive(Debug, Clone)]
 pub struct StoredAccount {
@@ -78,13 +96,13 @@ pub struct StoredAccount {
 /// info, no control characters or spaces), so a crafted one (`https:///tmp/x`,
 /// `https://../x`, a newline) can never name a directory outside `accounts/`.
 pub fn server_dir(letsencrypt_dir: &Path, server: &str) -> Result<PathBuf> {
-    let rel = server_rel(server)
-        .map_err(|why| Error::invalid(format!("ACME server {server:?}: {why}")))?;
+    let rel =
+        server_rel(server).map_err(|why| AccountsError::Server { server: server.into(), why })?;
     Ok(letsencrypt_dir.join("accounts").join(rel))
 }
 
 /// `<netloc><path>` of a clean http(s) URL, or why it is not one.
-pub fn server_rel(server: &str) -> std::result::Result<String, ServerUrlError> {
+pub fn server_rel(server: &str) -> Result<String, ServerUrlError> {
     if server.chars().any(|c| c.is_control() || c.is_whitespace() || c == '\\') {
         return Err(ServerUrlError::Characters);
     }
@@ -139,7 +157,7 @@ pub fn server_rel(server: &str) -> std::result::Result<String, ServerUrlError> {
 
 /// An account id as a directory name: certbot's are the hex MD5 of the key;
 /// anything that is not a plain name (`/`, `..`, control characters) is refused.
-pub fn check_id(id: &str) -> std::result::Result<(), BadAccountId> {
+pub fn check_id(id: &str) -> Result<(), BadAccountId> {
     if id.is_empty()
         || id.len() > 128
         || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
@@ -151,7 +169,7 @@ pub fn check_id(id: &str) -> std::result::Result<(), BadAccountId> {
 
 /// `accounts/<server>/<id>`: the one place an account id becomes a path.
 pub fn account_dir(letsencrypt_dir: &Path, server: &str, id: &str) -> Result<PathBuf> {
-    check_id(id).map_err(|why| Error::invalid(format!("ACME server {server:?}: {why}")))?;
+    check_id(id).map_err(|why| AccountsError::Id { server: server.into(), why })?;
     Ok(server_dir(letsencrypt_dir, server)?.join(id))
 }
 
@@ -202,12 +220,12 @@ pub fn save(
     uri: &str,
     terms: Option<&str>,
 ) -> Result<String> {
-    let id = key.certbot_id().map_err(Error::failed)?;
+    let id = key.certbot_id().map_err(AccountsError::Key)?;
     let base = letsencrypt_dir.join("accounts");
     fsutil::ensure_dir_mode(&base, 0o700)?;
     let dir = account_dir(letsencrypt_dir, server, &id)?;
     fsutil::create_dir_all_mode(&dir, 0o700)?;
-    let jwk = key.private_jwk().map_err(Error::failed)?;
+    let jwk = key.private_jwk().map_err(AccountsError::Key)?;
     let host = fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into());
@@ -257,7 +275,7 @@ pub fn export(letsencrypt_dir: &Path, server: &str, id: &str) -> Option<Carried>
 
 /// Check a carried account before anything is installed: its key must load
 /// and its id must be that key's certbot id. Returns the key.
-pub fn check_carried(c: &Carried) -> std::result::Result<AccountKey, CarriedError> {
+pub fn check_carried(c: &Carried) -> Result<AccountKey, CarriedError> {
     server_rel(&c.server).map_err(CarriedError::Server)?;
     check_id(&c.id)?;
     let key = AccountKey::from_private_jwk(&c.key).map_err(CarriedError::Key)?;
