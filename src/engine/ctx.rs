@@ -171,7 +171,7 @@ impl Ctx {
 
 /// The account this device orders with for `server`: in fleet mode the
 /// fleet's (as the last sync installed it), else the first stored one.
-pub fn stored_account(
+pub(crate) fn stored_account(
     ctx: &Ctx,
     server: &str,
 ) -> Result<Option<crate::store::accounts::StoredAccount>> {

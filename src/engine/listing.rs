@@ -17,7 +17,7 @@ use std::path::Path;
 /// Encrypt site carries its live key and full chain; an own certificate its
 /// files from `ssl_dir` (the site is exported without `tls` when they are
 /// missing, or with `notls`).
-pub fn exported(ctx: &Ctx, s: &Site, notls: bool) -> Site {
+pub(super) fn exported(ctx: &Ctx, s: &Site, notls: bool) -> Site {
     let tls = match &s.tls {
         Tls::Http => Tls::Http,
         // `letsencrypt`, the profile the site asked for, and the live pair: a
@@ -59,7 +59,7 @@ fn to_json(doc: &impl serde::Serialize) -> Result<Value> {
 }
 
 /// `showsite --siteid`: the Site JSON with its TLS material.
-pub fn showsite(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
+pub(super) fn showsite(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
     let s = facts::load_stored(&ctx.cfg, siteid)?
         .ok_or_else(|| Error::invalid(format!("site {siteid} is not deployed")))?;
     ctx.print_json(&to_json(&exported(ctx, &s, false))?)?;
@@ -67,7 +67,7 @@ pub fn showsite(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
 }
 
 /// `listsites`: every deployed Site JSON, with TLS material.
-pub fn listsites(ctx: &Ctx) -> Result<i32> {
+pub(super) fn listsites(ctx: &Ctx) -> Result<i32> {
     let all = facts::all_stored(&ctx.cfg)?;
     if ctx.json {
         ctx.print_json(&to_json(
@@ -130,7 +130,7 @@ fn served(ctx: &Ctx, s: &Site) -> Served {
 }
 
 /// `backup (--siteid ... | --all) --out FILE [--notls]`, written 0600.
-pub fn backup(ctx: &Ctx, ids: &[SiteId], all: bool, out: &Path, notls: bool) -> Result<i32> {
+pub(super) fn backup(ctx: &Ctx, ids: &[SiteId], all: bool, out: &Path, notls: bool) -> Result<i32> {
     // No lock: backup only reads, and every read of the store goes through
     // links that are switched atomically.
     let stored = facts::all_stored(&ctx.cfg)?;
@@ -219,7 +219,7 @@ fn carried_accounts(ctx: &Ctx, sites: &[&Site]) -> Vec<crate::store::accounts::C
 }
 
 /// Every certificate: live and stashed lineages, OKCs, pending sites.
-pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<CertificateRow>> {
+pub(super) fn certificate_rows(ctx: &Ctx) -> Result<Vec<CertificateRow>> {
     let sites = facts::all_stored(&ctx.cfg)?;
     let site_of = |host: &str| {
         sites
@@ -300,7 +300,7 @@ pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<CertificateRow>> {
 }
 
 /// `certificates`.
-pub fn certificates(ctx: &Ctx) -> Result<i32> {
+pub(super) fn certificates(ctx: &Ctx) -> Result<i32> {
     let mut rows = certificate_rows(ctx)?;
     // Renewal failures and back-off, and what needs attention soon: Let's
     // Encrypt no longer mails before expiry, so site-admin must say so.

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 /// One owed revocation (docs/design.md, "Revocation"), as this pass left it.
 #[derive(Debug, Clone, Serialize)]
-pub struct RevocationEntry {
+pub(crate) struct RevocationEntry {
     pub host: String,
     pub serial: String,
     pub reason: String,
@@ -33,7 +33,7 @@ pub struct RevocationEntry {
 
 /// Why one owed revocation could not be sent (it stays owed).
 #[derive(Debug, thiserror::Error)]
-pub enum SendError {
+pub(super) enum SendError {
     /// The certificate recorded in the owed list does not parse.
     #[error("the recorded certificate cannot be read: {0}")]
     Unreadable(crate::certs::PemError),

@@ -7,7 +7,7 @@
 use super::ctx::Ctx;
 use super::facts;
 use super::owed;
-pub use super::owed::RevocationEntry;
+pub(crate) use super::owed::RevocationEntry;
 use super::provision;
 use super::serving::serve_changed;
 use super::ts;
@@ -25,12 +25,12 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
 /// How many renewals run at once.
-pub const CONCURRENCY: usize = 3;
+pub(crate) const CONCURRENCY: usize = 3;
 
 /// What happened to one lineage or pending site.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "status", rename_all = "snake_case")]
-pub enum Status {
+pub(crate) enum Status {
     NotDue {
         due: String,
         /// What decides when: the ARI window, or the backstop.
@@ -85,7 +85,7 @@ pub enum Status {
 
 /// One row of the report.
 #[derive(Debug, Clone, Serialize)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub host: String,
     pub siteid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -105,7 +105,7 @@ impl Entry {
 
 /// The report printed with `--json` and given to hooks on stdin.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub event: &'static str,
     pub dry_run: bool,
     pub lineages: Vec<Entry>,
@@ -138,7 +138,7 @@ pub struct Report {
 
 /// The fleet part of a renew report.
 #[derive(Debug, Clone, Serialize)]
-pub struct FleetReport {
+pub(crate) struct FleetReport {
     pub device: String,
     /// Hosts whose fleet certificate the sync took.
     pub taken: Vec<String>,
@@ -157,7 +157,7 @@ impl Report {
     }
 
     /// The one-line summary on stderr.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let dry = if self.dry_run {
             format!(
                 " (dry run: {} would be renewed)",
@@ -525,7 +525,7 @@ fn dry_run_report(plan: renewal::Plan, mut entries: Vec<Entry>, start: Start) ->
 }
 
 /// `renew [--force] [--dry-run]`: gather → plan → execute → report.
-pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
+pub(crate) fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     // A dry run takes no lock and changes nothing.
     let locked = if dry_run { None } else { Some(ctx.lock("renew")?) };
     let rec = locked.as_ref().map(|l| &l.recovered);

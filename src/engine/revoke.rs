@@ -37,7 +37,7 @@ impl Request<'_> {
     }
 }
 
-pub fn revoke_command(
+pub(super) fn revoke_command(
     ctx: &Ctx,
     siteid: &SiteId,
     reason: RevocationReason,
