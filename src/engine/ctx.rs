@@ -162,8 +162,8 @@ impl Ctx {
         tracing::info!("{msg}");
     }
 
-    /// Print a JSON document on stdout.
-    pub fn print_json(&self, v: &serde_json::Value) -> Result<()> {
+    /// Print a JSON document on stdout (a typed document, serialized once).
+    pub fn print_json(&self, v: &impl serde::Serialize) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(v).map_err(|e| Error::failed(e.to_string()))?);
         Ok(())
     }

@@ -464,7 +464,7 @@ pub(crate) fn doctor_command(ctx: &Ctx, repair: bool) -> Result<i32> {
     let open = findings.iter().filter(|f| !f.repaired).count();
     if ctx.json {
         let doc = DoctorReport { ok: open == 0, findings: &findings };
-        ctx.print_json(&serde_json::to_value(doc).map_err(|e| Error::failed(e.to_string()))?)?;
+        ctx.print_json(&doc)?;
     } else {
         for f in &findings {
             println!(

@@ -26,7 +26,6 @@ use crate::store::accounts;
 use crate::store::{ensure_nl, NewVersion, Place, StoreError};
 use chrono::Utc;
 use serde::Serialize;
-use serde_json::Value;
 use std::path::Path;
 
 /// Read the Site JSON text from a file or stdin.
@@ -106,11 +105,6 @@ struct UndeployDoc<'a> {
     reason: &'a str,
 }
 
-/// A document as `--json` prints it.
-fn to_json(doc: &impl Serialize) -> Result<Value> {
-    serde_json::to_value(doc).map_err(|e| Error::failed(e.to_string()))
-}
-
 pub(super) fn serving_name(s: &Serve) -> &'static str {
     match s {
         Serve::Nothing => "nothing",
@@ -185,9 +179,9 @@ fn report(ctx: &Ctx, outs: &[Outcome]) -> Result<i32> {
     }
     if ctx.json {
         if outs.len() == 1 {
-            ctx.print_json(&to_json(&outs[0].doc())?)?;
+            ctx.print_json(&outs[0].doc())?;
         } else {
-            ctx.print_json(&to_json(&outs.iter().map(Outcome::doc).collect::<Vec<_>>())?)?;
+            ctx.print_json(&outs.iter().map(Outcome::doc).collect::<Vec<_>>())?;
         }
     }
     Ok(0)
@@ -201,7 +195,7 @@ fn dry_run_report(ctx: &Ctx, site: &Site) -> Result<i32> {
     let plan =
         decide::decide(&f).map_err(|r| Error::invalid(format!("site {}: {}", site.siteid, r.0)))?;
     if ctx.json {
-        ctx.print_json(&to_json(&DryRunDoc {
+        ctx.print_json(&DryRunDoc {
             dry_run: true,
             siteid: &site.siteid,
             hostname: &site.hostname,
@@ -212,7 +206,7 @@ fn dry_run_report(ctx: &Ctx, site: &Site) -> Result<i32> {
             actions: &plan.actions,
             reason: &plan.reason,
             warnings: &plan.warnings,
-        })?)?;
+        })?;
     } else {
         let cur = match &f.current {
             decide::Current::NotDeployed => "not deployed".to_string(),
@@ -829,13 +823,13 @@ pub(super) fn undeploy_command(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
     })?;
     ctx.progress(&format!("site {siteid} ({}) undeployed", stored.hostname));
     if ctx.json {
-        ctx.print_json(&to_json(&UndeployDoc {
+        ctx.print_json(&UndeployDoc {
             siteid,
             hostname: &stored.hostname,
             undeployed: true,
             actions: &plan.actions,
             reason: &plan.reason,
-        })?)?;
+        })?;
     }
     Ok(0)
 }

@@ -10,7 +10,6 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::site::{CarriedPair, OwnCert, Site, SiteId, Tls};
 use crate::store::{Material, Place};
-use serde_json::Value;
 use std::path::Path;
 
 /// A stored site as exported: with its TLS material unless `notls`. A Let's
@@ -53,16 +52,11 @@ pub(super) fn exported(ctx: &Ctx, s: &Site, notls: bool) -> Site {
     Site { tls, ..s.clone() }
 }
 
-/// A document as `--json` prints it.
-fn to_json(doc: &impl serde::Serialize) -> Result<Value> {
-    serde_json::to_value(doc).map_err(|e| Error::failed(e.to_string()))
-}
-
 /// `showsite --siteid`: the Site JSON with its TLS material.
 pub(super) fn showsite(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
     let s = facts::load_stored(&ctx.cfg, siteid)?
         .ok_or_else(|| Error::invalid(format!("site {siteid} is not deployed")))?;
-    ctx.print_json(&to_json(&exported(ctx, &s, false))?)?;
+    ctx.print_json(&exported(ctx, &s, false))?;
     Ok(0)
 }
 
@@ -70,9 +64,7 @@ pub(super) fn showsite(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
 pub(super) fn listsites(ctx: &Ctx) -> Result<i32> {
     let all = facts::all_stored(&ctx.cfg)?;
     if ctx.json {
-        ctx.print_json(&to_json(
-            &all.iter().map(|s| exported(ctx, s, false)).collect::<Vec<_>>(),
-        )?)?;
+        ctx.print_json(&all.iter().map(|s| exported(ctx, s, false)).collect::<Vec<_>>())?;
     } else {
         for s in &all {
             // What the virtual host serves, not what the Site JSON asks for.
@@ -183,7 +175,7 @@ pub(super) fn backup(ctx: &Ctx, ids: &[SiteId], all: bool, out: &Path, notls: bo
     ctx.progress(&format!("backed up {} site(s) to {}{what}", chosen.len(), out.display()));
     if ctx.json {
         let sites = chosen.iter().map(|s| &s.siteid).collect();
-        ctx.print_json(&to_json(&BackupResult { out: out_abs, sites, notls })?)?;
+        ctx.print_json(&BackupResult { out: out_abs, sites, notls })?;
     }
     Ok(0)
 }
@@ -336,7 +328,7 @@ pub(super) fn certificates(ctx: &Ctx) -> Result<i32> {
         .chain(owed_rows.into_iter().map(Row::Owed))
         .collect();
     if ctx.json {
-        ctx.print_json(&to_json(&rows)?)?;
+        ctx.print_json(&rows)?;
         return Ok(0);
     }
     if rows.is_empty() {

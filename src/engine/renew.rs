@@ -751,7 +751,7 @@ fn finish(ctx: &Ctx, report: Report) -> Result<i32> {
         }
     }
     if ctx.json {
-        ctx.print_json(&serde_json::to_value(&report).map_err(|e| Error::failed(e.to_string()))?)?;
+        ctx.print_json(&report)?;
     } else if !ctx.quiet {
         eprintln!("{}", report.summary());
     }
