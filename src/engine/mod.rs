@@ -98,3 +98,22 @@ pub fn run(cli: Cli) -> Result<i32> {
 pub(crate) fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
+
+/// `serialize_with` for a document's timestamp: [`ts`]'s one format.
+pub(crate) fn ser_ts<S: serde::Serializer>(
+    t: &chrono::DateTime<chrono::Utc>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&ts(*t))
+}
+
+/// `serialize_with` for an optional timestamp (`null` when absent).
+pub(crate) fn ser_ts_opt<S: serde::Serializer>(
+    t: &Option<chrono::DateTime<chrono::Utc>>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&ts(*t)),
+        None => s.serialize_none(),
+    }
+}
