@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 /// Which certificate the TLS virtual host serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VhostTls {
+pub(crate) enum VhostTls {
     /// Plain http only.
     None,
     /// `live/<host>/fullchain.pem` + `privkey.pem`.
@@ -33,7 +33,7 @@ fn q(p: &Path) -> String {
 
 /// A hostname as it goes into a URL's authority, a `Host` header or
 /// `ServerName`: an IPv6 address in brackets (`[::1]`), anything else as is.
-pub fn url_host(hostname: &str) -> String {
+pub(crate) fn url_host(hostname: &str) -> String {
     match hostname.parse::<std::net::Ipv6Addr>() {
         Ok(_) => format!("[{hostname}]"),
         Err(_) => hostname.to_string(),
@@ -41,7 +41,7 @@ pub fn url_host(hostname: &str) -> String {
 }
 
 /// Render a site's virtual hosts.
-pub fn render(cfg: &Config, siteid: &str, hostname: &str, tls: &VhostTls) -> String {
+pub(crate) fn render(cfg: &Config, siteid: &str, hostname: &str, tls: &VhostTls) -> String {
     let docroot = cfg.site_docroot(siteid);
     let challenge = cfg.site_wellknown(siteid).join(".well-known/acme-challenge");
     let names = if hostname == "*" {
@@ -117,7 +117,7 @@ pub fn render(cfg: &Config, siteid: &str, hostname: &str, tls: &VhostTls) -> Str
 /// site's file. Binding the vhost to the address instead (`<VirtualHost
 /// [::1]:443>`) would win every connection to that address, and so take the
 /// DNS sites on it away from their own certificates.
-pub fn render_default(cfg: &Config) -> Option<String> {
+pub(crate) fn render_default(cfg: &Config) -> Option<String> {
     let default = cfg.default_tls_vhost_file();
     let mut files: Vec<PathBuf> = fs::read_dir(&cfg.apache.sites_dir)
         .ok()?
@@ -150,14 +150,14 @@ pub fn render_default(cfg: &Config) -> Option<String> {
 }
 
 /// Is the default TLS vhost file what the site files call for?
-pub fn default_in_line(cfg: &Config) -> bool {
+pub(crate) fn default_in_line(cfg: &Config) -> bool {
     fs::read_to_string(cfg.default_tls_vhost_file()).ok() == render_default(cfg)
 }
 
 /// Bring the default TLS vhost file in line (`doctor --repair`: a device
 /// whose IP site was deployed before site-admin kept that file), as one
 /// transaction.
-pub fn repair_default(
+pub(crate) fn repair_default(
     cfg: &Config,
     rec: &Recovered,
     progress: &dyn Fn(&str),
@@ -169,7 +169,7 @@ pub fn repair_default(
 
 /// The server-wide file (in `apache.sites_dir`, so Apache includes it) with
 /// the stateless HTTP-01 answer of the server's account.
-pub fn acme_conf_file(cfg: &Config) -> PathBuf {
+pub(crate) fn acme_conf_file(cfg: &Config) -> PathBuf {
     cfg.apache.sites_dir.join("site-admin-acme-challenge.conf")
 }
 
@@ -179,7 +179,7 @@ pub fn acme_conf_file(cfg: &Config) -> PathBuf {
 /// that exists (a site's own webroot, certbot's) is served instead.
 ///
 /// [RFC 8555 §8.1]: https://www.rfc-editor.org/rfc/rfc8555#section-8.1
-pub fn render_acme_conf(thumbprint: &str) -> String {
+pub(crate) fn render_acme_conf(thumbprint: &str) -> String {
     format!(
         "# site-admin: the stateless ACME HTTP-01 answer of this device's account, for hosts\n\
          # no site's vhost serves yet. Generated; changes are overwritten.\n\
@@ -260,7 +260,7 @@ type Result<T, E = ApacheError> = std::result::Result<T, E>;
 /// journaled [`Completion`]; after a crash it runs it again. Its error is the
 /// caller's own (`E`), passed through as it is; a transaction that takes one
 /// ends with that error type, into which its own [`ApacheError`]s convert.
-pub type Complete<'c, E> = &'c dyn Fn(&Completion) -> Result<(), E>;
+pub(crate) type Complete<'c, E> = &'c dyn Fn(&Completion) -> Result<(), E>;
 
 /// Proof that a crash's leftover transaction has been dealt with: only
 /// [`recover`] makes one, and [`Transaction::begin`] needs one.
@@ -271,7 +271,7 @@ pub struct Recovered {
 
 /// A set of changes to Apache-related files (vhosts, OKC files), decided
 /// together by `configtest`.
-pub struct Transaction<'a> {
+pub(crate) struct Transaction<'a> {
     cfg: &'a Config,
     index: Index,
     /// What shows that the reload took effect (not journaled: a crash's
@@ -281,7 +281,7 @@ pub struct Transaction<'a> {
 
 impl<'a> Transaction<'a> {
     /// Start a transaction, once any interrupted one was recovered.
-    pub fn begin(cfg: &'a Config, _recovered: &Recovered) -> Result<Transaction<'a>> {
+    pub(crate) fn begin(cfg: &'a Config, _recovered: &Recovered) -> Result<Transaction<'a>> {
         journal::start(cfg)?;
         Ok(Transaction { cfg, index: Index::default(), proofs: Vec::new() })
     }
@@ -291,7 +291,7 @@ impl<'a> Transaction<'a> {
     }
 
     /// What to run once `configtest` has passed (journaled with the files).
-    pub fn set_completion(&mut self, c: Completion) -> Result<()> {
+    pub(crate) fn set_completion(&mut self, c: Completion) -> Result<()> {
         self.index.completion = Some(c);
         if !self.index.saved.is_empty() {
             self.write_index()?;
@@ -302,7 +302,7 @@ impl<'a> Transaction<'a> {
     /// What to run if the transaction is rolled back instead. Journaled at
     /// once, even before any file changed: the operation may add to the
     /// store (a lineage) before it writes Apache's files.
-    pub fn set_rollback(&mut self, c: Completion) -> Result<()> {
+    pub(crate) fn set_rollback(&mut self, c: Completion) -> Result<()> {
         self.index.rollback = Some(c);
         self.write_index()
     }
@@ -310,7 +310,7 @@ impl<'a> Transaction<'a> {
     /// Give the transaction up undecided (the operation failed on its way):
     /// every file put back, Apache reloaded if it had loaded an interim
     /// step, the rollback run, the journal dropped.
-    pub fn abort<E: From<ApacheError>>(self, complete: Complete<E>) -> Result<(), E> {
+    pub(crate) fn abort<E: From<ApacheError>>(self, complete: Complete<E>) -> Result<(), E> {
         journal::restore(&self.index.saved).map_err(ApacheError::from)?;
         if self.index.interim {
             if let Err(e) = reload(self.cfg) {
@@ -348,7 +348,7 @@ impl<'a> Transaction<'a> {
 
     /// Write a file as part of the transaction (nothing happens if it holds
     /// these bytes with this mode already).
-    pub fn write(&mut self, path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    pub(crate) fn write(&mut self, path: &Path, data: &[u8], mode: u32) -> Result<()> {
         let unchanged = fs::read(path).map(|d| d == data).unwrap_or(false)
             && fs::symlink_metadata(path)
                 .map(|m| m.is_file() && m.permissions().mode() & 0o7777 == mode)
@@ -366,7 +366,7 @@ impl<'a> Transaction<'a> {
     }
 
     /// Remove a file as part of the transaction.
-    pub fn remove(&mut self, path: &Path) -> Result<()> {
+    pub(crate) fn remove(&mut self, path: &Path) -> Result<()> {
         if !fsutil::exists_nofollow(path) {
             return Ok(());
         }
@@ -374,10 +374,6 @@ impl<'a> Transaction<'a> {
         fsutil::remove_file_if_exists(path)?;
         crate::fault::point("apache.removed_file");
         Ok(())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.index.saved.is_empty()
     }
 
     /// Bring the default TLS vhost ([`render_default`]) in line with the
@@ -396,7 +392,7 @@ impl<'a> Transaction<'a> {
     /// crash before [`Transaction::commit`] decides rolls everything back
     /// (Apache reloaded on the previous files). On failure every file is put
     /// back, as by `commit`.
-    pub fn commit_interim(
+    pub(crate) fn commit_interim(
         mut self,
         progress: &dyn Fn(&str),
     ) -> Result<Transaction<'a>, ApacheError> {
@@ -454,7 +450,7 @@ impl<'a> Transaction<'a> {
 
     /// Add what shows that Apache serves this transaction's files once it
     /// reloaded (see [`reload_proven`]).
-    pub fn prove(&mut self, p: Proof) {
+    pub(crate) fn prove(&mut self, p: Proof) {
         self.proofs.push(p);
     }
 
@@ -463,7 +459,7 @@ impl<'a> Transaction<'a> {
     /// it still serves), run the completion, and drop the journal. With
     /// `reload_anyway`, Apache is reloaded even when no file of the
     /// transaction changed (a certificate a vhost points at changed under it).
-    pub fn commit<E: From<ApacheError>>(
+    pub(crate) fn commit<E: From<ApacheError>>(
         mut self,
         reload_anyway: bool,
         progress: &dyn Fn(&str),
@@ -521,7 +517,7 @@ impl<'a> Transaction<'a> {
 const RELOAD_SETTLE: Duration = Duration::from_millis(100);
 
 /// How long a reload may take to serve what was written before it fails.
-pub const RELOAD_DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const RELOAD_DEADLINE: Duration = Duration::from_secs(10);
 
 /// How often the proofs are polled after a reload.
 const PROOF_POLL: Duration = Duration::from_millis(5);
@@ -532,7 +528,7 @@ const DOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// What shows that Apache serves the configuration a reload was for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Proof {
+pub(crate) enum Proof {
     /// The TLS handshake with this SNI on the https port presents the
     /// certificate with this serial (lowercase hex, no leading zeros).
     Serial { host: String, serial: String },
@@ -571,7 +567,7 @@ impl Drop for ProbeFile {
 }
 
 /// Does Apache accept connections on the http port of `apache.address`?
-pub fn serving(cfg: &Config) -> bool {
+pub(crate) fn serving(cfg: &Config) -> bool {
     let addr = std::net::SocketAddr::new(cfg.apache.address, cfg.apache.http_port);
     std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
 }
@@ -580,7 +576,7 @@ pub fn serving(cfg: &Config) -> bool {
 /// new connection (a kept-alive one would stay with an old child, which
 /// serves the old configuration for as long as it is reused): the status
 /// and at most 64 KiB of the body. Plain HTTP/1.0, no TLS roots to load.
-pub fn http_get(cfg: &Config, host: &str, path: &str) -> Option<(u16, String)> {
+pub(crate) fn http_get(cfg: &Config, host: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let addr = std::net::SocketAddr::new(cfg.apache.address, cfg.apache.http_port);
     let mut tcp = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
@@ -613,7 +609,7 @@ fn probe_served(cfg: &Config, host: &str, probe: &ProbeFile) -> bool {
 /// before, stopped serving after it. An Apache that was not running is not
 /// an error (the configuration is valid and is read when Apache starts).
 /// Nothing proves the new configuration is served: see [`reload_proven`].
-pub fn reload(cfg: &Config) -> Result<(), ReloadError> {
+pub(crate) fn reload(cfg: &Config) -> Result<(), ReloadError> {
     reload_proven(cfg, &[])
 }
 
@@ -623,7 +619,7 @@ pub fn reload(cfg: &Config) -> Result<(), ReloadError> {
 /// is an error, and so is a proof that does not hold within
 /// [`RELOAD_DEADLINE`] (naming the host). With no proof, Apache is watched
 /// through a short settle window instead.
-pub fn reload_proven(cfg: &Config, proofs: &[Proof]) -> Result<(), ReloadError> {
+pub(crate) fn reload_proven(cfg: &Config, proofs: &[Proof]) -> Result<(), ReloadError> {
     let where_ = std::net::SocketAddr::new(cfg.apache.address, cfg.apache.http_port);
     let was_serving = serving(cfg);
     if !was_serving {
@@ -820,7 +816,7 @@ fn apache_parent(pid_file: &Path) -> Option<rustix::process::Pid> {
 
 /// Bring Apache up again after a reload killed it: `apache.start`, then
 /// check it serves.
-pub fn restart(cfg: &Config) -> Result<(), ReloadError> {
+pub(crate) fn restart(cfg: &Config) -> Result<(), ReloadError> {
     if serving(cfg) {
         return Ok(run_argv(&cfg.apache.reload)?);
     }
@@ -837,7 +833,7 @@ pub fn restart(cfg: &Config) -> Result<(), ReloadError> {
 
 /// The serial (lowercase hex, no leading zeros) of the certificate Apache
 /// serves for `host` (SNI) on the https port of `apache.address`, if it serves one.
-pub fn served_serial(cfg: &Config, host: &str) -> Option<String> {
+pub(crate) fn served_serial(cfg: &Config, host: &str) -> Option<String> {
     use openssl::ssl::{Ssl, SslContext, SslMethod, SslVerifyMode};
     // One context for the process, without the system's roots (nothing is
     // verified: only the serial is read): an SslConnector loads them for
@@ -869,7 +865,7 @@ pub fn served_serial(cfg: &Config, host: &str) -> Option<String> {
 
 /// What [`recover`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recovery {
+pub(crate) enum Recovery {
     Nothing,
     /// An undecided transaction: every file put back.
     RolledBack,
@@ -881,7 +877,7 @@ pub enum Recovery {
 /// had not decided for it (and reload Apache if it had loaded an interim
 /// step of it), else reload and complete it. Needs the global
 /// lock; returns the proof that new transactions may begin.
-pub fn recover<E: From<ApacheError>>(
+pub(crate) fn recover<E: From<ApacheError>>(
     cfg: &Config,
     _lock: &crate::lock::GlobalLock,
     complete: Complete<E>,
@@ -924,7 +920,7 @@ pub fn recover<E: From<ApacheError>>(
 }
 
 /// Run an argv; Err carries what it printed.
-pub fn run_argv(argv: &[String]) -> Result<(), RunError> {
+pub(crate) fn run_argv(argv: &[String]) -> Result<(), RunError> {
     let (prog, args) = argv.split_first().ok_or(RunError::Empty)?;
     match Command::new(prog).args(args).stdin(std::process::Stdio::null()).output() {
         Ok(o) if o.status.success() => Ok(()),

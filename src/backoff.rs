@@ -16,7 +16,7 @@ use chrono::{DateTime, Duration, Utc};
 use std::collections::BTreeMap;
 
 /// The wait after `failures` consecutive failures.
-pub fn delay(failures: u32) -> Duration {
+pub(crate) fn delay(failures: u32) -> Duration {
     match failures {
         0 => Duration::zero(),
         1 => Duration::minutes(1),
@@ -27,14 +27,14 @@ pub fn delay(failures: u32) -> Duration {
 }
 
 /// The longest step: no honest record's next attempt lies further ahead.
-pub fn longest() -> Duration {
+pub(crate) fn longest() -> Duration {
     delay(u32::MAX)
 }
 
 /// What a record means for an attempt at `now` with the configuration
 /// whose fingerprint is `config`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// No record, or its next attempt has come.
     Go,
     /// Backing off: not before its next attempt.
@@ -49,7 +49,7 @@ pub enum Verdict {
 
 /// The back-off rule for one record. Pure. A record without a fingerprint
 /// (written before they were kept) counts as the same configuration.
-pub fn verdict(
+pub(crate) fn verdict(
     next_attempt: DateTime<Utc>,
     recorded_config: Option<&str>,
     now: DateTime<Utc>,
@@ -67,7 +67,7 @@ pub fn verdict(
 }
 
 /// The pure part of [`crate::backoff_file::config_fingerprint`]: each part length-prefixed, hashed.
-pub fn fingerprint(parts: &[Vec<u8>]) -> String {
+pub(crate) fn fingerprint(parts: &[Vec<u8>]) -> String {
     let mut data = b"site-admin backoff config v1".to_vec();
     for p in parts {
         data.extend_from_slice(&(p.len() as u64).to_be_bytes());
@@ -83,7 +83,7 @@ pub fn fingerprint(parts: &[Vec<u8>]) -> String {
 
 /// One host's record.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Failures {
+pub(crate) struct Failures {
     pub failures: u32,
     pub last_error: String,
     pub last_attempt: DateTime<Utc>,
@@ -96,7 +96,7 @@ pub struct Failures {
 
 /// Every host's record.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct State {
+pub(crate) struct State {
     #[serde(flatten)]
     pub hosts: BTreeMap<String, Failures>,
 }
@@ -104,7 +104,7 @@ pub struct State {
 impl State {
     /// Record a failure at `now` under the configuration `config`: one more
     /// in a row (the count saturates, never wraps), and the next attempt.
-    pub fn failed(&mut self, host: &str, error: &str, now: DateTime<Utc>, config: &str) {
+    pub(crate) fn failed(&mut self, host: &str, error: &str, now: DateTime<Utc>, config: &str) {
         let n = self.hosts.get(host).map(|f| f.failures).unwrap_or(0).saturating_add(1);
         let f = Failures {
             failures: n,
@@ -116,12 +116,18 @@ impl State {
         self.hosts.insert(host.into(), f);
     }
     /// A success ends the run of failures.
-    pub fn succeeded(&mut self, host: &str) {
+    pub(crate) fn succeeded(&mut self, host: &str) {
         self.hosts.remove(host);
     }
     /// When `host` may be tried next, if it is backing off at `now` under
-    /// the configuration `config` ([`verdict`]).
-    pub fn waiting(&self, host: &str, now: DateTime<Utc>, config: &str) -> Option<&Failures> {
+    /// the configuration `config` ([`verdict`]). The tests' view of the rule.
+    #[cfg(test)]
+    pub(crate) fn waiting(
+        &self,
+        host: &str,
+        now: DateTime<Utc>,
+        config: &str,
+    ) -> Option<&Failures> {
         self.hosts
             .get(host)
             .filter(|f| verdict(f.next_attempt, f.config.as_deref(), now, config) == Verdict::Wait)

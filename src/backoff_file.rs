@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// A fingerprint of the configuration an issuance depends on: the ACME
 /// server, the CA bundle (path and contents), the contact, the EAB, the
 /// default profile and the key type. A short SHA-256: it names no secret.
-pub fn config_fingerprint(cfg: &crate::config::Config) -> String {
+pub(crate) fn config_fingerprint(cfg: &crate::config::Config) -> String {
     let mut parts: Vec<Vec<u8>> = vec![cfg.acme_server.as_bytes().to_vec()];
     match &cfg.acme_ca_bundle {
         Some(p) => {
@@ -35,15 +35,15 @@ pub fn config_fingerprint(cfg: &crate::config::Config) -> String {
 const FILE: &str = "backoff.json";
 
 /// Why the back-off state could not be saved.
-pub type BackoffFileError = state_file::WriteError;
+pub(crate) type BackoffFileError = state_file::WriteError;
 
-pub fn path(state_dir: &Path) -> PathBuf {
+pub(crate) fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE)
 }
 
 /// Read the state; a missing file is an empty state, a damaged one is
 /// reported and treated as empty (it only delays retries).
-pub fn load(state_dir: &Path) -> State {
+pub(crate) fn load(state_dir: &Path) -> State {
     let p = path(state_dir);
     match state_file::read(&p) {
         Ok(s) => s,
@@ -55,14 +55,19 @@ pub fn load(state_dir: &Path) -> State {
     }
 }
 
-pub fn save(state_dir: &Path, s: &State) -> Result<(), BackoffFileError> {
+pub(crate) fn save(state_dir: &Path, s: &State) -> Result<(), BackoffFileError> {
     state_file::write(state_dir, FILE, s)
 }
 
 /// The one back-off update: each outcome recorded (a success clears the
 /// host's failures; a failure is counted, with its error, under the
 /// fingerprint `config` of the configuration it failed under).
-pub fn note(state: &mut State, host: &str, outcome: std::result::Result<(), &str>, config: &str) {
+pub(crate) fn note(
+    state: &mut State,
+    host: &str,
+    outcome: std::result::Result<(), &str>,
+    config: &str,
+) {
     match outcome {
         Ok(()) => state.succeeded(host),
         Err(error) => state.failed(host, error, Utc::now(), config),
@@ -71,7 +76,7 @@ pub fn note(state: &mut State, host: &str, outcome: std::result::Result<(), &str
 
 /// Write `state` if it differs from `before`; a failure to write is logged
 /// (it only delays retries).
-pub fn save_if_changed(state_dir: &Path, before: &State, state: &State) {
+pub(crate) fn save_if_changed(state_dir: &Path, before: &State, state: &State) {
     if state != before {
         if let Err(e) = save(state_dir, state) {
             tracing::warn!("recording the back-off state: {e}");
@@ -80,7 +85,11 @@ pub fn save_if_changed(state_dir: &Path, before: &State, state: &State) {
 }
 
 /// One outcome recorded in the state file (read, updated, written if changed).
-pub fn record(cfg: &crate::config::Config, host: &str, outcome: std::result::Result<(), &str>) {
+pub(crate) fn record(
+    cfg: &crate::config::Config,
+    host: &str,
+    outcome: std::result::Result<(), &str>,
+) {
     let dir = cfg.state_dir();
     let before = load(&dir);
     let mut state = before.clone();

@@ -352,7 +352,7 @@ pub(crate) mod testutil {
     use chrono::{DateTime, Utc};
 
     /// (key PEM, certificate PEM) for `names`, valid from `nb` to `na`.
-    pub fn make(names: &[&str], nb: DateTime<Utc>, na: DateTime<Utc>) -> (String, String) {
+    pub(crate) fn make(names: &[&str], nb: DateTime<Utc>, na: DateTime<Utc>) -> (String, String) {
         let mut params =
             rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .unwrap();

@@ -34,7 +34,7 @@ use serde::Serialize;
 /// What happens to the site.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Event {
+pub(crate) enum Event {
     /// Deploy, redeploy, redeploy during an update, restore from backup.
     Deploy,
     Undeploy,
@@ -43,7 +43,7 @@ pub enum Event {
 /// A key + certificate pair as the core sees it: plain facts, computed by
 /// the caller against the site's (new) hostname.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     pub not_before: DateTime<Utc>,
     pub not_after: DateTime<Utc>,
     pub key_matches: bool,
@@ -56,7 +56,7 @@ pub struct Candidate {
 }
 
 /// How much clock skew a certificate's notBefore is allowed.
-pub fn clock_skew() -> chrono::Duration {
+pub(crate) fn clock_skew() -> chrono::Duration {
     chrono::Duration::minutes(5)
 }
 
@@ -64,7 +64,7 @@ impl Candidate {
     /// Why it is not usable at `now`, or None: it parses (the caller's
     /// part), its key matches, it covers the host (by SAN), it is valid
     /// already (notBefore ≤ now + a few minutes of skew), it has not expired.
-    pub fn problem(&self, host: &str, now: DateTime<Utc>) -> Option<String> {
+    pub(crate) fn problem(&self, host: &str, now: DateTime<Utc>) -> Option<String> {
         if !self.key_matches {
             Some("its key does not match its certificate".into())
         } else if !self.covers_host {
@@ -79,7 +79,7 @@ impl Candidate {
             None
         }
     }
-    pub fn usable(&self, host: &str, now: DateTime<Utc>) -> bool {
+    pub(crate) fn usable(&self, host: &str, now: DateTime<Utc>) -> bool {
         self.problem(host, now).is_none()
     }
 }
@@ -87,7 +87,7 @@ impl Candidate {
 /// What is deployed now for this site id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Current {
+pub(crate) enum Current {
     NotDeployed,
     /// Deployed on plain http (including a pending site without OKC).
     Http {
@@ -107,7 +107,7 @@ pub enum Current {
 /// What the Site JSON's `tls` asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Wish {
+pub(crate) enum Wish {
     Http,
     LetsEncrypt { carried: Option<Candidate> },
     Okc { okc: Candidate },
@@ -115,7 +115,7 @@ pub enum Wish {
 
 /// All the facts the decision needs.
 #[derive(Debug, Clone)]
-pub struct Facts {
+pub(crate) struct Facts {
     pub event: Event,
     pub hostname: String,
     pub wish: Wish,
@@ -137,7 +137,10 @@ pub struct Facts {
 /// device is switched off that long while keeping its certificates, but a
 /// clock reset far ahead (a dead RTC battery, a bad NTP answer) looks exactly
 /// like that. With no certificates, yes.
-pub fn clock_plausible(now: DateTime<Utc>, certs: &[(DateTime<Utc>, DateTime<Utc>)]) -> bool {
+pub(crate) fn clock_plausible(
+    now: DateTime<Utc>,
+    certs: &[(DateTime<Utc>, DateTime<Utc>)],
+) -> bool {
     let Some(latest) = certs.iter().map(|c| c.1).max() else { return true };
     let longest = certs.iter().map(|c| c.1 - c.0).max().unwrap_or_else(chrono::Duration::zero);
     now <= latest + longest.max(chrono::Duration::days(1))
@@ -146,7 +149,7 @@ pub fn clock_plausible(now: DateTime<Utc>, certs: &[(DateTime<Utc>, DateTime<Utc
 /// One step of a plan, carried out in order by the engine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
-pub enum Action {
+pub(crate) enum Action {
     /// Move `live/<host>` and its renewal conf to `norenewal/`.
     StashLive { host: String },
     /// Delete the stash entry of `host` (expired, or superseded).
@@ -170,7 +173,7 @@ pub enum Action {
 /// What the site's virtual host serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Serve {
+pub(crate) enum Serve {
     /// Nothing: the site is removed.
     Nothing,
     Http,
@@ -183,7 +186,7 @@ pub enum Serve {
 /// Which certificate candidate was chosen, for the reason text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Source {
+pub(crate) enum Source {
     Live,
     Stash,
     Json,
@@ -191,7 +194,7 @@ pub enum Source {
 
 /// The decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub actions: Vec<Action>,
     pub serve: Serve,
     /// What is served if a `Provision` action fails; the site is then pending.
@@ -203,7 +206,7 @@ pub struct Plan {
 
 /// Why a deploy is refused outright (exit 2, nothing changed).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal(pub String);
+pub(crate) struct Refusal(pub String);
 
 fn fmt_date(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%SZ").to_string()
@@ -214,7 +217,7 @@ fn fmt_date(t: DateTime<Utc>) -> String {
 /// The table read row by row: a hostname change first (the old host's LKC
 /// is stashed), then the undeploy event, then one function per row of the
 /// Site JSON's wish, each looking at the columns (what is deployed now).
-pub fn decide(f: &Facts) -> Result<Plan, Refusal> {
+pub(crate) fn decide(f: &Facts) -> Result<Plan, Refusal> {
     let mut d = Draft::default();
     let current = hostname_change(f, &mut d);
     if f.event == Event::Undeploy {

@@ -41,7 +41,7 @@ fn setting() -> &'static Setting {
 }
 
 /// A named step: abort here if `SITE_ADMIN_FAULT` names it.
-pub fn point(step: &str) {
+pub(crate) fn point(step: &str) {
     let s = setting();
     if let Some(path) = &s.trace {
         if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {

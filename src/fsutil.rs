@@ -21,7 +21,7 @@ pub struct IoError {
     pub source: std::io::Error,
 }
 
-pub type Result<T, E = IoError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = IoError> = std::result::Result<T, E>;
 
 /// Attach a path and a verb to an I/O error ([`IoError`]).
 pub trait IoContext<T> {
@@ -36,7 +36,7 @@ impl<T> IoContext<T> for std::io::Result<T> {
 
 /// Why [`resolve_guarded`] would not resolve a path.
 #[derive(Debug, thiserror::Error)]
-pub enum GuardError {
+pub(crate) enum GuardError {
     #[error("{}: too many levels of symbolic links", .0.display())]
     Loop(PathBuf),
     /// A link another user planted where others can write.
@@ -48,7 +48,7 @@ pub enum GuardError {
 
 /// Why [`user_output_target`] refuses a path; the caller names the flag.
 #[derive(Debug, thiserror::Error)]
-pub enum OutputError {
+pub(crate) enum OutputError {
     #[error(transparent)]
     Guard(#[from] GuardError),
     #[error("{0}")]
@@ -66,7 +66,7 @@ pub enum OutputError {
 /// cannot pre-create it in a shared directory (`backup --out /tmp/...`) and
 /// make the write fail. It does not repeat the target's name, so it fits in
 /// NAME_MAX whenever the target does (a 250-character hostname's `<host>.conf`).
-pub fn temp_sibling(path: &Path) -> PathBuf {
+pub(crate) fn temp_sibling(path: &Path) -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     path.with_file_name(format!("{TEMP_PREFIX}{}-{n}-{:016x}", std::process::id(), random_u64()))
 }
@@ -97,7 +97,7 @@ fn random_u64() -> u64 {
 /// the caller (`euid`) and root can write — group- or world-writable, or
 /// owned by another user — is followed only if the caller owns it, or the
 /// directory's owner does and that owner is root or the caller.
-pub fn link_may_be_followed(dir_mode: u32, dir_uid: u32, link_uid: u32, euid: u32) -> bool {
+pub(crate) fn link_may_be_followed(dir_mode: u32, dir_uid: u32, link_uid: u32, euid: u32) -> bool {
     let shared = dir_mode & 0o022 != 0 || (dir_uid != euid && dir_uid != 0);
     !shared || link_uid == euid || (link_uid == dir_uid && (dir_uid == 0 || dir_uid == euid))
 }
@@ -105,7 +105,7 @@ pub fn link_may_be_followed(dir_mode: u32, dir_uid: u32, link_uid: u32, euid: u3
 /// Resolve every symlink in the absolute `path` the way the kernel would,
 /// but refuse (naming it) a link that [`link_may_be_followed`] forbids.
 /// Components that do not exist are kept as written.
-pub fn resolve_guarded(path: &Path) -> Result<PathBuf, GuardError> {
+pub(crate) fn resolve_guarded(path: &Path) -> Result<PathBuf, GuardError> {
     use std::os::unix::fs::MetadataExt;
     use std::path::Component;
     let euid = rustix::process::geteuid().as_raw();
@@ -153,10 +153,10 @@ pub fn resolve_guarded(path: &Path) -> Result<PathBuf, GuardError> {
 }
 
 /// Every temporary name [`temp_sibling`] makes starts with this.
-pub const TEMP_PREFIX: &str = ".site-admin-tmp-";
+pub(crate) const TEMP_PREFIX: &str = ".site-admin-tmp-";
 
 /// The most any input file (Site JSON, backup, config, CA bundle) may hold.
-pub const INPUT_LIMIT: u64 = 64 * 1024 * 1024;
+pub(crate) const INPUT_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// Why a user-named input could not be read; the caller names the flag.
 #[derive(Debug)]
@@ -197,7 +197,7 @@ fn kind_of(ft: &fs::FileType) -> &'static str {
 }
 
 /// Read at most [`INPUT_LIMIT`] bytes of text from `r`.
-pub fn read_limited(r: impl std::io::Read) -> Result<String, InputError> {
+pub(crate) fn read_limited(r: impl std::io::Read) -> Result<String, InputError> {
     use std::io::Read;
     let mut buf = Vec::new();
     r.take(INPUT_LIMIT + 1).read_to_end(&mut buf).map_err(InputError::Io)?;
@@ -210,7 +210,7 @@ pub fn read_limited(r: impl std::io::Read) -> Result<String, InputError> {
 /// Read a file the user named: a regular file (a symlink to one is fine),
 /// never a device or FIFO (which could block or never end), at most
 /// [`INPUT_LIMIT`] bytes.
-pub fn read_user_file(path: &Path) -> Result<String, InputError> {
+pub(crate) fn read_user_file(path: &Path) -> Result<String, InputError> {
     let f = OpenOptions::new()
         .read(true)
         .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
@@ -233,7 +233,7 @@ pub fn read_user_file(path: &Path) -> Result<String, InputError> {
 /// to one of those) is refused, so a private key never lands where it was
 /// not asked to go; so is a link, anywhere on the path, that another user
 /// planted in a directory others can write ([`resolve_guarded`]).
-pub fn user_output_target(path: &Path) -> Result<PathBuf, OutputError> {
+pub(crate) fn user_output_target(path: &Path) -> Result<PathBuf, OutputError> {
     let resolved = resolve_guarded(path)?;
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(resolved),
@@ -249,13 +249,13 @@ pub fn user_output_target(path: &Path) -> Result<PathBuf, OutputError> {
 }
 
 /// fsync a directory so that a rename or create inside it is durable.
-pub fn fsync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|f| f.sync_all()).io_ctx("syncing directory", dir)
 }
 
 /// Write `data` to `path` atomically with `mode`: temp file, fsync, rename, fsync dir.
 /// Never writes through an existing symlink: the rename replaces the link itself.
-pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+pub(crate) fn atomic_write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = temp_sibling(path);
     let res = (|| {
@@ -286,7 +286,7 @@ pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
 }
 
 /// Create `dir` and its missing parents; the directories this call creates get `mode`.
-pub fn create_dir_all_mode(dir: &Path, mode: u32) -> Result<()> {
+pub(crate) fn create_dir_all_mode(dir: &Path, mode: u32) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -304,7 +304,7 @@ pub fn create_dir_all_mode(dir: &Path, mode: u32) -> Result<()> {
 }
 
 /// Make `dir` exist with exactly `mode` (creating it if needed).
-pub fn ensure_dir_mode(dir: &Path, mode: u32) -> Result<()> {
+pub(crate) fn ensure_dir_mode(dir: &Path, mode: u32) -> Result<()> {
     create_dir_all_mode(dir, mode)?;
     let cur = fs::metadata(dir).io_ctx("reading", dir)?.permissions().mode() & 0o7777;
     if cur != mode {
@@ -314,20 +314,8 @@ pub fn ensure_dir_mode(dir: &Path, mode: u32) -> Result<()> {
     Ok(())
 }
 
-/// Point the symlink `link` at `target` atomically: a new link at a temporary
-/// name is renamed over the old one, so `link` always resolves to something.
-pub fn swap_symlink(target: &Path, link: &Path) -> Result<()> {
-    let tmp = temp_sibling(link);
-    std::os::unix::fs::symlink(target, &tmp).io_ctx("creating link", &tmp)?;
-    if let Err(e) = fs::rename(&tmp, link).io_ctx("renaming link into place", link) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    Ok(())
-}
-
 /// Rename `from` to `to` and fsync both parents.
-pub fn rename_durable(from: &Path, to: &Path) -> Result<()> {
+pub(crate) fn rename_durable(from: &Path, to: &Path) -> Result<()> {
     fs::rename(from, to).io_ctx("moving", from)?;
     if let Some(p) = to.parent() {
         fsync_dir(p)?;
@@ -338,13 +326,8 @@ pub fn rename_durable(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Read a file to a string, naming it in the error.
-pub fn read_string(path: &Path) -> Result<String> {
-    fs::read_to_string(path).io_ctx("reading", path)
-}
-
 /// Remove a file if it exists.
-pub fn remove_file_if_exists(path: &Path) -> Result<()> {
+pub(crate) fn remove_file_if_exists(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -353,7 +336,7 @@ pub fn remove_file_if_exists(path: &Path) -> Result<()> {
 }
 
 /// Remove a directory tree if it exists.
-pub fn remove_dir_all_if_exists(path: &Path) -> Result<()> {
+pub(crate) fn remove_dir_all_if_exists(path: &Path) -> Result<()> {
     match fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -362,13 +345,13 @@ pub fn remove_dir_all_if_exists(path: &Path) -> Result<()> {
 }
 
 /// Does anything (file, dir, or dangling link) exist at `path`?
-pub fn exists_nofollow(path: &Path) -> bool {
+pub(crate) fn exists_nofollow(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok()
 }
 
 /// A path from the config: relative paths (and every default) are taken
 /// under the root; an absolute path in the config file stays as written.
-pub fn under(root: &Path, p: &str) -> PathBuf {
+pub(crate) fn under(root: &Path, p: &str) -> PathBuf {
     let path = Path::new(p);
     if path.is_absolute() {
         path.to_path_buf()

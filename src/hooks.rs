@@ -14,16 +14,16 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// How long one hook may run before it is killed.
-pub const HOOK_TIME_LIMIT: Duration = Duration::from_secs(60);
+pub(crate) const HOOK_TIME_LIMIT: Duration = Duration::from_secs(60);
 
 /// How long, once a hook has exited (or was killed), its output is still
 /// read: a background process it started may hold the pipes open for good,
 /// and must not hold up the command (and its lock) with them.
-pub const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 
 /// What one hook run came to.
 #[derive(Debug, Clone, Serialize)]
-pub struct HookRun {
+pub(crate) struct HookRun {
     pub hook: String,
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -31,7 +31,7 @@ pub struct HookRun {
 }
 
 /// Executable regular files in `dir`, in byte order, skipping `*~` and dot files.
-pub fn executables(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn executables(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
@@ -53,7 +53,12 @@ pub fn executables(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Run one hook with `env` and `stdin`, within `limit`.
-pub fn run_hook(path: &Path, env: &[(&str, String)], stdin: &[u8], limit: Duration) -> HookRun {
+pub(crate) fn run_hook(
+    path: &Path,
+    env: &[(&str, String)],
+    stdin: &[u8],
+    limit: Duration,
+) -> HookRun {
     let hook = path.display().to_string();
     let mut child = match spawn(path, env) {
         Ok(c) => c,

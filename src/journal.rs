@@ -32,7 +32,7 @@ type Result<T, E = JournalError> = std::result::Result<T, E>;
 
 /// One file's state before the transaction touched it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Saved {
+pub(crate) struct Saved {
     pub path: PathBuf,
     /// Where its previous content is kept, or None if it did not exist.
     pub copy: Option<PathBuf>,
@@ -46,7 +46,7 @@ pub struct Saved {
 /// configuration. A decided transaction found after a crash runs it again,
 /// so every step is idempotent.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Completion {
+pub(crate) struct Completion {
     /// Hosts whose live LKC is stashed (Apache no longer points at them).
     #[serde(default)]
     pub stash: Vec<String>,
@@ -63,7 +63,7 @@ pub struct Completion {
 
 /// `index.json`.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct Index {
+pub(crate) struct Index {
     pub saved: Vec<Saved>,
     pub decided: bool,
     pub completion: Option<Completion>,
@@ -85,7 +85,7 @@ pub struct Index {
 }
 
 /// The journal directory of this configuration.
-pub fn dir(cfg: &Config) -> PathBuf {
+pub(crate) fn dir(cfg: &Config) -> PathBuf {
     cfg.state_dir().join("journal/apache")
 }
 
@@ -95,7 +95,7 @@ fn index_path(cfg: &Config) -> PathBuf {
 
 /// Start a journal for a new transaction. One a crash left behind must have
 /// been recovered first.
-pub fn start(cfg: &Config) -> Result<PathBuf> {
+pub(crate) fn start(cfg: &Config) -> Result<PathBuf> {
     let d = dir(cfg);
     if index_path(cfg).exists() {
         return Err(JournalError::NotRecovered(d));
@@ -106,13 +106,13 @@ pub fn start(cfg: &Config) -> Result<PathBuf> {
 }
 
 /// Write the index (atomically).
-pub fn write(cfg: &Config, index: &Index) -> Result<()> {
+pub(crate) fn write(cfg: &Config, index: &Index) -> Result<()> {
     let data = serde_json::to_vec(index).map_err(JournalError::Encode)?;
     Ok(fsutil::atomic_write(&index_path(cfg), &data, 0o600)?)
 }
 
 /// Keep a copy of a file's previous content as the n-th saved file.
-pub fn keep_copy(cfg: &Config, n: usize, data: &[u8]) -> Result<PathBuf> {
+pub(crate) fn keep_copy(cfg: &Config, n: usize, data: &[u8]) -> Result<PathBuf> {
     let copy = dir(cfg).join(format!("{n}.orig"));
     fsutil::atomic_write(&copy, data, 0o600)?;
     Ok(copy)
@@ -122,7 +122,7 @@ pub fn keep_copy(cfg: &Config, n: usize, data: &[u8]) -> Result<PathBuf> {
 /// without an index are from a transaction that had changed nothing yet,
 /// and are removed). A damaged index is an error naming the file and what
 /// to do.
-pub fn read(cfg: &Config) -> Result<Option<Index>> {
+pub(crate) fn read(cfg: &Config) -> Result<Option<Index>> {
     let path = index_path(cfg);
     let text = match fs::read(&path) {
         Ok(t) => t,
@@ -137,7 +137,7 @@ pub fn read(cfg: &Config) -> Result<Option<Index>> {
 }
 
 /// Drop the journal: the index first (without it the copies mean nothing).
-pub fn finish(cfg: &Config) -> Result<()> {
+pub(crate) fn finish(cfg: &Config) -> Result<()> {
     let d = dir(cfg);
     fsutil::remove_file_if_exists(&d.join("index.json"))?;
     if let Ok(rd) = fs::read_dir(&d) {
@@ -149,7 +149,7 @@ pub fn finish(cfg: &Config) -> Result<()> {
 }
 
 /// Is there an index that cannot be read?
-pub fn damaged(cfg: &Config) -> bool {
+pub(crate) fn damaged(cfg: &Config) -> bool {
     match fs::read(index_path(cfg)) {
         Ok(t) => serde_json::from_slice::<Index>(&t).is_err(),
         Err(_) => false,
@@ -159,7 +159,7 @@ pub fn damaged(cfg: &Config) -> bool {
 /// Move a damaged journal aside (`journal/apache.damaged-<time>`), so that
 /// locked commands can run again. What it held cannot be replayed: without a
 /// readable index nobody knows which file each copy belongs to.
-pub fn set_aside(cfg: &Config) -> Result<PathBuf> {
+pub(crate) fn set_aside(cfg: &Config) -> Result<PathBuf> {
     let d = dir(cfg);
     let to =
         d.with_file_name(format!("apache.damaged-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")));
@@ -168,7 +168,7 @@ pub fn set_aside(cfg: &Config) -> Result<PathBuf> {
 }
 
 /// Put every saved file back as it was, last first.
-pub fn restore(saved: &[Saved]) -> Result<()> {
+pub(crate) fn restore(saved: &[Saved]) -> Result<()> {
     for s in saved.iter().rev() {
         match (&s.link, &s.copy) {
             (Some(target), _) => {
@@ -186,14 +186,14 @@ pub fn restore(saved: &[Saved]) -> Result<()> {
 }
 
 /// A path's state before a transaction touches it.
-pub enum Previous {
+pub(crate) enum Previous {
     Link(PathBuf),
     File { data: Vec<u8>, mode: u32 },
     Missing,
 }
 
 /// What is at `path` now, for [`Saved`].
-pub fn previous(path: &Path) -> Result<Previous> {
+pub(crate) fn previous(path: &Path) -> Result<Previous> {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(target) = fs::read_link(path) {
         return Ok(Previous::Link(target));

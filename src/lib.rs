@@ -8,28 +8,33 @@
 //! each owning one thing: [`store`] (certbot's layout, accounts included),
 //! [`acme`] (the ACME client), [`apache`] (vhosts and the configtest
 //! transaction), [`lock`], [`hooks`], [`journal`], [`fsutil`],
-//! [`backoff_file`]. The commands: [`engine`]; the command line: [`cli`].
+//! [`backoff_file`], [`revocations`], [`state_file`]. The commands:
+//! [`engine`]; the command line: [`cli`]. Only what the binary and the
+//! integration tests use is `pub`; the rest is `pub(crate)`, so
+//! `unreachable_pub` and `dead_code` catch what nobody calls.
+
+#![warn(unreachable_pub)]
 
 pub mod acme;
-pub mod apache;
-pub mod backoff;
-pub mod backoff_file;
+pub(crate) mod apache;
+pub(crate) mod backoff;
+pub(crate) mod backoff_file;
 pub mod certs;
 pub mod cli;
 pub mod config;
-pub mod decide;
+pub(crate) mod decide;
 pub mod engine;
 pub mod error;
-pub mod fault;
+pub(crate) mod fault;
 pub mod fleet;
-pub mod fsutil;
-pub mod hooks;
-pub mod journal;
+pub(crate) mod fsutil;
+pub(crate) mod hooks;
+pub(crate) mod journal;
 pub mod lock;
-pub mod model;
-pub mod renewal;
+pub(crate) mod model;
+pub(crate) mod renewal;
 pub mod renewal_conf;
-pub mod revocations;
+pub(crate) mod revocations;
 pub mod site;
-pub mod state_file;
+pub(crate) mod state_file;
 pub mod store;

@@ -59,7 +59,7 @@ use std::path::PathBuf;
 /// When a certificate becomes due: `renew_before_expiry` before notAfter when
 /// set; else when a third of its lifetime is left (half, for lifetimes of ten
 /// days or less) — certbot's rule.
-pub fn due_at(
+pub(crate) fn due_at(
     not_before: DateTime<Utc>,
     not_after: DateTime<Utc>,
     renew_before_expiry: Option<Duration>,
@@ -77,13 +77,13 @@ pub fn due_at(
 
 /// Rule 9: how old a certificate must be before ARI can make it due: a day,
 /// or a tenth of its lifetime when that is shorter.
-pub fn ari_min_age(not_before: DateTime<Utc>, not_after: DateTime<Utc>) -> Duration {
+pub(crate) fn ari_min_age(not_before: DateTime<Utc>, not_after: DateTime<Utc>) -> Duration {
     Duration::days(1).min((not_after - not_before) / 10)
 }
 
 /// One lineage with a renewal conf under `renewal/`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LineageFacts {
+pub(crate) struct LineageFacts {
     pub host: String,
     /// The deployed site that uses it, if any.
     pub siteid: Option<String>,
@@ -108,7 +108,7 @@ pub struct LineageFacts {
 
 /// The ARI answer for a lineage's current certificate.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AriFacts {
+pub(crate) struct AriFacts {
     pub window: (DateTime<Utc>, DateTime<Utc>),
     /// The moment picked inside the window.
     pub chosen: DateTime<Utc>,
@@ -118,7 +118,7 @@ pub struct AriFacts {
 /// Why a job is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum DueBy {
+pub(crate) enum DueBy {
     /// The ARI window's chosen moment has passed.
     Ari,
     /// The lifetime rule (or renew_before_expiry).
@@ -135,7 +135,7 @@ pub enum DueBy {
 /// Rule 9: what one owed revocation needs, given the serial the host's live
 /// lineage serves now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OwedStep {
+pub(crate) enum OwedStep {
     /// Served, and owed without replacement: take it out of service first
     /// (the site is pending), then revoke it.
     RetireThenRevoke,
@@ -146,7 +146,11 @@ pub enum OwedStep {
     Revoke,
 }
 
-pub fn owed_step(owed_serial: &str, live_serial: Option<&str>, no_replace: bool) -> OwedStep {
+pub(crate) fn owed_step(
+    owed_serial: &str,
+    live_serial: Option<&str>,
+    no_replace: bool,
+) -> OwedStep {
     match (live_serial == Some(owed_serial), no_replace) {
         (false, _) => OwedStep::Revoke,
         (true, true) => OwedStep::RetireThenRevoke,
@@ -155,14 +159,14 @@ pub fn owed_step(owed_serial: &str, live_serial: Option<&str>, no_replace: bool)
 }
 
 /// When a lineage is due and why: the earlier of ARI's chosen moment and the backstop.
-pub fn due_of(l: &LineageFacts) -> Option<(DateTime<Utc>, DueBy)> {
+pub(crate) fn due_of(l: &LineageFacts) -> Option<(DateTime<Utc>, DueBy)> {
     let (nb, na) = l.validity?;
     Some(due(nb, na, l.renew_before_expiry, l.ari.as_ref()))
 }
 
 /// The same for a certificate's dates, its conf's `renew_before_expiry` and
 /// what ARI said: the earlier of ARI's chosen moment and the backstop.
-pub fn due(
+pub(crate) fn due(
     not_before: DateTime<Utc>,
     not_after: DateTime<Utc>,
     renew_before_expiry: Option<Duration>,
@@ -177,7 +181,7 @@ pub fn due(
 
 /// What an ARI state says, as the planner sees it: only when it was said
 /// about this very certificate (CertID `cert_id`).
-pub fn ari_facts(st: &AriState, cert_id: Option<&str>) -> Option<AriFacts> {
+pub(crate) fn ari_facts(st: &AriState, cert_id: Option<&str>) -> Option<AriFacts> {
     match (&st.window, st.chosen, &st.cert_id) {
         (Some(w), Some(chosen), Some(id)) if Some(id.as_str()) == cert_id => {
             Some(AriFacts { window: *w, chosen, explanation_url: st.explanation_url.clone() })
@@ -190,7 +194,7 @@ pub fn ari_facts(st: &AriState, cert_id: Option<&str>) -> Option<AriFacts> {
 /// a certificate with a CertID that has not expired (RFC 9773 §4.3: no
 /// renewal information for an expired one) and whose last `Retry-After` has
 /// passed — so a pass with every check ahead sends no request.
-pub fn ari_check_due(
+pub(crate) fn ari_check_due(
     cert_id: Option<&str>,
     not_after: Option<DateTime<Utc>>,
     retry_after: Option<DateTime<Utc>>,
@@ -203,14 +207,14 @@ pub fn ari_check_due(
 
 /// Rule 5: the certificate an order names as the one it replaces (ARI
 /// `replaces`): the current one, only when its server is known to offer ARI.
-pub fn replaces(cert_id: Option<&str>, offered: Option<bool>) -> Option<String> {
+pub(crate) fn replaces(cert_id: Option<&str>, offered: Option<bool>) -> Option<String> {
     cert_id.filter(|_| offered == Some(true)).map(str::to_string)
 }
 
 /// The facts after this pass's ARI answers: a lineage answered about gets
 /// its new ARI facts and, when the server offers ARI, the CertID its order
 /// replaces. New facts; the gathered ones are not edited.
-pub fn with_ari_answers(f: &PassFacts, answers: &[(String, AriState)]) -> PassFacts {
+pub(crate) fn with_ari_answers(f: &PassFacts, answers: &[(String, AriState)]) -> PassFacts {
     let mut out = f.clone();
     for (host, st) in answers {
         if let Some(l) = out.lineages.iter_mut().find(|l| &l.host == host) {
@@ -225,7 +229,7 @@ pub fn with_ari_answers(f: &PassFacts, answers: &[(String, AriState)]) -> PassFa
 
 /// Rule 11: the exit code of a pass — 0 only when it is complete, no
 /// revocation is still owed and the owed ones could be read.
-pub fn exit_code(incomplete: bool, revocations_owed: bool, revocation_error: bool) -> i32 {
+pub(crate) fn exit_code(incomplete: bool, revocations_owed: bool, revocation_error: bool) -> i32 {
     if incomplete || revocations_owed || revocation_error {
         1
     } else {
@@ -235,7 +239,7 @@ pub fn exit_code(incomplete: bool, revocations_owed: bool, revocation_error: boo
 
 /// A Let's Encrypt site without a usable live lineage.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PendingFacts {
+pub(crate) struct PendingFacts {
     pub host: String,
     pub siteid: String,
     pub webroot: PathBuf,
@@ -244,7 +248,7 @@ pub struct PendingFacts {
 
 /// Everything one pass is decided on.
 #[derive(Debug, Clone)]
-pub struct PassFacts {
+pub(crate) struct PassFacts {
     pub lineages: Vec<LineageFacts>,
     pub pending: Vec<PendingFacts>,
     /// (host, notAfter) of each stash entry whose certificate can be read.
@@ -263,7 +267,7 @@ pub struct PassFacts {
 
 /// One issuance to run: a renewal, or a pending site's provisioning.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Job {
+pub(crate) struct Job {
     pub host: String,
     pub siteid: Option<String>,
     pub webroot: PathBuf,
@@ -286,7 +290,7 @@ pub struct Job {
 
 /// A lineage this pass leaves alone.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Skip {
+pub(crate) enum Skip {
     NotDue {
         due: DateTime<Utc>,
         due_by: DueBy,
@@ -303,7 +307,7 @@ pub enum Skip {
 
 /// The decision for one pass.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub jobs: Vec<Job>,
     /// (host, siteid, why) of each lineage left alone.
     pub skipped: Vec<(String, Option<String>, Skip)>,
@@ -315,7 +319,7 @@ pub struct Plan {
 }
 
 /// Decide one pass. Pure: same facts, same plan.
-pub fn plan(f: &PassFacts) -> Plan {
+pub(crate) fn plan(f: &PassFacts) -> Plan {
     use crate::backoff::Verdict;
     let mut p = plan_ignoring_backoff(f);
     if !f.force {
@@ -347,7 +351,7 @@ pub fn plan(f: &PassFacts) -> Plan {
 /// cannot be reached? Only a lineage whose certificate (notAfter
 /// `old_not_after`) has fewer than `below` days left, when the emergency
 /// rule is configured.
-pub fn isolated_may_order(
+pub(crate) fn isolated_may_order(
     old_not_after: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
     below: Option<u32>,
@@ -362,7 +366,7 @@ pub fn isolated_may_order(
 /// the hosts whose renewal or provisioning failed (or that cannot be
 /// renewed); `backing_off`: the due lineages and pending sites left for
 /// later; `apache_error`: the Apache step failed.
-pub fn outcome(
+pub(crate) fn outcome(
     failed: &[String],
     backing_off: &[String],
     apache_error: bool,
@@ -850,7 +854,7 @@ mod tests {
 /// is for a fleet out of reach (`unreachable`), not for one whose records
 /// this device cannot use (a wrong fleet key, a bad record); a pending
 /// site's first certificate is never ordered without the fleet.
-pub fn split_without_fleet(
+pub(crate) fn split_without_fleet(
     jobs: Vec<Job>,
     now: DateTime<Utc>,
     below: Option<u32>,
@@ -862,7 +866,7 @@ pub fn split_without_fleet(
 
 /// Rule 10 for a pass that ran: [`outcome`], and with the fleet unusable
 /// (`fleet_down`: why) a pass that ordered nothing without its lock fails.
-pub fn pass_incomplete(
+pub(crate) fn pass_incomplete(
     failed: &[String],
     backing_off: &[String],
     apache_error: bool,
@@ -877,7 +881,7 @@ pub fn pass_incomplete(
 
 /// Renewed, but not served yet: every renewed host when the Apache step
 /// failed (their owed revocations wait).
-pub fn not_served(renewed: &[String], apache_failed: bool) -> Vec<String> {
+pub(crate) fn not_served(renewed: &[String], apache_failed: bool) -> Vec<String> {
     if apache_failed {
         renewed.to_vec()
     } else {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 /// One certificate whose revocation the CA has not confirmed yet.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Owed {
+pub(crate) struct Owed {
     pub host: String,
     /// Lowercase hex, without leading zeros.
     pub serial: String,
@@ -38,20 +38,20 @@ pub struct Owed {
 
 /// Every owed revocation, by serial.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct State {
+pub(crate) struct State {
     #[serde(flatten)]
     pub owed: BTreeMap<String, Owed>,
 }
 
 impl State {
     /// The revocations owed for `host`, oldest first.
-    pub fn of_host(&self, host: &str) -> Vec<Owed> {
+    pub(crate) fn of_host(&self, host: &str) -> Vec<Owed> {
         let mut v: Vec<Owed> = self.owed.values().filter(|o| o.host == host).cloned().collect();
         v.sort_by_key(|o| o.since);
         v
     }
     /// A failed attempt: counted, with its error.
-    pub fn failed(&mut self, serial: &str, error: &str) {
+    pub(crate) fn failed(&mut self, serial: &str, error: &str) {
         if let Some(o) = self.owed.get_mut(serial) {
             o.attempts += 1;
             o.last_error = Some(error.to_string());
@@ -61,13 +61,13 @@ impl State {
 
 const FILE: &str = "revocations.json";
 
-pub fn path(state_dir: &Path) -> PathBuf {
+pub(crate) fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE)
 }
 
 /// A serial as the user may write it (hex, colons allowed, any case),
 /// normalized to lowercase hex without leading zeros.
-pub fn normalize_serial(s: &str) -> Option<String> {
+pub(crate) fn normalize_serial(s: &str) -> Option<String> {
     let hex: String = s.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
     if hex.is_empty() || hex.len() > 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return None;
@@ -93,7 +93,7 @@ pub enum RevocationsError {
 
 type Result<T, E = RevocationsError> = std::result::Result<T, E>;
 
-pub fn load(state_dir: &Path) -> Result<State> {
+pub(crate) fn load(state_dir: &Path) -> Result<State> {
     let p = path(state_dir);
     match state_file::read(&p) {
         Ok(s) => Ok(s),
@@ -103,7 +103,7 @@ pub fn load(state_dir: &Path) -> Result<State> {
     }
 }
 
-pub fn save(state_dir: &Path, s: &State) -> Result<()> {
+pub(crate) fn save(state_dir: &Path, s: &State) -> Result<()> {
     Ok(state_file::write(state_dir, FILE, s)?)
 }
 

@@ -11,7 +11,7 @@ use std::path::Path;
 
 /// Why a state file could not be read.
 #[derive(Debug)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     /// The file is not there: an empty state.
     Missing,
     /// It could not be read.
@@ -21,7 +21,7 @@ pub enum ReadError {
 }
 
 /// Read and parse the state file `path`.
-pub fn read<T: DeserializeOwned>(path: &Path) -> std::result::Result<T, ReadError> {
+pub(crate) fn read<T: DeserializeOwned>(path: &Path) -> std::result::Result<T, ReadError> {
     let b = std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => ReadError::Missing,
         _ => ReadError::Io(e),
@@ -41,7 +41,11 @@ pub enum WriteError {
 
 /// Write `state` as the file `name` of `state_dir`: the directory created
 /// (0755) if need be, the file replaced atomically with mode 0600.
-pub fn write<T: Serialize>(state_dir: &Path, name: &str, state: &T) -> Result<(), WriteError> {
+pub(crate) fn write<T: Serialize>(
+    state_dir: &Path,
+    name: &str,
+    state: &T,
+) -> Result<(), WriteError> {
     fsutil::create_dir_all_mode(state_dir, 0o755)?;
     let data = serde_json::to_vec_pretty(state).map_err(WriteError::Encode)?;
     Ok(fsutil::atomic_write(&state_dir.join(name), &data, 0o600)?)

@@ -28,7 +28,7 @@ fn clamp(d: std::time::Duration) -> Duration {
 }
 
 /// A moment picked uniformly at random inside `[start, end]`.
-pub fn pick(start: DateTime<Utc>, end: DateTime<Utc>) -> DateTime<Utc> {
+pub(super) fn pick(start: DateTime<Utc>, end: DateTime<Utc>) -> DateTime<Utc> {
     let span = (end - start).num_seconds().max(0) as u64;
     if span == 0 {
         return start;
@@ -41,7 +41,7 @@ pub fn pick(start: DateTime<Utc>, end: DateTime<Utc>) -> DateTime<Utc> {
 
 /// A lineage whose ARI check has come.
 #[derive(Debug, Clone)]
-pub struct Candidate {
+pub(super) struct Candidate {
     pub host: String,
     /// Its own server (from its renewal conf).
     pub server: String,
@@ -52,7 +52,7 @@ pub struct Candidate {
 /// Ask ARI about these lineages (grouped by server, a bounded number at a
 /// time); record what it said (or that it could not say) in each lineage's
 /// conf. Returns the new state of each.
-pub fn refresh(
+pub(super) fn refresh(
     ctx: &Ctx,
     candidates: Vec<Candidate>,
     now: DateTime<Utc>,

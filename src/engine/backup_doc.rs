@@ -19,15 +19,15 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 /// The `type` a backup written by this tool names.
-pub const KIND: &str = "site-admin-backup";
+pub(super) const KIND: &str = "site-admin-backup";
 /// The envelope's version.
-pub const VERSION: u32 = 1;
+pub(super) const VERSION: u32 = 1;
 
 /// The backup envelope; `S` is a site as written ([`crate::site::Site`]) or
 /// as read ([`Value`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(bound(deserialize = "S: DeserializeOwned"))]
-pub struct Backup<S> {
+pub(super) struct Backup<S> {
     #[serde(
         rename = "type",
         default,
@@ -57,7 +57,7 @@ pub struct Backup<S> {
 
 impl<S> Backup<S> {
     /// A new backup of `sites`, created `now`; `accounts` is `None` for `--notls`.
-    pub fn new(now: DateTime<Utc>, sites: Vec<S>, accounts: Option<Vec<Carried>>) -> Self {
+    pub(super) fn new(now: DateTime<Utc>, sites: Vec<S>, accounts: Option<Vec<Carried>>) -> Self {
         Backup {
             kind: Some(KIND.into()),
             version: Some(VERSION),
@@ -76,7 +76,7 @@ impl<S> Backup<S> {
 /// Why a file is not a backup `restore` can read; each message follows
 /// "backup FILE: ".
 #[derive(Debug, thiserror::Error)]
-pub enum ReadError {
+pub(super) enum ReadError {
     #[error("not valid JSON: {0}")]
     NotJson(serde_json::Error),
     /// A field of the envelope (`"sites" must be an array`, `"accounts": …`).
@@ -89,7 +89,7 @@ pub enum ReadError {
 impl Backup<Value> {
     /// Read a backup file's text: an envelope (an object with `sites`), a
     /// bare array of Site JSONs, or one Site JSON (any other object).
-    pub fn read(text: &str) -> Result<Self, ReadError> {
+    pub(super) fn read(text: &str) -> Result<Self, ReadError> {
         let v: Value = serde_json::from_str(text).map_err(ReadError::NotJson)?;
         match v {
             Value::Array(sites) => Ok(Backup::bare(sites)),

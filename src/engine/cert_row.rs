@@ -12,7 +12,7 @@ use serde::{Serialize, Serializer};
 /// What a row is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum State {
+pub(super) enum State {
     Live,
     Stashed,
     /// The site's own certificate.
@@ -24,7 +24,7 @@ pub enum State {
 }
 
 impl State {
-    pub fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             State::Live => "live",
             State::Stashed => "stashed",
@@ -38,14 +38,14 @@ impl State {
 /// One row, as `certificates --json` prints it.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
-pub enum Row {
+pub(super) enum Row {
     Certificate(CertificateRow),
     Owed(OwedRow),
 }
 
 /// A certificate: the fields a row does not have are left out.
 #[derive(Debug, Clone, Serialize)]
-pub struct CertificateRow {
+pub(super) struct CertificateRow {
     pub host: String,
     /// The site it belongs to; `null` for a lineage no deployed site names.
     pub siteid: Option<SiteId>,
@@ -97,7 +97,7 @@ pub struct CertificateRow {
 
 impl CertificateRow {
     /// A row with only its host, site and state; the rest is filled in.
-    pub fn new(host: impl Into<String>, siteid: Option<SiteId>, state: State) -> Self {
+    pub(super) fn new(host: impl Into<String>, siteid: Option<SiteId>, state: State) -> Self {
         CertificateRow {
             host: host.into(),
             siteid,
@@ -126,7 +126,7 @@ impl CertificateRow {
 
 /// A revocation still owed.
 #[derive(Debug, Clone, Serialize)]
-pub struct OwedRow {
+pub(super) struct OwedRow {
     pub host: String,
     /// Always [`State::RevocationOwed`].
     pub state: State,
@@ -142,7 +142,7 @@ pub struct OwedRow {
 
 impl Row {
     /// The line the text listing prints.
-    pub fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         let dash = |t: Option<DateTime<Utc>>| t.map(ts).unwrap_or_else(|| "-".into());
         let (state, host, siteid, expires, due, by, problem, failing) = match self {
             Row::Certificate(r) => (

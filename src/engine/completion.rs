@@ -10,7 +10,7 @@ use crate::site::AtRest;
 use crate::store::{Place, Store};
 
 /// Run a completion.
-pub fn run(cfg: &Config, store: &Store, c: &Completion) -> Result<()> {
+pub(super) fn run(cfg: &Config, store: &Store, c: &Completion) -> Result<()> {
     for host in &c.stash {
         if store.has(host, Place::Live) {
             tracing::info!("{host}: stashing the certificate (kept for a later redeploy)");
@@ -32,7 +32,7 @@ pub fn run(cfg: &Config, store: &Store, c: &Completion) -> Result<()> {
 }
 
 /// Store the Site JSON at rest: mode 0600, never with keys or certificates.
-pub fn write_stored(cfg: &Config, site: &AtRest) -> Result<()> {
+pub(super) fn write_stored(cfg: &Config, site: &AtRest) -> Result<()> {
     fsutil::create_dir_all_mode(&cfg.sites_dir, 0o700)?;
     let text = serde_json::to_string_pretty(site).map_err(|e| Error::failed(e.to_string()))? + "\n";
     Ok(fsutil::atomic_write(&cfg.stored_site(&site.siteid), text.as_bytes(), 0o600)?)

@@ -162,8 +162,8 @@ impl Ctx {
         tracing::info!("{msg}");
     }
 
-    /// Print a JSON document on stdout.
-    pub fn print_json(&self, v: &serde_json::Value) -> Result<()> {
+    /// Print a JSON document on stdout (a typed document, serialized once).
+    pub fn print_json(&self, v: &impl serde::Serialize) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(v).map_err(|e| Error::failed(e.to_string()))?);
         Ok(())
     }
@@ -171,7 +171,7 @@ impl Ctx {
 
 /// The account this device orders with for `server`: in fleet mode the
 /// fleet's (as the last sync installed it), else the first stored one.
-pub fn stored_account(
+pub(crate) fn stored_account(
     ctx: &Ctx,
     server: &str,
 ) -> Result<Option<crate::store::accounts::StoredAccount>> {

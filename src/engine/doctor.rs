@@ -14,7 +14,7 @@ use std::path::Path;
 
 /// One violation.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Finding {
+pub(crate) struct Finding {
     pub what: String,
     pub problem: String,
     pub repaired: bool,
@@ -333,7 +333,7 @@ impl Checker<'_> {
 
 /// Check everything; with `repair`, mend what can be mended without guessing.
 /// One check per invariant, in this order (the findings' order).
-pub fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>> {
+pub(crate) fn check(ctx: &Ctx, repair_with: Option<&Recovered>) -> Result<Vec<Finding>> {
     let mut c = Checker { ctx, repair_with, out: Vec::new() };
     c.links();
     c.renewal_confs();
@@ -407,7 +407,7 @@ fn relink_newest_matching(ctx: &Ctx, name: &str) -> bool {
 const RECHECK: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// `doctor [--repair]`.
-pub fn doctor_command(ctx: &Ctx, repair: bool) -> Result<i32> {
+pub(crate) fn doctor_command(ctx: &Ctx, repair: bool) -> Result<i32> {
     let (locked, did) = if repair {
         let (l, did) = ctx.lock_for_repair()?;
         (Some(l), did)
@@ -464,7 +464,7 @@ pub fn doctor_command(ctx: &Ctx, repair: bool) -> Result<i32> {
     let open = findings.iter().filter(|f| !f.repaired).count();
     if ctx.json {
         let doc = DoctorReport { ok: open == 0, findings: &findings };
-        ctx.print_json(&serde_json::to_value(doc).map_err(|e| Error::failed(e.to_string()))?)?;
+        ctx.print_json(&doc)?;
     } else {
         for f in &findings {
             println!(

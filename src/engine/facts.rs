@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use std::fs;
 
 /// Read one stored Site JSON.
-pub fn load_stored(cfg: &Config, siteid: &str) -> Result<Option<Site>> {
+pub(crate) fn load_stored(cfg: &Config, siteid: &str) -> Result<Option<Site>> {
     let path = cfg.stored_site(siteid);
     match fs::read_to_string(&path) {
         Ok(t) => serde_json::from_str(&t)
@@ -25,7 +25,7 @@ pub fn load_stored(cfg: &Config, siteid: &str) -> Result<Option<Site>> {
 /// Does the stored Site JSON of `siteid` hold a key or a certificate (which
 /// it must not: docs/design.md, invariant 4)? Read from the file itself, as
 /// a stored [`Site`] never holds material.
-pub fn stored_holds_material(cfg: &Config, siteid: &str) -> bool {
+pub(crate) fn stored_holds_material(cfg: &Config, siteid: &str) -> bool {
     fs::read_to_string(cfg.stored_site(siteid))
         .ok()
         .and_then(|t| serde_json::from_str::<SiteWire>(&t).ok())
@@ -34,7 +34,7 @@ pub fn stored_holds_material(cfg: &Config, siteid: &str) -> bool {
 }
 
 /// Every stored site, by site id.
-pub fn all_stored(cfg: &Config) -> Result<Vec<Site>> {
+pub(crate) fn all_stored(cfg: &Config) -> Result<Vec<Site>> {
     let mut out = Vec::new();
     let rd = match fs::read_dir(&cfg.sites_dir) {
         Ok(rd) => rd,
@@ -58,7 +58,7 @@ pub fn all_stored(cfg: &Config) -> Result<Vec<Site>> {
 }
 
 /// The decision core's view of a key + certificate, judged against `host`.
-pub fn candidate(kc: &KeyCert, host: &str) -> Candidate {
+pub(crate) fn candidate(kc: &KeyCert, host: &str) -> Candidate {
     Candidate {
         not_before: kc.leaf.not_before,
         not_after: kc.leaf.not_after,
@@ -70,7 +70,7 @@ pub fn candidate(kc: &KeyCert, host: &str) -> Candidate {
 
 /// A certificate carried as `letsencrypt: true`: also judged on whether a
 /// CA this device trusts issued it and whether OpenSSL would load it.
-pub fn carried_candidate(cfg: &Config, kc: &KeyCert, host: &str) -> Candidate {
+pub(crate) fn carried_candidate(cfg: &Config, kc: &KeyCert, host: &str) -> Candidate {
     let mut c = candidate(kc, host);
     if c.key_matches {
         c.not_lkc = crate::certs::untrusted_issuer(&kc.chain_pem, cfg.acme_ca_bundle.as_deref())
@@ -96,7 +96,7 @@ fn broken_candidate() -> Candidate {
 
 /// The (notBefore, notAfter) of every live and stashed certificate, for
 /// [`crate::decide::clock_plausible`].
-pub fn device_validity(store: &Store) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+pub(crate) fn device_validity(store: &Store) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
     let mut v = Vec::new();
     for place in [Place::Live, Place::Stashed] {
         for name in store.names_with_links(place) {
@@ -108,7 +108,7 @@ pub fn device_validity(store: &Store) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
     v
 }
 
-pub fn material_candidate(m: &Material, host: &str) -> Option<Candidate> {
+pub(crate) fn material_candidate(m: &Material, host: &str) -> Option<Candidate> {
     match m {
         Material::Absent => None,
         Material::Broken(_) => Some(broken_candidate()),
@@ -118,7 +118,7 @@ pub fn material_candidate(m: &Material, host: &str) -> Option<Candidate> {
 
 /// Why a deployed site's OKC files cannot be used ([`read_okc`]).
 #[derive(Debug, thiserror::Error)]
-pub enum OkcError {
+pub(crate) enum OkcError {
     /// The certificate file could not be read.
     #[error("{}: {}", .path.display(), .source)]
     Read { path: std::path::PathBuf, source: std::io::Error },
@@ -128,7 +128,10 @@ pub enum OkcError {
 }
 
 /// The OKC files of a deployed site, parsed.
-pub fn read_okc(cfg: &Config, siteid: &str) -> Option<std::result::Result<KeyCert, OkcError>> {
+pub(crate) fn read_okc(
+    cfg: &Config,
+    siteid: &str,
+) -> Option<std::result::Result<KeyCert, OkcError>> {
     let p = cfg.okc_paths(siteid);
     let key = fs::read_to_string(&p.key).ok()?;
     let crt = match fs::read_to_string(&p.crt) {
@@ -139,7 +142,12 @@ pub fn read_okc(cfg: &Config, siteid: &str) -> Option<std::result::Result<KeyCer
 }
 
 /// What is deployed now for a stored site, judged for `new_host`.
-pub fn current_of(cfg: &Config, store: &Store, stored: Option<&Site>, new_host: &str) -> Current {
+pub(crate) fn current_of(
+    cfg: &Config,
+    store: &Store,
+    stored: Option<&Site>,
+    new_host: &str,
+) -> Current {
     let Some(s) = stored else { return Current::NotDeployed };
     let host = s.hostname.to_string();
     let okc = || match read_okc(cfg, &s.siteid) {
@@ -164,14 +172,14 @@ pub fn current_of(cfg: &Config, store: &Store, stored: Option<&Site>, new_host: 
 }
 
 /// Is a Let's Encrypt site pending (no live LKC for its host)?
-pub fn is_pending(store: &Store, s: &Site) -> bool {
+pub(crate) fn is_pending(store: &Store, s: &Site) -> bool {
     matches!(s.tls, Tls::LetsEncrypt { .. }) && !store.has(&s.hostname, Place::Live)
 }
 
 /// Is the live certificate of `host` owed a revocation without replacement
 /// (a `revoke --no-replace` the CA has not confirmed, interrupted before the
 /// certificate was taken out of service)?
-pub fn owed_no_replace(cfg: &Config, store: &Store, host: &str) -> bool {
+pub(crate) fn owed_no_replace(cfg: &Config, store: &Store, host: &str) -> bool {
     let Some(serial) = store.leaf(host, Place::Live).map(|c| c.serial) else { return false };
     crate::revocations::load(&cfg.state_dir())
         .map(|st| st.owed.get(&serial).map(|o| o.no_replace && o.host == host).unwrap_or(false))
@@ -187,7 +195,7 @@ fn stash_owed(cfg: &Config, store: &Store, host: &str) -> bool {
 }
 
 /// Refuse a hostname that another deployed site uses (docs/design.md).
-pub fn check_hostname_free(all: &[Site], site: &Site) -> Result<()> {
+pub(crate) fn check_hostname_free(all: &[Site], site: &Site) -> Result<()> {
     for other in all {
         if other.siteid != site.siteid && other.hostname.eq_ignore_ascii_case(&site.hostname) {
             let what = if site.hostname == "*" {
@@ -218,7 +226,7 @@ pub fn check_hostname_free(all: &[Site], site: &Site) -> Result<()> {
 }
 
 /// Everything [`crate::decide::decide`] needs for this event.
-pub fn gather(
+pub(crate) fn gather(
     cfg: &Config,
     store: &Store,
     site: &Site,

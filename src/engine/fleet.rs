@@ -40,10 +40,10 @@ use std::time::{Duration, Instant};
 /// How long a device waits for a peer's lineage lock before it gives up on
 /// the lineage for this pass (a peer's issuance, or a dead holder's lease
 /// running out: [`crate::fleet::store::LOCK_TTL`] + margin).
-pub const LOCK_WAIT: Duration = Duration::from_secs(75);
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(75);
 
 /// How long a heartbeat lives without the next sync (three timer periods).
-pub const HEARTBEAT_TTL: i64 = 900;
+pub(crate) const HEARTBEAT_TTL: i64 = 900;
 
 /// One etcd call's limit.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -93,7 +93,7 @@ impl Fleet {
 
 /// What this device last heard from the fleet.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct FleetState {
+pub(crate) struct FleetState {
     /// The last sync that reached the fleet.
     pub last_sync: Option<DateTime<Utc>>,
     /// The fleet error since then, if any.
@@ -119,7 +119,7 @@ fn state_path(ctx: &Ctx) -> std::path::PathBuf {
 }
 
 /// Read the state (missing or unreadable: empty).
-pub fn load_state(ctx: &Ctx) -> FleetState {
+pub(crate) fn load_state(ctx: &Ctx) -> FleetState {
     std::fs::read(state_path(ctx))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -140,7 +140,7 @@ fn save_state(ctx: &Ctx, s: &FleetState) {
 }
 
 /// Record that the fleet could not be reached; returns the state.
-pub fn note_error(ctx: &Ctx, error: &str) -> FleetState {
+pub(crate) fn note_error(ctx: &Ctx, error: &str) -> FleetState {
     let mut s = load_state(ctx);
     s.since = s.since.or(Some(Utc::now()));
     s.error = Some(error.to_string());
@@ -158,7 +158,7 @@ fn note_ok(ctx: &Ctx, seen: BTreeMap<String, (i64, Option<String>)>) {
 }
 
 /// The fleet's account id for `server`, as last synced (fleet mode only).
-pub fn fleet_account(ctx: &Ctx, server: &str) -> Option<String> {
+pub(crate) fn fleet_account(ctx: &Ctx, server: &str) -> Option<String> {
     ctx.cfg.fleet.as_ref()?;
     load_state(ctx).accounts.get(server).cloned()
 }
@@ -167,7 +167,7 @@ pub fn fleet_account(ctx: &Ctx, server: &str) -> Option<String> {
 
 /// What one sync did.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct SyncReport {
+pub(crate) struct SyncReport {
     /// The event (`sync`).
     pub event: &'static str,
     /// This device.
@@ -197,7 +197,7 @@ pub struct SyncReport {
 
 /// A record that could not be used.
 #[derive(Debug, Clone, Serialize)]
-pub struct KeyError {
+pub(crate) struct KeyError {
     /// The etcd key (or host).
     pub key: String,
     /// Why (no value from the record).
@@ -221,7 +221,7 @@ fn usable_local(
 
 /// Why a sync did not reach its end.
 #[derive(Debug, Clone)]
-pub struct SyncError {
+pub(crate) struct SyncError {
     /// etcd could not be reached (or answered that it cannot serve: no
     /// leader, a minority): the only case the emergency rule
     /// (`fleet.isolated_renew_below`) applies to.
@@ -255,12 +255,12 @@ impl From<FleetError> for SyncError {
 
 /// A source error of this device's own (its account store, its Apache
 /// configuration, the caller's order), kept as it is.
-pub type DeviceError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type DeviceError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a step of a sync or of an exclusive order failed: the messages are
 /// the ones the commands print.
 #[derive(Debug, thiserror::Error)]
-pub enum FleetError {
+pub(crate) enum FleetError {
     /// etcd could not be asked, or refused.
     #[error(transparent)]
     Etcd(#[from] EtcdError),
@@ -323,7 +323,7 @@ fn device(e: impl Into<DeviceError>) -> FleetError {
 
 /// Why the fleet's account record cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum AccountRecordError {
+pub(crate) enum AccountRecordError {
     /// Not an account record.
     #[error("cannot be read: {0:?} error at line {1} column {2}")]
     Unreadable(serde_json::error::Category, usize, usize),
@@ -343,7 +343,7 @@ pub enum AccountRecordError {
 
 /// A key or value from etcd, fit for a message: control characters
 /// escaped, at most 200 characters.
-pub fn shown(s: &str) -> String {
+pub(crate) fn shown(s: &str) -> String {
     let e: String = s.escape_debug().collect();
     if e.chars().count() > 200 {
         format!("{}…", e.chars().take(200).collect::<String>())
@@ -356,7 +356,7 @@ pub fn shown(s: &str) -> String {
 /// heartbeat. The Apache step is the caller's ([`SyncReport::taken`]); the
 /// stateless answer's file is written here when the account changed.
 /// `Err`: the fleet could not be reached (recorded in [`FleetState`]).
-pub fn sync(
+pub(crate) fn sync(
     ctx: &Ctx,
     fleet: &Fleet,
     rec: &Recovered,
@@ -575,7 +575,7 @@ fn answer_for_fleet_account(ctx: &Ctx, rec: &Recovered) -> Result<(), FleetError
 
 /// Say again what this device serves, after a command changed it (a
 /// deploy, a renewal): a failure is only logged, the next sync says it.
-pub fn beat(ctx: &Ctx, fleet: &Fleet) {
+pub(crate) fn beat(ctx: &Ctx, fleet: &Fleet) {
     let sites = super::facts::all_stored(&ctx.cfg).unwrap_or_default();
     if let Err(e) = heartbeat(ctx, fleet, &sites) {
         tracing::warn!("fleet: the heartbeat: {e}");
@@ -687,7 +687,7 @@ fn push(
 /// device's: for each host the later next attempt wins, so a lineage whose
 /// order failed on one device is not tried by every other at once. A record
 /// that does not parse is skipped with a warning naming its key.
-pub fn merge_backoff(
+pub(crate) fn merge_backoff(
     ctx: &Ctx,
     fleet: &Fleet,
     sites: &[Site],
@@ -725,7 +725,7 @@ pub fn merge_backoff(
 }
 
 /// Publish the back-off state of `hosts` (a failure, or none any more).
-pub fn publish_backoff(fleet: &Fleet, state: &crate::backoff::State, hosts: &[String]) {
+pub(crate) fn publish_backoff(fleet: &Fleet, state: &crate::backoff::State, hosts: &[String]) {
     for h in hosts {
         let key = format!("{}backoff/{h}", fleet.cfg.prefix);
         let r = match state.hosts.get(h) {
@@ -759,7 +759,7 @@ struct SharedAri {
 /// pass reads them: ARI is asked once for the fleet, and the moment picked
 /// inside a window is the same on every device. A record that does not
 /// parse, or names a host that is not one, is skipped with a warning.
-pub fn merge_ari(ctx: &Ctx, fleet: &Fleet) -> Result<usize, EtcdError> {
+pub(crate) fn merge_ari(ctx: &Ctx, fleet: &Fleet) -> Result<usize, EtcdError> {
     let prefix = format!("{}ari/", fleet.cfg.prefix);
     let mut n = 0;
     for kv in fleet.etcd.get_prefix(&prefix)?.kvs {
@@ -816,7 +816,7 @@ pub fn merge_ari(ctx: &Ctx, fleet: &Fleet) -> Result<usize, EtcdError> {
 }
 
 /// Publish the ARI answers this pass got.
-pub fn publish_ari(fleet: &Fleet, answers: &[(String, crate::model::AriState)]) {
+pub(crate) fn publish_ari(fleet: &Fleet, answers: &[(String, crate::model::AriState)]) {
     for (host, st) in answers {
         let sh = SharedAri {
             cert_id: st.cert_id.clone(),
@@ -1024,7 +1024,7 @@ fn remember_account(ctx: &Ctx, server: &str, id: &str) {
 
 /// What [`order_exclusive`] came to.
 #[derive(Debug)]
-pub enum Exclusive {
+pub(crate) enum Exclusive {
     /// Ordered here, published, written: the new notAfter.
     Issued(DateTime<Utc>),
     /// A peer had renewed it: its certificate was taken (notAfter, device).
@@ -1077,7 +1077,7 @@ fn parse_host(host: &str) -> Result<Host, FleetError> {
 /// `issue` orders (its gate checks the lock before finalize). The record is
 /// published fenced by the lock *before* the local tree is written, so a
 /// holder that lost its lock changes nothing here.
-pub fn order_exclusive(
+pub(crate) fn order_exclusive(
     ctx: &Ctx,
     fleet: &Fleet,
     host: &str,
@@ -1197,7 +1197,7 @@ fn publish_issued(
 
 /// `fleet status`: the devices, the lineages, the locks.
 #[derive(Debug, Serialize)]
-pub struct StatusReport {
+pub(crate) struct StatusReport {
     /// This device.
     pub device: String,
     /// Every device's last heartbeat.
@@ -1210,7 +1210,7 @@ pub struct StatusReport {
 
 /// One lineage in [`StatusReport`].
 #[derive(Debug, Serialize)]
-pub struct StatusLineage {
+pub(crate) struct StatusLineage {
     /// The host.
     pub host: String,
     /// The fleet's version.
@@ -1228,7 +1228,7 @@ pub struct StatusLineage {
 }
 
 /// Read the fleet's state.
-pub fn status(fleet: &Fleet) -> Result<StatusReport, EtcdError> {
+pub(crate) fn status(fleet: &Fleet) -> Result<StatusReport, EtcdError> {
     let snap = fleet.store.lineages()?;
     let locks = fleet.etcd.get_prefix(&format!("{}locks/", fleet.cfg.prefix))?;
     let holder = |host: &str| {
@@ -1264,7 +1264,7 @@ pub fn status(fleet: &Fleet) -> Result<StatusReport, EtcdError> {
 }
 
 /// This device's live certificate of `host`, as [`order_exclusive`] compares it.
-pub fn local_cert(ctx: &Ctx, host: &str) -> Option<Cert> {
+pub(crate) fn local_cert(ctx: &Ctx, host: &str) -> Option<Cert> {
     ctx.store.leaf(host, Place::Live).map(|c| Cert {
         serial: c.serial,
         issued: c.not_before,

@@ -13,7 +13,7 @@ fn no_fleet(what: &str) -> crate::error::Error {
 
 /// `site-admin sync`: exit 0, or 1 when the fleet cannot be used, a
 /// record cannot be used, or the Apache step failed.
-pub fn sync_command(ctx: &Ctx) -> crate::error::Result<i32> {
+pub(super) fn sync_command(ctx: &Ctx) -> crate::error::Result<i32> {
     let Some(f) = ctx.fleet()? else { return Err(no_fleet("sync")) };
     let locked = ctx.lock("sync")?;
     let sites = facts::all_stored(&ctx.cfg)?;
@@ -79,7 +79,7 @@ pub fn sync_command(ctx: &Ctx) -> crate::error::Result<i32> {
 }
 
 /// `site-admin fleet status`.
-pub fn status_command(ctx: &Ctx) -> crate::error::Result<i32> {
+pub(super) fn status_command(ctx: &Ctx) -> crate::error::Result<i32> {
     let Some(f) = ctx.fleet()? else { return Err(no_fleet("fleet status")) };
     let rep = match fleet::status(&f) {
         Ok(r) => r,

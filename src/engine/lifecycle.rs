@@ -26,11 +26,10 @@ use crate::store::accounts;
 use crate::store::{ensure_nl, NewVersion, Place, StoreError};
 use chrono::Utc;
 use serde::Serialize;
-use serde_json::Value;
 use std::path::Path;
 
 /// Read the Site JSON text from a file or stdin.
-pub fn read_input(file: Option<&Path>, stdin: bool) -> Result<(String, String)> {
+pub(super) fn read_input(file: Option<&Path>, stdin: bool) -> Result<(String, String)> {
     if stdin {
         let s = fsutil::read_limited(std::io::stdin().lock())
             .map_err(|e| Error::invalid(format!("--stdin: the Site JSON {e}")))?;
@@ -44,7 +43,7 @@ pub fn read_input(file: Option<&Path>, stdin: bool) -> Result<(String, String)> 
 
 /// What a deploy did, for the report.
 #[derive(Debug, Clone)]
-pub struct Outcome {
+pub(super) struct Outcome {
     pub siteid: SiteId,
     pub hostname: String,
     pub serve: Serve,
@@ -54,7 +53,7 @@ pub struct Outcome {
 
 impl Outcome {
     /// The document `deploy --json` prints for it.
-    pub fn doc(&self) -> OutcomeDoc<'_> {
+    pub(super) fn doc(&self) -> OutcomeDoc<'_> {
         OutcomeDoc {
             siteid: &self.siteid,
             hostname: &self.hostname,
@@ -70,7 +69,7 @@ impl Outcome {
 
 /// What `deploy --json` (and `restore --json`) prints of one site.
 #[derive(Debug, Serialize)]
-pub struct OutcomeDoc<'a> {
+pub(super) struct OutcomeDoc<'a> {
     pub siteid: &'a SiteId,
     pub hostname: &'a str,
     pub serving: &'static str,
@@ -106,12 +105,7 @@ struct UndeployDoc<'a> {
     reason: &'a str,
 }
 
-/// A document as `--json` prints it.
-fn to_json(doc: &impl Serialize) -> Result<Value> {
-    serde_json::to_value(doc).map_err(|e| Error::failed(e.to_string()))
-}
-
-pub fn serving_name(s: &Serve) -> &'static str {
+pub(super) fn serving_name(s: &Serve) -> &'static str {
     match s {
         Serve::Nothing => "nothing",
         Serve::Http => "http",
@@ -144,7 +138,7 @@ fn describe_action(a: &Action) -> String {
 }
 
 /// `deploy --file/--stdin [--dry-run]`.
-pub fn deploy_command(ctx: &Ctx, text: &str, origin: &str, dry_run: bool) -> Result<i32> {
+pub(super) fn deploy_command(ctx: &Ctx, text: &str, origin: &str, dry_run: bool) -> Result<i32> {
     let site = site::parse_site_for(text, origin, &ctx.cfg.acme_server).map_err(Error::invalid)?;
     if dry_run {
         return dry_run_report(ctx, &site);
@@ -185,9 +179,9 @@ fn report(ctx: &Ctx, outs: &[Outcome]) -> Result<i32> {
     }
     if ctx.json {
         if outs.len() == 1 {
-            ctx.print_json(&to_json(&outs[0].doc())?)?;
+            ctx.print_json(&outs[0].doc())?;
         } else {
-            ctx.print_json(&to_json(&outs.iter().map(Outcome::doc).collect::<Vec<_>>())?)?;
+            ctx.print_json(&outs.iter().map(Outcome::doc).collect::<Vec<_>>())?;
         }
     }
     Ok(0)
@@ -201,7 +195,7 @@ fn dry_run_report(ctx: &Ctx, site: &Site) -> Result<i32> {
     let plan =
         decide::decide(&f).map_err(|r| Error::invalid(format!("site {}: {}", site.siteid, r.0)))?;
     if ctx.json {
-        ctx.print_json(&to_json(&DryRunDoc {
+        ctx.print_json(&DryRunDoc {
             dry_run: true,
             siteid: &site.siteid,
             hostname: &site.hostname,
@@ -212,7 +206,7 @@ fn dry_run_report(ctx: &Ctx, site: &Site) -> Result<i32> {
             actions: &plan.actions,
             reason: &plan.reason,
             warnings: &plan.warnings,
-        })?)?;
+        })?;
     } else {
         let cur = match &f.current {
             decide::Current::NotDeployed => "not deployed".to_string(),
@@ -383,7 +377,7 @@ fn stash_account(ctx: &Ctx, host: &str) -> Option<String> {
 }
 
 /// Deploy one validated site (the lock is held).
-pub fn deploy_one(ctx: &Ctx, rec: &Recovered, site: &Site) -> Result<Outcome> {
+pub(super) fn deploy_one(ctx: &Ctx, rec: &Recovered, site: &Site) -> Result<Outcome> {
     deploy_one_with(ctx, rec, site, None)
 }
 
@@ -759,7 +753,7 @@ fn stateless_answer_served(ctx: &Ctx, session: &provision::Session, host: &str) 
 /// After a graceful reload Apache takes a moment to serve the new vhost: wait
 /// (briefly) until a probe file in the site's challenge directory is served
 /// for this host on the local http port. Proceeds anyway after a few seconds.
-pub fn wait_for_vhost(ctx: &Ctx, siteid: &str, host: &str) {
+pub(super) fn wait_for_vhost(ctx: &Ctx, siteid: &str, host: &str) {
     let dir = ctx.cfg.site_wellknown(siteid).join(".well-known/acme-challenge");
     if fsutil::create_dir_all_mode(&dir, 0o755).is_err() {
         return;
@@ -792,7 +786,7 @@ pub fn wait_for_vhost(ctx: &Ctx, siteid: &str, host: &str) {
 }
 
 /// `undeploy --siteid`.
-pub fn undeploy_command(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
+pub(super) fn undeploy_command(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
     let not_deployed = || Error::invalid(format!("site {siteid} is not deployed"));
     // Refuse an unknown site before taking the lock (which creates its files).
     facts::load_stored(&ctx.cfg, siteid)?.ok_or_else(not_deployed)?;
@@ -829,24 +823,24 @@ pub fn undeploy_command(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
     })?;
     ctx.progress(&format!("site {siteid} ({}) undeployed", stored.hostname));
     if ctx.json {
-        ctx.print_json(&to_json(&UndeployDoc {
+        ctx.print_json(&UndeployDoc {
             siteid,
             hostname: &stored.hostname,
             undeployed: true,
             actions: &plan.actions,
             reason: &plan.reason,
-        })?)?;
+        })?;
     }
     Ok(0)
 }
 
 /// An account a backup carries, with its key loaded (so it was checked).
-pub type CheckedAccount = (accounts::Carried, crate::acme::AccountKey);
+pub(super) type CheckedAccount = (accounts::Carried, crate::acme::AccountKey);
 
 /// A backup as `restore` reads it: each site validated as a deploy's Site
 /// JSON, each carried account checked.
 #[derive(Debug)]
-pub struct Restorable {
+pub(super) struct Restorable {
     pub sites: Vec<Site>,
     pub accounts: Vec<CheckedAccount>,
 }
@@ -854,7 +848,7 @@ pub struct Restorable {
 /// The Site JSONs of a backup file (see [`Backup`]: an envelope, a bare
 /// array, or one site) and the ACME accounts it carries, each checked: its
 /// key loads and is the one its id names.
-pub fn read_backup(path: &Path) -> Result<Restorable> {
+pub(super) fn read_backup(path: &Path) -> Result<Restorable> {
     let text = fsutil::read_user_file(path)
         .map_err(|e| Error::invalid(format!("backup {}: {e}", path.display())))?;
     let doc = Backup::read(&text)
@@ -883,7 +877,7 @@ pub fn read_backup(path: &Path) -> Result<Restorable> {
 }
 
 /// `restore --in FILE [--siteid ...]`: validate everything first, then deploy each.
-pub fn restore_command(ctx: &Ctx, input: &Path, only: &[SiteId]) -> Result<i32> {
+pub(super) fn restore_command(ctx: &Ctx, input: &Path, only: &[SiteId]) -> Result<i32> {
     let Restorable { sites, accounts: carried } = read_backup(input)?;
     let sites = chosen_sites(input, sites, only)?;
     let locked = ctx.lock(&format!("restore {}", input.display()))?;

@@ -10,14 +10,13 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::site::{CarriedPair, OwnCert, Site, SiteId, Tls};
 use crate::store::{Material, Place};
-use serde_json::Value;
 use std::path::Path;
 
 /// A stored site as exported: with its TLS material unless `notls`. A Let's
 /// Encrypt site carries its live key and full chain; an own certificate its
 /// files from `ssl_dir` (the site is exported without `tls` when they are
 /// missing, or with `notls`).
-pub fn exported(ctx: &Ctx, s: &Site, notls: bool) -> Site {
+pub(super) fn exported(ctx: &Ctx, s: &Site, notls: bool) -> Site {
     let tls = match &s.tls {
         Tls::Http => Tls::Http,
         // `letsencrypt`, the profile the site asked for, and the live pair: a
@@ -53,26 +52,19 @@ pub fn exported(ctx: &Ctx, s: &Site, notls: bool) -> Site {
     Site { tls, ..s.clone() }
 }
 
-/// A document as `--json` prints it.
-fn to_json(doc: &impl serde::Serialize) -> Result<Value> {
-    serde_json::to_value(doc).map_err(|e| Error::failed(e.to_string()))
-}
-
 /// `showsite --siteid`: the Site JSON with its TLS material.
-pub fn showsite(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
+pub(super) fn showsite(ctx: &Ctx, siteid: &SiteId) -> Result<i32> {
     let s = facts::load_stored(&ctx.cfg, siteid)?
         .ok_or_else(|| Error::invalid(format!("site {siteid} is not deployed")))?;
-    ctx.print_json(&to_json(&exported(ctx, &s, false))?)?;
+    ctx.print_json(&exported(ctx, &s, false))?;
     Ok(0)
 }
 
 /// `listsites`: every deployed Site JSON, with TLS material.
-pub fn listsites(ctx: &Ctx) -> Result<i32> {
+pub(super) fn listsites(ctx: &Ctx) -> Result<i32> {
     let all = facts::all_stored(&ctx.cfg)?;
     if ctx.json {
-        ctx.print_json(&to_json(
-            &all.iter().map(|s| exported(ctx, s, false)).collect::<Vec<_>>(),
-        )?)?;
+        ctx.print_json(&all.iter().map(|s| exported(ctx, s, false)).collect::<Vec<_>>())?;
     } else {
         for s in &all {
             // What the virtual host serves, not what the Site JSON asks for.
@@ -130,7 +122,7 @@ fn served(ctx: &Ctx, s: &Site) -> Served {
 }
 
 /// `backup (--siteid ... | --all) --out FILE [--notls]`, written 0600.
-pub fn backup(ctx: &Ctx, ids: &[SiteId], all: bool, out: &Path, notls: bool) -> Result<i32> {
+pub(super) fn backup(ctx: &Ctx, ids: &[SiteId], all: bool, out: &Path, notls: bool) -> Result<i32> {
     // No lock: backup only reads, and every read of the store goes through
     // links that are switched atomically.
     let stored = facts::all_stored(&ctx.cfg)?;
@@ -183,7 +175,7 @@ pub fn backup(ctx: &Ctx, ids: &[SiteId], all: bool, out: &Path, notls: bool) -> 
     ctx.progress(&format!("backed up {} site(s) to {}{what}", chosen.len(), out.display()));
     if ctx.json {
         let sites = chosen.iter().map(|s| &s.siteid).collect();
-        ctx.print_json(&to_json(&BackupResult { out: out_abs, sites, notls })?)?;
+        ctx.print_json(&BackupResult { out: out_abs, sites, notls })?;
     }
     Ok(0)
 }
@@ -219,7 +211,7 @@ fn carried_accounts(ctx: &Ctx, sites: &[&Site]) -> Vec<crate::store::accounts::C
 }
 
 /// Every certificate: live and stashed lineages, OKCs, pending sites.
-pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<CertificateRow>> {
+pub(super) fn certificate_rows(ctx: &Ctx) -> Result<Vec<CertificateRow>> {
     let sites = facts::all_stored(&ctx.cfg)?;
     let site_of = |host: &str| {
         sites
@@ -300,7 +292,7 @@ pub fn certificate_rows(ctx: &Ctx) -> Result<Vec<CertificateRow>> {
 }
 
 /// `certificates`.
-pub fn certificates(ctx: &Ctx) -> Result<i32> {
+pub(super) fn certificates(ctx: &Ctx) -> Result<i32> {
     let mut rows = certificate_rows(ctx)?;
     // Renewal failures and back-off, and what needs attention soon: Let's
     // Encrypt no longer mails before expiry, so site-admin must say so.
@@ -336,7 +328,7 @@ pub fn certificates(ctx: &Ctx) -> Result<i32> {
         .chain(owed_rows.into_iter().map(Row::Owed))
         .collect();
     if ctx.json {
-        ctx.print_json(&to_json(&rows)?)?;
+        ctx.print_json(&rows)?;
         return Ok(0);
     }
     if rows.is_empty() {

@@ -12,16 +12,16 @@ mod ari;
 mod backup_doc;
 mod cert_row;
 mod completion;
-pub mod ctx;
-pub mod doctor;
-pub mod facts;
-pub mod fleet;
+pub(crate) mod ctx;
+pub(crate) mod doctor;
+pub(crate) mod facts;
+pub(crate) mod fleet;
 mod fleet_cmd;
 mod lifecycle;
 mod listing;
 mod owed;
 mod provision;
-pub mod renew;
+pub(crate) mod renew;
 mod revoke;
 mod serving;
 
@@ -97,4 +97,23 @@ pub fn run(cli: Cli) -> Result<i32> {
 /// RFC 3339 in whole seconds, as every report and listing prints times.
 pub(crate) fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// `serialize_with` for a document's timestamp: [`ts`]'s one format.
+pub(crate) fn ser_ts<S: serde::Serializer>(
+    t: &chrono::DateTime<chrono::Utc>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&ts(*t))
+}
+
+/// `serialize_with` for an optional timestamp (`null` when absent).
+pub(crate) fn ser_ts_opt<S: serde::Serializer>(
+    t: &Option<chrono::DateTime<chrono::Utc>>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&ts(*t)),
+        None => s.serialize_none(),
+    }
 }

@@ -14,15 +14,17 @@ use crate::renewal;
 use crate::revocations::{self, Owed};
 use crate::site::Site;
 use crate::store::Place;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 /// One owed revocation (docs/design.md, "Revocation"), as this pass left it.
 #[derive(Debug, Clone, Serialize)]
-pub struct RevocationEntry {
+pub(crate) struct RevocationEntry {
     pub host: String,
     pub serial: String,
     pub reason: String,
-    pub since: String,
+    #[serde(serialize_with = "super::ser_ts")]
+    pub since: DateTime<Utc>,
     /// `revoked`, `failed`, `waiting_for_replacement` (still served, its
     /// replacement comes first), or `owed` (a dry run).
     pub status: &'static str,
@@ -33,7 +35,7 @@ pub struct RevocationEntry {
 
 /// Why one owed revocation could not be sent (it stays owed).
 #[derive(Debug, thiserror::Error)]
-pub enum SendError {
+pub(super) enum SendError {
     /// The certificate recorded in the owed list does not parse.
     #[error("the recorded certificate cannot be read: {0}")]
     Unreadable(crate::certs::PemError),
@@ -122,7 +124,7 @@ pub(super) fn revocation_entry(
         host: o.host.clone(),
         serial: o.serial.clone(),
         reason: o.reason.clone(),
-        since: ts(o.since),
+        since: o.since,
         status,
         attempts: o.attempts,
         error,

@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Overall deadline for one issuance.
-pub const ISSUE_DEADLINE: Duration = Duration::from_secs(90);
+pub(super) const ISSUE_DEADLINE: Duration = Duration::from_secs(90);
 
-pub fn options(ctx: &Ctx, server: &str) -> ClientOptions {
+pub(super) fn options(ctx: &Ctx, server: &str) -> ClientOptions {
     ClientOptions {
         directory: server.to_string(),
         ca_bundle: ctx.cfg.acme_ca_bundle.clone(),
@@ -25,14 +25,14 @@ pub fn options(ctx: &Ctx, server: &str) -> ClientOptions {
 
 /// A client with a registered account: the stored one for this server, or a
 /// new one (registered, then stored in certbot's layout). Returns the account id too.
-pub fn client(ctx: &Ctx) -> Result<(AcmeClient, String)> {
+pub(super) fn client(ctx: &Ctx) -> Result<(AcmeClient, String)> {
     client_for(ctx, &ctx.cfg.acme_server)
 }
 
 /// [`client`] for a given server. The stored account is not asked for
 /// before use (the CA says `accountDoesNotExist` on the request itself):
 /// [`Session`] recovers an account the CA has forgotten.
-pub fn client_for(ctx: &Ctx, server: &str) -> Result<(AcmeClient, String)> {
+pub(super) fn client_for(ctx: &Ctx, server: &str) -> Result<(AcmeClient, String)> {
     tracing::trace!(server, "connecting to the ACME server");
     let r = match super::ctx::stored_account(ctx, server)? {
         Some(acct) => (ctx.acme_client(server, acct.key.clone(), Some(acct.uri.clone()))?, acct.id),
@@ -51,7 +51,7 @@ pub fn client_for(ctx: &Ctx, server: &str) -> Result<(AcmeClient, String)> {
 /// it (`onlyReturnExisting`), else a new registration, and every renewal
 /// conf that named it is repointed, with a warning naming both — and runs
 /// the request again. Shared by the renewal workers: one recovery for all.
-pub struct Session<'a> {
+pub(super) struct Session<'a> {
     ctx: &'a Ctx,
     server: String,
     /// The client, its account id, and how often it was recovered.
@@ -60,7 +60,7 @@ pub struct Session<'a> {
 
 impl<'a> Session<'a> {
     /// Connect to `server` with its stored account (or register one).
-    pub fn open(ctx: &'a Ctx, server: &str) -> Result<Session<'a>> {
+    pub(super) fn open(ctx: &'a Ctx, server: &str) -> Result<Session<'a>> {
         let (c, id) = client_for(ctx, server)?;
         Ok(Session { ctx, server: server.to_string(), state: Mutex::new((Arc::new(c), id, 0)) })
     }
@@ -71,13 +71,13 @@ impl<'a> Session<'a> {
     }
 
     /// The client (for what needs no account: the directory's profiles).
-    pub fn client(&self) -> Result<Arc<AcmeClient>> {
+    pub(super) fn client(&self) -> Result<Arc<AcmeClient>> {
         Ok(self.current()?.0)
     }
 
     /// Run `f` with the client and its account id; if the CA says it does
     /// not know the account, recover it and run `f` once more.
-    pub fn run<T>(
+    pub(super) fn run<T>(
         &self,
         f: impl Fn(&AcmeClient, &str) -> std::result::Result<T, crate::acme::AcmeError>,
     ) -> Result<T> {
@@ -163,7 +163,7 @@ fn register_with(ctx: &Ctx, server: &str, c: &AcmeClient) -> Result<String> {
 /// configured server, or — an explicit step, which may talk to the CA — one
 /// registered now. None when the CA cannot be reached: the conf then names
 /// no account, and the renewal that reaches the CA fills it in.
-pub fn resolve_account(ctx: &Ctx) -> Option<String> {
+pub(super) fn resolve_account(ctx: &Ctx) -> Option<String> {
     match super::ctx::stored_account(ctx, &ctx.cfg.acme_server) {
         Ok(Some(a)) => Some(a.id),
         _ => match client(ctx) {
@@ -181,7 +181,7 @@ pub fn resolve_account(ctx: &Ctx) -> Option<String> {
 
 /// Renewal parameters for a site's lineage, naming `account`, with the
 /// site's profile so that renewals ask for it again. No I/O.
-pub fn renewal_params(ctx: &Ctx, site: &Site, account: Option<String>) -> RenewalParams {
+pub(super) fn renewal_params(ctx: &Ctx, site: &Site, account: Option<String>) -> RenewalParams {
     RenewalParams {
         account,
         server: ctx.cfg.acme_server.clone(),
@@ -195,7 +195,7 @@ pub fn renewal_params(ctx: &Ctx, site: &Site, account: Option<String>) -> Renewa
 /// directory (`meta.profiles`): one it does not offer is refused when
 /// required (the reason says what it offers), else dropped with a warning
 /// (the CA's default is used).
-pub fn order_profile(
+pub(super) fn order_profile(
     client: &AcmeClient,
     host: &str,
     wish: Option<&ProfileWish>,
@@ -220,7 +220,7 @@ pub fn order_profile(
 /// Obtain a certificate for the site, answering HTTP-01 from its webroot,
 /// with its profile, in a session: an account the CA forgot is recovered
 /// and the order sent again. Returns the account id that got it too.
-pub fn issue_in(
+pub(super) fn issue_in(
     ctx: &Ctx,
     session: &Session,
     site: &Site,

@@ -7,7 +7,7 @@
 use super::ctx::Ctx;
 use super::facts;
 use super::owed;
-pub use super::owed::RevocationEntry;
+pub(crate) use super::owed::RevocationEntry;
 use super::provision;
 use super::serving::serve_changed;
 use super::ts;
@@ -25,19 +25,20 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
 /// How many renewals run at once.
-pub const CONCURRENCY: usize = 3;
+pub(crate) const CONCURRENCY: usize = 3;
 
 /// What happened to one lineage or pending site.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "status", rename_all = "snake_case")]
-pub enum Status {
+pub(crate) enum Status {
     NotDue {
-        due: String,
+        #[serde(serialize_with = "super::ser_ts")]
+        due: DateTime<Utc>,
         /// What decides when: the ARI window, or the backstop.
         due_by: DueBy,
         /// When ARI is asked again (not before).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        next_ari_check: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none", serialize_with = "super::ser_ts_opt")]
+        next_ari_check: Option<DateTime<Utc>>,
         /// Why ARI's passed window did not make it due (renewal rule 9).
         #[serde(skip_serializing_if = "Option::is_none")]
         note: Option<String>,
@@ -45,18 +46,20 @@ pub enum Status {
     /// Failed `failures` times in a row; not tried before `next_attempt`.
     BackingOff {
         failures: u32,
-        next_attempt: String,
+        #[serde(serialize_with = "super::ser_ts")]
+        next_attempt: DateTime<Utc>,
         last_error: String,
     },
     /// Dry run: it would be renewed (provisioned, for a pending site).
     WouldRenew {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        due: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none", serialize_with = "super::ser_ts_opt")]
+        due: Option<DateTime<Utc>>,
         due_by: DueBy,
     },
     WouldProvision,
     Renewed {
-        new_not_after: String,
+        #[serde(serialize_with = "super::ser_ts")]
+        new_not_after: DateTime<Utc>,
         due_by: DueBy,
         /// The ARI CertID of the certificate it replaced, if the order named it.
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -66,11 +69,13 @@ pub enum Status {
         explanation_url: Option<String>,
     },
     Provisioned {
-        new_not_after: String,
+        #[serde(serialize_with = "super::ser_ts")]
+        new_not_after: DateTime<Utc>,
     },
     /// Fleet mode: a peer renewed it; its certificate was taken.
     PeerRenewed {
-        new_not_after: String,
+        #[serde(serialize_with = "super::ser_ts")]
+        new_not_after: DateTime<Utc>,
         renewed_by: String,
     },
     /// Fleet mode: due, but the fleet cannot be used, so it is not
@@ -85,11 +90,11 @@ pub enum Status {
 
 /// One row of the report.
 #[derive(Debug, Clone, Serialize)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub host: String,
     pub siteid: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub old_not_after: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "super::ser_ts_opt")]
+    pub old_not_after: Option<DateTime<Utc>>,
     #[serde(flatten)]
     pub status: Status,
 }
@@ -105,7 +110,7 @@ impl Entry {
 
 /// The report printed with `--json` and given to hooks on stdin.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub event: &'static str,
     pub dry_run: bool,
     pub lineages: Vec<Entry>,
@@ -138,7 +143,7 @@ pub struct Report {
 
 /// The fleet part of a renew report.
 #[derive(Debug, Clone, Serialize)]
-pub struct FleetReport {
+pub(crate) struct FleetReport {
     pub device: String,
     /// Hosts whose fleet certificate the sync took.
     pub taken: Vec<String>,
@@ -157,7 +162,7 @@ impl Report {
     }
 
     /// The one-line summary on stderr.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let dry = if self.dry_run {
             format!(
                 " (dry run: {} would be renewed)",
@@ -428,11 +433,11 @@ fn skipped_entries(
         .map(|(host, siteid, skip)| {
             let (old_not_after, status) = match skip {
                 Skip::NotDue { due, due_by, not_after, ari_held } => (
-                    Some(ts(*not_after)),
+                    Some(*not_after),
                     Status::NotDue {
-                        due: ts(*due),
+                        due: *due,
                         due_by: *due_by,
-                        next_ari_check: next_ari_check.get(host).map(|t| ts(*t)),
+                        next_ari_check: next_ari_check.get(host).copied(),
                         note: ari_held.then(|| {
                             format!(
                                 "the ARI window has passed, but the certificate was issued less than a day (or a tenth of its lifetime) ago: ARI renews it from {}",
@@ -446,7 +451,7 @@ fn skipped_entries(
                     None,
                     Status::BackingOff {
                         failures: *failures,
-                        next_attempt: ts(*next_attempt),
+                        next_attempt: *next_attempt,
                         last_error: backoff
                             .hosts
                             .get(host)
@@ -488,12 +493,12 @@ fn dry_run_report(plan: renewal::Plan, mut entries: Vec<Entry>, start: Start) ->
         let status = if j.pending {
             Status::WouldProvision
         } else {
-            Status::WouldRenew { due: j.due.map(ts), due_by: j.due_by }
+            Status::WouldRenew { due: j.due, due_by: j.due_by }
         };
         entries.push(Entry {
             host: j.host,
             siteid: j.siteid,
-            old_not_after: j.old_not_after.map(ts),
+            old_not_after: j.old_not_after,
             status,
         });
     }
@@ -525,7 +530,7 @@ fn dry_run_report(plan: renewal::Plan, mut entries: Vec<Entry>, start: Start) ->
 }
 
 /// `renew [--force] [--dry-run]`: gather → plan → execute → report.
-pub fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
+pub(crate) fn renew_command(ctx: &Ctx, force: bool, dry_run: bool) -> Result<i32> {
     // A dry run takes no lock and changes nothing.
     let locked = if dry_run { None } else { Some(ctx.lock("renew")?) };
     let rec = locked.as_ref().map(|l| &l.recovered);
@@ -604,7 +609,7 @@ fn execute(
             entries.extend(held.into_iter().map(|j| Entry {
                 host: j.host,
                 siteid: j.siteid,
-                old_not_after: j.old_not_after.map(ts),
+                old_not_after: j.old_not_after,
                 status: Status::FleetUnavailable {
                     error: format!("the fleet cannot be used ({e}); not ordered without its lock"),
                 },
@@ -632,15 +637,15 @@ fn job_entry(job: Job, res: JobResult, backoff: &mut crate::backoff::State, conf
     let status = match res {
         Ok(Done { not_after: na, peer: Some(by), .. }) => {
             backoff_file::note(backoff, &job.host, Ok(()), config);
-            Status::PeerRenewed { new_not_after: ts(na), renewed_by: by }
+            Status::PeerRenewed { new_not_after: na, renewed_by: by }
         }
         Ok(Done { not_after: na, replaced, peer: None }) => {
             backoff_file::note(backoff, &job.host, Ok(()), config);
             if job.pending {
-                Status::Provisioned { new_not_after: ts(na) }
+                Status::Provisioned { new_not_after: na }
             } else {
                 Status::Renewed {
-                    new_not_after: ts(na),
+                    new_not_after: na,
                     due_by: job.due_by,
                     replaced,
                     explanation_url: job.ari_explanation.clone(),
@@ -654,7 +659,7 @@ fn job_entry(job: Job, res: JobResult, backoff: &mut crate::backoff::State, conf
             Status::Failed { error }
         }
     };
-    Entry { host: job.host, siteid: job.siteid, old_not_after: job.old_not_after.map(ts), status }
+    Entry { host: job.host, siteid: job.siteid, old_not_after: job.old_not_after, status }
 }
 
 /// After the jobs: every Let's Encrypt site whose vhost does not serve its
@@ -751,7 +756,7 @@ fn finish(ctx: &Ctx, report: Report) -> Result<i32> {
         }
     }
     if ctx.json {
-        ctx.print_json(&serde_json::to_value(&report).map_err(|e| Error::failed(e.to_string()))?)?;
+        ctx.print_json(&report)?;
     } else if !ctx.quiet {
         eprintln!("{}", report.summary());
     }

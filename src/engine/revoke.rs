@@ -37,7 +37,7 @@ impl Request<'_> {
     }
 }
 
-pub fn revoke_command(
+pub(super) fn revoke_command(
     ctx: &Ctx,
     siteid: &SiteId,
     reason: RevocationReason,
@@ -351,7 +351,7 @@ fn finish(
     ];
     report.hooks = Some(run_hooks(ctx, &env, &report));
     if ctx.json {
-        ctx.print_json(&serde_json::to_value(&report).map_err(|e| Error::failed(e.to_string()))?)?;
+        ctx.print_json(&report)?;
     }
     match first_err {
         None => {
