@@ -10,4 +10,14 @@ fn main() {
     if os == "linux" && env == "gnu" {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
+    // The functions a nothing-due renewal pass runs, placed together at the
+    // start of the code (link/hot-text.ld, written by scripts/hot-text): the
+    // kernel maps 64 KiB around each page fault, so scattered they made
+    // nearly all of `.text` resident. GNU ld and lld both take the script
+    // (it only adds an output section before `.text`).
+    if os == "linux" {
+        let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+        println!("cargo:rerun-if-changed=link/hot-text.ld");
+        println!("cargo:rustc-link-arg-bins=-Wl,-T,{dir}/link/hot-text.ld");
+    }
 }

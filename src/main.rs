@@ -32,26 +32,38 @@ fn main() {
         }
     };
     let level = if cli.quiet {
-        "warn"
+        tracing::Level::WARN
     } else {
         match cli.verbose {
-            0 => "info",
-            1 => "debug",
-            _ => "trace",
+            0 => tracing::Level::INFO,
+            1 => tracing::Level::DEBUG,
+            _ => tracing::Level::TRACE,
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SITE_ADMIN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("site_admin={level},warn")));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // `SITE_ADMIN_LOG` takes `target=level` directives and a bare default
+    // level (tracing-subscriber's `Targets` syntax); unset or unparsable, the
+    // verbosity flags decide. Not `EnvFilter`: its span and field matching
+    // are unused here and its code was part of every run's resident pages.
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = std::env::var("SITE_ADMIN_LOG")
+        .ok()
+        .and_then(|s| s.parse::<tracing_subscriber::filter::Targets>().ok())
+        .unwrap_or_else(|| {
+            tracing_subscriber::filter::Targets::new()
+                .with_target("site_admin", level)
+                .with_default(tracing::Level::WARN)
+        });
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let registry = tracing_subscriber::registry().with(filter);
     // Timestamps only on request (SITE_ADMIN_LOG_TIME=1), for profiling.
     if std::env::var_os("SITE_ADMIN_LOG_TIME").is_some() {
-        fmt.with_timer(tracing_subscriber::fmt::time::uptime()).init();
+        registry.with(fmt.with_timer(tracing_subscriber::fmt::time::uptime())).init();
     } else {
-        fmt.without_time().init();
+        registry.with(fmt.without_time()).init();
     }
     let json = cli.json;
     match site_admin::engine::run(cli) {
