@@ -15,7 +15,11 @@ fn main() {
     // kernel maps 64 KiB around each page fault, so scattered they made
     // nearly all of `.text` resident. GNU ld and lld both take the script
     // (it only adds an output section before `.text`).
-    if os == "linux" {
+    // SITE_ADMIN_HOT_TEXT=0 leaves it out: the build scripts/hot-text
+    // profiles (valgrind attributes code in the extra section to no object).
+    println!("cargo:rerun-if-env-changed=SITE_ADMIN_HOT_TEXT");
+    let wanted = std::env::var("SITE_ADMIN_HOT_TEXT").map(|v| v != "0").unwrap_or(true);
+    if os == "linux" && wanted {
         let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
         println!("cargo:rerun-if-changed=link/hot-text.ld");
         println!("cargo:rustc-link-arg-bins=-Wl,-T,{dir}/link/hot-text.ld");
