@@ -54,9 +54,9 @@ pub(super) struct CertificateRow {
     /// out for an own certificate and a pending site.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<Option<u32>>,
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "secs_opt")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "super::ser_ts_opt")]
     pub not_before: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "secs_opt")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "super::ser_ts_opt")]
     pub not_after: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
@@ -65,13 +65,13 @@ pub(super) struct CertificateRow {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub names: Option<Vec<String>>,
     /// When renew renews it (a live lineage), and which rule says so.
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "secs_opt")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "super::ser_ts_opt")]
     pub due: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub due_by: Option<DueBy>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "secs_pair_opt")]
     pub ari_window: Option<(DateTime<Utc>, DateTime<Utc>)>,
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "secs_opt")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "super::ser_ts_opt")]
     pub next_ari_check: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
@@ -85,7 +85,7 @@ pub(super) struct CertificateRow {
     /// Why the recorded next attempt does not hold (then there is no `next_attempt`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backoff_ignored: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "secs_opt")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "super::ser_ts_opt")]
     pub next_attempt: Option<DateTime<Utc>>,
     /// Fleet mode: a lineage the fleet shares (left out on a single device).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -132,7 +132,7 @@ pub(super) struct OwedRow {
     pub state: State,
     pub serial: String,
     pub reason: String,
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "super::ser_ts")]
     pub since: DateTime<Utc>,
     pub attempts: u32,
     /// Always present (`null` before the first attempt fails).
@@ -185,14 +185,6 @@ impl Row {
 /// `due_by` as the JSON names it.
 fn due_by_name(b: DueBy) -> String {
     serde_json::to_value(b).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
-}
-
-fn secs<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&ts(*t))
-}
-
-fn secs_opt<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
-    t.map(ts).serialize(s)
 }
 
 fn secs_pair_opt<S: Serializer>(
