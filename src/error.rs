@@ -7,7 +7,7 @@
 //!   [`crate::store::StoreError`], [`crate::store::accounts::AccountsError`],
 //!   [`crate::journal::JournalError`], [`crate::revocations::RevocationsError`],
 //!   [`crate::backoff_file::BackoffFileError`], [`crate::apache::ApacheError`],
-//!   [`crate::acme::AcmeError`].
+//!   [`crate::acme::AcmeError`], [`crate::site::SiteError`].
 //! - A command ends with [`Error`]: one typed variant per layer (a `?` wraps
 //!   the layer's error as it is, via `From`), plus [`Error::Invalid`] and
 //!   [`Error::Failed`] for what the command itself decides.
@@ -27,6 +27,7 @@ use crate::fsutil::IoError;
 use crate::journal::JournalError;
 use crate::lock::LockError;
 use crate::revocations::RevocationsError;
+use crate::site::SiteError;
 use crate::store::accounts::AccountsError;
 use crate::store::StoreError;
 use std::fmt;
@@ -92,6 +93,9 @@ pub enum Error {
     Apache(#[from] ApacheError),
     #[error(transparent)]
     Acme(#[from] AcmeError),
+    /// A Site JSON (a file, a backup's entry) breaks a rule.
+    #[error(transparent)]
+    Site(#[from] SiteError),
     /// Another error, with what was being done.
     #[error("{context}: {source}")]
     Context { context: String, source: Box<Error> },
@@ -111,7 +115,7 @@ impl Error {
     /// code says about it.
     pub fn kind(&self) -> ExitKind {
         match self {
-            Error::Invalid(_) => ExitKind::Invalid,
+            Error::Invalid(_) | Error::Site(_) => ExitKind::Invalid,
             Error::Lock(LockError::Held { .. } | LockError::CertbotHolds { .. }) => ExitKind::Lock,
             // A lock directory others can write is a configuration to fix.
             Error::Lock(LockError::SharedDir { .. }) => ExitKind::Invalid,
@@ -177,6 +181,7 @@ mod tests {
             (AccountsError::Io(io()).into(), ExitKind::Failed),
             (io().into(), ExitKind::Failed),
             (StoreError::Io(io()).into(), ExitKind::Failed),
+            (crate::site::SiteError::NotObject.into(), ExitKind::Invalid),
             (Error::invalid("bad"), ExitKind::Invalid),
             (Error::failed("no"), ExitKind::Failed),
         ];

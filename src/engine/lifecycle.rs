@@ -139,7 +139,7 @@ fn describe_action(a: &Action) -> String {
 
 /// `deploy --file/--stdin [--dry-run]`.
 pub(super) fn deploy_command(ctx: &Ctx, text: &str, origin: &str, dry_run: bool) -> Result<i32> {
-    let site = site::parse_site_for(text, origin, &ctx.cfg.acme_server).map_err(Error::invalid)?;
+    let site = site::parse_site_for(text, origin, &ctx.cfg.acme_server)?;
     if dry_run {
         return dry_run_report(ctx, &site);
     }
@@ -868,9 +868,8 @@ pub(super) fn read_backup(path: &Path) -> Result<Restorable> {
     }
     let mut sites = Vec::new();
     for (i, v) in doc.sites.iter().enumerate() {
-        let s = site::site_from_value(v).map_err(|e| {
-            Error::invalid(e.context(format!("backup {} site #{}", path.display(), i + 1)))
-        })?;
+        let s = site::site_from_value(v)
+            .map_err(|e| e.context(format!("backup {} site #{}", path.display(), i + 1)))?;
         sites.push(s);
     }
     Ok(Restorable { sites, accounts: carried })

@@ -805,9 +805,9 @@ enum JobError {
     Session(std::sync::Arc<Error>),
     #[error(transparent)]
     Command(#[from] Error),
-    /// The fleet's exclusive order failed (its errors are messages).
-    #[error("{0}")]
-    Fleet(String),
+    /// The fleet's exclusive order failed.
+    #[error(transparent)]
+    Fleet(super::fleet::FleetError),
 }
 
 type JobResult = std::result::Result<Done, JobError>;
@@ -907,7 +907,7 @@ fn renew_one(
         let r = super::fleet::order_exclusive(ctx, f, &job.host, local, sites, |gate| {
             Ok(order(Some(gate))?)
         })
-        .map_err(|e| JobError::Fleet(e.to_string()))?;
+        .map_err(JobError::Fleet)?;
         return Ok(match r {
             super::fleet::Exclusive::Issued(na) => {
                 Done { not_after: na, replaced: job.replaces.clone(), peer: None }

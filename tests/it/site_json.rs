@@ -51,7 +51,7 @@ fn code_and_schema_agree_on_every_fixture() {
             name,
             site_admin::config::LETSENCRYPT_PRODUCTION,
         )
-        .map_err(site_admin::error::Error::invalid);
+        .map_err(site_admin::error::Error::from);
         let want_valid = e["valid"] == true;
         match &code {
             Ok(_) => assert!(want_valid, "{name}: the code accepts it, expected a refusal"),
